@@ -1,0 +1,59 @@
+"""`ctfgen` command line: one sub-command module per pipeline stage, found automatically.
+
+Each module in this package defines `ORDER` (its place in `--help`, following the pipeline) and
+`register(subparsers)`, which adds its sub-command(s) with `set_defaults(func=...)`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from ..errors import CtfgenError
+
+PIPELINE = """pipeline:
+  data -> tokenizer -> codes on disk -> coarse labels -> stage 1 / stage 2 (and baseline)
+  -> sampler -> evaluation.  Every step writes a folder with a manifest.json that records
+  what it was made from; later steps refuse folders made from something else."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="ctfgen",
+        description="Coarse-to-fine token prediction (CTF) for autoregressive image generation.",
+        epilog=PIPELINE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ctfgen {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules = []
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            modules.append(importlib.import_module(f"{__name__}.{info.name}"))
+    for mod in sorted(modules, key=lambda m: getattr(m, "ORDER", 100)):
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        # A group command given without its sub-command: show that group's help.
+        (getattr(args, "_group_parser", None) or parser).print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except CtfgenError as e:
+        print(f"ctfgen {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Typed dataclass configs that round-trip through JSON (and so travel inside artifacts)."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, TypeVar
+
+from .errors import CtfgenError
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain, JSON-ready dict of a (possibly nested) dataclass; tuples become lists."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[T], data: dict, *, where: str = "config") -> T:
+    """Build dataclass `cls` from `data`, refusing unknown fields and wrong types by name.
+
+    `where` names the source (a file, a CLI flag) so the error tells the user what to fix.
+    """
+    if not isinstance(data, dict):
+        raise CtfgenError(f"{where}: expected a JSON object for {cls.__name__}, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise CtfgenError(f"{where}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        raise CtfgenError(f"{where}: {e}") from None
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where=where)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where) if len(inner) == 1 else value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise CtfgenError(f"{where}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        seq = [_coerce(item, v, where) for v in value]
+        return tuple(seq) if origin is tuple else seq
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not isinstance(value, hint):
+        raise CtfgenError(f"{where}: expected {hint.__name__}, got {value!r}")
+    if hint is int and isinstance(value, bool):
+        raise CtfgenError(f"{where}: expected int, got {value!r}")
+    return value

@@ -1,0 +1,100 @@
+"""Import LlamaGen's class-conditional GPT checkpoints (c2i_B_256.pt, ...) into ctfgen's baseline.
+
+Containers accepted: DDP training checkpoints {"model": sd, "optimizer", "steps", "args"[, "ema"]},
+{"module": sd} / {"state_dict": sd}, or a bare state_dict (FSDP's consolidated.pth). The load is
+strict: every key and shape must match the preset, unlike LlamaGen's own samplers (strict=False).
+"""
+from __future__ import annotations
+
+import argparse
+import pickle
+from pathlib import Path
+
+import torch
+
+from .errors import ArtifactError, CtfgenError
+from .models import GPT, build_model
+
+# keys older LlamaGen checkpoints may carry that are rebuilt here, not loaded
+_DROP = ("freqs_cis", "causal_mask")
+
+
+def read_llamagen_state_dict(path: str | Path, *, which: str = "model") -> dict[str, torch.Tensor]:
+    """The GPT weights inside a LlamaGen checkpoint. `which` = "model" (what LlamaGen's samplers
+    use) or "ema" (only in checkpoints trained with EMA)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"LlamaGen GPT checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        obj = load_file(str(path))
+    else:
+        try:
+            # weights_only keeps arbitrary pickles out; the training args (an argparse.Namespace)
+            # are the one extra type LlamaGen's checkpoints hold
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise ArtifactError(f"{path}: not loadable as a weights-only LlamaGen checkpoint ({e})") from None
+        except (RuntimeError, EOFError) as e:
+            raise ArtifactError(f"{path}: cannot read as a torch checkpoint ({e})") from None
+    if not isinstance(obj, dict):
+        raise ArtifactError(f"{path}: expected a dict (state_dict or checkpoint), got {type(obj).__name__}")
+    if which not in ("model", "ema"):
+        raise CtfgenError(f"which={which!r}: expected 'model' or 'ema'")
+    if which == "ema":
+        if "ema" not in obj:
+            raise ArtifactError(f"{path}: no 'ema' weights in this checkpoint (keys: {sorted(obj)[:8]})")
+        sd = obj["ema"]
+    else:
+        sd = next((obj[k] for k in ("model", "module", "state_dict") if isinstance(obj.get(k), dict)), obj)
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ArtifactError(f"{path}: not a state_dict, non-tensor entries {bad[:5]}")
+    return {k: v for k, v in sd.items() if k not in _DROP}
+
+
+def load_llamagen_gpt(path: str | Path, preset: str, *, grid: int = 16, which: str = "model",
+                      **overrides) -> GPT:
+    """A ctfgen baseline holding the weights of a LlamaGen c2i GPT checkpoint.
+
+    `preset` is the size (B, L, XL, XXL, ...); vocabulary and class count are read from the
+    weights. `grid` is not stored in the checkpoint: 16 for the 256x256 models, 24 for 384x384.
+    The class prefix keeps LlamaGen's zero rotary row (cls_rope="zero"), needed for its numbers.
+    """
+    sd = read_llamagen_state_dict(path, which=which)
+    for key in ("tok_embeddings.weight", "cls_embedding.embedding_table.weight"):
+        if key not in sd:
+            raise ArtifactError(f"{path}: missing '{key}'; is this a LlamaGen c2i GPT checkpoint?")
+    vocab_size = sd["tok_embeddings.weight"].shape[0]
+    num_classes = sd["cls_embedding.embedding_table.weight"].shape[0] - 1
+    with torch.device("meta"):  # the weights come from the file; allocate them once, below
+        model = build_model("baseline", preset, vocab_size=vocab_size, num_classes=num_classes,
+                            grid=grid, **overrides)
+    check_state_dict(model, sd, where=f"{path} (preset {preset!r})")
+    model.to_empty(device="cpu")
+    model.load_state_dict(sd, strict=True)
+    return model.eval()
+
+
+def check_state_dict(model: torch.nn.Module, sd: dict, *, where: str) -> None:
+    """Raise ArtifactError naming every missing, unexpected and mis-shaped key."""
+    want = model.state_dict()
+    missing = sorted(set(want) - set(sd))
+    unexpected = sorted(set(sd) - set(want))
+    shapes = [f"{k}: file {tuple(sd[k].shape)}, model {tuple(want[k].shape)}"
+              for k in sorted(set(want) & set(sd)) if sd[k].shape != want[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_short(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatches {_short(shapes)}")
+    if problems:
+        raise ArtifactError(f"{where}: weights do not fit: " + "; ".join(problems))
+
+
+def _short(items: list[str], n: int = 6) -> str:
+    return str(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")

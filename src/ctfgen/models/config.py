@@ -1,0 +1,101 @@
+"""The one config type shared by the three models; it travels inside checkpoints (to_dict/from_dict)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import CtfgenError
+
+KINDS = ("baseline", "ar", "aux")
+CLS_ROPE = ("zero", "identity")
+
+
+def find_multiple(n: int, k: int) -> int:
+    return n if n % k == 0 else n + k - n % k
+
+
+@dataclass
+class ModelConfig:
+    """What a model is. `kind` picks the vocabularies and the attention pattern:
+
+    - "baseline": causal, tokens and head over the whole codebook (LlamaGen's c2i GPT);
+    - "ar":       stage 1, causal, tokens and head over the K coarse labels;
+    - "aux":      stage 2, bidirectional, coarse labels in, codebook indices (fine labels) out.
+    """
+
+    kind: str = "baseline"
+    vocab_size: int = 16384  # codebook size V (fine labels)
+    coarse_vocab: int | None = None  # K clusters; required by "ar" and "aux"
+    num_classes: int = 1000  # the embedding has one more row, index num_classes = null class for CFG
+    grid: int = 16  # tokens form a grid x grid raster
+    n_layer: int = 12
+    n_head: int = 12
+    dim: int = 768
+    multiple_of: int = 256  # SwiGLU hidden size is rounded up to this
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    token_dropout: float = 0.1
+    attn_dropout: float = 0.0
+    resid_dropout: float = 0.1
+    ffn_dropout: float = 0.1
+    class_dropout_prob: float = 0.1  # labels replaced by the null class in compute_loss (training only)
+    # Rotary table row for the class prefix. "zero" (cos=0, sin=0) is LlamaGen's: the class token's
+    # q and k vanish, so it is reached only through its value; needed to reproduce LlamaGen
+    # checkpoints. "identity" (cos=1, sin=0) leaves q and k unrotated, the clean alternative.
+    cls_rope: str = "zero"
+    # stage 2 ("aux") only
+    use_class: bool = True  # prepend the class token
+    mask_to_cluster: bool = True  # fine logits restricted to the members of each position's coarse label
+    coarse_noise: float = 0.0  # fraction of coarse inputs replaced by random labels in training
+    preset: str = ""  # informative only: the preset it was built from
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        where = "model config"
+        if self.kind not in KINDS:
+            raise CtfgenError(f"{where}: kind {self.kind!r} is not one of {KINDS}")
+        if self.cls_rope not in CLS_ROPE:
+            raise CtfgenError(f"{where}: cls_rope {self.cls_rope!r} is not one of {CLS_ROPE}")
+        if self.kind in ("ar", "aux") and not self.coarse_vocab:
+            raise CtfgenError(f"{where}: kind {self.kind!r} needs coarse_vocab (the number of clusters K)")
+        for name in ("vocab_size", "num_classes", "grid", "n_layer", "n_head", "dim"):
+            if getattr(self, name) < 1:
+                raise CtfgenError(f"{where}: {name} must be >= 1, got {getattr(self, name)}")
+        if self.dim % self.n_head:
+            raise CtfgenError(f"{where}: dim {self.dim} is not divisible by n_head {self.n_head}")
+        if self.head_dim % 4:
+            # 2D RoPE splits the rotary pairs in two halves (rows, columns)
+            raise CtfgenError(f"{where}: head_dim {self.head_dim} (dim/n_head) must be a multiple of 4")
+        for name in ("token_dropout", "attn_dropout", "resid_dropout", "ffn_dropout",
+                     "class_dropout_prob", "coarse_noise"):
+            p = getattr(self, name)
+            if not 0.0 <= p < 1.0:
+                raise CtfgenError(f"{where}: {name} must be in [0, 1), got {p}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        return find_multiple(int(2 * 4 * self.dim / 3), self.multiple_of)
+
+    @property
+    def seq_len(self) -> int:
+        """Image tokens per sample."""
+        return self.grid * self.grid
+
+    @property
+    def n_prefix(self) -> int:
+        """Class tokens before the image tokens (0 for an aux model without the class)."""
+        return 0 if (self.kind == "aux" and not self.use_class) else 1
+
+    @property
+    def in_vocab(self) -> int:
+        return self.vocab_size if self.kind == "baseline" else int(self.coarse_vocab)
+
+    @property
+    def out_vocab(self) -> int:
+        return int(self.coarse_vocab) if self.kind == "ar" else self.vocab_size

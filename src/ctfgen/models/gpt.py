@@ -1,0 +1,92 @@
+"""The causal class-conditional model: LlamaGen's c2i GPT ("baseline", vocabulary = the codebook)
+and stage 1 of CTF ("ar", vocabulary = the K coarse labels). Same code, different vocabulary.
+
+Sequence: [class, t0, t1, ..., t_{L-2}] -> logits for t0 .. t_{L-1}.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import CtfgenError
+from .config import ModelConfig
+from .transformer import Trunk
+
+
+class GPT(Trunk):
+    is_causal = True
+
+    def __init__(self, cfg: ModelConfig):
+        if cfg.kind not in ("baseline", "ar"):
+            raise CtfgenError(f"GPT is the causal model (kind 'baseline' or 'ar'), not {cfg.kind!r}")
+        super().__init__(cfg)
+        self._cache_len = 0
+
+    @property
+    def target_key(self) -> str:
+        """The batch entry this model learns: codebook indices or coarse labels."""
+        return "codes" if self.config.kind == "baseline" else "coarse"
+
+    def forward(self, tokens_BT: torch.Tensor, cond_B: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T+1, V): position i predicts token i given the class and tokens < i.
+
+        `cond_B` may hold the null class (index num_classes) for unconditional logits.
+        """
+        return self.run(self.embed(tokens_BT, cond_B))
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        target_BL = batch[self.target_key]
+        label_B = batch["label"]
+        if self.training:
+            label_B = self.cls_embedding.drop(label_B, self.config.class_dropout_prob)
+        logits_BLV = self(target_BL[:, :-1], label_B)
+        loss = F.cross_entropy(logits_BLV.flatten(0, 1), target_BL.flatten())
+        with torch.no_grad():
+            acc = (logits_BLV.argmax(-1) == target_BL).float().mean()
+        return loss, {"loss": loss.detach(), "acc": acc}
+
+    # ---- static KV cache for sampling (gpt-fast style) ----
+
+    def setup_cache(self, batch_size: int, max_len: int | None = None, *,
+                    dtype: torch.dtype | None = None, device=None) -> None:
+        """Preallocate (B, H, 1 + max_len, hd) key/value buffers in every layer.
+
+        `max_len` counts image tokens (default: the whole grid). Calling again replaces the cache.
+        """
+        c = self.config
+        max_len = c.seq_len if max_len is None else max_len
+        if max_len > c.seq_len:
+            raise CtfgenError(f"setup_cache: max_len {max_len} exceeds the model's {c.seq_len} tokens")
+        ref = self.tok_embeddings.weight
+        shape = (batch_size, c.n_head, c.n_prefix + max_len, c.head_dim)
+        for layer in self.layers:
+            attn = layer.attention
+            attn.k_cache = torch.zeros(shape, dtype=dtype or ref.dtype, device=device or ref.device)
+            attn.v_cache = torch.zeros_like(attn.k_cache)
+        self._cache_len = c.n_prefix + max_len
+
+    def clear_cache(self) -> None:
+        for layer in self.layers:
+            layer.attention.k_cache = layer.attention.v_cache = None
+        self._cache_len = 0
+
+    def _check_cache(self, batch: int, end: int) -> None:
+        cache = self.layers[0].attention.k_cache
+        if cache is None:
+            raise CtfgenError("call setup_cache(batch_size, ...) before prefill/decode_step")
+        if batch > cache.shape[0] or end > self._cache_len:
+            raise CtfgenError(f"KV cache holds {cache.shape[0]} sequences of {self._cache_len} positions; "
+                              f"asked for {batch} sequences up to position {end}")
+
+    @torch.no_grad()
+    def prefill(self, cond_B: torch.Tensor) -> torch.Tensor:
+        """Feed the class token; returns the logits (B, V) of image token 0."""
+        self._check_cache(cond_B.shape[0], 1)
+        return self.run(self.embed(None, cond_B), pos=0)[:, -1]
+
+    @torch.no_grad()
+    def decode_step(self, tokens_B: torch.Tensor, pos: int) -> torch.Tensor:
+        """Feed image token number `pos` (0-based); returns the logits (B, V) of token pos + 1."""
+        slot = self.config.n_prefix + pos
+        self._check_cache(tokens_B.shape[0], slot + 1)
+        return self.run(self.embed(tokens_B[:, None], None), pos=slot)[:, -1]

@@ -1,0 +1,129 @@
+"""The dataset layer: (image, class id) pairs from Fashion-MNIST, idx folders, image trees or npz.
+
+    ds = load_dataset(DataConfig(source="folder", path="imagenet", resolution=256, channels=3))
+    x, y = ds[0]            # float32 (C, H, W) in [-1, 1], int
+    ds.labels               # (N,) int64 without decoding images
+    ds.views(0, "tencrop")  # uint8 HWC views for code extraction
+
+Every source yields square `resolution` images with `channels` channels (1: grey, 3: RGB).
+Images of another size go through ADM's centre-crop preprocessing (`center_crop_arr`), except
+that idx images slightly smaller than the resolution (Fashion-MNIST 28 -> 32) are zero-padded.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CtfgenError
+from . import idx as _idx
+from . import npz as _npz
+from .dataset import ArrayImageDataset, ImageDataset, data_fingerprint
+from .folder import FolderImageDataset
+from .preprocess import VIEW_MODES, center_crop_arr, convert_channels, make_views, pad_to, to_tensor
+
+SOURCES = ("fashion-mnist", "idx", "folder", "npz")
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+# Lets a machine keep Fashion-MNIST elsewhere without every config naming the path.
+FASHION_MNIST_ENV = "CTFGEN_FASHION_MNIST"
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+# Fashion-MNIST and MNIST draw on a black (0) background, so padding with 0 adds no edge.
+IDX_BACKGROUND = 0
+
+
+@dataclass
+class DataConfig:
+    source: str = "fashion-mnist"  # "fashion-mnist" | "idx" | "folder" | "npz"
+    path: str | None = None  # None -> the source's default (only fashion-mnist has one)
+    resolution: int = 32
+    channels: int = 1  # 1: grey, 3: RGB; images are converted as needed
+    skip_bad: bool = False  # folder source: leave out unreadable images (decodes all at load)
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise CtfgenError(f"data.source: unknown source {self.source!r}; expected one of {list(SOURCES)}")
+        if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or self.resolution < 1:
+            raise CtfgenError(f"data.resolution: expected a positive integer, got {self.resolution!r}")
+        if self.channels not in (1, 3) or isinstance(self.channels, bool):
+            raise CtfgenError(f"data.channels: expected 1 (grey) or 3 (RGB), got {self.channels!r}")
+        if self.path is None and self.source != "fashion-mnist":
+            raise CtfgenError(f"data.path: source {self.source!r} needs a path (only fashion-mnist has a default)")
+
+    def resolved_path(self) -> str:
+        if self.path is not None:
+            return os.path.expanduser(self.path)
+        return os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR
+
+
+def load_dataset(cfg: DataConfig, split: str = "train") -> ImageDataset:
+    """The dataset `cfg` describes, for `split` ("train"/"test" for idx sources; a folder or
+    `<split>.npz` name for folder and npz sources, which fall back to their only data)."""
+    path = cfg.resolved_path()
+    if cfg.source in ("fashion-mnist", "idx"):
+        return _load_idx(cfg, path, split)
+    if cfg.source == "npz":
+        return _load_npz(cfg, path, split)
+    return FolderImageDataset(path, split, resolution=cfg.resolution, channels=cfg.channels, skip_bad=cfg.skip_bad)
+
+
+def _load_idx(cfg: DataConfig, path: str, split: str) -> ArrayImageDataset:
+    if cfg.source == "fashion-mnist" and not Path(path).is_dir():
+        raise CtfgenError(
+            f"Fashion-MNIST not found at {path}; set data.path (or ${FASHION_MNIST_ENV}) to a folder "
+            "holding train-images-idx3-ubyte.gz and the other idx files"
+        )
+    images, labels, content = _idx.load_split(path, split)
+    if not len(labels):
+        raise CtfgenError(f"{path}: the {split} split holds no images")
+    if cfg.source == "fashion-mnist":
+        names = FASHION_MNIST_CLASSES
+    else:
+        top = max(_idx.max_label(path), int(labels.max()) if len(labels) else -1)
+        names = [str(c) for c in range(top + 1)]
+    return ArrayImageDataset(
+        images=images,
+        labels=labels,
+        class_names=names,
+        source=cfg.source,
+        path=path,
+        split=split,
+        content_hash=content,
+        resolution=cfg.resolution,
+        channels=cfg.channels,
+        pad_small=True,
+        pad_value=IDX_BACKGROUND,
+    )
+
+
+def _load_npz(cfg: DataConfig, path: str, split: str) -> ArrayImageDataset:
+    file = _npz.split_file(path, split)
+    data = _npz.read_npz(file)
+    if not len(data.labels):
+        raise CtfgenError(f"{file}: holds no images")
+    names = data.class_names
+    if names is None:
+        top = int(data.labels.max())
+        if Path(path).is_dir():
+            top = max(top, _npz.max_label_in_folder(Path(path)))
+        names = [str(c) for c in range(top + 1)]
+    return ArrayImageDataset(
+        images=data.images,
+        labels=data.labels,
+        class_names=names,
+        source="npz",
+        path=path,
+        split=split,
+        content_hash=data.sha256,
+        resolution=cfg.resolution,
+        channels=cfg.channels,
+    )
+
+
+__all__ = [
+    "ArrayImageDataset", "DataConfig", "FolderImageDataset", "ImageDataset", "FASHION_MNIST_CLASSES",
+    "SOURCES", "VIEW_MODES", "center_crop_arr", "convert_channels", "data_fingerprint", "load_dataset",
+    "make_views", "pad_to", "to_tensor",
+]  # fmt: skip

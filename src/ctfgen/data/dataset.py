@@ -1,0 +1,138 @@
+"""The dataset classes: one base with the shared API, one for in-memory uint8 arrays."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import torch
+
+from ..errors import CtfgenError
+from .preprocess import center_crop_arr, convert_channels, make_views, pad_to, to_tensor
+
+# idx images smaller than the resolution by at most this fraction are padded, not resampled,
+# so Fashion-MNIST 28x28 reaches 32x32 with its pixels untouched.
+PAD_FRACTION = 0.25
+
+
+def data_fingerprint(source: str, split: str, content: str, resolution: int, channels: int) -> str:
+    """16 hex digits naming the source, split, content hash and the pixel format served.
+
+    Resolution and channels are included because they change every pixel a consumer sees: codes
+    or reference statistics made at 32x32 grey must not be mistaken for 64x64 RGB ones.
+    """
+    blob = json.dumps(
+        {"source": source, "split": split, "content": content, "resolution": resolution, "channels": channels},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """(image, class id) pairs: float32 CHW tensors in [-1, 1] and Python ints.
+
+    Subclasses set the attributes below and implement `uint8_image`.
+    """
+
+    source: str
+    path: str
+    split: str
+    labels: np.ndarray  # (N,) int64, available without decoding any image
+    class_names: list[str]
+    channels: int
+    resolution: int
+    skipped: int  # unreadable files left out (folder source with skip_bad); 0 elsewhere
+    fingerprint: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _index(self, i: int) -> int:
+        n = self.labels.shape[0]
+        i = int(i)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for a dataset of {n} images")
+        return i % n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        i = self._index(i)
+        return to_tensor(self.uint8_image(i)), int(self.labels[i])
+
+    def uint8_image(self, i: int) -> np.ndarray:
+        """The preprocessed image i as uint8 (resolution, resolution, channels)."""
+        raise NotImplementedError
+
+    def views(self, i: int, mode: str, crop_range: float = 1.1) -> list[np.ndarray]:
+        """Augmented uint8 HWC views of image i (see `make_views`); the label is `labels[i]`."""
+        return make_views(self.uint8_image(i), mode, self.resolution, crop_range)
+
+    def describe(self) -> dict:
+        return {
+            "source": self.source,
+            "path": self.path,
+            "split": self.split,
+            "n": len(self),
+            "num_classes": self.num_classes,
+            "resolution": self.resolution,
+            "channels": self.channels,
+            "fingerprint": self.fingerprint,
+        }
+
+    def __repr__(self) -> str:
+        d = self.describe()
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in d.items())})"
+
+
+class ArrayImageDataset(ImageDataset):
+    """Images held in memory as one uint8 array (idx and npz sources).
+
+    Preprocessing happens per item, so a 60k-image split loads as fast as numpy can read it.
+    """
+
+    def __init__(
+        self,
+        *,
+        images: np.ndarray,
+        labels: np.ndarray,
+        class_names: list[str],
+        source: str,
+        path: str,
+        split: str,
+        content_hash: str,
+        resolution: int,
+        channels: int,
+        pad_small: bool = False,
+        pad_value: int = 0,
+    ):
+        if images.ndim == 3:
+            images = images[:, :, :, None]
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.class_names = list(class_names)
+        self.source, self.path, self.split = source, path, split
+        self.resolution, self.channels = resolution, channels
+        self.pad_small, self.pad_value = pad_small, pad_value
+        self.skipped = 0
+        self.fingerprint = data_fingerprint(source, split, content_hash, resolution, channels)
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
+            raise CtfgenError(
+                f"{path}: labels must lie in [0, {self.num_classes - 1}], "
+                f"found {self.labels.min()}..{self.labels.max()}"
+            )
+
+    def _fits_padding(self, h: int, w: int) -> bool:
+        r = self.resolution
+        return self.pad_small and h <= r and w <= r and min(h, w) >= r * (1 - PAD_FRACTION)
+
+    def uint8_image(self, i: int) -> np.ndarray:
+        arr = convert_channels(self.images[self._index(i)], self.channels)
+        h, w = arr.shape[:2]
+        if (h, w) == (self.resolution, self.resolution):
+            return np.ascontiguousarray(arr)
+        if self._fits_padding(h, w):
+            return pad_to(arr, self.resolution, self.pad_value)
+        return center_crop_arr(arr, self.resolution)

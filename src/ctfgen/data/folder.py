@@ -1,0 +1,148 @@
+"""Image-folder trees (ImageNet train layout): one sub-folder per class, sorted by name.
+
+Readability: by default files are only listed (names, sizes, mtimes) at index time, so a
+1.28M-image tree indexes in seconds; a corrupt file raises CtfgenError naming it when it is
+loaded. With `skip_bad=True` every file is decoded once at index time and unreadable ones are
+left out and counted in `.skipped`, which costs a full pass over the data.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..errors import CtfgenError
+from .dataset import ImageDataset, data_fingerprint
+from .preprocess import center_crop_arr, convert_channels, make_views
+
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+)
+# Folder names that mean "this is a split, not a class" when the asked-for split is missing.
+SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
+_READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _list_images(class_dir: Path) -> list[tuple[str, int, int]]:
+    """(path relative to class_dir, size, mtime_ns) of every image below class_dir, sorted."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(class_dir):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if _is_image(name):
+                full = os.path.join(dirpath, name)
+                st = os.stat(full)
+                found.append((os.path.relpath(full, class_dir), st.st_size, st.st_mtime_ns))
+    found.sort()
+    return found
+
+
+def open_image(path: str | os.PathLike, channels: int) -> Image.Image:
+    """Decode a file as an "L" or "RGB" PIL image; any decoding problem names the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. palette-with-transparency notices
+            with Image.open(path) as im:
+                im.load()
+                return im.convert("L" if channels == 1 else "RGB")
+    except _READ_ERRORS as e:
+        raise CtfgenError(f"{path}: cannot read image ({e})") from None
+
+
+def _readable(path: str) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                # JPEG draft mode decodes at a reduced scale but still reads the whole stream,
+                # so truncation is caught at a fraction of the cost of a full decode.
+                im.draft(im.mode, (64, 64))
+                im.load()
+        return True
+    except _READ_ERRORS:
+        return False
+
+
+def _data_root(path: Path, split: str) -> Path:
+    if not path.is_dir():
+        raise CtfgenError(f"image folder not found: {path}")
+    if (path / split).is_dir():
+        return path / split
+    splits = [s for s in SPLIT_NAMES if (path / s).is_dir()]
+    if splits:
+        raise CtfgenError(f"{path} has split folder(s) {splits} but no '{split}' folder")
+    return path
+
+
+class FolderImageDataset(ImageDataset):
+    def __init__(self, path: str | os.PathLike, split: str, *, resolution: int, channels: int, skip_bad: bool = False):
+        root = _data_root(Path(path), split)
+        class_dirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+        if not class_dirs:
+            raise CtfgenError(f"{root}: no class sub-folders found (expected {root}/<class>/<image files>)")
+        self.root = root
+        self.class_names = class_dirs
+        self.source, self.path, self.split = "folder", str(path), split
+        self.resolution, self.channels = resolution, channels
+
+        files: list[str] = []
+        labels: list[int] = []
+        h = hashlib.sha256()
+        for label, name in enumerate(tqdm(class_dirs, desc=f"indexing {root}", unit="class", leave=False)):
+            entries = _list_images(root / name)
+            if not entries:
+                raise CtfgenError(f"{root / name}: class folder holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            for rel, size, mtime in entries:
+                files.append(os.path.join(name, rel))
+                labels.append(label)
+                h.update(f"{name}/{rel}|{size}|{mtime}\n".encode())
+        self.skipped = 0
+        if skip_bad:
+            files, labels = self._drop_unreadable(files, labels)
+        self.files = files
+        self.labels = np.asarray(labels, dtype=np.int64)
+        # Which files were skipped follows from the listed content, so the hash needs no more.
+        self.fingerprint = data_fingerprint("folder", split, h.hexdigest(), resolution, channels)
+
+    def _drop_unreadable(self, files: list[str], labels: list[int]) -> tuple[list[str], list[int]]:
+        keep = [
+            _readable(str(self.root / f))
+            for f in tqdm(files, desc=f"checking images in {self.root}", unit="img", leave=False)
+        ]
+        self.skipped = keep.count(False)
+        files = [f for f, k in zip(files, keep) if k]
+        labels = [y for y, k in zip(labels, keep) if k]
+        present = set(labels)
+        for label, name in enumerate(self.class_names):
+            if label not in present:
+                raise CtfgenError(f"{self.root / name}: no readable image in this class folder")
+        return files, labels
+
+    def file(self, i: int) -> Path:
+        """Absolute path of image i."""
+        return self.root / self.files[self._index(i)]
+
+    def original(self, i: int) -> Image.Image:
+        """Image i as decoded, before cropping (in the configured channel mode)."""
+        return open_image(self.file(i), self.channels)
+
+    def uint8_image(self, i: int) -> np.ndarray:
+        img = self.original(i)
+        if img.size == (self.resolution, self.resolution):
+            return convert_channels(img, self.channels)
+        return center_crop_arr(img, self.resolution)
+
+    def views(self, i: int, mode: str, crop_range: float = 1.1) -> list[np.ndarray]:
+        # Ten-crop must see the uncropped image: its corners lie outside the centre crop.
+        if mode == "tencrop":
+            return make_views(self.original(i), mode, self.resolution, crop_range)
+        return super().views(i, mode, crop_range)

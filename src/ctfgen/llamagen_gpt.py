@@ -15,8 +15,10 @@ import torch
 from .errors import ArtifactError, CtfgenError
 from .models import GPT, build_model
 
-# keys older LlamaGen checkpoints may carry that are rebuilt here, not loaded
+# Not weights: older checkpoints may carry the rotary table, and a model saved after
+# setup_caches (e.g. after sampling during training) carries its KV-cache buffers.
 _DROP = ("freqs_cis", "causal_mask")
+_DROP_SUFFIX = (".kv_cache.k_cache", ".kv_cache.v_cache")
 
 
 def read_llamagen_state_dict(path: str | Path, *, which: str = "model") -> dict[str, torch.Tensor]:
@@ -52,7 +54,7 @@ def read_llamagen_state_dict(path: str | Path, *, which: str = "model") -> dict[
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ArtifactError(f"{path}: not a state_dict, non-tensor entries {bad[:5]}")
-    return {k: v for k, v in sd.items() if k not in _DROP}
+    return {k: v for k, v in sd.items() if k not in _DROP and not k.endswith(_DROP_SUFFIX)}
 
 
 def load_llamagen_gpt(path: str | Path, preset: str, *, grid: int = 16, which: str = "model",

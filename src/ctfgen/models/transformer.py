@@ -157,8 +157,9 @@ class Trunk(nn.Module):
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
         self._build_rope()
-        self.apply(self._init_weights)
-        nn.init.zeros_(self.output.weight)  # LlamaGen: the head starts at uniform predictions
+        if not self.output.weight.is_meta:  # meta models (counting, load targets) hold no values
+            self.apply(self._init_weights)
+            nn.init.zeros_(self.output.weight)  # LlamaGen: the head starts at uniform predictions
 
     def _init_weights(self, m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):

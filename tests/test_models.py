@@ -1,0 +1,283 @@
+import argparse
+import fractions
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from ctfgen.config import from_dict, to_dict
+from ctfgen.errors import ArtifactError, CtfgenError
+from ctfgen.llamagen_gpt import load_llamagen_gpt
+from ctfgen.models import AuxTransformer, GPT, ModelConfig, build_model, count_params, model_from_config
+from ctfgen.models.transformer import apply_rope, rope_2d_table
+
+FIXTURE = Path(__file__).parent / "fixtures" / "llamagen_gpt_tiny.safetensors"
+V, K, NC, G = 64, 8, 10, 4  # codebook, clusters, classes, grid: 16 tokens
+L = G * G
+
+
+def tiny(kind, **kw):
+    c2c = torch.arange(V) % K if kind == "aux" else None
+    m = build_model(kind, "tiny", vocab_size=V, num_classes=NC, grid=G,
+                    coarse_vocab=None if kind == "baseline" else K, code_to_coarse=c2c, **kw)
+    with torch.no_grad():  # the zero-initialised head would make every logit test trivial
+        m.output.weight.normal_(0, 0.02)
+    return m
+
+
+def batch(B=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, V, (B, L), generator=g)
+    return {"codes": codes, "coarse": codes % K, "label": torch.randint(0, NC, (B,), generator=g)}
+
+
+# ---- the block ----
+
+def test_rope_table_rows_columns_and_prefix():
+    hd = 16
+    cos, sin = rope_2d_table(G, hd, n_prefix=1, prefix="zero")
+    assert cos.shape == sin.shape == (1 + L, hd // 2)
+    assert cos[0].abs().sum() == 0 and sin[0].abs().sum() == 0
+    # token at row 2, column 3: first rotary half turns by the row, second by the column
+    angle = torch.atan2(sin[1 + 2 * G + 3], cos[1 + 2 * G + 3])
+    freqs = 10000.0 ** (-torch.arange(hd // 4) * 2 / (hd // 2))
+    assert torch.allclose(angle[: hd // 4], torch.remainder(2 * freqs + math.pi, 2 * math.pi) - math.pi, atol=1e-6)
+    assert torch.allclose(angle[hd // 4:], torch.remainder(3 * freqs + math.pi, 2 * math.pi) - math.pi, atol=1e-6)
+    cos_i, sin_i = rope_2d_table(G, hd, n_prefix=1, prefix="identity")
+    assert torch.equal(cos_i[0], torch.ones(hd // 2)) and torch.equal(sin_i[1:], sin[1:])
+    x = torch.randn(2, 1 + L, 3, hd)  # rotation keeps norms
+    assert torch.allclose(apply_rope(x, cos_i, sin_i).norm(dim=-1), x.norm(dim=-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("cls_rope", ["zero", "identity"])
+def test_class_token_query_key_vanish_with_llamagen_rope(cls_rope):
+    m = tiny("baseline", cls_rope=cls_rope).eval()
+    attn = m.layers[0].attention
+    h = m.layers[0].attention_norm(m.embed(batch()["codes"][:, :-1], batch()["label"]))
+    q, k, _ = attn.wqkv(h).view(3, L, 3, attn.n_head, attn.head_dim).unbind(2)
+    q_cls = apply_rope(q, m.rope_cos[:L], m.rope_sin[:L])[:, 0]
+    k_cls = apply_rope(k, m.rope_cos[:L], m.rope_sin[:L])[:, 0]
+    if cls_rope == "zero":
+        assert q_cls.norm() == 0 and k_cls.norm() == 0
+    else:
+        assert torch.allclose(q_cls, q[:, 0]) and k_cls.norm() > 0
+
+
+@pytest.mark.parametrize("kind,cls_rope", [("baseline", "zero"), ("ar", "zero"), ("ar", "identity")])
+def test_kv_cache_decoding_matches_full_forward(kind, cls_rope):
+    m = tiny(kind, cls_rope=cls_rope).eval()
+    b = batch(B=3)
+    tokens, label = b["codes" if kind == "baseline" else "coarse"], b["label"]
+    with torch.no_grad():
+        full = m(tokens[:, :-1], label)
+    assert full.shape == (3, L, m.config.out_vocab)
+    m.setup_cache(batch_size=5)  # bigger than needed: smaller batches use its front
+    steps = [m.prefill(label)] + [m.decode_step(tokens[:, i], i) for i in range(L - 1)]
+    assert torch.allclose(torch.stack(steps, 1), full, atol=1e-5)
+    # several tokens at once from a later position (explicit causal mask path)
+    with torch.no_grad():
+        first = m.run(m.embed(tokens[:, :5], label), pos=0)
+        rest = m.run(m.embed(tokens[:, 5:11], None), pos=6)
+    assert torch.allclose(torch.cat([first, rest], 1), full[:, :12], atol=1e-5)
+    with pytest.raises(CtfgenError, match="KV cache holds"):
+        m.decode_step(tokens[:, 0], L)
+    m.clear_cache()
+    with pytest.raises(CtfgenError, match="setup_cache"):
+        m.prefill(label)
+
+
+def test_causal_and_bidirectional_attention():
+    b = batch()
+    gpt, aux = tiny("ar").eval(), tiny("aux").eval()
+    changed = b["coarse"].clone()
+    changed[:, 10] = (changed[:, 10] + 1) % K
+    with torch.no_grad():
+        d_gpt = (gpt(changed[:, :-1], b["label"]) - gpt(b["coarse"][:, :-1], b["label"])).abs().amax(dim=(0, 2))
+        d_aux = (aux(changed, b["label"]) - aux(b["coarse"], b["label"])).abs().amax(dim=(0, 2))
+    assert d_gpt[:11].max() == 0 and d_gpt[11:].min() > 0  # logit i sees tokens < i
+    assert d_aux.min() > 0  # every position sees the whole sequence
+
+
+# ---- models ----
+
+def test_baseline_state_dict_is_llamagens():
+    m = build_model("baseline", "tiny", vocab_size=V, num_classes=NC, grid=G)
+    sd = m.state_dict()
+    d, h = 128, 512  # find_multiple(int(2*4*128/3), 256)
+    expected = {"cls_embedding.embedding_table.weight": (NC + 1, d), "tok_embeddings.weight": (V, d),
+                "norm.weight": (d,), "output.weight": (V, d)}
+    for i in range(4):
+        p = f"layers.{i}."
+        expected.update({p + "attention.wqkv.weight": (3 * d, d), p + "attention.wo.weight": (d, d),
+                         p + "feed_forward.w1.weight": (h, d), p + "feed_forward.w3.weight": (h, d),
+                         p + "feed_forward.w2.weight": (d, h), p + "attention_norm.weight": (d,),
+                         p + "ffn_norm.weight": (d,)})
+    assert {k: tuple(v.shape) for k, v in sd.items()} == expected
+    assert sd["output.weight"].abs().sum() == 0
+    assert 0.018 < sd["layers.0.attention.wqkv.weight"].std() < 0.022
+    assert sd["layers.0.ffn_norm.weight"].eq(1).all()
+
+
+def test_parameter_counts_match_the_paper():
+    ar = dict(vocab_size=16384, coarse_vocab=512, num_classes=1000, grid=16)
+    base = dict(vocab_size=16384, num_classes=1000, grid=16)
+    for preset, n_ar, n_base in [("B", 87, 111), ("L", 310, 343), ("XL", 734, 775)]:
+        assert abs(count_params("ar", preset, **ar) / 1e6 - n_ar) < 1, preset
+        assert abs(count_params("baseline", preset, **base) / 1e6 - n_base) < 1, preset
+    assert count_params("baseline", "B", **base) == 110_888_448  # LlamaGen's GPT-B, measured
+    # small presets fit the 32x32 Fashion-MNIST default (8x8 tokens, codebook 4096, K 128)
+    fm = dict(vocab_size=4096, coarse_vocab=128, num_classes=10, grid=8)
+    assert count_params("ar", "tiny", **fm) < 2e6 and count_params("aux", "small", **fm) < 10e6
+
+
+@pytest.mark.parametrize("kind", ["baseline", "ar", "aux"])
+def test_compute_loss_trains_and_config_round_trips(kind):
+    torch.manual_seed(0)
+    m = build_model(kind, "tiny", vocab_size=V, num_classes=NC, grid=G,
+                    coarse_vocab=None if kind == "baseline" else K,
+                    code_to_coarse=torch.arange(V) % K if kind == "aux" else None)
+    b = batch(B=4)
+    m.eval()
+    loss0, metrics = m.compute_loss(b)
+    assert set(metrics) >= {"loss", "acc"}
+    # zero head: uniform over the vocabulary (over the 8 cluster members when masked)
+    n = V // K if kind == "aux" else m.config.out_vocab
+    assert loss0.item() == pytest.approx(math.log(n), abs=1e-5)
+    m.train()
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    for _ in range(15):
+        loss, metrics = m.compute_loss(b)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert metrics["loss"] < loss0 - 0.3
+    m2 = model_from_config(json.loads(json.dumps(to_dict(m.config))))
+    m2.load_state_dict(m.state_dict())
+    m.eval(), m2.eval()
+    assert torch.equal(m.compute_loss(b)[0], m2.compute_loss(b)[0])
+
+
+def test_class_dropout_only_in_training():
+    m = tiny("ar", class_dropout_prob=0.5)
+    label = torch.zeros(4000, dtype=torch.long)
+    dropped = m.cls_embedding.drop(label, 0.5)
+    assert set(dropped.tolist()) == {0, NC} and 0.45 < (dropped == NC).float().mean() < 0.55
+    b = batch()
+    m.eval()
+    assert torch.equal(m.compute_loss(b)[0], m.compute_loss(b)[0])
+
+
+def test_aux_masking_code_to_coarse_and_options():
+    m = tiny("aux").eval()
+    b = batch()
+    with torch.no_grad():
+        logits = m.fine_logits(b["coarse"], b["label"])
+    assert logits.shape == (3, L, V)
+    member = (torch.arange(V) % K)[None, None, :] == b["coarse"][..., None]
+    assert torch.isfinite(logits[member]).all() and torch.isneginf(logits[~member]).all()
+    assert "code_to_coarse" in m.state_dict()
+    assert torch.isfinite(tiny("aux", mask_to_cluster=False).eval().fine_logits(b["coarse"], b["label"])).all()
+    # built from a config alone, it gets the map from the checkpoint
+    m2 = model_from_config(m.config)
+    with pytest.raises(CtfgenError, match="code_to_coarse is not set"):
+        m2.fine_logits(b["coarse"], b["label"])
+    m2.load_state_dict(m.state_dict())
+    assert torch.equal(m2.eval().fine_logits(b["coarse"], b["label"]), logits)
+    # no class token: no class embedding, no prefix
+    nc = tiny("aux", use_class=False).eval()
+    assert not hasattr(nc, "cls_embedding") and nc(b["coarse"]).shape == (3, L, V)
+    # noisy coarse inputs: noised positions carry no loss, so it stays finite under the mask
+    noisy = tiny("aux", coarse_noise=0.3).train()
+    loss, _ = noisy.compute_loss(b)
+    assert torch.isfinite(loss)
+    with pytest.raises(CtfgenError, match="needs code_to_coarse"):
+        build_model("aux", "tiny", vocab_size=V, num_classes=NC, grid=G, coarse_vocab=K)
+    with pytest.raises(CtfgenError, match="values must lie in"):
+        build_model("aux", "tiny", vocab_size=V, num_classes=NC, grid=G, coarse_vocab=K,
+                    code_to_coarse=torch.arange(V))
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(CtfgenError, match="coarse_vocab"):
+        build_model("ar", "tiny", vocab_size=V, num_classes=NC, grid=G)
+    with pytest.raises(CtfgenError, match="unknown model preset"):
+        build_model("baseline", "huge", vocab_size=V, num_classes=NC, grid=G)
+    with pytest.raises(CtfgenError, match="unknown model option"):
+        build_model("baseline", "tiny", vocab_size=V, num_classes=NC, grid=G, n_layers=3)
+    with pytest.raises(CtfgenError, match="cls_rope"):
+        ModelConfig(cls_rope="none")
+    with pytest.raises(CtfgenError, match="kind"):
+        from_dict(ModelConfig, {"kind": "diffusion"})
+
+
+def test_bf16_cast_keeps_rope_table_fp32():
+    m = tiny("baseline").to(torch.bfloat16)
+    assert m.rope_cos.dtype == torch.float32 and m.tok_embeddings.weight.dtype == torch.bfloat16
+    assert m(batch()["codes"][:, :-1], batch()["label"]).dtype == torch.float32
+
+
+# ---- LlamaGen checkpoints ----
+
+def _fixture():
+    with safe_open(str(FIXTURE), "pt") as f:
+        t = {k: f.get_tensor(k) for k in f.keys()}
+        args = json.loads(f.metadata()["ctfgen_args"])
+    sd = {k[3:]: v.float() for k, v in t.items() if k.startswith("sd.")}
+    return sd, args, t
+
+
+def test_parity_with_llamagen_logits():
+    """Weights, inputs and logits made by LlamaGen's own gpt.py (scripts/make_llamagen_parity_fixture.py)."""
+    sd, args, t = _fixture()
+    m = build_model("baseline", "tiny", **args).eval()
+    m.load_state_dict(sd, strict=True)
+    with torch.no_grad():
+        logits = m(t["tokens"], t["cond"])
+    assert torch.allclose(logits, t["logits"], atol=1e-5)
+    m.setup_cache(batch_size=3)
+    steps = [m.prefill(t["cond"])] + [m.decode_step(t["tokens"][:, i], i) for i in range(t["tokens"].shape[1])]
+    assert torch.allclose(torch.stack(steps, 1), t["cached_logits"], atol=1e-5)
+    # the "identity" prefix is a different model: it must not pass as LlamaGen's
+    m_id = build_model("baseline", "tiny", cls_rope="identity", **args).eval()
+    m_id.load_state_dict(sd)
+    assert not torch.allclose(m_id(t["tokens"], t["cond"]), t["logits"], atol=1e-3)
+
+
+def test_load_llamagen_checkpoint_layouts(tmp_path):
+    sd, args, t = _fixture()
+    ns = argparse.Namespace(gpt_model="GPT-tiny", lr=1e-4)
+    ema = {k: v + 0.01 for k, v in sd.items()}
+    ddp = tmp_path / "ddp.pt"
+    torch.save({"model": sd, "ema": ema, "optimizer": {}, "steps": 7, "args": ns}, ddp)
+    bare = tmp_path / "consolidated.pth"
+    # not weights, dropped: an old rotary table, and KV-cache buffers of a model saved after sampling
+    torch.save({**sd, "freqs_cis": torch.zeros(17, 8, 2),
+                "layers.0.attention.kv_cache.k_cache": torch.zeros(3, 4, 16, 16)}, bare)
+    overrides = {k: args[k] for k in ("n_layer", "n_head", "dim", "multiple_of")}
+    for path in (ddp, bare):
+        m = load_llamagen_gpt(path, "tiny", grid=4, **overrides)
+        assert isinstance(m, GPT) and not m.training and m.config.num_classes == 10
+        with torch.no_grad():
+            assert torch.allclose(m(t["tokens"], t["cond"]), t["logits"], atol=1e-5)
+    m = load_llamagen_gpt(ddp, "tiny", grid=4, which="ema", **overrides)
+    assert torch.equal(m.norm.weight, ema["norm.weight"])
+    with pytest.raises(ArtifactError, match="no 'ema'"):
+        load_llamagen_gpt(bare, "tiny", grid=4, which="ema", **overrides)
+    # strict: wrong size, missing and unexpected keys are named
+    with pytest.raises(ArtifactError, match=r"shape mismatches.*wqkv"):
+        load_llamagen_gpt(ddp, "tiny", grid=4)
+    broken = dict(sd)
+    broken.pop("norm.weight")
+    broken["layers.0.attention.bias"] = torch.zeros(3)
+    torch.save({"model": broken}, tmp_path / "broken.pt")
+    with pytest.raises(ArtifactError, match=r"missing keys \['norm.weight'\].*unexpected keys \['layers.0.attention.bias'\]"):
+        load_llamagen_gpt(tmp_path / "broken.pt", "tiny", grid=4, **overrides)
+    with pytest.raises(ArtifactError, match="not found"):
+        load_llamagen_gpt(tmp_path / "nope.pt", "tiny")
+    # weights_only: anything beyond tensors, containers and argparse.Namespace is refused
+    torch.save({"model": sd, "args": fractions.Fraction(1, 3)}, tmp_path / "evil.pt")
+    with pytest.raises(ArtifactError, match="weights-only"):
+        load_llamagen_gpt(tmp_path / "evil.pt", "tiny")

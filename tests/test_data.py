@@ -62,7 +62,7 @@ def make_folder_tree(root: Path) -> Path:
     save_image(root / "a_cat" / "2.jpg", RNG.integers(0, 256, (70, 33, 3), dtype=np.uint8), quality=90)
     save_image(root / "a_cat" / "3.png", RNG.integers(0, 256, (16, 16), dtype=np.uint8))  # grey, exact size
     save_image(root / "b_dog" / "x.png", RNG.integers(0, 256, (100, 80, 4), dtype=np.uint8))  # RGBA
-    save_image(root / "b_dog" / "sub" / "y.JPEG", RNG.integers(0, 256, (20, 50, 3), dtype=np.uint8))
+    save_image(root / "b_dog" / "sub" / "é.JPEG", RNG.integers(0, 256, (20, 50, 3), dtype=np.uint8))
     (root / "b_dog" / "notes.txt").write_text("not an image, ignored")
     return root
 

@@ -27,7 +27,7 @@ class IdxArray:
 
 
 # Decoded files keyed by (resolved path, size, mtime): loading a dataset twice costs nothing,
-# and a file rewritten in place is read again.
+# and a file rewritten in place is read again (unless its size and mtime both stay the same).
 _CACHE: dict[tuple[str, int, int], IdxArray] = {}
 
 

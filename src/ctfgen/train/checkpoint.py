@@ -1,0 +1,242 @@
+"""Checkpoints: one artifact folder (kind "model") that is both the resumable state and what samplers load.
+
+    out/manifest.json           model config, train config, made_from {codes, coarse_map, tokenizer}
+    out/model.safetensors       weights (fp32)
+    out/ema.safetensors         EMA weights, when the run keeps an EMA
+    out/training_state/         optimizer.safetensors + state.json (step, data position, optimizer
+                                hyper-parameters) + rng.safetensors (torch/CUDA/numpy/python, per rank)
+    out/metrics.jsonl, out/loss_curve.png, out/tensorboard/
+
+Everything is tensors in safetensors or plain JSON; nothing is pickled. The folder is replaced in one
+rename (artifacts.artifact_dir), so a kill during saving leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..artifacts import artifact_dir, check_made_from, read_json, read_manifest, write_manifest, atomic_write_json
+from ..errors import ArtifactError
+
+KIND = "model"
+STATE_DIR = "training_state"
+LIVE_FILES = ("metrics.jsonl", "tensorboard")  # written between checkpoints, carried into each new one
+
+
+# ---------------------------------------------------------------- tensors <-> files
+
+def _cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # clone: safetensors refuses tensors sharing storage (tied weights) and non-contiguous views
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+
+
+def optimizer_to_tensors(sd: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state_dict into tensors (safetensors) and JSON-able metadata."""
+    keys = list(sd["state"].keys())
+    tensors, scalars = {}, {}
+    for i, key in enumerate(keys):
+        for name, value in sd["state"][key].items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{i}.{name}"] = value
+            else:
+                scalars[f"{i}.{name}"] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return _cpu(tensors), {"keys": keys, "scalars": scalars, "param_groups": groups}
+
+
+def optimizer_from_tensors(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict:
+    state: dict[Any, dict[str, Any]] = {key: {} for key in meta["keys"]}
+    keys = meta["keys"]
+    for name, value in tensors.items():
+        _, i, field = name.split(".", 2)
+        state[keys[int(i)]][field] = value
+    for name, value in meta["scalars"].items():
+        i, field = name.split(".", 1)
+        state[keys[int(i)]][field] = value
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def capture_rng(device: torch.device | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """This process's RNG states (torch CPU, CUDA, numpy, python) as tensors + JSON."""
+    tensors = {"torch": torch.get_rng_state()}
+    if device is not None and device.type == "cuda":
+        tensors["cuda"] = torch.cuda.get_rng_state(device)
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    tensors["numpy"] = torch.from_numpy(np.asarray(np_keys, dtype=np.int64))
+    py_version, py_internal, py_gauss = random.getstate()
+    tensors["python"] = torch.tensor(py_internal, dtype=torch.int64)
+    meta = {"numpy": [np_kind, int(np_pos), int(np_has_gauss), float(np_gauss)],
+            "python": [py_version, py_gauss]}
+    return tensors, meta
+
+
+def restore_rng(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], device: torch.device | None = None) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if device is not None and device.type == "cuda" and "cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["cuda"], device)
+    np_kind, np_pos, np_has_gauss, np_gauss = meta["numpy"]
+    np.random.set_state((np_kind, tensors["numpy"].numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
+    py_version, py_gauss = meta["python"]
+    random.setstate((py_version, tuple(int(x) for x in tensors["python"].tolist()), py_gauss))
+
+
+# ---------------------------------------------------------------- writing
+
+def save_checkpoint(
+    out_dir: str | Path,
+    *,
+    model_state: Mapping[str, torch.Tensor],
+    ema_state: Mapping[str, torch.Tensor] | None,
+    optimizer_state: Mapping[str, Any],
+    rng_per_rank: list[tuple[dict[str, torch.Tensor], dict]],
+    state: Mapping[str, Any],
+    config: Mapping[str, Any],
+    made_from: Mapping[str, str],
+    info: Mapping[str, Any],
+    extra_files: Callable[[Path], None] | None = None,
+    before_commit: Callable[[], None] | None = None,
+) -> dict:
+    """Write the whole checkpoint to a temporary sibling and swap it in.
+
+    `extra_files(tmp)` writes derived files (the loss curve); `before_commit()` runs right before the
+    live files (metrics, TensorBoard) are moved from the old folder into the new one, so writers can
+    close their handles first.
+    """
+    from ..artifacts import fingerprint_tensors
+
+    out = Path(out_dir)
+    model_cpu = _cpu(model_state)
+    with artifact_dir(out, overwrite=True) as tmp:
+        save_file(model_cpu, str(tmp / "model.safetensors"))
+        if ema_state is not None:
+            save_file(_cpu(ema_state), str(tmp / "ema.safetensors"))
+        sdir = tmp / STATE_DIR
+        sdir.mkdir()
+        opt_tensors, opt_meta = optimizer_to_tensors(optimizer_state)
+        save_file(opt_tensors, str(sdir / "optimizer.safetensors"))
+        rng_tensors = {f"rank{r}.{k}": v for r, (ts, _) in enumerate(rng_per_rank) for k, v in ts.items()}
+        save_file(_cpu(rng_tensors), str(sdir / "rng.safetensors"))
+        atomic_write_json(sdir / "state.json", {**state, "optimizer": opt_meta,
+                                                "rng": [meta for _, meta in rng_per_rank]})
+        if extra_files is not None:
+            extra_files(tmp)
+        if before_commit is not None:
+            before_commit()
+        for name in LIVE_FILES:
+            if (out / name).exists():
+                shutil.move(str(out / name), str(tmp / name))
+        fp = fingerprint_tensors(model_cpu, extra=config.get("model"))
+        manifest = write_manifest(tmp, kind=KIND, fingerprint=fp, config=config, made_from=made_from, info=info)
+    return manifest
+
+
+# ---------------------------------------------------------------- reading
+
+def read_checkpoint_manifest(out_dir: str | Path) -> dict | None:
+    """The manifest of a checkpoint to resume, None for a fresh start; refuses foreign folders."""
+    out = Path(out_dir)
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise ArtifactError(f"--out {out} exists and is not a folder")
+    if not (out / "manifest.json").is_file():
+        others = sorted(p.name for p in out.iterdir() if p.name not in LIVE_FILES)
+        if others:
+            raise ArtifactError(f"--out {out} exists but is not a model checkpoint (it holds {others[:5]}); "
+                                "choose another folder")
+        return None  # only the live logs of a run killed before its first checkpoint
+    return read_manifest(out, KIND)
+
+
+def load_training_state(out_dir: str | Path) -> dict:
+    """Everything needed to continue: model/EMA/optimizer tensors, step and RNG states."""
+    out = Path(out_dir)
+    sdir = out / STATE_DIR
+    for path in (out / "model.safetensors", sdir / "optimizer.safetensors", sdir / "rng.safetensors"):
+        if not path.is_file():
+            raise ArtifactError(f"checkpoint {out} is incomplete: {path.relative_to(out)} is missing")
+    state = read_json(sdir / "state.json", what="training state")
+    rng_flat = load_file(str(sdir / "rng.safetensors"))
+    rng = []
+    for r, meta in enumerate(state["rng"]):
+        prefix = f"rank{r}."
+        rng.append(({k[len(prefix):]: v for k, v in rng_flat.items() if k.startswith(prefix)}, meta))
+    ema_path = out / "ema.safetensors"
+    return {
+        "state": state,
+        "model": load_file(str(out / "model.safetensors")),
+        "ema": load_file(str(ema_path)) if ema_path.is_file() else None,
+        "optimizer": optimizer_from_tensors(load_file(str(sdir / "optimizer.safetensors")), state["optimizer"]),
+        "rng": rng,
+    }
+
+
+def first_difference(expected: Any, found: Any, path: str = "") -> str | None:
+    """The dotted name of the first field where two JSON-like values differ, or None."""
+    if isinstance(expected, dict) and isinstance(found, dict):
+        for key in list(expected) + [k for k in found if k not in expected]:
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in expected or key not in found:
+                return sub
+            diff = first_difference(expected[key], found[key], sub)
+            if diff:
+                return diff
+        return None
+    if isinstance(expected, (list, tuple)) and isinstance(found, (list, tuple)):
+        if len(expected) == len(found) and all(first_difference(a, b) is None for a, b in zip(expected, found)):
+            return None
+        return path
+    return None if expected == found else path
+
+
+def load_model(
+    folder: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    ema: bool | None = None,
+    expect_kind: str | None = None,
+    made_from: Mapping[str, str] | None = None,
+    build: Callable[[Any], torch.nn.Module] | None = None,
+) -> tuple[torch.nn.Module, dict]:
+    """A trained model in eval mode and its manifest, from a `ctfgen train` folder.
+
+    ema: use the EMA weights (None: when the checkpoint has them). expect_kind: refuse other model
+    kinds ("ar", "aux", "baseline"). made_from: fingerprints the checkpoint must have been made from,
+    e.g. {"coarse_map": fp}. build: model_from_config replacement (tests).
+    """
+    folder = Path(folder)
+    m = read_manifest(folder, KIND)
+    cfg = m.get("config", {})
+    if "model" not in cfg:
+        raise ArtifactError(f"{folder / 'manifest.json'}: config lacks the model config ('model')")
+    kind = cfg["model"].get("kind")
+    if expect_kind is not None and kind != expect_kind:
+        raise ArtifactError(f"{folder} holds a '{kind}' model, expected '{expect_kind}'")
+    for key, fp in (made_from or {}).items():
+        check_made_from(f"{key} of model {folder}", fp, m.get("made_from", {}).get(key, "<none>"),
+                        hint=f"this model was trained on another {key}")
+    if build is None:
+        from ..config import from_dict
+        from ..models import model_from_config
+        from ..models.config import ModelConfig
+
+        def build(d):
+            return model_from_config(from_dict(ModelConfig, d, where=f"{folder / 'manifest.json'}: config.model"))
+    model = build(cfg["model"])
+    use_ema = (folder / "ema.safetensors").is_file() if ema is None else ema
+    path = folder / ("ema.safetensors" if use_ema else "model.safetensors")
+    if not path.is_file():
+        raise ArtifactError(f"{path} not found" + (" (this run kept no EMA; pass ema=False)" if use_ema else ""))
+    try:
+        model.load_state_dict(load_file(str(path)), strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[:3]
+        raise ArtifactError(f"{path} does not fit the model in its manifest: {' '.join(first)}") from None
+    return model.to(device).eval(), m

@@ -1,0 +1,106 @@
+"""What a training run is (TrainConfig, recorded in the checkpoint) and how it is executed (RunOptions).
+
+The split matters for resuming: every field of TrainConfig must match the checkpoint being resumed,
+while RunOptions (logging, checkpoint cadence, device, gradient accumulation, FSDP, compile) may
+change between invocations, e.g. when a run moves to a machine with less memory. The global batch is
+part of the recipe; how it is split across ranks and micro-steps is not.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import CtfgenError
+
+KINDS = ("baseline", "ar", "aux")
+REFERENCE_BATCH = 256  # learning rates are given per this many samples (LlamaGen: 1e-4 at 256)
+
+
+@dataclass
+class TrainConfig:
+    kind: str = "ar"  # baseline | ar (stage 1) | aux (stage 2)
+    preset: str = "tiny"
+    steps: int = 0  # optimizer steps; 0: derive from `epochs`
+    epochs: float = 0.0  # used when steps == 0; an epoch is one pass over the codes (one view per image)
+    batch_size: int = 64  # global batch per optimizer step, summed over ranks and micro-steps
+    lr: float = 1e-4  # per REFERENCE_BATCH samples; scaled linearly with batch_size
+    warmup_steps: int = 0  # linear warm-up from 0
+    cosine: bool = False  # cosine decay to min_lr_ratio * lr after warm-up (else constant)
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.05  # on parameters with >= 2 dims only (matrices and embeddings)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    ema: float = 0.0  # EMA decay of the weights (e.g. 0.9999); 0: no EMA
+    seed: int = 0
+    aux_coarse_noise: float = 0.0  # stage 2: fraction of coarse inputs replaced by random labels
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields over the preset
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        where = "train config"
+        if self.kind not in KINDS:
+            raise CtfgenError(f"{where}: kind {self.kind!r} is not one of {KINDS}")
+        if self.steps < 0 or self.epochs < 0:
+            raise CtfgenError(f"{where}: steps and epochs must be >= 0")
+        if self.batch_size < 1:
+            raise CtfgenError(f"{where}: batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise CtfgenError(f"{where}: lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise CtfgenError(f"{where}: warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise CtfgenError(f"{where}: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0.0 <= self.ema < 1.0:
+            raise CtfgenError(f"{where}: ema must be in [0, 1) (0 disables), got {self.ema}")
+        if not 0.0 <= self.aux_coarse_noise < 1.0:
+            raise CtfgenError(f"{where}: aux_coarse_noise must be in [0, 1), got {self.aux_coarse_noise}")
+        if self.aux_coarse_noise and self.kind != "aux":
+            raise CtfgenError(f"{where}: aux_coarse_noise applies to kind 'aux' only, not {self.kind!r}")
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr * self.batch_size / REFERENCE_BATCH
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        if self.steps:
+            return self.steps
+        if not self.epochs:
+            raise CtfgenError("train config: give the length of the run as steps (--steps) or epochs (--epochs)")
+        return max(1, math.ceil(self.epochs * steps_per_epoch))
+
+    def lr_at(self, step: int, total: int) -> float:
+        """Learning rate for optimizer step `step` (0-based): linear warm-up, then constant or cosine."""
+        peak = self.peak_lr
+        if step < self.warmup_steps:
+            return peak * (step + 1) / self.warmup_steps
+        if not self.cosine:
+            return peak
+        span = max(1, total - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        floor = peak * self.min_lr_ratio
+        return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class RunOptions:
+    device: str = "auto"  # cpu, cuda, cuda:N, auto; under torchrun CUDA ranks use cuda:LOCAL_RANK
+    grad_accum: int = 1  # micro-steps per optimizer step on each rank
+    log_every: int = 50  # optimizer steps between metric records
+    ckpt_every: int = 1000  # optimizer steps between checkpoints (0: only at the end)
+    stop_after: int = 0  # stop this invocation once this many optimizer steps are done (0: run to the end)
+    fsdp: bool = False  # shard parameters, gradients and optimizer state (FullyShardedDataParallel)
+    compile: bool = False  # torch.compile the model
+    progress: bool = True  # tqdm bar on rank 0
+    tensorboard: bool = True  # also log to TensorBoard when it is installed
+
+    def __post_init__(self) -> None:
+        for name in ("grad_accum", "log_every"):
+            if getattr(self, name) < 1:
+                raise CtfgenError(f"run options: {name} must be >= 1, got {getattr(self, name)}")
+        for name in ("ckpt_every", "stop_after"):
+            if getattr(self, name) < 0:
+                raise CtfgenError(f"run options: {name} must be >= 0, got {getattr(self, name)}")

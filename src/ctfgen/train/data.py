@@ -1,0 +1,189 @@
+"""Training data: token sequences from a codes store, one random augmentation view per image.
+
+The order is a pure function of (seed, epoch, step), never of a generator's running state, so a
+resumed run sees exactly the batches the uninterrupted run would have seen: the checkpoint only
+needs the step. Each optimizer step consumes one global batch of the epoch's permutation; that batch
+is cut into world_size * grad_accum equal micro-batches, rank r taking the r-th contiguous block, so
+the union of what all ranks see in a step does not depend on how many ranks there are.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..artifacts import check_made_from, read_manifest
+from ..errors import ArtifactError, CtfgenError
+
+
+@dataclass
+class Codes:
+    """The parts of a codes store the trainer needs (what ctfgen.codes.CodeStore provides)."""
+
+    codes: np.ndarray  # (N, n_views, L) uint16, usually memory-mapped
+    labels: np.ndarray  # (N,) int64
+    grid: tuple[int, int]
+    vocab_size: int
+    num_classes: int
+    fingerprint: str
+    tokenizer_fingerprint: str
+
+
+@dataclass
+class Coarse:
+    code_to_coarse: torch.Tensor  # (V,) long
+    k: int
+    fingerprint: str
+    tokenizer_fingerprint: str
+
+
+def open_codes(folder: str | Path) -> Codes:
+    try:
+        from ..codes import CodeStore  # type: ignore[attr-defined]
+    except ImportError:
+        CodeStore = None
+    if CodeStore is not None:
+        s = CodeStore.open(folder)
+        return Codes(s.codes, s.labels, tuple(s.grid), int(s.vocab_size), int(s.num_classes),
+                     s.fingerprint, s.tokenizer_fingerprint)
+    # Fallback reader of the same folder format, for when ctfgen.codes is not available.
+    folder = Path(folder)
+    m = read_manifest(folder, "codes")
+    cfg = m.get("config", {})
+    for key in ("grid", "vocab_size", "num_classes"):
+        if key not in cfg:
+            raise ArtifactError(f"{folder / 'manifest.json'}: config lacks field '{key}'")
+    for name in ("codes.npy", "labels.npy"):
+        if not (folder / name).is_file():
+            raise ArtifactError(f"codes store {folder} is missing {name}")
+    codes = np.load(folder / "codes.npy", mmap_mode="r")
+    labels = np.load(folder / "labels.npy")
+    return Codes(codes, labels, tuple(cfg["grid"]), int(cfg["vocab_size"]), int(cfg["num_classes"]),
+                 m["fingerprint"], m.get("made_from", {}).get("tokenizer", ""))
+
+
+def open_coarse_map(folder: str | Path) -> Coarse:
+    try:
+        from ..cluster import CoarseMap  # type: ignore[attr-defined]
+    except ImportError:
+        CoarseMap = None
+    if CoarseMap is not None:
+        c = CoarseMap.load(folder)
+        return Coarse(c.code_to_coarse.long(), int(c.k), c.fingerprint, c.tokenizer_fingerprint)
+    folder = Path(folder)
+    m = read_manifest(folder, "coarse_map")
+    from safetensors.torch import load_file
+
+    path = folder / "coarse_map.safetensors"
+    if not path.is_file():
+        raise ArtifactError(f"coarse map {folder} is missing coarse_map.safetensors")
+    c2c = load_file(str(path))["code_to_coarse"].long()
+    return Coarse(c2c, int(c2c.max()) + 1, m["fingerprint"], m.get("made_from", {}).get("tokenizer", ""))
+
+
+def check_inputs(kind: str, codes: Codes, coarse: Coarse | None, *, codes_dir: str = "", coarse_dir: str = "") -> None:
+    """Refuse combinations that cannot train the requested model."""
+    if codes.codes.ndim != 3 or codes.codes.shape[0] != codes.labels.shape[0]:
+        raise ArtifactError(f"codes store {codes_dir}: codes.npy {codes.codes.shape} and labels.npy "
+                            f"{codes.labels.shape} do not form (N, views, L) and (N,)")
+    h, w = codes.grid
+    if codes.codes.shape[2] != h * w:
+        raise ArtifactError(f"codes store {codes_dir}: sequences of length {codes.codes.shape[2]} "
+                            f"do not match grid {h}x{w}")
+    if h != w:
+        raise CtfgenError(f"codes store {codes_dir}: grid {h}x{w} is not square; the models need a square grid")
+    if kind == "baseline":
+        return
+    if coarse is None:
+        raise CtfgenError(f"kind '{kind}' predicts or reads coarse labels: give the coarse map with "
+                          "--coarse-map DIR (made by `ctfgen cluster`)")
+    check_made_from(f"tokenizer of coarse map {coarse_dir} vs codes {codes_dir}",
+                    codes.tokenizer_fingerprint, coarse.tokenizer_fingerprint,
+                    hint="the coarse map was made from another tokenizer than these codes; "
+                         "cluster this tokenizer's codebook or use codes from the same tokenizer")
+    if coarse.code_to_coarse.numel() != codes.vocab_size:
+        raise ArtifactError(f"coarse map {coarse_dir} maps {coarse.code_to_coarse.numel()} codes, "
+                            f"but the codebook of {codes_dir} has {codes.vocab_size}")
+
+
+class TokenDataset:
+    """Items are dicts: codes (L,) long, label () long, and coarse (L,) long when a map is given.
+
+    The view of each image is drawn per epoch from a generator seeded by (seed, epoch), like
+    LlamaGen's random pick among pre-extracted ten-crop/flip views.
+    """
+
+    def __init__(self, codes: np.ndarray, labels: np.ndarray, *, code_to_coarse: torch.Tensor | None = None,
+                 seed: int = 0):
+        self.codes = codes
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.code_to_coarse = None if code_to_coarse is None else code_to_coarse.long().cpu()
+        self.seed = seed
+        self.epoch = 0
+        self._views = self.views_for_epoch(0)
+
+    def __len__(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.codes.shape[2])
+
+    def views_for_epoch(self, epoch: int) -> np.ndarray:
+        n_views = int(self.codes.shape[1])
+        if n_views == 1:
+            return np.zeros(len(self), dtype=np.int64)
+        return np.random.default_rng([self.seed, epoch, 1]).integers(0, n_views, size=len(self))
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._views = self.views_for_epoch(epoch)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        one = self.batch(np.array([i]))
+        return {k: v[0] for k, v in one.items()}
+
+    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        indices = np.asarray(indices, dtype=np.int64)
+        codes = torch.from_numpy(np.asarray(self.codes[indices, self._views[indices]], dtype=np.int64))
+        out = {"codes": codes, "label": torch.from_numpy(self.labels[indices])}
+        if self.code_to_coarse is not None:
+            out["coarse"] = self.code_to_coarse[codes]
+        return out
+
+
+class BatchOrder:
+    """Which samples each rank uses at each micro-step: a function of (seed, step) only."""
+
+    def __init__(self, n: int, global_batch: int, *, seed: int = 0):
+        if n < global_batch:
+            raise CtfgenError(f"the codes hold {n} images, fewer than one global batch of {global_batch}; "
+                              "lower --batch-size")
+        self.n, self.global_batch, self.seed = n, global_batch, seed
+        self.steps_per_epoch = n // global_batch  # the incomplete last batch is dropped
+        self._perm_epoch, self._perm = -1, np.empty(0, dtype=np.int64)
+
+    def position(self, step: int) -> tuple[int, int]:
+        """(epoch, batch within the epoch) of optimizer step `step` (0-based)."""
+        return divmod(step, self.steps_per_epoch)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch, 0]).permutation(self.n)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def micro_batch(self, step: int, *, rank: int = 0, world_size: int = 1, micro: int = 0,
+                    grad_accum: int = 1) -> np.ndarray:
+        parts = world_size * grad_accum
+        if self.global_batch % parts:
+            raise CtfgenError(f"global batch {self.global_batch} does not split into {world_size} rank(s) x "
+                              f"{grad_accum} micro-step(s); choose --batch-size divisible by {parts}")
+        size = self.global_batch // parts
+        epoch, b = self.position(step)
+        batch = self.permutation(epoch)[b * self.global_batch:(b + 1) * self.global_batch]
+        start = (rank * grad_accum + micro) * size
+        return batch[start:start + size]

@@ -1,0 +1,257 @@
+"""The trainer: data order, optimiser recipe, checkpoints, exact resume, refusals, CLI."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from ctfgen.artifacts import fingerprint_tensors, write_manifest
+from ctfgen.errors import ArtifactError, CtfgenError
+from ctfgen.train import BatchOrder, RunOptions, TokenDataset, TrainConfig, load_model, train
+from ctfgen.train.data import open_coarse_map, open_codes
+
+VOCAB, K, GRID, CLASSES = 32, 4, 4, 3
+SMALL = dict(n_layer=1, n_head=2, dim=32)  # a real model, small enough for many CPU steps
+
+
+def make_codes(folder: Path, *, n: int = 48, views: int = 2, tokenizer: str = "tok0", seed: int = 0) -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, VOCAB, size=(n, views, GRID * GRID)).astype(np.uint16)
+    labels = rng.integers(0, CLASSES, size=n).astype(np.int64)
+    np.save(folder / "codes.npy", codes)
+    np.save(folder / "labels.npy", labels)
+    write_manifest(folder, kind="codes", fingerprint=fingerprint_tensors({"codes": codes, "labels": labels}),
+                   config={"grid": [GRID, GRID], "vocab_size": VOCAB, "num_classes": CLASSES, "views": views,
+                           "split": "train"},
+                   made_from={"tokenizer": tokenizer, "data": "data0"})
+    return folder
+
+
+def make_coarse(folder: Path, *, tokenizer: str = "tok0") -> Path:
+    c2c = torch.arange(VOCAB) % K
+    try:
+        from ctfgen.cluster import CoarseMap
+    except ImportError:  # the cluster helper is not there: write its folder format directly
+        CoarseMap = None
+    if CoarseMap is not None:
+        CoarseMap.from_labels(c2c, k=K, method="modulo", tokenizer_fingerprint=tokenizer).save(folder)
+        return folder
+    folder.mkdir(parents=True)
+    save_file({"code_to_coarse": c2c}, str(folder / "coarse_map.safetensors"))
+    write_manifest(folder, kind="coarse_map", fingerprint=fingerprint_tensors({"code_to_coarse": c2c}),
+                   config={"k": K}, made_from={"tokenizer": tokenizer})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inputs")
+    return {"codes": make_codes(root / "codes"), "coarse": make_coarse(root / "coarse"),
+            "other_coarse": make_coarse(root / "other", tokenizer="tok1")}
+
+
+def cfg(kind: str = "ar", **kw) -> TrainConfig:
+    base = dict(kind=kind, preset="tiny", steps=6, batch_size=16, lr=1e-2, warmup_steps=2, cosine=True,
+                ema=0.9, model_overrides=SMALL)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def quiet(**kw) -> RunOptions:
+    return RunOptions(device="cpu", progress=False, tensorboard=False, **kw)
+
+
+def run_train(inputs, out, c=None, **kw):
+    c = c or cfg()
+    coarse = None if c.kind == "baseline" else inputs["coarse"]
+    return train(c, codes_dir=inputs["codes"], coarse_map_dir=coarse, out_dir=out, run=quiet(**kw))
+
+
+def tensors(folder: Path) -> dict[str, torch.Tensor]:
+    out = {f"model.{k}": v for k, v in load_file(str(folder / "model.safetensors")).items()}
+    if (folder / "ema.safetensors").exists():
+        out.update({f"ema.{k}": v for k, v in load_file(str(folder / "ema.safetensors")).items()})
+    out.update({f"opt.{k}": v for k, v in load_file(str(folder / "training_state/optimizer.safetensors")).items()})
+    return out
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_dataset_views_and_coarse(inputs):
+    codes = open_codes(inputs["codes"])
+    coarse = open_coarse_map(inputs["coarse"])
+    ds = TokenDataset(codes.codes, codes.labels, code_to_coarse=coarse.code_to_coarse, seed=3)
+    item = ds[5]
+    assert item["codes"].shape == (GRID * GRID,) and item["codes"].dtype == torch.long
+    assert torch.equal(item["coarse"], item["codes"] % K)
+    views = [ds.views_for_epoch(e) for e in range(3)]
+    assert not all(np.array_equal(views[0], v) for v in views[1:])  # a new pick each epoch
+    assert np.array_equal(views[1], TokenDataset(codes.codes, codes.labels, seed=3).views_for_epoch(1))
+    ds.set_epoch(1)
+    i = 7
+    assert torch.equal(ds[i]["codes"], torch.from_numpy(codes.codes[i, views[1][i]].astype(np.int64)))
+
+
+def test_batch_order_shards_the_global_batch():
+    order = BatchOrder(50, 12, seed=1)
+    assert order.steps_per_epoch == 4
+    for step in (0, 5):
+        whole = order.micro_batch(step)
+        parts = [order.micro_batch(step, rank=r, world_size=2, micro=m, grad_accum=3) for r in range(2) for m in range(3)]
+        assert all(len(p) == 2 for p in parts)
+        assert np.array_equal(np.concatenate(parts), whole)
+    epoch0 = np.concatenate([order.micro_batch(s) for s in range(4)])
+    assert len(set(epoch0.tolist())) == 48  # no repeats within an epoch
+    with pytest.raises(CtfgenError, match="divisible by 5"):
+        order.micro_batch(0, world_size=5)
+
+
+# ---------------------------------------------------------------- recipe
+
+
+def test_lr_schedule_scales_with_batch():
+    c = TrainConfig(lr=1e-4, batch_size=512, warmup_steps=10, cosine=True, min_lr_ratio=0.1, steps=110)
+    assert c.peak_lr == pytest.approx(2e-4)
+    assert c.lr_at(0, 110) == pytest.approx(2e-5)
+    assert c.lr_at(9, 110) == pytest.approx(2e-4)
+    assert c.lr_at(60, 110) == pytest.approx(2e-4 * (0.1 + 0.9 * 0.5))
+    assert c.lr_at(110, 110) == pytest.approx(2e-5)
+    assert TrainConfig(lr=1e-4, batch_size=256).lr_at(1000, 2000) == pytest.approx(1e-4)
+
+
+def test_weight_decay_only_on_matrices():
+    from ctfgen.models import build_model
+    from ctfgen.train.parallel import param_groups
+
+    model = build_model("ar", "tiny", vocab_size=VOCAB, num_classes=CLASSES, grid=GRID, coarse_vocab=K, **SMALL)
+    decay, rest = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and rest["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in rest["params"])
+    assert len(decay["params"]) + len(rest["params"]) == len(list(model.parameters()))
+    emb = model.tok_embeddings.weight
+    assert any(p is emb for p in decay["params"])
+
+
+def test_grad_accum_matches_one_big_batch(inputs, tmp_path):
+    c = cfg(model_overrides={**SMALL, "token_dropout": 0.0, "resid_dropout": 0.0, "ffn_dropout": 0.0,
+                             "class_dropout_prob": 0.0}, steps=2)
+    run_train(inputs, tmp_path / "a", c)
+    run_train(inputs, tmp_path / "b", c, grad_accum=4)
+    a, b = tensors(tmp_path / "a"), tensors(tmp_path / "b")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+# ---------------------------------------------------------------- checkpoints and resume
+
+
+def test_train_writes_a_loadable_model(inputs, tmp_path):
+    out = tmp_path / "run"
+    res = run_train(inputs, out, log_every=2, ckpt_every=3)
+    assert res.finished and res.step == 6
+    names = {p.name for p in out.iterdir()}
+    assert {"manifest.json", "model.safetensors", "ema.safetensors", "training_state", "metrics.jsonl",
+            "loss_curve.png"} <= names
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert {"step", "epoch", "loss", "acc", "lr", "grad_norm", "tokens_per_s"} <= set(records[0])
+    model, manifest = load_model(out, "cpu", expect_kind="ar")
+    assert manifest["kind"] == "model" and manifest["info"]["finished"]
+    assert set(manifest["made_from"]) == {"codes", "coarse_map", "tokenizer"}
+    assert manifest["config"]["train"]["ema"] == 0.9 and manifest["config"]["model"]["kind"] == "ar"
+    ema = load_file(str(out / "ema.safetensors"))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ema[k]), k  # the EMA weights are the default
+    raw, _ = load_model(out, ema=False)
+    assert not torch.equal(raw.tok_embeddings.weight, model.tok_embeddings.weight)
+    with pytest.raises(ArtifactError, match="expected 'aux'"):
+        load_model(out, expect_kind="aux")
+    with pytest.raises(ArtifactError, match="coarse_map"):
+        load_model(out, made_from={"coarse_map": "0123"})
+    # a second identical command finds the run finished and changes nothing
+    before = tensors(out)
+    assert run_train(inputs, out).resumed_from == 6
+    assert_same(before, tensors(out))
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["ar", "aux"])
+def test_killed_run_resumes_exactly(inputs, tmp_path, kind):
+    """Crash after step 5 (checkpoint at 3), rerun: same weights, EMA and optimizer as no crash."""
+    c = cfg(kind, steps=8)  # 48 images / batch 16: 3 epochs, so the resume crosses an epoch boundary
+    run_train(inputs, tmp_path / "straight", c, ckpt_every=3, log_every=1)
+
+    def crash(done):
+        if done == 5:
+            raise Crash
+
+    out = tmp_path / "killed"
+    with pytest.raises(Crash):
+        train(c, codes_dir=inputs["codes"], coarse_map_dir=inputs["coarse"], out_dir=out,
+              run=quiet(ckpt_every=3, log_every=1), on_step=crash)
+    assert json.loads((out / "manifest.json").read_text())["info"]["step"] == 3
+    res = run_train(inputs, out, c, ckpt_every=3, log_every=1)
+    assert res.resumed_from == 3 and res.finished
+    assert_same(tensors(tmp_path / "straight"), tensors(out))
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))  # the records of the lost steps 4-5 are not duplicated
+
+
+def test_stop_after_then_continue(inputs, tmp_path):
+    c = cfg("baseline", steps=5, ema=0.0)
+    run_train(inputs, tmp_path / "straight", c, ckpt_every=0)
+    part = run_train(inputs, tmp_path / "parts", c, ckpt_every=0, stop_after=2)
+    assert part.step == 2 and not part.finished
+    assert not (tmp_path / "parts" / "ema.safetensors").exists()
+    run_train(inputs, tmp_path / "parts", c, ckpt_every=0)
+    assert_same(tensors(tmp_path / "straight"), tensors(tmp_path / "parts"))
+
+
+def test_resume_refuses_changed_config_or_inputs(inputs, tmp_path):
+    out = tmp_path / "run"
+    run_train(inputs, out, cfg(steps=2))
+    with pytest.raises(ArtifactError, match="'lr'"):
+        run_train(inputs, out, cfg(steps=2, lr=3e-2))
+    with pytest.raises(ArtifactError, match="n_layer"):
+        run_train(inputs, out, cfg(steps=2, model_overrides={**SMALL, "n_layer": 2}))
+    other_codes = make_codes(tmp_path / "codes2", seed=1)
+    with pytest.raises(ArtifactError, match="made from codes"):
+        train(cfg(steps=2), codes_dir=other_codes, coarse_map_dir=inputs["coarse"], out_dir=out, run=quiet())
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("x")
+    with pytest.raises(ArtifactError, match="not a model checkpoint"):
+        run_train(inputs, tmp_path / "foreign", cfg(steps=1))
+
+
+def test_refuses_missing_or_foreign_coarse_map(inputs, tmp_path):
+    with pytest.raises(CtfgenError, match="--coarse-map"):
+        train(cfg("ar"), codes_dir=inputs["codes"], out_dir=tmp_path / "a", run=quiet())
+    with pytest.raises(ArtifactError, match="another tokenizer"):
+        train(cfg("aux"), codes_dir=inputs["codes"], coarse_map_dir=inputs["other_coarse"],
+              out_dir=tmp_path / "b", run=quiet())
+    with pytest.raises(CtfgenError, match="steps.*epochs"):
+        run_train(inputs, tmp_path / "c", cfg(steps=0))
+
+
+def test_epochs_and_aux_coarse_noise(inputs, tmp_path):
+    res = run_train(inputs, tmp_path / "run", cfg("aux", steps=0, epochs=1.5, aux_coarse_noise=0.2, ema=0.0))
+    assert res.total_steps == 5  # ceil(1.5 * 48 // 16)
+    _, manifest = load_model(tmp_path / "run")
+    assert manifest["config"]["model"]["coarse_noise"] == 0.2
+    with pytest.raises(CtfgenError, match="aux_coarse_noise"):
+        cfg("ar", aux_coarse_noise=0.1)

@@ -1,0 +1,92 @@
+"""`ctfgen cluster`: tokenizer codebook -> coarse-label map (artifact kind "coarse_map")."""
+from __future__ import annotations
+
+import argparse
+import time
+
+ORDER = 40
+
+DESCRIPTION = """Cluster the tokenizer's codebook vectors into K groups. A code's cluster is its coarse
+label (predicted by stage 1); its codebook index is its fine label (predicted by stage 2).
+Writes a folder with coarse_map.safetensors and manifest.json recording the tokenizer it was
+made from, so later steps refuse codes of another tokenizer."""
+
+METHOD_HELP = """kmeans: k-means++ then Lloyd (faiss), the paper's choice (default).
+balanced: equal-size clusters (sizes differ by at most 1), as in IAR.
+random: random equal-size groups, the control the paper reports as failing.
+agglomerative: ward merging over a k-nearest-neighbour graph of codewords (DCPE-style
+neighbourhood grouping instead of centroid distance)."""
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "cluster",
+        help="cluster the codebook into K coarse labels",
+        description=DESCRIPTION,
+        epilog=METHOD_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer artifact folder (from `ctfgen tokenizer`)")
+    p.add_argument("--k", type=int, default=512, help="number of coarse labels K, 2 <= K <= codebook size (default 512, the paper's)")
+    p.add_argument(
+        "--method", default="kmeans", choices=("kmeans", "balanced", "random", "agglomerative"),
+        help="how to group the codewords (see below; default kmeans)",
+    )
+    p.add_argument("--raw", action="store_true", help="cluster the raw codewords instead of L2-normalised ones")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same map (default 0)")
+    p.add_argument("--max-iter", type=int, default=None, help="Lloyd iterations for kmeans (default 50) or balanced (default 20)")
+    p.add_argument("--neighbors", type=int, default=None, help="agglomerative: neighbours per codeword in the graph (default 5)")
+    p.add_argument(
+        "--linkage", default=None, choices=("ward", "average", "complete", "single"),
+        help="agglomerative: merge criterion (default ward; the others tend to chain into one giant cluster)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for faiss (0: its default)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write the coarse map to")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
+    p.set_defaults(func=run)
+
+
+def _method_options(args) -> dict:
+    from ..errors import CtfgenError
+
+    opts = {}
+    if args.max_iter is not None:
+        if args.method not in ("kmeans", "balanced"):
+            raise CtfgenError(f"--max-iter applies to kmeans and balanced, not {args.method}")
+        opts["max_iter"] = args.max_iter
+    for flag, name, value in (("--neighbors", "n_neighbors", args.neighbors), ("--linkage", "linkage", args.linkage)):
+        if value is not None:
+            if args.method != "agglomerative":
+                raise CtfgenError(f"{flag} applies to the agglomerative method, not {args.method}")
+            opts[name] = value
+    return opts
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..cluster import build_coarse_map, load_codebook
+    from ..errors import CtfgenError
+
+    # Fail before the (possibly slow) clustering rather than after it.
+    if Path(args.out).exists() and not args.overwrite:
+        raise CtfgenError(f"{args.out} already exists; choose another folder or pass --overwrite")
+    if args.threads:
+        import faiss
+
+        faiss.omp_set_num_threads(args.threads)
+    codebook_VD, tok_fp = load_codebook(args.tokenizer)
+    start = time.perf_counter()
+    cmap = build_coarse_map(
+        codebook_VD, args.k, method=args.method, seed=args.seed, normalize=not args.raw,
+        tokenizer_fingerprint=tok_fp, **_method_options(args),
+    )
+    seconds = time.perf_counter() - start
+    out = cmap.save(args.out, overwrite=args.overwrite, info={"seconds": round(seconds, 3)})
+    sizes = cmap.sizes()
+    print(f"codebook: {cmap.num_codes} codes x {codebook_VD.shape[1]} dims ({'raw' if args.raw else 'L2-normalised'})")
+    print(f"K={cmap.k} method={cmap.method} seed={cmap.seed}")
+    print(f"cluster sizes: min {sizes['min']}  mean {sizes['mean']:.1f}  max {sizes['max']}")
+    print(f"time: {seconds:.2f} s")
+    print(f"saved: {out} (fingerprint {cmap.fingerprint})")
+    return 0

@@ -1,0 +1,12 @@
+"""Coarse labels: cluster the tokenizer's codebook into K groups (see `methods` for the choices).
+
+    from ctfgen.cluster import load_codebook, build_coarse_map, CoarseMap
+    codebook_VD, tok_fp = load_codebook("runs/tokenizer")
+    cmap = build_coarse_map(codebook_VD, 512, method="kmeans", tokenizer_fingerprint=tok_fp)
+    cmap.save("runs/coarse_k512")
+    cmap = CoarseMap.load("runs/coarse_k512"); cmap.check_tokenizer(tok_fp)
+"""
+from .coarse_map import CoarseMap, build_coarse_map, load_codebook
+from .methods import METHOD_OPTIONS, METHODS, cluster_codebook
+
+__all__ = ["CoarseMap", "build_coarse_map", "load_codebook", "cluster_codebook", "METHODS", "METHOD_OPTIONS"]

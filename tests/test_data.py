@@ -349,6 +349,26 @@ def test_config_checks_and_round_trip():
         load_dataset(DataConfig(path="/nonexistent/fmnist"))
 
 
+def test_uint8_images_matches_per_image_path(tmp_path):
+    d = make_idx_dir(tmp_path / "m")
+    f = tmp_path / "rgb.npz"
+    np.savez(f, images=RNG.integers(0, 256, (5, 24, 24, 3), dtype=np.uint8), labels=np.arange(5))
+    cfgs = [
+        DataConfig(source="idx", path=str(d)),
+        DataConfig(source="idx", path=str(d), channels=3),
+        DataConfig(source="idx", path=str(d), resolution=16),
+        DataConfig(source="npz", path=str(f), resolution=24, channels=1),
+        DataConfig(source="npz", path=str(f), resolution=20, channels=3),
+        DataConfig(source="folder", path=str(make_folder_tree(tmp_path / "t")), resolution=16, channels=3),
+    ]
+    for cfg in cfgs:
+        ds = load_dataset(cfg)
+        pick = np.array([len(ds) - 1, 0, 2])
+        expected = np.stack([ds.uint8_image(int(i)) for i in pick])
+        np.testing.assert_array_equal(ds.uint8_images(pick), expected)
+        assert ds.uint8_images().shape == (len(ds), cfg.resolution, cfg.resolution, cfg.channels)
+
+
 def test_works_with_a_dataloader(tmp_path):
     d = make_idx_dir(tmp_path / "m")
     ds = load_dataset(DataConfig(source="idx", path=str(d), channels=3))

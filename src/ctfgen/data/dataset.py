@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..errors import CtfgenError
 from .preprocess import center_crop_arr, convert_channels, make_views, pad_to, to_tensor
@@ -65,6 +66,14 @@ class ImageDataset(torch.utils.data.Dataset):
     def uint8_image(self, i: int) -> np.ndarray:
         """The preprocessed image i as uint8 (resolution, resolution, channels)."""
         raise NotImplementedError
+
+    def uint8_images(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """Preprocessed images `indices` (default: all) stacked as uint8 (N, H, W, C)."""
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(idx), self.resolution, self.resolution, self.channels), np.uint8)
+        for k, i in enumerate(tqdm(idx, desc=f"loading {self.split}", unit="img", leave=False, mininterval=1.0)):
+            out[k] = self.uint8_image(int(i))
+        return out
 
     def views(self, i: int, mode: str, crop_range: float = 1.1) -> list[np.ndarray]:
         """Augmented uint8 HWC views of image i (see `make_views`); the label is `labels[i]`."""
@@ -128,6 +137,22 @@ class ArrayImageDataset(ImageDataset):
         r = self.resolution
         return self.pad_small and h <= r and w <= r and min(h, w) >= r * (1 - PAD_FRACTION)
 
+    def uint8_images(self, indices: np.ndarray | None = None) -> np.ndarray:
+        # Same-size and padded images need no per-image work: do the whole batch in numpy.
+        sel = self.images if indices is None else self.images[np.asarray(indices, dtype=np.int64)]
+        h, w, c = sel.shape[1:]
+        r = self.resolution
+        if (h, w) != (r, r) and not self._fits_padding(h, w):
+            return super().uint8_images(indices)
+        if c != self.channels:
+            sel = np.repeat(sel, 3, axis=3) if c == 1 else _luma(sel)
+        if (h, w) == (r, r):
+            return np.ascontiguousarray(sel)
+        out = np.full((len(sel), r, r, self.channels), self.pad_value, np.uint8)
+        top, left = (r - h) // 2, (r - w) // 2
+        out[:, top : top + h, left : left + w] = sel
+        return out
+
     def uint8_image(self, i: int) -> np.ndarray:
         arr = convert_channels(self.images[self._index(i)], self.channels)
         h, w = arr.shape[:2]
@@ -136,3 +161,10 @@ class ArrayImageDataset(ImageDataset):
         if self._fits_padding(h, w):
             return pad_to(arr, self.resolution, self.pad_value)
         return center_crop_arr(arr, self.resolution)
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """PIL's RGB -> L conversion (ITU-R 601-2 luma, rounded) for a batch of NHWC images."""
+    weights = np.array([19595, 38470, 7471], dtype=np.uint32)  # 0.299, 0.587, 0.114 in 1/65536
+    y = (rgb.astype(np.uint32) * weights).sum(axis=-1, keepdims=True) + 0x8000
+    return (y >> 16).astype(np.uint8)

@@ -111,7 +111,8 @@ class FolderImageDataset(ImageDataset):
         for label, name in enumerate(tqdm(class_dirs, desc=f"indexing {root}", unit="class", leave=False)):
             entries = _list_images(root / name)
             if not entries:
-                raise CtfgenError(f"{root / name}: class folder holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+                raise CtfgenError(f"{root / name}: class folder holds no image files ({kinds})")
             for rel, size, mtime in entries:
                 files.append(os.path.join(name, rel))
                 labels.append(label)

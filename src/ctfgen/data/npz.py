@@ -68,7 +68,9 @@ def read_npz(path: str | os.PathLike) -> NpzData:
     if images.dtype != np.uint8:
         raise CtfgenError(f"{path}: images must be uint8, got dtype {images.dtype}")
     if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3)):
-        raise CtfgenError(f"{path}: images must be N x H x W or N x H x W x C with C in (1, 3), got shape {images.shape}")
+        raise CtfgenError(
+            f"{path}: images must be N x H x W or N x H x W x C with C in (1, 3), got shape {images.shape}"
+        )
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise CtfgenError(f"{path}: labels must be a 1-D integer array, got dtype {labels.dtype} shape {labels.shape}")
     if len(labels) != len(images):

@@ -21,6 +21,24 @@ def setup_device(args) -> "torch.device":  # noqa: F821
 
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(args.device)
+    from ..train.dist import resolve_device
+
+    return resolve_device(args.device)
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist", "idx", "folder", "npz"],
+                   help="data source (default: the embedded Fashion-MNIST)")
+    g.add_argument("--data-path", default=None, help="folder or file of the data (fashion-mnist: /usr/share/datasets/fashion-mnist)")
+    g.add_argument("--resolution", type=int, default=None, help="image size (default: the tokenizer's)")
+    g.add_argument("--channels", type=int, default=None, choices=[1, 3], help="1 grey, 3 RGB (default: the tokenizer's)")
+    g.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted) instead of failing")
+
+
+def data_config(args, *, default_resolution: int = 32, default_channels: int = 1):
+    from ..data import DataConfig
+
+    return DataConfig(source=args.data, path=args.data_path,
+                      resolution=args.resolution or default_resolution,
+                      channels=args.channels or default_channels, skip_bad=args.skip_bad)

@@ -1,0 +1,125 @@
+"""`ctfgen tokenizer train|import|report` and `ctfgen encode`."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from ._util import add_data_args, add_device_args, add_group, data_config, setup_device
+
+ORDER = 10
+
+
+def register(sub) -> None:
+    tok = add_group(sub, "tokenizer", "train, import or inspect a VQ tokenizer (images <-> token grids)")
+
+    p = tok.add_parser("train", help="train a VQ tokenizer on a dataset",
+                       description="Train a VQ tokenizer (LlamaGen's architecture family) with reconstruction, "
+                                   "codebook and commitment losses and dead-code restarts; report test-split PSNR, "
+                                   "codebook usage and perplexity; save a tokenizer folder with a reconstruction grid.")
+    p.add_argument("--out", required=True, help="tokenizer folder to write")
+    p.add_argument("--preset", default="fmnist", help="architecture preset: fmnist (32x32 -> 8x8, codebook 4096) or vq16 (LlamaGen VQ-16)")
+    p.add_argument("--codebook-size", type=int, help="override the preset's codebook size")
+    p.add_argument("--codebook-dim", type=int, help="override the preset's code dimension")
+    p.add_argument("--ch", type=int, help="override the preset's base channel count")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the training config's)")
+    p.add_argument("--minutes", type=float, default=0.0, help="stop after this much wall time (0: no limit)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--gan-weight", type=float, default=0.0, help="adversarial (PatchGAN hinge) loss weight; 0 turns it off")
+    p.add_argument("--gan-start", type=int, default=2000, help="step at which the adversarial loss starts")
+    p.add_argument("--eval-limit", type=int, default=0, help="test images for the final report (0: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_data_args(p)
+    add_device_args(p)
+    p.set_defaults(func=_train)
+
+    p = tok.add_parser("import", help="import a LlamaGen VQ checkpoint (e.g. vq_ds16_c2i.pt) from a local file",
+                       description="Load LlamaGen's released VQ weights strictly (ema if present, else model) with a "
+                                   "weights-only unpickler, and save them as a ctfgen tokenizer folder.")
+    p.add_argument("checkpoint", help="path to the LlamaGen .pt file")
+    p.add_argument("out", help="tokenizer folder to write")
+    p.add_argument("--preset", default="vq16", help="architecture the checkpoint has (default vq16)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_import)
+
+    p = tok.add_parser("report", help="reconstruction PSNR, codebook usage and perplexity on a dataset split")
+    p.add_argument("tokenizer", help="tokenizer folder")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=0, help="images to use (0: all)")
+    add_data_args(p)
+    add_device_args(p)
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser("encode", help="encode a dataset split into a token-code store",
+                       description="Encode every image of a split (and its augmented views) once into a memory-mapped "
+                                   "uint16 store with labels and a manifest recording the tokenizer and data fingerprints. "
+                                   "Runs under torchrun to shard the work across processes.")
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder")
+    p.add_argument("--out", required=True, help="code store folder to write")
+    p.add_argument("--split", default="train")
+    p.add_argument("--views", default="flip", choices=["none", "flip", "tencrop"],
+                   help="augmented views per image: none, flip (image + mirror), tencrop (LlamaGen's ten-crop, for ImageNet-style data)")
+    p.add_argument("--crop-range", type=float, default=1.1, help="ten-crop: resize to resolution x this before cropping (LlamaGen: 1.1; 1.05 also used)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--overwrite", action="store_true")
+    add_data_args(p)
+    add_device_args(p)
+    p.set_defaults(func=_encode)
+
+
+def _train(args) -> int:
+    from ..config import to_dict
+    from ..tokenizer import vq_preset
+    from ..tokenizer.train import TokenizerTrainConfig, train_tokenizer
+
+    overrides = {k: v for k, v in (("codebook_size", args.codebook_size), ("codebook_dim", args.codebook_dim), ("ch", args.ch)) if v}
+    vq = vq_preset(args.preset, **overrides)
+    data = data_config(args, default_resolution=vq.resolution, default_channels=vq.channels)
+    vq = replace(vq, resolution=data.resolution, channels=data.channels).validate()
+    cfg = TokenizerTrainConfig(vq=vq, data=data, minutes=args.minutes, gan_weight=args.gan_weight,
+                               gan_start=args.gan_start, seed=args.seed, eval_limit=args.eval_limit)
+    for name in ("steps", "batch_size", "lr"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    device = setup_device(args)
+    report = train_tokenizer(cfg, args.out, device=device, overwrite=args.overwrite)
+    print(json.dumps({"tokenizer": args.out, **report}, indent=2))
+    return 0
+
+
+def _import(args) -> int:
+    from ..tokenizer import import_llamagen_vq
+
+    model = import_llamagen_vq(args.checkpoint, args.out, preset=args.preset, overwrite=args.overwrite)
+    print(f"imported {args.checkpoint} -> {args.out} (fingerprint {model.fingerprint})")
+    return 0
+
+
+def _report(args) -> int:
+    from ..data import load_dataset
+    from ..tokenizer import load_tokenizer
+    from ..tokenizer.report import reconstruction_report
+
+    device = setup_device(args)
+    tok = load_tokenizer(args.tokenizer, device)
+    ds = load_dataset(data_config(args, default_resolution=tok.config.resolution, default_channels=tok.config.channels), args.split)
+    print(json.dumps(reconstruction_report(tok, ds, limit=args.limit, device=device), indent=2))
+    return 0
+
+
+def _encode(args) -> int:
+    from ..codes import encode_dataset
+    from ..data import load_dataset
+    from ..tokenizer import load_tokenizer
+    from ..train.dist import init_distributed  # torchrun support shared with the trainer
+
+    setup_device(args)  # thread count
+    device = init_distributed(args.device).device
+    tok = load_tokenizer(args.tokenizer, device)
+    ds = load_dataset(data_config(args, default_resolution=tok.config.resolution, default_channels=tok.config.channels), args.split)
+    store = encode_dataset(tok, ds, args.out, views=args.views, crop_range=args.crop_range,
+                           batch_size=args.batch_size, device=device, overwrite=args.overwrite)
+    if store is not None:
+        print(f"wrote {args.out}: codes {store.codes.shape} uint16, {store.num_classes} classes, fingerprint {store.fingerprint}")
+    return 0

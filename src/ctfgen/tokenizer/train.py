@@ -1,0 +1,152 @@
+"""Tokenizer training: reconstruction + codebook + commitment losses, dead-code restarts,
+and optionally an adversarial (PatchGAN, hinge) loss.
+
+Dead codes are the usual failure of VQ with a large codebook: most codewords never win the
+nearest-neighbour lookup and so never receive a gradient. Every `restart_every` steps, codewords
+unused since the last check are moved onto encoder outputs of the current batch, which keeps the
+whole codebook in play (the coarse-to-fine method needs a large, fully used codebook).
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..config import to_dict
+from ..data import DataConfig, load_dataset
+from ..errors import CtfgenError
+from .artifact import save_tokenizer
+from .losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss
+from .model import VQConfig, VQModel
+from .report import reconstruction_grid, reconstruction_report
+
+
+@dataclass
+class TokenizerTrainConfig:
+    vq: VQConfig = field(default_factory=VQConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    steps: int = 3000
+    minutes: float = 0.0  # stop early when this much wall time has passed (0: no limit)
+    batch_size: int = 128
+    lr: float = 4e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 100
+    flip: bool = True  # random horizontal flips
+    restart_every: int = 50  # steps between dead-code restarts (0: off)
+    gan_weight: float = 0.0  # adversarial loss weight (0: off)
+    gan_start: int = 2000  # step at which the adversary starts
+    seed: int = 0
+    eval_limit: int = 0  # test images used for the final report (0: the whole split)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def restart_dead_codes(model: VQModel, usage_V: torch.Tensor, z_BDHW: torch.Tensor, gen: torch.Generator) -> int:
+    dead_N = (usage_V == 0).nonzero().flatten()
+    if not len(dead_N):
+        return 0
+    z_MD = F.normalize(z_BDHW, dim=1).permute(0, 2, 3, 1).reshape(-1, z_BDHW.shape[1])
+    pick_ND = z_MD[torch.randint(0, len(z_MD), (len(dead_N),), generator=gen, device="cpu").to(z_MD.device)]
+    # A little noise so that several restarted codes drawn from one output do not stay identical.
+    noise = torch.randn(pick_ND.shape, generator=gen, device="cpu").to(pick_ND.device)
+    model.quantize.embedding.weight[dead_N.to(pick_ND.device)] = F.normalize(pick_ND + 0.01 * noise, dim=-1)
+    return len(dead_N)
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator):
+    while True:
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n - batch_size + 1, batch_size):
+            yield perm[i:i + batch_size]
+
+
+def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, *, device: str | torch.device = "cpu",
+                    overwrite: bool = False, progress: bool = True) -> dict:
+    """Train, evaluate on the test split, and save the tokenizer folder; returns the report."""
+    if cfg.vq.channels != cfg.data.channels or cfg.vq.resolution != cfg.data.resolution:
+        raise CtfgenError(
+            f"tokenizer config (channels {cfg.vq.channels}, resolution {cfg.vq.resolution}) does not match the data "
+            f"(channels {cfg.data.channels}, resolution {cfg.data.resolution})")
+    if Path(out_dir).exists() and not overwrite:
+        raise CtfgenError(f"{out_dir} already exists; choose another folder or pass --overwrite")
+    _seed_all(cfg.seed)
+    train_ds, test_ds = load_dataset(cfg.data, "train"), load_dataset(cfg.data, "test")
+    if len(train_ds) < cfg.batch_size:
+        raise CtfgenError(f"training split has {len(train_ds)} images, fewer than batch_size {cfg.batch_size}")
+    model = VQModel(cfg.vq).to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    disc = d_opt = None
+    if cfg.gan_weight > 0:
+        disc = PatchDiscriminator(cfg.vq.channels).to(device).train()
+        d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=cfg.betas)
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    usage_V = torch.zeros(cfg.vq.codebook_size, dtype=torch.long)
+    history, restarted, t0 = [], 0, time.time()
+    batches = _batches(len(train_ds), cfg.batch_size, gen)
+    bar = tqdm(range(cfg.steps), desc="train tokenizer", disable=not progress)
+    for step in bar:
+        idx = next(batches)
+        x = torch.stack([train_ds[int(i)][0] for i in idx]).to(device)
+        if cfg.flip:
+            flip_B = torch.rand(len(x), generator=gen) < 0.5
+            x[flip_B.to(device)] = x[flip_B.to(device)].flip(-1)
+        z = model.encode_latent(x)
+        zq, codes, cb_loss, commit_loss = model.quantize(z)
+        rec = model.decode_latent(zq)
+        rec_loss = F.mse_loss(rec, x)
+        loss = rec_loss + cb_loss + commit_loss
+        use_gan = disc is not None and step >= cfg.gan_start
+        if use_gan:
+            loss = loss + cfg.gan_weight * hinge_g_loss(disc(rec))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if use_gan:
+            d_loss = hinge_d_loss(disc(x), disc(rec.detach()))
+            d_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            d_opt.step()
+        usage_V += torch.bincount(codes.flatten().cpu(), minlength=cfg.vq.codebook_size)
+        if cfg.restart_every and (step + 1) % cfg.restart_every == 0:
+            restarted = restart_dead_codes(model, usage_V, z.detach(), gen)
+            usage_V.zero_()
+        psnr = 10 * torch.log10(4 / rec_loss.detach().clamp_min(1e-10)).item()
+        if step % 10 == 0:
+            bar.set_postfix(rec=f"{rec_loss.item():.4f}", psnr=f"{psnr:.1f}", restarted=restarted)
+            history.append({"step": step, "rec_loss": rec_loss.item(), "codebook_loss": cb_loss.item(),
+                            "commit_loss": commit_loss.item(), "batch_psnr_db": psnr, "restarted": restarted,
+                            "seconds": round(time.time() - t0, 1)})
+        if cfg.minutes and time.time() - t0 > 60 * cfg.minutes:
+            break
+    train_seconds = time.time() - t0
+    steps_done = step + 1
+
+    model.eval()
+    report = reconstruction_report(model, test_ds, limit=cfg.eval_limit, device=device, progress=progress)
+    report.update(split="test", train_steps=steps_done, train_seconds=round(train_seconds, 1),
+                  train_images_seen=steps_done * cfg.batch_size)
+    grid = reconstruction_grid(model, test_ds, device=device)
+    log = "\n".join(__import__("json").dumps(h) for h in history) + "\n"
+    save_tokenizer(
+        model.cpu(), out_dir, overwrite=overwrite,
+        made_from={"data": train_ds.fingerprint, "data_description": train_ds.describe()},
+        info={"report": report, "train_config": to_dict(cfg)},
+        extra_files={"reconstructions.png": grid, "train_log.jsonl": log.encode()},
+    )
+    report["fingerprint"] = model.fingerprint
+    return report

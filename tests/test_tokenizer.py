@@ -1,0 +1,217 @@
+import argparse
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from ctfgen import ArtifactError, CtfgenError
+from ctfgen.codes import CodeStore, encode_dataset
+from ctfgen.data import DataConfig, load_dataset
+from ctfgen.tokenizer import VQModel, import_llamagen_vq, load_tokenizer, save_tokenizer, vq_preset
+from ctfgen.tokenizer.train import TokenizerTrainConfig, train_tokenizer
+
+TINY = dict(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=32, codebook_size=64, codebook_dim=4, resolution=16)
+
+
+def tiny_model(seed=0, **kw):
+    torch.manual_seed(seed)
+    return VQModel(vq_preset("fmnist", **{**TINY, **kw}))
+
+
+@pytest.fixture(scope="module")
+def npz_data(tmp_path_factory):
+    """Blobs of 3 classes at 16x16: easy enough for a tokenizer to learn in a few steps."""
+    d = tmp_path_factory.mktemp("npz")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 96), ("test", 24)):
+        labels = rng.integers(0, 3, n)
+        yy, xx = np.mgrid[:16, :16]
+        imgs = np.stack([(255 * np.exp(-((yy - 4 - 4 * c) ** 2 + (xx - 8) ** 2) / 8)).astype(np.uint8) for c in labels])
+        np.savez(d / f"{split}.npz", images=imgs, labels=labels)
+    return DataConfig(source="npz", path=str(d), resolution=16, channels=1)
+
+
+def test_vq16_matches_llamagen_layout():
+    with torch.device("meta"):
+        sd = VQModel(vq_preset("vq16")).state_dict()
+    # LlamaGen's file has 344 tensors, one of them the `codebook_used` statistics buffer we drop.
+    assert len(sd) == 343
+    assert sum(v.numel() for v in sd.values()) == 71_883_403
+    expect = {
+        "encoder.conv_in.weight": (128, 3, 3, 3),
+        "encoder.conv_blocks.2.res.0.nin_shortcut.weight": (256, 128, 1, 1),
+        "encoder.conv_blocks.3.downsample.conv.weight": (256, 256, 3, 3),
+        "encoder.conv_blocks.4.attn.1.proj_out.weight": (512, 512, 1, 1),
+        "encoder.conv_out.weight": (256, 512, 3, 3),
+        "decoder.conv_in.weight": (512, 256, 3, 3),
+        "decoder.conv_blocks.0.attn.2.q.weight": (512, 512, 1, 1),
+        "decoder.conv_blocks.1.res.0.nin_shortcut.weight": (256, 512, 1, 1),
+        "decoder.conv_blocks.3.upsample.conv.weight": (128, 128, 3, 3),
+        "decoder.conv_out.weight": (3, 128, 3, 3),
+        "quant_conv.weight": (8, 256, 1, 1),
+        "post_quant_conv.weight": (256, 8, 1, 1),
+        "quantize.embedding.weight": (16384, 8),
+    }
+    for k, shape in expect.items():
+        assert tuple(sd[k].shape) == shape, k
+    assert "encoder.conv_blocks.4.downsample.conv.weight" not in sd
+    assert "decoder.conv_blocks.4.upsample.conv.weight" not in sd
+
+
+def test_vq16_grid_is_16x16():
+    cfg = vq_preset("vq16")
+    assert cfg.grid == 16 and cfg.downsample == 16
+
+
+def test_import_llamagen_checkpoint_strict_prefers_ema(tmp_path):
+    model_sd = VQModel(vq_preset("vq16")).state_dict()
+    ema_sd = {k: v.clone() + 1.0 if v.is_floating_point() else v.clone() for k, v in model_sd.items()}
+    for sd in (model_sd, ema_sd):
+        sd["quantize.codebook_used"] = torch.zeros(65536)
+    ckpt = {"model": model_sd, "ema": ema_sd, "steps": 10, "args": argparse.Namespace(codebook_size=16384, lr=1e-4)}
+    path = tmp_path / "vq_ds16_c2i.pt"
+    torch.save(ckpt, path)
+    imported = import_llamagen_vq(path, tmp_path / "tok")
+    loaded = load_tokenizer(tmp_path / "tok")
+    w = "encoder.conv_in.weight"
+    assert torch.equal(loaded.state_dict()[w], ema_sd[w])
+    assert loaded.fingerprint == imported.fingerprint
+    assert loaded.manifest["made_from"]["weights"] == "ema"
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_import_refuses_arbitrary_pickles(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "args": Evil()}, path)
+    with pytest.raises(ArtifactError, match="weights-only"):
+        import_llamagen_vq(path, tmp_path / "tok")
+
+
+def test_import_names_missing_and_misshapen_keys(tmp_path):
+    sd = tiny_model().state_dict()
+    sd.pop("decoder.conv_out.bias")
+    path = tmp_path / "bad.pt"
+    torch.save({"model": sd, "args": argparse.Namespace()}, path)
+    with pytest.raises(ArtifactError, match=r"missing keys \['decoder.conv_out.bias'\]$"):
+        import_llamagen_vq(path, tmp_path / "tok", config=vq_preset("fmnist", **TINY))
+    with pytest.raises(ArtifactError, match=r"shape mismatches \[.*: file \(64,\) vs model \(128,\)"):
+        import_llamagen_vq(path, tmp_path / "tok", config=vq_preset("fmnist", **{**TINY, "ch": 64}))
+    assert not (tmp_path / "tok").exists()
+
+
+def test_save_load_roundtrip_and_tamper_detection(tmp_path):
+    m = tiny_model()
+    fp = save_tokenizer(m, tmp_path / "tok")
+    back = load_tokenizer(tmp_path / "tok")
+    assert back.fingerprint == fp
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    assert torch.equal(back.encode_codes(x), m.eval().encode_codes(x))
+    with pytest.raises(ArtifactError, match="already exists"):
+        save_tokenizer(m, tmp_path / "tok")
+    from safetensors.torch import load_file, save_file
+    sd = load_file(tmp_path / "tok" / "model.safetensors")
+    sd["quant_conv.bias"] += 1
+    save_file(sd, tmp_path / "tok" / "model.safetensors")
+    with pytest.raises(ArtifactError, match="fingerprint"):
+        load_tokenizer(tmp_path / "tok")
+
+
+def test_quantizer_uses_normalised_codebook():
+    m = tiny_model()
+    with torch.no_grad():
+        m.quantize.embedding.weight.mul_(torch.rand(64, 1) * 5 + 0.1)  # stored vectors need not be unit-norm
+    cb = m.codebook()
+    assert torch.allclose(cb.norm(dim=-1), torch.ones(64), atol=1e-5)
+    z = torch.randn(1, 4, 2, 2)
+    idx = m.quantize.lookup(z)
+    zn = torch.nn.functional.normalize(z, dim=1).permute(0, 2, 3, 1).reshape(-1, 4)
+    assert torch.equal(idx.flatten(), torch.cdist(zn, cb).argmin(-1))
+
+
+def test_bad_inputs_have_clear_errors():
+    m = tiny_model()
+    with pytest.raises(CtfgenError, match=r"expects images \(B, 1, H, W\)"):
+        m.encode_codes(torch.zeros(1, 3, 16, 16))
+    with pytest.raises(CtfgenError, match="out of range"):
+        m.decode_codes(torch.full((1, 4, 4), 64))
+    with pytest.raises(CtfgenError, match="unknown tokenizer preset"):
+        vq_preset("vq99")
+    with pytest.raises(CtfgenError, match="not divisible"):
+        vq_preset("fmnist", resolution=30)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, npz_data):
+    out = tmp_path_factory.mktemp("trained") / "tok"
+    cfg = TokenizerTrainConfig(vq=vq_preset("fmnist", **TINY), data=npz_data, steps=60, batch_size=16,
+                               lr=2e-3, warmup_steps=5, restart_every=10)
+    report = train_tokenizer(cfg, out, progress=False)
+    return out, report
+
+
+def test_training_learns_and_reports(trained):
+    out, report = trained
+    assert report["psnr_db"] > 18, report  # random init sits near 6-8 dB on these blobs
+    assert 0 < report["codebook_usage"] <= 1 and report["perplexity"] >= 1
+    assert (out / "reconstructions.png").stat().st_size > 100
+    tok = load_tokenizer(out)
+    assert tok.manifest["info"]["report"]["psnr_db"] == report["psnr_db"]
+    assert tok.manifest["made_from"]["data"]
+
+
+def test_dead_code_restart_moves_unused_codes():
+    from ctfgen.tokenizer.train import restart_dead_codes
+    m = tiny_model()
+    usage = torch.zeros(64, dtype=torch.long)
+    usage[:10] = 1
+    before = m.quantize.embedding.weight.detach().clone()
+    n = restart_dead_codes(m, usage, torch.randn(2, 4, 4, 4), torch.Generator().manual_seed(0))
+    after = m.quantize.embedding.weight.detach()
+    assert n == 54
+    assert torch.equal(before[:10], after[:10]) and not torch.equal(before[10:], after[10:])
+
+
+def test_encode_store_roundtrip(trained, npz_data, tmp_path):
+    out, _ = trained
+    tok = load_tokenizer(out)
+    ds = load_dataset(npz_data, "test")
+    store = encode_dataset(tok, ds, tmp_path / "codes", views="flip", batch_size=7, progress=False)
+    assert store.codes.dtype == np.uint16 and store.codes.shape == (24, 2, 16)
+    assert np.array_equal(store.labels, ds.labels)
+    reopened = CodeStore.open(tmp_path / "codes")
+    assert reopened.fingerprint == store.fingerprint and reopened.grid == (4, 4)
+    reopened.check_tokenizer(tok.fingerprint)
+    x = torch.stack([ds[i][0] for i in range(4)])
+    direct = tok.decode_codes(tok.encode_codes(x))
+    from_disk = tok.decode_codes(torch.from_numpy(reopened.codes[:4, 0].astype(np.int64)))
+    assert torch.allclose(direct, from_disk, atol=1e-6)
+    flipped = tok.encode_codes(x.flip(-1)).flatten(1)
+    assert np.array_equal(reopened.codes[:4, 1], flipped.numpy())
+
+
+def test_codes_from_another_tokenizer_are_refused(trained, npz_data, tmp_path):
+    out, _ = trained
+    store = encode_dataset(load_tokenizer(out), load_dataset(npz_data, "test"), tmp_path / "codes", progress=False)
+    other = tiny_model(seed=1)
+    save_tokenizer(other, tmp_path / "other")
+    with pytest.raises(ArtifactError, match="made with another tokenizer"):
+        store.check_tokenizer(load_tokenizer(tmp_path / "other").fingerprint)
+
+
+def test_cli_train_encode(tmp_path, npz_data, capsys):
+    from ctfgen.cli import main
+    common = ["--data", "npz", "--data-path", npz_data.path, "--resolution", "16"]
+    rc = main(["tokenizer", "train", "--out", str(tmp_path / "tok"), "--ch", "32", "--codebook-size", "32",
+               "--steps", "3", "--batch-size", "8", *common])
+    assert rc == 0
+    assert main(["encode", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "codes"), "--split", "test", *common]) == 0
+    assert CodeStore.open(tmp_path / "codes").codes.shape[:2] == (24, 2)
+    assert main(["encode", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "codes"), *common]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["tokenizer", "import", str(tmp_path / "missing.pt"), str(tmp_path / "x")]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -128,6 +128,8 @@ def test_parameter_counts_match_the_paper():
         assert abs(count_params("ar", preset, **ar) / 1e6 - n_ar) < 1, preset
         assert abs(count_params("baseline", preset, **base) / 1e6 - n_base) < 1, preset
     assert count_params("baseline", "B", **base) == 110_888_448  # LlamaGen's GPT-B, measured
+    # stage 2 at L size: K-row input, V-row head (the paper quotes GPT-L's 343M for it)
+    assert count_params("aux", "aux-L", **ar) == 326_658_048
     # small presets fit the 32x32 Fashion-MNIST default (8x8 tokens, codebook 4096, K 128)
     fm = dict(vocab_size=4096, coarse_vocab=128, num_classes=10, grid=8)
     assert count_params("ar", "tiny", **fm) < 2e6 and count_params("aux", "small", **fm) < 10e6
@@ -182,6 +184,7 @@ def test_aux_masking_code_to_coarse_and_options():
     assert torch.isfinite(tiny("aux", mask_to_cluster=False).eval().fine_logits(b["coarse"], b["label"])).all()
     # built from a config alone, it gets the map from the checkpoint
     m2 = model_from_config(m.config)
+    assert isinstance(m2, AuxTransformer)
     with pytest.raises(CtfgenError, match="code_to_coarse is not set"):
         m2.fine_logits(b["coarse"], b["label"])
     m2.load_state_dict(m.state_dict())

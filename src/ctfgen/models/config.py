@@ -1,6 +1,7 @@
 """The one config type shared by the three models; it travels inside checkpoints (to_dict/from_dict)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..errors import CtfgenError
@@ -51,6 +52,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         self.check()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
     def check(self) -> None:
         where = "model config"

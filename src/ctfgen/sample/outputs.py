@@ -1,0 +1,76 @@
+"""Where samples go: a PNG grid (a row per class), a folder of PNGs with labels.json and a manifest,
+or an ADM-format .npz (arr_0: uint8 N x H x W x 3, labels) for the standard evaluator."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import artifact_dir, atomic_write_bytes, atomic_write_json, fingerprint_tensors, write_manifest
+from ..config import to_dict
+from .pipeline import Samples
+
+
+def _png(image_HWC: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image_HWC[..., 0] if image_HWC.shape[-1] == 1 else image_HWC).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def grid_image(images_NHWC: np.ndarray, labels_N: np.ndarray, *, pad: int = 2, scale: int = 1) -> np.ndarray:
+    """One row per class (in order of first appearance), its samples left to right."""
+    classes = list(dict.fromkeys(labels_N.tolist()))
+    rows = [images_NHWC[labels_N == c] for c in classes]
+    N, H, W, C = images_NHWC.shape
+    cols = max((len(r) for r in rows), default=0)
+    grid = np.full((len(rows) * (H + pad) + pad, cols * (W + pad) + pad, C), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, im in enumerate(row):
+            y, x = pad + i * (H + pad), pad + j * (W + pad)
+            grid[y:y + H, x:x + W] = im
+    if scale > 1:
+        grid = grid.repeat(scale, 0).repeat(scale, 1)
+    return grid
+
+
+def save_grid(path: str | Path, samples: Samples, *, scale: int = 1) -> Path:
+    atomic_write_bytes(path, _png(grid_image(samples.images, samples.labels, scale=scale)))
+    return Path(path)
+
+
+def save_npz(path: str | Path, samples: Samples) -> Path:
+    """ADM's layout: arr_0 uint8 (N, H, W, 3), grey images replicated to three channels."""
+    images = samples.images
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    buf = io.BytesIO()
+    np.savez(buf, arr_0=np.ascontiguousarray(images, dtype=np.uint8), labels=samples.labels.astype(np.int64))
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def save_folder(out: str | Path, samples: Samples, *, seed: int, models: dict[str, str],
+                extra: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """PNGs 000000.png.. plus labels.json (file, class, seed of every sample, all settings, the model
+    fingerprints) and a manifest (kind "samples")."""
+    settings = to_dict(samples.settings)
+    record = {
+        "seed": seed,
+        "settings": settings,
+        "models": models,
+        **(extra or {}),
+        "samples": [{"file": f"{i:06d}.png", "label": int(c), "seed": int(s)}
+                    for i, (c, s) in enumerate(zip(samples.labels, samples.seeds))],
+    }
+    with artifact_dir(out, overwrite=overwrite) as tmp:
+        for i, im in enumerate(samples.images):
+            (tmp / f"{i:06d}.png").write_bytes(_png(im))
+        atomic_write_json(tmp / "labels.json", record)
+        fp = fingerprint_tensors({"codes": samples.codes, "labels": samples.labels})
+        write_manifest(tmp, kind="samples", fingerprint=fp, config={"seed": seed, "sampling": settings, **(extra or {})},
+                       made_from=models, info={"count": len(samples.labels)})
+    return Path(out)

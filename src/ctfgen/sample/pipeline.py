@@ -1,0 +1,375 @@
+"""Class -> image pipelines with the diffusers calling convention:
+
+    pipe = CTFPipeline.from_pretrained("runs/pipe")          # or BaselinePipeline
+    images = pipe(class_labels=[0, 1], guidance_scale=2.0, temperature=1.1, seed=0)  # list[PIL.Image]
+
+A pipeline folder (kind "pipeline", written by `save_pretrained` / `ctfgen pipeline make`) copies or
+references the tokenizer and model folders and records their fingerprints; loading refuses folders
+that changed since, and components that do not belong together (another tokenizer, another coarse map).
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..artifacts import artifact_dir, check_made_from, fingerprint_tensors, read_manifest, write_manifest
+from ..config import from_dict, to_dict
+from ..errors import ArtifactError, CtfgenError
+from .sampler import SamplingConfig, generate_tokens, sample_fine, sample_seed, sample_uniforms
+
+KIND = "pipeline"
+ROLES = {"ctf": ("ar", "aux"), "baseline": ("baseline",)}
+MODEL_FILES = ("manifest.json", "model.safetensors", "ema.safetensors")  # not the training state
+TOKENIZER_FILES = ("manifest.json", "model.safetensors")
+
+
+@dataclass
+class Samples:
+    """What a generation run made, in sample-index order."""
+
+    images: np.ndarray  # uint8 (N, H, W, C), C = 1 (grey) or 3
+    codes: np.ndarray  # (N, L) codebook indices
+    labels: np.ndarray  # (N,) class of each sample
+    seeds: list[int]  # per-sample seeds (sample_seed(seed, index))
+    settings: SamplingConfig
+
+
+# ---------------------------------------------------------------- checking components
+
+def _tokenizer_grid(cfg: dict) -> int:
+    return int(cfg["resolution"]) // 2 ** (len(cfg["ch_mult"]) - 1)
+
+
+def check_components(tokenizer: dict, models: dict[str, dict]) -> dict[str, str]:
+    """Refuse manifests that do not belong together; returns every fingerprint by role."""
+    tok_fp = tokenizer["fingerprint"]
+    fps = {"tokenizer": tok_fp}
+    tcfg = tokenizer.get("config", {})
+    for role, m in models.items():
+        mcfg = m.get("config", {}).get("model", {})
+        if mcfg.get("kind") != role:
+            raise ArtifactError(f"{role}: expected a '{role}' model, got kind {mcfg.get('kind')!r}")
+        if mcfg.get("vocab_size") != tcfg.get("codebook_size"):
+            raise ArtifactError(f"{role}: vocab_size {mcfg.get('vocab_size')} != the tokenizer's codebook_size "
+                                f"{tcfg.get('codebook_size')}")
+        if mcfg.get("grid") != _tokenizer_grid(tcfg):
+            raise ArtifactError(f"{role}: grid {mcfg.get('grid')} != the tokenizer's {_tokenizer_grid(tcfg)} tokens per side")
+        made = m.get("made_from", {})
+        if "tokenizer" not in made:
+            raise ArtifactError(f"{role}: its manifest records no made_from.tokenizer, so it cannot be checked "
+                                "against the tokenizer")
+        check_made_from(f"{role} model / tokenizer", tok_fp, made["tokenizer"],
+                        hint=f"the {role} model was trained on codes of another tokenizer")
+        fps[role] = m["fingerprint"]
+    if "ar" in models:
+        ar, aux = models["ar"], models["aux"]
+        for key in ("coarse_vocab", "num_classes"):
+            a, b = ar["config"]["model"].get(key), aux["config"]["model"].get(key)
+            if a != b:
+                raise ArtifactError(f"stage 1 and stage 2 disagree on {key}: {a} vs {b}")
+        cm = [m.get("made_from", {}).get("coarse_map") for m in (ar, aux)]
+        if None in cm:
+            raise ArtifactError("stage 1 / stage 2: made_from.coarse_map missing in a model manifest")
+        check_made_from("stage 1 / stage 2 coarse map", cm[0], cm[1],
+                        hint="both stages must be trained with the same `ctfgen cluster` output")
+        fps["coarse_map"] = cm[0]
+    return fps
+
+
+def _copy_files(src: Path, dst: Path, names: Sequence[str]) -> None:
+    dst.mkdir(parents=True)
+    for name in names:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+
+
+def make_pipeline(out: str | Path, *, tokenizer: str | Path, ar: str | Path | None = None,
+                  aux: str | Path | None = None, baseline: str | Path | None = None, copy: bool = True,
+                  sampling: SamplingConfig | None = None, overwrite: bool = False) -> Path:
+    """Write a pipeline folder: CTF (ar + aux) or the baseline, plus the tokenizer.
+
+    copy=True copies the weights (not the training state) into the folder; copy=False records the
+    absolute paths of the folders instead, and loading checks they still hold the same fingerprints.
+    """
+    if (ar is None) != (aux is None) or (ar is None) == (baseline is None):
+        raise CtfgenError("a pipeline is either CTF (both ar and aux folders) or the baseline (a baseline folder)")
+    kind = "ctf" if ar is not None else "baseline"
+    sources = {"ar": ar, "aux": aux} if kind == "ctf" else {"baseline": baseline}
+    sources = {role: Path(p) for role, p in sources.items()}
+    tok_dir = Path(tokenizer)
+    tok_m = read_manifest(tok_dir, "tokenizer")
+    fps = check_components(tok_m, {role: read_manifest(p, "model") for role, p in sources.items()})
+    sampling = (sampling or (SamplingConfig() if kind == "ctf" else SamplingConfig.baseline())).check()
+    with artifact_dir(out, overwrite=overwrite) as tmp:
+        refs = {}
+        for role, src in {"tokenizer": tok_dir, **sources}.items():
+            if copy:
+                _copy_files(src, tmp / role, TOKENIZER_FILES if role == "tokenizer" else MODEL_FILES)
+                refs[role] = role
+            else:
+                refs[role] = str(src.resolve())
+        write_manifest(tmp, kind=KIND, fingerprint=fingerprint_tensors({}, extra=fps),
+                       config={"type": kind, "components": refs, "sampling": to_dict(sampling)},
+                       made_from=fps, info={"copied": copy})
+    return Path(out)
+
+
+# ---------------------------------------------------------------- pipelines
+
+class _Pipeline:
+    type = ""
+
+    def __init__(self, tokenizer, models: dict[str, torch.nn.Module], *, sampling: SamplingConfig | None = None,
+                 fingerprints: dict[str, str] | None = None, folders: dict[str, Path] | None = None,
+                 dtype: torch.dtype | None = None, compile: bool = False):
+        self.tokenizer = tokenizer.eval()
+        self.models = {role: (m.to(dtype) if dtype is not None else m).eval() for role, m in models.items()}
+        self.sampling = (sampling or self.default_sampling()).check()
+        self.fingerprints = dict(fingerprints or {})
+        self.folders = dict(folders or {})
+        self.compile = compile
+        self._step_fn = None
+        first = next(iter(self.models.values())).config
+        self.num_classes, self.seq_len = first.num_classes, first.seq_len
+
+    @staticmethod
+    def default_sampling() -> SamplingConfig:
+        return SamplingConfig()
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.models.values())).tok_embeddings.weight.device
+
+    # ---- loading and saving
+
+    @classmethod
+    def from_folders(cls, *, tokenizer: str | Path, device: str | torch.device = "cpu", ema: bool | None = None,
+                     dtype: torch.dtype | None = None, compile: bool = False,
+                     sampling: SamplingConfig | None = None, **model_dirs: str | Path):
+        """Load the tokenizer and model folders directly (ar= and aux=, or baseline=)."""
+        from ..tokenizer import load_tokenizer
+        from ..train import load_model
+
+        roles = ROLES[cls.type]
+        if sorted(model_dirs) != sorted(roles):
+            raise CtfgenError(f"{cls.__name__}.from_folders needs the folders {list(roles)}, got {sorted(model_dirs)}")
+        dirs = {role: Path(model_dirs[role]) for role in roles}
+        manifests = {role: read_manifest(d, "model") for role, d in dirs.items()}
+        fps = check_components(read_manifest(tokenizer, "tokenizer"), manifests)
+        models = {role: load_model(d, device, ema=ema, expect_kind=role)[0] for role, d in dirs.items()}
+        tok = load_tokenizer(tokenizer, device)
+        return cls(tok, models=models, sampling=sampling, fingerprints=fps, dtype=dtype, compile=compile,
+                   folders={"tokenizer": Path(tokenizer), **dirs})
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu", ema: bool | None = None,
+                        dtype: torch.dtype | None = None, compile: bool = False):
+        """Load a pipeline folder; every component must still have the fingerprint recorded in it."""
+        path = Path(path)
+        m = read_manifest(path, KIND)
+        cfg = m.get("config", {})
+        if cfg.get("type") != cls.type:
+            raise ArtifactError(f"{path} is a '{cfg.get('type')}' pipeline; load it with "
+                                f"{'CTFPipeline' if cfg.get('type') == 'ctf' else 'BaselinePipeline'}")
+        dirs = {role: (path / ref if not Path(ref).is_absolute() else Path(ref))
+                for role, ref in cfg.get("components", {}).items()}
+        for role in ("tokenizer", *ROLES[cls.type]):
+            if role not in dirs:
+                raise ArtifactError(f"{path / 'manifest.json'}: config.components lacks '{role}'")
+            found = read_manifest(dirs[role])["fingerprint"]
+            check_made_from(f"{role} of pipeline {path}", m["made_from"].get(role, "<none>"), found,
+                            hint=f"{dirs[role]} changed since the pipeline was made; run `ctfgen pipeline make` again")
+        sampling = from_dict(SamplingConfig, cfg.get("sampling", {}), where=f"{path / 'manifest.json'}: config.sampling")
+        return cls.from_folders(tokenizer=dirs["tokenizer"], device=device, ema=ema, dtype=dtype, compile=compile,
+                                sampling=sampling, **{r: dirs[r] for r in ROLES[cls.type]})
+
+    def save_pretrained(self, path: str | Path, *, copy: bool = True, overwrite: bool = False) -> Path:
+        """Write a pipeline folder from the folders this pipeline was loaded from."""
+        needed = ("tokenizer", *ROLES[self.type])
+        if any(r not in self.folders for r in needed):
+            raise CtfgenError("save_pretrained needs a pipeline loaded from folders (from_folders / from_pretrained)")
+        return make_pipeline(path, copy=copy, sampling=self.sampling, overwrite=overwrite,
+                             **{r: self.folders[r] for r in needed})
+
+    # ---- generation
+
+    def settings(self, **overrides: Any) -> SamplingConfig:
+        known = {f.name for f in fields(SamplingConfig)}
+        unknown = sorted(k for k in overrides if k not in known)
+        if unknown:
+            raise CtfgenError(f"unknown sampling setting(s) {unknown}; known: {sorted(known)}")
+        return replace(self.sampling, **{k: v for k, v in overrides.items() if v is not None}).check()
+
+    def check_labels(self, labels: Sequence[int]) -> torch.Tensor:
+        labels_N = torch.as_tensor(list(labels), dtype=torch.long)
+        bad = labels_N[(labels_N < 0) | (labels_N >= self.num_classes)]
+        if bad.numel():
+            raise CtfgenError(f"class_labels: {int(bad[0])} is not a class id of this model (0..{self.num_classes - 1})")
+        return labels_N
+
+    def _codes(self, labels_B: torch.Tensor, seeds: list[int], s: SamplingConfig, progress: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _decode_step(self, model):
+        if not self.compile:
+            return None
+        if self._step_fn is None:
+            # Untested on GPU. dynamic=True: the attended cache prefix grows by one every step.
+            self._step_fn = torch.compile(model.decode_step, mode="reduce-overhead", dynamic=True)
+        return self._step_fn
+
+    @torch.inference_mode()
+    def decode(self, codes_NL: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+        from ..tokenizer.report import to_uint8
+
+        tok_dev = next(self.tokenizer.parameters()).device
+        out = [to_uint8(self.tokenizer.decode_codes(codes_NL[i:i + batch_size].to(tok_dev)))
+               for i in range(0, len(codes_NL), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, 1, 1, 1), np.uint8)
+
+    def generate(self, labels: Sequence[int], *, seed: int = 0, batch_size: int = 64, progress: bool = False,
+                 **settings: Any) -> Samples:
+        """Samples for `labels` (sample i has class labels[i] and seed sample_seed(seed, i)).
+
+        Under torchrun every rank makes the indices i = rank, rank + world, ... and all ranks get the
+        whole result in index order; the images are the same for any batch size and process count.
+        """
+        s = self.settings(**settings)
+        if batch_size < 1:
+            raise CtfgenError(f"batch_size must be >= 1, got {batch_size}")
+        labels_N = self.check_labels(labels)
+        N = len(labels_N)
+        rank, world = _dist()
+        mine = list(range(rank, N, world))
+        seeds = [sample_seed(seed, i) for i in range(N)]
+        codes, images = [], []
+        batches = range(0, len(mine), batch_size)
+        if progress and len(batches) > 1:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, desc=f"{self.type} batches", disable=rank != 0)
+        try:
+            for b in batches:
+                idx = mine[b:b + batch_size]
+                codes_BL = self._codes(labels_N[idx], [seeds[i] for i in idx], s, progress and rank == 0)
+                codes.append(codes_BL.cpu())
+                images.append(self.decode(codes_BL))
+        finally:
+            for m in self.models.values():
+                if hasattr(m, "clear_cache"):
+                    m.clear_cache()
+        L = self.seq_len
+        codes_np = torch.cat(codes).numpy() if codes else np.zeros((0, L), np.int64)
+        images_np = np.concatenate(images) if images else None
+        if world > 1:
+            codes_np, images_np = _gather(mine, codes_np, images_np, N)
+        if images_np is None:
+            images_np = np.zeros((0, 1, 1, 1), np.uint8)
+        return Samples(images=images_np, codes=codes_np, labels=labels_N.numpy(), seeds=seeds, settings=s)
+
+    def __call__(self, class_labels: Sequence[int] | int | None = None, *, num_images_per_class: int = 1,
+                 seed: int = 0, batch_size: int = 64, output_type: str = "pil", progress: bool = False,
+                 **settings: Any):
+        """Images for each class in `class_labels` (default: every class), num_images_per_class each,
+        class by class. Settings: guidance_scale, temperature, top_k, top_p, ... (see SamplingConfig)."""
+        if output_type not in ("pil", "np"):
+            raise CtfgenError(f"output_type must be 'pil' or 'np', got {output_type!r}")
+        if num_images_per_class < 0:
+            raise CtfgenError(f"num_images_per_class must be >= 0, got {num_images_per_class}")
+        if class_labels is None:
+            class_labels = range(self.num_classes)
+        elif isinstance(class_labels, int):
+            class_labels = [class_labels]
+        labels = [int(c) for c in class_labels for _ in range(num_images_per_class)]
+        out = self.generate(labels, seed=seed, batch_size=batch_size, progress=progress, **settings)
+        return to_pil(out.images) if output_type == "pil" else out.images
+
+
+class CTFPipeline(_Pipeline):
+    """Coarse-to-fine: stage 1 samples coarse labels, stage 2 their codes, the tokenizer decodes."""
+
+    type = "ctf"
+
+    def __init__(self, tokenizer, ar=None, aux=None, **kwargs):
+        models = kwargs.pop("models", None) or {"ar": ar, "aux": aux}
+        super().__init__(tokenizer, models, **kwargs)
+        from ..cluster import CoarseMap
+
+        aux = self.models["aux"]
+        cmap = CoarseMap.from_labels(aux.code_to_coarse.cpu(), k=aux.config.coarse_vocab)
+        self.members_KM = cmap.members.to(self.device)
+        self.counts_K = cmap.counts.to(self.device)
+
+    def _codes(self, labels_B, seeds, s, progress):
+        ar, aux = self.models["ar"], self.models["aux"]
+        L = self.seq_len
+        u_BN = sample_uniforms(seeds, 2 * L)  # stage 1 uses the first L, stage 2 the rest
+        coarse_BL = generate_tokens(ar, labels_B, u_BN[:, :L], guidance_scale=s.guidance_scale,
+                                    guidance_schedule=s.guidance_schedule, temperature=s.temperature,
+                                    top_k=s.top_k, top_p=s.top_p, argmax=s.argmax,
+                                    step_fn=self._decode_step(ar), progress=progress)
+        return sample_fine(aux, coarse_BL, labels_B, u_BN[:, L:], members_KM=self.members_KM,
+                           counts_K=self.counts_K, temperature=s.stage2_temperature, top_k=s.stage2_top_k,
+                           argmax=s.stage2_argmax, guidance_scale=s.stage2_guidance_scale)
+
+
+class BaselinePipeline(_Pipeline):
+    """LlamaGen's one-stage sampler over the full codebook."""
+
+    type = "baseline"
+
+    def __init__(self, tokenizer, baseline=None, **kwargs):
+        models = kwargs.pop("models", None) or {"baseline": baseline}
+        super().__init__(tokenizer, models, **kwargs)
+
+    @staticmethod
+    def default_sampling() -> SamplingConfig:
+        return SamplingConfig.baseline()
+
+    def _codes(self, labels_B, seeds, s, progress):
+        m = self.models["baseline"]
+        u_BL = sample_uniforms(seeds, self.seq_len)
+        return generate_tokens(m, labels_B, u_BL, guidance_scale=s.guidance_scale,
+                               guidance_schedule=s.guidance_schedule, temperature=s.temperature, top_k=s.top_k,
+                               top_p=s.top_p, argmax=s.argmax, step_fn=self._decode_step(m), progress=progress)
+
+
+def load_pipeline(path: str | Path, **kwargs) -> _Pipeline:
+    """CTFPipeline or BaselinePipeline, whichever the folder holds."""
+    kind = read_manifest(path, KIND).get("config", {}).get("type")
+    return {"ctf": CTFPipeline, "baseline": BaselinePipeline}[kind].from_pretrained(path, **kwargs)
+
+
+def to_pil(images_NHWC: np.ndarray) -> list:
+    from PIL import Image
+
+    return [Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im) for im in images_NHWC]
+
+
+# ---------------------------------------------------------------- processes
+
+def _dist() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(mine: list[int], codes: np.ndarray, images: np.ndarray | None, n: int):
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (mine, codes, images))
+    shape = next((p[2].shape[1:] for p in parts if p[2] is not None and len(p[2])), (1, 1, 1))
+    codes_all = np.zeros((n, codes.shape[1]), codes.dtype)
+    images_all = np.zeros((n, *shape), np.uint8)
+    for idx, c, im in parts:
+        if idx:
+            codes_all[idx], images_all[idx] = c, im
+    return codes_all, images_all

@@ -1,0 +1,238 @@
+"""The samplers: stage 1 / the baseline (autoregressive, static KV cache, classifier-free guidance)
+and stage 2 (one bidirectional pass that turns coarse labels into codebook indices).
+
+Randomness is per sample, not per batch: sample number i of a run with seed s draws every random
+number it needs from its own generator, seeded from (s, i) (`sample_seed`). Tokens are then picked
+by inverse-CDF sampling with that sample's uniform for that step, so a sample's tokens do not depend
+on which other samples share its batch, on the batch size, or on how many processes share the work.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..errors import CtfgenError
+
+SCHEDULES = ("constant", "linear")
+
+
+@dataclass
+class SamplingConfig:
+    """Every setting of a sampling run. Defaults are the paper's CTF settings; the baseline's are
+    `SamplingConfig.baseline()` (LlamaGen: temperature 1.0)."""
+
+    guidance_scale: float = 2.0  # classifier-free guidance of stage 1 / the baseline; 1 = off
+    guidance_schedule: str = "constant"  # "linear": ramps from 1 at the first token to the scale at the last
+    temperature: float = 1.1
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    argmax: bool = False  # greedy stage 1 / baseline
+    # stage 2 (CTF only)
+    stage2_temperature: float = 1.1
+    stage2_top_k: int = 0  # 0 = the full (cluster-restricted) distribution, as in the paper
+    stage2_argmax: bool = False  # the paper's ablation: much worse FID
+    stage2_guidance_scale: float = 1.0  # the paper leaves stage-2 guidance open; off by default
+
+    @classmethod
+    def baseline(cls, **overrides) -> "SamplingConfig":
+        return cls(**{"temperature": 1.0, **overrides})
+
+    def check(self) -> "SamplingConfig":
+        for name in ("guidance_scale", "stage2_guidance_scale"):
+            if not getattr(self, name) >= 1.0:
+                raise CtfgenError(f"{name} must be >= 1 (1 = no guidance), got {getattr(self, name)}")
+        for name in ("temperature", "stage2_temperature"):
+            if not getattr(self, name) > 0:
+                raise CtfgenError(f"{name} must be > 0 (use argmax for greedy sampling), got {getattr(self, name)}")
+        for name in ("top_k", "stage2_top_k"):
+            if getattr(self, name) < 0:
+                raise CtfgenError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise CtfgenError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if self.guidance_schedule not in SCHEDULES:
+            raise CtfgenError(f"guidance_schedule must be one of {SCHEDULES}, got {self.guidance_schedule!r}")
+        return self
+
+
+# ---------------------------------------------------------------- per-sample randomness
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample `index` in a run with global seed `seed` (a hash: no overlaps between runs)."""
+    digest = hashlib.sha256(f"ctfgen-sample:{int(seed)}:{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def sample_uniforms(seeds: list[int], n: int) -> torch.Tensor:
+    """(B, n) uniforms in [0, 1): row b comes from a generator seeded with seeds[b] alone."""
+    out_BN = torch.empty(len(seeds), n)
+    for b, s in enumerate(seeds):
+        out_BN[b] = torch.rand(n, generator=torch.Generator().manual_seed(s))
+    return out_BN
+
+
+# ---------------------------------------------------------------- picking a token
+
+def inverse_cdf(probs_NV: torch.Tensor, u_N: torch.Tensor) -> torch.Tensor:
+    """Index i with cdf[i-1] <= u * total < cdf[i]: exact categorical sampling with one uniform."""
+    cdf_NV = probs_NV.cumsum(-1)
+    x_N1 = (u_N.to(cdf_NV) * cdf_NV[:, -1]).unsqueeze(-1)
+    # right=True never lands on a zero-probability entry (its cdf equals its predecessor's)
+    return torch.searchsorted(cdf_NV, x_N1, right=True).squeeze(-1).clamp_max(probs_NV.shape[-1] - 1)
+
+
+def pick(logits_NV: torch.Tensor, u_N: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0,
+         top_p: float = 1.0, argmax: bool = False) -> torch.Tensor:
+    """One token per row. Sorts only when top-k or top-p asks for it (top-k sorts just k values)."""
+    if argmax:
+        return logits_NV.argmax(-1)
+    V = logits_NV.shape[-1]
+    index_NK = None
+    if 0 < top_k < V:
+        logits_NV, index_NK = logits_NV.topk(top_k, dim=-1)  # sorted, largest first
+    elif top_p < 1.0:
+        logits_NV, index_NK = logits_NV.sort(dim=-1, descending=True)
+    probs_NV = torch.softmax(logits_NV.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        # nucleus: keep a token while the mass before it is below p (the most likely one always stays)
+        before_NV = probs_NV.cumsum(-1) - probs_NV
+        probs_NV = probs_NV.masked_fill(before_NV >= top_p, 0.0)
+    choice_N = inverse_cdf(probs_NV, u_N)
+    return choice_N if index_NK is None else index_NK.gather(-1, choice_N[:, None]).squeeze(-1)
+
+
+def guidance_at(step: int, steps: int, scale: float, schedule: str) -> float:
+    if schedule == "linear" and steps > 1:
+        return 1.0 + (scale - 1.0) * step / (steps - 1)
+    return scale
+
+
+# ---------------------------------------------------------------- stage 1 / baseline
+
+@torch.inference_mode()
+def generate_tokens(model, labels_B: torch.Tensor, u_BL: torch.Tensor, *, guidance_scale: float = 2.0,
+                    guidance_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0,
+                    top_p: float = 1.0, argmax: bool = False, step_fn: Callable | None = None,
+                    progress: bool = False) -> torch.Tensor:
+    """Sample (B, L) tokens from a causal GPT ("baseline": codes, "ar": coarse labels).
+
+    Guidance runs the batch doubled, [cond, null], through one static KV cache; the prefix is never
+    recomputed. The cache must hold >= 2B (guided) or B sequences; it is set up here when it does not.
+    `step_fn(tokens_B, pos) -> logits` replaces model.decode_step (e.g. a compiled one).
+    """
+    c = model.config
+    B, L = labels_B.shape[0], c.seq_len
+    device = model.tok_embeddings.weight.device
+    labels_B = labels_B.to(device)
+    guided = guidance_scale != 1.0
+    cond_B = torch.cat([labels_B, torch.full_like(labels_B, c.num_classes)]) if guided else labels_B
+    cache = model.layers[0].attention.k_cache
+    if cache is None or cache.shape[0] < cond_B.shape[0]:
+        model.setup_cache(cond_B.shape[0])
+    step_fn = step_fn or model.decode_step
+    u_BL = u_BL.to(device)
+    tokens_BL = torch.empty(B, L, dtype=torch.long, device=device)
+    logits_BV = model.prefill(cond_B)
+    for t in _steps(L, progress):
+        if t > 0:
+            prev_B = tokens_BL[:, t - 1]
+            logits_BV = step_fn(torch.cat([prev_B, prev_B]) if guided else prev_B, t - 1)
+        if guided:
+            # uncond + s * (cond - uncond) in one kernel
+            s = guidance_at(t, L, guidance_scale, guidance_schedule)
+            logits_BV = torch.lerp(logits_BV[B:], logits_BV[:B], s)
+        tokens_BL[:, t] = pick(logits_BV, u_BL[:, t], temperature=temperature, top_k=top_k, top_p=top_p,
+                               argmax=argmax)
+    return tokens_BL
+
+
+def _steps(n: int, progress: bool):
+    if not progress:
+        return range(n)
+    from tqdm import tqdm
+
+    return tqdm(range(n), desc="tokens", leave=False)
+
+
+# ---------------------------------------------------------------- stage 2
+
+def aux_features(aux, coarse_BL: torch.Tensor, cond_B: torch.Tensor | None) -> torch.Tensor:
+    """Stage 2's final hidden states (B, L, D) of the image positions, before the head.
+
+    Trunk.run without its head: the sampler then evaluates the head only for each position's cluster.
+    """
+    c = aux.config
+    h_BLD = aux.embed(coarse_BL, cond_B if c.use_class else None)
+    S = h_BLD.shape[1]
+    cos, sin = aux.rope_cos[:S], aux.rope_sin[:S]
+    for layer in aux.layers:
+        h_BLD = layer(h_BLD, cos, sin, is_causal=False)
+    return aux.norm(h_BLD)[:, c.n_prefix:]
+
+
+def member_logits(h_ND: torch.Tensor, coarse_N: torch.Tensor, weight_VD: torch.Tensor,
+                  members_KM: torch.Tensor, counts_K: torch.Tensor) -> torch.Tensor:
+    """(N, M) logits of each position's cluster members (column j = members[coarse, j]), -inf padding.
+
+    Equal to the masked full head, at a cost of N*M*D instead of N*V*D (V/M = K times less).
+    """
+    N, M = h_ND.shape[0], members_KM.shape[1]
+    out_NM = torch.full((N, M), float("-inf"), device=h_ND.device)
+    order_N = torch.argsort(coarse_N, stable=True)
+    ks, sizes = torch.unique_consecutive(coarse_N[order_N], return_counts=True)
+    start = 0
+    for k, n in zip(ks.tolist(), sizes.tolist()):
+        rows = order_N[start:start + n]
+        start += n
+        m = int(counts_K[k])
+        out_NM[rows, :m] = (h_ND[rows] @ weight_VD[members_KM[k, :m]].T).float()
+    return out_NM
+
+
+@torch.inference_mode()
+def sample_fine(aux, coarse_BL: torch.Tensor, labels_B: torch.Tensor, u_BL: torch.Tensor, *,
+                members_KM: torch.Tensor, counts_K: torch.Tensor, temperature: float = 1.1,
+                top_k: int = 0, argmax: bool = False, guidance_scale: float = 1.0,
+                max_logits: int = 1 << 26) -> torch.Tensor:
+    """Codes (B, L) from coarse labels: one forward pass, each position sampled with its own uniform.
+
+    With a cluster-masked model only the members' logits are computed. An unmasked model's full
+    (B, L, V) logits are made in chunks of samples of at most `max_logits` values.
+    """
+    c = aux.config
+    device = aux.tok_embeddings.weight.device
+    guided = guidance_scale != 1.0
+    if guided and not c.use_class:
+        raise CtfgenError("stage2_guidance_scale: this stage-2 model does not see the class (use_class=False), "
+                          "so it cannot be guided; use 1.0")
+    coarse_BL, labels_B, u_BL = coarse_BL.to(device), labels_B.to(device), u_BL.to(device)
+    B, L = coarse_BL.shape
+    masked = c.mask_to_cluster
+    chunk = B if masked else max(1, max_logits // (L * c.vocab_size * (2 if guided else 1)))
+    codes_BL = torch.empty(B, L, dtype=torch.long, device=device)
+    for s in range(0, B, chunk):
+        coarse, labels = coarse_BL[s:s + chunk], labels_B[s:s + chunk]
+        n = coarse.shape[0]
+        if guided:
+            coarse = torch.cat([coarse, coarse])
+            labels = torch.cat([labels, torch.full_like(labels, c.num_classes)])
+        h_BLD = aux_features(aux, coarse, labels)
+        if masked:
+            logits_NV = member_logits(h_BLD.flatten(0, 1), coarse.flatten(), aux.output.weight,
+                                      members_KM, counts_K)
+        else:
+            logits_NV = aux.output(h_BLD).float().flatten(0, 1)
+        if guided:
+            half = n * L
+            # -inf - -inf would be nan at the padding of masked rows: both halves pad the same columns
+            logits_NV = torch.lerp(logits_NV[half:], logits_NV[:half], guidance_scale)
+            logits_NV = logits_NV.nan_to_num(nan=float("-inf"), neginf=float("-inf"))
+        col_N = pick(logits_NV, u_BL[s:s + chunk].flatten(), temperature=temperature, top_k=top_k, argmax=argmax)
+        if masked:
+            flat = coarse[:n].flatten()
+            col_N = col_N.minimum(counts_K[flat] - 1)  # float rounding can never pick the padding
+            col_N = members_KM[flat, col_N]
+        codes_BL[s:s + chunk] = col_N.view(n, L)
+    return codes_BL

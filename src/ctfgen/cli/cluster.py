@@ -40,7 +40,6 @@ def register(sub) -> None:
         "--linkage", default=None, choices=("ward", "average", "complete", "single"),
         help="agglomerative: merge criterion (default ward; the others tend to chain into one giant cluster)",
     )
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for faiss (0: its default)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the coarse map to")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     p.set_defaults(func=run)
@@ -71,10 +70,6 @@ def run(args) -> int:
     # Fail before the (possibly slow) clustering rather than after it.
     if Path(args.out).exists() and not args.overwrite:
         raise CtfgenError(f"{args.out} already exists; choose another folder or pass --overwrite")
-    if args.threads:
-        import faiss
-
-        faiss.omp_set_num_threads(args.threads)
     codebook_VD, tok_fp = load_codebook(args.tokenizer)
     start = time.perf_counter()
     cmap = build_coarse_map(

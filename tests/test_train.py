@@ -255,3 +255,38 @@ def test_epochs_and_aux_coarse_noise(inputs, tmp_path):
     assert manifest["config"]["model"]["coarse_noise"] == 0.2
     with pytest.raises(CtfgenError, match="aux_coarse_noise"):
         cfg("ar", aux_coarse_noise=0.1)
+
+
+# ---------------------------------------------------------------- CLI and bench
+
+
+def test_cli_train_and_errors(inputs, tmp_path, capsys):
+    from ctfgen.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "aux", "--codes", str(inputs["codes"]), "--coarse-map", str(inputs["coarse"]), "--out", str(out),
+            "--steps", "2", "--batch-size", "8", "--device", "cpu", "--no-progress", "--log-every", "1",
+            "--aux-coarse-noise", "0.1", "--model-opt", "n_layer=1", "--model-opt", "dim=32", "--model-opt", "n_head=2"]
+    assert main(args) == 0
+    assert "finished at step 2/2" in capsys.readouterr().out
+    model, manifest = load_model(out, expect_kind="aux")
+    assert manifest["config"]["train"]["batch_size"] == 8 and model.config.coarse_noise == 0.1
+    assert main(["train", "ar", "--codes", str(inputs["codes"]), "--out", str(tmp_path / "x"), "--steps", "1",
+                 "--device", "cpu"]) == 2
+    assert "--coarse-map" in capsys.readouterr().err
+    assert main(args[:-6] + ["--lr", "5e-4"]) == 2  # resuming with another lr is refused by name
+    assert "'lr'" in capsys.readouterr().err
+
+
+def test_bench_train_cli(tmp_path, capsys):
+    from ctfgen.cli import main
+
+    path = tmp_path / "bench.json"
+    assert main(["bench", "train", "--preset", "tiny", "--vocab", "512", "--k", "16", "--grid", "4",
+                 "--batch-size", "4", "--steps", "2", "--warmup", "1", "--device", "cpu", "--json", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "ratio ar/baseline" in text and "tokens/s" in text
+    rows = json.loads(path.read_text())["rows"]
+    assert [r["kind"] for r in rows] == ["ar", "baseline"]
+    assert rows[0]["vocab_out"] == 16 and rows[1]["vocab_out"] == 512
+    assert rows[0]["params"] < rows[1]["params"] and all(r["tokens_per_s"] > 0 for r in rows)

@@ -1,0 +1,60 @@
+"""`ctfgen bench ...`: measurements of the implementation itself (training throughput, ...).
+
+A group: each measurement is one sub-command, registered by its own `_add_*` function below.
+"""
+from __future__ import annotations
+
+import json
+
+from ._util import add_group
+
+ORDER = 95
+
+
+def register(sub) -> None:
+    group = add_group(sub, "bench", help="benchmarks: training throughput, ...")
+    _add_train(group)
+
+
+# ---------------------------------------------------------------- bench train
+
+
+def _add_train(group) -> None:
+    p = group.add_parser(
+        "train", help="training tokens/s and memory of stage 1 (K coarse labels) vs the baseline (full vocab)",
+        description="Train stage 1 (ar, vocabulary K) and the baseline (vocabulary V) at the same preset on "
+                    "random codes, alternating one step of each, and print tokens/s, memory and their ratio.")
+    p.add_argument("--preset", default="tiny", help="model size for both models (default: tiny)")
+    p.add_argument("--vocab", type=int, default=4096, help="codebook size V of the baseline (default: 4096)")
+    p.add_argument("--k", type=int, default=128, help="coarse vocabulary K of stage 1 (default: 128)")
+    p.add_argument("--grid", type=int, default=8, help="tokens per side: sequences of grid*grid (default: 8)")
+    p.add_argument("--num-classes", type=int, default=1000, help="class labels (default: 1000)")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per step (default: 32)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per model (default: 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per model first (default: 3)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (bf16 autocast on CUDA)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from ..train.bench import bench_train, format_rows, rows_to_json
+    from ..train.dist import resolve_device
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    rows = bench_train(preset=args.preset, vocab=args.vocab, k=args.k, grid=args.grid, batch_size=args.batch_size,
+                       steps=args.steps, warmup=args.warmup, num_classes=args.num_classes, device=device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(format_rows(rows, device=name, preset=args.preset, batch_size=args.batch_size, grid=args.grid))
+    if args.json:
+        from ..artifacts import atomic_write_json
+
+        atomic_write_json(args.json, {"device": name, "args": {k: v for k, v in vars(args).items()
+                                                               if k in ("preset", "vocab", "k", "grid", "batch_size",
+                                                                        "steps", "num_classes")},
+                                      "rows": rows_to_json(rows)})
+    return 0

@@ -1,0 +1,144 @@
+"""Training throughput of stage 1 (ar, K coarse labels) against the baseline (full codebook).
+
+Both models are built at the same preset and trained on random codes in one process, one step of
+each in turn, so drifts in machine load hit both alike. The two differ only in the vocabulary of
+the input embedding and the output head (K vs V), which is where CTF saves compute.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, asdict
+from pathlib import Path
+
+import torch
+
+from .parallel import param_groups
+
+
+@dataclass
+class BenchRow:
+    kind: str
+    vocab_in: int
+    vocab_out: int
+    params: int
+    tokens_per_s: float
+    step_ms: float  # median
+    static_mb: float  # weights + gradients + AdamW moments (fp32)
+    step_peak_mb: float  # extra memory of one step: CUDA max allocated / CPU peak-RSS delta (NaN if unknown)
+
+
+def _rss_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class _Runner:
+    def __init__(self, kind: str, preset: str, *, vocab: int, k: int, grid: int, num_classes: int,
+                 device: torch.device, lr: float = 1e-4):
+        from ..models import build_model
+
+        self.kind, self.device = kind, device
+        kwargs = dict(vocab_size=vocab, num_classes=num_classes, grid=grid)
+        if kind != "baseline":
+            kwargs["coarse_vocab"] = k
+        self.model = build_model(kind, preset, **kwargs).to(device).train()
+        self.opt = torch.optim.AdamW(param_groups(self.model, 0.05), lr=lr, betas=(0.9, 0.95))
+        self.times: list[float] = []
+        self.peaks: list[float] = []
+        cfg = self.model.config
+        self.vocab_in, self.vocab_out = cfg.in_vocab, cfg.out_vocab
+        self.params = sum(p.numel() for p in self.model.parameters())
+
+    def step(self, batch: dict[str, torch.Tensor], *, record: bool) -> None:
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            rss_ok = _reset_peak_rss()
+            before = _rss_kb("VmRSS")
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        t0 = time.perf_counter()
+        with autocast:
+            loss, _ = self.model.compute_loss(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - t0
+        if not record:
+            return
+        self.times.append(elapsed)
+        if cuda:
+            self.peaks.append((torch.cuda.max_memory_allocated(self.device) - before) / 2**20)
+        else:
+            peak = _rss_kb("VmHWM")
+            self.peaks.append((peak - before) / 1024 if rss_ok and peak is not None and before is not None
+                              else float("nan"))
+
+
+def bench_train(*, preset: str = "tiny", vocab: int = 4096, k: int = 128, grid: int = 8, batch_size: int = 32,
+                steps: int = 20, warmup: int = 3, num_classes: int = 1000, device: str | torch.device = "cpu",
+                seed: int = 0, progress: bool = True) -> list[BenchRow]:
+    """Alternate training steps of the ar and the baseline model; one BenchRow each (ar first)."""
+    from tqdm import tqdm
+
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    runners = [_Runner(kind, preset, vocab=vocab, k=k, grid=grid, num_classes=num_classes, device=device)
+               for kind in ("ar", "baseline")]
+    L = grid * grid
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, vocab, (batch_size, L), generator=g)
+    batch = {"codes": codes.to(device), "coarse": (codes % k).to(device),
+             "label": torch.randint(0, num_classes, (batch_size,), generator=g).to(device)}
+    for i in tqdm(range(warmup + steps), desc="bench train", disable=not progress):
+        # swap the order every round so neither model always runs right after the other's step
+        for r in (runners if i % 2 == 0 else runners[::-1]):
+            r.step(batch, record=i >= warmup)
+    rows = []
+    for r in runners:
+        times = sorted(r.times)
+        median = times[len(times) // 2]
+        static = sum(p.numel() * p.element_size() for p in r.model.parameters()) * 4 / 2**20  # w, grad, 2 moments
+        peaks = [p for p in r.peaks if p == p]
+        rows.append(BenchRow(r.kind, r.vocab_in, r.vocab_out, r.params, batch_size * L * len(times) / sum(times),
+                             median * 1e3, static, max(peaks) if peaks else float("nan")))
+    return rows
+
+
+def format_rows(rows: list[BenchRow], *, device: str, preset: str, batch_size: int, grid: int) -> str:
+    head = (f"training throughput, preset {preset}, batch {batch_size}, {grid}x{grid} tokens, {device}\n"
+            f"{'model':<10}{'vocab in/out':>14}{'params':>12}{'tokens/s':>12}{'step ms':>10}"
+            f"{'static MB':>11}{'step peak MB':>14}")
+    lines = [head]
+    for r in rows:
+        lines.append(f"{r.kind:<10}{f'{r.vocab_in}/{r.vocab_out}':>14}{r.params:>12,}{r.tokens_per_s:>12,.0f}"
+                     f"{r.step_ms:>10.1f}{r.static_mb:>11.1f}{r.step_peak_mb:>14.1f}")
+    ar, base = rows[0], rows[1]
+    lines.append(f"ratio ar/baseline: tokens/s x{ar.tokens_per_s / base.tokens_per_s:.2f}, "
+                 f"static memory x{ar.static_mb / base.static_mb:.2f}, "
+                 f"step peak memory x{ar.step_peak_mb / base.step_peak_mb:.2f}")
+    return "\n".join(lines)
+
+
+def rows_to_json(rows: list[BenchRow]) -> list[dict]:
+    return [asdict(r) for r in rows]

@@ -1,5 +1,5 @@
-"""DDP: two CPU processes (gloo, launched by torchrun through the CLI) make the same updates as one
-process over the same global batch, with and without gradient accumulation."""
+"""DDP and FSDP: two CPU processes (gloo, launched by torchrun through the CLI) make the same updates
+as one process over the same global batch, with and without gradient accumulation."""
 from __future__ import annotations
 
 import os
@@ -61,8 +61,9 @@ def test_ddp_two_processes_match_one(tmp_path):
           run=RunOptions(device="cpu", progress=False, log_every=1, tensorboard=False))
     cli(inputs, tmp_path / "ddp", procs=2)
     cli(inputs, tmp_path / "ddp_accum", "--grad-accum", "2", procs=2)
+    cli(inputs, tmp_path / "fsdp", "--fsdp", procs=2)
     ref = weights(tmp_path / "single")
-    for name in ("ddp", "ddp_accum"):
+    for name in ("ddp", "ddp_accum", "fsdp"):
         got = weights(tmp_path / name)
         assert got.keys() == ref.keys()
         for k in ref:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ctfgen.artifacts import fingerprint_tensors, write_manifest
 from ctfgen.errors import ArtifactError, CtfgenError
@@ -33,18 +33,9 @@ def make_codes(folder: Path, *, n: int = 48, views: int = 2, tokenizer: str = "t
 
 
 def make_coarse(folder: Path, *, tokenizer: str = "tok0") -> Path:
-    c2c = torch.arange(VOCAB) % K
-    try:
-        from ctfgen.cluster import CoarseMap
-    except ImportError:  # the cluster helper is not there: write its folder format directly
-        CoarseMap = None
-    if CoarseMap is not None:
-        CoarseMap.from_labels(c2c, k=K, method="modulo", tokenizer_fingerprint=tokenizer).save(folder)
-        return folder
-    folder.mkdir(parents=True)
-    save_file({"code_to_coarse": c2c}, str(folder / "coarse_map.safetensors"))
-    write_manifest(folder, kind="coarse_map", fingerprint=fingerprint_tensors({"code_to_coarse": c2c}),
-                   config={"k": K}, made_from={"tokenizer": tokenizer})
+    from ctfgen.cluster import CoarseMap
+
+    CoarseMap.from_labels(torch.arange(VOCAB) % K, k=K, method="modulo", tokenizer_fingerprint=tokenizer).save(folder)
     return folder
 
 

@@ -4,8 +4,6 @@ A group: each measurement is one sub-command, registered by its own `_add_*` fun
 """
 from __future__ import annotations
 
-import json
-
 from ._util import add_group
 
 ORDER = 95

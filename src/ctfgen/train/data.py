@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artifacts import check_made_from, read_manifest
+from ..artifacts import check_made_from
 from ..errors import ArtifactError, CtfgenError
 
 
@@ -40,47 +40,18 @@ class Coarse:
 
 
 def open_codes(folder: str | Path) -> Codes:
-    try:
-        from ..codes import CodeStore  # type: ignore[attr-defined]
-    except ImportError:
-        CodeStore = None
-    if CodeStore is not None:
-        s = CodeStore.open(folder)
-        return Codes(s.codes, s.labels, tuple(s.grid), int(s.vocab_size), int(s.num_classes),
-                     s.fingerprint, s.tokenizer_fingerprint)
-    # Fallback reader of the same folder format, for when ctfgen.codes is not available.
-    folder = Path(folder)
-    m = read_manifest(folder, "codes")
-    cfg = m.get("config", {})
-    for key in ("grid", "vocab_size", "num_classes"):
-        if key not in cfg:
-            raise ArtifactError(f"{folder / 'manifest.json'}: config lacks field '{key}'")
-    for name in ("codes.npy", "labels.npy"):
-        if not (folder / name).is_file():
-            raise ArtifactError(f"codes store {folder} is missing {name}")
-    codes = np.load(folder / "codes.npy", mmap_mode="r")
-    labels = np.load(folder / "labels.npy")
-    return Codes(codes, labels, tuple(cfg["grid"]), int(cfg["vocab_size"]), int(cfg["num_classes"]),
-                 m["fingerprint"], m.get("made_from", {}).get("tokenizer", ""))
+    from ..codes import CodeStore
+
+    s = CodeStore.open(folder)
+    return Codes(s.codes, s.labels, tuple(s.grid), int(s.vocab_size), int(s.num_classes),
+                 s.fingerprint, s.tokenizer_fingerprint)
 
 
 def open_coarse_map(folder: str | Path) -> Coarse:
-    try:
-        from ..cluster import CoarseMap  # type: ignore[attr-defined]
-    except ImportError:
-        CoarseMap = None
-    if CoarseMap is not None:
-        c = CoarseMap.load(folder)
-        return Coarse(c.code_to_coarse.long(), int(c.k), c.fingerprint, c.tokenizer_fingerprint)
-    folder = Path(folder)
-    m = read_manifest(folder, "coarse_map")
-    from safetensors.torch import load_file
+    from ..cluster import CoarseMap
 
-    path = folder / "coarse_map.safetensors"
-    if not path.is_file():
-        raise ArtifactError(f"coarse map {folder} is missing coarse_map.safetensors")
-    c2c = load_file(str(path))["code_to_coarse"].long()
-    return Coarse(c2c, int(c2c.max()) + 1, m["fingerprint"], m.get("made_from", {}).get("tokenizer", ""))
+    c = CoarseMap.load(folder)
+    return Coarse(c.code_to_coarse.long(), int(c.k), c.fingerprint, c.tokenizer_fingerprint)
 
 
 def check_inputs(kind: str, codes: Codes, coarse: Coarse | None, *, codes_dir: str = "", coarse_dir: str = "") -> None:

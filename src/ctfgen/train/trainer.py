@@ -4,7 +4,8 @@ Runs as one process (CPU or GPU) or under torchrun (DDP, or FSDP with `fsdp=True
 call again with the same out_dir resumes from the last checkpoint, exactly: model, optimizer, EMA,
 step (which fixes the learning rate and the data order) and every RNG are restored, so an
 interrupted run ends with the same weights as an uninterrupted one (same device, ranks and
-grad_accum).
+grad_accum). Only rank 0 writes; on resume every rank reads the checkpoint, so multi-node runs need
+the out folder on a shared filesystem.
 """
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ def test_measure_redundancy_rows_and_examples(tmp_path):
     assert rand.changed > 0.9 and rand.mse > 0 and rand.feat_dist > 0 and rand.feat_rel is not None
     for r in result.rows:
         assert np.isfinite([r.mse, r.psnr, r.changed]).all()
-    assert set(result.examples) == {"clean", "kmeans K=4", "random K=4", "kmeans K=32", "random K=32", "identity K=64", "random code"}
+    assert set(result.examples) == {"input", "clean", "kmeans K=4", "random K=4", "kmeans K=32", "random K=32", "identity K=64", "random code"}
     assert all(v.shape == (3, 1, 16, 16) for v in result.examples.values())
     assert sum(calls) == 12 * (1 + len(result.rows))  # clean + every condition, in batches of 5
 
@@ -104,3 +104,22 @@ def test_cli_redundancy(tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "redundancy_report" and manifest["made_from"]["tokenizer"] == report["tokenizer"]["fingerprint"]
     assert main(argv) == 2 and "already exists" in capsys.readouterr().err
+
+
+def test_cli_redundancy_with_classifier_features(tmp_path, capsys):
+    evaluate = pytest.importorskip("ctfgen.evaluate")
+    from ctfgen.evaluate.classifier import ClassifierConfig, ClassifierTrainConfig, DomainClassifier
+
+    torch.manual_seed(0)
+    clf = DomainClassifier(ClassifierConfig(resolution=16, channels=1, num_classes=3, width=4)).eval()
+    evaluate.save_classifier(clf, tmp_path / "clf", train_cfg=ClassifierTrainConfig(), data={}, info={})
+    save_tokenizer(tiny_tokenizer(), tmp_path / "tok")
+    images = (np.random.default_rng(1).random((8, 16, 16)) * 255).astype(np.uint8)
+    np.savez(tmp_path / "test.npz", images=images, labels=np.arange(8) % 3)
+    argv = ["analyze", "redundancy", "--tokenizer", str(tmp_path / "tok"), "--data", "npz", "--data-path", str(tmp_path),
+            "--n", "8", "--k", "4", "--methods", "kmeans", "--classifier", str(tmp_path / "clf"), "--quiet",
+            "--out", str(tmp_path / "report")]
+    assert main(argv) == 0
+    assert "same prediction" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "report" / "redundancy.json").read_text())["rows"]
+    assert all(r["feat_dist"] is not None and 0 <= r["pred_agree"] <= 1 for r in rows)

@@ -85,8 +85,14 @@ def measure_redundancy(
     batch_size: int = 128,
     n_show: int = 8,
     feature_fn: FeatureFn | None = None,
+    progress: bool = False,
 ) -> RedundancyResult:
-    """Distortion of same-cluster and random-code swaps for every map (see the module doc)."""
+    """Distortion of same-cluster and random-code swaps for every map (see the module doc).
+
+    Cost: one decode of every image per map, plus one; with the fmnist tokenizer preset that is
+    ~30 s per 512 images on one busy CPU core, so prefer a GPU tokenizer or a smaller N there.
+    """
+    from tqdm import tqdm
     num_codes = tokenizer.config.codebook_size
     for cmap in coarse_maps:
         if cmap.num_codes != num_codes:
@@ -100,7 +106,8 @@ def measure_redundancy(
     recon_psnr = float(psnr_per_image(clean_N, images_NCHW.clamp(-1, 1)).mean())
 
     clean_feats = _features(feature_fn, clean) if feature_fn else None
-    examples = {"clean": clean_N[:n_show]}
+    examples = {"input": images_NCHW[:n_show].clamp(-1, 1), "clean": clean_N[:n_show]}
+    bar = tqdm(total=len(coarse_maps) + 1, desc="token swaps", disable=not progress)
 
     def evaluate(swap: str, method: str, k: int, swap_fn) -> RedundancyRow:
         # Every condition draws from the same seed, so conditions differ only by the grouping.
@@ -118,6 +125,7 @@ def measure_redundancy(
         if clean_feats is not None:
             _add_feature_stats(row, clean_feats, _features(feature_fn, decoded))
         examples[condition_name(row)] = dec_N[:n_show]
+        bar.update()
         return row
 
     rows = [
@@ -125,6 +133,7 @@ def measure_redundancy(
         for cmap in coarse_maps
     ]
     rows.append(evaluate("random_code", "-", 0, lambda c, g: random_code_swap(c, num_codes, generator=g)))
+    bar.close()
     return RedundancyResult(rows=rows, n_images=len(images_NCHW), recon_psnr=recon_psnr, examples=examples)
 
 
@@ -173,7 +182,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def save_figure(result: RedundancyResult, path, *, title: str = "") -> None:
-    """One row per condition (clean, each same-cluster swap, random code), one column per image."""
+    """One row per condition (input, clean, each same-cluster swap, random code), one column per image."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,6 +190,7 @@ def save_figure(result: RedundancyResult, path, *, title: str = "") -> None:
 
     names = list(result.examples)
     n_show = len(result.examples["clean"])
+    rows = {"input": "input", "clean": f"clean\n{result.recon_psnr:.1f} dB vs input"}
     fig, axes = plt.subplots(len(names), n_show, figsize=(1.1 * n_show + 1.6, 1.1 * len(names) + 0.4), squeeze=False)
     psnr = {condition_name(r): r.psnr for r in result.rows}
     for i, name in enumerate(names):
@@ -193,10 +203,10 @@ def save_figure(result: RedundancyResult, path, *, title: str = "") -> None:
                 ax.imshow(img_CHW.permute(1, 2, 0).numpy())
             ax.set_xticks([])
             ax.set_yticks([])
-        label = name if name == "clean" else f"{name}\n{psnr[name]:.1f} dB"
+        label = rows.get(name) or f"{name}\n{psnr[name]:.1f} dB"
         axes[i][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97 if title else 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -72,7 +72,10 @@ class CoarseMap:
         tokenizer_fingerprint: str = "",
     ) -> "CoarseMap":
         """Build the member table from per-code labels; every label in [0, k) must be used."""
-        labels_V = torch.as_tensor(np.asarray(labels), dtype=torch.long).reshape(-1)
+        if isinstance(labels, torch.Tensor):
+            labels_V = labels.detach().cpu().long().reshape(-1)
+        else:
+            labels_V = torch.as_tensor(np.asarray(labels), dtype=torch.long).reshape(-1)
         if labels_V.numel() == 0:
             raise CtfgenError("coarse labels are empty")
         k = int(labels_V.max()) + 1 if k is None else int(k)

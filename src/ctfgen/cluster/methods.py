@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from ..errors import CtfgenError
 
@@ -88,8 +89,6 @@ def cluster_codebook(
     if normalize:
         # Zero vectors (never-trained codes) stay zero instead of becoming NaN.
         x_VD = x_VD / np.maximum(np.linalg.norm(x_VD, axis=1, keepdims=True), 1e-12)
-    from threadpoolctl import threadpool_limits
-
     rng = np.random.default_rng(seed)
     # Codebook-sized matrix products are too small to gain from BLAS threads (see SMALL_FAISS_WORK).
     with threadpool_limits(limits=1 if n_codes * k < SMALL_FAISS_WORK else None, user_api="blas"):
@@ -114,8 +113,6 @@ def _as_matrix(codebook_VD: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def kmeans_pp_init(x_ND: np.ndarray, k: int, rng: np.random.Generator, weights_N: np.ndarray | None = None) -> np.ndarray:
     """Indices of k seeds by greedy k-means++ (best of 2 + log k candidates per step)."""
-    from threadpoolctl import threadpool_limits
-
     # k small products in a loop: BLAS threads only add hand-off cost (10x slower on a busy CPU).
     with threadpool_limits(limits=1, user_api="blas"):
         return _kmeans_pp_init(x_ND, k, rng, weights_N)

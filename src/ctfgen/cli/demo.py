@@ -1,0 +1,62 @@
+"""`ctfgen demo`: the whole pipeline on the embedded Fashion-MNIST default."""
+from __future__ import annotations
+
+from dataclasses import fields
+
+from ._util import add_device_args, setup_device
+
+ORDER = 1
+
+HELP = {
+    "tokenizer_steps": "tokenizer training steps",
+    "tokenizer_batch": "tokenizer batch size",
+    "views": "views encoded per training image: none or flip",
+    "k": "number of coarse labels (clusters of the codebook)",
+    "cluster_method": "kmeans, balanced, random or agglomerative",
+    "preset": "size of stage 1, stage 2 and the baseline (tiny, small, ...)",
+    "steps": "optimizer steps for each of stage 1, stage 2 and the baseline",
+    "batch_size": "training batch size",
+    "lr": "learning rate per 256 samples (scaled with the batch size)",
+    "warmup": "learning-rate warm-up steps",
+    "samples_per_class": "samples per class for each of CTF and the baseline",
+    "classifier_epochs": "epochs of the domain classifier used for classifier-FID/IS and precision/recall",
+    "inception": "also compute FID with the standard Inception network (when its weights are installed)",
+    "seed": "seed of every step",
+}
+
+
+def register(sub) -> None:
+    from ..demo import DemoConfig
+
+    p = sub.add_parser(
+        "demo", help="run the whole pipeline on Fashion-MNIST (CTF vs baseline) and write a report",
+        description="Tokenizer, codes, coarse labels, stage 1, stage 2, baseline, sampling and evaluation on the "
+                    "embedded Fashion-MNIST default, sized for a 2-core CPU. Writes OUT/report/README.md (and "
+                    "index.html). Rerunning reuses every finished step.")
+    p.add_argument("--out", default="runs/demo", help="demo folder (default: runs/demo)")
+    p.add_argument("--data-path", default=None, help="Fashion-MNIST idx folder (default: /usr/share/datasets/fashion-mnist)")
+    defaults = DemoConfig()
+    for f in fields(DemoConfig):
+        if f.name == "data":
+            continue
+        value = getattr(defaults, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=value, metavar="BOOL",
+                           help=f"{HELP[f.name]} (default: {value})")
+        else:
+            p.add_argument(flag, type=type(value), default=value, help=f"{HELP[f.name]} (default: {value})")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device_args(p)
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from ..data import DataConfig
+    from ..demo import Demo, DemoConfig
+
+    device = setup_device(args)
+    kw = {f.name: getattr(args, f.name) for f in fields(DemoConfig) if f.name != "data"}
+    cfg = DemoConfig(data=DataConfig(path=args.data_path), **kw)
+    Demo(cfg, args.out, device=device, progress=not args.quiet).run()
+    return 0

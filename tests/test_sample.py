@@ -202,3 +202,126 @@ def test_linear_schedule_and_no_guidance_run(base):
     a = base.generate([0, 1], seed=1, guidance_schedule="linear", guidance_scale=3.0).codes
     b = base.generate([0, 1], seed=1, guidance_scale=1.0, batch_size=1).codes
     assert a.shape == b.shape == (2, GRID * GRID)
+
+
+# ---------------------------------------------------------------- pipeline folders
+
+def test_pipeline_folder_copy_and_reference(folders, tmp_path, ctf):
+    copied = make_pipeline(tmp_path / "copied", tokenizer=folders["tokenizer"], ar=folders["ar"], aux=folders["aux"])
+    assert not (copied / "ar" / "training_state").exists() and (copied / "ar" / "model.safetensors").is_file()
+    referenced = ctf.save_pretrained(tmp_path / "ref", copy=False)
+    want = ctf.generate([0, 2], seed=5).codes
+    for path in (copied, referenced):
+        pipe = CTFPipeline.from_pretrained(path)
+        assert np.array_equal(pipe.generate([0, 2], seed=5).codes, want)
+    with pytest.raises(CtfgenError, match="a .ctf. pipeline; load it with CTFPipeline"):
+        BaselinePipeline.from_pretrained(copied)
+
+
+def test_pipeline_refuses_components_that_do_not_belong_together(folders, tmp_path):
+    made = json.loads((folders["ar"] / "manifest.json").read_text())["made_from"]
+    other_map = save_model_folder(tiny_models(1)["aux"], tmp_path / "aux_other",
+                                  {**made, "coarse_map": "another-map"})
+    with pytest.raises(CtfgenError, match="coarse map"):
+        make_pipeline(tmp_path / "p1", tokenizer=folders["tokenizer"], ar=folders["ar"], aux=other_map)
+    other_tok = save_model_folder(tiny_models(1)["baseline"], tmp_path / "base_other", {"tokenizer": "another-tok"})
+    with pytest.raises(CtfgenError, match="another tokenizer"):
+        BaselinePipeline.from_folders(tokenizer=folders["tokenizer"], baseline=other_tok)
+    with pytest.raises(CtfgenError, match="expected a 'ar' model"):
+        make_pipeline(tmp_path / "p2", tokenizer=folders["tokenizer"], ar=folders["aux"], aux=folders["aux"])
+    # a referenced folder that changed after `pipeline make` is refused by its fingerprint
+    ar_copy = tmp_path / "ar_copy"
+    save_model_folder(tiny_models()["ar"], ar_copy, made)
+    pipe = make_pipeline(tmp_path / "p3", tokenizer=folders["tokenizer"], ar=ar_copy, aux=folders["aux"], copy=False)
+    m = json.loads((ar_copy / "manifest.json").read_text())
+    m["fingerprint"] = "changed"
+    (ar_copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CtfgenError, match="changed since"):
+        CTFPipeline.from_pretrained(pipe)
+
+
+# ---------------------------------------------------------------- CLI and outputs
+
+def test_cli_make_and_sample_outputs(folders, tmp_path, capsys):
+    pipe = tmp_path / "pipe"
+    assert cli_main(["pipeline", "make", "--out", str(pipe), "--tokenizer", str(folders["tokenizer"]),
+                     "--ar", str(folders["ar"]), "--aux", str(folders["aux"]), "--temperature", "1.3"]) == 0
+    out = tmp_path / "out"
+    args = ["sample", "--pipeline", str(pipe), "--per-class", "2", "--seed", "4", "--device", "cpu",
+            "--no-progress", "--batch-size", "4"]
+    assert cli_main([*args, "--grid", str(out / "grid.png"), "--png-dir", str(out / "pngs"),
+                     "--npz", str(out / "s.npz")]) == 0
+    with np.load(out / "s.npz") as z:
+        arr, labels = z["arr_0"], z["labels"]
+    assert arr.dtype == np.uint8 and arr.shape == (6, 16, 16, 3) and labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert np.array_equal(arr[..., 0], arr[..., 2])  # grey replicated
+    record = json.loads((out / "pngs" / "labels.json").read_text())
+    assert record["settings"]["temperature"] == 1.3 and record["settings"]["stage2_temperature"] == 1.1
+    assert set(record["models"]) == {"tokenizer", "ar", "aux", "coarse_map"}
+    assert [s["label"] for s in record["samples"]] == [0, 0, 1, 1, 2, 2] and len(list((out / "pngs").glob("*.png"))) == 6
+    from PIL import Image
+
+    assert Image.open(out / "grid.png").size == (2 * (2 + 2 * 18), 2 * (2 + 3 * 18))  # 3 rows of 2, scale 2
+    # the same images from the folders directly, another batch size
+    assert cli_main(["sample", "--tokenizer", str(folders["tokenizer"]), "--ar", str(folders["ar"]), "--aux",
+                     str(folders["aux"]), "--per-class", "2", "--seed", "4", "--temperature", "1.3", "--device", "cpu",
+                     "--no-progress", "--batch-size", "1", "--npz", str(out / "t.npz")]) == 0
+    with np.load(out / "t.npz") as z:
+        assert np.array_equal(z["arr_0"], arr)
+    capsys.readouterr()
+    assert cli_main([*args, "--npz", str(out / "x.npz"), "--classes", "7"]) == 2
+    assert "class_labels: 7" in capsys.readouterr().err
+    assert cli_main([*args, "--npz", str(out / "x.npz"), "--top-p", "2"]) == 2
+    assert cli_main(["sample", "--tokenizer", str(folders["tokenizer"]), "--ar", str(folders["ar"]),
+                     "--npz", str(out / "x.npz")]) == 2
+    assert "--aux" in capsys.readouterr().err
+
+
+def test_docs_example_runs(folders, tmp_path, monkeypatch):
+    text = (ROOT / "docs" / "SAMPLING.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, "docs/SAMPLING.md has no python example"
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for name in ("tokenizer", "ar", "aux", "baseline"):
+        (runs / name).symlink_to(folders[name])
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    for code in blocks:
+        exec(compile(code, "docs/SAMPLING.md", "exec"), scope)
+    assert len(scope["images"]) == 2 and (tmp_path / "class0.png").is_file()
+    assert scope["arrays"].shape == (2 * CLASSES, 16, 16, 1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
+def test_two_processes_make_the_same_images(folders, tmp_path):
+    args = ["-m", "ctfgen", "sample", "--tokenizer", str(folders["tokenizer"]), "--baseline", str(folders["baseline"]),
+            "--per-class", "3", "--seed", "2", "--device", "cpu", "--no-progress", "--batch-size", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, *args, "--npz", str(tmp_path / "one.npz")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+                          "--master_addr=127.0.0.1", f"--master_port={free_port()}", *args,
+                          "--npz", str(tmp_path / "two.npz")], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    with np.load(tmp_path / "one.npz") as a, np.load(tmp_path / "two.npz") as b:
+        assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["labels"], b["labels"])
+
+
+def test_bench_speed_runs(monkeypatch, capsys, tmp_path):
+    from ctfgen.sample import bench
+
+    monkeypatch.setitem(bench.PRESETS, "test", dict(model="tiny", aux="tiny", vocab=64, k=8, grid=4, num_classes=3))
+    assert cli_main(["bench", "speed", "--preset", "test", "--batch-size", "4", "--runs", "2", "--warmup", "1",
+                     "--device", "cpu", "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "ratio CTF / baseline images/s" in out and "peak RSS" in out
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert [r["name"] for r in data["results"]] == ["baseline", "ctf"] and len(data["results"][1]["seconds"]) == 2

@@ -12,6 +12,9 @@ ORDER = 95
 def register(sub) -> None:
     group = add_group(sub, "bench", help="benchmarks: training throughput, ...")
     _add_train(group)
+    from ..sample.bench import add_cli as _add_speed  # `bench speed` lives with the sampler
+
+    _add_speed(group)
 
 
 # ---------------------------------------------------------------- bench train

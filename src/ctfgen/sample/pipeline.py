@@ -10,6 +10,7 @@ that changed since, and components that do not belong together (another tokenize
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -127,7 +128,7 @@ class _Pipeline:
     def __init__(self, tokenizer, models: dict[str, torch.nn.Module], *, sampling: SamplingConfig | None = None,
                  fingerprints: dict[str, str] | None = None, folders: dict[str, Path] | None = None,
                  dtype: torch.dtype | None = None, compile: bool = False):
-        self.tokenizer = tokenizer.eval()
+        self.tokenizer = tokenizer.eval() if tokenizer is not None else None  # None: codes only (bench)
         self.models = {role: (m.to(dtype) if dtype is not None else m).eval() for role, m in models.items()}
         self.sampling = (sampling or self.default_sampling()).check()
         self.fingerprints = dict(fingerprints or {})
@@ -212,7 +213,9 @@ class _Pipeline:
             raise CtfgenError(f"class_labels: {int(bad[0])} is not a class id of this model (0..{self.num_classes - 1})")
         return labels_N
 
-    def _codes(self, labels_B: torch.Tensor, seeds: list[int], s: SamplingConfig, progress: bool) -> torch.Tensor:
+    def sample_codes(self, labels_B: torch.Tensor, seeds: list[int], s: SamplingConfig,
+                     progress: bool = False) -> torch.Tensor:
+        """One batch of (B, L) codes; sample b draws its randomness from seeds[b] only."""
         raise NotImplementedError
 
     def _decode_step(self, model):
@@ -227,6 +230,8 @@ class _Pipeline:
     def decode(self, codes_NL: torch.Tensor, batch_size: int = 64) -> np.ndarray:
         from ..tokenizer.report import to_uint8
 
+        if self.tokenizer is None:
+            raise CtfgenError("this pipeline has no tokenizer: it can sample codes but not decode images")
         tok_dev = next(self.tokenizer.parameters()).device
         out = [to_uint8(self.tokenizer.decode_codes(codes_NL[i:i + batch_size].to(tok_dev)))
                for i in range(0, len(codes_NL), batch_size)]
@@ -256,7 +261,7 @@ class _Pipeline:
         try:
             for b in batches:
                 idx = mine[b:b + batch_size]
-                codes_BL = self._codes(labels_N[idx], [seeds[i] for i in idx], s, progress and rank == 0)
+                codes_BL = self.sample_codes(labels_N[idx], [seeds[i] for i in idx], s, progress and rank == 0)
                 codes.append(codes_BL.cpu())
                 images.append(self.decode(codes_BL))
         finally:
@@ -305,17 +310,21 @@ class CTFPipeline(_Pipeline):
         self.members_KM = cmap.members.to(self.device)
         self.counts_K = cmap.counts.to(self.device)
 
-    def _codes(self, labels_B, seeds, s, progress):
+    def sample_codes(self, labels_B, seeds, s, progress=False):
         ar, aux = self.models["ar"], self.models["aux"]
         L = self.seq_len
         u_BN = sample_uniforms(seeds, 2 * L)  # stage 1 uses the first L, stage 2 the rest
+        t0 = time.perf_counter()
         coarse_BL = generate_tokens(ar, labels_B, u_BN[:, :L], guidance_scale=s.guidance_scale,
                                     guidance_schedule=s.guidance_schedule, temperature=s.temperature,
                                     top_k=s.top_k, top_p=s.top_p, argmax=s.argmax,
                                     step_fn=self._decode_step(ar), progress=progress)
-        return sample_fine(aux, coarse_BL, labels_B, u_BN[:, L:], members_KM=self.members_KM,
-                           counts_K=self.counts_K, temperature=s.stage2_temperature, top_k=s.stage2_top_k,
-                           argmax=s.stage2_argmax, guidance_scale=s.stage2_guidance_scale)
+        t1 = time.perf_counter()
+        codes_BL = sample_fine(aux, coarse_BL, labels_B, u_BN[:, L:], members_KM=self.members_KM,
+                               counts_K=self.counts_K, temperature=s.stage2_temperature, top_k=s.stage2_top_k,
+                               argmax=s.stage2_argmax, guidance_scale=s.stage2_guidance_scale)
+        self.last_timings = {"stage1_s": t1 - t0, "stage2_s": time.perf_counter() - t1}  # for the bench
+        return codes_BL
 
 
 class BaselinePipeline(_Pipeline):
@@ -331,7 +340,7 @@ class BaselinePipeline(_Pipeline):
     def default_sampling() -> SamplingConfig:
         return SamplingConfig.baseline()
 
-    def _codes(self, labels_B, seeds, s, progress):
+    def sample_codes(self, labels_B, seeds, s, progress=False):
         m = self.models["baseline"]
         u_BL = sample_uniforms(seeds, self.seq_len)
         return generate_tokens(m, labels_B, u_BL, guidance_scale=s.guidance_scale,

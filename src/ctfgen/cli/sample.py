@@ -1,0 +1,156 @@
+"""`ctfgen sample` (images from CTF or the baseline) and `ctfgen pipeline make` (a pipeline folder)."""
+from __future__ import annotations
+
+import argparse
+
+from ..errors import CtfgenError
+from ._util import add_device_args, add_group
+
+ORDER = 70
+
+SAMPLE_EPILOG = """Models: --pipeline DIR, or --tokenizer DIR with --ar DIR --aux DIR (CTF) or --baseline DIR.
+Outputs (any of): --grid a.png (a row per class), --png-dir DIR (PNGs + labels.json + manifest),
+--npz a.npz (ADM format: arr_0 uint8 N x H x W x 3, labels) for `ctfgen eval`.
+Every sample has its own seed (from --seed and its index), so the images do not depend on
+--batch-size or on the number of processes: torchrun --nproc_per_node N -m ctfgen sample ..."""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sample", help="generate images (CTF or baseline) to a grid, PNG folder and/or .npz",
+                       description="Generate class-conditional images with CTF (stage 1 + stage 2) or the baseline.",
+                       epilog=SAMPLE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_model_args(p)
+    g = p.add_argument_group("what to generate")
+    g.add_argument("--classes", default="all", help="comma-separated class ids, or 'all' (default)")
+    g.add_argument("--per-class", type=int, default=4, metavar="N", help="images per class (default: 4)")
+    g.add_argument("--seed", type=int, default=0, help="global seed; sample i uses a seed derived from (seed, i)")
+    g.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    _add_sampling_args(p)
+    o = p.add_argument_group("outputs")
+    o.add_argument("--grid", metavar="PNG", help="one PNG, a row per class")
+    o.add_argument("--grid-scale", type=int, default=2, help="pixel repeat of the grid (default: 2)")
+    o.add_argument("--png-dir", metavar="DIR", help="a PNG per image with labels.json and manifest.json")
+    o.add_argument("--npz", metavar="PATH", help="ADM-format .npz for evaluation")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing --png-dir")
+    add_device_args(p)
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="model dtype (bf16: for GPUs)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decoding step (mode reduce-overhead; for GPUs, untested)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_sample)
+
+    group = add_group(sub, "pipeline", help="pipeline folders: tokenizer + models, checked to belong together")
+    m = group.add_parser("make", help="write a pipeline folder for CTFPipeline/BaselinePipeline.from_pretrained",
+                         description="Check that the tokenizer and model folders belong together (same tokenizer, "
+                                     "same coarse map for both stages) and write a pipeline folder.")
+    m.add_argument("--out", required=True, metavar="DIR", help="the pipeline folder to write")
+    _add_model_args(m, pipeline=False)
+    m.add_argument("--reference", action="store_true",
+                   help="record the folders' paths instead of copying their weights")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_sampling_args(m, title="sampling defaults stored in the pipeline")
+    m.set_defaults(func=_run_make)
+
+
+def _add_model_args(p, *, pipeline: bool = True) -> None:
+    g = p.add_argument_group("models")
+    if pipeline:
+        g.add_argument("--pipeline", metavar="DIR", help="a pipeline folder (from `ctfgen pipeline make`)")
+    g.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder")
+    g.add_argument("--ar", metavar="DIR", help="stage-1 model folder (`ctfgen train ar`)")
+    g.add_argument("--aux", metavar="DIR", help="stage-2 model folder (`ctfgen train aux`)")
+    g.add_argument("--baseline", metavar="DIR", help="baseline model folder (`ctfgen train baseline`)")
+    g.add_argument("--no-ema", action="store_true", help="use the raw weights even when the run kept an EMA")
+
+
+def _add_sampling_args(p, title: str = "sampling (defaults: the paper's for CTF, LlamaGen's for the baseline)") -> None:
+    g = p.add_argument_group(title)
+    g.add_argument("--guidance-scale", "--cfg", type=float, help="classifier-free guidance (CTF/baseline: 2.0; 1 = off)")
+    g.add_argument("--guidance-schedule", choices=["constant", "linear"], help="constant (default) or a linear ramp from 1")
+    g.add_argument("--temperature", type=float, help="stage 1 / baseline (CTF: 1.1, baseline: 1.0)")
+    g.add_argument("--top-k", type=int, help="stage 1 / baseline top-k (default: 0, off)")
+    g.add_argument("--top-p", type=float, help="stage 1 / baseline nucleus (default: 1.0, off)")
+    g.add_argument("--argmax", action="store_true", default=None, help="greedy stage 1 / baseline")
+    g.add_argument("--stage2-temperature", type=float, help="CTF stage 2 (default: 1.1)")
+    g.add_argument("--stage2-top-k", type=int, help="CTF stage 2 top-k (default: 0, the full cluster)")
+    g.add_argument("--stage2-argmax", action="store_true", default=None, help="greedy stage 2 (the paper: worse)")
+    g.add_argument("--stage2-guidance-scale", type=float, help="guidance on stage 2 too (default: 1.0, off)")
+
+
+SAMPLING_ARGS = ("guidance_scale", "guidance_schedule", "temperature", "top_k", "top_p", "argmax",
+                 "stage2_temperature", "stage2_top_k", "stage2_argmax", "stage2_guidance_scale")
+
+
+def _sampling_overrides(args) -> dict:
+    return {k: getattr(args, k) for k in SAMPLING_ARGS if getattr(args, k) is not None}
+
+
+def _model_dirs(args) -> dict:
+    if args.ar or args.aux:
+        if args.baseline or not (args.ar and args.aux):
+            raise CtfgenError("CTF needs both --ar and --aux (and no --baseline)")
+        return {"ar": args.ar, "aux": args.aux}
+    if args.baseline:
+        return {"baseline": args.baseline}
+    raise CtfgenError("give --pipeline DIR, or --tokenizer with --ar and --aux (CTF) or --baseline")
+
+
+def _run_make(args) -> int:
+    from ..sample import SamplingConfig, make_pipeline
+
+    if not args.tokenizer:
+        raise CtfgenError("--tokenizer DIR is required")
+    dirs = _model_dirs(args)
+    base = SamplingConfig() if "ar" in dirs else SamplingConfig.baseline()
+    from dataclasses import replace
+
+    out = make_pipeline(args.out, tokenizer=args.tokenizer, copy=not args.reference, overwrite=args.overwrite,
+                        sampling=replace(base, **_sampling_overrides(args)), **dirs)
+    print(f"pipeline ({'ctf' if 'ar' in dirs else 'baseline'}) written to {out}")
+    return 0
+
+
+def _run_sample(args) -> int:
+    import torch
+
+    from ..sample import BaselinePipeline, CTFPipeline, load_pipeline
+    from ..sample.outputs import save_folder, save_grid, save_npz
+    from ..train.dist import init_distributed, shutdown
+
+    if not (args.grid or args.png_dir or args.npz):
+        raise CtfgenError("nothing to write: give --grid PNG, --png-dir DIR and/or --npz PATH")
+    if args.per_class < 0:
+        raise CtfgenError(f"--per-class must be >= 0, got {args.per_class}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = init_distributed(args.device)
+    try:
+        dtype = torch.bfloat16 if args.dtype == "bf16" else None
+        common = dict(device=info.device, ema=False if args.no_ema else None, dtype=dtype, compile=args.compile)
+        if args.pipeline:
+            pipe = load_pipeline(args.pipeline, **common)
+        else:
+            if not args.tokenizer:
+                raise CtfgenError("--tokenizer DIR is required without --pipeline")
+            dirs = _model_dirs(args)
+            cls = CTFPipeline if "ar" in dirs else BaselinePipeline
+            pipe = cls.from_folders(tokenizer=args.tokenizer, **common, **dirs)
+        classes = (list(range(pipe.num_classes)) if args.classes == "all"
+                   else [int(c) for c in args.classes.split(",") if c.strip()])
+        labels = [c for c in classes for _ in range(args.per_class)]
+        samples = pipe.generate(labels, seed=args.seed, batch_size=args.batch_size,
+                                progress=not args.no_progress, **_sampling_overrides(args))
+        if info.is_main:
+            extra = {"type": pipe.type, "classes": classes, "per_class": args.per_class,
+                     "world_size": info.world_size, "dtype": args.dtype}
+            if args.grid:
+                print(f"grid: {save_grid(args.grid, samples, scale=args.grid_scale)}")
+            if args.png_dir:
+                out = save_folder(args.png_dir, samples, seed=args.seed, models=pipe.fingerprints, extra=extra,
+                                  overwrite=args.overwrite)
+                print(f"{len(labels)} PNGs: {out}")
+            if args.npz:
+                print(f"npz: {save_npz(args.npz, samples)} ({len(labels)} images)")
+    finally:
+        shutdown(info)
+    return 0

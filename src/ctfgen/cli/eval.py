@@ -55,11 +55,7 @@ def register(sub) -> None:
 
 
 def _dataset_arrays(ds):
-    import numpy as np
-    from tqdm import tqdm
-
-    images = np.stack([ds.uint8_image(i) for i in tqdm(range(len(ds)), desc=f"loading {ds.split}", leave=False)])
-    return images, ds.labels
+    return ds.uint8_images(), ds.labels
 
 
 def run_classifier_train(args) -> int:

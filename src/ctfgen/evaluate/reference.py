@@ -56,7 +56,7 @@ def reference_from_dataset(data_cfg, split: str, *, max_images: int | None = Non
     ds = load_dataset(data_cfg, split)
     keep = _subset(len(ds), max_images)
     index = np.arange(len(ds)) if keep is None else keep
-    images = np.stack([ds.uint8_image(int(i)) for i in index])
+    images = ds.uint8_images(index)
     desc = {**ds.describe(), "used": int(len(index)), "subset_seed": 0 if keep is not None else None}
     return Reference(as_uint8_nhwc(images, f"{data_cfg.source}:{split}"), ds.labels[index], _subset_fingerprint(ds.fingerprint, keep), desc)
 

@@ -155,3 +155,47 @@ def check_made_from(what: str, expected: str, actual: str, *, hint: str = "") ->
     if expected != actual:
         msg = f"{what} mismatch: expected fingerprint {expected}, found {actual}"
         raise ArtifactError(msg + (f". {hint}" if hint else ""))
+
+
+def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, where: str) -> None:
+    """Raise ArtifactError naming every missing, unexpected and mis-shaped key (a strict load that
+    explains itself, instead of torch's wall of text)."""
+    want = model.state_dict()
+    missing = sorted(set(want) - set(state))
+    unexpected = sorted(set(state) - set(want))
+    shapes = [f"{k}: file {tuple(state[k].shape)}, model {tuple(want[k].shape)}"
+              for k in sorted(set(want) & set(state)) if state[k].shape != want[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_short(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatches {_short(shapes)}")
+    if problems:
+        raise ArtifactError(f"{where}: weights do not fit: " + "; ".join(problems))
+
+
+def _short(items: list[str], n: int = 6) -> str:
+    return str(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def load_foreign_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint") -> Any:
+    """torch.load a checkpoint of another project (LlamaGen's .pt files) without running its pickles.
+
+    weights_only keeps arbitrary code out; the one extra type allowed is argparse.Namespace, the
+    training arguments LlamaGen stores beside the weights.
+    """
+    import argparse
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{what} not found: {path}")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ArtifactError(f"{path}: not loadable as a weights-only {what} ({e})") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ArtifactError(f"{path}: cannot read as a torch {what} ({e})") from None

@@ -6,12 +6,11 @@ strict: every key and shape must match the preset, unlike LlamaGen's own sampler
 """
 from __future__ import annotations
 
-import argparse
-import pickle
 from pathlib import Path
 
 import torch
 
+from .artifacts import check_state_dict, load_foreign_checkpoint
 from .errors import ArtifactError, CtfgenError
 from .models import GPT, build_model
 
@@ -32,15 +31,7 @@ def read_llamagen_state_dict(path: str | Path, *, which: str = "model") -> dict[
 
         obj = load_file(str(path))
     else:
-        try:
-            # weights_only keeps arbitrary pickles out; the training args (an argparse.Namespace)
-            # are the one extra type LlamaGen's checkpoints hold
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise ArtifactError(f"{path}: not loadable as a weights-only LlamaGen checkpoint ({e})") from None
-        except (RuntimeError, EOFError) as e:
-            raise ArtifactError(f"{path}: cannot read as a torch checkpoint ({e})") from None
+        obj = load_foreign_checkpoint(path, what="LlamaGen GPT checkpoint")
     if not isinstance(obj, dict):
         raise ArtifactError(f"{path}: expected a dict (state_dict or checkpoint), got {type(obj).__name__}")
     if which not in ("model", "ema"):
@@ -78,25 +69,3 @@ def load_llamagen_gpt(path: str | Path, preset: str, *, grid: int = 16, which: s
     model.to_empty(device="cpu")
     model.load_state_dict(sd, strict=True)
     return model.eval()
-
-
-def check_state_dict(model: torch.nn.Module, sd: dict, *, where: str) -> None:
-    """Raise ArtifactError naming every missing, unexpected and mis-shaped key."""
-    want = model.state_dict()
-    missing = sorted(set(want) - set(sd))
-    unexpected = sorted(set(sd) - set(want))
-    shapes = [f"{k}: file {tuple(sd[k].shape)}, model {tuple(want[k].shape)}"
-              for k in sorted(set(want) & set(sd)) if sd[k].shape != want[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {_short(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {_short(unexpected)}")
-    if shapes:
-        problems.append(f"shape mismatches {_short(shapes)}")
-    if problems:
-        raise ArtifactError(f"{where}: weights do not fit: " + "; ".join(problems))
-
-
-def _short(items: list[str], n: int = 6) -> str:
-    return str(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")

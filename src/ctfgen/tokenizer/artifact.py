@@ -12,7 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..artifacts import artifact_dir, fingerprint_tensors, read_manifest, write_manifest
+from ..artifacts import artifact_dir, check_state_dict, fingerprint_tensors, read_manifest, write_manifest
 from ..config import from_dict, to_dict
 from ..errors import ArtifactError
 from .model import VQConfig, VQModel
@@ -65,23 +65,5 @@ def load_tokenizer(folder: str | Path, device: str | torch.device = "cpu") -> VQ
 
 
 def load_state_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
-    """load_state_dict(strict=True) with an error that lists what is missing, extra or misshapen."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_short(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_short(unexpected)}")
-        if shapes:
-            parts.append(f"shape mismatches {_short(shapes)}")
-        raise ArtifactError(f"{source} does not fit the model: " + "; ".join(parts))
+    check_state_dict(model, state, where=source)
     model.load_state_dict(state, strict=True)
-
-
-def _short(items: list[str], n: int = 5) -> str:
-    return str(items[:n])[:-1] + (f", … {len(items) - n} more]" if len(items) > n else "]")

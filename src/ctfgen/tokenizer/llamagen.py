@@ -1,18 +1,16 @@
 """Import LlamaGen's released VQ checkpoints (e.g. `vq_ds16_c2i.pt`) from a local file.
 
 LlamaGen saves `{"model", "optimizer", "discriminator", ..., "args": argparse.Namespace, ["ema"]}`
-with torch.save. We unpickle it with `weights_only=True` and allow exactly one extra global, the
-argparse.Namespace of the training arguments, so the file cannot run arbitrary code.
+with torch.save. It is read with `artifacts.load_foreign_checkpoint` (weights-only, argparse.Namespace allowed),
+so the file cannot run arbitrary code.
 """
 from __future__ import annotations
 
-import argparse
-import pickle
 from pathlib import Path
 
 import torch
 
-from ..artifacts import file_sha256
+from ..artifacts import file_sha256, load_foreign_checkpoint
 from ..errors import ArtifactError
 from .artifact import load_state_strict, save_tokenizer
 from .model import VQConfig, VQModel, vq_preset
@@ -23,14 +21,7 @@ _DROP = ("quantize.codebook_used",)
 
 def read_llamagen_checkpoint(path: str | Path) -> tuple[dict, str]:
     """The state_dict to use (`ema` if present, else `model`, else a bare state_dict) and its source."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"LlamaGen checkpoint not found: {path}")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
-        raise ArtifactError(f"cannot read {path} as a LlamaGen checkpoint (weights-only load): {e}") from None
+    ckpt = load_foreign_checkpoint(path, what="LlamaGen VQ checkpoint")
     if not isinstance(ckpt, dict):
         raise ArtifactError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
     for key in ("ema", "model"):

@@ -8,9 +8,8 @@ runs resume from their last checkpoint), so an interrupted demo picks up where i
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 

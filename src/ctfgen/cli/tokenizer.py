@@ -69,7 +69,6 @@ def register(sub) -> None:
 
 
 def _train(args) -> int:
-    from ..config import to_dict
     from ..tokenizer import vq_preset
     from ..tokenizer.train import TokenizerTrainConfig, train_tokenizer
 

@@ -100,6 +100,12 @@ def test_folder_npz_inputs_labels_and_metadata(tmp_path):
 
     (folder / "labels.json").write_text(json.dumps({n: 9 for n in order}))
     assert load_samples(folder, progress=False).labels.tolist() == [9] * 6
+    # The sampler's labels.json: settings on top, one entry per file with its label and seed.
+    record = {"seed": 3, "settings": {"cfg": 2.0}, "samples": [{"file": n, "label": 5, "seed": 100 + i} for i, n in enumerate(order)]}
+    (folder / "labels.json").write_text(json.dumps(record))
+    s = load_samples(folder, progress=False)
+    assert s.labels.tolist() == [5] * 6 and s.metadata["sample_seeds"] == list(range(100, 106))
+    assert s.metadata["labels.json"]["settings"] == {"cfg": 2.0}
 
     np.savez(tmp_path / "s.npz", arr_0=np.repeat(imgs[..., None], 3, axis=3), labels=np.arange(6))
     n = load_samples(tmp_path / "s.npz")

@@ -2,8 +2,9 @@
 
 Labels, when known, come from (first match wins):
   npz:    a `labels` array, else `arr_1` (ADM's class-conditional batches);
-  folder: `labels.json` beside the images ({"relative/path.png": label, ...} or a list aligned
-          with the sorted relative paths), else every file name carrying `class<k>`, `label<k>`,
+  folder: `labels.json` beside the images (the sampler's record {"samples": [{"file", "label",
+          "seed"}, ...], ...}, or {"relative/path.png": label, ...}, or a list aligned with the
+          sorted relative paths), else every file name carrying `class<k>`, `label<k>`,
           `c<k>` or `y<k>` as a `_`/`-`-separated part (e.g. `000123_c4.png`), else every image
           sitting in a folder named by an integer (`4/000123.png`).
 Metadata (seeds, sampling settings, model fingerprints) comes from a `manifest.json` in the
@@ -92,8 +93,19 @@ def _labels_from_names(rel: list[str]) -> np.ndarray | None:
     return None
 
 
-def _labels_from_json(path: Path, rel: list[str]) -> np.ndarray:
+def _labels_from_json(path: Path, rel: list[str], meta: dict) -> np.ndarray:
     spec = _read_metadata([path])[path.name]
+    if isinstance(spec, dict) and isinstance(spec.get("samples"), list):
+        # The sampler's record: run settings at the top, {"file", "label", "seed"} per sample.
+        meta["labels.json"] = {k: v for k, v in spec.items() if k != "samples"}
+        try:
+            by_file = {e["file"]: e for e in spec["samples"]}
+            entries = [by_file[r] for r in rel]
+        except (KeyError, TypeError):
+            raise CtfgenError(f"{path}: 'samples' must list {{file, label}} for every image") from None
+        if all("seed" in e for e in entries):
+            meta["sample_seeds"] = [int(e["seed"]) for e in entries]
+        spec = [e["label"] for e in entries]
     if isinstance(spec, list):
         if len(spec) != len(rel):
             raise CtfgenError(f"{path}: {len(spec)} labels for {len(rel)} images")
@@ -126,13 +138,13 @@ def load_folder_samples(folder: Path, *, limit: int | None = None, progress: boo
     if any(a.ndim == 3 for a in arrays):  # mixed modes: lift the grey ones to RGB
         arrays = [np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
     images = as_uint8_nhwc(np.stack(arrays), str(folder))
+    meta = _read_metadata([folder / "manifest.json"])
     label_file = folder / "labels.json"
     if label_file.is_file():
-        labels, label_source = _labels_from_json(label_file, rel), "labels.json"
+        labels, label_source = _labels_from_json(label_file, rel, meta), "labels.json"
     else:
         labels = _labels_from_names(rel)
         label_source = "file names" if labels is not None else None
-    meta = _read_metadata([folder / "manifest.json"])
     return SampleSet(images, labels, str(folder), meta, label_source)
 
 
@@ -152,7 +164,9 @@ def summarize_metadata(meta: dict) -> dict:
     """The parts a result must show up front: seeds, sampling settings and model fingerprints,
     taken from an artifact-style manifest (`config`, `made_from`); the full files stay alongside."""
     manifest = meta.get("manifest.json") or {}
-    summary = {"seeds": _find_key(meta, "seed")}
+    summary = {"seeds": _find_key({k: v for k, v in meta.items() if k != "sample_seeds"}, "seed")}
+    if "sample_seeds" in meta:
+        summary["seeds"]["per_sample"] = meta["sample_seeds"]
     if isinstance(manifest, dict):
         summary["sampling"] = manifest.get("config", {})
         summary["made_from"] = manifest.get("made_from", {})

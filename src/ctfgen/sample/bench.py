@@ -18,7 +18,7 @@ import torch
 from ..errors import CtfgenError
 from ..models import build_model
 from .pipeline import BaselinePipeline, CTFPipeline
-from .sampler import SamplingConfig, sample_seed
+from .sampler import sample_seed
 
 # stage-1 / baseline size, stage-2 size, codebook V, clusters K, tokens per side, classes
 PRESETS = {
@@ -156,7 +156,7 @@ def _device_name(device: torch.device) -> str:
 
 def format_results(results: list[SpeedResult], info: dict) -> str:
     B = info["batch_size"]
-    mem = "peak CUDA alloc" if info["device"].startswith("cpu") is False else "peak RSS"
+    mem = "peak RSS" if info["device"].startswith("cpu") else "peak CUDA alloc"
     lines = [f"bench speed: preset {info['preset']} (stage 1 / baseline {info['model']}, stage 2 {info['aux']}, "
              f"V={info['vocab']}, K={info['k']}, {info['grid']}x{info['grid']} tokens), batch {B}, "
              f"CFG {info['guidance_scale']}, {info['device']}, {info['dtype']}"

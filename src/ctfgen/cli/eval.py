@@ -45,7 +45,7 @@ def register(sub) -> None:
     t.add_argument("--channels", type=int, default=1)
     t.add_argument("--out", required=True, help="artifact folder to write")
     t.add_argument("--epochs", type=int, default=6)
-    t.add_argument("--width", type=int, default=32, help="channels of the first conv block")
+    t.add_argument("--width", type=int, default=16, help="channels of the first conv block")
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--seed", type=int, default=0)

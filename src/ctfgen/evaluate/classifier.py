@@ -31,7 +31,7 @@ class ClassifierConfig:
     resolution: int = 32
     channels: int = 1
     num_classes: int = 10
-    width: int = 32  # channels of the first block; doubled at each of the three blocks
+    width: int = 16  # channels of the first block; doubled at each of the three blocks
     dropout: float = 0.2
 
 

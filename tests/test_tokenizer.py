@@ -214,3 +214,27 @@ def test_cli_train_encode(tmp_path, npz_data, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["tokenizer", "import", str(tmp_path / "missing.pt"), str(tmp_path / "x")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
+def test_encode_sharded_under_torchrun_matches_one_process(trained, npz_data, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    out, _ = trained
+    common = ["encode", "--tokenizer", str(out), "--split", "train", "--views", "flip", "--batch-size", "10",
+              "--data", "npz", "--data-path", npz_data.path, "--resolution", "16", "--device", "cpu"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+           "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "ctfgen", *common, "--out", str(tmp_path / "two")]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = encode_dataset(load_tokenizer(out), load_dataset(npz_data, "train"), tmp_path / "one", views="flip", progress=False)
+    two = CodeStore.open(tmp_path / "two")
+    assert np.array_equal(two.codes, single.codes) and np.array_equal(two.labels, single.labels)
+    assert two.manifest["info"]["processes"] == 2 and two.fingerprint == single.fingerprint
+    assert not any(p.name.endswith(".parts") for p in tmp_path.iterdir())

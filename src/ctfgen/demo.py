@@ -23,8 +23,8 @@ from .data import DataConfig, load_dataset
 @dataclass
 class DemoConfig:
     data: DataConfig = field(default_factory=DataConfig)
-    tokenizer_steps: int = 700
-    tokenizer_batch: int = 64
+    tokenizer_steps: int = 800
+    tokenizer_batch: int = 32
     views: str = "none"  # one view per image keeps encoding quick; "flip" doubles the codes
     k: int = 128  # the paper's 32 codes per coarse label for a 4096-entry codebook
     cluster_method: str = "kmeans"

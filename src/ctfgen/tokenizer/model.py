@@ -52,9 +52,10 @@ PRESETS = {
     # LlamaGen VQ-16 exactly: 256x256 -> 16x16 tokens, codebook 16384 x 8.
     "vq16": VQConfig(),
     # Fashion-MNIST at 32x32 -> 8x8 = 64 tokens; the codebook is deliberately large for the data,
-    # as 16384 is for ImageNet, so that clustering it into coarse labels is meaningful.
-    "fmnist": VQConfig(codebook_size=4096, codebook_dim=8, channels=1, ch=64, ch_mult=(1, 2, 2),
-                       num_res_blocks=1, z_channels=128, resolution=32),
+    # as 16384 is for ImageNet, so that clustering it into coarse labels is meaningful. Channels are
+    # few at 32x32 and grow towards 8x8, where convolutions are cheap: it trains on a 2-core CPU.
+    "fmnist": VQConfig(codebook_size=4096, codebook_dim=8, channels=1, ch=16, ch_mult=(1, 2, 4),
+                       num_res_blocks=1, z_channels=64, norm_groups=16, resolution=32),
 }
 
 

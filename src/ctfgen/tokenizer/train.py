@@ -8,6 +8,7 @@ whole codebook in play (the coarse-to-fine method needs a large, fully used code
 """
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -33,10 +34,11 @@ class TokenizerTrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     steps: int = 3000
     minutes: float = 0.0  # stop early when this much wall time has passed (0: no limit)
-    batch_size: int = 128
-    lr: float = 4e-4
+    batch_size: int = 32  # small batches: more updates per image seen, which is what a CPU budget limits
+    lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = 100
+    min_lr_ratio: float = 0.05  # cosine decay from lr to lr * this at the last step
     flip: bool = True  # random horizontal flips
     restart_every: int = 50  # steps between dead-code restarts (0: off)
     gan_weight: float = 0.0  # adversarial loss weight (0: off)
@@ -64,6 +66,14 @@ def restart_dead_codes(model: VQModel, usage_V: torch.Tensor, z_BDHW: torch.Tens
     return len(dead_N)
 
 
+def _lr_factor(step: int, cfg: TokenizerTrainConfig) -> float:
+    """Linear warm-up, then cosine decay: the low-lr end of a run adds a good part of its PSNR."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
 def _batches(n: int, batch_size: int, gen: torch.Generator):
     while True:
         perm = torch.randperm(n, generator=gen)
@@ -86,7 +96,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, *, device: s
         raise CtfgenError(f"training split has {len(train_ds)} images, fewer than batch_size {cfg.batch_size}")
     model = VQModel(cfg.vq).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
     disc = d_opt = None
     if cfg.gan_weight > 0:
         disc = PatchDiscriminator(cfg.vq.channels).to(device).train()

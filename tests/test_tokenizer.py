@@ -238,3 +238,24 @@ def test_encode_sharded_under_torchrun_matches_one_process(trained, npz_data, tm
     assert np.array_equal(two.codes, single.codes) and np.array_equal(two.labels, single.labels)
     assert two.manifest["info"]["processes"] == 2 and two.fingerprint == single.fingerprint
     assert not any(p.name.endswith(".parts") for p in tmp_path.iterdir())
+
+
+def test_lpips_from_local_files_and_training_options(tmp_path, npz_data):
+    from ctfgen.tokenizer.lpips import LPIPS
+
+    ref = LPIPS()
+    vgg = {k: torch.randn_like(v) * 0.05 for k, v in ref.state_dict().items() if k.startswith("features.")}
+    lin = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate((64, 128, 256, 512, 512))}
+    torch.save(vgg, tmp_path / "vgg16.pth")
+    torch.save(lin, tmp_path / "vgg.pth")
+    lp = LPIPS.from_files(tmp_path / "vgg16.pth", tmp_path / "vgg.pth")
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    assert lp(x, x).item() == 0.0
+    assert lp(x, x.flip(-1)).item() > 0
+    with pytest.raises(ArtifactError, match="LPIPS weights incomplete"):
+        LPIPS.from_files(tmp_path / "vgg16.pth")
+    cfg = TokenizerTrainConfig(vq=vq_preset("fmnist", **TINY), data=npz_data, steps=3, batch_size=8, warmup_steps=1,
+                               lpips_weight=0.1, lpips_vgg=str(tmp_path / "vgg16.pth"), lpips_lin=str(tmp_path / "vgg.pth"),
+                               gan_weight=0.1, gan_start=1, eval_limit=8)
+    report = train_tokenizer(cfg, tmp_path / "tok", progress=False)
+    assert report["train_steps"] == 3

@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--gan-weight", type=float, default=0.0, help="adversarial (PatchGAN hinge) loss weight; 0 turns it off")
     p.add_argument("--gan-start", type=int, default=2000, help="step at which the adversarial loss starts")
+    p.add_argument("--lpips-weight", type=float, default=0.0, help="perceptual (LPIPS) loss weight; 0 turns it off")
+    p.add_argument("--lpips-vgg", default=None, help="local VGG16 weights in torchvision's layout (e.g. vgg16-397923af.pth)")
+    p.add_argument("--lpips-lin", default=None, help="local LPIPS linear heads (LlamaGen's/taming's vgg.pth)")
     p.add_argument("--eval-limit", type=int, default=0, help="test images for the final report (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -77,7 +80,8 @@ def _train(args) -> int:
     data = data_config(args, default_resolution=vq.resolution, default_channels=vq.channels)
     vq = replace(vq, resolution=data.resolution, channels=data.channels).validate()
     cfg = TokenizerTrainConfig(vq=vq, data=data, minutes=args.minutes, gan_weight=args.gan_weight,
-                               gan_start=args.gan_start, seed=args.seed, eval_limit=args.eval_limit)
+                               gan_start=args.gan_start, lpips_weight=args.lpips_weight,
+                               lpips_vgg=args.lpips_vgg, lpips_lin=args.lpips_lin, seed=args.seed, eval_limit=args.eval_limit)
     for name in ("steps", "batch_size", "lr"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))

@@ -23,6 +23,7 @@ from ..config import to_dict
 from ..data import DataConfig, load_dataset
 from ..errors import CtfgenError
 from .artifact import save_tokenizer
+from .lpips import LPIPS
 from .losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from .model import VQConfig, VQModel
 from .report import reconstruction_grid, reconstruction_report
@@ -43,6 +44,9 @@ class TokenizerTrainConfig:
     restart_every: int = 50  # steps between dead-code restarts (0: off)
     gan_weight: float = 0.0  # adversarial loss weight (0: off)
     gan_start: int = 2000  # step at which the adversary starts
+    lpips_weight: float = 0.0  # perceptual loss weight (0: off); needs local weights, see lpips.py
+    lpips_vgg: str | None = None  # VGG16 weights, torchvision layout
+    lpips_lin: str | None = None  # LPIPS linear heads (LlamaGen's / taming's vgg.pth)
     seed: int = 0
     eval_limit: int = 0  # test images used for the final report (0: the whole split)
 
@@ -97,6 +101,11 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, *, device: s
     model = VQModel(cfg.vq).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
+    lpips = None
+    if cfg.lpips_weight > 0:
+        if not cfg.lpips_vgg:
+            raise CtfgenError("lpips_weight > 0 needs lpips_vgg (and usually lpips_lin): local weight files")
+        lpips = LPIPS.from_files(cfg.lpips_vgg, cfg.lpips_lin).to(device)
     disc = d_opt = None
     if cfg.gan_weight > 0:
         disc = PatchDiscriminator(cfg.vq.channels).to(device).train()
@@ -118,6 +127,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, *, device: s
         rec = model.decode_latent(zq)
         rec_loss = F.mse_loss(rec, x)
         loss = rec_loss + cb_loss + commit_loss
+        if lpips is not None:
+            loss = loss + cfg.lpips_weight * lpips(rec, x)
         use_gan = disc is not None and step >= cfg.gan_start
         if use_gan:
             loss = loss + cfg.gan_weight * hinge_g_loss(disc(rec))

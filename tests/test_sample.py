@@ -22,8 +22,8 @@ from ctfgen.cluster import CoarseMap
 from ctfgen.config import to_dict
 from ctfgen.errors import CtfgenError
 from ctfgen.models import build_model
-from ctfgen.sample import BaselinePipeline, CTFPipeline, SamplingConfig, generate_tokens, make_pipeline, pick
-from ctfgen.sample.sampler import member_logits, aux_features, sample_fine, sample_uniforms
+from ctfgen.sample import BaselinePipeline, CTFPipeline, generate_tokens, make_pipeline, pick
+from ctfgen.sample.sampler import member_logits, aux_features, sample_fine
 from ctfgen.tokenizer import VQModel
 from ctfgen.tokenizer.artifact import save_tokenizer
 from ctfgen.tokenizer.model import vq_preset

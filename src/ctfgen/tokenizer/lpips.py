@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..artifacts import load_foreign_checkpoint
 from ..errors import ArtifactError

@@ -134,10 +134,15 @@ def format_rows(rows: list[BenchRow], *, device: str, preset: str, batch_size: i
         lines.append(f"{r.kind:<10}{f'{r.vocab_in}/{r.vocab_out}':>14}{r.params:>12,}{r.tokens_per_s:>12,.0f}"
                      f"{r.step_ms:>10.1f}{r.static_mb:>11.1f}{r.step_peak_mb:>14.1f}")
     ar, base = rows[0], rows[1]
-    lines.append(f"ratio ar/baseline: tokens/s x{ar.tokens_per_s / base.tokens_per_s:.2f}, "
-                 f"static memory x{ar.static_mb / base.static_mb:.2f}, "
-                 f"step peak memory x{ar.step_peak_mb / base.step_peak_mb:.2f}")
+    lines.append(f"ratio ar/baseline: tokens/s {_ratio(ar.tokens_per_s, base.tokens_per_s)}, "
+                 f"static memory {_ratio(ar.static_mb, base.static_mb)}, "
+                 f"step peak memory {_ratio(ar.step_peak_mb, base.step_peak_mb)}")
     return "\n".join(lines)
+
+
+def _ratio(a: float, b: float) -> str:
+    # a CPU step can leave peak RSS unchanged (0 MB growth): no ratio then, rather than a crash
+    return f"x{a / b:.2f}" if b and b == b and a == a else "n/a"
 
 
 def rows_to_json(rows: list[BenchRow]) -> list[dict]:

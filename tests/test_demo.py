@@ -38,3 +38,10 @@ def test_demo_end_to_end_and_rerun(tmp_path, tiny_data):
     Demo(cfg, tmp_path / "demo", progress=False, log=logs.append).run()
     reused = [line for line in logs if "reusing" in line]
     assert len(reused) >= 6, logs  # tokenizer, codes, coarse map, pipelines, classifier, evaluations
+    assert "train ar" in (tmp_path / "demo" / "report" / "README.md").read_text()  # timings kept across reruns
+
+    from dataclasses import replace
+
+    from ctfgen import CtfgenError
+    with pytest.raises(CtfgenError, match="other demo settings .steps: 3 there, 4 now"):
+        Demo(replace(cfg, steps=4), tmp_path / "demo", progress=False, log=logs.append).run()

@@ -18,24 +18,28 @@ import numpy as np
 from .artifacts import MANIFEST, atomic_write_bytes, atomic_write_json
 from .config import to_dict
 from .data import DataConfig, load_dataset
+from .errors import CtfgenError
 
 
 @dataclass
 class DemoConfig:
     data: DataConfig = field(default_factory=DataConfig)
-    tokenizer_steps: int = 800
+    tokenizer_steps: int = 700
     tokenizer_batch: int = 32
     views: str = "none"  # one view per image keeps encoding quick; "flip" doubles the codes
     k: int = 128  # the paper's 32 codes per coarse label for a 4096-entry codebook
     cluster_method: str = "kmeans"
     preset: str = "tiny"
-    steps: int = 1200  # optimizer steps for each of stage 1, stage 2 and the baseline
+    steps: int = 300  # optimizer steps for each of stage 1, stage 2 and the baseline
     batch_size: int = 64
     lr: float = 2e-3  # per 256 samples; tiny models on a CPU budget want more than LlamaGen's 1e-4
-    warmup: int = 100
+    warmup: int = 40
     samples_per_class: int = 50
-    classifier_epochs: int = 3
-    inception: bool = True  # FID with the standard Inception network when its weights are installed
+    classifier_epochs: int = 2
+    # FID with the standard Inception network: off by default, since on a 2-core CPU its features
+    # cost ~0.15 s per image (reference included); `ctfgen eval` computes it for any samples folder.
+    inception: bool = False
+    reference_images: int = 5000  # test-split images the samples are compared with
     seed: int = 0
 
 
@@ -47,7 +51,10 @@ class Demo:
     def __init__(self, cfg: DemoConfig, out: str | Path, *, device="cpu", progress: bool = True,
                  log: Callable[[str], None] = print):
         self.cfg, self.out, self.device, self.progress, self.log = cfg, Path(out), device, progress, log
+        # seconds per step, kept across reruns so the report shows what each step cost when it ran
         self.timings: dict[str, float] = {}
+        if (self.out / "timings.json").is_file():
+            self.timings = json.loads((self.out / "timings.json").read_text())
 
     def step(self, name: str, folder: Path, fn: Callable[[], object]) -> Path:
         if _done(folder):
@@ -104,8 +111,9 @@ class Demo:
         # A finished run folder is reused by the trainer itself (it resumes, or does nothing if done).
         self.log(f"[demo] train {kind} -> {folder}")
         t0 = time.time()
-        train(tc, codes_dir=codes_dir, out_dir=folder, coarse_map_dir=coarse_dir if kind != "baseline" else None, run=run)
-        self.timings[f"train {kind}"] = round(time.time() - t0, 1)
+        result = train(tc, codes_dir=codes_dir, out_dir=folder, coarse_map_dir=coarse_dir if kind != "baseline" else None, run=run)
+        if result.step > result.resumed_from:  # a finished run that was only reloaded keeps its time
+            self.timings[f"train {kind}"] = round(time.time() - t0, 1)
         return folder
 
     def pipelines(self, tok_dir: Path, runs: dict[str, Path]) -> dict[str, Path]:
@@ -140,7 +148,7 @@ class Demo:
 
         c = self.cfg
         clf, clf_manifest = load_classifier(clf_dir)
-        reference = reference_from_dataset(c.data, "test")
+        reference = reference_from_dataset(c.data, "test", max_images=c.reference_images or None)
         inception = InceptionFeatures() if c.inception and default_inception_path() else None
         results = {}
         for name, folder in pipes.items():
@@ -170,10 +178,23 @@ class Demo:
             self.timings[f"sample+eval {name}"] = round(time.time() - t0, 1)
         return results
 
+    def _check_same_settings(self) -> None:
+        """Reuse is only sound with the settings that made the folder: refuse a silent mix."""
+        saved_path = self.out / "demo_config.json"
+        if not saved_path.is_file():
+            return
+        saved, now = json.loads(saved_path.read_text()), json.loads(json.dumps(to_dict(self.cfg)))
+        diff = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+        if diff:
+            k = diff[0]
+            raise CtfgenError(f"{self.out} was made with other demo settings ({k}: {saved.get(k)!r} there, "
+                              f"{now.get(k)!r} now); use another --out, or delete the folder to start over")
+
     # ------------------------------------------------------------------ all
     def run(self) -> Path:
         t0 = time.time()
         self.out.mkdir(parents=True, exist_ok=True)
+        self._check_same_settings()
         atomic_write_json(self.out / "demo_config.json", to_dict(self.cfg))
         tok = self.tokenizer()
         codes = self.codes(tok)
@@ -182,11 +203,12 @@ class Demo:
         pipes = self.pipelines(tok, runs)
         clf = self.classifier()
         results = self.sample_and_evaluate(pipes, clf)
-        self.timings["total"] = round(time.time() - t0, 1)
+        self.timings["this run (total)"] = round(time.time() - t0, 1)
+        atomic_write_json(self.out / "timings.json", self.timings)
         from .report import write_demo_report
 
         page = write_demo_report(self.out, results=results, runs=runs, tokenizer=tok, timings=self.timings, cfg=self.cfg)
-        self.log(f"[demo] done in {self.timings['total']:.0f} s: {page}")
+        self.log(f"[demo] done in {self.timings['this run (total)']:.0f} s: {page}")
         return page
 
 

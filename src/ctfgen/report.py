@@ -87,7 +87,7 @@ def write_demo_report(out: Path, *, results: dict, runs: dict[str, Path], tokeni
         "",
         *[f"![{k}](loss-{k}.png)" for k in runs if (rep / f"loss-{k}.png").is_file()],
         "",
-        "## Time taken (seconds, this run)",
+        "## Time taken (seconds; steps reused from an earlier run keep the time they took then)",
         "",
         _markdown_table([["step", "seconds"], *[[k, str(v)] for k, v in timings.items()]]),
         "",

@@ -21,6 +21,7 @@ HELP = {
     "samples_per_class": "samples per class for each of CTF and the baseline",
     "classifier_epochs": "epochs of the domain classifier used for classifier-FID/IS and precision/recall",
     "inception": "also compute FID with the standard Inception network (when its weights are installed)",
+    "reference_images": "test-split images used as the reference (0: all)",
     "seed": "seed of every step",
 }
 

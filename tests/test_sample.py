@@ -277,10 +277,11 @@ def test_cli_make_and_sample_outputs(folders, tmp_path, capsys):
     assert "--aux" in capsys.readouterr().err
 
 
-def test_docs_example_runs(folders, tmp_path, monkeypatch):
-    text = (ROOT / "docs" / "SAMPLING.md").read_text()
+@pytest.mark.parametrize("doc", ["docs/SAMPLING.md", "README.md"])
+def test_docs_example_runs(doc, folders, tmp_path, monkeypatch):
+    text = (ROOT / doc).read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert blocks, "docs/SAMPLING.md has no python example"
+    assert blocks, f"{doc} has no python example"
     runs = tmp_path / "runs"
     runs.mkdir()
     for name in ("tokenizer", "ar", "aux", "baseline"):
@@ -288,9 +289,11 @@ def test_docs_example_runs(folders, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     for code in blocks:
-        exec(compile(code, "docs/SAMPLING.md", "exec"), scope)
-    assert len(scope["images"]) == 2 and (tmp_path / "class0.png").is_file()
-    assert scope["arrays"].shape == (2 * CLASSES, 16, 16, 1)
+        exec(compile(code, doc, "exec"), scope)
+    assert len(scope["images"]) == 2 and len(scope["more"]) == 2
+    if doc == "docs/SAMPLING.md":
+        assert (tmp_path / "class0.png").is_file()
+        assert scope["arrays"].shape == (2 * CLASSES, 16, 16, 1)
 
 
 def free_port() -> int:

@@ -121,6 +121,15 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def _run_level(level: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """One resolution level: its residual blocks, each followed by attention where the level has it."""
+    for j, res in enumerate(level.res):
+        h = res(h)
+        if hasattr(level, "attn"):
+            h = level.attn[j](h)
+    return h
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: VQConfig):
         super().__init__()
@@ -145,10 +154,7 @@ class Encoder(nn.Module):
     def forward(self, x):
         h = self.conv_in(x)
         for level in self.conv_blocks:
-            for j, res in enumerate(level.res):
-                h = res(h)
-                if hasattr(level, "attn"):
-                    h = level.attn[j](h)
+            h = _run_level(level, h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         for m in self.mid:
@@ -183,10 +189,7 @@ class Decoder(nn.Module):
         for m in self.mid:
             h = m(h)
         for level in self.conv_blocks:
-            for j, res in enumerate(level.res):
-                h = res(h)
-                if hasattr(level, "attn"):
-                    h = level.attn[j](h)
+            h = _run_level(level, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))

@@ -144,7 +144,7 @@ class Demo:
         from .evaluate import (InceptionFeatures, cache_dir, classifier_info, default_inception_path,
                                evaluate_images, load_classifier, reference_from_dataset)
         from .sample import load_pipeline
-        from .sample.outputs import grid_image
+        from .sample.outputs import grid_image, png_bytes
 
         c = self.cfg
         clf, clf_manifest = load_classifier(clf_dir)
@@ -167,7 +167,7 @@ class Demo:
             per_class = min(10, c.samples_per_class)  # samples are class by class
             show = np.concatenate([np.arange(per_class) + k * c.samples_per_class for k in range(pipe.num_classes)])
             grid = grid_image(samples.images[show], samples.labels[show], scale=2)
-            _save_png(self.out / "report" / f"samples-{name}.png", grid)
+            atomic_write_bytes(self.out / "report" / f"samples-{name}.png", png_bytes(grid))
             meta = {"pipeline": str(folder), "seed": c.seed, "sampling": to_dict(samples.settings),
                     "sample_seconds": round(sample_seconds, 1), "images_per_second": round(len(labels) / sample_seconds, 2)}
             result = evaluate_images(samples.images, samples.labels, reference=reference, classifier=clf,
@@ -210,13 +210,3 @@ class Demo:
         page = write_demo_report(self.out, results=results, runs=runs, tokenizer=tok, timings=self.timings, cfg=self.cfg)
         self.log(f"[demo] done in {self.timings['this run (total)']:.0f} s: {page}")
         return page
-
-
-def _save_png(path: Path, image_HWC: np.ndarray) -> None:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image_HWC[..., 0] if image_HWC.shape[-1] == 1 else image_HWC).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())

@@ -13,7 +13,8 @@ from ..config import to_dict
 from .pipeline import Samples
 
 
-def _png(image_HWC: np.ndarray) -> bytes:
+def png_bytes(image_HWC: np.ndarray) -> bytes:
+    """PNG bytes of one uint8 (H, W, C) image (grey when C is 1)."""
     from PIL import Image
 
     buf = io.BytesIO()
@@ -38,7 +39,7 @@ def grid_image(images_NHWC: np.ndarray, labels_N: np.ndarray, *, pad: int = 2, s
 
 
 def save_grid(path: str | Path, samples: Samples, *, scale: int = 1) -> Path:
-    atomic_write_bytes(path, _png(grid_image(samples.images, samples.labels, scale=scale)))
+    atomic_write_bytes(path, png_bytes(grid_image(samples.images, samples.labels, scale=scale)))
     return Path(path)
 
 
@@ -68,7 +69,7 @@ def save_folder(out: str | Path, samples: Samples, *, seed: int, models: dict[st
     }
     with artifact_dir(out, overwrite=overwrite) as tmp:
         for i, im in enumerate(samples.images):
-            (tmp / f"{i:06d}.png").write_bytes(_png(im))
+            (tmp / f"{i:06d}.png").write_bytes(png_bytes(im))
         atomic_write_json(tmp / "labels.json", record)
         fp = fingerprint_tensors({"codes": samples.codes, "labels": samples.labels})
         write_manifest(tmp, kind="samples", fingerprint=fp, config={"seed": seed, "sampling": settings, **(extra or {})},

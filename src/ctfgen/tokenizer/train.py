@@ -8,6 +8,7 @@ whole codebook in play (the coarse-to-fine method needs a large, fully used code
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -162,7 +163,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, *, device: s
     report.update(split="test", train_steps=steps_done, train_seconds=round(train_seconds, 1),
                   train_images_seen=steps_done * cfg.batch_size)
     grid = reconstruction_grid(model, test_ds, device=device)
-    log = "\n".join(__import__("json").dumps(h) for h in history) + "\n"
+    log = "\n".join(json.dumps(h) for h in history) + "\n"
     save_tokenizer(
         model.cpu(), out_dir, overwrite=overwrite,
         made_from={"data": train_ds.fingerprint, "data_description": train_ds.describe()},

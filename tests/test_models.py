@@ -284,3 +284,29 @@ def test_load_llamagen_checkpoint_layouts(tmp_path):
     torch.save({"model": sd, "args": fractions.Fraction(1, 3)}, tmp_path / "evil.pt")
     with pytest.raises(ArtifactError, match="weights-only"):
         load_llamagen_gpt(tmp_path / "evil.pt", "tiny")
+
+
+def test_aux_member_loss_equals_masked_full_head():
+    """Training scores only each position's cluster members; loss and every gradient must equal
+    the full head masked to the cluster, with uneven clusters and noised (ignored) positions."""
+    torch.manual_seed(1)
+    c2c = torch.randint(0, K, (V,))
+    c2c[:K] = torch.arange(K)  # every cluster non-empty, sizes uneven
+    m = build_model("aux", "tiny", vocab_size=V, num_classes=NC, grid=G, coarse_vocab=K, code_to_coarse=c2c)
+    torch.nn.init.normal_(m.output.weight, std=0.5)
+    b = batch(B=5)
+    b["coarse"] = c2c[b["codes"]]
+    m.eval()
+    loss, metrics = m.compute_loss(b)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    m.zero_grad()
+    logits_BLV = m.mask_logits(m(b["coarse"], b["label"]), b["coarse"])
+    ref = torch.nn.functional.cross_entropy(logits_BLV.flatten(0, 1), b["codes"].flatten())
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    acc = (logits_BLV.argmax(-1) == b["codes"]).float().mean()
+    assert metrics["acc"].item() == pytest.approx(acc.item())
+    for n, p in m.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(grads[n], p.grad, atol=1e-6), n

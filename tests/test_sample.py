@@ -23,7 +23,7 @@ from ctfgen.config import to_dict
 from ctfgen.errors import CtfgenError
 from ctfgen.models import build_model
 from ctfgen.sample import BaselinePipeline, CTFPipeline, generate_tokens, make_pipeline, pick
-from ctfgen.sample.sampler import member_logits, aux_features, sample_fine
+from ctfgen.sample.sampler import member_logits, sample_fine
 from ctfgen.tokenizer import VQModel
 from ctfgen.tokenizer.artifact import save_tokenizer
 from ctfgen.tokenizer.model import vq_preset
@@ -144,7 +144,7 @@ def test_stage2_member_logits_equal_masked_head():
     labels = torch.tensor([0, 2, 1])
     with torch.no_grad():
         full = aux.fine_logits(coarse, labels)  # (B, L, V), -inf outside each cluster
-        h = aux_features(aux, coarse, labels).flatten(0, 1)
+        h = aux.features(coarse, labels).flatten(0, 1)
         mem = member_logits(h, coarse.flatten(), aux.output.weight, cmap.members, cmap.counts)
     cols = cmap.members[coarse.flatten()]
     ref = full.flatten(0, 1).gather(1, cols.clamp(min=0)).masked_fill(cols < 0, float("-inf"))

@@ -158,20 +158,6 @@ def _steps(n: int, progress: bool):
 
 # ---------------------------------------------------------------- stage 2
 
-def aux_features(aux, coarse_BL: torch.Tensor, cond_B: torch.Tensor | None) -> torch.Tensor:
-    """Stage 2's final hidden states (B, L, D) of the image positions, before the head.
-
-    Trunk.run without its head: the sampler then evaluates the head only for each position's cluster.
-    """
-    c = aux.config
-    h_BLD = aux.embed(coarse_BL, cond_B if c.use_class else None)
-    S = h_BLD.shape[1]
-    cos, sin = aux.rope_cos[:S], aux.rope_sin[:S]
-    for layer in aux.layers:
-        h_BLD = layer(h_BLD, cos, sin, is_causal=False)
-    return aux.norm(h_BLD)[:, c.n_prefix:]
-
-
 def member_logits(h_ND: torch.Tensor, coarse_N: torch.Tensor, weight_VD: torch.Tensor,
                   members_KM: torch.Tensor, counts_K: torch.Tensor) -> torch.Tensor:
     """(N, M) logits of each position's cluster members (column j = members[coarse, j]), -inf padding.
@@ -218,7 +204,7 @@ def sample_fine(aux, coarse_BL: torch.Tensor, labels_B: torch.Tensor, u_BL: torc
         if guided:
             coarse = torch.cat([coarse, coarse])
             labels = torch.cat([labels, torch.full_like(labels, c.num_classes)])
-        h_BLD = aux_features(aux, coarse, labels)
+        h_BLD = aux.features(coarse, labels)
         if masked:
             logits_NV = member_logits(h_BLD.flatten(0, 1), coarse.flatten(), aux.output.weight,
                                       members_KM, counts_K)

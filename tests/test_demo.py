@@ -1,24 +1,9 @@
 """The demo end to end on a tiny data set: every stage runs, the report is written, a rerun reuses."""
 import json
 
-import numpy as np
 import pytest
 
-from ctfgen.data import DataConfig
 from ctfgen.demo import Demo, DemoConfig
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("npz")
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:16, :16]
-    for split, n in (("train", 96), ("test", 30)):
-        labels = np.arange(n) % 3
-        imgs = np.stack([(255 * np.exp(-((yy - 4 - 4 * c) ** 2 + (xx - 8) ** 2) / 8)).astype(np.uint8) for c in labels])
-        imgs = np.clip(imgs + rng.integers(0, 20, imgs.shape), 0, 255).astype(np.uint8)
-        np.savez(d / f"{split}.npz", images=imgs, labels=labels)
-    return DataConfig(source="npz", path=str(d), resolution=16, channels=1)
 
 
 def test_demo_end_to_end_and_rerun(tmp_path, tiny_data):

@@ -48,6 +48,8 @@ def _done(folder: Path) -> bool:
 
 
 class Demo:
+    name = "demo"  # log prefix, and the settings file is f"{name}_config.json"
+
     def __init__(self, cfg: DemoConfig, out: str | Path, *, device="cpu", progress: bool = True,
                  log: Callable[[str], None] = print):
         self.cfg, self.out, self.device, self.progress, self.log = cfg, Path(out), device, progress, log
@@ -58,9 +60,9 @@ class Demo:
 
     def step(self, name: str, folder: Path, fn: Callable[[], object]) -> Path:
         if _done(folder):
-            self.log(f"[demo] {name}: reusing {folder}")
+            self.log(f"[{self.name}] {name}: reusing {folder}")
             return folder
-        self.log(f"[demo] {name} -> {folder}")
+        self.log(f"[{self.name}] {name} -> {folder}")
         t0 = time.time()
         fn()
         self.timings[name] = round(time.time() - t0, 1)
@@ -89,31 +91,42 @@ class Demo:
                            views=self.cfg.views, device=self.device, progress=self.progress)
         return self.step("codes", folder, run)
 
-    def coarse_map(self, tok_dir: Path) -> Path:
+    def coarse_map(self, tok_dir: Path, *, method: str | None = None, k: int | None = None) -> Path:
         from .cluster import build_coarse_map, load_codebook
 
-        folder = self.out / f"coarse-{self.cfg.cluster_method}-k{self.cfg.k}"
+        method, k = method or self.cfg.cluster_method, k or self.cfg.k
+        folder = self.out / f"coarse-{method}-k{k}"
 
         def run():
             codebook, fp = load_codebook(tok_dir)
-            build_coarse_map(codebook, self.cfg.k, method=self.cfg.cluster_method, seed=self.cfg.seed,
-                             tokenizer_fingerprint=fp).save(folder)
-        return self.step("coarse labels", folder, run)
+            build_coarse_map(codebook, k, method=method, seed=self.cfg.seed, tokenizer_fingerprint=fp).save(folder)
+        return self.step(f"coarse labels ({method}, K={k})", folder, run)
 
-    def train(self, kind: str, codes_dir: Path, coarse_dir: Path | None) -> Path:
+    def train(self, kind: str, codes_dir: Path, coarse_dir: Path | None, *, folder: Path | None = None,
+              preset: str | None = None, steps: int | None = None, stop_after: int = 0,
+              overrides: dict | None = None) -> Path:
+        """Train (or resume, or reuse) one model; `stop_after` pauses it there (segments of one schedule)."""
         from .train import RunOptions, TrainConfig, train
 
         c = self.cfg
-        folder = self.out / {"ar": "stage1", "aux": "stage2", "baseline": "baseline"}[kind]
-        tc = TrainConfig(kind=kind, preset=c.preset, steps=c.steps, batch_size=c.batch_size, lr=c.lr,
-                         warmup_steps=c.warmup, cosine=True, seed=c.seed)
-        run = RunOptions(device=str(self.device), progress=self.progress, ckpt_every=max(c.steps // 4, 1))
+        key = f"train {kind}" if folder is None else f"train {folder.name}"
+        folder = folder or self.out / {"ar": "stage1", "aux": "stage2", "baseline": "baseline"}[kind]
+        steps = steps or c.steps
+        tc = TrainConfig(kind=kind, preset=preset or c.preset, steps=steps, batch_size=c.batch_size, lr=c.lr,
+                         warmup_steps=c.warmup, cosine=True, seed=c.seed, model_overrides=dict(overrides or {}))
+        # without segments, intermediate checkpoints let an interrupted run resume; with them, only
+        # the segment ends are saved, so the folder always holds the step it was asked for
+        every = 0 if stop_after else max(steps // 4, 1)
+        run = RunOptions(device=str(self.device), progress=self.progress, ckpt_every=every, stop_after=stop_after)
         # A finished run folder is reused by the trainer itself (it resumes, or does nothing if done).
-        self.log(f"[demo] train {kind} -> {folder}")
+        self.log(f"[{self.name}] train {kind} -> {folder}" + (f" (to step {stop_after})" if stop_after else ""))
         t0 = time.time()
         result = train(tc, codes_dir=codes_dir, out_dir=folder, coarse_map_dir=coarse_dir if kind != "baseline" else None, run=run)
+        if stop_after and result.step != min(stop_after, result.total_steps):
+            raise CtfgenError(f"{folder} is at step {result.step}, not {stop_after}: it was trained past this "
+                              "checkpoint outside this command; delete it to start over")
         if result.step > result.resumed_from:  # a finished run that was only reloaded keeps its time
-            self.timings[f"train {kind}"] = round(time.time() - t0, 1)
+            self.timings[key] = round(self.timings.get(key, 0.0) * bool(stop_after) + time.time() - t0, 1)
         return folder
 
     def pipelines(self, tok_dir: Path, runs: dict[str, Path]) -> dict[str, Path]:
@@ -180,14 +193,14 @@ class Demo:
 
     def _check_same_settings(self) -> None:
         """Reuse is only sound with the settings that made the folder: refuse a silent mix."""
-        saved_path = self.out / "demo_config.json"
+        saved_path = self.out / f"{self.name}_config.json"
         if not saved_path.is_file():
             return
         saved, now = json.loads(saved_path.read_text()), json.loads(json.dumps(to_dict(self.cfg)))
         diff = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
         if diff:
             k = diff[0]
-            raise CtfgenError(f"{self.out} was made with other demo settings ({k}: {saved.get(k)!r} there, "
+            raise CtfgenError(f"{self.out} was made with other {self.name} settings ({k}: {saved.get(k)!r} there, "
                               f"{now.get(k)!r} now); use another --out, or delete the folder to start over")
 
     # ------------------------------------------------------------------ all
@@ -195,7 +208,7 @@ class Demo:
         t0 = time.time()
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_same_settings()
-        atomic_write_json(self.out / "demo_config.json", to_dict(self.cfg))
+        atomic_write_json(self.out / f"{self.name}_config.json", to_dict(self.cfg))
         tok = self.tokenizer()
         codes = self.codes(tok)
         coarse = self.coarse_map(tok)

@@ -42,3 +42,26 @@ def data_config(args, *, default_resolution: int = 32, default_channels: int = 1
     return DataConfig(source=args.data, path=args.data_path,
                       resolution=args.resolution or default_resolution,
                       channels=args.channels or default_channels, skip_bad=args.skip_bad)
+
+
+def add_config_flags(p: argparse.ArgumentParser, cls, helps: dict[str, str], *, skip: tuple[str, ...] = ("data",)) -> None:
+    """One --flag per field of the dataclass `cls` (defaults and types from the class itself)."""
+    from dataclasses import fields
+
+    defaults = cls()
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        value = getattr(defaults, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        help = f"{helps[f.name]} (default: {value if value != '' else 'none'})"
+        if isinstance(value, bool):
+            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=value, metavar="BOOL", help=help)
+        else:
+            p.add_argument(flag, type=type(value), default=value, help=help)
+
+
+def config_from_args(cls, args, *, skip: tuple[str, ...] = ("data",), **extra):
+    from dataclasses import fields
+
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name not in skip}, **extra)

@@ -10,11 +10,12 @@ ORDER = 95
 
 
 def register(sub) -> None:
-    group = add_group(sub, "bench", help="benchmarks: training throughput, ...")
+    group = add_group(sub, "bench", help="benchmarks: training throughput, sampling speed, CTF vs baseline quality")
     _add_train(group)
     from ..sample.bench import add_cli as _add_speed  # `bench speed` lives with the sampler
 
     _add_speed(group)
+    _add_quality(group)
 
 
 # ---------------------------------------------------------------- bench train
@@ -58,4 +59,62 @@ def _run_train(args) -> int:
                                                                if k in ("preset", "vocab", "k", "grid", "batch_size",
                                                                         "steps", "num_classes")},
                                       "rows": rows_to_json(rows)})
+    return 0
+
+
+# ---------------------------------------------------------------- bench quality
+
+QUALITY_HELP = {
+    "tokenizer": "existing tokenizer folder to use instead of training one",
+    "tokenizer_steps": "tokenizer training steps (when no --tokenizer)",
+    "tokenizer_batch": "tokenizer batch size",
+    "views": "views encoded per training image: none or flip",
+    "k": "number of coarse labels",
+    "cluster_method": "kmeans, balanced, random or agglomerative",
+    "preset": "size of stage 1, stage 2 and the baseline",
+    "steps": "optimizer steps of each model's schedule",
+    "checkpoints": "evaluations along the schedule, evenly spaced",
+    "batch_size": "training batch size",
+    "lr": "learning rate per 256 samples",
+    "warmup": "learning-rate warm-up steps",
+    "samples_per_class": "samples per class for each model at each checkpoint",
+    "classifier": "existing domain-classifier folder to use instead of training one",
+    "classifier_epochs": "domain-classifier epochs (when no --classifier)",
+    "inception": "Inception FID at the last checkpoint, all, or none",
+    "reference_images": "test-split images used as the reference (0: all)",
+    "ablation_steps": "training steps of each ablation model",
+    "ablation_samples_per_class": "samples per class of each ablation row",
+    "seed": "seed of every step",
+}
+
+
+def _add_quality(group) -> None:
+    from ..quality import ABLATIONS, QualityConfig
+    from ._util import add_config_flags, add_device_args
+
+    p = group.add_parser(
+        "quality", help="CTF vs the baseline at equal training steps, at several checkpoints, and ablations",
+        description="Train CTF (stage 1 + stage 2) and the baseline with the same stage-1 architecture on the same "
+                    "codes, evaluate both on class-balanced samples at several checkpoints (FID, IS, precision, "
+                    "recall), and write OUT/report/README.md with a table and metric-vs-step plots. --ablate adds "
+                    "one table per ablation. Rerunning reuses every finished step.")
+    p.add_argument("--out", default="runs/quality", help="bench folder (default: runs/quality)")
+    p.add_argument("--data-path", default=None, help="Fashion-MNIST idx folder (default: /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--ablate", nargs="+", default=[], metavar="NAME",
+                   help=f"ablations to run after the comparison: {', '.join(ABLATIONS)}, or all")
+    add_config_flags(p, QualityConfig, QUALITY_HELP)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device_args(p)
+    p.set_defaults(func=_run_quality)
+
+
+def _run_quality(args) -> int:
+    from ..data import DataConfig
+    from ..quality import QualityBench, QualityConfig, resolve_ablations
+    from ._util import config_from_args, setup_device
+
+    ablations = resolve_ablations(args.ablate)
+    device = setup_device(args)
+    cfg = config_from_args(QualityConfig, args, data=DataConfig(path=args.data_path))
+    QualityBench(cfg, args.out, device=device, progress=not args.quiet).run(ablations)
     return 0

@@ -1,9 +1,7 @@
 """`ctfgen demo`: the whole pipeline on the embedded Fashion-MNIST default."""
 from __future__ import annotations
 
-from dataclasses import fields
-
-from ._util import add_device_args, setup_device
+from ._util import add_config_flags, add_device_args, config_from_args, setup_device
 
 ORDER = 1
 
@@ -36,17 +34,7 @@ def register(sub) -> None:
                     "index.html). Rerunning reuses every finished step.")
     p.add_argument("--out", default="runs/demo", help="demo folder (default: runs/demo)")
     p.add_argument("--data-path", default=None, help="Fashion-MNIST idx folder (default: /usr/share/datasets/fashion-mnist)")
-    defaults = DemoConfig()
-    for f in fields(DemoConfig):
-        if f.name == "data":
-            continue
-        value = getattr(defaults, f.name)
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=value, metavar="BOOL",
-                           help=f"{HELP[f.name]} (default: {value})")
-        else:
-            p.add_argument(flag, type=type(value), default=value, help=f"{HELP[f.name]} (default: {value})")
+    add_config_flags(p, DemoConfig, HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_args(p)
     p.set_defaults(func=_run)
@@ -57,7 +45,6 @@ def _run(args) -> int:
     from ..demo import Demo, DemoConfig
 
     device = setup_device(args)
-    kw = {f.name: getattr(args, f.name) for f in fields(DemoConfig) if f.name != "data"}
-    cfg = DemoConfig(data=DataConfig(path=args.data_path), **kw)
+    cfg = config_from_args(DemoConfig, args, data=DataConfig(path=args.data_path))
     Demo(cfg, args.out, device=device, progress=not args.quiet).run()
     return 0

@@ -1,0 +1,198 @@
+"""`ctfgen bench quality`: CTF and the baseline trained side by side on the same codes, evaluated at
+several checkpoints of one schedule (the paper's claims: better FID/IS at equal steps, faster
+convergence), plus the paper's ablations (see ablations.py).
+
+Stages are the demo's (tokenizer, codes, coarse labels, domain classifier), so a tokenizer or a
+classifier made elsewhere can be passed in instead of trained. Each model's schedule (warm-up +
+cosine over `steps`) is trained in segments that stop at the checkpoints; after every segment both
+pipelines sample `samples_per_class` images per class and are evaluated, and the result is saved
+as `evals/<name>-step<N>.json`. A rerun skips every finished segment and evaluation.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import atomic_write_bytes, atomic_write_json, read_manifest
+from ..config import to_dict
+from ..data import DataConfig
+from ..demo import Demo
+from ..errors import CtfgenError
+
+INCEPTION_WHEN = ("last", "all", "none")
+
+
+@dataclass
+class QualityConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: str = ""  # an existing tokenizer folder ("" trains one with the settings below)
+    tokenizer_steps: int = 2400
+    tokenizer_batch: int = 32
+    views: str = "none"
+    k: int = 128
+    cluster_method: str = "kmeans"
+    preset: str = "tiny"  # stage 1, stage 2 and the baseline
+    steps: int = 1200  # optimizer steps of each model's schedule
+    checkpoints: int = 4  # evaluations, evenly spaced; the last one at `steps`
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup: int = 100
+    samples_per_class: int = 500  # for each model at each checkpoint (5000 on Fashion-MNIST)
+    classifier: str = ""  # an existing domain-classifier folder ("" trains one)
+    classifier_epochs: int = 6
+    inception: str = "last"  # FID with the Inception network at: the last checkpoint, all, or none
+    reference_images: int = 5000  # test-split images the samples are compared with
+    # ablations: shorter training and fewer samples, classifier metrics only (see ablations.py)
+    ablation_steps: int = 400
+    ablation_samples_per_class: int = 100
+    seed: int = 0
+
+    def check(self) -> "QualityConfig":
+        if self.inception not in INCEPTION_WHEN:
+            raise CtfgenError(f"inception must be one of {INCEPTION_WHEN}, got {self.inception!r}")
+        for name in ("steps", "checkpoints", "samples_per_class", "ablation_steps", "ablation_samples_per_class"):
+            if getattr(self, name) < 1:
+                raise CtfgenError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoints > self.steps:
+            raise CtfgenError(f"checkpoints ({self.checkpoints}) cannot exceed steps ({self.steps})")
+        return self
+
+    def checkpoint_steps(self) -> list[int]:
+        return sorted({round(self.steps * (i + 1) / self.checkpoints) for i in range(self.checkpoints)})
+
+
+class QualityBench(Demo):
+    name = "quality"
+
+    def __init__(self, cfg: QualityConfig, out: str | Path, **kwargs):
+        super().__init__(cfg.check(), out, **kwargs)
+        self._eval_tools = None
+
+    # ---- inputs made elsewhere, when given
+
+    def tokenizer(self) -> Path:
+        if not self.cfg.tokenizer:
+            return super().tokenizer()
+        path = Path(self.cfg.tokenizer)
+        read_manifest(path, "tokenizer")  # a clear error if it is not a tokenizer folder
+        self.log(f"[quality] tokenizer: using {path}")
+        return path
+
+    def classifier(self) -> Path:
+        if not self.cfg.classifier:
+            return super().classifier()
+        path = Path(self.cfg.classifier)
+        read_manifest(path, "classifier")
+        self.log(f"[quality] domain classifier: using {path}")
+        return path
+
+    # ---- evaluation
+
+    def eval_tools(self, clf_dir: Path):
+        """Classifier, reference and (lazily) Inception, loaded once for every evaluation."""
+        if self._eval_tools is None:
+            from ..evaluate import classifier_info, load_classifier, reference_from_dataset
+
+            clf, manifest = load_classifier(clf_dir)
+            ref = reference_from_dataset(self.cfg.data, "test", max_images=self.cfg.reference_images or None)
+            self._eval_tools = {"classifier": clf, "classifier_info": classifier_info(manifest, str(clf_dir)),
+                                "reference": ref, "inception": None}
+        return self._eval_tools
+
+    def inception(self):
+        from ..evaluate import InceptionFeatures
+
+        tools = self._eval_tools
+        if tools["inception"] is None:
+            tools["inception"] = InceptionFeatures()
+        return tools["inception"]
+
+    def evaluate(self, tag: str, pipe, clf_dir: Path, *, samples_per_class: int, inception: bool,
+                 settings: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None,
+                 grid: bool = False, npz: bool = False) -> dict:
+        """Sample class-balanced images with `pipe` and evaluate them; cached as evals/<tag>.json."""
+        from ..evaluate import cache_dir, evaluate_images
+        from ..sample.outputs import grid_image, png_bytes, save_npz
+
+        path = self.out / "evals" / f"{tag}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        tools = self.eval_tools(clf_dir)
+        labels = [k for k in range(pipe.num_classes) for _ in range(samples_per_class)]
+        self.log(f"[quality] sample + evaluate {tag}: {len(labels)} images")
+        t0 = time.time()
+        samples = pipe.generate(labels, seed=self.cfg.seed, batch_size=64, progress=self.progress, **(settings or {}))
+        sample_s = time.time() - t0
+        if grid:
+            per_class = min(10, samples_per_class)
+            show = np.concatenate([np.arange(per_class) + k * samples_per_class for k in range(pipe.num_classes)])
+            atomic_write_bytes(self.out / "report" / f"samples-{tag}.png",
+                               png_bytes(grid_image(samples.images[show], samples.labels[show], scale=2)))
+        if npz:  # ADM format, for the standard evaluators
+            save_npz(self.out / "samples" / f"{tag}.npz", samples)
+        meta = {"pipeline": pipe.type, "models": pipe.fingerprints, "folders": {k: str(v) for k, v in pipe.folders.items()},
+                "seed": self.cfg.seed, "samples_per_class": samples_per_class, "sampling": to_dict(samples.settings),
+                "sample_seconds": round(sample_s, 1), "images_per_second": round(len(labels) / sample_s, 2),
+                **(metadata or {})}
+        result = evaluate_images(samples.images, samples.labels, reference=tools["reference"],
+                                 classifier=tools["classifier"], classifier_info=tools["classifier_info"],
+                                 inception=self.inception() if inception else None, cache=cache_dir(),
+                                 metadata=meta, progress=self.progress)
+        atomic_write_json(path, result)
+        return result
+
+    # ---- the comparison
+
+    def compare(self, tok: Path, codes: Path, coarse: Path, clf: Path) -> dict[str, list[dict]]:
+        """Both models trained to each checkpoint in turn, evaluated there: {name: [result, ...]}."""
+        from ..sample import BaselinePipeline, CTFPipeline
+
+        c = self.cfg
+        stops = c.checkpoint_steps()
+        curves: dict[str, list[dict]] = {"ctf": [], "baseline": []}
+        for i, step in enumerate(stops):
+            last = step == stops[-1]
+            done = {n: (self.out / "evals" / f"{n}-step{step}.json").is_file() for n in curves}
+            if not all(done.values()):
+                runs = {kind: self.train(kind, codes, coarse, stop_after=step) for kind in ("ar", "aux", "baseline")}
+                pipes = {"ctf": lambda: CTFPipeline.from_folders(tokenizer=tok, ar=runs["ar"], aux=runs["aux"],
+                                                                 device=self.device),
+                         "baseline": lambda: BaselinePipeline.from_folders(tokenizer=tok, baseline=runs["baseline"],
+                                                                           device=self.device)}
+            for name in curves:
+                pipe = None if done[name] else pipes[name]()
+                t0 = time.time()
+                res = self.evaluate(f"{name}-step{step}", pipe, clf, samples_per_class=c.samples_per_class,
+                                    inception=c.inception == "all" or (c.inception == "last" and last),
+                                    metadata={"train_steps": step, "schedule_steps": c.steps, "preset": c.preset},
+                                    grid=last, npz=last)
+                if not done[name]:
+                    self.timings[f"sample+eval {name} step {step}"] = round(time.time() - t0, 1)
+                curves[name].append(res)
+            atomic_write_json(self.out / "timings.json", self.timings)
+        return curves
+
+    def run(self, ablations: list[str] = ()) -> Path:
+        from .ablations import run_ablation
+        from .report import write_quality_report
+
+        t0 = time.time()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._check_same_settings()
+        atomic_write_json(self.out / f"{self.name}_config.json", to_dict(self.cfg))
+        tok = self.tokenizer()
+        codes = self.codes(tok)
+        coarse = self.coarse_map(tok)
+        clf = self.classifier()
+        curves = self.compare(tok, codes, coarse, clf)
+        tables = {name: run_ablation(self, name, tok=tok, codes=codes, clf=clf) for name in ablations}
+        self.timings["this run (total)"] = round(time.time() - t0, 1)
+        atomic_write_json(self.out / "timings.json", self.timings)
+        page = write_quality_report(self.out, cfg=self.cfg, curves=curves, ablations=tables, timings=self.timings)
+        self.log(f"[quality] done in {self.timings['this run (total)']:.0f} s: {page}")
+        return page

@@ -37,7 +37,7 @@ class QualityConfig:
     k: int = 128
     cluster_method: str = "kmeans"
     preset: str = "tiny"  # stage 1, stage 2 and the baseline
-    steps: int = 1200  # optimizer steps of each model's schedule
+    steps: int = 1000  # optimizer steps of each model's schedule
     checkpoints: int = 4  # evaluations, evenly spaced; the last one at `steps`
     batch_size: int = 64
     lr: float = 2e-3
@@ -48,7 +48,7 @@ class QualityConfig:
     inception: str = "last"  # FID with the Inception network at: the last checkpoint, all, or none
     reference_images: int = 5000  # test-split images the samples are compared with
     # ablations: shorter training and fewer samples, classifier metrics only (see ablations.py)
-    ablation_steps: int = 400
+    ablation_steps: int = 300
     ablation_samples_per_class: int = 100
     seed: int = 0
 

@@ -4,9 +4,14 @@ Random weights (speed does not depend on them), batch 64 with guidance (128 sequ
 cache), both samplers in one process, runs interleaved after a warm-up, median per sampler. Times
 cover token sampling (codes), not the VQ decoder, which both share; LlamaGen's generate() figures
 in ANCHORS.md are measured the same way.
+
+With `profile=True` (`--profile`) one more batch of each sampler runs under torch.profiler and its
+time is split into a few categories (blocks' linear layers, attention, output head, sampling ops,
+stage 2, ...): the measured answer to "where does the time go", which explains the ratio.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import threading
@@ -17,6 +22,7 @@ import torch
 
 from ..errors import CtfgenError
 from ..models import build_model
+from . import pipeline as _pipeline_module
 from .pipeline import BaselinePipeline, CTFPipeline
 from .sampler import sample_seed
 
@@ -34,6 +40,8 @@ class SpeedResult:
     seconds: list[float] = field(default_factory=list)  # per timed batch
     peak_mem_mb: float = 0.0  # CUDA: max allocated; CPU: peak RSS of the process during its runs
     stage_s: dict[str, list[float]] = field(default_factory=dict)
+    profile_s: dict[str, float] = field(default_factory=dict)  # --profile: seconds per category (CATEGORIES)
+    profile_wall_s: float = 0.0  # --profile: wall time of the profiled batch (profiler overhead included)
 
     def images_per_s(self, batch_size: int) -> float:
         return batch_size / statistics.median(self.seconds)
@@ -101,8 +109,9 @@ def build_pipelines(preset: str = "fmnist", *, aux_preset: str | None = None, de
 def bench_speed(preset: str = "fmnist", *, batch_size: int = 64, runs: int = 3, warmup: int = 1,
                 guidance_scale: float = 2.0, aux_preset: str | None = None, device="cpu",
                 dtype: torch.dtype | None = None, compile: bool = False, seed: int = 0,
-                progress: bool = True) -> tuple[list[SpeedResult], dict]:
-    """Time `runs` batches of each sampler, alternating which goes first, after `warmup` rounds."""
+                progress: bool = True, profile: bool = False) -> tuple[list[SpeedResult], dict]:
+    """Time `runs` batches of each sampler, alternating which goes first, after `warmup` rounds;
+    then, with `profile`, split one more batch of each into categories (`profile_batch`)."""
     if runs < 1 or warmup < 0 or batch_size < 1:
         raise CtfgenError(f"bench speed: need runs >= 1, warmup >= 0, batch_size >= 1 (got {runs}, {warmup}, {batch_size})")
     device = torch.device(device)
@@ -141,6 +150,11 @@ def bench_speed(preset: str = "fmnist", *, batch_size: int = 64, runs: int = 3, 
                 res.seconds.append(dt)
                 for k, v in getattr(pipe, "last_timings", {}).items():
                     res.stage_s.setdefault(k, []).append(v)
+    if profile:  # after the timed runs, so the profiler's overhead never reaches the timed figures
+        for name, pipe in pipes.items():
+            seeds = [sample_seed(seed + warmup + runs, i) for i in range(batch_size)]
+            results[name].profile_s, results[name].profile_wall_s = profile_batch(
+                pipe, labels_B, seeds, settings[name])
     info = {"preset": preset, **cfg, "batch_size": batch_size, "runs": runs, "warmup": warmup,
             "guidance_scale": guidance_scale, "device": _device_name(device),
             "dtype": str(dtype or torch.float32).replace("torch.", ""), "compile": compile,
@@ -152,6 +166,159 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+# ---------------------------------------------------------------- --profile: where a batch's time goes
+
+# Table rows, in order. The samplers' code is not instrumented, so the bench opens its own
+# record_function ranges around the pieces it can see from outside (`_profile_ranges`) and
+# `_category` names an op by the innermost of them plus the op's own name.
+CATEGORIES = {
+    "linear": "blocks: linear layers",  # q/k/v, out and MLP projections (aten::linear and its mm)
+    "attention": "blocks: attention (sdpa)",  # scaled_dot_product_attention over the KV cache
+    "block_ops": "blocks: other ops",  # RMSNorm, rotary, KV-cache writes, SiLU gate, residual adds
+    "head": "output head (dim -> K or V)",  # the final nn.Linear of stage 1 / the baseline
+    "sampling": "sampling ops",  # ops outside the models: guidance lerp, softmax, inverse CDF, uniforms
+    "embed_norm": "embeddings, final norm",
+    # self time of the bench's ranges: the interpreter between ops (module calls, the decoding loop),
+    # the same per token for both samplers; it also holds part of the profiler's own overhead
+    "python": "Python between ops",
+    "stage2": "stage 2 (whole pass)",  # everything under the stage-2 call: trunk, member logits, picks
+}
+_RANGE = "ctfgen/"  # prefix of the bench's own ranges
+_LINEAR_OPS = {"aten::linear", "aten::addmm", "aten::mm", "aten::matmul", "aten::bmm"}
+
+
+@contextlib.contextmanager
+def _profile_ranges(pipe):
+    """Open record_function ranges around every model's blocks, head, embeddings and final norm
+    (forward hooks), and around the stage-2 call (the pipeline looks `sample_fine` up in its module
+    at call time, so a wrapper put there sees exactly that call). Everything is undone on exit."""
+    from torch.profiler import record_function
+
+    open_ranges: list = []
+
+    def enter(name):
+        def hook(module, args):
+            open_ranges.append(record_function(_RANGE + name))
+            open_ranges[-1].__enter__()
+        return hook
+
+    def leave(module, args, output):
+        open_ranges.pop().__exit__(None, None, None)
+
+    handles = []
+    for model in pipe.models.values():
+        named = [("block", b) for b in model.layers] + [("head", model.output), ("embed", model.norm),
+                                                         ("embed", model.tok_embeddings)]
+        if hasattr(model, "cls_embedding"):
+            named.append(("embed", model.cls_embedding))
+        for name, module in named:
+            handles += [module.register_forward_pre_hook(enter(name)), module.register_forward_hook(leave)]
+    original = _pipeline_module.sample_fine
+
+    def stage2(*args, **kwargs):
+        with record_function(_RANGE + "stage2"):
+            return original(*args, **kwargs)
+
+    _pipeline_module.sample_fine = stage2
+    try:
+        yield
+    finally:
+        _pipeline_module.sample_fine = original
+        for h in handles:
+            h.remove()
+        while open_ranges:  # only when a forward raised between its hooks
+            open_ranges.pop().__exit__(None, None, None)
+
+
+def _category(event) -> str | None:
+    """CATEGORIES key of one profiler event's self time; None outside the profiled batch."""
+    ops, ranges = [], []  # innermost first: ops below the innermost bench range, and the ranges
+    e = event
+    while e is not None and e.name != _RANGE + "batch":
+        if e.name.startswith(_RANGE):
+            ranges.append(e.name)
+        elif not ranges:
+            ops.append(e.name)
+        e = e.cpu_parent
+    if e is None:
+        return None  # another thread's event, or the profiler's own
+    if _RANGE + "stage2" in ranges:
+        return "stage2"  # stage 2's own blocks also run the hooks: the whole pass is one row
+    if not ops:
+        return "python"  # a range's self time: no op was running
+    innermost = ranges[0] if ranges else None
+    if innermost == _RANGE + "block":
+        # the op or an op that called it (mm under aten::linear, the kernel under sdpa)
+        if any("scaled_dot_product" in o for o in ops):
+            return "attention"
+        return "linear" if _LINEAR_OPS.intersection(ops) else "block_ops"
+    if innermost == _RANGE + "head":
+        return "head"
+    if innermost == _RANGE + "embed":
+        return "embed_norm"
+    return "sampling"  # an op outside every model: guidance, softmax, inverse CDF, uniforms
+
+
+def profile_batch(pipe, labels_B: torch.Tensor, seeds: list[int], settings) -> tuple[dict[str, float], float]:
+    """Sample one batch under torch.profiler (CPU activity); seconds per CATEGORIES key (self time
+    of every op and range inside the batch, so the rows add up to the batch) and the batch's wall
+    time. On a GPU this is host time (launches), not kernel time."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    device = pipe.device
+    with _profile_ranges(pipe), profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        with record_function(_RANGE + "batch"):
+            pipe.sample_codes(labels_B, seeds, settings)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        wall = time.perf_counter() - t0
+    for m in pipe.models.values():
+        if hasattr(m, "clear_cache"):
+            m.clear_cache()
+    seconds = dict.fromkeys(CATEGORIES, 0.0)
+    for ev in prof.events():
+        key = _category(ev)
+        if key is not None:
+            seconds[key] += ev.self_cpu_time_total / 1e6
+    return seconds, wall
+
+
+def _free_stage2_bound(results: list[SpeedResult]) -> dict[str, float]:
+    """CTF / baseline images/s if stage 2 cost nothing: baseline s/batch over stage-1 s/batch."""
+    base, ctf = results
+    out = {}
+    if "stage1_s" in ctf.stage_s:
+        out["timed"] = statistics.median(base.seconds) / statistics.median(ctf.stage_s["stage1_s"])
+    if base.profile_s and ctf.profile_s:
+        stage1 = sum(ctf.profile_s.values()) - ctf.profile_s["stage2"]
+        out["profiled"] = sum(base.profile_s.values()) / stage1
+    return out
+
+
+def format_profile(results: list[SpeedResult]) -> str:
+    """The profile table (seconds and % of the profiled batch per category) and what it implies."""
+    base, ctf = results
+    totals = [sum(r.profile_s.values()) for r in results]
+    lines = ["profile of one more batch each (torch.profiler, CPU; self time of each op and Python range):",
+             f"{'':<36}" + "".join(f"{r.name:>18}" for r in results)]
+    for key, label in CATEGORIES.items():
+        cells = [f"{r.profile_s[key]:9.3f} s {100 * r.profile_s[key] / t:5.1f}%" for r, t in zip(results, totals)]
+        lines.append(f"{label:<36}" + "".join(f"{c:>18}" for c in cells))
+    lines.append(f"{'total':<36}" + "".join(f"{t:9.3f} s {100.0:5.1f}%" for t in totals))
+    lines.append("profiled batch wall: " + ", ".join(
+        f"{r.name} {r.profile_wall_s:.2f} s (timed median {statistics.median(r.seconds):.2f})" for r in results)
+        + "; the difference is the profiler's overhead")
+    stage1 = totals[1] - ctf.profile_s["stage2"]
+    lines.append(f"stage 1 vs baseline: {stage1 - totals[0]:+.2f} s/batch (head {ctf.profile_s['head'] - base.profile_s['head']:+.2f}, "
+                 f"sampling {ctf.profile_s['sampling'] - base.profile_s['sampling']:+.2f}); "
+                 f"stage 2: +{ctf.profile_s['stage2']:.2f} s")
+    bound = _free_stage2_bound(results)
+    lines.append("CTF / baseline with a free stage 2 = baseline_s / stage1_s: " + ", ".join(
+        f"{v:.2f}x ({k})" for k, v in bound.items()))
+    return "\n".join(lines)
 
 
 def format_results(results: list[SpeedResult], info: dict) -> str:
@@ -171,15 +338,22 @@ def format_results(results: list[SpeedResult], info: dict) -> str:
         lines.append("ctf stages (median s/batch): " + ", ".join(
             f"{k.replace('_s', '')} {statistics.median(v):.2f}" for k, v in ctf.stage_s.items()))
     lines.append(f"ratio CTF / baseline images/s: {ctf.images_per_s(B) / base.images_per_s(B):.2f}x")
+    if base.profile_s and ctf.profile_s:
+        lines.append(format_profile(results))
     return "\n".join(lines)
 
 
 def results_to_json(results: list[SpeedResult], info: dict) -> dict:
     B = info["batch_size"]
-    return {"info": info, "ratio_ctf_over_baseline": results[1].images_per_s(B) / results[0].images_per_s(B),
-            "results": [{"name": r.name, "params": r.params, "images_per_s": r.images_per_s(B),
-                         "seconds": r.seconds, "peak_mem_mb": r.peak_mem_mb, "stage_s": r.stage_s}
-                        for r in results]}
+    out = {"info": info, "ratio_ctf_over_baseline": results[1].images_per_s(B) / results[0].images_per_s(B),
+           "results": [{"name": r.name, "params": r.params, "images_per_s": r.images_per_s(B),
+                        "seconds": r.seconds, "peak_mem_mb": r.peak_mem_mb, "stage_s": r.stage_s}
+                       for r in results]}
+    if all(r.profile_s for r in results):
+        out["profile"] = {"categories": CATEGORIES, "free_stage2_bound": _free_stage2_bound(results),
+                          **{r.name: {"seconds": r.profile_s, "total_s": sum(r.profile_s.values()),
+                                      "wall_s": r.profile_wall_s} for r in results}}
+    return out
 
 
 # ---------------------------------------------------------------- CLI: `ctfgen bench speed`
@@ -202,6 +376,8 @@ def add_cli(group) -> None:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="model dtype (bf16: for GPUs)")
     p.add_argument("--compile", action="store_true", help="compiled decoding (GPU, untested)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--profile", action="store_true",
+                   help="then profile one more batch of each (torch.profiler) and print where the time goes")
     p.set_defaults(func=_run_cli)
 
 
@@ -214,7 +390,8 @@ def _run_cli(args) -> int:
     results, info = bench_speed(args.preset, batch_size=args.batch_size, runs=args.runs, warmup=args.warmup,
                                 guidance_scale=args.guidance_scale, aux_preset=args.aux_preset,
                                 device=resolve_device(args.device),
-                                dtype=torch.bfloat16 if args.dtype == "bf16" else None, compile=args.compile)
+                                dtype=torch.bfloat16 if args.dtype == "bf16" else None, compile=args.compile,
+                                profile=args.profile)
     print(format_results(results, info))
     if args.json:
         atomic_write_json(args.json, results_to_json(results, info))

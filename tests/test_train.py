@@ -276,8 +276,8 @@ def test_bench_train_cli(tmp_path, capsys):
     assert main(["bench", "train", "--preset", "tiny", "--vocab", "512", "--k", "16", "--grid", "4",
                  "--batch-size", "4", "--steps", "2", "--warmup", "1", "--device", "cpu", "--json", str(path)]) == 0
     text = capsys.readouterr().out
-    assert "ratio ar/baseline" in text and "tokens/s" in text
+    assert "ratio ar/baseline" in text and "CTF (ar + aux) / baseline step time" in text
     rows = json.loads(path.read_text())["rows"]
-    assert [r["kind"] for r in rows] == ["ar", "baseline"]
-    assert rows[0]["vocab_out"] == 16 and rows[1]["vocab_out"] == 512
-    assert rows[0]["params"] < rows[1]["params"] and all(r["tokens_per_s"] > 0 for r in rows)
+    assert [r["kind"] for r in rows] == ["ar", "aux", "baseline"]
+    assert [r["vocab_out"] for r in rows] == [16, 512, 512]
+    assert rows[0]["params"] < rows[2]["params"] and all(r["tokens_per_s"] > 0 for r in rows)

@@ -23,9 +23,10 @@ def register(sub) -> None:
 
 def _add_train(group) -> None:
     p = group.add_parser(
-        "train", help="training tokens/s and memory of stage 1 (K coarse labels) vs the baseline (full vocab)",
-        description="Train stage 1 (ar, vocabulary K) and the baseline (vocabulary V) at the same preset on "
-                    "random codes, alternating one step of each, and print tokens/s, memory and their ratio.")
+        "train", help="training tokens/s and memory of stage 1 and stage 2 vs the baseline (full vocab)",
+        description="Train stage 1 (ar, vocabulary K), stage 2 (aux) and the baseline (vocabulary V) at the same "
+                    "preset on random codes, alternating one step of each, and print tokens/s, memory and the "
+                    "ratios.")
     p.add_argument("--preset", default="tiny", help="model size for both models (default: tiny)")
     p.add_argument("--vocab", type=int, default=4096, help="codebook size V of the baseline (default: 4096)")
     p.add_argument("--k", type=int, default=128, help="coarse vocabulary K of stage 1 (default: 128)")

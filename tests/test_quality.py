@@ -56,3 +56,10 @@ def test_quality_config_and_ablation_names_are_checked():
     assert resolve_ablations(["all"]) == list(ABLATIONS)
     with pytest.raises(CtfgenError, match="unknown ablation 'K'"):
         resolve_ablations(["K"])
+
+
+def test_quality_cli_names_a_bad_ablation(capsys):
+    from ctfgen.cli import main
+
+    assert main(["bench", "quality", "--ablate", "temperatures", "--out", "unused"]) == 2
+    assert "unknown ablation 'temperatures'" in capsys.readouterr().err

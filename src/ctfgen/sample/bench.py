@@ -178,8 +178,9 @@ CATEGORIES = {
     "attention": "blocks: attention (sdpa)",  # scaled_dot_product_attention over the KV cache
     "block_ops": "blocks: other ops",  # RMSNorm, rotary, KV-cache writes, SiLU gate, residual adds
     "head": "output head (dim -> K or V)",  # the final nn.Linear of stage 1 / the baseline
-    "sampling": "sampling ops",  # ops outside the models: guidance lerp, softmax, inverse CDF, uniforms
+    "sampling": "sampling ops",  # other ops outside the models: guidance lerp, softmax, inverse CDF, uniforms
     "embed_norm": "embeddings, final norm",
+    "cache_setup": "KV-cache allocation",  # setup_cache: zeroing the static cache once a batch
     # self time of the bench's ranges: the interpreter between ops (module calls, the decoding loop),
     # the same per token for both samplers; it also holds part of the profiler's own overhead
     "python": "Python between ops",
@@ -189,11 +190,22 @@ _RANGE = "ctfgen/"  # prefix of the bench's own ranges
 _LINEAR_OPS = {"aten::linear", "aten::addmm", "aten::mm", "aten::matmul", "aten::bmm"}
 
 
+def _in_range(name: str, fn):
+    from torch.profiler import record_function
+
+    def wrapped(*args, **kwargs):
+        with record_function(_RANGE + name):
+            return fn(*args, **kwargs)
+    return wrapped
+
+
 @contextlib.contextmanager
 def _profile_ranges(pipe):
     """Open record_function ranges around every model's blocks, head, embeddings and final norm
-    (forward hooks), and around the stage-2 call (the pipeline looks `sample_fine` up in its module
-    at call time, so a wrapper put there sees exactly that call). Everything is undone on exit."""
+    (forward hooks), its KV-cache setup, and the stage-2 call. The last two are not module calls:
+    the cache setup is wrapped on the model instance (shadowing the method), and the pipeline
+    looks `sample_fine` up in its module at call time, so a wrapper put there sees exactly that
+    call. Everything is undone on exit."""
     from torch.profiler import record_function
 
     open_ranges: list = []
@@ -207,7 +219,7 @@ def _profile_ranges(pipe):
     def leave(module, args, output):
         open_ranges.pop().__exit__(None, None, None)
 
-    handles = []
+    handles, cached = [], []
     for model in pipe.models.values():
         named = [("block", b) for b in model.layers] + [("head", model.output), ("embed", model.norm),
                                                          ("embed", model.tok_embeddings)]
@@ -215,17 +227,17 @@ def _profile_ranges(pipe):
             named.append(("embed", model.cls_embedding))
         for name, module in named:
             handles += [module.register_forward_pre_hook(enter(name)), module.register_forward_hook(leave)]
+        if hasattr(model, "setup_cache"):
+            model.setup_cache = _in_range("cache", model.setup_cache)
+            cached.append(model)
     original = _pipeline_module.sample_fine
-
-    def stage2(*args, **kwargs):
-        with record_function(_RANGE + "stage2"):
-            return original(*args, **kwargs)
-
-    _pipeline_module.sample_fine = stage2
+    _pipeline_module.sample_fine = _in_range("stage2", original)
     try:
         yield
     finally:
         _pipeline_module.sample_fine = original
+        for model in cached:
+            del model.setup_cache  # the class's method again
         for h in handles:
             h.remove()
         while open_ranges:  # only when a forward raised between its hooks
@@ -258,6 +270,8 @@ def _category(event) -> str | None:
         return "head"
     if innermost == _RANGE + "embed":
         return "embed_norm"
+    if innermost == _RANGE + "cache":
+        return "cache_setup"
     return "sampling"  # an op outside every model: guidance, softmax, inverse CDF, uniforms
 
 
@@ -286,8 +300,15 @@ def profile_batch(pipe, labels_B: torch.Tensor, seeds: list[int], settings) -> t
     return seconds, wall
 
 
+_V_SIZED = ("head", "sampling")  # the rows whose work scales with the output vocabulary (V vs K)
+
+
 def _free_stage2_bound(results: list[SpeedResult]) -> dict[str, float]:
-    """CTF / baseline images/s if stage 2 cost nothing: baseline s/batch over stage-1 s/batch."""
+    """CTF / baseline images/s if stage 2 cost nothing: baseline s/batch over stage-1 s/batch, from
+    the timed medians and from the two profiled batches (each profiled once, at different moments:
+    noisy on a shared machine). "baseline_shares" needs the baseline's profile only: if stage 1 were
+    the baseline without any head or sampling cost (the rest is the same network), it would take
+    1 - (their share) of the baseline's time."""
     base, ctf = results
     out = {}
     if "stage1_s" in ctf.stage_s:
@@ -295,7 +316,13 @@ def _free_stage2_bound(results: list[SpeedResult]) -> dict[str, float]:
     if base.profile_s and ctf.profile_s:
         stage1 = sum(ctf.profile_s.values()) - ctf.profile_s["stage2"]
         out["profiled"] = sum(base.profile_s.values()) / stage1
+    if base.profile_s:
+        out["baseline_shares"] = 1 / (1 - _v_sized_share(base))
     return out
+
+
+def _v_sized_share(r: SpeedResult) -> float:
+    return sum(r.profile_s[k] for k in _V_SIZED) / sum(r.profile_s.values())
 
 
 def format_profile(results: list[SpeedResult]) -> str:
@@ -308,16 +335,18 @@ def format_profile(results: list[SpeedResult]) -> str:
         cells = [f"{r.profile_s[key]:9.3f} s {100 * r.profile_s[key] / t:5.1f}%" for r, t in zip(results, totals)]
         lines.append(f"{label:<36}" + "".join(f"{c:>18}" for c in cells))
     lines.append(f"{'total':<36}" + "".join(f"{t:9.3f} s {100.0:5.1f}%" for t in totals))
-    lines.append("profiled batch wall: " + ", ".join(
-        f"{r.name} {r.profile_wall_s:.2f} s (timed median {statistics.median(r.seconds):.2f})" for r in results)
-        + "; the difference is the profiler's overhead")
+    # the profiler slows each op a little; compare the profiled batch with the timed ones
+    lines.append("profiled batch wall: " + ", ".join(f"{r.name} {r.profile_wall_s:.2f} s" for r in results)
+                 + " (timed medians " + ", ".join(f"{statistics.median(r.seconds):.2f}" for r in results) + " s)")
     stage1 = totals[1] - ctf.profile_s["stage2"]
-    lines.append(f"stage 1 vs baseline: {stage1 - totals[0]:+.2f} s/batch (head {ctf.profile_s['head'] - base.profile_s['head']:+.2f}, "
-                 f"sampling {ctf.profile_s['sampling'] - base.profile_s['sampling']:+.2f}); "
-                 f"stage 2: +{ctf.profile_s['stage2']:.2f} s")
+    diff = {k: ctf.profile_s[k] - base.profile_s[k] for k in _V_SIZED}
+    lines.append(f"stage 1 - baseline: {stage1 - totals[0]:+.2f} s/batch (head {diff['head']:+.2f}, sampling ops "
+                 f"{diff['sampling']:+.2f}); stage 2 adds {ctf.profile_s['stage2']:.2f} s")
     bound = _free_stage2_bound(results)
-    lines.append("CTF / baseline with a free stage 2 = baseline_s / stage1_s: " + ", ".join(
-        f"{v:.2f}x ({k})" for k, v in bound.items()))
+    lines.append("CTF / baseline with a free stage 2 = baseline_s / stage1_s: "
+                 f"{bound['timed']:.2f}x (timed medians), {bound['profiled']:.2f}x (profiled batches)")
+    lines.append(f"the baseline's head + sampling ops are {100 * _v_sized_share(base):.1f}% of its profiled batch: "
+                 f"a stage 1 without any would be at most {bound['baseline_shares']:.2f}x")
     return "\n".join(lines)
 
 

@@ -191,6 +191,17 @@ class Demo:
             self.timings[f"sample+eval {name}"] = round(time.time() - t0, 1)
         return results
 
+    def _begin(self) -> float:
+        """Create the folder, refuse it if other settings made it, record ours; the start time."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._check_same_settings()
+        atomic_write_json(self.out / f"{self.name}_config.json", to_dict(self.cfg))
+        return time.time()
+
+    def _end(self, t0: float) -> None:
+        self.timings["this run (total)"] = round(time.time() - t0, 1)
+        atomic_write_json(self.out / "timings.json", self.timings)
+
     def _check_same_settings(self) -> None:
         """Reuse is only sound with the settings that made the folder: refuse a silent mix."""
         saved_path = self.out / f"{self.name}_config.json"
@@ -205,10 +216,7 @@ class Demo:
 
     # ------------------------------------------------------------------ all
     def run(self) -> Path:
-        t0 = time.time()
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._check_same_settings()
-        atomic_write_json(self.out / f"{self.name}_config.json", to_dict(self.cfg))
+        t0 = self._begin()
         tok = self.tokenizer()
         codes = self.codes(tok)
         coarse = self.coarse_map(tok)
@@ -216,8 +224,7 @@ class Demo:
         pipes = self.pipelines(tok, runs)
         clf = self.classifier()
         results = self.sample_and_evaluate(pipes, clf)
-        self.timings["this run (total)"] = round(time.time() - t0, 1)
-        atomic_write_json(self.out / "timings.json", self.timings)
+        self._end(t0)
         from .report import write_demo_report
 
         page = write_demo_report(self.out, results=results, runs=runs, tokenizer=tok, timings=self.timings, cfg=self.cfg)

@@ -65,28 +65,20 @@ def _run_train(args) -> int:
 
 # ---------------------------------------------------------------- bench quality
 
-QUALITY_HELP = {
-    "tokenizer": "existing tokenizer folder to use instead of training one",
-    "tokenizer_steps": "tokenizer training steps (when no --tokenizer)",
-    "tokenizer_batch": "tokenizer batch size",
-    "views": "views encoded per training image: none or flip",
-    "k": "number of coarse labels",
-    "cluster_method": "kmeans, balanced, random or agglomerative",
-    "preset": "size of stage 1, stage 2 and the baseline",
-    "steps": "optimizer steps of each model's schedule",
-    "checkpoints": "evaluations along the schedule, evenly spaced",
-    "batch_size": "training batch size",
-    "lr": "learning rate per 256 samples",
-    "warmup": "learning-rate warm-up steps",
-    "samples_per_class": "samples per class for each model at each checkpoint",
-    "classifier": "existing domain-classifier folder to use instead of training one",
-    "classifier_epochs": "domain-classifier epochs (when no --classifier)",
-    "inception": "Inception FID at the last checkpoint, all, or none",
-    "reference_images": "test-split images used as the reference (0: all)",
-    "ablation_steps": "training steps of each ablation model",
-    "ablation_samples_per_class": "samples per class of each ablation row",
-    "seed": "seed of every step",
-}
+def _quality_help() -> dict[str, str]:
+    from .demo import HELP
+
+    return {**HELP,
+            "tokenizer": "existing tokenizer folder to use instead of training one",
+            "tokenizer_steps": "tokenizer training steps (when no --tokenizer)",
+            "steps": "optimizer steps of each model's schedule",
+            "checkpoints": "evaluations along the schedule, evenly spaced",
+            "samples_per_class": "samples per class for each model at each checkpoint",
+            "classifier": "existing domain-classifier folder to use instead of training one",
+            "classifier_epochs": "domain-classifier epochs (when no --classifier)",
+            "inception": "Inception FID at the last checkpoint, all, or none",
+            "ablation_steps": "training steps of each ablation model",
+            "ablation_samples_per_class": "samples per class of each ablation row"}
 
 
 def _add_quality(group) -> None:
@@ -103,7 +95,7 @@ def _add_quality(group) -> None:
     p.add_argument("--data-path", default=None, help="Fashion-MNIST idx folder (default: /usr/share/datasets/fashion-mnist)")
     p.add_argument("--ablate", nargs="+", default=[], metavar="NAME",
                    help=f"ablations to run after the comparison: {', '.join(ABLATIONS)}, or all")
-    add_config_flags(p, QualityConfig, QUALITY_HELP)
+    add_config_flags(p, QualityConfig, _quality_help())
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_args(p)
     p.set_defaults(func=_run_quality)

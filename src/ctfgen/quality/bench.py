@@ -181,18 +181,14 @@ class QualityBench(Demo):
         from .ablations import run_ablation
         from .report import write_quality_report
 
-        t0 = time.time()
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._check_same_settings()
-        atomic_write_json(self.out / f"{self.name}_config.json", to_dict(self.cfg))
+        t0 = self._begin()
         tok = self.tokenizer()
         codes = self.codes(tok)
         coarse = self.coarse_map(tok)
         clf = self.classifier()
         curves = self.compare(tok, codes, coarse, clf)
         tables = {name: run_ablation(self, name, tok=tok, codes=codes, clf=clf) for name in ablations}
-        self.timings["this run (total)"] = round(time.time() - t0, 1)
-        atomic_write_json(self.out / "timings.json", self.timings)
+        self._end(t0)
         page = write_quality_report(self.out, cfg=self.cfg, curves=curves, ablations=tables, timings=self.timings)
         self.log(f"[quality] done in {self.timings['this run (total)']:.0f} s: {page}")
         return page

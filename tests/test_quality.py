@@ -43,6 +43,20 @@ def test_quality_bench_checkpoints_ablations_and_rerun(tmp_path, tiny_data):
     before_timings = text.split("## Time taken")[0]
     assert page.read_text().split("## Time taken")[0] == before_timings  # same numbers, from the saved evaluations
 
+    # results of an older evaluation format: re-scored from the kept samples, or withdrawn
+    for tag in ("ctf-step4", "ctf-step2"):
+        r = json.loads((out / "evals" / f"{tag}.json").read_text())
+        r["format"], r["metrics"]["is_classifier"] = 1, -1.0
+        (out / "evals" / f"{tag}.json").write_text(json.dumps(r))
+    (out / "samples" / "ctf-step2.npz").unlink()
+    QualityBench(cfg, out, progress=False, log=logs.append).run()
+    rescored = json.loads((out / "evals" / "ctf-step4.json").read_text())
+    assert rescored["metrics"]["is_classifier"] == pytest.approx(evals["ctf-step4"]["metrics"]["is_classifier"])
+    assert rescored["rescored"]["old_values"]["is_classifier"] == -1.0
+    withdrawn = json.loads((out / "evals" / "ctf-step2.json").read_text())
+    assert "is_classifier" not in withdrawn["metrics"] and withdrawn["withdrawn"]["old_values"]["is_classifier"] == -1.0
+    assert withdrawn["metrics"]["fid_classifier"] == evals["ctf-step2"]["metrics"]["fid_classifier"]
+
     with pytest.raises(CtfgenError, match="other quality settings .steps: 4 there, 6 now"):
         QualityBench(replace(cfg, steps=6), out, progress=False, log=logs.append).run()
 

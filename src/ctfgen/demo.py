@@ -156,6 +156,7 @@ class Demo:
     def sample_and_evaluate(self, pipes: dict[str, Path], clf_dir: Path) -> dict[str, dict]:
         from .evaluate import (InceptionFeatures, cache_dir, classifier_info, default_inception_path,
                                evaluate_images, load_classifier, reference_from_dataset)
+        from .evaluate.core import RESULT_FORMAT
         from .sample import load_pipeline
         from .sample.outputs import grid_image, png_bytes
 
@@ -167,9 +168,11 @@ class Demo:
         for name, folder in pipes.items():
             res_path = self.out / f"eval-{name}.json"
             if res_path.is_file():
-                self.log(f"[demo] evaluate {name}: reusing {res_path}")
-                results[name] = json.loads(res_path.read_text())
-                continue
+                saved = json.loads(res_path.read_text())
+                if saved.get("format") == RESULT_FORMAT:  # an older format is evaluated again
+                    self.log(f"[demo] evaluate {name}: reusing {res_path}")
+                    results[name] = saved
+                    continue
             self.log(f"[demo] sample + evaluate {name}")
             t0 = time.time()
             pipe = load_pipeline(folder, device=self.device)

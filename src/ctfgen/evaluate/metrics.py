@@ -71,11 +71,17 @@ def frechet_distance(
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
 
-def inception_score(probs: np.ndarray, *, splits: int = 10) -> tuple[float, float]:
-    """exp(E_x KL(p(y|x) || p(y))), mean and std over `splits` equal chunks (the usual protocol)."""
+def inception_score(probs: np.ndarray, *, splits: int = 10, seed: int = 0) -> tuple[float, float]:
+    """exp(E_x KL(p(y|x) || p(y))), mean and std over `splits` equal chunks (the usual protocol).
+
+    The chunks are taken from a seeded random permutation of the rows: the split marginal p(y) must
+    see every class, and class-balanced samples usually come class by class, so chunks in order
+    would each hold one class and score about 1 however good the samples are.
+    """
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or p.shape[0] < splits:
         raise ValueError(f"need (N>={splits}, classes) probabilities, got shape {p.shape}")
+    p = p[np.random.default_rng(seed).permutation(len(p))]
     scores = []
     for chunk in np.array_split(p, splits):
         marginal = chunk.mean(axis=0, keepdims=True)

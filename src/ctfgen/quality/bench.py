@@ -23,8 +23,11 @@ from ..config import to_dict
 from ..data import DataConfig
 from ..demo import Demo
 from ..errors import CtfgenError
+from ..evaluate.core import RESULT_FORMAT
 
 INCEPTION_WHEN = ("last", "all", "none")
+# metrics whose computation changed since evaluation format 1 (classifier-IS splits)
+STALE_METRICS = ("is_classifier", "is_classifier_std")
 
 
 @dataclass
@@ -114,14 +117,15 @@ class QualityBench(Demo):
 
     def evaluate(self, tag: str, pipe, clf_dir: Path, *, samples_per_class: int, inception: bool,
                  settings: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None,
-                 grid: bool = False, npz: bool = False) -> dict:
+                 grid: bool = False) -> dict:
         """Sample class-balanced images with `pipe` and evaluate them; cached as evals/<tag>.json."""
         from ..evaluate import cache_dir, evaluate_images
         from ..sample.outputs import grid_image, png_bytes, save_npz
 
         path = self.out / "evals" / f"{tag}.json"
         if path.is_file():
-            return json.loads(path.read_text())
+            result = json.loads(path.read_text())
+            return result if result.get("format") == RESULT_FORMAT else self.update_stale(path, result, clf_dir)
         tools = self.eval_tools(clf_dir)
         labels = [k for k in range(pipe.num_classes) for _ in range(samples_per_class)]
         self.log(f"[quality] sample + evaluate {tag}: {len(labels)} images")
@@ -133,8 +137,7 @@ class QualityBench(Demo):
             show = np.concatenate([np.arange(per_class) + k * samples_per_class for k in range(pipe.num_classes)])
             atomic_write_bytes(self.out / "report" / f"samples-{tag}.png",
                                png_bytes(grid_image(samples.images[show], samples.labels[show], scale=2)))
-        if npz:  # ADM format, for the standard evaluators
-            save_npz(self.out / "samples" / f"{tag}.npz", samples)
+        save_npz(self.out / "samples" / f"{tag}.npz", samples)  # ADM format: re-scorable, and for other evaluators
         meta = {"pipeline": pipe.type, "models": pipe.fingerprints, "folders": {k: str(v) for k, v in pipe.folders.items()},
                 "seed": self.cfg.seed, "samples_per_class": samples_per_class, "sampling": to_dict(samples.settings),
                 "sample_seconds": round(sample_s, 1), "images_per_second": round(len(labels) / sample_s, 2),
@@ -143,6 +146,33 @@ class QualityBench(Demo):
                                  classifier=tools["classifier"], classifier_info=tools["classifier_info"],
                                  inception=self.inception() if inception else None, cache=cache_dir(),
                                  metadata=meta, progress=self.progress)
+        atomic_write_json(path, result)
+        return result
+
+    def update_stale(self, path: Path, result: dict, clf_dir: Path) -> dict:
+        """A result of an older evaluation format: its classifier metrics are recomputed from the
+        saved samples when they exist (Inception FID, unaffected, is kept); otherwise the metrics
+        the format change fixed are withdrawn, their old values kept under `withdrawn`."""
+        from ..evaluate import evaluate_images
+        from ..evaluate.inputs import load_samples
+
+        old = {k: result["metrics"].pop(k) for k in STALE_METRICS if k in result["metrics"]}
+        npz = self.out / "samples" / f"{path.stem}.npz"
+        if npz.is_file():
+            tools = self.eval_tools(clf_dir)
+            s = load_samples(npz)
+            images = s.images[..., :1] if self.cfg.data.channels == 1 else s.images  # npz holds RGB
+            new = evaluate_images(images, s.labels, reference=tools["reference"], classifier=tools["classifier"],
+                                  classifier_info=tools["classifier_info"], progress=self.progress)
+            result["metrics"].update(new["metrics"])
+            result["rescored"] = {"from": str(npz), "format_was": result.get("format"), "old_values": old}
+            self.log(f"[quality] {path.name}: classifier metrics recomputed from {npz.name} (format {RESULT_FORMAT})")
+        else:
+            result["withdrawn"] = {"format_was": result.get("format"), "old_values": old,
+                                   "why": "classifier-IS of evaluation format 1 split the samples in order; "
+                                          "these samples were not kept, so it cannot be recomputed"}
+            self.log(f"[quality] {path.name}: classifier-IS withdrawn (older format, samples not kept)")
+        result["format"] = RESULT_FORMAT
         atomic_write_json(path, result)
         return result
 
@@ -170,7 +200,7 @@ class QualityBench(Demo):
                 res = self.evaluate(f"{name}-step{step}", pipe, clf, samples_per_class=c.samples_per_class,
                                     inception=c.inception == "all" or (c.inception == "last" and last),
                                     metadata={"train_steps": step, "schedule_steps": c.steps, "preset": c.preset},
-                                    grid=last, npz=last)
+                                    grid=last)
                 if not done[name]:
                     self.timings[f"sample+eval {name} step {step}"] = round(time.time() - t0, 1)
                 curves[name].append(res)

@@ -126,7 +126,9 @@ class Demo:
             raise CtfgenError(f"{folder} is at step {result.step}, not {stop_after}: it was trained past this "
                               "checkpoint outside this command; delete it to start over")
         if result.step > result.resumed_from:  # a finished run that was only reloaded keeps its time
-            self.timings[key] = round(self.timings.get(key, 0.0) * bool(stop_after) + time.time() - t0, 1)
+            # segments of one schedule add up; a whole run replaces the time of an earlier attempt
+            earlier = self.timings.get(key, 0.0) if stop_after else 0.0
+            self.timings[key] = round(earlier + time.time() - t0, 1)
         return folder
 
     def pipelines(self, tok_dir: Path, runs: dict[str, Path]) -> dict[str, Path]:

@@ -111,10 +111,12 @@ def run_ablation(bench, name: str, *, tok: Path, codes: Path, clf: Path) -> dict
     final: Callable[[], Any] | None = None
     for v in ab.variants:
         tag = f"ablation-{name}-{_slug(v.label)}"
+        path = bench.out / "evals" / f"{tag}.json"
+        done = path.is_file()  # an evaluated row needs neither its models nor a pipeline
         if ab.trains:
             s = _train_settings(bench, v)
             settings = {**s, "train_steps": c.ablation_steps}
-            ar, aux = (None, None) if (bench.out / "evals" / f"{tag}.json").is_file() else _models(bench, s, tok, codes)
+            ar, aux = (None, None) if done else _models(bench, s, tok, codes)
             make = (lambda ar=ar, aux=aux: CTFPipeline.from_folders(tokenizer=tok, ar=ar, aux=aux, device=bench.device))
         else:
             settings = {"train_steps": c.steps, **v.sample}
@@ -122,8 +124,7 @@ def run_ablation(bench, name: str, *, tok: Path, codes: Path, clf: Path) -> dict
                 final = lambda: CTFPipeline.from_folders(tokenizer=tok, ar=bench.out / "stage1",
                                                          aux=bench.out / "stage2", device=bench.device)
             make = final
-        path = bench.out / "evals" / f"{tag}.json"
-        pipe = None if path.is_file() else make()
+        pipe = None if done else make()
         res = bench.evaluate(tag, pipe, clf, samples_per_class=c.ablation_samples_per_class, inception=False,
                              settings=v.sample, metadata={"ablation": name, "variant": v.label, "settings": settings})
         sampling = res["metadata"]["sampling"]

@@ -1,4 +1,5 @@
 import argparse
+import json
 
 import numpy as np
 import pytest
@@ -132,6 +133,14 @@ def test_quantizer_uses_normalised_codebook():
     assert torch.equal(idx.flatten(), torch.cdist(zn, cb).argmin(-1))
 
 
+
+def test_quantizer_lookup_in_row_chunks_matches_one_table(monkeypatch):
+    m = tiny_model()
+    z = torch.randn(3, 4, 5, 5)  # 75 rows: several chunks and a ragged last one
+    whole = m.quantize.lookup(z)
+    monkeypatch.setattr(type(m.quantize), "LOOKUP_ROWS", 8)
+    assert torch.equal(m.quantize.lookup(z), whole)
+
 def test_bad_inputs_have_clear_errors():
     m = tiny_model()
     with pytest.raises(CtfgenError, match=r"expects images \(B, 1, H, W\)"):
@@ -192,6 +201,19 @@ def test_encode_store_roundtrip(trained, npz_data, tmp_path):
     flipped = tok.encode_codes(x.flip(-1)).flatten(1)
     assert np.array_equal(reopened.codes[:4, 1], flipped.numpy())
 
+
+
+def test_encode_limit_takes_the_first_images(trained, npz_data, tmp_path):
+    out, _ = trained
+    tok, ds = load_tokenizer(out), load_dataset(npz_data, "test")
+    full = encode_dataset(tok, ds, tmp_path / "all", views="none", progress=False)
+    part = encode_dataset(tok, ds, tmp_path / "part", views="none", limit=10, batch_size=4, progress=False)
+    assert part.codes.shape == (10, 1, 16) and np.array_equal(part.codes, full.codes[:10])
+    assert np.array_equal(part.labels, np.asarray(ds.labels)[:10])
+    manifest = json.loads((tmp_path / "part" / "manifest.json").read_text())
+    assert manifest["config"]["limit"] == 10 and manifest["info"]["images"] == 10
+    with pytest.raises(CtfgenError, match="limit"):
+        encode_dataset(tok, ds, tmp_path / "bad", limit=-1, progress=False)
 
 def test_codes_from_another_tokenizer_are_refused(trained, npz_data, tmp_path):
     out, _ = trained

@@ -85,9 +85,10 @@ def _dist_info() -> tuple[int, int]:
 
 
 def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "flip", crop_range: float = 1.1,
-                   batch_size: int = 256, device: str | torch.device = "cpu", overwrite: bool = False,
+                   batch_size: int = 256, limit: int = 0, device: str | torch.device = "cpu", overwrite: bool = False,
                    progress: bool = True) -> CodeStore | None:
-    """Encode every image (and its augmented views) of `dataset`; returns the store on rank 0."""
+    """Encode every image (and its augmented views) of `dataset`, or its first `limit` images; returns
+    the store on rank 0."""
     V = tokenizer.config.codebook_size
     if V > 65536:
         raise CtfgenError(f"codebook of {V} entries does not fit the uint16 code store")
@@ -99,7 +100,9 @@ def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "fli
     rank, world = _dist_info()
     if out_dir.exists() and not overwrite:
         raise CtfgenError(f"{out_dir} already exists; choose another folder or pass --overwrite")
-    n = len(dataset)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise CtfgenError(f"limit: expected a number of images >= 0 (0: all), got {limit!r}")
+    n = min(limit, len(dataset)) if limit else len(dataset)
     n_views = len(dataset.views(0, views, crop_range))
     g = tokenizer.config.grid
     lo, hi = rank * n // world, (rank + 1) * n // world
@@ -124,14 +127,14 @@ def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "fli
         if rank != 0:
             return None
         part = np.concatenate([np.load(parts_dir / f"part{r:05d}.npy") for r in range(world)])
-    labels = np.asarray(dataset.labels, dtype=np.int64)
+    labels = np.asarray(dataset.labels, dtype=np.int64)[:n]
     fp = fingerprint_tensors({"codes": part, "labels": labels})
     with artifact_dir(out_dir, overwrite=overwrite) as tmp:
         np.save(tmp / "codes.npy", part)
         np.save(tmp / "labels.npy", labels)
         write_manifest(
             tmp, kind=KIND, fingerprint=fp,
-            config={"split": dataset.split, "views": views, "crop_range": crop_range, "n_views": n_views,
+            config={"split": dataset.split, "limit": limit, "views": views, "crop_range": crop_range, "n_views": n_views,
                     "grid": [g, g], "vocab_size": V, "num_classes": dataset.num_classes,
                     "class_names": list(dataset.class_names)},
             made_from={"tokenizer": tokenizer.fingerprint, "data": dataset.fingerprint, "data_description": dataset.describe()},

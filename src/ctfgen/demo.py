@@ -24,18 +24,21 @@ from .errors import CtfgenError
 @dataclass
 class DemoConfig:
     data: DataConfig = field(default_factory=DataConfig)
-    tokenizer_steps: int = 700
+    tokenizer_steps: int = 500
     tokenizer_batch: int = 32
     views: str = "none"  # one view per image keeps encoding quick; "flip" doubles the codes
+    # training images encoded (0: all): 250 steps of 64 draw 16,000 sequences per model, so 30,000
+    # codes are more than each model sees, at half the encoding time of all 60,000
+    code_images: int = 30000
     k: int = 128  # the paper's 32 codes per coarse label for a 4096-entry codebook
     cluster_method: str = "kmeans"
     preset: str = "tiny"
-    steps: int = 300  # optimizer steps for each of stage 1, stage 2 and the baseline
+    steps: int = 250  # optimizer steps for each of stage 1, stage 2 and the baseline
     batch_size: int = 64
     lr: float = 2e-3  # per 256 samples; tiny models on a CPU budget want more than LlamaGen's 1e-4
     warmup: int = 40
     samples_per_class: int = 50
-    classifier_epochs: int = 2
+    classifier_epochs: int = 1
     # FID with the standard Inception network: off by default, since on a 2-core CPU its features
     # cost ~0.15 s per image (reference included); `ctfgen eval` computes it for any samples folder.
     inception: bool = False
@@ -88,7 +91,7 @@ class Demo:
 
         def run():
             encode_dataset(load_tokenizer(tok_dir, self.device), load_dataset(self.cfg.data, "train"), folder,
-                           views=self.cfg.views, device=self.device, progress=self.progress)
+                           views=self.cfg.views, limit=self.cfg.code_images, device=self.device, progress=self.progress)
         return self.step("codes", folder, run)
 
     def coarse_map(self, tok_dir: Path, *, method: str | None = None, k: int | None = None) -> Path:

@@ -9,6 +9,7 @@ HELP = {
     "tokenizer_steps": "tokenizer training steps",
     "tokenizer_batch": "tokenizer batch size",
     "views": "views encoded per training image: none or flip",
+    "code_images": "training images encoded into codes, the first N of the split (0: all)",
     "k": "number of coarse labels (clusters of the codebook)",
     "cluster_method": "kmeans, balanced, random or agglomerative",
     "preset": "size of stage 1, stage 2 and the baseline (tiny, small, ...)",

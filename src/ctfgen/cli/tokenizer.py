@@ -65,6 +65,7 @@ def register(sub) -> None:
                    help="augmented views per image: none, flip (image + mirror), tencrop (LlamaGen's ten-crop, for ImageNet-style data)")
     p.add_argument("--crop-range", type=float, default=1.1, help="ten-crop: resize to resolution x this before cropping (LlamaGen: 1.1; 1.05 also used)")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--limit", type=int, default=0, help="encode only the split's first N images (0: all); for quick runs")
     p.add_argument("--overwrite", action="store_true")
     add_data_args(p)
     add_device_args(p)
@@ -122,7 +123,7 @@ def _encode(args) -> int:
     tok = load_tokenizer(args.tokenizer, device)
     ds = load_dataset(data_config(args, default_resolution=tok.config.resolution, default_channels=tok.config.channels), args.split)
     store = encode_dataset(tok, ds, args.out, views=args.views, crop_range=args.crop_range,
-                           batch_size=args.batch_size, device=device, overwrite=args.overwrite)
+                           batch_size=args.batch_size, limit=args.limit, device=device, overwrite=args.overwrite)
     if store is not None:
         print(f"wrote {args.out}: codes {store.codes.shape} uint16, {store.num_classes} classes, fingerprint {store.fingerprint}")
     return 0

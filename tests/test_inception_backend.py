@@ -200,3 +200,18 @@ def test_unwritable_cache_still_uses_onnxruntime(net_file, tmp_path):
     with pytest.warns(RuntimeWarning, match="exporting without caching"):
         net = InceptionFeatures(net_file, onnx_cache=blocker / "onnx")
     assert net.backend == "onnxruntime" and net.onnx_path is None
+
+
+def test_cli_eval_keeps_the_onnx_copy_in_its_cache(net_file, tmp_path, monkeypatch):
+    from ctfgen.cli import main as cli_main
+
+    monkeypatch.setenv("CTFGEN_REF_CACHE", str(tmp_path / "default"))
+    np.savez(tmp_path / "ref.npz", arr_0=images(40, seed=2), labels=np.arange(40) % 4)
+    np.savez(tmp_path / "samples.npz", arr_0=images(40, seed=3), labels=np.arange(40) % 4)
+    args = ["eval", str(tmp_path / "samples.npz"), "--ref", str(tmp_path / "ref.npz"), "--inception", str(net_file),
+            "--quiet", "--out"]
+    assert cli_main(args + [str(tmp_path / "a.json"), "--cache", str(tmp_path / "mine")]) == 0
+    net = InceptionFeatures(net_file, backend="torch")
+    assert cached_onnx(tmp_path / "mine" / "onnx", net).is_file()
+    assert cli_main(args + [str(tmp_path / "b.json"), "--cache", "none"]) == 0
+    assert not (tmp_path / "default").exists()  # no cache: nothing written anywhere

@@ -281,3 +281,30 @@ def test_bench_train_cli(tmp_path, capsys):
     assert [r["kind"] for r in rows] == ["ar", "aux", "baseline"]
     assert [r["vocab_out"] for r in rows] == [16, 512, 512]
     assert rows[0]["params"] < rows[2]["params"] and all(r["tokens_per_s"] > 0 for r in rows)
+
+
+def test_tokens_per_second_leaves_out_checkpoint_time(inputs, tmp_path, monkeypatch):
+    """A fake clock: each optimizer step takes 1 s, each checkpoint 100 s. A log window of 2 steps
+    must report 2 steps of tokens over 2 s, whatever checkpoints fell inside it."""
+    import types
+
+    from ctfgen.train import checkpoint, trainer
+
+    now = [0.0]
+    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    clip, save = torch.nn.utils.clip_grad_norm_, checkpoint.save_checkpoint
+
+    def clip_and_tick(*args, **kw):
+        now[0] += 1.0
+        return clip(*args, **kw)
+
+    def slow_save(*args, **kw):
+        now[0] += 100.0
+        return save(*args, **kw)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_and_tick)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", slow_save)
+    c = cfg()
+    result = run_train(inputs, tmp_path / "run", c, log_every=2, ckpt_every=1)
+    rates = [r["tokens_per_s"] for r in result.records]
+    assert rates == pytest.approx([c.batch_size * GRID * GRID] * (c.steps // 2))

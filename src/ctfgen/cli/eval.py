@@ -122,13 +122,15 @@ def run_eval(args) -> int:
     progress = not args.quiet
     samples = load_samples(args.samples, limit=args.max_samples or None, progress=progress)
     reference = _reference(args, samples)
+    cache = None if args.cache == "none" else cache_dir(args.cache)
+    # the ONNX copy of Inception lives beside the reference statistics; with no cache it is made afresh
     inception = None if args.inception == "none" else InceptionFeatures(
-        None if args.inception == "default" else args.inception, device=device)
+        None if args.inception == "default" else args.inception, device=device,
+        onnx_cache=cache / "onnx" if cache is not None else False)
     clf, clf_info = None, None
     if args.classifier:
         clf, manifest = load_classifier(args.classifier, device=device)
         clf_info = classifier_info(manifest, folder=str(args.classifier))
-    cache = None if args.cache == "none" else cache_dir(args.cache)
     metadata = {
         "samples_path": str(Path(args.samples).resolve()),
         "label_source": samples.label_source,

@@ -266,8 +266,10 @@ def _train(cfg, run, info: DistInfo, out: Path, codes_dir: Path, coarse_map_dir,
             t0 = time.perf_counter()
 
         if done == stop or (run.ckpt_every and done % run.ckpt_every == 0):
+            t_save = time.perf_counter()
             save(done)
-            t0 = time.perf_counter()  # keep checkpoint time out of tokens/s
+            # keep checkpoint time out of tokens/s; the window's steps before the save still count
+            t0 += time.perf_counter() - t_save
         if on_step is not None:
             on_step(done)
     bar.close()

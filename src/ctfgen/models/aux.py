@@ -20,6 +20,12 @@ from .config import ModelConfig
 from .transformer import Trunk
 
 
+def cluster_blocks(labels_N: torch.Tensor, K: int) -> tuple[torch.Tensor, list[int]]:
+    """The order that sorts `labels_N` into contiguous blocks by cluster (stable), and each block's
+    size: how stage 2 groups positions (and head rows) so that each cluster is one small matmul."""
+    return torch.argsort(labels_N, stable=True), torch.bincount(labels_N, minlength=K).tolist()
+
+
 class AuxTransformer(Trunk):
     is_causal = False
 
@@ -106,16 +112,14 @@ class AuxTransformer(Trunk):
         if int(self.code_to_coarse.min()) < 0:
             raise CtfgenError("code_to_coarse is not set: pass it to build_model or load a checkpoint")
         K = self.config.coarse_vocab
-        code_order_V = torch.argsort(self.code_to_coarse, stable=True)
-        members_per_K = torch.bincount(self.code_to_coarse, minlength=K).tolist()
+        code_order_V, members_per_K = cluster_blocks(self.code_to_coarse, K)
         # column of each code inside its cluster's block
         col_V = torch.empty_like(code_order_V)
         starts_K = torch.cumsum(torch.tensor([0] + members_per_K[:-1], device=col_V.device), 0)
         col_V[code_order_V] = torch.arange(len(code_order_V), device=col_V.device) - starts_K[self.code_to_coarse[code_order_V]]
         w_parts = self.output.weight[code_order_V].split(members_per_K)
 
-        pos_order_N = torch.argsort(coarse_N, stable=True)
-        rows_per_K = torch.bincount(coarse_N, minlength=K).tolist()
+        pos_order_N, rows_per_K = cluster_blocks(coarse_N, K)
         h_parts = h_ND[pos_order_N].split(rows_per_K)
         t_parts = col_V[codes_N[pos_order_N]].split(rows_per_K)
         total = h_ND.new_zeros((), dtype=torch.float32)

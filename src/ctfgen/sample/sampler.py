@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from ..errors import CtfgenError
+from ..models.aux import cluster_blocks
 
 SCHEDULES = ("constant", "linear")
 
@@ -166,14 +167,11 @@ def member_logits(h_ND: torch.Tensor, coarse_N: torch.Tensor, weight_VD: torch.T
     """
     N, M = h_ND.shape[0], members_KM.shape[1]
     out_NM = torch.full((N, M), float("-inf"), device=h_ND.device)
-    order_N = torch.argsort(coarse_N, stable=True)
-    ks, sizes = torch.unique_consecutive(coarse_N[order_N], return_counts=True)
-    start = 0
-    for k, n in zip(ks.tolist(), sizes.tolist()):
-        rows = order_N[start:start + n]
-        start += n
-        m = int(counts_K[k])
-        out_NM[rows, :m] = (h_ND[rows] @ weight_VD[members_KM[k, :m]].T).float()
+    order_N, rows_per_K = cluster_blocks(coarse_N, len(counts_K))
+    for k, rows in enumerate(order_N.split(rows_per_K)):
+        if len(rows):
+            m = int(counts_K[k])
+            out_NM[rows, :m] = (h_ND[rows] @ weight_VD[members_KM[k, :m]].T).float()
     return out_NM
 
 

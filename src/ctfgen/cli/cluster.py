@@ -29,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer artifact folder (from `ctfgen tokenizer`)")
     p.add_argument("--k", type=int, default=512, help="number of coarse labels K, 2 <= K <= codebook size (default 512, the paper's)")
     p.add_argument(
-        "--method", default="kmeans", choices=("kmeans", "balanced", "random", "agglomerative"),
+        "--method", default="kmeans", choices=("kmeans", "balanced", "random", "agglomerative", "average"),
         help="how to group the codewords (see below; default kmeans)",
     )
     p.add_argument("--raw", action="store_true", help="cluster the raw codewords instead of L2-normalised ones")

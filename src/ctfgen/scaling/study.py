@@ -62,11 +62,11 @@ class ScalingConfig:
     tokenizer_batch: int = 32
     code_images: int = 20000  # training images encoded (0: all)
     preset: str = "tiny"  # stage 1, stage 2 and the baseline
-    steps: int = 400  # optimizer steps of every model
+    steps: int = 300  # optimizer steps of every model
     batch_size: int = 32
     lr: float = 8e-3  # per 256 samples (the quality bench's tuned rate)
-    warmup: int = 40
-    nll_every: int = 100  # held-out NLL every this many steps (and at the end)
+    warmup: int = 30
+    nll_every: int = 50  # held-out NLL every this many steps (and at the end)
     nll_images: int = 2000  # test images of the NLL curve; the last checkpoint scores them all
     guidance: str = "1.5,2.0,3.0"  # the sweep's guidance scales
     temperatures: str = "0.9,1.0,1.1"  # the sweep's stage-1 / baseline temperatures

@@ -168,6 +168,16 @@ def write_scaling_report(out: Path, results: dict) -> Path:
     return page
 
 
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def plot_nll(rows: dict, vocabs: list[int], path: Path) -> None:
     import matplotlib
 
@@ -190,11 +200,7 @@ def plot_nll(rows: dict, vocabs: list[int], path: Path) -> None:
         ax.set_ylabel("held-out bits per token")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    _save(fig, path)
 
 
 def plot_ratio(summary: dict, path: Path) -> None:
@@ -217,8 +223,4 @@ def plot_ratio(summary: dict, path: Path) -> None:
     ax.set_ylabel("classifier-FID ratio CTF / baseline")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    _save(fig, path)

@@ -54,6 +54,14 @@ def test_scaling_study_end_to_end_and_rerun(tmp_path, tiny_data, capsys):
     assert not [line for line in logs if "->" in line and "report" not in line], logs  # nothing redone
     assert json.loads((out / "results.json").read_text())["units"] == res["units"]
 
+    # an arm whose early point is missing while the models are past it (added later): later points only
+    (out / "nll" / "V32-s0-kmeans-ctf-frequency-step2.json").unlink()
+    logs.clear()
+    ScalingStudy(tiny_cfg(tiny_data), out, progress=False, log=logs.append).run()
+    assert any("ctf-frequency have no NLL at step 2" in line for line in logs), logs
+    again = {u["unit"]: u for u in json.loads((out / "results.json").read_text())["units"]}
+    assert [p["step"] for p in again["V32-s0-kmeans"]["nll"]["ctf-frequency"]] == [4]
+
     with pytest.raises(CtfgenError, match="other scaling settings .steps: 4 there, 6 now"):
         ScalingStudy(tiny_cfg(tiny_data, steps=6), out, progress=False, log=logs.append).run()
 

@@ -293,7 +293,11 @@ class ScalingStudy:
             names = [("ctf" if method == "kmeans" else f"ctf-{method}")] + (["baseline"] if with_baseline else [])
             names += [f"ctf-{p}" for p in priors]
             todo = [n for n in names if not (self.out / "nll" / f"{unit}-{n}-step{step}.json").is_file()]
-            if todo:
+            if todo and min(_trained_step(f) for f in folders.values()) > step:
+                # an arm added to a study whose models are past this checkpoint: only later points
+                self.log(f"[scaling] {unit}: {', '.join(todo)} have no NLL at step {step} (the models are past it)")
+                names = [n for n in names if n not in todo]
+            elif todo:
                 t0 = time.time()
                 for kind, folder in folders.items():
                     self.train(kind, folder, codes["train"], coarse, seed=seed, stop_after=step)
@@ -403,6 +407,12 @@ class ScalingStudy:
             k = diff[0]
             raise CtfgenError(f"{self.out} was made with other scaling settings ({k}: {old.get(k)!r} there, "
                               f"{now.get(k)!r} now); use another --out, or delete the folder to start over")
+
+
+def _trained_step(folder: Path) -> int:
+    """Optimizer steps a training folder holds (0: none yet)."""
+    m = folder / MANIFEST
+    return int(json.loads(m.read_text())["info"]["step"]) if m.is_file() else 0
 
 
 class _Batched:

@@ -127,12 +127,15 @@ class _Pipeline:
 
     def __init__(self, tokenizer, models: dict[str, torch.nn.Module], *, sampling: SamplingConfig | None = None,
                  fingerprints: dict[str, str] | None = None, folders: dict[str, Path] | None = None,
-                 dtype: torch.dtype | None = None, compile: bool = False):
+                 dtype: torch.dtype | None = None, compile: bool | str = False):
         self.tokenizer = tokenizer.eval() if tokenizer is not None else None  # None: codes only (bench)
         self.models = {role: (m.to(dtype) if dtype is not None else m).eval() for role, m in models.items()}
         self.sampling = (sampling or self.default_sampling()).check()
         self.fingerprints = dict(fingerprints or {})
         self.folders = dict(folders or {})
+        from .decoding import resolve_mode
+
+        resolve_mode(compile)  # a bad value is refused here, not at the first batch
         self.compile = compile
         self._step_fn = None
         first = next(iter(self.models.values())).config
@@ -219,11 +222,14 @@ class _Pipeline:
         raise NotImplementedError
 
     def _decode_step(self, model):
-        if not self.compile:
+        """The compiled decoding step (sample/decoding.py) when `compile` asks for one, else None."""
+        from .decoding import make_step_fn, resolve_mode
+
+        mode = resolve_mode(self.compile)
+        if mode is None:
             return None
         if self._step_fn is None:
-            # Untested on GPU. dynamic=True: the attended cache prefix grows by one every step.
-            self._step_fn = torch.compile(model.decode_step, mode="reduce-overhead", dynamic=True)
+            self._step_fn = make_step_fn(model, mode)
         return self._step_fn
 
     @torch.inference_mode()

@@ -38,7 +38,7 @@ def wrap(model: nn.Module, info: DistInfo, *, fsdp: bool = False) -> nn.Module:
                     fully_shard(block)
         fully_shard(root)
         return root
-    if info.world_size > 1:
+    if info.enabled:  # under torchrun, one process too
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [info.device.index] if info.device.type == "cuda" else None

@@ -341,6 +341,15 @@ def test_aux_member_loss_formulations_agree_under_noise_and_bf16_autocast():
             got_loss, got_grad = out[autocast, impl]
             assert got_loss == pytest.approx(ref_loss, rel=tol), (autocast, impl)
             assert torch.allclose(got_grad, ref_grad, atol=tol * ref_grad.abs().max()), (autocast, impl)
+    # "auto": masked on a GPU; on a CPU gather for clusters of one size, loop for uneven ones
+    from ctfgen.models.member_loss import cluster_tables, resolve_impl
+
+    assert resolve_impl("auto", torch.device("cuda")) == "masked"
+    assert resolve_impl("auto", torch.device("cpu"), cluster_tables(torch.arange(V) % K, K)) == "gather"
+    assert resolve_impl("auto", torch.device("cpu"), cluster_tables(c2c, K)) == "loop"
+    m.loss_impl = "auto"
+    m.compute_loss(b)
+    assert m.last_loss_impl == "loop"
     with pytest.raises(CtfgenError, match="formulation"):
         m.member_loss(torch.zeros(1, 128), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
                       impl="fancy")

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..artifacts import atomic_write_json
-from .env import environment
+from .env import REPO, environment
 from .flops import gpu_peak_tflops
 
 
@@ -57,7 +57,8 @@ def quick_plan() -> Plan:
     return Plan(train_models=[("ar", "tiny"), ("baseline", "tiny"), ("aux", "tiny")],
                 vocab=256, k=16, grid=4, num_classes=10, train_batch=4, train_steps=2, train_warmup=1,
                 aux_preset="tiny", aux_batch=2, aux_steps=1, sample_sizes=["tiny"], sample_aux=None,
-                sample_batch=4, sample_runs=1, sample_warmup=1, inductor_sizes=[])
+                sample_batch=4, sample_runs=1, sample_warmup=1, inductor_sizes=[],
+                test_paths=[str(REPO / "tests" / "test_devices.py")])  # the device tests only: seconds
 
 
 class GpuCheck:

@@ -11,10 +11,11 @@ import time
 
 import torch
 
-from ..models.member_loss import resolve_impl
 from ..train.config import RunOptions
 from ..train.parallel import param_groups
 from .flops import mfu, train_flops_per_token
+
+IMAGENET_TRAIN = 1_281_167  # images in ImageNet-1k's train split: an epoch is one view of each
 
 
 def _sync(device: torch.device) -> None:
@@ -85,11 +86,12 @@ def time_training(kind: str, preset: str, *, vocab: int, k: int, grid: int, num_
     tokens_per_s = tokens / step_s
     out = {"kind": kind, "preset": preset, "params": model.num_params(), "vocab_out": model.config.out_vocab,
            "batch_size": batch_size, "tokens_per_step": tokens, "precision": precision,
-           "aux_loss": resolve_impl(aux_loss, device) if kind == "aux" else None, "step_ms": 1e3 * step_s,
+           "aux_loss": getattr(model, "last_loss_impl", None), "step_ms": 1e3 * step_s,
            "step_ms_all": [1e3 * t for t in times], "tokens_per_s": tokens_per_s,
            "peak_mem_gib": peak_gib, "model_tflop_per_step": per_token * tokens / 1e12,
            "achieved_tflops": per_token * tokens_per_s / 1e12,
-           "mfu": mfu(tokens_per_s, per_token, peak_tflops), "loss": float(loss.detach())}
+           "mfu": mfu(tokens_per_s, per_token, peak_tflops), "loss": float(loss.detach()),
+           "imagenet_epoch_hours": IMAGENET_TRAIN * L / tokens_per_s / 3600}
     if profile:
         from .sampling import profile_call
 
@@ -99,12 +101,13 @@ def time_training(kind: str, preset: str, *, vocab: int, k: int, grid: int, num_
 
 
 def format_training(rows: list[dict]) -> list[str]:
-    lines = ["| model | preset | params | batch x tokens | step ms | tokens/s | peak memory GiB | TFLOP/s | MFU |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | preset | params | batch x tokens | step ms | tokens/s | peak memory GiB | TFLOP/s | MFU | "
+             "ImageNet epoch, h |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         name = r["kind"] + (f" ({r['aux_loss']} loss)" if r["kind"] == "aux" else "")
         mfu_s = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         lines.append(f"| {name} | {r['preset']} | {r['params'] / 1e6:.1f}M | {r['batch_size']} x "
                      f"{r['tokens_per_step'] // r['batch_size']} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['peak_mem_gib']:.2f} | {r['achieved_tflops']:.1f} | {mfu_s} |")
+                     f"{r['peak_mem_gib']:.2f} | {r['achieved_tflops']:.1f} | {mfu_s} | "
+                     f"{r['imagenet_epoch_hours']:.2f} |")
     return lines

@@ -112,13 +112,14 @@ class AuxTransformer(Trunk):
         member of that cluster. Equal to the masked full head's loss (codes outside the cluster
         have probability 0 there). `impl` (default: `self.loss_impl`) picks the formulation.
         """
-        impl = _loss.resolve_impl(impl or self.loss_impl, h_ND.device)
         w = self.output.weight
+        # on the meta device (shape checks) there are no values to derive tables from
+        tables = None if self.code_to_coarse.is_meta else self._cluster_tables()
+        impl = _loss.resolve_impl(impl or self.loss_impl, h_ND.device, tables)
+        self.last_loss_impl = impl  # what "auto" chose, for reports
         if h_ND.shape[0] == 0:  # every position noised: no loss, but keep the graph connected
             zero = (h_ND.sum() * 0).float()
             return zero, zero.detach()
-        # on the meta device (shape checks) there are no values to derive tables from
-        tables = None if self.code_to_coarse.is_meta else self._cluster_tables()
         if impl == "masked":
             return _loss.loss_masked(h_ND, coarse_N, codes_N, w, self.code_to_coarse)
         if tables is None:

@@ -13,7 +13,8 @@ the same loss and gradients (tests/test_models.py) and differ only in speed and 
 - "masked": the full (N, V) head, -inf outside the cluster. K times the head FLOPs of the others
             in one large matmul (tensor cores), N*V logits in memory.
 
-`AUTO` picks one per device type; `ctfgen bench aux-loss` measures all three (docs/GPU.md).
+`resolve_impl("auto", ...)` picks one per device (and, on a CPU, by the cluster sizes);
+`ctfgen bench aux-loss` measures all three (docs/GPU.md).
 """
 from __future__ import annotations
 
@@ -25,18 +26,26 @@ import torch.nn.functional as F
 from ..errors import CtfgenError
 
 IMPLS = ("loop", "gather", "masked")
-# CPU: measured (docs/GPU.md, `ctfgen bench aux-loss --device cpu`). CUDA: not measured yet; one
-# large matmul is what tensor cores are built for and does not depend on how uneven clusters are.
-AUTO = {"cpu": "loop", "cuda": "masked"}
+# What "auto" picks (docs/GPU.md has the measurements). CPU, measured with `ctfgen bench aux-loss`:
+# gather wins when every cluster is about the same size (M close to V/K), loop when they are
+# uneven as k-means makes them (M a few times V/K). CUDA: not measured yet; one large matmul is
+# what tensor cores are built for, and its cost does not depend on how uneven the clusters are.
+GATHER_MAX_SPREAD = 1.25  # on a CPU, gather while the largest cluster is at most this times the mean
 
 
-def resolve_impl(impl: str, device: torch.device) -> str:
-    """The formulation `impl` stands for on `device` ("auto": AUTO's choice, "loop" elsewhere)."""
-    if impl == "auto":
-        return AUTO.get(device.type, "loop")
-    if impl not in IMPLS:
+def resolve_impl(impl: str, device: torch.device, tables: "ClusterTables | None" = None) -> str:
+    """The formulation `impl` stands for on `device`; "auto" looks at the cluster sizes on a CPU."""
+    if impl not in ("auto",) + IMPLS:
         raise CtfgenError(f"aux loss formulation {impl!r} is not one of {('auto',) + IMPLS}")
-    return impl
+    if impl != "auto":
+        return impl
+    if device.type in ("cuda", "meta"):  # on meta (shape checks) it is the only one that runs
+        return "masked"
+    if tables is not None and tables.members_per_K:
+        mean = sum(tables.members_per_K) / len(tables.members_per_K)
+        if max(tables.members_per_K) <= GATHER_MAX_SPREAD * mean:
+            return "gather"
+    return "loop"
 
 
 def cluster_blocks(labels_N: torch.Tensor, K: int) -> tuple[torch.Tensor, list[int]]:

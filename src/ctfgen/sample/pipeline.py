@@ -325,10 +325,12 @@ class CTFPipeline(_Pipeline):
                                     guidance_schedule=s.guidance_schedule, temperature=s.temperature,
                                     top_k=s.top_k, top_p=s.top_p, argmax=s.argmax,
                                     step_fn=self._decode_step(ar), progress=progress)
+        _sync(coarse_BL.device)  # on a GPU the stage times must not be the launch times
         t1 = time.perf_counter()
         codes_BL = sample_fine(aux, coarse_BL, labels_B, u_BN[:, L:], members_KM=self.members_KM,
                                counts_K=self.counts_K, temperature=s.stage2_temperature, top_k=s.stage2_top_k,
                                argmax=s.stage2_argmax, guidance_scale=s.stage2_guidance_scale)
+        _sync(codes_BL.device)
         self.last_timings = {"stage1_s": t1 - t0, "stage2_s": time.perf_counter() - t1}  # for the bench
         return codes_BL
 
@@ -367,6 +369,11 @@ def to_pil(images_NHWC: np.ndarray) -> list:
 
 
 # ---------------------------------------------------------------- processes
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
 
 def _dist() -> tuple[int, int]:
     import torch.distributed as dist

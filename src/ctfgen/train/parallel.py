@@ -42,7 +42,9 @@ def wrap(model: nn.Module, info: DistInfo, *, fsdp: bool = False) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [info.device.index] if info.device.type == "cuda" else None
-        return DDP(root, device_ids=ids)
+        # buffers (rotary table, code_to_coarse) are built identically on every rank: broadcasting
+        # them before every forward would only cost time (and invalidate stage 2's cluster tables)
+        return DDP(root, device_ids=ids, broadcast_buffers=False)
     return root
 
 

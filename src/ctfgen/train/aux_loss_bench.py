@@ -25,6 +25,7 @@ class AuxLossRow:
     step_ms: float  # median whole training step (NaN when not measured)
     peak_mb: float  # CUDA: max allocated during the head timing (NaN on a CPU)
     loss: float  # the loss of the first head call: equal across formulations
+    max_cluster: int  # M, the largest cluster (gather's block width); the mean is vocab / k
 
 
 def cluster_labels(vocab: int, k: int, kind: str, g: torch.Generator) -> torch.Tensor:
@@ -108,15 +109,16 @@ def bench_aux_loss(*, preset: str = "aux-L", vocab: int = 16384, k: int = 512, g
             _sync(device)
             if r >= warmup:
                 step[impl].append(time.perf_counter() - t0)
+    M = int(torch.bincount(c2c, minlength=k).max())
     return [AuxLossRow(i, 1e3 * statistics.median(head[i]),
-                       1e3 * statistics.median(step[i]) if step[i] else float("nan"), peak[i], first_loss[i])
+                       1e3 * statistics.median(step[i]) if step[i] else float("nan"), peak[i], first_loss[i], M)
             for i in impls]
 
 
 def format_aux_rows(rows: list[AuxLossRow], *, device: str, preset: str, vocab: int, k: int, batch_size: int,
                     grid: int, clusters: str = "balanced") -> str:
-    lines = [f"stage-2 loss formulations: {preset}, V {vocab}, K {k} ({clusters} clusters), "
-             f"batch {batch_size} x {grid * grid} tokens, {device}",
+    lines = [f"stage-2 loss formulations: {preset}, V {vocab}, K {k} ({clusters} clusters, largest "
+             f"{rows[0].max_cluster}, mean {vocab / k:g}), batch {batch_size} x {grid * grid} tokens, {device}",
              f"{'impl':<8}{'head ms':>10}{'step ms':>10}{'peak MB':>10}{'loss':>10}"]
     for r in rows:
         lines.append(f"{r.impl:<8}{r.head_ms:>10.1f}{r.step_ms:>10.1f}{r.peak_mb:>10.0f}{r.loss:>10.4f}")

@@ -89,13 +89,14 @@ class GpuCheck:
     def _over_budget(self) -> bool:
         return self.elapsed() > self.budget_s
 
-    def _section(self, name: str, fn, *, optional: bool = True):
-        """Run one section; record its result or error; rewrite the report."""
+    def _section(self, name: str, fn, *, optional: bool = True, estimate_s: float = 0.0):
+        """Run one section; record its result or error; rewrite the report. An optional section is
+        skipped when it would end past the budget (`estimate_s`: its expected length on an H100)."""
         rec = self.result["sections"].setdefault(name, {})
-        if name in self.skip:
+        if name in self.skip or name.split("/")[0] in self.skip:
             rec.update(status="skipped", reason="--skip")
-        elif optional and self._over_budget():
-            rec.update(status="skipped", reason=f"time budget of {self.budget_s:.0f} s spent")
+        elif optional and self.elapsed() + (0.0 if self.quick else estimate_s) > self.budget_s:
+            rec.update(status="skipped", reason=f"time budget of {self.budget_s:.0f} s would be exceeded")
         else:
             self.log(f"[{self.elapsed():6.1f} s] {name} ...")
             t0 = time.perf_counter()
@@ -137,25 +138,29 @@ class GpuCheck:
         self._section("tests", lambda: run_cuda_tests(self.out, paths=p.test_paths or None), optional=False)
         self._section("training", self._training, optional=False)
         cuda = dev.type == "cuda"
-        for size in p.sample_sizes:
-            name = f"sampling/{size}/bf16/cudagraph"
-            if cuda:
-                self._section(name, lambda size=size: time_sampling(
-                    size, dtype="bf16", compile="cudagraph", batch_size=p.sample_batch, runs=p.sample_runs,
-                    warmup=p.sample_warmup, device=dev, aux_preset=p.sample_aux))
-            else:
+        # rough lengths on an H100 (seconds), so that an optional section starts only if it fits
+        eager_s = {"B": 25, "L": 35, "XL": 50}
+
+        def sampling(size, dtype, compile, estimate):
+            name = f"sampling/{size}/{dtype}/{compile or 'eager'}"
+            if compile == "cudagraph" and not cuda:
                 self.result["sections"][name] = {"status": "skipped", "reason": "CUDA graphs need a GPU"}
+                return
+            self._section(name, lambda: time_sampling(
+                size, dtype=dtype, compile=compile, batch_size=p.sample_batch, runs=p.sample_runs,
+                warmup=p.sample_warmup, device=dev, aux_preset=p.sample_aux), estimate_s=estimate)
+
+        for size in p.sample_sizes:
+            sampling(size, "bf16", "cudagraph", 15)
         self._section("smoke", lambda: run_smoke(self.out / "smoke", dev, steps=p.smoke_steps), optional=False)
         for dtype in ("bf16", "fp32"):
             for size in p.sample_sizes:
-                self._section(f"sampling/{size}/{dtype}/eager", lambda size=size, dtype=dtype: time_sampling(
-                    size, dtype=dtype, compile=None, batch_size=p.sample_batch, runs=p.sample_runs,
-                    warmup=p.sample_warmup, device=dev, aux_preset=p.sample_aux))
-        self._section("aux_loss", self._aux_loss)
+                sampling(size, dtype, None, eager_s.get(size, 10))
+        for size in p.sample_sizes:
+            sampling(size, "fp32", "cudagraph", 15)
+        self._section("aux_loss", self._aux_loss, estimate_s=30)
         for size in p.inductor_sizes:
-            self._section(f"sampling/{size}/bf16/inductor", lambda size=size: time_sampling(
-                size, dtype="bf16", compile="inductor", batch_size=p.sample_batch, runs=p.sample_runs,
-                warmup=p.sample_warmup, device=dev, aux_preset=p.sample_aux))
+            sampling(size, "bf16", "inductor", 120)
         self._profiles()
         self.result["finished"] = True
         self.write()
@@ -203,10 +208,10 @@ class GpuCheck:
             if kind == "sampling":
                 self._section(f"profile/sampling/{what}", lambda what=what: profile_sampling(
                     what, dtype="bf16", compile="cudagraph", batch_size=p.sample_batch, device=self.device,
-                    aux_preset=p.sample_aux))
+                    aux_preset=p.sample_aux), estimate_s=30)
             elif kind == "training":
                 model, preset = what.split("/")
                 self._section(f"profile/training/{what}", lambda model=model, preset=preset: time_training(
                     model, preset, vocab=p.vocab, k=p.k, grid=p.grid, num_classes=p.num_classes,
                     batch_size=p.train_batch, steps=1, warmup=1, device=self.device, peak_tflops=self.peak,
-                    profile=True))
+                    profile=True), estimate_s=20)

@@ -122,7 +122,8 @@ def to_markdown(result: dict) -> str:
     sampling = [s["result"] for name, s in secs.items() if name.startswith("sampling/") and s.get("status") == "ok"]
     if sampling:
         order = {"B": 0, "L": 1, "XL": 2}
-        variant = {("fp32", None): 0, ("bf16", None): 1, ("bf16", "cudagraph"): 2, ("bf16", "inductor"): 3}
+        variant = {("fp32", None): 0, ("fp32", "cudagraph"): 1, ("bf16", None): 2, ("bf16", "cudagraph"): 3,
+                   ("bf16", "inductor"): 4}
         sampling.sort(key=lambda r: (order.get(r["preset"], -1), variant.get((r["dtype"], r["compile"]), 9)))
         lines += ["", f"## Sampling (batch {sampling[0]['batch_size']}, guidance 2.0, random weights; stage 2 "
                       f"{sampling[0]['aux']})", ""] + format_sampling(sampling)

@@ -89,3 +89,27 @@ def test_targets_judged_from_gpu_figures():
     assert got["CTF faster than the baseline at L, compiled"] == ("missed", ("sampling", "L"))
     assert got["training MFU of stage 1 at L >= 40%"] == ("met", None)
     assert got["training MFU of the baseline at L >= 40%"] == ("missed", ("training", "baseline/L"))
+
+
+def test_profiles_of_missed_targets_render(tmp_path):
+    """The profiles the check takes for a missed target (here on the CPU, tiny sizes) and their
+    Markdown: where the time goes, op by op."""
+    import torch
+
+    from ctfgen.gpucheck.report import to_markdown
+    from ctfgen.gpucheck.sampling import profile_sampling
+    from ctfgen.gpucheck.training import time_training
+
+    cpu = torch.device("cpu")
+    sampled = profile_sampling("tiny", dtype="fp32", compile=None, batch_size=2, device=cpu, top=5)
+    assert set(sampled) == {"baseline", "ctf"} and all(len(p["top_ops"]) == 5 for p in sampled.values())
+    trained = time_training("baseline", "tiny", vocab=256, k=16, grid=4, num_classes=10, batch_size=2, steps=1,
+                            warmup=1, device=cpu, peak_tflops=None, precision="fp32", profile=True)
+    assert trained["profile"]["wall_s"] > 0 and trained["mfu"] is None
+    result = {"env": {"commit": "x", "ctfgen": "0", "device": "cpu", "torch": torch.__version__, "python": "3",
+                      "gpu": None}, "budget_s": 1, "quick": True,
+              "sections": {"profile/sampling/tiny": {"status": "ok", "result": sampled},
+                           "profile/training/baseline/tiny": {"status": "ok", "result": trained}}}
+    md = to_markdown(result)
+    assert "## profile/sampling/tiny" in md and "training step: wall" in md
+    assert sampled["ctf"]["top_ops"][0]["name"] in md

@@ -66,13 +66,26 @@ def profile_call(fn, device: torch.device, *, top: int = 12) -> dict:
             torch.cuda.synchronize(device)
         wall = time.perf_counter() - t0
     events = prof.key_averages()
-    dev_attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    busy = sum(getattr(e, dev_attr, 0.0) for e in events) / 1e6 if device.type == "cuda" else None
-    ranked = sorted(events, key=lambda e: getattr(e, dev_attr, 0.0), reverse=True)[:top]
+    if device.type == "cuda":
+        from torch.autograd import DeviceType
+
+        # kernels only: a CPU op's own device time would count its kernels a second time
+        ranked = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA]
+        busy = sum(_device_s(e) for e in ranked)
+        ranked.sort(key=_device_s, reverse=True)
+        top_ops = [{"name": e.key, "calls": e.count, "self_s": _device_s(e)} for e in ranked[:top]]
+    else:
+        busy = None
+        ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
+        top_ops = [{"name": e.key, "calls": e.count, "self_s": e.self_cpu_time_total / 1e6} for e in ranked[:top]]
     return {"wall_s": wall, "device_busy_s": busy,
-            "device_busy_share": busy / wall if busy is not None and wall > 0 else None,
-            "top_ops": [{"name": e.key, "calls": e.count, "self_s": getattr(e, dev_attr, 0.0) / 1e6}
-                        for e in ranked]}
+            "device_busy_share": busy / wall if busy is not None and wall > 0 else None, "top_ops": top_ops}
+
+
+def _device_s(event) -> float:
+    # the attribute was self_cuda_time_total before torch 2.4
+    us = getattr(event, "self_device_time_total", None)
+    return (us if us is not None else getattr(event, "self_cuda_time_total", 0.0)) / 1e6
 
 
 def format_sampling(rows: list[dict]) -> list[str]:

@@ -78,8 +78,8 @@ def _add_args(p: argparse.ArgumentParser, kind: str) -> None:
                    help="auto: bf16 autocast on CUDA, fp32 on a CPU; bf16: autocast on any device; fp32: none")
     if kind == "aux":
         r.add_argument("--aux-loss", default="auto", choices=["auto", "loop", "gather", "masked"],
-                       help="how the cluster-masked loss is computed, same result (docs/GPU.md); auto: the "
-                            "fastest measured per device type (default: auto)")
+                       help="how the cluster-masked loss is computed, same result (docs/GPU.md); auto: masked on "
+                            "a GPU, on a CPU gather for equal-size clusters and loop otherwise (default: auto)")
     # not "--log": torchrun's own parser would take it for an abbreviation of its --log-dir
     r.add_argument("--log-to", action="append", default=[], choices=["tensorboard", "wandb"],
                    help="also log loss, lr, grad norm, tokens/s and memory live (rank 0): TensorBoard event files "

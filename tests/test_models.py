@@ -286,13 +286,15 @@ def test_load_llamagen_checkpoint_layouts(tmp_path):
         load_llamagen_gpt(tmp_path / "evil.pt", "tiny")
 
 
-def test_aux_member_loss_equals_masked_full_head():
+@pytest.mark.parametrize("impl", ["loop", "gather", "masked"])
+def test_aux_member_loss_equals_masked_full_head(impl):
     """Training scores only each position's cluster members; loss and every gradient must equal
-    the full head masked to the cluster, with uneven clusters and noised (ignored) positions."""
+    the full head masked to the cluster, with uneven clusters, for every formulation."""
     torch.manual_seed(1)
     c2c = torch.randint(0, K, (V,))
     c2c[:K] = torch.arange(K)  # every cluster non-empty, sizes uneven
     m = build_model("aux", "tiny", vocab_size=V, num_classes=NC, grid=G, coarse_vocab=K, code_to_coarse=c2c)
+    m.loss_impl = impl
     torch.nn.init.normal_(m.output.weight, std=0.5)
     b = batch(B=5)
     b["coarse"] = c2c[b["codes"]]
@@ -310,3 +312,44 @@ def test_aux_member_loss_equals_masked_full_head():
     for n, p in m.named_parameters():
         if p.grad is not None:
             assert torch.allclose(grads[n], p.grad, atol=1e-6), n
+
+
+def test_aux_member_loss_formulations_agree_under_noise_and_bf16_autocast():
+    """The three formulations on one model: same loss and head gradient with coarse noise (the
+    noised positions dropped) and under CPU bf16 autocast, the trainer's CUDA setting."""
+    torch.manual_seed(2)
+    c2c = torch.randint(0, K, (V,))
+    c2c[:K] = torch.arange(K)
+    m = build_model("aux", "tiny", vocab_size=V, num_classes=NC, grid=G, coarse_vocab=K, code_to_coarse=c2c,
+                    coarse_noise=0.3)
+    torch.nn.init.normal_(m.output.weight, std=0.5)
+    b = batch(B=4, seed=3)
+    b["coarse"] = c2c[b["codes"]]
+    out = {}
+    for autocast in (False, True):
+        for impl in ("loop", "gather", "masked"):
+            m.loss_impl = impl
+            m.zero_grad()
+            torch.manual_seed(5)  # the same dropout, class dropout and coarse noise for each
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss, _ = m.compute_loss(b)
+            loss.backward()
+            out[autocast, impl] = (loss.item(), m.output.weight.grad.clone())
+    for autocast, tol in ((False, 1e-5), (True, 2e-2)):
+        ref_loss, ref_grad = out[autocast, "masked"]
+        for impl in ("loop", "gather"):
+            got_loss, got_grad = out[autocast, impl]
+            assert got_loss == pytest.approx(ref_loss, rel=tol), (autocast, impl)
+            assert torch.allclose(got_grad, ref_grad, atol=tol * ref_grad.abs().max()), (autocast, impl)
+    # "auto": masked on a GPU; on a CPU gather for clusters of one size, loop for uneven ones
+    from ctfgen.models.member_loss import cluster_tables, resolve_impl
+
+    assert resolve_impl("auto", torch.device("cuda")) == "masked"
+    assert resolve_impl("auto", torch.device("cpu"), cluster_tables(torch.arange(V) % K, K)) == "gather"
+    assert resolve_impl("auto", torch.device("cpu"), cluster_tables(c2c, K)) == "loop"
+    m.loss_impl = "auto"
+    m.compute_loss(b)
+    assert m.last_loss_impl == "loop"
+    with pytest.raises(CtfgenError, match="formulation"):
+        m.member_loss(torch.zeros(1, 128), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
+                      impl="fancy")

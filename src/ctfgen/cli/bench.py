@@ -12,6 +12,8 @@ ORDER = 95
 def register(sub) -> None:
     group = add_group(sub, "bench", help="benchmarks: training throughput, sampling speed, CTF vs baseline quality")
     _add_train(group)
+    _add_aux_loss(group)
+    _add_gpu(group)
     from ..sample.bench import add_cli as _add_speed  # `bench speed` lives with the sampler
 
     _add_speed(group)
@@ -62,6 +64,98 @@ def _run_train(args) -> int:
                                                                         "steps", "num_classes")},
                                       "rows": rows_to_json(rows)})
     return 0
+
+
+# ---------------------------------------------------------------- bench aux-loss
+
+
+def _add_aux_loss(group) -> None:
+    p = group.add_parser(
+        "aux-loss", help="stage 2's loss formulations (loop, gather, masked) timed against each other",
+        description="Time the three formulations of stage 2's cluster-masked loss (the same loss and gradients) "
+                    "on one model: the head alone and a whole training step, median of --steps after --warmup.")
+    p.add_argument("--preset", default="aux-L", help="stage-2 size (default: aux-L, the paper's)")
+    p.add_argument("--vocab", type=int, default=16384, help="codebook size V (default: 16384)")
+    p.add_argument("--k", type=int, default=512, help="clusters K, balanced random (default: 512)")
+    p.add_argument("--grid", type=int, default=16, help="tokens per side (default: 16)")
+    p.add_argument("--batch-size", type=int, default=2, help="samples per step (default: 2)")
+    p.add_argument("--steps", type=int, default=3, help="timed rounds (default: 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
+    p.add_argument("--clusters", default="balanced", choices=["balanced", "skewed"],
+                   help="cluster sizes: equal, or uneven like k-means (largest ~3x the mean) (default: balanced)")
+    p.add_argument("--head-only", action="store_true", help="time the loss alone, not whole training steps")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (bf16 autocast on CUDA)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.set_defaults(func=_run_aux_loss)
+
+
+def _run_aux_loss(args) -> int:
+    import torch
+
+    from ..train.aux_loss_bench import aux_rows_to_json, bench_aux_loss, format_aux_rows
+    from ..train.dist import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    rows = bench_aux_loss(preset=args.preset, vocab=args.vocab, k=args.k, grid=args.grid,
+                          batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+                          whole_step=not args.head_only, device=device, clusters=args.clusters)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(format_aux_rows(rows, device=name, preset=args.preset, vocab=args.vocab, k=args.k,
+                          batch_size=args.batch_size, grid=args.grid, clusters=args.clusters))
+    if args.json:
+        from ..artifacts import atomic_write_json
+
+        keys = ("preset", "vocab", "k", "grid", "batch_size", "steps", "warmup", "clusters", "head_only")
+        atomic_write_json(args.json, {"device": name, "args": {k: getattr(args, k) for k in keys},
+                                      "rows": aux_rows_to_json(rows)})
+    return 0
+
+
+# ---------------------------------------------------------------- bench gpu
+
+
+def _add_gpu(group) -> None:
+    p = group.add_parser(
+        "gpu", help="the prepared GPU check: CUDA tests, training MFU, sampling speed vs the paper, torchrun",
+        description="Run the paper-scale check on one GPU (scripts/gpu_check.sh calls this): the tests marked cuda, "
+                    "training steps of stage 1 / stage 2 / the baseline at B and L (tokens/s, memory, MFU), "
+                    "sampling at B / L / XL in fp32 / bf16, eager and compiled, beside the paper's A100 images/s, "
+                    "a one-process torchrun DDP / FSDP run and resume, stage 2's loss formulations; OUT/gpu_check.json "
+                    "and OUT/gpu_check.md are rewritten after every section. No downloads.",
+        epilog="docs/GPU.md explains each figure and the targets.")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for gpu_check.json, gpu_check.md, logs")
+    p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: auto)")
+    p.add_argument("--quick", action="store_true", help="every section at tiny sizes (seconds; the CPU test runs it)")
+    p.add_argument("--budget", type=float, default=420.0, metavar="SECONDS",
+                   help="skip the remaining optional sections once this much time is spent (default: 420)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the GPU's dense bf16 peak for MFU, when it is not in the built-in table")
+    p.add_argument("--skip", default="", metavar="A,B",
+                   help="sections to leave out, comma-separated names as in the report (e.g. tests,smoke)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.set_defaults(func=_run_gpu)
+
+
+def _run_gpu(args) -> int:
+    import torch
+
+    from ..gpucheck import GpuCheck
+    from ..train.dist import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    check = GpuCheck(args.out, device=device, quick=args.quick, budget_s=args.budget, peak_tflops=args.peak_tflops,
+                     skip=tuple(s.strip() for s in args.skip.split(",") if s.strip()))
+    result = check.run()
+    print((check.out / "gpu_check.md").read_text())
+    failed = [n for n, s in result["sections"].items() if s.get("status") == "error"]
+    if failed:
+        print(f"sections that raised: {', '.join(failed)} (tracebacks in {check.out / 'gpu_check.json'})")
+    return 1 if failed else 0
 
 
 # ---------------------------------------------------------------- bench quality

@@ -34,8 +34,9 @@ def register(sub) -> None:
     o.add_argument("--overwrite", action="store_true", help="replace an existing --png-dir")
     add_device_args(p)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="model dtype (bf16: for GPUs)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the decoding step (mode reduce-overhead; for GPUs, untested)")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, choices=["inductor", "cudagraph"],
+                   help="compiled decoding (GPUs): inductor = torch.compile reduce-overhead (the default of a bare "
+                        "--compile), cudagraph = the step captured into a CUDA graph, no compiler (docs/GPU.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_sample)
 

@@ -17,7 +17,7 @@ KIND_HELP = {
 
 EPILOG = """Run the same command again with the same --out to resume from the last checkpoint (exactly:
 weights, optimizer, EMA, data order and random state). Settings that define the run must match;
---log-every, --ckpt-every, --grad-accum, --device and --fsdp may change.
+--log-every, --ckpt-every, --grad-accum, --device, --fsdp, --precision, --aux-loss and --log-to may change.
 Several GPUs / nodes: torchrun --nproc_per_node N -m ctfgen train ar ... (--batch-size stays global)."""
 
 
@@ -74,6 +74,16 @@ def _add_args(p: argparse.ArgumentParser, kind: str) -> None:
     r.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     r.add_argument("--fsdp", action="store_true", help="shard weights and optimizer state across GPUs (under torchrun)")
     r.add_argument("--compile", action="store_true", help="torch.compile the model")
+    r.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 autocast on CUDA, fp32 on a CPU; bf16: autocast on any device; fp32: none")
+    if kind == "aux":
+        r.add_argument("--aux-loss", default="auto", choices=["auto", "loop", "gather", "masked"],
+                       help="how the cluster-masked loss is computed, same result (docs/GPU.md); auto: masked on "
+                            "a GPU, on a CPU gather for equal-size clusters and loop otherwise (default: auto)")
+    # not "--log": torchrun's own parser would take it for an abbreviation of its --log-dir
+    r.add_argument("--log-to", action="append", default=[], choices=["tensorboard", "wandb"],
+                   help="also log loss, lr, grad norm, tokens/s and memory live (rank 0): TensorBoard event files "
+                        "in OUT/tensorboard, or W&B offline in OUT/wandb; repeatable; needs that package")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -105,7 +115,8 @@ def _run(args) -> int:
     )
     run = RunOptions(device=args.device, grad_accum=args.grad_accum, log_every=args.log_every,
                      ckpt_every=args.ckpt_every, stop_after=args.stop_after, fsdp=args.fsdp, compile=args.compile,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, tensorboard="tensorboard" in args.log_to, wandb="wandb" in args.log_to,
+                     precision=args.precision, aux_loss=getattr(args, "aux_loss", "auto"))
     res = train(cfg, codes_dir=args.codes, coarse_map_dir=getattr(args, "coarse_map", None), out_dir=args.out, run=run)
     if res.records and (not torch.distributed.is_available() or not torch.distributed.is_initialized()):
         last = res.records[-1]

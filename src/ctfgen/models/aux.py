@@ -16,18 +16,17 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CtfgenError
+from . import member_loss as _loss
 from .config import ModelConfig
+from .member_loss import cluster_blocks  # noqa: F401  (the sampler's import)
 from .transformer import Trunk
-
-
-def cluster_blocks(labels_N: torch.Tensor, K: int) -> tuple[torch.Tensor, list[int]]:
-    """The order that sorts `labels_N` into contiguous blocks by cluster (stable), and each block's
-    size: how stage 2 groups positions (and head rows) so that each cluster is one small matmul."""
-    return torch.argsort(labels_N, stable=True), torch.bincount(labels_N, minlength=K).tolist()
 
 
 class AuxTransformer(Trunk):
     is_causal = False
+    # how member_loss computes the cluster-masked loss: "auto", "loop", "gather" or "masked" (same
+    # loss and gradients; see models/member_loss.py). A run setting, not part of the config.
+    loss_impl = "auto"
 
     def __init__(self, cfg: ModelConfig, code_to_coarse: torch.Tensor | None = None):
         if cfg.kind != "aux":
@@ -88,8 +87,12 @@ class AuxTransformer(Trunk):
             with torch.no_grad():
                 acc = ((logits_BLV.argmax(-1) == codes_BL) & keep_BL).sum() / keep_BL.sum().clamp(min=1)
             return loss, {"loss": loss.detach(), "acc": acc}
-        h_ND = self.features(coarse_BL, label_B)[keep_BL]
-        loss, acc = self.member_loss(h_ND, coarse_BL[keep_BL], codes_BL[keep_BL])
+        h_BLD = self.features(coarse_BL, label_B)
+        if self.training and c.coarse_noise > 0:  # a data-dependent selection: only when needed
+            h_ND, coarse_N, codes_N = h_BLD[keep_BL], coarse_BL[keep_BL], codes_BL[keep_BL]
+        else:
+            h_ND, coarse_N, codes_N = h_BLD.flatten(0, 1), coarse_BL.flatten(), codes_BL.flatten()
+        loss, acc = self.member_loss(h_ND, coarse_N, codes_N)
         return loss, {"loss": loss.detach(), "acc": acc}
 
     def features(self, coarse_BL: torch.Tensor, cond_B: torch.Tensor | None) -> torch.Tensor:
@@ -101,35 +104,37 @@ class AuxTransformer(Trunk):
             h_BLD = layer(h_BLD, self.rope_cos[:S], self.rope_sin[:S], is_causal=False)
         return self.norm(h_BLD)[:, c.n_prefix:]
 
-    def member_loss(self, h_ND: torch.Tensor, coarse_N: torch.Tensor, codes_N: torch.Tensor):
-        """Cross-entropy of the cluster-masked head, scoring only each position's cluster members.
+    def member_loss(self, h_ND: torch.Tensor, coarse_N: torch.Tensor, codes_N: torch.Tensor,
+                    impl: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy (fp32) and accuracy of the cluster-masked head over N positions.
 
-        Equal to the masked full head's loss (codes outside the cluster have probability 0 there),
-        at N*V/K instead of N*V head cost: with K=128 the full head was most of a tiny model's step.
-        Positions and head rows are sorted by cluster and split into contiguous blocks, whose
-        backward is one concatenation rather than a full-size scatter per cluster.
+        h_ND: final hidden states; coarse_N: each position's cluster; codes_N: its true code, a
+        member of that cluster. Equal to the masked full head's loss (codes outside the cluster
+        have probability 0 there). `impl` (default: `self.loss_impl`) picks the formulation.
         """
-        if int(self.code_to_coarse.min()) < 0:
-            raise CtfgenError("code_to_coarse is not set: pass it to build_model or load a checkpoint")
-        K = self.config.coarse_vocab
-        code_order_V, members_per_K = cluster_blocks(self.code_to_coarse, K)
-        # column of each code inside its cluster's block
-        col_V = torch.empty_like(code_order_V)
-        starts_K = torch.cumsum(torch.tensor([0] + members_per_K[:-1], device=col_V.device), 0)
-        col_V[code_order_V] = torch.arange(len(code_order_V), device=col_V.device) - starts_K[self.code_to_coarse[code_order_V]]
-        w_parts = self.output.weight[code_order_V].split(members_per_K)
+        w = self.output.weight
+        # on the meta device (shape checks) there are no values to derive tables from
+        tables = None if self.code_to_coarse.is_meta else self._cluster_tables()
+        impl = _loss.resolve_impl(impl or self.loss_impl, h_ND.device, tables)
+        self.last_loss_impl = impl  # what "auto" chose, for reports
+        if h_ND.shape[0] == 0:  # every position noised: no loss, but keep the graph connected
+            zero = (h_ND.sum() * 0).float()
+            return zero, zero.detach()
+        if impl == "masked":
+            return _loss.loss_masked(h_ND, coarse_N, codes_N, w, self.code_to_coarse)
+        if tables is None:
+            raise CtfgenError(f"aux loss formulation {impl!r} needs the values of code_to_coarse; "
+                              "on the meta device only 'masked' runs")
+        if impl == "gather":
+            return _loss.loss_gather(h_ND, coarse_N, codes_N, w, tables)
+        return _loss.loss_loop(h_ND, coarse_N, codes_N, w, tables)
 
-        pos_order_N, rows_per_K = cluster_blocks(coarse_N, K)
-        h_parts = h_ND[pos_order_N].split(rows_per_K)
-        t_parts = col_V[codes_N[pos_order_N]].split(rows_per_K)
-        total = h_ND.new_zeros((), dtype=torch.float32)
-        hits = torch.zeros((), dtype=torch.long, device=h_ND.device)
-        for k in range(K):
-            if rows_per_K[k] == 0:
-                continue
-            logits_nM = (h_parts[k] @ w_parts[k].T).float()
-            total = total + F.cross_entropy(logits_nM, t_parts[k], reduction="sum")
-            with torch.no_grad():
-                hits += (logits_nM.argmax(-1) == t_parts[k]).sum()
-        n = max(len(coarse_N), 1)
-        return total / n, hits.float() / n
+    def _cluster_tables(self) -> _loss.ClusterTables:
+        """Derived from code_to_coarse once, again whenever the buffer is replaced or written to."""
+        c2c = self.code_to_coarse
+        cached = getattr(self, "_tables", None)
+        if cached is None or cached[0] is not c2c or cached[1] != c2c._version:
+            if int(c2c.min()) < 0:
+                raise CtfgenError("code_to_coarse is not set: pass it to build_model or load a checkpoint")
+            self._tables = (c2c, c2c._version, _loss.cluster_tables(c2c, self.config.coarse_vocab))
+        return self._tables[2]

@@ -90,3 +90,17 @@ class GPT(Trunk):
         slot = self.config.n_prefix + pos
         self._check_cache(tokens_B.shape[0], slot + 1)
         return self.run(self.embed(tokens_B[:, None], None), pos=slot)[:, -1]
+
+    @torch.no_grad()
+    def decode_step_static(self, tokens_B: torch.Tensor, pos_t: torch.Tensor) -> torch.Tensor:
+        """decode_step with static shapes, for CUDA graphs and torch.compile: `pos_t` is a 0-dim
+        long tensor on the model's device holding the image-token number, the whole cache is
+        attended (later slots masked), and nothing reads a value back to the host. Same logits as
+        decode_step. Checks only the batch: the position is not known on the host."""
+        cache = self.layers[0].attention.k_cache
+        if cache is None:
+            raise CtfgenError("call setup_cache(batch_size, ...) before decode_step_static")
+        if tokens_B.shape[0] > cache.shape[0]:
+            raise CtfgenError(f"KV cache holds {cache.shape[0]} sequences; asked for {tokens_B.shape[0]}")
+        return self.run(self.embed(tokens_B[:, None], None), pos=pos_t + self.config.n_prefix)[:, -1]
+

@@ -60,20 +60,32 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.attn_dropout = cfg.attn_dropout
         self.resid_dropout = nn.Dropout(cfg.resid_dropout)
-        self.k_cache: torch.Tensor | None = None  # (B, H, S, hd) once setup_cache ran
-        self.v_cache: torch.Tensor | None = None
+        # (B, H, S, hd) once setup_cache ran. Buffers (not saved): they follow .to() like the weights,
+        # and compilers treat them as static, mutable state (CUDA graphs keep their addresses).
+        self.register_buffer("k_cache", None, persistent=False)
+        self.register_buffer("v_cache", None, persistent=False)
 
     def forward(self, x_BLD: torch.Tensor, cos_LP: torch.Tensor, sin_LP: torch.Tensor, *,
-                is_causal: bool, pos: int | None = None) -> torch.Tensor:
+                is_causal: bool, pos: int | torch.Tensor | None = None) -> torch.Tensor:
         """Plain attention over x, or, with `pos`, write x's keys/values into the cache at slots
-        pos.. and attend over the filled prefix [:pos+L] of the cache."""
+        pos.. and attend over the filled prefix [:pos+L] of the cache. A tensor `pos` (0-dim, on
+        the cache's device) takes the static-shape path instead: the whole cache is attended, the
+        slots after each query masked, so every position runs the same kernels on the same shapes
+        (one CUDA graph or compiled graph for all positions)."""
         B, L, _ = x_BLD.shape
         q, k, v = self.wqkv(x_BLD).view(B, L, 3, self.n_head, self.head_dim).unbind(2)
         q_BHLD = apply_rope(q, cos_LP, sin_LP).transpose(1, 2)
         k_BHLD = apply_rope(k, cos_LP, sin_LP).transpose(1, 2)
         v_BHLD = v.transpose(1, 2)
         mask = None
-        if pos is not None:
+        if isinstance(pos, torch.Tensor):
+            slots_L = pos + torch.arange(L, device=pos.device)
+            self.k_cache[:B].index_copy_(2, slots_L, k_BHLD.to(self.k_cache.dtype))
+            self.v_cache[:B].index_copy_(2, slots_L, v_BHLD.to(self.v_cache.dtype))
+            k_BHLD, v_BHLD = self.k_cache[:B], self.v_cache[:B]
+            mask = torch.arange(k_BHLD.shape[2], device=pos.device)[None, :] <= slots_L[:, None]
+            is_causal = False
+        elif pos is not None:
             end = pos + L
             self.k_cache[:B, :, pos:end] = k_BHLD
             self.v_cache[:B, :, pos:end] = v_BHLD
@@ -186,11 +198,16 @@ class Trunk(nn.Module):
         h = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         return self.tok_dropout(h)  # LlamaGen drops the class embedding too
 
-    def run(self, h_BLD: torch.Tensor, *, pos: int | None = None) -> torch.Tensor:
-        """Blocks + norm + head over h placed at sequence positions start.. (start = pos or 0)."""
-        start = pos or 0
+    def run(self, h_BLD: torch.Tensor, *, pos: int | torch.Tensor | None = None) -> torch.Tensor:
+        """Blocks + norm + head over h placed at sequence positions start.. (start = pos or 0).
+        A tensor `pos` selects the static-shape cache path (see Attention.forward)."""
         L = h_BLD.shape[1]
-        cos, sin = self.rope_cos[start:start + L], self.rope_sin[start:start + L]
+        if isinstance(pos, torch.Tensor):
+            rows_L = pos + torch.arange(L, device=pos.device)
+            cos, sin = self.rope_cos[rows_L], self.rope_sin[rows_L]
+        else:
+            start = pos or 0
+            cos, sin = self.rope_cos[start:start + L], self.rope_sin[start:start + L]
         for layer in self.layers:
             h_BLD = layer(h_BLD, cos, sin, is_causal=self.is_causal, pos=pos)
         return self.output(self.norm(h_BLD)).float()

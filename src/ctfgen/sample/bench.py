@@ -28,8 +28,12 @@ from .sampler import sample_seed
 
 # stage-1 / baseline size, stage-2 size, codebook V, clusters K, tokens per side, classes
 PRESETS = {
+    "tiny": dict(model="tiny", aux="tiny", vocab=256, k=16, grid=4, num_classes=10),  # a smoke test of the bench
     "fmnist": dict(model="small", aux="small", vocab=4096, k=128, grid=8, num_classes=10),
     "B": dict(model="B", aux="aux-B", vocab=16384, k=512, grid=16, num_classes=1000),
+    # the paper's L and XL: one stage 2 of L size for every stage-1 size
+    "L": dict(model="L", aux="aux-L", vocab=16384, k=512, grid=16, num_classes=1000),
+    "XL": dict(model="XL", aux="aux-L", vocab=16384, k=512, grid=16, num_classes=1000),
 }
 
 
@@ -91,15 +95,16 @@ def _model(kind: str, preset: str, cfg: dict, seed: int, **extra):
 
 
 def build_pipelines(preset: str = "fmnist", *, aux_preset: str | None = None, device="cpu",
-                    dtype: torch.dtype | None = None, compile: bool = False, seed: int = 0):
+                    dtype: torch.dtype | None = None, compile: bool | str | None = False, seed: int = 0):
     if preset not in PRESETS:
         raise CtfgenError(f"bench speed: unknown preset {preset!r}; known: {sorted(PRESETS)}")
     cfg = dict(PRESETS[preset], **({"aux": aux_preset} if aux_preset else {}))
     g = torch.Generator().manual_seed(seed)
     c2c = torch.randperm(cfg["vocab"], generator=g) % cfg["k"]  # balanced random clusters
-    ar = _model("ar", cfg["model"], cfg, seed)
-    aux = _model("aux", cfg["aux"], cfg, seed + 1, code_to_coarse=c2c)
-    baseline = _model("baseline", cfg["model"], cfg, seed + 2)
+    with torch.device(device):  # initialised where they run: XL-size weights are slow to fill on a CPU
+        ar = _model("ar", cfg["model"], cfg, seed)
+        aux = _model("aux", cfg["aux"], cfg, seed + 1, code_to_coarse=c2c)
+        baseline = _model("baseline", cfg["model"], cfg, seed + 2)
     kw = dict(dtype=dtype, compile=compile)
     ctf = CTFPipeline(None, ar=ar.to(device), aux=aux.to(device), **kw)
     base = BaselinePipeline(None, baseline=baseline.to(device), **kw)
@@ -108,7 +113,7 @@ def build_pipelines(preset: str = "fmnist", *, aux_preset: str | None = None, de
 
 def bench_speed(preset: str = "fmnist", *, batch_size: int = 64, runs: int = 3, warmup: int = 1,
                 guidance_scale: float = 2.0, aux_preset: str | None = None, device="cpu",
-                dtype: torch.dtype | None = None, compile: bool = False, seed: int = 0,
+                dtype: torch.dtype | None = None, compile: bool | str | None = False, seed: int = 0,
                 progress: bool = True, profile: bool = False) -> tuple[list[SpeedResult], dict]:
     """Time `runs` batches of each sampler, alternating which goes first, after `warmup` rounds;
     then, with `profile`, split one more batch of each into categories (`profile_batch`)."""
@@ -356,7 +361,7 @@ def format_results(results: list[SpeedResult], info: dict) -> str:
     lines = [f"bench speed: preset {info['preset']} (stage 1 / baseline {info['model']}, stage 2 {info['aux']}, "
              f"V={info['vocab']}, K={info['k']}, {info['grid']}x{info['grid']} tokens), batch {B}, "
              f"CFG {info['guidance_scale']}, {info['device']}, {info['dtype']}"
-             f"{', compiled' if info['compile'] else ''}; median of {info['runs']} after {info['warmup']} warm-up",
+             f"{', compiled (' + str(info['compile']) + ')' if info['compile'] else ''}; median of {info['runs']} after {info['warmup']} warm-up",
              f"{'sampler':<10}{'params':>14}{'images/s':>10}{'s/batch':>10}{mem:>18}  runs (s)"]
     for r in results:
         params = "+".join(f"{v / 1e6:.1f}M" for v in r.params.values())
@@ -394,7 +399,8 @@ def add_cli(group) -> None:
         description="Sample batches with CTF (stage 1 + stage 2) and the baseline, random weights, guidance on, "
                     "interleaved after a warm-up; print the median images/s, peak memory and their ratio.")
     p.add_argument("--preset", default="fmnist", choices=sorted(PRESETS),
-                   help="fmnist: small GPT, V 4096, K 128, 8x8 tokens; B: GPT-B, V 16384, K 512, 16x16 (default: fmnist)")
+                   help="fmnist: small GPT, V 4096, K 128, 8x8 tokens; B / L / XL: GPT-B / L / XL, V 16384, K 512, 16x16, "
+                        "stage 2 aux-B (B) or aux-L (default: fmnist)")
     p.add_argument("--aux-preset", help="stage-2 size (default: fmnist small, B aux-B)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
     p.add_argument("--runs", type=int, default=3, help="timed batches per sampler (default: 3)")
@@ -403,7 +409,8 @@ def add_cli(group) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="model dtype (bf16: for GPUs)")
-    p.add_argument("--compile", action="store_true", help="compiled decoding (GPU, untested)")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, choices=["inductor", "cudagraph"],
+                   help="compiled decoding (GPUs; sample/decoding.py): inductor (a bare --compile) or cudagraph")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--profile", action="store_true",
                    help="then profile one more batch of each (torch.profiler) and print where the time goes")

@@ -127,12 +127,15 @@ class _Pipeline:
 
     def __init__(self, tokenizer, models: dict[str, torch.nn.Module], *, sampling: SamplingConfig | None = None,
                  fingerprints: dict[str, str] | None = None, folders: dict[str, Path] | None = None,
-                 dtype: torch.dtype | None = None, compile: bool = False):
+                 dtype: torch.dtype | None = None, compile: bool | str = False):
         self.tokenizer = tokenizer.eval() if tokenizer is not None else None  # None: codes only (bench)
         self.models = {role: (m.to(dtype) if dtype is not None else m).eval() for role, m in models.items()}
         self.sampling = (sampling or self.default_sampling()).check()
         self.fingerprints = dict(fingerprints or {})
         self.folders = dict(folders or {})
+        from .decoding import resolve_mode
+
+        resolve_mode(compile)  # a bad value is refused here, not at the first batch
         self.compile = compile
         self._step_fn = None
         first = next(iter(self.models.values())).config
@@ -219,11 +222,14 @@ class _Pipeline:
         raise NotImplementedError
 
     def _decode_step(self, model):
-        if not self.compile:
+        """The compiled decoding step (sample/decoding.py) when `compile` asks for one, else None."""
+        from .decoding import make_step_fn, resolve_mode
+
+        mode = resolve_mode(self.compile)
+        if mode is None:
             return None
         if self._step_fn is None:
-            # Untested on GPU. dynamic=True: the attended cache prefix grows by one every step.
-            self._step_fn = torch.compile(model.decode_step, mode="reduce-overhead", dynamic=True)
+            self._step_fn = make_step_fn(model, mode)
         return self._step_fn
 
     @torch.inference_mode()
@@ -319,6 +325,7 @@ class CTFPipeline(_Pipeline):
                                     guidance_schedule=s.guidance_schedule, temperature=s.temperature,
                                     top_k=s.top_k, top_p=s.top_p, argmax=s.argmax,
                                     step_fn=self._decode_step(ar), progress=progress)
+        _sync(coarse_BL.device)  # on a GPU the stage times must not be the launch times
         t1 = time.perf_counter()
         if getattr(aux.config, "kind", "") == "prior":  # a stage 2 with no parameters (models/member_prior.py)
             codes_BL = aux.sample(coarse_BL, u_BN[:, L:], members_KM=self.members_KM, counts_K=self.counts_K,
@@ -328,6 +335,7 @@ class CTFPipeline(_Pipeline):
                                    counts_K=self.counts_K, temperature=s.stage2_temperature,
                                    top_k=s.stage2_top_k, argmax=s.stage2_argmax,
                                    guidance_scale=s.stage2_guidance_scale)
+        _sync(codes_BL.device)
         self.last_timings = {"stage1_s": t1 - t0, "stage2_s": time.perf_counter() - t1}  # for the bench
         return codes_BL
 
@@ -366,6 +374,11 @@ def to_pil(images_NHWC: np.ndarray) -> list:
 
 
 # ---------------------------------------------------------------- processes
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
 
 def _dist() -> tuple[int, int]:
     import torch.distributed as dist

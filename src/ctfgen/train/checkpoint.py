@@ -5,7 +5,7 @@
     out/ema.safetensors         EMA weights, when the run keeps an EMA
     out/training_state/         optimizer.safetensors + state.json (step, data position, optimizer
                                 hyper-parameters) + rng.safetensors (torch/CUDA/numpy/python, per rank)
-    out/metrics.jsonl, out/loss_curve.png, out/tensorboard/
+    out/metrics.jsonl, out/loss_curve.png, out/tensorboard/, out/wandb/ (live logs, when asked for)
 
 Everything is tensors in safetensors or plain JSON; nothing is pickled. The folder is replaced in one
 rename (artifacts.artifact_dir), so a kill during saving leaves the previous checkpoint intact.
@@ -26,7 +26,7 @@ from ..errors import ArtifactError
 
 KIND = "model"
 STATE_DIR = "training_state"
-LIVE_FILES = ("metrics.jsonl", "tensorboard")  # written between checkpoints, carried into each new one
+LIVE_FILES = ("metrics.jsonl", "tensorboard", "wandb")  # written between checkpoints, carried into each new one
 
 
 # ---------------------------------------------------------------- tensors <-> files

@@ -7,13 +7,18 @@ part of the recipe; how it is split across ranks and micro-steps is not.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from ..errors import CtfgenError
 
 KINDS = ("baseline", "ar", "aux")
+PRECISIONS = ("auto", "bf16", "fp32")
 REFERENCE_BATCH = 256  # learning rates are given per this many samples (LlamaGen: 1e-4 at 256)
 
 
@@ -95,7 +100,11 @@ class RunOptions:
     fsdp: bool = False  # shard parameters, gradients and optimizer state (FullyShardedDataParallel)
     compile: bool = False  # torch.compile the model
     progress: bool = True  # tqdm bar on rank 0
-    tensorboard: bool = True  # also log to TensorBoard when it is installed
+    # live logs on rank 0, beside metrics.jsonl (`--log-to tensorboard`, `--log-to wandb`)
+    tensorboard: bool = False  # TensorBoard event files in out/tensorboard (needs the tensorboard package)
+    wandb: bool = False  # Weights & Biases in offline mode, files in out/wandb (needs the wandb package)
+    precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 elsewhere; "bf16": autocast anywhere; "fp32"
+    aux_loss: str = "auto"  # stage 2's loss formulation: auto, loop, gather, masked (models/member_loss.py)
 
     def __post_init__(self) -> None:
         for name in ("grad_accum", "log_every"):
@@ -104,3 +113,20 @@ class RunOptions:
         for name in ("ckpt_every", "stop_after"):
             if getattr(self, name) < 0:
                 raise CtfgenError(f"run options: {name} must be >= 0, got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise CtfgenError(f"run options: precision must be one of {PRECISIONS}, got {self.precision!r}")
+        from ..models.member_loss import IMPLS
+
+        if self.aux_loss not in ("auto",) + IMPLS:
+            raise CtfgenError(f"run options: aux_loss must be one of {('auto',) + IMPLS}, got {self.aux_loss!r}")
+        # checked on every rank, so a missing package stops all of them, not just the one that logs
+        for flag, package, extra in (("tensorboard", "tensorboard", "tensorboard"), ("wandb", "wandb", "wandb")):
+            if getattr(self, flag) and importlib.util.find_spec(package) is None:
+                raise CtfgenError(f"--log-to {flag}: the {package!r} package is not installed "
+                                  f"(pip install 'ctfgen[{extra}]' or pip install {package})")
+
+    def autocast(self, device: torch.device):
+        """The autocast context of a training step on `device` (bf16 or none, see `precision`)."""
+        if self.precision == "bf16" or (self.precision == "auto" and device.type == "cuda"):
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()

@@ -54,7 +54,9 @@ def init_distributed(device: str = "auto") -> DistInfo:
     dev = resolve_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
+    # A process group even for one process: a one-GPU torchrun then runs the same DDP / FSDP code
+    # as eight (the cheapest check of that code, `ctfgen bench gpu`).
+    if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend=backend, rank=rank, world_size=world, **kwargs)
@@ -62,7 +64,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
 
 def shutdown(info: DistInfo) -> None:
-    if info.world_size > 1 and dist.is_initialized():
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

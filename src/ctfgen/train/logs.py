@@ -1,11 +1,24 @@
-"""Metric records: a JSONL file in the run folder, TensorBoard when installed, and a loss-curve PNG."""
+"""Metric records: a JSONL file in the run folder, a loss-curve PNG, and, when asked for, live logs
+for watching long runs: TensorBoard event files (out/tensorboard) and Weights & Biases in offline
+mode (out/wandb; `wandb sync` uploads them later). Only rank 0 writes any of them."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 METRICS = "metrics.jsonl"
+SKIP = ("step", "epoch")  # the x axis, not a metric
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (Linux ru_maxrss is in KiB)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
 
 
 class MetricsLog:
@@ -15,14 +28,21 @@ class MetricsLog:
     continuous run even when the previous process died between checkpoints.
     """
 
-    def __init__(self, out_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, out_dir: str | Path, *, enabled: bool = True, tensorboard: bool = False, wandb: bool = False,
+                 run_config: dict | None = None):
         self.out = Path(out_dir)
         self.enabled = enabled
         self.records: list[dict[str, Any]] = []
         self._tb = None
         self._tb_wanted = tensorboard and enabled
+        self._wandb = None
+        self._wandb_wanted = wandb and enabled
+        self._run_config = run_config or {}
+        self._purge_step: int | None = None
 
     def resume(self, step: int) -> None:
+        # TensorBoard hides what a killed process logged past the checkpoint
+        self._purge_step = step + 1
         path = self.out / METRICS
         if not self.enabled or not path.is_file():
             return
@@ -50,27 +70,42 @@ class MetricsLog:
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
-        tb = self._writer()
-        if tb is not None:
-            for key, value in record.items():
-                if key not in ("step", "epoch") and isinstance(value, (int, float)):
-                    tb.add_scalar(f"train/{key}", value, record["step"])
+        scalars = {f"train/{k}": v for k, v in record.items() if k not in SKIP and isinstance(v, (int, float))}
+        if self._tb_wanted:
+            tb = self._tensorboard()
+            for key, value in scalars.items():
+                tb.add_scalar(key, value, record["step"])
+            tb.flush()  # watched live: do not wait for the writer's own flush interval
+        if self._wandb_wanted:
+            self._wandb_run().log({**scalars, "train/epoch": record.get("epoch", 0.0)}, step=record["step"])
 
-    def _writer(self):
-        if self._tb is None and self._tb_wanted:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional
-                self._tb_wanted = False
-                return None
-            self._tb = SummaryWriter(str(self.out / "tensorboard"))
+    def _tensorboard(self):
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter  # RunOptions checked it is installed
+
+            self._tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=self._purge_step)
+            self._purge_step = None
         return self._tb
 
+    def _wandb_run(self):
+        if self._wandb is None:
+            import wandb
+
+            # one W&B run per run folder, across resumes and the re-opening after each checkpoint
+            run_id = "ctfgen-" + hashlib.sha256(str(self.out.resolve()).encode()).hexdigest()[:12]
+            (self.out / "wandb").mkdir(parents=True, exist_ok=True)
+            self._wandb = wandb.init(project="ctfgen", name=self.out.name, id=run_id, resume="allow",
+                                     mode="offline", dir=str(self.out), config=self._run_config)
+        return self._wandb
+
     def close(self) -> None:
-        """Release the TensorBoard files (before the folder is swapped; reopened on the next write)."""
+        """Release the live-log files (before the folder is swapped; reopened on the next write)."""
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
 
     def plot(self, path: str | Path, title: str = "") -> None:
         if not self.records:

@@ -38,11 +38,13 @@ def wrap(model: nn.Module, info: DistInfo, *, fsdp: bool = False) -> nn.Module:
                     fully_shard(block)
         fully_shard(root)
         return root
-    if info.world_size > 1:
+    if info.enabled:  # under torchrun, one process too
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [info.device.index] if info.device.type == "cuda" else None
-        return DDP(root, device_ids=ids)
+        # buffers (rotary table, code_to_coarse) are built identically on every rank: broadcasting
+        # them before every forward would only cost time (and invalidate stage 2's cluster tables)
+        return DDP(root, device_ids=ids, broadcast_buffers=False)
     return root
 
 

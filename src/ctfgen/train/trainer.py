@@ -9,7 +9,6 @@ the out folder on a shared filesystem.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
@@ -27,7 +26,7 @@ from . import checkpoint as ckpt
 from .config import RunOptions, TrainConfig
 from .data import BatchOrder, TokenDataset, check_inputs, open_coarse_map, open_codes
 from .dist import DistInfo, all_gather_objects, all_reduce_mean, barrier, broadcast_object, init_distributed, no_sync, shutdown
-from .logs import MetricsLog
+from .logs import MetricsLog, peak_rss_gb
 from .parallel import EMA, full_model_state, full_optimizer_state, load_full_optimizer_state, param_groups, wrap
 
 
@@ -129,6 +128,8 @@ def _train(cfg, run, info: DistInfo, out: Path, codes_dir: Path, coarse_map_dir,
 
     _seed_all(cfg.seed)  # identical initial weights on every rank
     model = build_for(cfg, codes, coarse, build_model)
+    if hasattr(model, "loss_impl"):  # stage 2: how the cluster-masked loss is computed
+        model.loss_impl = run.aux_loss
     config = {"model": model_config_dict(model), "train": to_dict(cfg), "model_kind": cfg.kind}
     made_from = {"codes": codes.fingerprint, "tokenizer": codes.tokenizer_fingerprint}
     if coarse is not None:
@@ -160,7 +161,8 @@ def _train(cfg, run, info: DistInfo, out: Path, codes_dir: Path, coarse_map_dir,
                                   betas=(cfg.beta1, cfg.beta2))
     ema = EMA(opt_model, cfg.ema) if cfg.ema else None
 
-    log = MetricsLog(out, enabled=info.is_main, tensorboard=run.tensorboard)
+    log = MetricsLog(out, enabled=info.is_main, tensorboard=run.tensorboard, wandb=run.wandb,
+                     run_config={**config, "made_from": made_from})
     start = 0
     if resume is not None:
         start = int(resume["state"]["step"])
@@ -189,8 +191,7 @@ def _train(cfg, run, info: DistInfo, out: Path, codes_dir: Path, coarse_map_dir,
 
     stop = min(total, run.stop_after) if run.stop_after else total
     seq_tokens = cfg.batch_size * dataset.seq_len
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if info.device.type == "cuda"
-                else contextlib.nullcontext())
+    autocast = run.autocast(info.device)
     params = [p for p in wrapped.parameters() if p.requires_grad]
 
     def save(done: int) -> None:
@@ -260,6 +261,8 @@ def _train(cfg, run, info: DistInfo, out: Path, codes_dir: Path, coarse_map_dir,
             rec.update({"lr": lr, "grad_norm": values[-1], "tokens_per_s": window_steps * seq_tokens / elapsed})
             if info.device.type == "cuda":
                 rec["max_mem_gb"] = torch.cuda.max_memory_allocated(info.device) / 2**30
+            else:
+                rec["max_rss_gb"] = peak_rss_gb()
             log.write(rec)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.3g}")
             window, window_steps, grad_norm_sum = {}, 0, torch.zeros((), device=info.device)

@@ -1,0 +1,113 @@
+"""Training-step speed of stage 1, stage 2 and the baseline: tokens/s, step time, peak memory, MFU.
+
+Each model is built on the device with random codes as data and runs the trainer's step (bf16
+autocast, AdamW with LlamaGen's betas, gradient clipping) for `warmup` untimed and `steps` timed
+steps, one model after another (a GPU has no neighbours to share load with).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from ..train.config import RunOptions
+from ..train.parallel import param_groups
+from .flops import mfu, train_flops_per_token
+
+IMAGENET_TRAIN = 1_281_167  # images in ImageNet-1k's train split: an epoch is one view of each
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_training(kind: str, preset: str, *, vocab: int, k: int, grid: int, num_classes: int, batch_size: int,
+                  steps: int, warmup: int, device: torch.device, peak_tflops: float | None,
+                  precision: str = "bf16", aux_loss: str = "auto", seed: int = 0, profile: bool = False) -> dict:
+    """Median step time etc. of `steps` steps after `warmup`; with `profile`, one more step under
+    torch.profiler (gpucheck.sampling.profile_call: device-busy share and the top ops)."""
+    from ..models import build_model
+    from ..train.bench import _reset_peak_rss, _rss_kb
+
+    g = torch.Generator().manual_seed(seed)
+    kwargs = dict(vocab_size=vocab, num_classes=num_classes, grid=grid)
+    if kind != "baseline":
+        kwargs["coarse_vocab"] = k
+    if kind == "aux":
+        kwargs["code_to_coarse"] = torch.randperm(vocab, generator=g) % k
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = build_model(kind, preset, **kwargs)
+    if kind == "aux":
+        model.loss_impl = aux_loss
+    model.train()
+    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95))
+    autocast = RunOptions(device=str(device), precision=precision, progress=False).autocast(device)
+    L = grid * grid
+    codes = torch.randint(0, vocab, (batch_size, L), generator=g)
+    batch = {"codes": codes.to(device), "label": torch.randint(0, num_classes, (batch_size,), generator=g).to(device)}
+    if kind != "baseline":
+        c2c = model.code_to_coarse.cpu() if kind == "aux" else torch.arange(vocab) % k
+        batch["coarse"] = c2c[codes].to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step():
+        with autocast:
+            loss, _ = model.compute_loss(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    times = []
+    for i in range(warmup + steps):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            else:
+                _reset_peak_rss()
+        _sync(device)
+        t0 = time.perf_counter()
+        loss = step()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        peak_gib = torch.cuda.max_memory_allocated(device) / 2**30
+    else:
+        hwm = _rss_kb("VmHWM")
+        peak_gib = hwm / 2**20 if hwm is not None else float("nan")
+    step_s = statistics.median(times)
+    tokens = batch_size * L
+    per_token = train_flops_per_token(model.config)
+    tokens_per_s = tokens / step_s
+    out = {"kind": kind, "preset": preset, "params": model.num_params(), "vocab_out": model.config.out_vocab,
+           "batch_size": batch_size, "tokens_per_step": tokens, "precision": precision,
+           "aux_loss": getattr(model, "last_loss_impl", None), "step_ms": 1e3 * step_s,
+           "step_ms_all": [1e3 * t for t in times], "tokens_per_s": tokens_per_s,
+           "peak_mem_gib": peak_gib, "model_tflop_per_step": per_token * tokens / 1e12,
+           "achieved_tflops": per_token * tokens_per_s / 1e12,
+           "mfu": mfu(tokens_per_s, per_token, peak_tflops), "loss": float(loss.detach()),
+           "imagenet_epoch_hours": IMAGENET_TRAIN * L / tokens_per_s / 3600}
+    if profile:
+        from .sampling import profile_call
+
+        out["profile"] = profile_call(step, device)
+    del model, opt
+    return out
+
+
+def format_training(rows: list[dict]) -> list[str]:
+    lines = ["| model | preset | params | batch x tokens | step ms | tokens/s | peak memory GiB | TFLOP/s | MFU | "
+             "ImageNet epoch, h |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        name = r["kind"] + (f" ({r['aux_loss']} loss)" if r["kind"] == "aux" else "")
+        mfu_s = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+        lines.append(f"| {name} | {r['preset']} | {r['params'] / 1e6:.1f}M | {r['batch_size']} x "
+                     f"{r['tokens_per_step'] // r['batch_size']} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['peak_mem_gib']:.2f} | {r['achieved_tflops']:.1f} | {mfu_s} | "
+                     f"{r['imagenet_epoch_hours']:.2f} |")
+    return lines

@@ -1,0 +1,131 @@
+"""`ctfgen bench aux-loss`: the three formulations of stage 2's loss (models/member_loss.py) timed
+against each other on one model, for the head alone and for a whole training step.
+
+Head alone: random final hidden states (N = batch * tokens, D) with gradients, the loss forward and
+backward. Whole step: compute_loss, backward and an AdamW step of the model. Formulations alternate
+within each round so that drifts in machine load hit all alike; the median is reported.
+"""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..models.member_loss import IMPLS
+from .parallel import param_groups
+
+
+@dataclass
+class AuxLossRow:
+    impl: str
+    head_ms: float  # median forward + backward of the loss alone
+    step_ms: float  # median whole training step (NaN when not measured)
+    peak_mb: float  # CUDA: max allocated during the head timing (NaN on a CPU)
+    loss: float  # the loss of the first head call: equal across formulations
+    max_cluster: int  # M, the largest cluster (gather's block width); the mean is vocab / k
+
+
+def cluster_labels(vocab: int, k: int, kind: str, g: torch.Generator) -> torch.Tensor:
+    """(vocab,) random cluster labels, every cluster non-empty."""
+    if kind == "balanced":
+        return torch.randperm(vocab, generator=g) % k
+    if kind != "skewed":
+        from ..errors import CtfgenError
+
+        raise CtfgenError(f"clusters must be 'balanced' or 'skewed', got {kind!r}")
+    weights_K = torch.exp(0.35 * torch.randn(k, generator=g))  # log-normal cluster popularity
+    labels = torch.cat([torch.arange(k), torch.multinomial(weights_K, vocab - k, replacement=True, generator=g)])
+    return labels[torch.randperm(vocab, generator=g)]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_aux_loss(*, preset: str = "aux-L", vocab: int = 16384, k: int = 512, grid: int = 16,
+                   batch_size: int = 2, steps: int = 3, warmup: int = 1, whole_step: bool = True,
+                   num_classes: int = 1000, device: str | torch.device = "cpu", seed: int = 0,
+                   clusters: str = "balanced", impls: tuple[str, ...] = IMPLS) -> list[AuxLossRow]:
+    """One AuxLossRow per formulation, in `impls` order. bf16 autocast on CUDA, as the trainer.
+
+    clusters: "balanced" (vocab / k codes each) or "skewed" (uneven sizes, largest ~3x the mean,
+    like k-means on a trained codebook: docs/CLUSTERING.md), which is what the gather pays for."""
+    from ..models import build_model
+
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(seed)
+    c2c = cluster_labels(vocab, k, clusters, g)
+    torch.manual_seed(seed)
+    with torch.device(device):  # initialise where it runs: an L-size model is slow to fill on a CPU
+        model = build_model("aux", preset, vocab_size=vocab, num_classes=num_classes, grid=grid, coarse_vocab=k,
+                            code_to_coarse=c2c)
+    model.train()
+    torch.nn.init.normal_(model.output.weight, std=0.02)
+    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-6, betas=(0.9, 0.95))
+    L = grid * grid
+    codes = torch.randint(0, vocab, (batch_size, L), generator=g).to(device)
+    batch = {"codes": codes, "coarse": model.code_to_coarse[codes], "label": torch.randint(0, num_classes, (batch_size,), generator=g).to(device)}
+    D = model.config.dim
+    h_ND = torch.randn(batch_size * L, D, generator=g).to(device).requires_grad_()
+    coarse_N, codes_N = batch["coarse"].flatten(), codes.flatten()
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
+
+    head = {i: [] for i in impls}
+    step = {i: [] for i in impls}
+    peak = dict.fromkeys(impls, float("nan"))
+    first_loss: dict[str, float] = {}
+    for r in range(warmup + steps):
+        for impl in (impls if r % 2 == 0 else impls[::-1]):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            _sync(device)
+            t0 = time.perf_counter()
+            with autocast:
+                loss, _ = model.member_loss(h_ND, coarse_N, codes_N, impl=impl)
+            loss.backward()
+            _sync(device)
+            dt = time.perf_counter() - t0
+            h_ND.grad = None
+            model.zero_grad(set_to_none=True)
+            first_loss.setdefault(impl, float(loss.detach()))
+            if device.type == "cuda":
+                peak[impl] = torch.cuda.max_memory_allocated(device) / 2**20
+            if r >= warmup:
+                head[impl].append(dt)
+            if not whole_step:
+                continue
+            model.loss_impl = impl
+            _sync(device)
+            t0 = time.perf_counter()
+            with autocast:
+                loss, _ = model.compute_loss(batch)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            _sync(device)
+            if r >= warmup:
+                step[impl].append(time.perf_counter() - t0)
+    M = int(torch.bincount(c2c, minlength=k).max())
+    return [AuxLossRow(i, 1e3 * statistics.median(head[i]),
+                       1e3 * statistics.median(step[i]) if step[i] else float("nan"), peak[i], first_loss[i], M)
+            for i in impls]
+
+
+def format_aux_rows(rows: list[AuxLossRow], *, device: str, preset: str, vocab: int, k: int, batch_size: int,
+                    grid: int, clusters: str = "balanced") -> str:
+    lines = [f"stage-2 loss formulations: {preset}, V {vocab}, K {k} ({clusters} clusters, largest "
+             f"{rows[0].max_cluster}, mean {vocab / k:g}), batch {batch_size} x {grid * grid} tokens, {device}",
+             f"{'impl':<8}{'head ms':>10}{'step ms':>10}{'peak MB':>10}{'loss':>10}"]
+    for r in rows:
+        lines.append(f"{r.impl:<8}{r.head_ms:>10.1f}{r.step_ms:>10.1f}{r.peak_mb:>10.0f}{r.loss:>10.4f}")
+    best = min(rows, key=lambda r: r.step_ms if r.step_ms == r.step_ms else r.head_ms)
+    lines.append(f"fastest: {best.impl}")
+    return "\n".join(lines)
+
+
+def aux_rows_to_json(rows: list[AuxLossRow]) -> list[dict]:
+    return [asdict(r) for r in rows]

@@ -44,6 +44,5 @@ def _run(args) -> int:
     baseline = load_pipeline(args.baseline_pipeline, device=device, ema=ema) if args.baseline_pipeline else None
     names = args.class_names.split(",") if args.class_names else None
     service = PageService(ctf, baseline, class_names=names, max_images=args.max_images)
-    print(f"ctfgen serve: http://{args.host}:{args.port} (Ctrl+C stops)", flush=True)
     serve(service, host=args.host, port=args.port, queue_size=args.queue_size)
     return 0

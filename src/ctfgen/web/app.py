@@ -158,9 +158,12 @@ def serve(service: PageService, *, host: str = "127.0.0.1", port: int = 7860, qu
     page.queue(default_concurrency_limit=1, max_size=queue_size)
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     try:
-        page.launch(server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=not block,
+        page.launch(server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=True,
                     theme=theme, css=CSS, footer_links=["api"], ssr_mode=False, mcp_server=False,
-                    enable_monitoring=False)
+                    enable_monitoring=False, quiet=True)
     except OSError as e:
         raise CtfgenError(f"cannot serve on {host}:{port}: {e}") from None
+    print(f"ctfgen serve: {page.local_url} (Ctrl+C stops)", flush=True)
+    if block:
+        page.block_thread()  # until Ctrl+C, then closes the server
     return page

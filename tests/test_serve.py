@@ -220,9 +220,11 @@ def _resolution(pipeline: Path) -> int:
 
 
 def _natural_widths(driver, gallery: str) -> list[int]:
+    """Widths of the gallery's loaded images (thumbnails load lazily: below the fold they would not)."""
     return driver.execute_script(
-        "return Array.from(document.querySelectorAll(arguments[0] + ' img'))"
-        ".filter(i => i.complete).map(i => i.naturalWidth);", f"#{gallery}")
+        "const imgs = Array.from(document.querySelectorAll(arguments[0] + ' img'));"
+        "imgs.forEach(i => { i.loading = 'eager'; });"
+        "return imgs.filter(i => i.complete && i.naturalWidth > 0).map(i => i.naturalWidth);", f"#{gallery}")
 
 
 def _set_number(driver, elem_id: str, value: str) -> None:

@@ -25,8 +25,19 @@ INTRO = """# ctfgen: coarse-to-fine generation
 Stage 1 draws a **coarse label** (a cluster of the tokenizer's codebook) for every token, stage 2 picks
 a code inside each cluster. Below each CTF image: its coarse-label map (one colour per cluster), the
 coarse image (every token decoded from its cluster's most central code) and the final image."""
-# small images shown large: no blur
-CSS = "#ctf img, #baseline img, #coarse-to-fine img { image-rendering: pixelated; }"
+
+def page_css(service: PageService) -> str:
+    """Small images shown large without blur, galleries as tall as their images (not a fixed 450 px),
+    columns that fit the width, and triplet thumbnails in the triplets' own aspect ratio."""
+    r = service.resolution
+    return f"""
+#ctf img, #baseline img, #coarse-to-fine img {{ image-rendering: pixelated; }}
+.gallery-container .grid-wrap.fixed-height {{ height: auto !important; min-height: 0 !important; }}
+.gallery-container .grid-container {{ grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important;
+  padding-top: 26px; }}
+#coarse-to-fine .thumbnail-item {{ aspect-ratio: {3 * r + 2} / {r} !important; height: auto !important; }}
+"""
+
 INPUT_IDS = ("class", "count", "seed", "guidance", "temperature", "top-k", "top-p", "stage2-temperature")
 
 
@@ -97,7 +108,7 @@ def page_outputs(service: PageService, req: PageRequest, files: ImageFiles) -> t
               f"CTF: {r.ctf_seconds:.2f} s")
     if r.baseline_images is not None:
         status += f" · baseline: {r.baseline_seconds:.2f} s (same seeds, stage-1 settings)"
-    steps = files.gallery(r.triplets, [f"#{i + 1}: coarse labels · coarse · final" for i in range(n)])
+    steps = files.gallery(r.triplets, caps)
     base = files.gallery(r.baseline_images, caps) if r.baseline_images is not None else []
     return files.gallery(r.ctf_images, caps), base, steps, status
 
@@ -159,7 +170,7 @@ def serve(service: PageService, *, host: str = "127.0.0.1", port: int = 7860, qu
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     try:
         page.launch(server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=True,
-                    theme=theme, css=CSS, footer_links=["api"], ssr_mode=False, mcp_server=False,
+                    theme=theme, css=page_css(service), footer_links=["api"], ssr_mode=False, mcp_server=False,
                     enable_monitoring=False, quiet=True)
     except OSError as e:
         raise CtfgenError(f"cannot serve on {host}:{port}: {e}") from None

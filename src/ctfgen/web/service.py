@@ -109,6 +109,11 @@ class PageService:
         self.max_images, self.batch_size = max_images, batch_size
         self._lock = threading.Lock()
 
+    @property
+    def resolution(self) -> int:
+        """Image side in pixels (the tokenizer's)."""
+        return int(self.ctf.tokenizer.config.resolution)
+
     # ---- the page's choices
 
     def class_choices(self) -> list[tuple[str, str]]:

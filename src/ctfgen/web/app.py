@@ -23,8 +23,9 @@ from .service import PageRequest, PageResult, PageService
 TITLE = "ctfgen: coarse-to-fine generation"
 INTRO = """# ctfgen: coarse-to-fine generation
 Stage 1 draws a **coarse label** (a cluster of the tokenizer's codebook) for every token, stage 2 picks
-a code inside each cluster. Below each CTF image: its coarse-label map (one colour per cluster), the
-coarse image (every token decoded from its cluster's most central code) and the final image."""
+a code inside each cluster. Below, for each CTF image: its coarse-label map (one colour per cluster),
+the coarse image (every token decoded from its cluster's most central code) and the final image."""
+
 
 def page_css(service: PageService) -> str:
     """Small images shown large without blur, galleries as tall as their images (not a fixed 450 px),
@@ -38,7 +39,6 @@ def page_css(service: PageService) -> str:
 #coarse-to-fine .thumbnail-item {{ aspect-ratio: {3 * r + 2} / {r} !important; height: auto !important; }}
 """
 
-INPUT_IDS = ("class", "count", "seed", "guidance", "temperature", "top-k", "top-p", "stage2-temperature")
 
 
 def _gradio():
@@ -114,7 +114,8 @@ def page_outputs(service: PageService, req: PageRequest, files: ImageFiles) -> t
 
 
 def build_page(service: PageService):
-    """The gr.Blocks page (not launched). Element ids: the inputs' INPUT_IDS, "generate", "status",
+    """The gr.Blocks page (not launched). Element ids: inputs "class", "count", "seed", "guidance",
+    "temperature", "top-k", "top-p", "stage2-temperature"; the button "generate"; outputs "status",
     "ctf", "baseline" and "coarse-to-fine"."""
     gr = _gradio()
     d = service.defaults()

@@ -6,7 +6,7 @@ import pytest
 from ctfgen.demo import Demo, DemoConfig
 
 
-def test_demo_end_to_end_and_rerun(tmp_path, tiny_data):
+def test_demo_end_to_end_and_rerun(tmp_path, tiny_data, monkeypatch):
     cfg = DemoConfig(data=tiny_data, tokenizer_steps=3, tokenizer_batch=16, k=8, steps=3, batch_size=16,
                      warmup=1, samples_per_class=4, classifier_epochs=1, inception=False)
     logs = []
@@ -15,6 +15,16 @@ def test_demo_end_to_end_and_rerun(tmp_path, tiny_data):
     assert "CTF" in text and "baseline" in text and "classifier-FID" in text
     for name in ("samples-ctf.png", "samples-baseline.png", "index.html", "tokenizer-reconstructions.png"):
         assert (page.parent / name).is_file(), name
+    # the coarse-to-fine figure, and the command the report gives for it makes the same file
+    import re
+    import shlex
+
+    from ctfgen.cli import main as cli_main
+
+    command = re.search(r"`(ctfgen sample [^`]+)`", text).group(1)
+    monkeypatch.chdir(tmp_path)
+    assert cli_main([*shlex.split(command)[1:], "--no-progress"]) == 0
+    assert (tmp_path / "coarse-to-fine.png").read_bytes() == (page.parent / "coarse-to-fine.png").read_bytes()
     result = json.loads((tmp_path / "demo" / "eval-ctf.json").read_text())
     assert result["samples"]["count"] == 12
     assert result["metadata"]["sampling"]["guidance_scale"] == 2.0

@@ -48,6 +48,9 @@ class DemoConfig:
     seed: int = 0
 
 
+COARSE_FIGURE = "coarse-to-fine.png"
+COARSE_FIGURE_COMMAND = ("ctfgen sample --pipeline {out}/pipeline-ctf --per-class 2 --seed {seed} --grid-scale 2 "
+                         "--coarse-grid coarse-to-fine.png")
 # the two totals of timings.json: every step (whenever it ran), and this invocation alone
 TOTALS = ("all steps (total)", "this run (total)")
 
@@ -205,6 +208,27 @@ class Demo:
             self.timings[f"sample+eval {name}"] = round(time.time() - t0, 1)
         return results
 
+    def coarse_figure(self, ctf_dir: Path, *, per_class: int = 2) -> Path:
+        """report/coarse-to-fine.png: coarse-label map, coarse image and final image of `per_class` CTF
+        samples of every class; the same file as `ctfgen sample --pipeline CTF_DIR --per-class 2
+        --seed SEED --grid-scale 2 --coarse-grid PNG` (COARSE_FIGURE_COMMAND)."""
+        from .sample import load_pipeline
+        from .sample.coarse_view import coarse_views
+        from .sample.outputs import save_coarse_grid
+
+        path = self.out / "report" / COARSE_FIGURE
+        if path.is_file():
+            self.log(f"[{self.name}] coarse-to-fine figure: reusing {path}")
+            return path
+        self.log(f"[{self.name}] coarse-to-fine figure -> {path}")
+        t0 = time.time()
+        pipe = load_pipeline(ctf_dir, device=self.device)
+        labels = [k for k in range(pipe.num_classes) for _ in range(per_class)]
+        samples = pipe.generate(labels, seed=self.cfg.seed, batch_size=64)
+        save_coarse_grid(path, coarse_views(pipe, samples), samples.labels, scale=2)
+        self.timings["coarse-to-fine figure"] = round(time.time() - t0, 1)
+        return path
+
     def _begin(self) -> float:
         """Create the folder, refuse it if other settings made it, record ours; the start time."""
         self.out.mkdir(parents=True, exist_ok=True)
@@ -242,6 +266,7 @@ class Demo:
         pipes = self.pipelines(tok, runs)
         clf = self.classifier()
         results = self.sample_and_evaluate(pipes, clf)
+        self.coarse_figure(pipes["ctf"])
         self._end(t0)
         from .report import write_demo_report
 

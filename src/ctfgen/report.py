@@ -68,6 +68,7 @@ def write_demo_report(out: Path, *, results: dict, runs: dict[str, Path], tokeni
         "|---|---|",
         "| ![CTF](samples-ctf.png) | ![baseline](samples-baseline.png) |",
         "",
+        *_coarse_section(out, rep, cfg),
         "## Metrics",
         "",
         _markdown_table(table),
@@ -99,6 +100,25 @@ def write_demo_report(out: Path, *, results: dict, runs: dict[str, Path], tokeni
     atomic_write_bytes(rep / "index.html", _html(md).encode())
     atomic_write_bytes(rep / "metrics.json", json.dumps({"table": table, "timings": timings}, indent=2).encode())
     return page
+
+
+def _coarse_section(out: Path, rep: Path, cfg) -> list[str]:
+    from .demo import COARSE_FIGURE, COARSE_FIGURE_COMMAND
+
+    if not (rep / COARSE_FIGURE).is_file():
+        return []
+    return [
+        "## Coarse to fine: what stage 1 decided and what stage 2 added",
+        "",
+        "Two CTF samples per class, a row per class. Each triplet: the coarse-label map stage 1 drew (one "
+        "colour per cluster of the codebook), the coarse image (every token decoded from the member nearest its "
+        "cluster's centroid in the codebook) and the final image after stage 2.",
+        "",
+        f"![coarse to fine]({COARSE_FIGURE})",
+        "",
+        f"The same figure: `{COARSE_FIGURE_COMMAND.format(out=out, seed=cfg.seed)}`",
+        "",
+    ]
 
 
 def _html(md_lines: list[str]) -> str:

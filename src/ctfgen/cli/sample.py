@@ -10,7 +10,8 @@ ORDER = 70
 
 SAMPLE_EPILOG = """Models: --pipeline DIR, or --tokenizer DIR with --ar DIR --aux DIR (CTF) or --baseline DIR.
 Outputs (any of): --grid a.png (a row per class), --png-dir DIR (PNGs + labels.json + manifest),
---npz a.npz (ADM format: arr_0 uint8 N x H x W x 3, labels) for `ctfgen eval`.
+--npz a.npz (ADM format: arr_0 uint8 N x H x W x 3, labels) for `ctfgen eval`,
+--coarse-grid c.png (CTF only: coarse-label map, coarse image, final image of every sample).
 Every sample has its own seed (from --seed and its index), so the images do not depend on
 --batch-size or on the number of processes: torchrun --nproc_per_node N -m ctfgen sample ..."""
 
@@ -31,6 +32,9 @@ def register(sub) -> None:
     o.add_argument("--grid-scale", type=int, default=2, help="pixel repeat of the grid (default: 2)")
     o.add_argument("--png-dir", metavar="DIR", help="a PNG per image with labels.json and manifest.json")
     o.add_argument("--npz", metavar="PATH", help="ADM-format .npz for evaluation")
+    o.add_argument("--coarse-grid", metavar="PNG",
+                   help="CTF only: per sample its coarse-label map, coarse image and final image, a row per class "
+                        "(scaled by --grid-scale)")
     o.add_argument("--overwrite", action="store_true", help="replace an existing --png-dir")
     add_device_args(p)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="model dtype (bf16: for GPUs)")
@@ -118,8 +122,8 @@ def _run_sample(args) -> int:
     from ..sample.outputs import save_folder, save_grid, save_npz
     from ..train.dist import init_distributed, shutdown
 
-    if not (args.grid or args.png_dir or args.npz):
-        raise CtfgenError("nothing to write: give --grid PNG, --png-dir DIR and/or --npz PATH")
+    if not (args.grid or args.png_dir or args.npz or args.coarse_grid):
+        raise CtfgenError("nothing to write: give --grid PNG, --png-dir DIR, --npz PATH and/or --coarse-grid PNG")
     if args.per_class < 0:
         raise CtfgenError(f"--per-class must be >= 0, got {args.per_class}")
     if args.threads:
@@ -136,6 +140,8 @@ def _run_sample(args) -> int:
             dirs = _model_dirs(args)
             cls = CTFPipeline if "ar" in dirs else BaselinePipeline
             pipe = cls.from_folders(tokenizer=args.tokenizer, **common, **dirs)
+        if args.coarse_grid and pipe.type != "ctf":
+            raise CtfgenError("--coarse-grid shows stage 1 and stage 2 of CTF; this is a baseline pipeline")
         classes = (list(range(pipe.num_classes)) if args.classes == "all"
                    else [int(c) for c in args.classes.split(",") if c.strip()])
         labels = [c for c in classes for _ in range(args.per_class)]
@@ -152,6 +158,12 @@ def _run_sample(args) -> int:
                 print(f"{len(labels)} PNGs: {out}")
             if args.npz:
                 print(f"npz: {save_npz(args.npz, samples)} ({len(labels)} images)")
+            if args.coarse_grid:
+                from ..sample.coarse_view import coarse_views
+                from ..sample.outputs import save_coarse_grid
+
+                views = coarse_views(pipe, samples, batch_size=args.batch_size)
+                print(f"coarse grid: {save_coarse_grid(args.coarse_grid, views, samples.labels, scale=args.grid_scale)}")
     finally:
         shutdown(info)
     return 0

@@ -1,5 +1,6 @@
 """Where samples go: a PNG grid (a row per class), a folder of PNGs with labels.json and a manifest,
-or an ADM-format .npz (arr_0: uint8 N x H x W x 3, labels) for the standard evaluator."""
+an ADM-format .npz (arr_0: uint8 N x H x W x 3, labels) for the standard evaluator, or a grid of
+coarse-to-fine triplets (coarse-label map, coarse image, final image) of CTF samples."""
 from __future__ import annotations
 
 import io
@@ -40,6 +41,22 @@ def grid_image(images_NHWC: np.ndarray, labels_N: np.ndarray, *, pad: int = 2, s
 
 def save_grid(path: str | Path, samples: Samples, *, scale: int = 1) -> Path:
     atomic_write_bytes(path, png_bytes(grid_image(samples.images, samples.labels, scale=scale)))
+    return Path(path)
+
+
+def triplet_images(views, *, gap: int = 1) -> np.ndarray:
+    """(N, H, 3W + 2 gap, 3) uint8: each sample's coarse-label map, coarse image and final image side
+    by side (`views`: a `coarse_view.CoarseViews`), white between them."""
+    parts = (views.label_maps, views.coarse_images, views.final_images)
+    N, H = parts[0].shape[:2]
+    white = np.full((N, H, gap, 3), 255, np.uint8)
+    return np.concatenate([parts[0], white, parts[1], white, parts[2]], axis=2)
+
+
+def save_coarse_grid(path: str | Path, views, labels_N: np.ndarray, *, scale: int = 1) -> Path:
+    """A PNG of coarse-to-fine triplets, a row per class (as `save_grid`), wider gaps between triplets."""
+    grid = grid_image(triplet_images(views), np.asarray(labels_N), pad=6, scale=scale)
+    atomic_write_bytes(path, png_bytes(grid))
     return Path(path)
 
 

@@ -1,0 +1,110 @@
+"""Coarse to fine, made visible: what stage 1 decided and what stage 2 added, for each CTF sample.
+
+For every sample three images of the same size:
+- the coarse-label map: each token position coloured by its coarse label (cluster);
+- the coarse image: each position decoded from one representative code of its cluster, the member
+  nearest the cluster's centroid in the tokenizer's (L2-normalised) codebook, so it shows what the
+  coarse labels alone say about the image;
+- the final image: the codes stage 2 picked inside those clusters, decoded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import CtfgenError
+from .pipeline import CTFPipeline, Samples
+from .sampler import generate_tokens, sample_uniforms
+
+
+@dataclass
+class CoarseViews:
+    """The three stages of N samples, in sample order; all images uint8 (N, H, W, 3)."""
+
+    coarse_NL: np.ndarray  # stage 1's coarse label of every token position
+    label_maps: np.ndarray  # coarse labels coloured (one colour per cluster), upscaled to the image size
+    coarse_images: np.ndarray  # decoded from each cluster's representative code
+    final_images: np.ndarray  # the samples themselves (grey replicated to RGB)
+
+
+def cluster_representatives(codebook_VD: torch.Tensor, code_to_coarse_V: torch.Tensor, k: int) -> torch.Tensor:
+    """(K,) the code of each cluster nearest its centroid (mean of its members' codewords).
+
+    Ties go to the smallest code index. Raises CtfgenError when a cluster has no member.
+    """
+    codebook_VD = codebook_VD.detach().float().cpu()
+    c2c_V = code_to_coarse_V.detach().long().cpu()
+    counts_K = torch.bincount(c2c_V, minlength=k)
+    if bool((counts_K == 0).any()):
+        raise CtfgenError(f"coarse map: cluster {int(torch.nonzero(counts_K == 0)[0])} has no code")
+    sums_KD = torch.zeros(k, codebook_VD.shape[1]).index_add_(0, c2c_V, codebook_VD)
+    centroid_KD = sums_KD / counts_K[:, None]
+    dist_V = (codebook_VD - centroid_KD[c2c_V]).square().sum(-1)
+    best_K = torch.full((k,), float("inf")).scatter_reduce(0, c2c_V, dist_V, reduce="amin")
+    is_best_V = dist_V <= best_K[c2c_V]
+    # the smallest index among each cluster's nearest members: scatter the indices with amin
+    big = len(c2c_V)
+    cand_V = torch.where(is_best_V, torch.arange(big), torch.full((big,), big))
+    return torch.full((k,), big).scatter_reduce(0, c2c_V, cand_V, reduce="amin")
+
+
+def cluster_colors(k: int) -> np.ndarray:
+    """(K, 3) uint8 colours, neighbouring labels far apart in hue (golden-ratio steps), two
+    brightness levels so that K in the hundreds stays distinguishable."""
+    from matplotlib.colors import hsv_to_rgb
+
+    i = np.arange(k)
+    hsv = np.stack([(i * 0.6180339887) % 1.0, np.where(i % 2, 0.55, 0.85), np.where(i % 3 == 2, 0.7, 0.95)], -1)
+    return (hsv_to_rgb(hsv) * 255).round().astype(np.uint8)
+
+
+def stage1_labels(pipe: CTFPipeline, samples: Samples, *, batch_size: int = 64) -> np.ndarray:
+    """(N, L) the coarse labels stage 1 drew for `samples` (made by `pipe.generate`).
+
+    A cluster-masked stage 2 (the default) only picks codes inside the drawn cluster, so the labels
+    are the clusters of the codes. An unmasked one may leave it: stage 1 is then drawn again from
+    the same per-sample uniforms, which gives the same labels.
+    """
+    aux = pipe.models["aux"]
+    codes_NL = torch.as_tensor(samples.codes, dtype=torch.long)
+    if aux.config.mask_to_cluster:
+        return aux.code_to_coarse.cpu()[codes_NL].numpy()
+    ar, s, L = pipe.models["ar"], samples.settings, pipe.seq_len
+    out = []
+    try:
+        for b in range(0, len(codes_NL), batch_size):
+            seeds = list(samples.seeds[b:b + batch_size])
+            u_BL = sample_uniforms(seeds, 2 * L)[:, :L]  # CTFPipeline: stage 1 uses the first L
+            labels_B = torch.as_tensor(samples.labels[b:b + batch_size], dtype=torch.long)
+            out.append(generate_tokens(ar, labels_B, u_BL, guidance_scale=s.guidance_scale,
+                                       guidance_schedule=s.guidance_schedule, temperature=s.temperature,
+                                       top_k=s.top_k, top_p=s.top_p, argmax=s.argmax).cpu())
+    finally:
+        ar.clear_cache()
+    return torch.cat(out).numpy() if out else np.zeros((0, L), np.int64)
+
+
+def _rgb(images_NHWC: np.ndarray) -> np.ndarray:
+    return np.repeat(images_NHWC, 3, axis=-1) if images_NHWC.shape[-1] == 1 else images_NHWC
+
+
+def coarse_views(pipe: CTFPipeline, samples: Samples, *, batch_size: int = 64) -> CoarseViews:
+    """Label map, coarse image and final image of every sample in `samples` (from `pipe.generate`)."""
+    if getattr(pipe, "type", None) != "ctf":
+        raise CtfgenError("coarse-to-fine views need a CTF pipeline (stage 1 + stage 2), not the baseline")
+    if pipe.tokenizer is None:
+        raise CtfgenError("coarse-to-fine views need the pipeline's tokenizer to decode images")
+    aux = pipe.models["aux"]
+    K = aux.config.coarse_vocab
+    coarse_NL = stage1_labels(pipe, samples, batch_size=batch_size)
+    reps_K = cluster_representatives(pipe.tokenizer.codebook(), aux.code_to_coarse, K)
+    coarse_images = pipe.decode(reps_K[torch.as_tensor(coarse_NL, dtype=torch.long)], batch_size=batch_size)
+    final = samples.images
+    N, H, W = final.shape[:3]
+    g = int(round(coarse_NL.shape[1] ** 0.5)) if N else 1
+    maps = cluster_colors(K)[coarse_NL.reshape(N, g, g)] if N else np.zeros((0, g, g, 3), np.uint8)
+    maps = maps.repeat(H // g, axis=1).repeat(W // g, axis=2)
+    return CoarseViews(coarse_NL=coarse_NL, label_maps=maps, coarse_images=_rgb(coarse_images),
+                       final_images=_rgb(final))

@@ -60,7 +60,8 @@ def register(sub) -> None:
     p = sub.add_parser("encode", help="encode a dataset split into a token-code store",
                        description="Encode every image of a split (and its augmented views) once into a memory-mapped "
                                    "uint16 store with labels and a manifest recording the tokenizer and data fingerprints. "
-                                   "Runs under torchrun to shard the work across processes.")
+                                   "Runs under torchrun to shard the work across processes. Finished chunks of images are "
+                                   "kept, so running the same command again after a kill resumes.")
     p.add_argument("--tokenizer", required=True, help="tokenizer folder")
     p.add_argument("--out", required=True, help="code store folder to write")
     p.add_argument("--split", default="train")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,7 +315,7 @@ def _train(cfg, run, info: DistInfo, out: Path, codes_dir: Path, coarse_map_dir,
                 warned.append(f"step {done}: loss {rec['loss']:.4g} is above a uniform guess "
                               f"(ln {out_vocab} = {uniform_loss:.3f}): the run is probably diverging; "
                               "a lower --lr may help")
-                tqdm.write(f"warning: {warned[-1]}")
+                tqdm.write(f"warning: {warned[-1]}", file=sys.stderr)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.3g}")
             window, window_steps, grad_norm_sum = {}, 0, torch.zeros((), device=info.device)
             t0 = time.perf_counter()

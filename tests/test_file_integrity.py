@@ -176,3 +176,16 @@ def test_hashing_is_cached_per_file_version(tmp_path, monkeypatch):
         filecheck.verify_file(tmp_path / "a", m, "x.npy")
     assert len(calls) == 1
     _ = torch  # keep the import for the fixtures' modules
+
+
+def test_what_is_recorded_follows_the_check_mode(tmp_path, monkeypatch):
+    from ctfgen.artifacts import write_manifest
+
+    expect = {"hash": {"bytes", "sha256"}, "size": {"bytes"}}
+    for mode in ("hash", "size", "off"):
+        monkeypatch.setenv("CTFGEN_CHECK_FILES", mode)
+        (tmp_path / mode / "sub").mkdir(parents=True)
+        np.save(tmp_path / mode / "sub" / "x.npy", np.arange(3))
+        (tmp_path / mode / "notes.txt").write_text("not checked")
+        files = write_manifest(tmp_path / mode, kind="t", fingerprint="f")["files"]
+        assert {k: set(v) for k, v in files.items()} == ({"sub/x.npy": expect[mode]} if mode != "off" else {})

@@ -6,9 +6,9 @@ bytes that were written (a copy cut short, a disk error, a file edited by hand).
 several hundred MB/s to a few GB/s, a second or so for a GPT-XL checkpoint; a file that passed once
 is not hashed again in the same process unless it changed (size or modification time).
 
-    CTFGEN_CHECK_FILES=hash   (default) size and SHA-256
-    CTFGEN_CHECK_FILES=size   size only: catches truncation, skips the hash (for speed)
-    CTFGEN_CHECK_FILES=off    no check
+    CTFGEN_CHECK_FILES=hash   (default) record and check size and SHA-256
+    CTFGEN_CHECK_FILES=size   sizes only: catches truncation, never reads a file to hash it (for speed)
+    CTFGEN_CHECK_FILES=off    record nothing, check nothing
 
 Folders written before these records existed (no "files" in the manifest) load unchecked.
 """
@@ -46,19 +46,24 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 def record_files(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """{relative path: {"bytes", "sha256"}} of every weights-like file under `folder`, leaving out
-    sub-folders that are artifacts themselves (they carry their own manifest)."""
+    sub-folders that are artifacts themselves (they carry their own manifest). The hash is left out
+    with CTFGEN_CHECK_FILES=size, everything with =off."""
     folder = Path(folder)
     out: dict[str, dict[str, Any]] = {}
+    mode = check_mode()
+    if mode == "off":
+        return out
     for dirpath, dirnames, filenames in os.walk(folder):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not (here / d / MANIFEST).is_file())
         for name in sorted(filenames):
             if name.endswith(CHECKED_SUFFIXES):
                 path = here / name
-                digest = sha256_file(path)
                 st = path.stat()
-                _verified[(str(path.resolve()), st.st_size, st.st_mtime_ns)] = digest
-                out[path.relative_to(folder).as_posix()] = {"bytes": st.st_size, "sha256": digest}
+                record: dict[str, Any] = {"bytes": st.st_size}
+                if mode == "hash":
+                    record["sha256"] = _verified[(str(path.resolve()), st.st_size, st.st_mtime_ns)] = sha256_file(path)
+                out[path.relative_to(folder).as_posix()] = record
     return out
 
 
@@ -83,7 +88,7 @@ def verify_file(folder: str | os.PathLike, manifest: Mapping[str, Any], name: st
         raise ArtifactError(
             f"{path} is {st.st_size:,} bytes but {folder / MANIFEST} records {record['bytes']:,}: the file is "
             f"truncated or was changed after it was written; {action}")
-    if mode == "size":
+    if mode == "size" or "sha256" not in record:
         return path
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     digest = _verified.get(key) or sha256_file(path)

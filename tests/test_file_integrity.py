@@ -189,3 +189,15 @@ def test_what_is_recorded_follows_the_check_mode(tmp_path, monkeypatch):
         (tmp_path / mode / "notes.txt").write_text("not checked")
         files = write_manifest(tmp_path / mode, kind="t", fingerprint="f")["files"]
         assert {k: set(v) for k, v in files.items()} == ({"sub/x.npy": expect[mode]} if mode != "off" else {})
+
+
+def test_a_truncated_lpips_weights_file_is_named(tmp_path):
+    from safetensors.torch import save_file
+
+    from ctfgen.tokenizer.lpips import LPIPS
+
+    path = tmp_path / "vgg.safetensors"
+    save_file({"features.0.weight": torch.zeros(64, 3, 3, 3)}, str(path))
+    truncate(path)
+    with pytest.raises(ArtifactError, match=f"cannot read LPIPS weights {path} .*damaged"):
+        LPIPS.from_files(str(path), None)

@@ -279,3 +279,18 @@ def test_encode_full_disk_names_the_folder(tmp_path, tiny_data, monkeypatch):
     monkeypatch.setattr(codes.np, "save", full)
     with pytest.raises(ArtifactError, match=r"disk full while writing .*\.codes\.parts"):
         codes.encode_dataset(tok, load_dataset(tiny_data, "test"), tmp_path / "codes", progress=False)
+
+
+def test_the_demo_resumes_an_unfinished_tokenizer_instead_of_reusing_it(tmp_path, tiny_data):
+    from ctfgen.demo import _done
+    from ctfgen.tokenizer.train import train_tokenizer
+
+    def crash(done):
+        if done == 3:
+            raise Kill
+
+    with pytest.raises(Kill):
+        train_tokenizer(tokenizer_config(tiny_data), tmp_path / "tok", progress=False, ckpt_every=2, on_step=crash)
+    assert not _done(tmp_path / "tok")
+    train_tokenizer(tokenizer_config(tiny_data), tmp_path / "tok", progress=False, ckpt_every=2)
+    assert _done(tmp_path / "tok")

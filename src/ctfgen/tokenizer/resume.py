@@ -31,7 +31,7 @@ RUN_FIELDS = ("minutes", "eval_limit")
 
 
 def _cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}  # written before training goes on
 
 
 def save_training_checkpoint(out: Path, *, config: dict, made_from: dict, step: int, steps: int,

@@ -117,6 +117,8 @@ def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "fli
         note = recover_interrupted_write(out_dir)
         if note:
             print(f"note: {note}", file=sys.stderr)
+    if world > 1:
+        torch.distributed.barrier()  # every rank decides on the recovered folder
     if out_dir.exists() and not overwrite:
         _drop_finished_work(out_dir)
         raise CtfgenError(f"{out_dir} already exists; choose another folder or pass --overwrite")

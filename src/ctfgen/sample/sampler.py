@@ -127,7 +127,7 @@ def pick(logits_NV: torch.Tensor, u_N: torch.Tensor, *, temperature: float = 1.0
     """
     if argmax:
         if check:
-            _refuse_bad_rows((torch.isnan(logits_NV) | torch.isposinf(logits_NV)).any(-1))
+            _refuse_bad_rows(broken_rows(logits_NV))
         return logits_NV.argmax(-1)
     V = logits_NV.shape[-1]
     index_NK = None

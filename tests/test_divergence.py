@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_sample import TINY_VQ, VOCAB, tiny_models
-from test_train import cfg, make_coarse, make_codes, quiet, run_train
+from test_train import cfg, make_coarse, make_codes, run_train
 
 from ctfgen.errors import CtfgenError, TrainingDiverged
 from ctfgen.sample import BaselinePipeline, generate_tokens, pick
 from ctfgen.sample.sampler import inverse_cdf, sample_fine
-from ctfgen.train import load_model, train
+from ctfgen.train import load_model
 
 
 @pytest.fixture(scope="module")

@@ -175,7 +175,6 @@ def test_hashing_is_cached_per_file_version(tmp_path, monkeypatch):
     with pytest.raises(ArtifactError, match="x.npy does not match"):
         filecheck.verify_file(tmp_path / "a", m, "x.npy")
     assert len(calls) == 1
-    _ = torch  # keep the import for the fixtures' modules
 
 
 def test_what_is_recorded_follows_the_check_mode(tmp_path, monkeypatch):

@@ -193,7 +193,7 @@ def test_tokenizer_mismatch_names_both_fingerprints():
         cmap.check_tokenizer("bbbb2222")
 
 
-def test_damaged_or_wrong_artifacts_are_refused(tmp_path):
+def test_damaged_or_wrong_artifacts_are_refused(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     cmap = CoarseMap.from_labels([0, 1, 1, 0, 2], tokenizer_fingerprint="t")
@@ -201,8 +201,12 @@ def test_damaged_or_wrong_artifacts_are_refused(tmp_path):
     tensors = load_file(str(tmp_path / "map" / "coarse_map.safetensors"))
     tensors["counts"] = torch.tensor([1, 1, 3])
     save_file(tensors, str(tmp_path / "map" / "coarse_map.safetensors"))
+    with pytest.raises(ArtifactError, match="coarse_map.safetensors does not match the file fingerprint"):
+        CoarseMap.load(tmp_path / "map")
+    monkeypatch.setenv("CTFGEN_CHECK_FILES", "off")  # the content checks behind the file hash still hold
     with pytest.raises(ArtifactError, match="'counts' does not match"):
         CoarseMap.load(tmp_path / "map")
+    monkeypatch.delenv("CTFGEN_CHECK_FILES")
     tok = fake_tokenizer(tmp_path / "tok", torch.randn(8, 2))
     with pytest.raises(ArtifactError, match="'tokenizer' artifact, expected coarse_map"):
         CoarseMap.load(tok)

@@ -76,3 +76,28 @@ def test_ddp_two_processes_match_one(tmp_path):
         assert len(list((tmp_path / "ddp" / "tensorboard").glob("events.out.tfevents.*"))) == 1
     rng = load_file(str(tmp_path / "ddp" / "training_state" / "rng.safetensors"))
     assert {k.split(".")[0] for k in rng} == {"rank0", "rank1"}  # every rank's random state is saved
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_a_diverged_run_stops_every_rank_and_saves_nothing_bad(tmp_path, mode):
+    inputs = {"codes": make_codes(tmp_path / "codes"), "coarse": make_coarse(tmp_path / "coarse")}
+    args = ["train", "ar", "--codes", str(inputs["codes"]), "--coarse-map", str(inputs["coarse"]),
+            "--out", str(tmp_path / "run"), "--steps", "8", "--batch-size", "16", "--lr", "1e6", "--ckpt-every", "1",
+            "--device", "cpu", "--no-progress", "--log-every", "4", *(["--fsdp"] if mode == "fsdp" else [])]
+    for opt in NO_DROPOUT:
+        args += ["--model-opt", opt]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "ctfgen", *args]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert done.stderr.count("error: training diverged at step") == 2, done.stderr[-3000:]  # both ranks, no hang
+    import json
+
+    saved = json.loads((tmp_path / "run" / "manifest.json").read_text())["info"]["step"]
+    assert 1 <= saved < 8
+    assert all(bool(torch.isfinite(t).all()) for t in weights_model(tmp_path / "run").values())
+
+
+def weights_model(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "model.safetensors"))

@@ -5,12 +5,16 @@ A store is a folder:
     labels.npy   int64  (N,)
     manifest.json  kind "codes": grid, vocab size, views, split, and the fingerprints of the
                    tokenizer and the data it was made from.
-Under `torchrun`, each process encodes a contiguous shard into its own part file and rank 0 joins
+Images are encoded in chunks saved as they finish (in `.<out>.parts` beside the store), so a killed
+run continues where it stopped. Under `torchrun`, the processes share the chunks and rank 0 joins
 them, so ImageNet-scale extraction spreads over GPUs and nodes.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +23,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .artifacts import artifact_dir, check_made_from, fingerprint_tensors, read_manifest, write_manifest
+from .artifacts import (artifact_dir, atomic_write_json, check_made_from, disk_full_error, fingerprint_tensors,
+                        is_disk_full, read_manifest, recover_interrupted_write, write_manifest)
 from .errors import ArtifactError, CtfgenError
+from .filecheck import verify_file
 
 KIND = "codes"
+CHUNK = 4096  # images per saved piece of an encoding run: what a kill can lose
 
 
 @dataclass
@@ -36,6 +43,8 @@ class CodeStore:
     def open(cls, folder: str | Path) -> "CodeStore":
         folder = Path(folder)
         m = read_manifest(folder, KIND)
+        for name in ("codes.npy", "labels.npy"):
+            verify_file(folder, m, name, redo="re-run `ctfgen encode`")
         try:
             codes = np.load(folder / "codes.npy", mmap_mode="r")
             labels = np.load(folder / "labels.npy")
@@ -86,9 +95,15 @@ def _dist_info() -> tuple[int, int]:
 
 def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "flip", crop_range: float = 1.1,
                    batch_size: int = 256, limit: int = 0, device: str | torch.device = "cpu", overwrite: bool = False,
-                   progress: bool = True) -> CodeStore | None:
+                   progress: bool = True, chunk: int = CHUNK, on_chunk=None) -> CodeStore | None:
     """Encode every image (and its augmented views) of `dataset`, or its first `limit` images; returns
-    the store on rank 0."""
+    the store on rank 0.
+
+    Resumable: images are encoded in chunks of `chunk` images, each saved as soon as it is done in
+    the work folder `.<out>.parts` beside `out_dir`; running the same call again (same tokenizer,
+    data, views, limit) encodes only the missing chunks, with any number of processes.
+    `on_chunk(start)` runs after each saved chunk (tests).
+    """
     V = tokenizer.config.codebook_size
     if V > 65536:
         raise CtfgenError(f"codebook of {V} entries does not fit the uint16 code store")
@@ -98,39 +113,62 @@ def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "fli
         raise CtfgenError(f"the data resolution {dataset.resolution} differs from the tokenizer's {tokenizer.config.resolution}")
     out_dir = Path(out_dir)
     rank, world = _dist_info()
+    if rank == 0:
+        note = recover_interrupted_write(out_dir)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+    if world > 1:
+        torch.distributed.barrier()  # every rank decides on the recovered folder
     if out_dir.exists() and not overwrite:
+        _drop_finished_work(out_dir)
         raise CtfgenError(f"{out_dir} already exists; choose another folder or pass --overwrite")
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise CtfgenError(f"limit: expected a number of images >= 0 (0: all), got {limit!r}")
     n = min(limit, len(dataset)) if limit else len(dataset)
     n_views = len(dataset.views(0, views, crop_range))
     g = tokenizer.config.grid
-    lo, hi = rank * n // world, (rank + 1) * n // world
-    part = np.zeros((hi - lo, n_views, g * g), dtype=np.uint16)
+    if chunk < 1:
+        raise CtfgenError(f"chunk: expected a number of images >= 1, got {chunk!r}")
+    labels = np.asarray(dataset.labels, dtype=np.int64)[:n]
+    job = {"tokenizer": tokenizer.fingerprint, "data": dataset.fingerprint, "split": dataset.split, "images": n,
+           "views": views, "crop_range": crop_range, "n_views": n_views, "grid": g, "chunk": chunk}
+    work = out_dir.with_name(f".{out_dir.name}.parts")
+    if rank == 0:
+        _open_work(work, job)
+    if world > 1:
+        torch.distributed.barrier()
     tokenizer = tokenizer.to(device).eval()
     from .data import to_tensor
 
     t0 = time.time()
-    for start in tqdm(range(lo, hi, batch_size), desc=f"encode {dataset.split}" + (f" [rank {rank}]" if world > 1 else ""),
-                      disable=not progress or rank != 0):
-        idx = range(start, min(hi, start + batch_size))
-        x = torch.stack([to_tensor(v) for i in idx for v in dataset.views(i, views, crop_range)]).to(device)
-        codes_BHW = tokenizer.encode_codes(x)
-        part[start - lo:start - lo + len(idx)] = codes_BHW.view(len(idx), n_views, -1).cpu().numpy().astype(np.uint16)
-
-    parts_dir = out_dir.with_name(f".{out_dir.name}.parts")
+    starts = list(range(0, n, chunk))
+    mine = [c for i, c in enumerate(starts) if i % world == rank and not _chunk_path(work, c).is_file()]
+    bar = tqdm(total=sum(min(n, c + chunk) - c for c in mine), desc=f"encode {dataset.split}"
+               + (f" [rank {rank}]" if world > 1 else ""), disable=not progress or rank != 0, unit="img")
+    for c in mine:
+        part = np.zeros((min(n, c + chunk) - c, n_views, g * g), dtype=np.uint16)
+        for start in range(c, c + len(part), batch_size):
+            idx = range(start, min(c + len(part), start + batch_size))
+            x = torch.stack([to_tensor(v) for i in idx for v in dataset.views(i, views, crop_range)]).to(device)
+            codes_BHW = tokenizer.encode_codes(x)
+            part[start - c:start - c + len(idx)] = codes_BHW.view(len(idx), n_views, -1).cpu().numpy().astype(np.uint16)
+            bar.update(len(idx))
+        _save_chunk(work, c, part)
+        if on_chunk is not None:
+            on_chunk(c)
+    bar.close()
     if world > 1:
-        parts_dir.mkdir(parents=True, exist_ok=True)
-        np.save(parts_dir / f"part{rank:05d}.npy.tmp.npy", part)
-        os.replace(parts_dir / f"part{rank:05d}.npy.tmp.npy", parts_dir / f"part{rank:05d}.npy")
         torch.distributed.barrier()
         if rank != 0:
             return None
-        part = np.concatenate([np.load(parts_dir / f"part{r:05d}.npy") for r in range(world)])
-    labels = np.asarray(dataset.labels, dtype=np.int64)[:n]
-    fp = fingerprint_tensors({"codes": part, "labels": labels})
+    resumed = n - sum(min(n, c + chunk) - c for c in mine) if world == 1 else None
     with artifact_dir(out_dir, overwrite=overwrite) as tmp:
-        np.save(tmp / "codes.npy", part)
+        codes = np.lib.format.open_memmap(tmp / "codes.npy", mode="w+", dtype=np.uint16, shape=(n, n_views, g * g))
+        for c in starts:
+            codes[c:c + chunk] = _load_chunk(work, c, (min(n, c + chunk) - c, n_views, g * g))
+        codes.flush()
+        fp = fingerprint_tensors({"codes": np.asarray(codes), "labels": labels})
+        del codes
         np.save(tmp / "labels.npy", labels)
         write_manifest(
             tmp, kind=KIND, fingerprint=fp,
@@ -138,9 +176,67 @@ def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "fli
                     "grid": [g, g], "vocab_size": V, "num_classes": dataset.num_classes,
                     "class_names": list(dataset.class_names)},
             made_from={"tokenizer": tokenizer.fingerprint, "data": dataset.fingerprint, "data_description": dataset.describe()},
-            info={"images": n, "seconds": round(time.time() - t0, 1), "processes": world},
+            info={"images": n, "seconds": round(time.time() - t0, 1), "processes": world,
+                  **({"resumed_images": resumed} if resumed else {})},
         )
-    if world > 1:
-        import shutil
-        shutil.rmtree(parts_dir, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     return CodeStore.open(out_dir)
+
+
+def _drop_finished_work(out: Path) -> None:
+    """Delete the chunks of an encoding whose store was written but which was killed before cleaning up."""
+    work = out.with_name(f".{out.name}.parts")
+    try:
+        job = json.loads((work / "job.json").read_text())
+        m = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return
+    if (m.get("made_from", {}).get("tokenizer"), m.get("made_from", {}).get("data"), m.get("info", {}).get("images"),
+            m.get("config", {}).get("views")) == (job.get("tokenizer"), job.get("data"), job.get("images"), job.get("views")):
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _open_work(work: Path, job: dict) -> None:
+    """Keep the chunks of an interrupted run of the same job; start afresh otherwise."""
+    if work.is_dir():
+        try:
+            same = json.loads((work / "job.json").read_text()) == job
+        except (OSError, ValueError):
+            same = False
+        if same:
+            done = len(list(work.glob("chunk-*.npy")))
+            if done:
+                print(f"note: resuming the encoding in {work}: {done} chunk(s) of {job['chunk']} images already done",
+                      file=sys.stderr)
+            return
+        shutil.rmtree(work)  # the leftovers of another encoding job
+    work.mkdir(parents=True)
+    atomic_write_json(work / "job.json", job)
+
+
+def _chunk_path(work: Path, start: int) -> Path:
+    return work / f"chunk-{start:010d}.npy"
+
+
+def _save_chunk(work: Path, start: int, part: np.ndarray) -> None:
+    tmp = work / f".chunk-{start:010d}.{os.getpid()}.tmp.npy"
+    try:
+        np.save(tmp, part)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(e):
+            raise disk_full_error(work) from None
+        raise
+    os.replace(tmp, _chunk_path(work, start))
+
+
+def _load_chunk(work: Path, start: int, shape: tuple[int, ...]) -> np.ndarray:
+    path = _chunk_path(work, start)
+    try:
+        part = np.load(path)
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"cannot read {path} ({e}); delete it and run the same encode again") from None
+    if part.shape != shape or part.dtype != np.uint16:
+        raise ArtifactError(f"{path} holds {part.dtype} {part.shape}, expected uint16 {shape}; delete it and run the "
+                            "same encode again")
+    return part

@@ -56,7 +56,11 @@ TOTALS = ("all steps (total)", "this run (total)")
 
 
 def _done(folder: Path) -> bool:
-    return (folder / MANIFEST).is_file()
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return not (manifest.get("info") or {}).get("unfinished")  # a tokenizer training checkpoint resumes instead
 
 
 class Demo:

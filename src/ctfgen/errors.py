@@ -7,3 +7,7 @@ class CtfgenError(Exception):
 
 class ArtifactError(CtfgenError):
     """An artifact folder is missing, incomplete, of the wrong kind, or made from something else."""
+
+
+class TrainingDiverged(CtfgenError):
+    """A loss, gradient norm or weight became NaN or infinite; nothing of the diverged state was saved."""

@@ -59,6 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     except CtfgenError as e:
         print(f"ctfgen {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        from ..artifacts import disk_full_error, is_disk_full
+
+        if not is_disk_full(e):
+            raise
+        # a write outside an artifact folder (a live log, a cache); artifact writes say so themselves
+        where = e.filename or getattr(args, "out", None) or "."
+        print(f"ctfgen {args.command}: error: {disk_full_error(where)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -23,6 +23,9 @@ def register(sub) -> None:
     p.add_argument("--ch", type=int, help="override the preset's base channel count")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the training config's)")
     p.add_argument("--minutes", type=float, default=0.0, help="stop after this much wall time (0: no limit)")
+    p.add_argument("--ckpt-every", type=int, default=None,
+                   help="steps between checkpoints in --out; rerun the same command to resume (0: none; "
+                        "default: a tenth of the run, at most 1000)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--gan-weight", type=float, default=0.0, help="adversarial (PatchGAN hinge) loss weight; 0 turns it off")
@@ -32,7 +35,7 @@ def register(sub) -> None:
     p.add_argument("--lpips-lin", default=None, help="local LPIPS linear heads (LlamaGen's/taming's vgg.pth)")
     p.add_argument("--eval-limit", type=int, default=0, help="test images for the final report (0: all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder (and start a stopped run again)")
     add_data_args(p)
     add_device_args(p)
     p.set_defaults(func=_train)
@@ -57,7 +60,8 @@ def register(sub) -> None:
     p = sub.add_parser("encode", help="encode a dataset split into a token-code store",
                        description="Encode every image of a split (and its augmented views) once into a memory-mapped "
                                    "uint16 store with labels and a manifest recording the tokenizer and data fingerprints. "
-                                   "Runs under torchrun to shard the work across processes.")
+                                   "Runs under torchrun to shard the work across processes. Finished chunks of images are "
+                                   "kept, so running the same command again after a kill resumes.")
     p.add_argument("--tokenizer", required=True, help="tokenizer folder")
     p.add_argument("--out", required=True, help="code store folder to write")
     p.add_argument("--split", default="train")
@@ -87,7 +91,7 @@ def _train(args) -> int:
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     device = setup_device(args)
-    report = train_tokenizer(cfg, args.out, device=device, overwrite=args.overwrite)
+    report = train_tokenizer(cfg, args.out, device=device, overwrite=args.overwrite, ckpt_every=args.ckpt_every)
     print(json.dumps({"tokenizer": args.out, **report}, indent=2))
     return 0
 

@@ -67,7 +67,8 @@ def _add_args(p: argparse.ArgumentParser, kind: str) -> None:
     r = p.add_argument_group("execution")
     r.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step on each process")
     r.add_argument("--log-every", type=int, default=50, help="steps between metric records (default: 50)")
-    r.add_argument("--ckpt-every", type=int, default=1000, help="steps between checkpoints, 0: only at the end")
+    r.add_argument("--ckpt-every", type=int, default=None,
+                   help="steps between checkpoints, 0: only at the end (default: a tenth of the run, at most 1000)")
     r.add_argument("--stop-after", type=int, default=0, metavar="STEP",
                    help="checkpoint and stop once STEP steps are done (for time-limited jobs); rerun to continue")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto; bf16 autocast on CUDA, fp32 on CPU")

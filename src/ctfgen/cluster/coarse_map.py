@@ -16,6 +16,7 @@ import torch
 
 from ..artifacts import artifact_dir, check_made_from, fingerprint_tensors, read_manifest, write_manifest
 from ..errors import ArtifactError, CtfgenError
+from ..filecheck import load_safetensors, verify_file
 
 KIND = "coarse_map"
 TENSORS = "coarse_map.safetensors"
@@ -35,6 +36,7 @@ def load_codebook(tokenizer_dir: str | os.PathLike) -> tuple[torch.Tensor, str]:
     weights = folder / TOKENIZER_WEIGHTS
     if not weights.is_file():
         raise ArtifactError(f"tokenizer weights not found: {weights}")
+    verify_file(folder, manifest, TOKENIZER_WEIGHTS, redo="train or import the tokenizer again")
     try:
         with safe_open(str(weights), framework="pt") as f:
             if CODEBOOK_KEY not in f.keys():
@@ -156,17 +158,12 @@ class CoarseMap:
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "CoarseMap":
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         manifest = read_manifest(folder, kind=KIND)
         path = folder / TENSORS
         if not path.is_file():
             raise ArtifactError(f"coarse map tensors not found: {path}")
-        try:
-            tensors = load_file(str(path))
-        except Exception as e:  # damaged or truncated file
-            raise ArtifactError(f"cannot read {path}: {e}") from None
+        tensors = load_safetensors(folder, manifest, TENSORS, redo="re-run `ctfgen cluster`")
         cfg = manifest.get("config", {})
         for key in ("k", "method"):
             if key not in cfg:

@@ -15,12 +15,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ..artifacts import artifact_dir, fingerprint_tensors, read_manifest, write_manifest
 from ..config import from_dict, to_dict
 from ..errors import ArtifactError, CtfgenError
+from ..filecheck import load_safetensors
 
 KIND = "classifier"
 WEIGHTS = "model.safetensors"
@@ -182,8 +183,9 @@ def load_classifier(folder: str | Path, *, device: torch.device | str = "cpu") -
         raise ArtifactError(f"{folder}: missing {WEIGHTS}")
     cfg = from_dict(ClassifierConfig, manifest["config"].get("model", {}), where=f"{folder}/manifest.json config.model")
     model = DomainClassifier(cfg)
+    state = load_safetensors(folder, manifest, WEIGHTS, redo="train the classifier again")
     try:
-        model.load_state_dict(load_file(str(path)))
+        model.load_state_dict(state)
     except RuntimeError as e:
         raise ArtifactError(f"{path}: weights do not fit config {to_dict(cfg)}: {str(e).splitlines()[0]}") from None
     return model.to(device).eval(), manifest

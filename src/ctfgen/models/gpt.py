@@ -51,7 +51,8 @@ class GPT(Trunk):
                     dtype: torch.dtype | None = None, device=None) -> None:
         """Preallocate (B, H, 1 + max_len, hd) key/value buffers in every layer.
 
-        `max_len` counts image tokens (default: the whole grid). Calling again replaces the cache.
+        `max_len` counts image tokens (default: the whole grid). Calling again replaces the cache;
+        `generate_tokens` does so whenever the batch, length, dtype or device no longer fit.
         """
         c = self.config
         max_len = c.seq_len if max_len is None else max_len
@@ -65,6 +66,15 @@ class GPT(Trunk):
             attn.v_cache = torch.zeros_like(attn.k_cache)
         self._cache_len = c.n_prefix + max_len
 
+    def cache_fits(self, batch_size: int, max_len: int | None = None) -> bool:
+        """Whether the current cache serves `batch_size` sequences of `max_len` image tokens with the
+        weights' dtype and device (a cache made before `.to(bfloat16)` or `.to("cuda")` does not)."""
+        cache = self.layers[0].attention.k_cache
+        ref = self.tok_embeddings.weight
+        need = self.config.n_prefix + (self.config.seq_len if max_len is None else max_len)
+        return (cache is not None and cache.shape[0] >= batch_size and self._cache_len >= need
+                and cache.dtype == ref.dtype and cache.device == ref.device)
+
     def clear_cache(self) -> None:
         for layer in self.layers:
             layer.attention.k_cache = layer.attention.v_cache = None
@@ -77,6 +87,10 @@ class GPT(Trunk):
         if batch > cache.shape[0] or end > self._cache_len:
             raise CtfgenError(f"KV cache holds {cache.shape[0]} sequences of {self._cache_len} positions; "
                               f"asked for {batch} sequences up to position {end}")
+        ref = self.tok_embeddings.weight
+        if cache.dtype != ref.dtype or cache.device != ref.device:
+            raise CtfgenError(f"KV cache is {cache.dtype} on {cache.device} but the weights are {ref.dtype} on "
+                              f"{ref.device} (the model was converted after setup_cache); call setup_cache again")
 
     @torch.no_grad()
     def prefill(self, cond_B: torch.Tensor) -> torch.Tensor:

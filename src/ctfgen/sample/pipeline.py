@@ -21,6 +21,7 @@ import torch
 from ..artifacts import artifact_dir, check_made_from, fingerprint_tensors, read_manifest, write_manifest
 from ..config import from_dict, to_dict
 from ..errors import ArtifactError, CtfgenError
+from ..filecheck import verify_file
 from .sampler import SamplingConfig, generate_tokens, sample_fine, sample_seed, sample_uniforms
 
 KIND = "pipeline"
@@ -104,7 +105,13 @@ def make_pipeline(out: str | Path, *, tokenizer: str | Path, ar: str | Path | No
     sources = {role: Path(p) for role, p in sources.items()}
     tok_dir = Path(tokenizer)
     tok_m = read_manifest(tok_dir, "tokenizer")
-    fps = check_components(tok_m, {role: read_manifest(p, "model") for role, p in sources.items()})
+    manifests = {role: read_manifest(p, "model") for role, p in sources.items()}
+    fps = check_components(tok_m, manifests)
+    # a damaged weights file must not be copied into (or referenced by) a pipeline that looks fine
+    for role, src, m in (("tokenizer", tok_dir, tok_m), *((r, sources[r], manifests[r]) for r in sources)):
+        for name in (TOKENIZER_FILES if role == "tokenizer" else MODEL_FILES):
+            if name.endswith(".safetensors") and (src / name).is_file():
+                verify_file(src, m, name, redo=f"repair or remake {src} before making the pipeline")
     sampling = (sampling or (SamplingConfig() if kind == "ctf" else SamplingConfig.baseline())).check()
     with artifact_dir(out, overwrite=overwrite) as tmp:
         refs = {}

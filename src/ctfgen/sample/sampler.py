@@ -76,18 +76,58 @@ def sample_uniforms(seeds: list[int], n: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------- picking a token
 
-def inverse_cdf(probs_NV: torch.Tensor, u_N: torch.Tensor) -> torch.Tensor:
-    """Index i with cdf[i-1] <= u * total < cdf[i]: exact categorical sampling with one uniform."""
+def inverse_cdf(probs_NV: torch.Tensor, u_N: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+    """Index i with cdf[i-1] <= u * total < cdf[i]: exact categorical sampling with one uniform.
+
+    A row whose total is not a positive number (NaN, or no mass at all) has no distribution to draw
+    from: check=True raises CtfgenError; check=False leaves it to the caller (`bad_rows`).
+    """
     cdf_NV = probs_NV.cumsum(-1)
+    if check:
+        _refuse_bad_rows(bad_rows(cdf_NV[:, -1]))
     x_N1 = (u_N.to(cdf_NV) * cdf_NV[:, -1]).unsqueeze(-1)
     # right=True never lands on a zero-probability entry (its cdf equals its predecessor's)
     return torch.searchsorted(cdf_NV, x_N1, right=True).squeeze(-1).clamp_max(probs_NV.shape[-1] - 1)
 
 
+def bad_rows(total_N: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: rows whose probability mass is NaN or zero (a NaN or +inf logit, or every logit -inf)."""
+    return ~(total_N > 0)
+
+
+def _refuse_bad_rows(bad_N: torch.Tensor, where: str = "") -> None:
+    if bool(bad_N.any()):
+        raise CtfgenError(
+            f"the model gave non-finite logits{where} for {int(bad_N.sum())} of {bad_N.numel()} rows (NaN, +inf, "
+            "or no finite logit): its weights are damaged or come from a diverged run; retrain or load another "
+            "checkpoint")
+
+
+def scaled_logits(logits_NV: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / temperature in float32, with the limit T -> 0 taken exactly where the division overflows.
+
+    For a tiny temperature (1e-38) logits / T is +-inf, and the softmax of that is NaN. Such rows get
+    the limit instead: 0 at the row's largest logit(s) and -inf elsewhere, i.e. argmax (ties share
+    the mass). Rows holding NaN or +inf logits are left as they are, to be refused.
+    """
+    logits_NV = logits_NV.float()
+    z_NV = logits_NV / temperature
+    overflow_N1 = (torch.isinf(z_NV) & torch.isfinite(logits_NV)).any(-1, keepdim=True)
+    broken_N1 = (torch.isnan(logits_NV) | torch.isposinf(logits_NV)).any(-1, keepdim=True)
+    limit_NV = torch.where(logits_NV == logits_NV.amax(-1, keepdim=True), 0.0, float("-inf"))
+    return torch.where(overflow_N1 & ~broken_N1, limit_NV, z_NV)
+
+
 def pick(logits_NV: torch.Tensor, u_N: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0,
-         top_p: float = 1.0, argmax: bool = False) -> torch.Tensor:
-    """One token per row. Sorts only when top-k or top-p asks for it (top-k sorts just k values)."""
+         top_p: float = 1.0, argmax: bool = False, check: bool = True) -> torch.Tensor:
+    """One token per row. Sorts only when top-k or top-p asks for it (top-k sorts just k values).
+
+    Raises CtfgenError for rows with NaN or +inf logits (check=False: the caller checks, see
+    `generate_tokens`). A temperature so small that logits / T overflows acts as argmax.
+    """
     if argmax:
+        if check:
+            _refuse_bad_rows(broken_rows(logits_NV))
         return logits_NV.argmax(-1)
     V = logits_NV.shape[-1]
     index_NK = None
@@ -95,12 +135,12 @@ def pick(logits_NV: torch.Tensor, u_N: torch.Tensor, *, temperature: float = 1.0
         logits_NV, index_NK = logits_NV.topk(top_k, dim=-1)  # sorted, largest first
     elif top_p < 1.0:
         logits_NV, index_NK = logits_NV.sort(dim=-1, descending=True)
-    probs_NV = torch.softmax(logits_NV.float() / temperature, dim=-1)
+    probs_NV = torch.softmax(scaled_logits(logits_NV, temperature), dim=-1)
     if top_p < 1.0:
         # nucleus: keep a token while the mass before it is below p (the most likely one always stays)
         before_NV = probs_NV.cumsum(-1) - probs_NV
         probs_NV = probs_NV.masked_fill(before_NV >= top_p, 0.0)
-    choice_N = inverse_cdf(probs_NV, u_N)
+    choice_N = inverse_cdf(probs_NV, u_N, check=check)
     return choice_N if index_NK is None else index_NK.gather(-1, choice_N[:, None]).squeeze(-1)
 
 
@@ -129,12 +169,13 @@ def generate_tokens(model, labels_B: torch.Tensor, u_BL: torch.Tensor, *, guidan
     labels_B = labels_B.to(device)
     guided = guidance_scale != 1.0
     cond_B = torch.cat([labels_B, torch.full_like(labels_B, c.num_classes)]) if guided else labels_B
-    cache = model.layers[0].attention.k_cache
-    if cache is None or cache.shape[0] < cond_B.shape[0]:
-        model.setup_cache(cond_B.shape[0])
+    if not model.cache_fits(cond_B.shape[0]):
+        model.setup_cache(cond_B.shape[0])  # none yet, or made for another batch, length, dtype or device
     step_fn = step_fn or model.decode_step
     u_BL = u_BL.to(device)
     tokens_BL = torch.empty(B, L, dtype=torch.long, device=device)
+    # checked once at the end: a check per token would synchronise the GPU at every step
+    broken_BL = torch.zeros(B, L, dtype=torch.bool, device=device)
     logits_BV = model.prefill(cond_B)
     for t in _steps(L, progress):
         if t > 0:
@@ -144,9 +185,18 @@ def generate_tokens(model, labels_B: torch.Tensor, u_BL: torch.Tensor, *, guidan
             # uncond + s * (cond - uncond) in one kernel
             s = guidance_at(t, L, guidance_scale, guidance_schedule)
             logits_BV = torch.lerp(logits_BV[B:], logits_BV[:B], s)
+        broken_BL[:, t] = broken_rows(logits_BV)
         tokens_BL[:, t] = pick(logits_BV, u_BL[:, t], temperature=temperature, top_k=top_k, top_p=top_p,
-                               argmax=argmax)
+                               argmax=argmax, check=False)
+    at_L = broken_BL.any(0)
+    if bool(at_L.any()):
+        _refuse_bad_rows(broken_BL[:, int(at_L.nonzero()[0])], where=f" at token {int(at_L.nonzero()[0])}")
     return tokens_BL
+
+
+def broken_rows(logits_NV: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: rows holding a NaN or +inf logit, or no logit above -inf."""
+    return (torch.isnan(logits_NV) | torch.isposinf(logits_NV)).any(-1) | torch.isneginf(logits_NV).all(-1)
 
 
 def _steps(n: int, progress: bool):
@@ -211,8 +261,12 @@ def sample_fine(aux, coarse_BL: torch.Tensor, labels_B: torch.Tensor, u_BL: torc
         if guided:
             half = n * L
             # -inf - -inf would be nan at the padding of masked rows: both halves pad the same columns
-            logits_NV = torch.lerp(logits_NV[half:], logits_NV[:half], guidance_scale)
-            logits_NV = logits_NV.nan_to_num(nan=float("-inf"), neginf=float("-inf"))
+            uncond_NV, cond_NV = logits_NV[half:], logits_NV[:half]
+            logits_NV = torch.lerp(uncond_NV, cond_NV, guidance_scale)
+            # -inf - -inf is nan at the padding of masked rows (both halves pad the same columns); only
+            # there: a NaN elsewhere comes from the model and must stay visible to pick's check
+            padding_NV = torch.isneginf(uncond_NV) & torch.isneginf(cond_NV)
+            logits_NV = logits_NV.masked_fill(padding_NV, float("-inf"))
         col_N = pick(logits_NV, u_BL[s:s + chunk].flatten(), temperature=temperature, top_k=top_k, argmax=argmax)
         if masked:
             flat = coarse[:n].flatten()

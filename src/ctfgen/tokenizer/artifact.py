@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..artifacts import artifact_dir, check_state_dict, fingerprint_tensors, read_manifest, write_manifest
 from ..config import from_dict, to_dict
 from ..errors import ArtifactError
+from ..filecheck import check_finite, load_safetensors
 from .model import VQConfig, VQModel
 
 KIND = "tokenizer"
@@ -52,10 +52,9 @@ def load_tokenizer(folder: str | Path, device: str | torch.device = "cpu") -> VQ
     manifest = read_manifest(folder, KIND)
     cfg = from_dict(VQConfig, manifest["config"], where=f"{folder / 'manifest.json'}: config")
     model = VQModel(cfg)
-    try:
-        state = load_file(str(folder / WEIGHTS))
-    except (FileNotFoundError, SafetensorError, OSError) as e:
-        raise ArtifactError(f"cannot read tokenizer weights {folder / WEIGHTS}: {e}") from None
+    state = load_safetensors(folder, manifest, WEIGHTS,
+                             redo="train or import the tokenizer again (everything made from it records its fingerprint)")
+    check_finite(state, where=str(folder / WEIGHTS))
     load_state_strict(model, state, source=str(folder / WEIGHTS))
     if fingerprint_tensors(state) != manifest["fingerprint"]:
         raise ArtifactError(f"{folder / WEIGHTS} does not match the fingerprint in its manifest (file changed or corrupt)")

@@ -91,7 +91,11 @@ def _read(path: str | Path) -> dict[str, torch.Tensor]:
 
         if not path.is_file():
             raise ArtifactError(f"LPIPS weights not found: {path}")
-        return dict(load_file(str(path)))
+        try:
+            return dict(load_file(str(path)))
+        except Exception as e:  # SafetensorError / OSError: a damaged or truncated file
+            raise ArtifactError(f"cannot read LPIPS weights {path} ({str(e).splitlines()[0]}): the file is damaged "
+                                "or not a safetensors file; copy it again") from None
     obj = load_foreign_checkpoint(path, what="LPIPS/VGG weights file")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]

@@ -8,21 +8,26 @@
     out/metrics.jsonl, out/loss_curve.png, out/tensorboard/, out/wandb/ (live logs, when asked for)
 
 Everything is tensors in safetensors or plain JSON; nothing is pickled. The folder is replaced in one
-rename (artifacts.artifact_dir), so a kill during saving leaves the previous checkpoint intact.
+rename (artifacts.artifact_dir), so a kill during saving leaves the previous checkpoint intact, and
+the next run recovers the newest complete copy (artifacts.recover_interrupted_write). The manifest
+records the size and SHA-256 of every tensor file, checked before resuming or sampling.
 """
 from __future__ import annotations
 
 import random
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from ..artifacts import artifact_dir, check_made_from, read_json, read_manifest, write_manifest, atomic_write_json
+from ..artifacts import (artifact_dir, atomic_write_json, check_made_from, read_json, read_manifest,
+                         recover_interrupted_write, write_manifest)
 from ..errors import ArtifactError
+from ..filecheck import check_finite, load_safetensors
 
 KIND = "model"
 STATE_DIR = "training_state"
@@ -106,8 +111,8 @@ def save_checkpoint(
     """Write the whole checkpoint to a temporary sibling and swap it in.
 
     `extra_files(tmp)` writes derived files (the loss curve); `before_commit()` runs right before the
-    live files (metrics, TensorBoard) are moved from the old folder into the new one, so writers can
-    close their handles first.
+    live files (metrics, TensorBoard) are copied from the old folder into the new one, so writers can
+    close their handles first. Copied, not moved: the old folder stays whole until the swap.
     """
     from ..artifacts import fingerprint_tensors
 
@@ -130,8 +135,10 @@ def save_checkpoint(
         if before_commit is not None:
             before_commit()
         for name in LIVE_FILES:
-            if (out / name).exists():
-                shutil.move(str(out / name), str(tmp / name))
+            if (out / name).is_dir():
+                shutil.copytree(out / name, tmp / name)
+            elif (out / name).is_file():
+                shutil.copy2(out / name, tmp / name)
         fp = fingerprint_tensors(model_cpu, extra=config.get("model"))
         manifest = write_manifest(tmp, kind=KIND, fingerprint=fp, config=config, made_from=made_from, info=info)
     return manifest
@@ -140,8 +147,14 @@ def save_checkpoint(
 # ---------------------------------------------------------------- reading
 
 def read_checkpoint_manifest(out_dir: str | Path) -> dict | None:
-    """The manifest of a checkpoint to resume, None for a fresh start; refuses foreign folders."""
+    """The manifest of a checkpoint to resume, None for a fresh start; refuses foreign folders.
+
+    A save that was killed is finished or undone first, so the newest complete checkpoint resumes.
+    """
     out = Path(out_dir)
+    note = recover_interrupted_write(out)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     if not out.exists():
         return None
     if not out.is_dir():
@@ -162,8 +175,15 @@ def load_training_state(out_dir: str | Path) -> dict:
     for path in (out / "model.safetensors", sdir / "optimizer.safetensors", sdir / "rng.safetensors"):
         if not path.is_file():
             raise ArtifactError(f"checkpoint {out} is incomplete: {path.relative_to(out)} is missing")
+    manifest = read_manifest(out, KIND)
+    redo = (f"the checkpoint cannot be resumed: restore a copy of {out}, or move it away to train again "
+            "from step 0")
+
+    def tensors(name: str) -> dict:
+        return load_safetensors(out, manifest, name, redo=redo)
+
     state = read_json(sdir / "state.json", what="training state")
-    rng_flat = load_file(str(sdir / "rng.safetensors"))
+    rng_flat = tensors(f"{STATE_DIR}/rng.safetensors")
     rng = []
     for r, meta in enumerate(state["rng"]):
         prefix = f"rank{r}."
@@ -171,9 +191,9 @@ def load_training_state(out_dir: str | Path) -> dict:
     ema_path = out / "ema.safetensors"
     return {
         "state": state,
-        "model": load_file(str(out / "model.safetensors")),
-        "ema": load_file(str(ema_path)) if ema_path.is_file() else None,
-        "optimizer": optimizer_from_tensors(load_file(str(sdir / "optimizer.safetensors")), state["optimizer"]),
+        "model": tensors("model.safetensors"),
+        "ema": tensors("ema.safetensors") if ema_path.is_file() else None,
+        "optimizer": optimizer_from_tensors(tensors(f"{STATE_DIR}/optimizer.safetensors"), state["optimizer"]),
         "rng": rng,
     }
 
@@ -234,8 +254,10 @@ def load_model(
     path = folder / ("ema.safetensors" if use_ema else "model.safetensors")
     if not path.is_file():
         raise ArtifactError(f"{path} not found" + (" (this run kept no EMA; pass ema=False)" if use_ema else ""))
+    state = load_safetensors(folder, m, path.name, redo="retrain it, or copy the run folder again")
+    check_finite(state, where=str(path))
     try:
-        model.load_state_dict(load_file(str(path)), strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[:3]
         raise ArtifactError(f"{path} does not fit the model in its manifest: {' '.join(first)}") from None

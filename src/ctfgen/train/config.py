@@ -90,12 +90,18 @@ class TrainConfig:
         return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def auto_ckpt_every(total_steps: int) -> int:
+    """Default checkpoint cadence: ten checkpoints over the run, at most 1000 steps apart, so a short
+    run that is killed still has something to resume from and a long one does not write too often."""
+    return max(1, min(1000, math.ceil(total_steps / 10)))
+
+
 @dataclass
 class RunOptions:
     device: str = "auto"  # cpu, cuda, cuda:N, auto; under torchrun CUDA ranks use cuda:LOCAL_RANK
     grad_accum: int = 1  # micro-steps per optimizer step on each rank
     log_every: int = 50  # optimizer steps between metric records
-    ckpt_every: int = 1000  # optimizer steps between checkpoints (0: only at the end)
+    ckpt_every: int | None = None  # optimizer steps between checkpoints (0: only at the end; None: auto_ckpt_every)
     stop_after: int = 0  # stop this invocation once this many optimizer steps are done (0: run to the end)
     fsdp: bool = False  # shard parameters, gradients and optimizer state (FullyShardedDataParallel)
     compile: bool = False  # torch.compile the model
@@ -111,7 +117,7 @@ class RunOptions:
             if getattr(self, name) < 1:
                 raise CtfgenError(f"run options: {name} must be >= 1, got {getattr(self, name)}")
         for name in ("ckpt_every", "stop_after"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise CtfgenError(f"run options: {name} must be >= 0, got {getattr(self, name)}")
         if self.precision not in PRECISIONS:
             raise CtfgenError(f"run options: precision must be one of {PRECISIONS}, got {self.precision!r}")

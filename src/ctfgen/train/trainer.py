@@ -6,11 +6,16 @@ step (which fixes the learning rate and the data order) and every RNG are restor
 interrupted run ends with the same weights as an uninterrupted one (same device, ranks and
 grad_accum). Only rank 0 writes; on resume every rank reads the checkpoint, so multi-node runs need
 the out folder on a shared filesystem.
+
+A diverged run stops: a non-finite loss or gradient norm (checked at every log record and before
+every checkpoint, without a per-step GPU synchronisation) raises TrainingDiverged naming the step,
+and no checkpoint of the diverged weights is written, so the last good one stays the one that resumes.
 """
 from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +26,9 @@ import torch
 from tqdm import tqdm
 
 from ..config import to_dict
-from ..errors import ArtifactError, CtfgenError
+from ..errors import ArtifactError, CtfgenError, TrainingDiverged
 from . import checkpoint as ckpt
-from .config import RunOptions, TrainConfig
+from .config import RunOptions, TrainConfig, auto_ckpt_every
 from .data import BatchOrder, TokenDataset, check_inputs, open_coarse_map, open_codes
 from .dist import DistInfo, all_gather_objects, all_reduce_mean, barrier, broadcast_object, init_distributed, no_sync, shutdown
 from .logs import MetricsLog, peak_rss_gb
@@ -190,11 +195,49 @@ def _train(cfg, run, info: DistInfo, out: Path, codes_dir: Path, coarse_map_dir,
         return TrainResult(out, start, total, True, start, log.records)
 
     stop = min(total, run.stop_after) if run.stop_after else total
+    ckpt_every = auto_ckpt_every(total) if run.ckpt_every is None else run.ckpt_every
     seq_tokens = cfg.batch_size * dataset.seq_len
     autocast = run.autocast(info.device)
     params = [p for p in wrapped.parameters() if p.requires_grad]
+    step_stats: list[torch.Tensor] = []  # (loss, grad norm) of each step since the last check
+    last_saved = start
+    out_vocab = getattr(model.config, "out_vocab", 0)
+    uniform_loss = math.log(out_vocab) if out_vocab else math.inf  # the zero-initialised head's loss
+    warned: list[str] = []
+
+    def stop_if_diverged(done: int, *, weights: bool = False) -> None:
+        """Raise TrainingDiverged (on every rank) when a step since the last check had a non-finite
+        loss or gradient norm, or (weights=True) when a weight is no longer finite."""
+        nonlocal step_stats
+        stats = torch.stack(step_stats) if step_stats else torch.zeros(0, 2, device=info.device)
+        bad = (~torch.isfinite(stats)).any(-1).double()
+        if weights:
+            local = [p.detach().to_local() if hasattr(p, "to_local") else p.detach() for p in params]  # FSDP shards
+            finite = torch.stack([torch.isfinite(t).all() for t in local]).all()
+            bad = torch.cat([bad, (~finite).double().reshape(1)])
+        first = len(step_stats)
+        flags = all_reduce_mean(torch.cat([bad, stats.double().flatten()]), info).cpu()
+        step_stats = []
+        n = len(bad)
+        hit = (flags[:n] > 0).nonzero().flatten().tolist()
+        if not hit:
+            return
+        if hit[0] < first:
+            at = done - first + 1 + hit[0]
+            loss, norm = flags[n + 2 * hit[0]:n + 2 * hit[0] + 2].tolist()
+            what = f"at step {at}: loss {loss:.4g}, gradient norm {norm:.4g} (not finite)"
+        else:
+            what = f"by step {done}: the weights hold NaN or infinite values"
+        kept = (f"{out} keeps the last good checkpoint (step {last_saved}), which a rerun resumes from"
+                if last_saved else f"no checkpoint was written to {out}")
+        raise TrainingDiverged(
+            f"training diverged {what}; stopped without saving. {kept}, but the same settings diverge again: "
+            f"train with a lower --lr (now {cfg.lr:g}), a warm-up (--warmup) or gradient clipping (--grad-clip) "
+            "into a new --out")
 
     def save(done: int) -> None:
+        nonlocal last_saved
+        stop_if_diverged(done, weights=True)
         full = full_model_state(opt_model, fsdp=run.fsdp)
         ema_full = ema.full_state(full) if ema is not None else None
         opt_state = full_optimizer_state(opt_model, optimizer, fsdp=run.fsdp)
@@ -207,10 +250,12 @@ def _train(cfg, run, info: DistInfo, out: Path, codes_dir: Path, coarse_map_dir,
                 out, model_state=full, ema_state=ema_full, optimizer_state=opt_state, rng_per_rank=rng,
                 state=state, config=config, made_from=made_from,
                 info={"step": done, "total_steps": total, "finished": done >= total, "epochs": done / order.steps_per_epoch,
-                      "tokens_seen": done * seq_tokens, "ema": cfg.ema, "last": log.records[-1] if log.records else {}},
+                      "tokens_seen": done * seq_tokens, "ema": cfg.ema, "last": log.records[-1] if log.records else {},
+                      **({"warnings": list(warned)} if warned else {})},
                 extra_files=lambda tmp: log.plot(tmp / "loss_curve.png", title=f"{cfg.kind} {cfg.preset}"),
                 before_commit=log.close,
             )
+        last_saved = done
         barrier(info)
 
     bar = tqdm(total=stop, initial=start, disable=not (run.progress and info.is_main), desc=f"train {cfg.kind}",
@@ -225,6 +270,7 @@ def _train(cfg, run, info: DistInfo, out: Path, codes_dir: Path, coarse_map_dir,
         for group in optimizer.param_groups:
             group["lr"] = lr
         wrapped.train()
+        step_loss = torch.zeros((), device=info.device)
         for micro in range(run.grad_accum):
             idx = order.micro_batch(step, rank=info.rank, world_size=info.world_size, micro=micro,
                                     grad_accum=run.grad_accum)
@@ -235,11 +281,14 @@ def _train(cfg, run, info: DistInfo, out: Path, codes_dir: Path, coarse_map_dir,
             # kept as tensors until the log step, so the GPU is not synchronised every micro-step
             values = {k: v for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor))}
             values["loss"] = loss.detach()
+            step_loss += loss.detach().float() / run.grad_accum
             for k, v in values.items():
                 v = v.detach().float().reshape(()) if isinstance(v, torch.Tensor) else float(v)
                 window[k] = window.get(k, 0.0) + v / run.grad_accum
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        grad_norm_sum += norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        grad_norm_sum += norm
+        step_stats.append(torch.stack([step_loss, norm.detach().float()]))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
@@ -249,6 +298,7 @@ def _train(cfg, run, info: DistInfo, out: Path, codes_dir: Path, coarse_map_dir,
         bar.update(1)
 
         if done % run.log_every == 0 or done == stop:
+            stop_if_diverged(done)
             keys = sorted(window)
             values = torch.stack([torch.as_tensor(window[k], device=info.device).double() for k in keys]
                                  + [grad_norm_sum.double()]) / window_steps
@@ -264,11 +314,16 @@ def _train(cfg, run, info: DistInfo, out: Path, codes_dir: Path, coarse_map_dir,
             else:
                 rec["max_rss_gb"] = peak_rss_gb()
             log.write(rec)
+            if rec["loss"] > uniform_loss + 1.0 and not warned and info.is_main:
+                warned.append(f"step {done}: loss {rec['loss']:.4g} is above a uniform guess "
+                              f"(ln {out_vocab} = {uniform_loss:.3f}): the run is probably diverging; "
+                              "a lower --lr may help")
+                tqdm.write(f"warning: {warned[-1]}", file=sys.stderr)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.3g}")
             window, window_steps, grad_norm_sum = {}, 0, torch.zeros((), device=info.device)
             t0 = time.perf_counter()
 
-        if done == stop or (run.ckpt_every and done % run.ckpt_every == 0):
+        if done == stop or (ckpt_every and done % ckpt_every == 0):
             t_save = time.perf_counter()
             save(done)
             # keep checkpoint time out of tokens/s; the window's steps before the save still count

@@ -1,0 +1,105 @@
+"""Checkpoints of a tokenizer training run, so a killed run continues where it stopped.
+
+While training, the output folder is an artifact of kind "tokenizer_checkpoint" (not "tokenizer":
+nothing downstream accepts an unfinished tokenizer by mistake):
+
+    out/manifest.json            the training config, the data fingerprint, the step reached
+    out/model.safetensors        weights
+    out/training_state/          optimizer(s), discriminator, dead-code usage counts, batch order and
+                                 RNG states (safetensors) + state.json (step, log, seconds so far)
+
+Rerunning the same command resumes exactly (same weights as a run that was never stopped, on the
+same device); the finished run replaces the folder with the tokenizer (artifact.save_tokenizer).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors.torch import save_file
+
+from ..artifacts import artifact_dir, atomic_write_json, fingerprint_tensors, read_json, read_manifest, write_manifest
+from ..errors import ArtifactError
+from ..filecheck import load_safetensors
+from ..train import checkpoint as ckpt
+
+KIND = "tokenizer_checkpoint"
+STATE_DIR = "training_state"
+# fields that may change between invocations: the time budget and the size of the final report
+RUN_FIELDS = ("minutes", "eval_limit")
+
+
+def _cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}  # written before training goes on
+
+
+def save_training_checkpoint(out: Path, *, config: dict, made_from: dict, step: int, steps: int,
+                             model: torch.nn.Module, opt: torch.optim.Optimizer,
+                             disc: torch.nn.Module | None, d_opt: torch.optim.Optimizer | None,
+                             tensors: Mapping[str, torch.Tensor], state: Mapping[str, Any]) -> None:
+    """Write the whole training state (step = steps done) and swap it in for the previous one."""
+    model_state = _cpu(model.state_dict())
+    with artifact_dir(out, overwrite=True) as tmp:
+        save_file(model_state, str(tmp / "model.safetensors"))
+        sdir = tmp / STATE_DIR
+        sdir.mkdir()
+        opt_tensors, opt_meta = ckpt.optimizer_to_tensors(opt.state_dict())
+        save_file(opt_tensors, str(sdir / "optimizer.safetensors"))
+        meta: dict[str, Any] = {"optimizer": opt_meta}
+        if disc is not None and d_opt is not None:
+            save_file(_cpu(disc.state_dict()), str(sdir / "discriminator.safetensors"))
+            d_tensors, meta["d_optimizer"] = ckpt.optimizer_to_tensors(d_opt.state_dict())
+            save_file(d_tensors, str(sdir / "d_optimizer.safetensors"))
+        rng_tensors, meta["rng"] = ckpt.capture_rng(next(model.parameters()).device)
+        save_file(_cpu({**{f"rng.{k}": v for k, v in rng_tensors.items()}, **tensors}), str(sdir / "state.safetensors"))
+        atomic_write_json(sdir / "state.json", {"step": step, **state, **meta})
+        unfinished = (f"tokenizer training stopped at step {step} of {steps}: rerun the same `ctfgen tokenizer "
+                      f"train` command (same --out) to finish it")
+        write_manifest(tmp, kind=KIND, fingerprint=fingerprint_tensors(model_state), config=config,
+                       made_from=made_from, info={"step": step, "steps": steps, "finished": False,
+                                                  "unfinished": unfinished})
+
+
+def read_resumable(out: Path, config: dict, made_from: dict) -> dict | None:
+    """The manifest of a checkpoint that this run may resume; None if `out` holds none.
+
+    Refuses (ArtifactError) a checkpoint of another config or data, naming the first difference.
+    """
+    if not (out / "manifest.json").is_file():
+        return None
+    m = read_manifest(out)
+    if m["kind"] != KIND:
+        return None
+    saved = {k: v for k, v in m.get("config", {}).items() if k not in RUN_FIELDS}
+    now = {k: v for k, v in config.items() if k not in RUN_FIELDS}
+    diff = ckpt.first_difference(saved, now)
+    if diff is not None:
+        raise ArtifactError(f"cannot resume {out}: config field '{diff}' differs from the checkpoint's; rerun with "
+                            "the original settings, pass --overwrite to start again, or use another --out")
+    if m.get("made_from", {}).get("data") != made_from.get("data"):
+        raise ArtifactError(f"cannot resume {out}: it was trained on other data ({m.get('made_from', {}).get('data')}, "
+                            f"now {made_from.get('data')}); use the same data, --overwrite, or another --out")
+    return m
+
+
+def load_training_checkpoint(out: Path, manifest: dict, *, device: torch.device | str) -> dict:
+    """Everything save_training_checkpoint wrote, tensors on the CPU except the model's."""
+    redo = f"the checkpoint cannot be resumed: pass --overwrite to train again from step 0, or restore a copy of {out}"
+
+    def tensors(name: str) -> dict:
+        return load_safetensors(out, manifest, name, redo=redo)
+
+    state = read_json(out / STATE_DIR / "state.json", what="tokenizer training state")
+    flat = tensors(f"{STATE_DIR}/state.safetensors")
+    sdir = out / STATE_DIR
+    return {
+        "state": state,
+        "model": tensors("model.safetensors"),
+        "optimizer": ckpt.optimizer_from_tensors(tensors(f"{STATE_DIR}/optimizer.safetensors"), state["optimizer"]),
+        "disc": tensors(f"{STATE_DIR}/discriminator.safetensors") if (sdir / "discriminator.safetensors").is_file() else None,
+        "d_optimizer": (ckpt.optimizer_from_tensors(tensors(f"{STATE_DIR}/d_optimizer.safetensors"), state["d_optimizer"])
+                        if "d_optimizer" in state else None),
+        "rng": ({k[4:]: v for k, v in flat.items() if k.startswith("rng.")}, state["rng"]),
+        "tensors": {k: v for k, v in flat.items() if not k.startswith("rng.")},
+    }

@@ -84,11 +84,13 @@ def _dist_info() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "flip", crop_range: float = 1.1,
+def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "none", crop_range: float = 1.1,
                    batch_size: int = 256, limit: int = 0, device: str | torch.device = "cpu", overwrite: bool = False,
                    progress: bool = True) -> CodeStore | None:
     """Encode every image (and its augmented views) of `dataset`, or its first `limit` images; returns
-    the store on rank 0."""
+    the store on rank 0. `views`: "none" (the image alone, the default), "flip" (and its mirror) or
+    "tencrop" (LlamaGen's ImageNet recipe). Writes classes.json: the class ids, names and the
+    number of images encoded per class."""
     V = tokenizer.config.codebook_size
     if V > 65536:
         raise CtfgenError(f"codebook of {V} entries does not fit the uint16 code store")
@@ -129,9 +131,14 @@ def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "fli
         part = np.concatenate([np.load(parts_dir / f"part{r:05d}.npy") for r in range(world)])
     labels = np.asarray(dataset.labels, dtype=np.int64)[:n]
     fp = fingerprint_tensors({"codes": part, "labels": labels})
+    from .data import CLASSES_FILE, dataset_class_table
+    from .data.classes import classes_json
+
+    encoded = {dataset.split: np.bincount(labels, minlength=dataset.num_classes).tolist()}
     with artifact_dir(out_dir, overwrite=overwrite) as tmp:
         np.save(tmp / "codes.npy", part)
         np.save(tmp / "labels.npy", labels)
+        (tmp / CLASSES_FILE).write_bytes(classes_json(dataset_class_table(dataset, counts=encoded)))
         write_manifest(
             tmp, kind=KIND, fingerprint=fp,
             config={"split": dataset.split, "limit": limit, "views": views, "crop_range": crop_range, "n_views": n_views,

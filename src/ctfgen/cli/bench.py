@@ -4,16 +4,26 @@ A group: each measurement is one sub-command, registered by its own `_add_*` fun
 """
 from __future__ import annotations
 
-from ._util import add_group
+import argparse
+
+from ._util import (
+    MODEL_PRESETS,
+    add_group,
+    device,
+    guidance,
+    int_range,
+    nonneg_int,
+    positive_int,
+)
 
 ORDER = 95
+# the presets of `bench speed` (sample/bench.py PRESETS; tests/test_cli.py keeps them equal)
+SPEED_PRESETS = ("B", "fmnist")
 
 
 def register(sub) -> None:
     group = add_group(sub, "bench", help="benchmarks: training throughput, sampling speed, CTF vs baseline quality")
     _add_train(group)
-    from ..sample.bench import add_cli as _add_speed  # `bench speed` lives with the sampler
-
     _add_speed(group)
     _add_quality(group)
 
@@ -27,16 +37,17 @@ def _add_train(group) -> None:
         description="Train stage 1 (ar, vocabulary K), stage 2 (aux) and the baseline (vocabulary V) at the same "
                     "preset on random codes, alternating one step of each, and print tokens/s, memory and the "
                     "ratios.")
-    p.add_argument("--preset", default="tiny", help="model size for both models (default: tiny)")
-    p.add_argument("--vocab", type=int, default=4096, help="codebook size V of the baseline (default: 4096)")
-    p.add_argument("--k", type=int, default=128, help="coarse vocabulary K of stage 1 (default: 128)")
-    p.add_argument("--grid", type=int, default=8, help="tokens per side: sequences of grid*grid (default: 8)")
-    p.add_argument("--num-classes", type=int, default=1000, help="class labels (default: 1000)")
-    p.add_argument("--batch-size", type=int, default=32, help="samples per step (default: 32)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per model (default: 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps per model first (default: 3)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (bf16 autocast on CUDA)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--preset", default="tiny", choices=MODEL_PRESETS, metavar="PRESET",
+                   help="model size for both models: a `ctfgen train --preset` (default: tiny)")
+    p.add_argument("--vocab", type=int_range(2), default=4096, help="codebook size V of the baseline (default: 4096)")
+    p.add_argument("--k", type=int_range(2), default=128, help="coarse vocabulary K of stage 1 (default: 128)")
+    p.add_argument("--grid", type=positive_int, default=8, help="tokens per side: sequences of grid*grid (default: 8)")
+    p.add_argument("--num-classes", type=positive_int, default=1000, help="class labels (default: 1000)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="samples per step (default: 32)")
+    p.add_argument("--steps", type=positive_int, default=20, help="timed steps per model (default: 20)")
+    p.add_argument("--warmup", type=nonneg_int, default=3, help="untimed steps per model first (default: 3)")
+    p.add_argument("--device", default="auto", type=device, help="cpu, cuda, cuda:N or auto (bf16 autocast on CUDA)")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.set_defaults(func=_run_train)
 
@@ -60,6 +71,57 @@ def _run_train(args) -> int:
                                                                if k in ("preset", "vocab", "k", "grid", "batch_size",
                                                                         "steps", "num_classes")},
                                       "rows": rows_to_json(rows)})
+    return 0
+
+
+# ---------------------------------------------------------------- bench speed (the bench: sample/bench.py)
+
+def _speed_preset(text: str) -> str:
+    if text not in SPEED_PRESETS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(SPEED_PRESETS)}, got {text!r}")
+    return text
+
+
+def _add_speed(group) -> None:
+    p = group.add_parser(
+        "speed", help="sampling images/s and memory of CTF vs the baseline at the same stage-1 size",
+        description="Sample batches with CTF (stage 1 + stage 2) and the baseline, random weights, guidance on, "
+                    "interleaved after a warm-up; print the median images/s, peak memory and their ratio.")
+    p.add_argument("--preset", default="fmnist", type=_speed_preset,
+                   help="fmnist: small GPT, V 4096, K 128, 8x8 tokens; B: GPT-B, V 16384, K 512, 16x16 (default: fmnist)")
+    p.add_argument("--aux-preset", choices=MODEL_PRESETS, metavar="PRESET",
+                   help="stage-2 size (default: fmnist small, B aux-B)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default: 64)")
+    p.add_argument("--runs", type=positive_int, default=3, help="timed batches per sampler (default: 3)")
+    p.add_argument("--warmup", type=nonneg_int, default=1, help="untimed rounds first (default: 1)")
+    p.add_argument("--guidance-scale", "--cfg", type=guidance, default=2.0, help="guidance of both (default: 2.0)")
+    p.add_argument("--device", default="auto", type=device, help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="model dtype (bf16: for GPUs)")
+    p.add_argument("--compile", action="store_true", help="compiled decoding (GPU, untested)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--profile", action="store_true",
+                   help="then profile one more batch of each (torch.profiler) and print where the time goes")
+    p.set_defaults(func=_run_speed)
+
+
+def _run_speed(args) -> int:
+    import torch
+
+    from ..artifacts import atomic_write_json
+    from ..sample.bench import bench_speed, format_results, results_to_json
+    from ..train.dist import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results, info = bench_speed(args.preset, batch_size=args.batch_size, runs=args.runs, warmup=args.warmup,
+                                guidance_scale=args.guidance_scale, aux_preset=args.aux_preset,
+                                device=resolve_device(args.device),
+                                dtype=torch.bfloat16 if args.dtype == "bf16" else None, compile=args.compile,
+                                profile=args.profile)
+    print(format_results(results, info))
+    if args.json:
+        atomic_write_json(args.json, results_to_json(results, info))
     return 0
 
 
@@ -93,8 +155,8 @@ def _add_quality(group) -> None:
                     "one table per ablation. Rerunning reuses every finished step.")
     p.add_argument("--out", default="runs/quality", help="bench folder (default: runs/quality)")
     p.add_argument("--data-path", default=None, help="Fashion-MNIST idx folder (default: /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--ablate", nargs="+", default=[], metavar="NAME",
-                   help=f"ablations to run after the comparison: {', '.join(ABLATIONS)}, or all")
+    p.add_argument("--ablate", nargs="+", default=[], metavar="NAME", choices=[*ABLATIONS, "all"],
+                   help=f"ablations to run after the comparison: {', '.join(ABLATIONS)}, or all (default: none)")
     add_config_flags(p, QualityConfig, _quality_help())
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_args(p)

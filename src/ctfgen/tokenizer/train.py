@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..config import to_dict
-from ..data import DataConfig, load_dataset
+from ..data import CLASSES_FILE, DataConfig, dataset_class_table, describe_classes, load_dataset
+from ..data.classes import classes_json
 from ..errors import CtfgenError
 from .artifact import save_tokenizer
 from .lpips import LPIPS
@@ -97,6 +98,9 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, *, device: s
         raise CtfgenError(f"{out_dir} already exists; choose another folder or pass --overwrite")
     _seed_all(cfg.seed)
     train_ds, test_ds = load_dataset(cfg.data, "train"), load_dataset(cfg.data, "test")
+    classes = dataset_class_table(train_ds, test_ds)
+    if progress:
+        print(describe_classes(classes))
     if len(train_ds) < cfg.batch_size:
         raise CtfgenError(f"training split has {len(train_ds)} images, fewer than batch_size {cfg.batch_size}")
     model = VQModel(cfg.vq).to(device).train()
@@ -168,7 +172,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, *, device: s
         model.cpu(), out_dir, overwrite=overwrite,
         made_from={"data": train_ds.fingerprint, "data_description": train_ds.describe()},
         info={"report": report, "train_config": to_dict(cfg)},
-        extra_files={"reconstructions.png": grid, "train_log.jsonl": log.encode()},
+        extra_files={"reconstructions.png": grid, "train_log.jsonl": log.encode(), CLASSES_FILE: classes_json(classes)},
     )
     report["fingerprint"] = model.fingerprint
     return report

@@ -21,8 +21,8 @@ from ._util import (
 )
 
 ORDER = 90
-# Below this test accuracy a domain classifier's features say little about the images: one at 13%
-# on ten classes gave classifier-FID 0.07 and precision 0.92 for poor samples. Same value as
+# Below this test accuracy a domain classifier's features say little about the images (issue 15:
+# one at 13% on ten classes gave classifier-FID 0.07 and precision 0.92). Same value as
 # evaluate.core.MIN_CLASSIFIER_ACCURACY (kept here so that parsing imports nothing heavy).
 MIN_CLASSIFIER_ACCURACY = 0.5
 

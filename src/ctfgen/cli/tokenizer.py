@@ -10,6 +10,7 @@ from ._util import (
     add_data_args,
     add_device_args,
     add_group,
+    boolean,
     data_config,
     float_range,
     int_range,
@@ -47,6 +48,9 @@ def register(sub) -> None:
     p.add_argument("--lpips-weight", type=nonneg_float, default=0.0, help="perceptual (LPIPS) loss weight; 0 turns it off")
     p.add_argument("--lpips-vgg", default=None, help="local VGG16 weights in torchvision's layout (e.g. vgg16-397923af.pth)")
     p.add_argument("--lpips-lin", default=None, help="local LPIPS linear heads (LlamaGen's/taming's vgg.pth)")
+    p.add_argument("--flip", type=boolean, default=True, metavar="BOOL",
+                   help="random horizontal flips while training (the tokenizer learns to reconstruct mirrored "
+                        "images too; what the generator learns is set by `encode --views`)")
     p.add_argument("--eval-limit", type=nonneg_int, default=0, help="test images for the final report (0: all)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the weights, batches and flips")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -113,7 +117,8 @@ def _train(args) -> int:
     vq = replace(vq, resolution=data.resolution, channels=data.channels).validate()
     cfg = TokenizerTrainConfig(vq=vq, data=data, minutes=args.minutes, gan_weight=args.gan_weight,
                                gan_start=args.gan_start, lpips_weight=args.lpips_weight,
-                               lpips_vgg=args.lpips_vgg, lpips_lin=args.lpips_lin, seed=args.seed, eval_limit=args.eval_limit)
+                               lpips_vgg=args.lpips_vgg, lpips_lin=args.lpips_lin, seed=args.seed, eval_limit=args.eval_limit,
+                               flip=args.flip)
     for name in ("steps", "batch_size", "lr"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))

@@ -22,8 +22,8 @@ from .reference import Reference, cached_arrays
 
 RESULT_FORMAT = 2  # 2: classifier-IS splits from a seeded permutation (1: splits in sample order)
 # A domain classifier below this test accuracy hardly tells the classes (or good images from bad)
-# apart, so the metrics on its features mean little: one at 13% on ten classes scored poor samples
-# classifier-FID 0.07 and precision 0.92. Results record a warning instead of passing silently.
+# apart, so the metrics on its features mean little (issue 15: one at 13% on ten classes gave
+# classifier-FID 0.07 and precision 0.92 without a word). Results record a warning instead.
 MIN_CLASSIFIER_ACCURACY = 0.5
 
 

@@ -48,7 +48,7 @@ def test_every_method_gives_a_full_partition(method):
     assert int(counts.sum()) == 96
 
 
-@pytest.mark.parametrize("method", ["kmeans", "agglomerative"])
+@pytest.mark.parametrize("method", ["kmeans", "agglomerative", "average"])
 def test_centroid_and_neighbourhood_methods_recover_separated_groups(method):
     cb = blobs(n_codes=60, n_blobs=6)
     labels = cluster_codebook(cb, 6, method=method, normalize=False)
@@ -84,7 +84,7 @@ def test_no_empty_clusters_with_duplicate_codewords(method, n_distinct, n_codes,
     assert torch.equal(labels, cluster_codebook(cb, k, method=method, seed=seed))
 
 
-@pytest.mark.parametrize("method", ["kmeans", "agglomerative"])
+@pytest.mark.parametrize("method", ["kmeans", "agglomerative", "average"])
 def test_identical_codewords_share_a_label_when_there_is_room(method):
     cb = blobs(n_codes=40, n_blobs=4)
     cb[10:20] = cb[10]  # ten copies of one vector

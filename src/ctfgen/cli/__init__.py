@@ -42,8 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Spellings of a command that argparse cannot express as sub-commands: `ctfgen eval` takes a samples
+# path, so `ctfgen eval nll` is the command "eval-nll".
+ALIASES = {("eval", "nll"): "eval-nll"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for words, command in ALIASES.items():
+        if tuple(argv[:len(words)]) == words:
+            argv = [command, *argv[len(words):]]
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         # A group command given without its sub-command: show that group's help.

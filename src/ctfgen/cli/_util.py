@@ -17,7 +17,7 @@ MODEL_PRESETS = ("tiny", "small", "B", "L", "XL", "XXL", "3B", "aux-B", "aux-L",
                  "GPT-B", "GPT-L", "GPT-XL", "GPT-XXL", "GPT-3B")  # fmt: skip
 TOKENIZER_PRESETS = ("fmnist", "vq16", "vq8", "VQ-16", "VQ-8")
 DATA_SOURCES = ("fashion-mnist", "idx", "folder", "npz")
-CLUSTER_METHODS = ("kmeans", "balanced", "random", "agglomerative")
+CLUSTER_METHODS = ("kmeans", "balanced", "random", "agglomerative", "average")
 VIEWS = ("none", "flip", "tencrop")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 

@@ -33,8 +33,9 @@ def register(sub) -> None:
     p.add_argument("--n", type=positive_int, default=512, help="number of images, drawn at random with --seed (default 512)")
     p.add_argument("--k", type=int_range(2), nargs="+", default=[32, 128, 512],
                    help="numbers of coarse labels to try (default 32 128 512)")
-    p.add_argument("--methods", nargs="+", default=list(CLUSTER_METHODS), choices=CLUSTER_METHODS,
-                   help="clustering methods to try, each at every --k (default: all four)")
+    p.add_argument("--methods", nargs="+", default=["kmeans", "balanced", "random", "agglomerative"],
+                   choices=CLUSTER_METHODS,
+                   help="clustering methods to try, each at every --k (default: kmeans balanced random agglomerative)")
     p.add_argument("--coarse-map", action="append", default=[], metavar="DIR",
                    help="also measure a saved coarse map (repeatable); it must come from --tokenizer")
     p.add_argument("--classifier", default=None, metavar="DIR",

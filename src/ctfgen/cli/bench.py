@@ -26,6 +26,7 @@ def register(sub) -> None:
     _add_train(group)
     _add_speed(group)
     _add_quality(group)
+    _add_scaling(group)
 
 
 # ---------------------------------------------------------------- bench train
@@ -172,4 +173,68 @@ def _run_quality(args) -> int:
     device = setup_device(args)
     cfg = config_from_args(QualityConfig, args, data=DataConfig(path=args.data_path))
     QualityBench(cfg, args.out, device=device, progress=not args.quiet).run(ablations)
+    return 0
+
+
+# ---------------------------------------------------------------- bench scaling
+
+SCALING_HELP = {
+    "vocabs": "codebook sizes V, comma-separated (one tokenizer each)",
+    "k_ratio": "K = V / this many codes per coarse label",
+    "seeds": "training seeds per arm",
+    "arms": "rows beyond CTF (k-means) and the baseline: balanced, average, random (clusterings), "
+            "uniform, frequency (stage 2 without parameters); '' for none",
+    "arms_vocab": "codebook size at which the clustering arms are trained",
+    "arm_seeds": "training seeds of the clustering arms",
+    "tokenizer_steps": "training steps of each tokenizer",
+    "tokenizer_batch": "tokenizer batch size",
+    "code_images": "training images encoded (0: all)",
+    "preset": "model size of stage 1, stage 2 and the baseline",
+    "steps": "optimizer steps of every model",
+    "batch_size": "training batch size",
+    "lr": "learning rate per 256 samples",
+    "warmup": "warm-up steps (then cosine)",
+    "nll_every": "held-out NLL every this many steps",
+    "nll_images": "test images of the NLL curve (the last checkpoint scores all)",
+    "guidance": "the sweep's guidance scales",
+    "temperatures": "the sweep's temperatures (stage 1 / baseline)",
+    "stage2_temperatures": "CTF's stage-2 temperatures, tried at its best scale and temperature",
+    "sweep_samples_per_class": "samples per class of each sweep setting",
+    "sweep_seeds": "training seeds with a sweep of their own (later seeds reuse seed 0's picks)",
+    "final_samples_per_class": "samples per class of the best and default settings",
+    "classifier": "existing domain-classifier folder ('' trains one)",
+    "classifier_epochs": "domain-classifier epochs (when no --classifier)",
+    "inception": "Inception FID of the best-setting sets: none or best",
+    "reference_images": "test images the samples are compared with",
+    "sample_batch": "images per sampling batch",
+}
+
+
+def _add_scaling(group) -> None:
+    from ..scaling import ScalingConfig
+    from ._util import add_config_flags, add_device_args
+
+    p = group.add_parser(
+        "scaling", help="CTF vs the baseline as the codebook grows: held-out NLL, best-vs-best FID, seeds",
+        description="For each codebook size V: a tokenizer, K = V/32 coarse labels, CTF and the baseline trained "
+                    "with several seeds; held-out bits per token along training, a sampling sweep picking each "
+                    "method's best classifier-FID settings, and arms (clusterings, parameter-free stage 2). "
+                    "Writes OUT/report/README.md (tables with mean ± std, plots) and OUT/results.json. Rerunning "
+                    "continues an interrupted study at the model, checkpoint or evaluation where it stopped.")
+    p.add_argument("--out", default="runs/scaling", help="study folder (default: runs/scaling)")
+    p.add_argument("--data-path", default=None, help="Fashion-MNIST idx folder (default: /usr/share/datasets/fashion-mnist)")
+    add_config_flags(p, ScalingConfig, SCALING_HELP)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device_args(p)
+    p.set_defaults(func=_run_scaling)
+
+
+def _run_scaling(args) -> int:
+    from ..data import DataConfig
+    from ..scaling import ScalingConfig, ScalingStudy
+    from ._util import config_from_args, setup_device
+
+    device = setup_device(args)
+    cfg = config_from_args(ScalingConfig, args, data=DataConfig(path=args.data_path))
+    ScalingStudy(cfg, args.out, device=device, progress=not args.quiet).run()
     return 0

@@ -31,7 +31,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "eval",
         help="FID (Inception), classifier-FID/IS, precision/recall of samples; writes a JSON result",
-        description="Evaluate a folder of PNGs (recursive) or an ADM .npz against a reference split.",
+        description="Evaluate a folder of PNGs (recursive) or an ADM .npz against a reference split. "
+                    "Held-out likelihood of codes: `ctfgen eval nll --help`.",
     )
     p.add_argument("samples", help="folder of images (recursive) or .npz with arr_0 (N,H,W,C uint8)")
     p.add_argument("--ref", default="fashion-mnist:test",
@@ -58,6 +59,7 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_args(p)
     p.set_defaults(func=run_eval)
+    register_nll(sub)
 
     g = add_group(sub, "classifier", help="domain classifier for evaluation")
     t = g.add_parser("train", help="train the small CNN whose features give classifier-FID/IS and precision/recall")
@@ -232,4 +234,135 @@ def run_eval(args) -> int:
     m = result["metrics"]
     print(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
     print(f"{result['samples']['count']} samples, {result['seconds']:.0f}s -> {out}")
+    return 0
+
+
+# ---------------------------------------------------------------- ctfgen eval nll
+
+def register_nll(sub) -> None:
+    p = sub.add_parser(
+        "eval-nll", prog="ctfgen eval nll",
+        help="held-out bits per token of CTF (stage 1 + stage 2) or the baseline on a code store (also: eval nll)",
+        description="Exact class-conditional likelihood of the codes in a code store (e.g. `ctfgen encode --split "
+                    "test`), without guidance, in bits per token. CTF: log p(x) = log p_stage1(coarse(x)) + "
+                    "sum_i log p_stage2(x_i | coarse), reported per stage; the baseline: its token log-probabilities. "
+                    "Give a pipeline folder, or the model folders.")
+    p.add_argument("--codes", required=True, metavar="DIR", help="code store to score (the test split's codes)")
+    p.add_argument("--pipeline", metavar="DIR", help="a CTF or baseline pipeline folder (ctfgen pipeline make)")
+    p.add_argument("--ar", metavar="DIR", help="stage-1 model folder (with --aux, --coarse-map or --stage2 uniform/frequency)")
+    p.add_argument("--aux", metavar="DIR", help="stage-2 model folder")
+    p.add_argument("--baseline", metavar="DIR", help="baseline model folder")
+    p.add_argument("--stage2", default="model", choices=("model", "uniform", "frequency"),
+                   help="stage 2: the trained model (default), or a parameter-free one: a uniformly random "
+                        "member of the cluster, or members by their training frequency (needs --train-codes)")
+    p.add_argument("--coarse-map", metavar="DIR", help="coarse map for a parameter-free stage 2 without --aux")
+    p.add_argument("--train-codes", metavar="DIR", help="training code store: the counts of --stage2 frequency")
+    p.add_argument("--max-images", type=_non_negative, default=0, help="score the first N images only (default 0: all)")
+    p.add_argument("--batch-size", type=_non_negative, default=0,
+                   help="sequences per forward pass (default 0: as many as ~128 MB of logits allow)")
+    p.add_argument("--ema", choices=("auto", "yes", "no"), default="auto",
+                   help="use the EMA weights: when present (auto, default), always, or never")
+    p.add_argument("--out", metavar="JSON", help="also write the result here")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device_args(p)
+    p.set_defaults(func=run_nll)
+
+
+def _non_negative(text: str) -> int:
+    import argparse
+
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {n}")
+    return n
+
+
+def _nll_models(args, store, device) -> tuple[dict, dict]:
+    """The models to score and what the result records about them; refuses mismatched inputs."""
+    from ..artifacts import check_made_from
+    from ..train import load_model
+
+    ema = {"auto": None, "yes": True, "no": False}[args.ema]
+    given = [n for n in ("pipeline", "ar", "baseline") if getattr(args, n)]
+    if len(given) != 1:
+        raise CtfgenError("give exactly one of --pipeline, --ar (CTF) or --baseline")
+    if args.pipeline:
+        from ..sample import load_pipeline
+
+        pipe = load_pipeline(args.pipeline, device=device, ema=ema)
+        models, source = dict(pipe.models), {"pipeline": str(args.pipeline), "models": pipe.fingerprints}
+        tok_fp = pipe.fingerprints["tokenizer"]
+    else:
+        roles = {"baseline": args.baseline} if args.baseline else {"ar": args.ar}
+        if args.aux:
+            roles["aux"] = args.aux
+        models, source, tok_fp = {}, {}, None
+        for role, folder in roles.items():
+            models[role], m = load_model(folder, device, ema=ema, expect_kind=role)
+            source[role] = {"folder": str(folder), "fingerprint": m["fingerprint"]}
+            tok_fp = m.get("made_from", {}).get("tokenizer", tok_fp)
+    if tok_fp is not None:
+        store.check_tokenizer(tok_fp)
+    if "ar" in models:
+        if args.stage2 != "model":
+            from ..models.member_prior import MemberPrior
+
+            if "aux" in models:
+                c2c = models["aux"].code_to_coarse.cpu()
+            elif args.coarse_map:
+                from ..cluster import CoarseMap
+
+                cmap = CoarseMap.load(args.coarse_map)
+                check_made_from(f"coarse map {args.coarse_map} vs codes", cmap.tokenizer_fingerprint,
+                                store.tokenizer_fingerprint, hint="the map was made for another tokenizer")
+                c2c = cmap.code_to_coarse
+            else:
+                raise CtfgenError(f"--stage2 {args.stage2} needs the coarse map: --coarse-map DIR (or --aux DIR)")
+            train = None
+            if args.stage2 == "frequency":
+                if not args.train_codes:
+                    raise CtfgenError("--stage2 frequency needs --train-codes DIR (the training code store)")
+                from ..codes import CodeStore
+
+                train_store = CodeStore.open(args.train_codes)
+                train_store.check_tokenizer(store.tokenizer_fingerprint)
+                train, source["train_codes"] = train_store.codes, str(args.train_codes)
+            models["aux"] = MemberPrior.build(args.stage2, c2c, k=models["ar"].config.coarse_vocab,
+                                              train_codes=train).to(device)
+        elif "aux" not in models:
+            raise CtfgenError("CTF needs a stage 2: --aux DIR, or --stage2 uniform/frequency with --coarse-map DIR")
+    for role, m in models.items():
+        c = m.config
+        if c.vocab_size != store.vocab_size:
+            raise CtfgenError(f"{role}: codebook of {c.vocab_size} codes, but {store.folder} has {store.vocab_size}")
+        if role != "aux" or c.kind == "aux":
+            if c.grid != store.grid[0]:
+                raise CtfgenError(f"{role}: a {c.grid}x{c.grid} grid, but {store.folder} holds {store.grid}")
+            if c.num_classes < store.num_classes:
+                raise CtfgenError(f"{role}: {c.num_classes} classes, but {store.folder} has {store.num_classes}")
+    return models, source
+
+
+def run_nll(args) -> int:
+    from ..artifacts import atomic_write_json
+    from ..codes import CodeStore
+    from ..evaluate.nll import heldout_nll, store_sequences
+
+    device = setup_device(args)
+    store = CodeStore.open(args.codes)
+    models, source = _nll_models(args, store, device)
+    codes_NL, labels_N = store_sequences(store, max_images=args.max_images)
+    result = heldout_nll(models, codes_NL, labels_N, batch_size=args.batch_size, progress=not args.quiet)
+    result.update(codes=str(args.codes), codes_fingerprint=store.fingerprint, source=source,
+                  guidance="none (class-conditional likelihood)")
+    name = "baseline" if "baseline" in models else f"CTF (stage 2: {result['stage2']})"
+    line = f"{name}: {result['bits_per_token']:.4f} bits/token"
+    if "stage1_bits_per_token" in result:
+        line += f" (stage 1 {result['stage1_bits_per_token']:.4f} + stage 2 {result['stage2_bits_per_token']:.4f})"
+    print(f"{line}, {result['images']} images of {result['tokens_per_image']} tokens, {result['seconds']:.1f} s")
+    if args.out:
+        atomic_write_json(args.out, result)
     return 0

@@ -27,6 +27,12 @@ agglomerative
     chain through the graph: on 16384 random unit vectors, K=512 average linkage puts ~15000
     codes in one cluster. Duplicates are merged before clustering (unweighted, so a pile of dead
     codes does not dominate the tree). Slower than k-means (seconds at 16384 codes); a one-off.
+average
+    Average linkage (UPGMA) over the whole codebook, with no neighbourhood graph: MASC's choice
+    (arXiv 2510.04220), which reports it beats k-means for CTF-L (FID 2.97 -> 2.51). The tree of
+    the (normalised) distinct codewords is built with scipy (`scipy.cluster.hierarchy.linkage`,
+    Euclidean, O(V^2) memory: ~1 GB at V = 16384) and cut into K clusters. Unlike k-means it makes
+    no effort to balance sizes: outlying codewords end up as small clusters of their own.
 """
 from __future__ import annotations
 
@@ -40,7 +46,7 @@ from threadpoolctl import threadpool_limits
 
 from ..errors import CtfgenError
 
-METHODS = ("kmeans", "balanced", "random", "agglomerative")
+METHODS = ("kmeans", "balanced", "random", "agglomerative", "average")
 
 # Options each method accepts, with their defaults (recorded in the coarse-map artifact).
 METHOD_OPTIONS: dict[str, dict[str, Any]] = {
@@ -48,6 +54,7 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "balanced": {"max_iter": 20},
     "random": {},
     "agglomerative": {"n_neighbors": 5, "linkage": "ward"},
+    "average": {},
 }
 
 
@@ -341,9 +348,21 @@ def _agglomerative(
     return _on_unique(x_VD, k, run)
 
 
+def _average(x_VD: np.ndarray, k: int, rng: np.random.Generator, *, seed: int) -> np.ndarray:
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    def run(unique_UD: np.ndarray, counts_U: np.ndarray) -> np.ndarray:
+        tree = linkage(unique_UD.astype(np.float64), method="average", metric="euclidean")
+        # maxclust gives at most k (fewer on tied merge heights): fill_empty_clusters splits to k
+        return fcluster(tree, t=k, criterion="maxclust") - 1
+
+    return _on_unique(x_VD, k, run)
+
+
 _RUNNERS: dict[str, Callable[..., np.ndarray]] = {
     "kmeans": _kmeans,
     "balanced": _balanced,
     "random": _random,
     "agglomerative": _agglomerative,
+    "average": _average,
 }

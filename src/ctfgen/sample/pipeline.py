@@ -320,9 +320,14 @@ class CTFPipeline(_Pipeline):
                                     top_k=s.top_k, top_p=s.top_p, argmax=s.argmax,
                                     step_fn=self._decode_step(ar), progress=progress)
         t1 = time.perf_counter()
-        codes_BL = sample_fine(aux, coarse_BL, labels_B, u_BN[:, L:], members_KM=self.members_KM,
-                               counts_K=self.counts_K, temperature=s.stage2_temperature, top_k=s.stage2_top_k,
-                               argmax=s.stage2_argmax, guidance_scale=s.stage2_guidance_scale)
+        if getattr(aux.config, "kind", "") == "prior":  # a stage 2 with no parameters (models/member_prior.py)
+            codes_BL = aux.sample(coarse_BL, u_BN[:, L:], members_KM=self.members_KM, counts_K=self.counts_K,
+                                  temperature=s.stage2_temperature, top_k=s.stage2_top_k, argmax=s.stage2_argmax)
+        else:
+            codes_BL = sample_fine(aux, coarse_BL, labels_B, u_BN[:, L:], members_KM=self.members_KM,
+                                   counts_K=self.counts_K, temperature=s.stage2_temperature,
+                                   top_k=s.stage2_top_k, argmax=s.stage2_argmax,
+                                   guidance_scale=s.stage2_guidance_scale)
         self.last_timings = {"stage1_s": t1 - t0, "stage2_s": time.perf_counter() - t1}  # for the bench
         return codes_BL
 

@@ -1,0 +1,160 @@
+"""Exact held-out likelihood of codebook sequences, for the baseline and for CTF.
+
+The baseline is an autoregressive model over codebook indices, so log p(x | class) is the sum of
+its teacher-forced token log-probabilities. For CTF the coarse label is a function of the fine one
+(c_i = coarse(x_i)), so a fine sequence has exactly one coarse sequence and
+
+    log p(x | class) = log p_stage1(c | class) + sum_i log p_stage2(x_i | c, class),
+
+with stage 2's distribution confined to the members of each position's cluster (the sampler's).
+A stage-2 model trained without the mask (`mask_to_cluster=False`) is scored renormalised over the
+members, i.e. as the masked sampler uses it; the result records this.
+
+Everything is class-conditional and without guidance (guidance changes the sampler, not the model).
+Bits per token = total nats / (number of tokens * ln 2). tests/test_nll.py checks that both
+likelihoods sum to 1 over every sequence of a tiny model.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import CtfgenError
+
+LOGITS_PER_BATCH = 1 << 25  # (rows * L * vocab) floats per forward: ~128 MB of fp32 logits
+
+
+def _batches(n: int, rows: int, progress: bool, desc: str):
+    starts = range(0, n, rows)
+    if progress and len(starts) > 1:
+        from tqdm import tqdm
+
+        return tqdm(starts, desc=desc, leave=False)
+    return starts
+
+
+def _rows(L: int, vocab: int, batch_size: int) -> int:
+    return batch_size or max(1, LOGITS_PER_BATCH // max(1, L * vocab))
+
+
+@torch.inference_mode()
+def gpt_nll(model, targets_NL: torch.Tensor, labels_N: torch.Tensor, *, batch_size: int = 0,
+            progress: bool = False) -> torch.Tensor:
+    """(N,) nats: -log p(targets | class) under a causal GPT (the baseline, or stage 1 over coarse labels).
+
+    targets_NL: long (N, L), L = the model's seq_len, values in [0, out_vocab). labels_N: long (N,).
+    """
+    c = model.config
+    N, L = targets_NL.shape
+    if L != c.seq_len:
+        raise CtfgenError(f"sequences of {L} tokens, but the model makes {c.seq_len}")
+    device = model.tok_embeddings.weight.device
+    out_N = torch.empty(N, dtype=torch.float64)
+    rows = _rows(L, c.out_vocab, batch_size)
+    for s in _batches(N, rows, progress, f"nll {c.kind}"):
+        t_BL = targets_NL[s:s + rows].to(device)
+        logits_BLV = model(t_BL[:, :-1], labels_N[s:s + rows].to(device)).float()
+        nll_BL = F.cross_entropy(logits_BLV.flatten(0, 1), t_BL.flatten(), reduction="none").view(t_BL.shape)
+        out_N[s:s + rows] = nll_BL.double().sum(1).cpu()
+    return out_N
+
+
+@torch.inference_mode()
+def stage2_nll(stage2, fine_NL: torch.Tensor, labels_N: torch.Tensor, *, batch_size: int = 0,
+               progress: bool = False) -> torch.Tensor:
+    """(N,) nats: -sum_i log p_stage2(x_i | coarse(x), class) for a learned stage 2 (AuxTransformer)
+    or a parameter-free one (MemberPrior)."""
+    from ..cluster import CoarseMap
+    from ..sample.sampler import member_logits
+
+    c2c_V = stage2.code_to_coarse
+    if int(c2c_V.min()) < 0:
+        raise CtfgenError("stage 2 has no coarse map (code_to_coarse unset)")
+    fine_NL = fine_NL.long()
+    N, L = fine_NL.shape
+    if getattr(stage2.config, "kind", "") == "prior":
+        return -stage2.log_prob(fine_NL).sum(1).cpu()
+    c = stage2.config
+    if L != c.seq_len:
+        raise CtfgenError(f"sequences of {L} tokens, but stage 2 makes {c.seq_len}")
+    device = stage2.tok_embeddings.weight.device
+    cmap = CoarseMap.from_labels(c2c_V.cpu(), k=c.coarse_vocab)
+    members_KM, counts_K = cmap.members.to(device), cmap.counts.to(device)
+    col_V = torch.empty(len(c2c_V), dtype=torch.long)  # each code's column inside its cluster's row
+    valid_KM = cmap.members >= 0
+    col_V[cmap.members[valid_KM]] = torch.arange(cmap.members.shape[1]).expand_as(cmap.members)[valid_KM]
+    col_V = col_V.to(device)
+    c2c_V = c2c_V.to(device)
+    out_N = torch.empty(N, dtype=torch.float64)
+    rows = _rows(L, int(counts_K.max()), batch_size)
+    for s in _batches(N, rows, progress, "nll stage 2"):
+        x_BL = fine_NL[s:s + rows].to(device)
+        coarse_BL = c2c_V[x_BL]
+        h_BLD = stage2.features(coarse_BL, labels_N[s:s + rows].to(device))
+        logits_NM = member_logits(h_BLD.flatten(0, 1), coarse_BL.flatten(), stage2.output.weight, members_KM, counts_K)
+        logp_NM = torch.log_softmax(logits_NM.float(), dim=-1)
+        nll_n = -logp_NM.gather(1, col_V[x_BL.flatten()][:, None]).squeeze(1)
+        out_N[s:s + rows] = nll_n.view(x_BL.shape).double().sum(1).cpu()
+    return out_N
+
+
+def ctf_nll(ar, stage2, fine_NL: torch.Tensor, labels_N: torch.Tensor, *, batch_size: int = 0,
+            progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """((N,), (N,)) nats of stage 1 (the coarse sequence) and of stage 2 (fine given coarse);
+    their sum is CTF's -log p(fine | class). Raises CtfgenError when the two stages disagree."""
+    if ar.config.coarse_vocab != stage2.config.coarse_vocab:
+        raise CtfgenError(f"stage 1 has K={ar.config.coarse_vocab} coarse labels, stage 2 K={stage2.config.coarse_vocab}")
+    c2c_V = stage2.code_to_coarse.cpu()
+    coarse_NL = c2c_V[fine_NL.long().cpu()]
+    s1_N = gpt_nll(ar, coarse_NL, labels_N, batch_size=batch_size, progress=progress)
+    s2_N = stage2_nll(stage2, fine_NL, labels_N, batch_size=batch_size, progress=progress)
+    return s1_N, s2_N
+
+
+def bits(nats_N: torch.Tensor, tokens_per_sequence: int) -> float:
+    """Mean bits per token of per-sequence nats."""
+    return float(nats_N.sum()) / (len(nats_N) * tokens_per_sequence * math.log(2)) if len(nats_N) else float("nan")
+
+
+def heldout_nll(models: dict[str, Any], fine_NL: torch.Tensor, labels_N: torch.Tensor, *,
+                batch_size: int = 0, progress: bool = False) -> dict[str, Any]:
+    """Bits per token of a CTF pair (models {"ar", "aux"}) or of the baseline (models {"baseline"}).
+
+    Returns {"bits_per_token", "nats_per_image", "images", "tokens_per_image", "seconds"} and, for
+    CTF, "stage1_bits_per_token" / "stage2_bits_per_token" (per image token; they add up) and
+    "stage2": the kind of stage 2 ("aux" or a MemberPrior rule).
+    """
+    t0 = time.perf_counter()
+    N, L = fine_NL.shape
+    if N == 0:
+        raise CtfgenError("no sequences to score")
+    out: dict[str, Any] = {"images": int(N), "tokens_per_image": int(L)}
+    if "baseline" in models:
+        total_N = gpt_nll(models["baseline"], fine_NL, labels_N, batch_size=batch_size, progress=progress)
+    else:
+        s1_N, s2_N = ctf_nll(models["ar"], models["aux"], fine_NL, labels_N, batch_size=batch_size, progress=progress)
+        total_N = s1_N + s2_N
+        aux = models["aux"]
+        out.update(stage1_bits_per_token=bits(s1_N, L), stage2_bits_per_token=bits(s2_N, L),
+                   stage2=aux.config.rule if aux.config.kind == "prior" else "aux")
+        if aux.config.kind == "aux" and not aux.config.mask_to_cluster:
+            out["stage2_renormalised"] = True  # an unmasked model, scored over the cluster members
+    if not bool(torch.isfinite(total_N).all()):
+        raise CtfgenError("the likelihood is not finite: a model gives probability 0 (or NaN) to a held-out sequence")
+    out.update(bits_per_token=bits(total_N, L), nats_per_image=float(total_N.mean()),
+               seconds=round(time.perf_counter() - t0, 2))
+    return out
+
+
+def store_sequences(store, *, max_images: int = 0, view: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes (N, L) long, labels (N,) long) of one view of a CodeStore, the first `max_images` (0: all)."""
+    n = len(store) if not max_images else min(max_images, len(store))
+    if not 0 <= view < store.n_views:
+        raise CtfgenError(f"{store.folder}: view {view} does not exist (the store has {store.n_views})")
+    codes = torch.from_numpy(np.asarray(store.codes[:n, view], dtype=np.int64))
+    return codes, torch.from_numpy(np.asarray(store.labels[:n], dtype=np.int64))

@@ -1,0 +1,419 @@
+"""`ctfgen bench scaling`: does CTF beat the baseline as the codebook grows, and why?
+
+For each codebook size V (tokenizers of one recipe), K = V / k_ratio coarse labels; CTF (stage 1
++ stage 2) and the baseline with the same stage-1 architecture and the same steps, for several
+training seeds. Measured for every model:
+
+- exact held-out bits per token (evaluate/nll.py) on the test split's codes at every `nll_every`
+  steps: the convergence curves;
+- at the last checkpoint, a sampling sweep (guidance scale x temperature; for CTF then stage-2
+  temperature at the best pair) on `sweep_samples_per_class` images per class, scored by the
+  domain classifier's FID; the best setting of each method is then evaluated afresh (another
+  sampling seed, so the pick's luck does not carry over) on `final_samples_per_class`, and so are
+  the paper's default settings. Sweeps run for the first `sweep_seeds` training seeds; later seeds
+  reuse the settings picked on seed 0 (stated in the report);
+- arms beyond the paper, at V = `arms_vocab`: other clusterings of the codebook (balanced k-means,
+  average linkage, random) with their own stage 1 and stage 2, and two stage 2s without parameters
+  (uniform / frequency members, models/member_prior.py) on the k-means stage 1 of every unit.
+
+Every artifact is a folder or JSON file under `out`, written atomically and reused by a rerun, so an
+interrupted study continues at the model, checkpoint or evaluation where it stopped. Work runs in
+order of seed, then V, so a partial study already holds every V for the first seeds.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..artifacts import MANIFEST, atomic_write_json
+from ..config import to_dict
+from ..data import DataConfig
+from ..errors import CtfgenError
+
+CLUSTER_ARMS = ("balanced", "average", "random")  # beside the main arm, k-means
+PRIOR_ARMS = ("uniform", "frequency")  # parameter-free stage 2 on the k-means stage 1
+ARMS = CLUSTER_ARMS + PRIOR_ARMS
+INCEPTION = ("none", "best")
+
+
+def floats(text: str, name: str) -> list[float]:
+    try:
+        out = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CtfgenError(f"{name}: expected comma-separated numbers, got {text!r}") from None
+    if not out:
+        raise CtfgenError(f"{name}: give at least one value")
+    return out
+
+
+@dataclass
+class ScalingConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    vocabs: str = "1024,4096,16384"  # codebook sizes V, one tokenizer each
+    k_ratio: int = 32  # K = V / k_ratio coarse labels (the paper: 16384 / 512)
+    seeds: int = 3  # training seeds per arm (0 .. seeds-1)
+    arms: str = ",".join(ARMS)  # rows beyond CTF (k-means) and the baseline; "" for none
+    arms_vocab: int = 4096  # the V at which the clustering arms are trained
+    arm_seeds: int = 1  # training seeds of the clustering arms
+    tokenizer_steps: int = 500
+    tokenizer_batch: int = 32
+    code_images: int = 20000  # training images encoded (0: all)
+    preset: str = "tiny"  # stage 1, stage 2 and the baseline
+    steps: int = 300  # optimizer steps of every model
+    batch_size: int = 32
+    lr: float = 8e-3  # per 256 samples (the quality bench's tuned rate)
+    warmup: int = 30
+    nll_every: int = 50  # held-out NLL every this many steps (and at the end)
+    nll_images: int = 2000  # test images of the NLL curve; the last checkpoint scores them all
+    guidance: str = "1.5,2.0,3.0"  # the sweep's guidance scales
+    temperatures: str = "0.9,1.0,1.1"  # the sweep's stage-1 / baseline temperatures
+    stage2_temperatures: str = "0.9,1.0,1.1"  # CTF's stage-2 temperatures, at its best (scale, temperature)
+    sweep_samples_per_class: int = 50
+    sweep_seeds: int = 1  # training seeds with their own sweep; later seeds reuse seed 0's picks
+    final_samples_per_class: int = 200
+    classifier: str = ""  # an existing domain-classifier folder ("" trains one)
+    classifier_epochs: int = 3
+    inception: str = "none"  # Inception FID of the final best-setting sets: none, or best
+    reference_images: int = 5000
+    sample_batch: int = 250  # images per sampling batch (results do not depend on it)
+
+    def check(self) -> "ScalingConfig":
+        for v in self.vocab_list():
+            if v % self.k_ratio or v // self.k_ratio < 2:
+                raise CtfgenError(f"vocabs: V={v} is not a multiple of k_ratio={self.k_ratio} giving K >= 2")
+        for name in ("seeds", "steps", "batch_size", "nll_every", "sweep_samples_per_class",
+                     "final_samples_per_class", "tokenizer_steps", "sample_batch", "k_ratio"):
+            if getattr(self, name) < 1:
+                raise CtfgenError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.inception not in INCEPTION:
+            raise CtfgenError(f"inception must be one of {INCEPTION}, got {self.inception!r}")
+        bad = [a for a in self.arm_list() if a not in ARMS]
+        if bad:
+            raise CtfgenError(f"arms: unknown {bad}; choose from {', '.join(ARMS)}")
+        if any(a in CLUSTER_ARMS for a in self.arm_list()) and self.arms_vocab not in self.vocab_list():
+            raise CtfgenError(f"arms_vocab {self.arms_vocab} is not one of the vocabs {self.vocab_list()}")
+        floats(self.guidance, "guidance"), floats(self.temperatures, "temperatures")
+        floats(self.stage2_temperatures, "stage2_temperatures")
+        return self
+
+    def vocab_list(self) -> list[int]:
+        try:
+            return [int(v) for v in self.vocabs.split(",") if v.strip()]
+        except ValueError:
+            raise CtfgenError(f"vocabs: expected comma-separated integers, got {self.vocabs!r}") from None
+
+    def arm_list(self) -> list[str]:
+        return [a.strip() for a in self.arms.split(",") if a.strip()]
+
+    def nll_steps(self) -> list[int]:
+        return sorted({*range(self.nll_every, self.steps, self.nll_every), self.steps})
+
+
+# paper defaults (PAPER.md): CFG 2.0; CTF temperature 1.1 and stage-2 temperature 1.1; LlamaGen 1.0
+DEFAULTS = {"ctf": {"guidance_scale": 2.0, "temperature": 1.1, "stage2_temperature": 1.1},
+            "baseline": {"guidance_scale": 2.0, "temperature": 1.0}}
+
+
+def _tag(settings: dict) -> str:
+    short = {"guidance_scale": "g", "temperature": "t", "stage2_temperature": "s2t"}
+    return "-".join(f"{short[k]}{v:g}" for k, v in settings.items())
+
+
+class ScalingStudy:
+    def __init__(self, cfg: ScalingConfig, out: str | Path, *, device="cpu", progress: bool = True,
+                 log: Callable[[str], None] = print):
+        self.cfg, self.out, self.device, self.progress, self.log = cfg.check(), Path(out), device, progress, log
+        self._benches: dict[int, Any] = {}
+
+    # ------------------------------------------------------------ artifacts
+
+    def _step(self, name: str, folder: Path, fn: Callable[[], object]) -> Path:
+        if (folder / MANIFEST).is_file():
+            return folder
+        self.log(f"[scaling] {name} -> {folder}")
+        fn()
+        return folder
+
+    def tokenizer(self, V: int) -> Path:
+        from ..tokenizer import vq_preset
+        from ..tokenizer.train import TokenizerTrainConfig, train_tokenizer
+
+        c = self.cfg
+        vq = vq_preset("fmnist", resolution=c.data.resolution, channels=c.data.channels, codebook_size=V)
+        tc = TokenizerTrainConfig(vq=vq, data=c.data, steps=c.tokenizer_steps, batch_size=c.tokenizer_batch,
+                                  seed=0, eval_limit=2000)
+        folder = self.out / f"V{V}" / "tokenizer"
+        return self._step(f"tokenizer V={V}", folder,
+                          lambda: train_tokenizer(tc, folder, device=self.device, progress=self.progress))
+
+    def codes(self, V: int, tok: Path, split: str) -> Path:
+        from ..codes import encode_dataset
+        from ..data import load_dataset
+        from ..tokenizer import load_tokenizer
+
+        folder = self.out / f"V{V}" / f"codes-{split}"
+        limit = self.cfg.code_images if split == "train" else 0
+        return self._step(f"codes V={V} {split}", folder, lambda: encode_dataset(
+            load_tokenizer(tok, self.device), load_dataset(self.cfg.data, split), folder, views="none",
+            limit=limit, device=self.device, progress=self.progress))
+
+    def coarse_map(self, V: int, tok: Path, method: str) -> Path:
+        from ..cluster import build_coarse_map, load_codebook
+
+        k = V // self.cfg.k_ratio
+        folder = self.out / f"V{V}" / f"coarse-{method}-k{k}"
+
+        def run():
+            codebook, fp = load_codebook(tok)
+            build_coarse_map(codebook, k, method=method, seed=0, tokenizer_fingerprint=fp).save(folder)
+        return self._step(f"coarse labels V={V} {method} K={k}", folder, run)
+
+    def classifier(self) -> Path:
+        from ..artifacts import read_manifest
+        from ..demo import Demo, DemoConfig
+
+        if self.cfg.classifier:
+            read_manifest(self.cfg.classifier, "classifier")
+            return Path(self.cfg.classifier)
+        demo = Demo(DemoConfig(data=self.cfg.data, classifier_epochs=self.cfg.classifier_epochs), self.out,
+                    device=self.device, progress=self.progress, log=self.log)
+        return demo.classifier()
+
+    def train(self, kind: str, folder: Path, codes: Path, coarse: Path | None, *, seed: int, stop_after: int) -> Path:
+        from ..train import RunOptions, TrainConfig, train
+
+        c = self.cfg
+        tc = TrainConfig(kind=kind, preset=c.preset, steps=c.steps, batch_size=c.batch_size, lr=c.lr,
+                         warmup_steps=c.warmup, cosine=True, seed=seed)
+        run = RunOptions(device=str(self.device), progress=self.progress, ckpt_every=0, stop_after=stop_after,
+                         tensorboard=False)
+        result = train(tc, codes_dir=codes, out_dir=folder, coarse_map_dir=coarse if kind != "baseline" else None,
+                       run=run)
+        if result.step != min(stop_after, result.total_steps):
+            raise CtfgenError(f"{folder} is at step {result.step}, not {stop_after}: it was trained past this "
+                              "checkpoint outside this study; delete it to start over")
+        return folder
+
+    # ------------------------------------------------------------ measurements
+
+    def nll(self, tag: str, models: Callable[[], dict], test_codes: Path, *, images: int) -> dict:
+        """Held-out bits per token, cached as nll/<tag>.json."""
+        from ..codes import CodeStore
+        from ..evaluate.nll import heldout_nll, store_sequences
+
+        path = self.out / "nll" / f"{tag}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        codes_NL, labels_N = store_sequences(CodeStore.open(test_codes), max_images=images)
+        result = heldout_nll(models(), codes_NL, labels_N)
+        atomic_write_json(path, result)
+        return result
+
+    def bench(self, sample_seed: int):
+        """The quality bench's cached sample-and-evaluate, with this sampling seed."""
+        from ..quality import QualityBench, QualityConfig
+
+        if sample_seed not in self._benches:
+            qc = QualityConfig(data=self.cfg.data, reference_images=self.cfg.reference_images, seed=sample_seed,
+                               inception="none")
+            b = QualityBench(qc, self.out, device=self.device, progress=self.progress, log=self.log)
+            if self._benches:  # one classifier and reference for all
+                b._eval_tools = next(iter(self._benches.values()))._eval_tools
+            self._benches[sample_seed] = b
+        return self._benches[sample_seed]
+
+    def evaluate(self, tag: str, pipe: Callable[[], Any], clf: Path, settings: dict, *, final: bool,
+                 metadata: dict) -> dict:
+        c = self.cfg
+        path = self.out / "evals" / f"{tag}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        bench = self.bench(1 if final else 0)
+        spc = c.final_samples_per_class if final else c.sweep_samples_per_class
+        return bench.evaluate(tag, _Batched(pipe(), c.sample_batch), clf, samples_per_class=spc,
+                              inception=final and c.inception == "best" and metadata.get("pick") == "best",
+                              settings=settings, metadata=metadata)
+
+    def sweep(self, name: str, unit: str, pipe: Callable[[], Any], clf: Path, meta: dict) -> dict:
+        """Best classifier-FID settings of one method: (scale x temperature), then stage-2 temperature."""
+        c = self.cfg
+        results = {}
+
+        def score(s: dict) -> float:
+            tag = f"{unit}-{name}-sweep-{_tag(s)}"
+            r = self.evaluate(tag, pipe, clf, s, final=False, metadata={**meta, "sweep": True})
+            results[tag] = r
+            return r["metrics"]["fid_classifier"]
+
+        grid = [{"guidance_scale": g, "temperature": t} for g in floats(c.guidance, "guidance")
+                for t in floats(c.temperatures, "temperatures")]
+        s2 = name.startswith("ctf") and not name.endswith(PRIOR_ARMS)
+        if s2:
+            grid = [{**s, "stage2_temperature": DEFAULTS["ctf"]["stage2_temperature"]} for s in grid]
+        best = min(grid, key=score)
+        if s2:
+            best = min([{**best, "stage2_temperature": t} for t in floats(c.stage2_temperatures, "stage2_temperatures")],
+                       key=score)
+        return {"best": best, "sweep": {k: v["metrics"]["fid_classifier"] for k, v in results.items()}}
+
+    # ------------------------------------------------------------ one unit: (V, seed, clustering)
+
+    def unit(self, V: int, seed: int, method: str, tok: Path, codes: dict[str, Path], clf: Path,
+             with_baseline: bool, priors: list[str], picks: dict) -> dict:
+        from ..models.member_prior import MemberPrior
+        from ..sample import BaselinePipeline, CTFPipeline
+        from ..train import load_model
+
+        c = self.cfg
+        unit = f"V{V}-s{seed}-{method}"
+        coarse = self.coarse_map(V, tok, method)
+        root = self.out / f"V{V}" / f"seed{seed}"
+        folders = {"ar": root / f"stage1-{method}", "aux": root / f"stage2-{method}"}
+        if with_baseline:
+            folders["baseline"] = root / "baseline"
+        train_codes = None
+
+        def prior(rule: str, ar_dir: Path):
+            nonlocal train_codes
+            from ..cluster import CoarseMap
+            from ..codes import CodeStore
+
+            if rule == "frequency" and train_codes is None:
+                train_codes = CodeStore.open(codes["train"]).codes
+            cmap = CoarseMap.load(coarse)
+            return MemberPrior.build(rule, cmap.code_to_coarse, k=cmap.k, train_codes=train_codes)
+
+        curves: dict[str, list] = {}
+        for step in c.nll_steps():
+            last = step == c.steps
+            images = 0 if last else c.nll_images
+            names = [("ctf" if method == "kmeans" else f"ctf-{method}")] + (["baseline"] if with_baseline else [])
+            names += [f"ctf-{p}" for p in priors]
+            todo = [n for n in names if not (self.out / "nll" / f"{unit}-{n}-step{step}.json").is_file()]
+            if todo:
+                t0 = time.time()
+                for kind, folder in folders.items():
+                    self.train(kind, folder, codes["train"], coarse, seed=seed, stop_after=step)
+                self.log(f"[scaling] {unit}: trained to step {step} ({time.time() - t0:.0f} s)")
+            for n in names:
+                def models(n=n):
+                    if n == "baseline":
+                        return {"baseline": load_model(folders["baseline"], self.device)[0]}
+                    ar = load_model(folders["ar"], self.device)[0]
+                    rule = n.split("-", 1)[1] if n.split("-", 1)[-1] in PRIOR_ARMS else None
+                    aux = prior(rule, folders["ar"]).to(self.device) if rule else load_model(folders["aux"], self.device)[0]
+                    return {"ar": ar, "aux": aux}
+                r = self.nll(f"{unit}-{n}-step{step}", models, codes["test"], images=images)
+                curves.setdefault(n, []).append({"step": step, **r})
+
+        tok_dir = tok
+
+        def pipeline(n: str):
+            if n == "baseline":
+                return lambda: BaselinePipeline.from_folders(tokenizer=tok_dir, baseline=folders["baseline"],
+                                                             device=self.device)
+            rule = n.split("-", 1)[1] if n.split("-", 1)[-1] in PRIOR_ARMS else None
+            if rule:
+                def make():
+                    from ..tokenizer import load_tokenizer
+
+                    ar = load_model(folders["ar"], self.device)[0]
+                    return CTFPipeline(load_tokenizer(tok_dir, self.device), ar=ar,
+                                       aux=prior(rule, folders["ar"]).to(self.device))
+                return make
+            return lambda: CTFPipeline.from_folders(tokenizer=tok_dir, ar=folders["ar"], aux=folders["aux"],
+                                                    device=self.device)
+
+        samples: dict[str, dict] = {}
+        for n in curves:
+            meta = {"unit": unit, "V": V, "K": V // c.k_ratio, "train_seed": seed, "clustering": method, "method": n,
+                    "train_steps": c.steps, "preset": c.preset}
+            key = f"V{V}-{method}-{n}"
+            own_sweep = seed < c.sweep_seeds
+            if n.endswith(PRIOR_ARMS):  # no sweep of its own: the learned CTF's stage-1 pick, stage 2 at 1.0
+                best = {k: v for k, v in picks.get(f"V{V}-{method}-ctf", {}).get("best", DEFAULTS["ctf"]).items()
+                        if k != "stage2_temperature"}
+                best = {**best, "stage2_temperature": 1.0}
+                sweep = {"best": best, "sweep": {}, "from": "the learned CTF's stage-1 pick"}
+            elif own_sweep:
+                sweep = self.sweep(n, unit, pipeline(n), clf, meta)
+                picks[key] = sweep
+            elif key in picks:
+                sweep = {**picks[key], "from": f"seed 0's sweep ({key})"}
+            else:
+                raise CtfgenError(f"{unit}: no sweep for {n} on an earlier seed to take the settings from")
+            out = {"best_settings": sweep["best"], "sweep": sweep.get("sweep", {}), "picked_on": sweep.get("from", "own sweep")}
+            for pick, s in (("best", sweep["best"]), ("default", DEFAULTS["baseline" if n == "baseline" else "ctf"])):
+                if n.endswith(PRIOR_ARMS) and pick == "default":
+                    continue
+                r = self.evaluate(f"{unit}-{n}-final-{pick}-{_tag(s)}", pipeline(n), clf, s, final=True,
+                                  metadata={**meta, "pick": pick})
+                out[pick] = {"settings": s, "metrics": r["metrics"]}
+            samples[n] = out
+        return {"unit": unit, "V": V, "seed": seed, "clustering": method, "nll": curves, "samples": samples}
+
+    # ------------------------------------------------------------ all
+
+    def run(self) -> Path:
+        from .report import write_scaling_report
+
+        c = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._check_same_settings()
+        atomic_write_json(self.out / "scaling_config.json", to_dict(c))
+        t0 = time.time()
+        clf = self.classifier()
+        tokenizers = {}
+        units, picks = [], {}
+        for seed in range(c.seeds):
+            for V in c.vocab_list():
+                tok = tokenizers.setdefault(V, self.tokenizer(V))
+                codes = {s: self.codes(V, tok, s) for s in ("train", "test")}
+                priors = [a for a in c.arm_list() if a in PRIOR_ARMS]
+                units.append(self.unit(V, seed, "kmeans", tok, codes, clf, True, priors, picks))
+                if V == c.arms_vocab and seed < c.arm_seeds:
+                    for method in (a for a in c.arm_list() if a in CLUSTER_ARMS):
+                        units.append(self.unit(V, seed, method, tok, codes, clf, False, [], picks))
+                atomic_write_json(self.out / "results.json", self.results(units, tokenizers, time.time() - t0))
+        results = self.results(units, tokenizers, time.time() - t0)
+        atomic_write_json(self.out / "results.json", results)
+        page = write_scaling_report(self.out, results)
+        self.log(f"[scaling] done in {time.time() - t0:.0f} s: {page}")
+        return page
+
+    def results(self, units: list[dict], tokenizers: dict[int, Path], seconds: float) -> dict:
+        toks = {}
+        for V, folder in tokenizers.items():
+            rep = json.loads((folder / MANIFEST).read_text())["info"]["report"]
+            toks[str(V)] = {k: rep.get(k) for k in ("psnr_db", "codes_used", "codebook_usage", "perplexity", "images")}
+        return {"config": to_dict(self.cfg), "tokenizers": toks, "units": units, "seconds_this_run": round(seconds, 1)}
+
+    def _check_same_settings(self) -> None:
+        saved = self.out / "scaling_config.json"
+        if not saved.is_file():
+            return
+        old, now = json.loads(saved.read_text()), json.loads(json.dumps(to_dict(self.cfg)))
+        # more seeds, vocabs or arms extend a study; anything else would mix two recipes
+        extendable = {"seeds", "vocabs", "arms", "arm_seeds", "inception"}
+        diff = [k for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k) and k not in extendable]
+        if diff:
+            k = diff[0]
+            raise CtfgenError(f"{self.out} was made with other scaling settings ({k}: {old.get(k)!r} there, "
+                              f"{now.get(k)!r} now); use another --out, or delete the folder to start over")
+
+
+class _Batched:
+    """A pipeline whose generate() uses a fixed batch size (the quality bench passes 64)."""
+
+    def __init__(self, pipe, batch_size: int):
+        self._pipe, self._batch = pipe, batch_size
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+    def generate(self, labels, **kwargs):
+        kwargs["batch_size"] = self._batch
+        return self._pipe.generate(labels, **kwargs)

@@ -1,0 +1,106 @@
+"""Held-out likelihood: exact (sums to 1 over every sequence), and the `ctfgen eval nll` command."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ctfgen.evaluate.nll import gpt_nll, heldout_nll, stage2_nll
+from ctfgen.models import build_model
+from ctfgen.models.member_prior import MemberPrior
+
+V, GRID = 4, 2  # a 2x2 grid of 4 codes: 256 sequences per class
+CODE_TO_COARSE = torch.tensor([0, 1, 1, 1])  # clusters of unequal size
+SMALL = dict(n_layer=1, n_head=2, dim=16)
+
+
+def all_sequences() -> torch.Tensor:
+    return torch.tensor(list(itertools.product(range(V), repeat=GRID * GRID)))
+
+
+def models(use_class=True):
+    torch.manual_seed(0)
+    base = build_model("baseline", "tiny", vocab_size=V, num_classes=2, grid=GRID, **SMALL).eval()
+    ar = build_model("ar", "tiny", vocab_size=V, coarse_vocab=2, num_classes=2, grid=GRID, **SMALL).eval()
+    aux = build_model("aux", "tiny", vocab_size=V, coarse_vocab=2, num_classes=2, grid=GRID,
+                      code_to_coarse=CODE_TO_COARSE, use_class=use_class, **SMALL).eval()
+    for m in (base, ar, aux):  # the head starts at zero (uniform): random weights make the test bite
+        for name, w in m.named_parameters():
+            w.data.normal_(0, 0.5)
+    return base, ar, aux
+
+
+@pytest.mark.parametrize("label", [0, 1])
+def test_likelihoods_sum_to_one_over_every_sequence(label):
+    base, ar, aux = models()
+    x = all_sequences()
+    y = torch.full((len(x),), label)
+    uniform = MemberPrior.build("uniform", CODE_TO_COARSE, k=2)
+    frequency = MemberPrior.build("frequency", CODE_TO_COARSE, k=2, train_codes=np.array([1, 1, 1, 2, 0]))
+    totals = {"baseline": gpt_nll(base, x, y)}
+    coarse_nll = gpt_nll(ar, CODE_TO_COARSE[x], y)
+    for name, s2 in (("ctf", aux), ("ctf-uniform", uniform), ("ctf-frequency", frequency)):
+        totals[name] = coarse_nll + stage2_nll(s2, x, y, batch_size=7)  # odd batches: no edge effects
+    for name, nll in totals.items():
+        p = torch.exp(-nll)
+        assert float(p.sum()) == pytest.approx(1.0, abs=1e-6), name
+        assert float(p.max()) > 2.0 / len(x), f"{name} is close to uniform: the test would be weak"
+
+
+def test_stage2_without_class_and_without_mask_still_normalised():
+    _, ar, aux = models(use_class=False)
+    aux.config.mask_to_cluster = False  # scored renormalised over the cluster members
+    x = all_sequences()
+    y = torch.zeros(len(x), dtype=torch.long)
+    p = torch.exp(-(gpt_nll(ar, CODE_TO_COARSE[x], y) + stage2_nll(aux, x, y)))
+    assert float(p.sum()) == pytest.approx(1.0, abs=1e-6)
+    r = heldout_nll({"ar": ar, "aux": aux}, x[:10], y[:10])
+    assert r["stage2_renormalised"] is True
+
+
+def test_heldout_bits_add_up_and_priors_are_what_they_say():
+    base, ar, aux = models()
+    x = all_sequences()[::5]
+    y = torch.arange(len(x)) % 2
+    r = heldout_nll({"ar": ar, "aux": aux}, x, y)
+    assert r["bits_per_token"] == pytest.approx(r["stage1_bits_per_token"] + r["stage2_bits_per_token"])
+    assert r["nats_per_image"] == pytest.approx(r["bits_per_token"] * 4 * math.log(2))
+    u = heldout_nll({"ar": ar, "aux": MemberPrior.build("uniform", CODE_TO_COARSE, k=2)}, x, y)
+    # uniform stage 2: log2(cluster size) bits for each code
+    expect = np.log2(np.array([1, 3, 3, 3]))[x.numpy()].mean()
+    assert u["stage2_bits_per_token"] == pytest.approx(expect)
+    assert u["stage2"] == "uniform" and r["stage2"] == "aux"
+    assert heldout_nll({"baseline": base}, x, y)["bits_per_token"] > 0
+
+
+def test_frequency_prior_counts_training_codes_with_smoothing():
+    p = MemberPrior.build("frequency", CODE_TO_COARSE, k=2, train_codes=np.array([[1, 1], [1, 2]]))
+    probs = p.log_prob(torch.arange(V)[None]).exp()[0]
+    assert probs.tolist() == pytest.approx([1.0, 4 / 7, 2 / 7, 1 / 7])  # counts 3, 1, 0 in cluster 1, +1 each
+
+
+def test_member_prior_samples_only_cluster_members():
+    from ctfgen.cluster import CoarseMap
+
+    cmap = CoarseMap.from_labels(CODE_TO_COARSE, k=2)
+    p = MemberPrior.build("frequency", CODE_TO_COARSE, k=2, train_codes=np.array([1] * 50 + [3]))
+    coarse = torch.tensor([[0, 1] * 200])
+    codes = p.sample(coarse, torch.rand(coarse.shape), members_KM=cmap.members, counts_K=cmap.counts)
+    assert bool((CODE_TO_COARSE[codes] == coarse).all())
+    ones = int((codes[0, 1::2] == 1).sum())
+    assert ones > 150  # 51/54 of the cluster's mass
+    argmax = p.sample(coarse, torch.rand(coarse.shape), members_KM=cmap.members, counts_K=cmap.counts, argmax=True)
+    assert set(argmax[0, 1::2].tolist()) == {1}
+
+
+def test_bad_inputs_are_named():
+    from ctfgen.errors import CtfgenError
+
+    base, ar, aux = models()
+    with pytest.raises(CtfgenError, match="tokens"):
+        gpt_nll(base, torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(CtfgenError, match="training codes"):
+        MemberPrior.build("frequency", CODE_TO_COARSE, k=2)
+    with pytest.raises(CtfgenError, match="rule"):
+        MemberPrior.build("mode", CODE_TO_COARSE, k=2)

@@ -77,6 +77,32 @@ dropout_rate = float_range(0.0, 1.0, hi_open=True)  # [0, 1): all-dropped would 
 guidance = float_range(1.0)  # classifier-free guidance: 1 = off
 
 
+def comma_list(item, *, allow_empty: bool = False):
+    """An argparse type: comma-separated values, each checked by `item` (another such type); the
+    text is kept as given (the configs store it as text)."""
+    def parse(text: str) -> str:
+        parts = [t.strip() for t in text.split(",") if t.strip()]
+        if not parts and not allow_empty:
+            raise argparse.ArgumentTypeError("expected a comma-separated list, got an empty one")
+        for part in parts:
+            try:
+                item(part)
+            except argparse.ArgumentTypeError as e:
+                raise argparse.ArgumentTypeError(f"{e} in {text!r}") from None
+        return text
+
+    return parse
+
+
+def one_of(*choices: str):
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return parse
+
+
 def boolean(text: str) -> bool:
     t = text.strip().lower()
     if t in ("1", "true", "yes", "on"):
@@ -211,8 +237,7 @@ CONFIG_TYPES = {
     "classifier_epochs": positive_int, "reference_images": nonneg_int, "ablation_steps": positive_int,
     "ablation_samples_per_class": positive_int, "seed": seed_int,
 }  # fmt: skip
-CONFIG_CHOICES = {"views": VIEWS, "cluster_method": CLUSTER_METHODS, "preset": MODEL_PRESETS,
-                  "inception": ("last", "all", "none")}
+CONFIG_CHOICES = {"views": VIEWS, "cluster_method": CLUSTER_METHODS, "preset": MODEL_PRESETS}
 
 
 def add_config_flags(p: argparse.ArgumentParser, cls, helps: dict[str, str], *, skip: tuple[str, ...] = ("data",),

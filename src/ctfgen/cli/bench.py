@@ -146,6 +146,7 @@ def _quality_help() -> dict[str, str]:
 
 def _add_quality(group) -> None:
     from ..quality import ABLATIONS, QualityConfig
+    from ..quality.config import INCEPTION_WHEN
     from ._util import add_config_flags, add_device_args
 
     p = group.add_parser(
@@ -158,7 +159,7 @@ def _add_quality(group) -> None:
     p.add_argument("--data-path", default=None, help="Fashion-MNIST idx folder (default: /usr/share/datasets/fashion-mnist)")
     p.add_argument("--ablate", nargs="+", default=[], metavar="NAME", choices=[*ABLATIONS, "all"],
                    help=f"ablations to run after the comparison: {', '.join(ABLATIONS)}, or all (default: none)")
-    add_config_flags(p, QualityConfig, _quality_help())
+    add_config_flags(p, QualityConfig, _quality_help(), choices={"inception": INCEPTION_WHEN})
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_args(p)
     p.set_defaults(func=_run_quality)
@@ -212,7 +213,8 @@ SCALING_HELP = {
 
 def _add_scaling(group) -> None:
     from ..scaling import ScalingConfig
-    from ._util import add_config_flags, add_device_args
+    from ..scaling.study import ARMS, INCEPTION
+    from ._util import add_config_flags, add_device_args, comma_list, float_range, int_range, one_of, positive_int
 
     p = group.add_parser(
         "scaling", help="CTF vs the baseline as the codebook grows: held-out NLL, best-vs-best FID, seeds",
@@ -223,7 +225,13 @@ def _add_scaling(group) -> None:
                     "continues an interrupted study at the model, checkpoint or evaluation where it stopped.")
     p.add_argument("--out", default="runs/scaling", help="study folder (default: runs/scaling)")
     p.add_argument("--data-path", default=None, help="Fashion-MNIST idx folder (default: /usr/share/datasets/fashion-mnist)")
-    add_config_flags(p, ScalingConfig, SCALING_HELP)
+    types = {"vocabs": comma_list(int_range(2, 65536)), "arms": comma_list(one_of(*ARMS), allow_empty=True),
+             "guidance": comma_list(float_range(1.0)), "temperatures": comma_list(float_range(0.0, lo_open=True)),
+             "stage2_temperatures": comma_list(float_range(0.0, lo_open=True)),
+             **dict.fromkeys(("k_ratio", "seeds", "arms_vocab", "arm_seeds", "nll_every", "nll_images",
+                              "sweep_samples_per_class", "sweep_seeds", "final_samples_per_class", "sample_batch"),
+                             positive_int)}
+    add_config_flags(p, ScalingConfig, SCALING_HELP, types=types, choices={"inception": INCEPTION})
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_args(p)
     p.set_defaults(func=_run_scaling)

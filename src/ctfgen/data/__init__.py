@@ -8,6 +8,7 @@
 Every source yields square `resolution` images with `channels` channels (1: grey, 3: RGB).
 Images of another size go through ADM's centre-crop preprocessing (`center_crop_arr`), except
 that idx images slightly smaller than the resolution (Fashion-MNIST 28 -> 32) are zero-padded.
+Class ids are decided over all of a data set's splits and checked (classes.py); docs/DATA.md.
 """
 from __future__ import annotations
 

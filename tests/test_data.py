@@ -40,7 +40,7 @@ def write_idx(path: Path, arr: np.ndarray) -> Path:
     return path
 
 
-def make_idx_dir(root: Path, n_train=12, n_test=6, size=28, train_classes=4, test_classes=5) -> Path:
+def make_idx_dir(root: Path, n_train=12, n_test=6, size=28, train_classes=5, test_classes=5) -> Path:
     """train files gzipped, test files raw, so both encodings are exercised."""
     root.mkdir(parents=True, exist_ok=True)
     write_idx(root / "train-images-idx3-ubyte.gz", RNG.integers(1, 256, (n_train, size, size)))
@@ -71,8 +71,10 @@ def make_folder_tree(root: Path) -> Path:
 
 
 def test_idx_shapes_labels_and_padding(tmp_path):
-    d = make_idx_dir(tmp_path / "mnist")
-    ds = load_dataset(DataConfig(source="idx", path=str(d)), "train")
+    d = make_idx_dir(tmp_path / "mnist", train_classes=4)
+    with pytest.raises(CtfgenError, match=r"id\(s\) 4 .*allow-empty-classes"):
+        load_dataset(DataConfig(source="idx", path=str(d)), "train")  # class 4 is only in the test split
+    ds = load_dataset(DataConfig(source="idx", path=str(d), allow_empty_classes=True), "train")
     assert len(ds) == 12 and ds.resolution == 32 and ds.channels == 1
     assert ds.labels.dtype == np.int64 and list(ds.labels[:5]) == [0, 1, 2, 3, 0]
     # Class count spans both splits: test has label 4 although train stops at 3.
@@ -212,8 +214,12 @@ def test_folder_tree_layouts_and_channels(tmp_path):
     split_root = tmp_path / "split"
     make_folder_tree(split_root / "train")
     save_image(split_root / "val" / "a_cat" / "v.png", RNG.integers(0, 256, (20, 20, 3), dtype=np.uint8))
-    val = load_dataset(DataConfig(source="folder", path=str(split_root), resolution=16, channels=3), "val")
-    assert len(val) == 1 and val.class_names == ["a_cat"]
+    with pytest.raises(CtfgenError, match="val/b_dog: class folder is missing from this split"):
+        load_dataset(DataConfig(source="folder", path=str(split_root), resolution=16, channels=3), "val")
+    val = load_dataset(DataConfig(source="folder", path=str(split_root), resolution=16, channels=3,
+                                  allow_empty_classes=True), "val")
+    # ids are decided over every split: b_dog keeps id 1 in val although val has none of it
+    assert len(val) == 1 and val.class_names == ["a_cat", "b_dog"] and list(val.labels) == [0]
     with pytest.raises(CtfgenError, match="no 'test' folder"):
         load_dataset(DataConfig(source="folder", path=str(split_root)), "test")
 
@@ -285,7 +291,9 @@ def test_npz_file_and_folder(tmp_path):
     np.savez(d / "test.npz", images=imgs[:2], labels=np.array([3, 0]))
     train = load_dataset(DataConfig(source="npz", path=str(d), resolution=24), "train")
     assert train.class_names == ["a", "b", "c"] and train[0][0].shape == (1, 24, 24)
-    test = load_dataset(DataConfig(source="npz", path=str(d), resolution=24), "test")
+    with pytest.raises(CtfgenError, match=r"id\(s\) 1-2"):
+        load_dataset(DataConfig(source="npz", path=str(d), resolution=24), "test")
+    test = load_dataset(DataConfig(source="npz", path=str(d), resolution=24, allow_empty_classes=True), "test")
     assert test.num_classes == 4  # max label over every split in the folder
     with pytest.raises(CtfgenError, match="val.npz"):
         load_dataset(DataConfig(source="npz", path=str(d)), "val")
@@ -320,7 +328,7 @@ def test_fingerprints_follow_content(tmp_path):
     assert fp == load_dataset(cfg).fingerprint and len(fp) == 16
     assert fp != load_dataset(cfg, "test").fingerprint
     assert fp != load_dataset(DataConfig(source="idx", path=str(d), channels=3)).fingerprint
-    write_idx(d / "train-labels-idx1-ubyte.gz", np.arange(12) % 3)
+    write_idx(d / "train-labels-idx1-ubyte.gz", (np.arange(12) + 1) % 5)
     assert load_dataset(cfg).fingerprint != fp
 
     root = make_folder_tree(tmp_path / "t")
@@ -373,7 +381,7 @@ def test_works_with_a_dataloader(tmp_path):
     d = make_idx_dir(tmp_path / "m")
     ds = load_dataset(DataConfig(source="idx", path=str(d), channels=3))
     x, y = next(iter(torch.utils.data.DataLoader(ds, batch_size=5)))
-    assert x.shape == (5, 3, 32, 32) and y.tolist() == [0, 1, 2, 3, 0]
+    assert x.shape == (5, 3, 32, 32) and y.tolist() == [0, 1, 2, 3, 4]
 
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -119,9 +119,12 @@ def test_folder_npz_inputs_labels_and_metadata(tmp_path):
 def test_bad_inputs_name_the_problem(tmp_path):
     from ctfgen.errors import CtfgenError
 
-    np.savez(tmp_path / "bad.npz", images=np.zeros((2, 4, 4, 3), np.uint8))
+    np.savez(tmp_path / "bad.npz", pictures=np.zeros((2, 4, 4, 3), np.uint8))
     with pytest.raises(CtfgenError, match="arr_0"):
         load_samples(tmp_path / "bad.npz")
+    # a data set's own npz (docs/DATA.md: `images`, `labels`) reads as well
+    np.savez(tmp_path / "data.npz", images=np.zeros((2, 4, 4), np.uint8), labels=np.array([0, 1]))
+    assert load_samples(tmp_path / "data.npz").images.shape == (2, 4, 4, 1)
     (tmp_path / "empty").mkdir()
     with pytest.raises(CtfgenError, match="no image files"):
         load_samples(tmp_path / "empty")

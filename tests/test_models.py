@@ -270,8 +270,10 @@ def test_load_llamagen_checkpoint_layouts(tmp_path):
     with pytest.raises(ArtifactError, match="no 'ema'"):
         load_llamagen_gpt(bare, "tiny", grid=4, which="ema", **overrides)
     # strict: wrong size, missing and unexpected keys are named
-    with pytest.raises(ArtifactError, match=r"shape mismatches.*wqkv"):
+    with pytest.raises(ArtifactError, match=r"the weights have 2 layers of width 64, but preset 'tiny' has 4"):
         load_llamagen_gpt(ddp, "tiny", grid=4)
+    with pytest.raises(ArtifactError, match=r"shape mismatches.*w1"):  # same depth and width, another FFN size
+        load_llamagen_gpt(ddp, "tiny", grid=4, **{**overrides, "multiple_of": 256})
     broken = dict(sd)
     broken.pop("norm.weight")
     broken["layers.0.attention.bias"] = torch.zeros(3)

@@ -75,5 +75,7 @@ def test_quality_config_and_ablation_names_are_checked():
 def test_quality_cli_names_a_bad_ablation(capsys):
     from ctfgen.cli import main
 
-    assert main(["bench", "quality", "--ablate", "temperatures", "--out", "unused"]) == 2
-    assert "unknown ablation 'temperatures'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # refused while parsing, before anything runs
+        main(["bench", "quality", "--ablate", "temperatures", "--out", "unused"])
+    assert e.value.code == 2
+    assert "argument --ablate: invalid choice: 'temperatures'" in capsys.readouterr().err

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from ctfgen.artifacts import fingerprint_tensors, write_manifest
+from ctfgen.cli import bench as cli_bench
 from ctfgen.cli import main as cli_main
 from ctfgen.cluster import CoarseMap
 from ctfgen.config import to_dict
@@ -270,8 +271,10 @@ def test_cli_make_and_sample_outputs(folders, tmp_path, capsys):
         assert np.array_equal(z["arr_0"], arr)
     capsys.readouterr()
     assert cli_main([*args, "--npz", str(out / "x.npz"), "--classes", "7"]) == 2
-    assert "class_labels: 7" in capsys.readouterr().err
-    assert cli_main([*args, "--npz", str(out / "x.npz"), "--top-p", "2"]) == 2
+    assert "--classes: class id(s) [7] out of range; the model has 3 classes (0-2)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # refused while parsing
+        cli_main([*args, "--npz", str(out / "x.npz"), "--top-p", "2"])
+    assert e.value.code == 2 and "argument --top-p" in capsys.readouterr().err
     assert cli_main(["sample", "--tokenizer", str(folders["tokenizer"]), "--ar", str(folders["ar"]),
                      "--npz", str(out / "x.npz")]) == 2
     assert "--aux" in capsys.readouterr().err
@@ -321,6 +324,7 @@ def test_two_processes_make_the_same_images(folders, tmp_path):
 def test_bench_speed_runs(monkeypatch, capsys, tmp_path):
     from ctfgen.sample import bench
 
+    monkeypatch.setattr(cli_bench, "SPEED_PRESETS", (*cli_bench.SPEED_PRESETS, "test"))
     monkeypatch.setitem(bench.PRESETS, "test", dict(model="tiny", aux="tiny", vocab=64, k=8, grid=4, num_classes=3))
     assert cli_main(["bench", "speed", "--preset", "test", "--batch-size", "4", "--runs", "2", "--warmup", "1",
                      "--device", "cpu", "--json", str(tmp_path / "b.json")]) == 0

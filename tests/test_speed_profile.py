@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from ctfgen.cli import bench as cli_bench
 from ctfgen.cli import main as cli_main
 from ctfgen.sample import bench, sampler
 from ctfgen.sample import pipeline as pipeline_module
@@ -99,6 +100,7 @@ def test_category_rules():
 
 
 def test_cli_profile_table_and_json(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(cli_bench, "SPEED_PRESETS", (*cli_bench.SPEED_PRESETS, "tiny-profile"))
     monkeypatch.setitem(bench.PRESETS, "tiny-profile", TINY)
     path = tmp_path / "speed.json"
     assert cli_main(["bench", "speed", "--preset", "tiny-profile", "--batch-size", "2", "--runs", "1",

@@ -231,7 +231,18 @@ def test_cli_train_encode(tmp_path, npz_data, capsys):
                "--steps", "3", "--batch-size", "8", *common])
     assert rc == 0
     assert main(["encode", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "codes"), "--split", "test", *common]) == 0
-    assert CodeStore.open(tmp_path / "codes").codes.shape[:2] == (24, 2)
+    # no augmentation unless asked for: one view per image (flips are wrong for digits and text)
+    store = CodeStore.open(tmp_path / "codes")
+    assert store.codes.shape[:2] == (24, 1) and store.manifest["config"]["views"] == "none"
+    # the class ids are stated where they are decided: printed, and classes.json in the artifacts
+    out = capsys.readouterr().out
+    assert "3 classes (ids 0-2)" in out
+    encoded = json.loads((tmp_path / "codes" / "classes.json").read_text())
+    assert encoded["num_classes"] == 3 and encoded["splits"] == ["test"]
+    assert sum(c["count"]["test"] for c in encoded["classes"]) == 24
+    assert [c["id"] for c in encoded["classes"]] == [0, 1, 2]
+    tok_classes = json.loads((tmp_path / "tok" / "classes.json").read_text())
+    assert tok_classes["splits"] == ["train", "test"] and tok_classes["num_classes"] == 3
     assert main(["encode", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "codes"), *common]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(["tokenizer", "import", str(tmp_path / "missing.pt"), str(tmp_path / "x")]) == 2

@@ -25,13 +25,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from .errors import ArtifactError
 from .filecheck import record_files, sha256_file
+
+if TYPE_CHECKING:  # numpy and torch load lazily: the CLI imports this module to answer --help
+    import numpy as np
+    import torch
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -69,6 +70,9 @@ def read_json(path: str | os.PathLike, *, what: str = "JSON file") -> Any:
 
 def fingerprint_tensors(tensors: Mapping[str, torch.Tensor | np.ndarray], extra: Any = None) -> str:
     """A short content hash: names, dtypes, shapes and bytes of every tensor (sorted by name)."""
+    import numpy as np
+    import torch
+
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name]
@@ -324,6 +328,8 @@ def load_foreign_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint"
     """
     import argparse
     import pickle
+
+    import torch
 
     path = Path(path)
     if not path.is_file():

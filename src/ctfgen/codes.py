@@ -93,11 +93,13 @@ def _dist_info() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "flip", crop_range: float = 1.1,
+def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "none", crop_range: float = 1.1,
                    batch_size: int = 256, limit: int = 0, device: str | torch.device = "cpu", overwrite: bool = False,
                    progress: bool = True, chunk: int = CHUNK, on_chunk=None) -> CodeStore | None:
     """Encode every image (and its augmented views) of `dataset`, or its first `limit` images; returns
-    the store on rank 0.
+    the store on rank 0. `views`: "none" (the image alone, the default), "flip" (and its mirror) or
+    "tencrop" (LlamaGen's ImageNet recipe). Writes classes.json: the class ids, names and the
+    number of images encoded per class.
 
     Resumable: images are encoded in chunks of `chunk` images, each saved as soon as it is done in
     the work folder `.<out>.parts` beside `out_dir`; running the same call again (same tokenizer,
@@ -162,6 +164,10 @@ def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "fli
         if rank != 0:
             return None
     resumed = n - sum(min(n, c + chunk) - c for c in mine) if world == 1 else None
+    from .data import CLASSES_FILE, dataset_class_table
+    from .data.classes import classes_json
+
+    encoded = {dataset.split: np.bincount(labels, minlength=dataset.num_classes).tolist()}
     with artifact_dir(out_dir, overwrite=overwrite) as tmp:
         codes = np.lib.format.open_memmap(tmp / "codes.npy", mode="w+", dtype=np.uint16, shape=(n, n_views, g * g))
         for c in starts:
@@ -170,6 +176,7 @@ def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "fli
         fp = fingerprint_tensors({"codes": np.asarray(codes), "labels": labels})
         del codes
         np.save(tmp / "labels.npy", labels)
+        (tmp / CLASSES_FILE).write_bytes(classes_json(dataset_class_table(dataset, counts=encoded)))
         write_manifest(
             tmp, kind=KIND, fingerprint=fp,
             config={"split": dataset.split, "limit": limit, "views": views, "crop_range": crop_range, "n_views": n_views,

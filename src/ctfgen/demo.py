@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from .artifacts import MANIFEST, atomic_write_bytes, atomic_write_json
 from .config import to_dict
 from .data import DataConfig, load_dataset
@@ -156,6 +154,8 @@ class Demo:
         return {"ctf": ctf, "baseline": base}
 
     def classifier(self) -> Path:
+        from .data import CLASSES_FILE, dataset_class_table
+        from .data.classes import classes_json
         from .evaluate import ClassifierTrainConfig, save_classifier, train_classifier
         from .evaluate.classifier import ClassifierConfig, accuracy
 
@@ -168,10 +168,14 @@ class Demo:
                                   num_classes=train_ds.num_classes)
             model = train_classifier(train_ds.uint8_images(), train_ds.labels, cfg=cc, train_cfg=tc, progress=self.progress)
             acc = accuracy(model, test_ds.uint8_images(), test_ds.labels)
-            save_classifier(model, folder, train_cfg=tc, data=train_ds.describe(), info={"test_accuracy": acc})
+            classes = classes_json(dataset_class_table(train_ds, test_ds))
+            save_classifier(model, folder, train_cfg=tc, data=train_ds.describe(), info={"test_accuracy": acc},
+                            extra_files={CLASSES_FILE: classes})
         return self.step("domain classifier", folder, run)
 
     def sample_and_evaluate(self, pipes: dict[str, Path], clf_dir: Path) -> dict[str, dict]:
+        import numpy as np
+
         from .evaluate import (InceptionFeatures, cache_dir, classifier_info, default_inception_path,
                                evaluate_images, load_classifier, reference_from_dataset)
         from .evaluate.core import RESULT_FORMAT
@@ -207,6 +211,8 @@ class Demo:
             result = evaluate_images(samples.images, samples.labels, reference=reference, classifier=clf,
                                      classifier_info=classifier_info(clf_manifest, str(clf_dir)), inception=inception,
                                      cache=cache_dir(), metadata=meta, progress=self.progress)
+            for warning in result.get("warnings", []):
+                self.log(f"[{self.name}] warning: {warning}")
             atomic_write_json(res_path, result)
             results[name] = result
             self.timings[f"sample+eval {name}"] = round(time.time() - t0, 1)

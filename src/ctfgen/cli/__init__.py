@@ -1,7 +1,9 @@
 """`ctfgen` command line: one sub-command module per pipeline stage, found automatically.
 
 Each module in this package defines `ORDER` (its place in `--help`, following the pipeline) and
-`register(subparsers)`, which adds its sub-command(s) with `set_defaults(func=...)`.
+`register(subparsers)`, which adds its sub-command(s) with `set_defaults(func=...)`. Registering
+imports nothing heavy (torch, numpy, ...): those load inside `func`, so `--help` and bad options
+answer at once; every option is checked as it is parsed (see `_util`).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pkgutil
 import sys
 
 from ..errors import CtfgenError
+from ._util import apply_help_formatters
 
 PIPELINE = """pipeline:
   data -> tokenizer -> codes on disk -> coarse labels -> stage 1 / stage 2 (and baseline)
@@ -35,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
             modules.append(importlib.import_module(f"{__name__}.{info.name}"))
     for mod in sorted(modules, key=lambda m: getattr(m, "ORDER", 100)):
         mod.register(sub)
+    apply_help_formatters(parser)
     return parser
 
 

@@ -1,8 +1,184 @@
-"""Helpers shared by the sub-command modules."""
+"""Helpers shared by the sub-command modules: value checks, help formatting, common options.
+
+Every option is checked when the command line is parsed (argparse `type=` and `choices=`), so a
+bad value gets argparse's one-line error naming the option before anything heavy is imported.
+The command modules import torch, numpy and the rest inside their `func` only: `ctfgen X --help`
+and a bad option answer at once.
+"""
 from __future__ import annotations
 
 import argparse
+import math
+import re
 
+# Preset names, kept here so that parsing needs no torch import; tests/test_cli.py checks each
+# against the registry it mirrors.
+MODEL_PRESETS = ("tiny", "small", "B", "L", "XL", "XXL", "3B", "aux-B", "aux-L",
+                 "GPT-B", "GPT-L", "GPT-XL", "GPT-XXL", "GPT-3B")  # fmt: skip
+TOKENIZER_PRESETS = ("fmnist", "vq16", "vq8", "VQ-16", "VQ-8")
+DATA_SOURCES = ("fashion-mnist", "idx", "folder", "npz")
+CLUSTER_METHODS = ("kmeans", "balanced", "random", "agglomerative", "average")
+VIEWS = ("none", "flip", "tencrop")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+# ---------------------------------------------------------------- value checks (argparse `type=`)
+
+def int_range(lo: int | None = None, hi: int | None = None):
+    """An argparse type: an integer in [lo, hi] (either bound optional)."""
+    want = ("an integer" + (f" >= {lo}" if lo is not None else "") + (" and" if lo is not None and hi is not None else "")
+            + (f" <= {hi}" if hi is not None else ""))
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
+        return value
+
+    parse.__name__ = want
+    return parse
+
+
+def float_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False):
+    """An argparse type: a finite number in the interval lo..hi (each end closed unless *_open)."""
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+    if hi is not None:
+        parts.append(f"{'<' if hi_open else '<='} {hi:g}")
+    want = "a number" + (" " + " and ".join(parts) if parts else "")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        bad = not math.isfinite(value)
+        bad |= lo is not None and (value <= lo if lo_open else value < lo)
+        bad |= hi is not None and (value >= hi if hi_open else value > hi)
+        if bad:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
+        return value
+
+    parse.__name__ = want
+    return parse
+
+
+positive_int = int_range(1)
+nonneg_int = int_range(0)
+seed_int = int_range(0, 2**63 - 1)
+positive_float = float_range(0.0, lo_open=True)
+nonneg_float = float_range(0.0)
+probability = float_range(0.0, 1.0)
+dropout_rate = float_range(0.0, 1.0, hi_open=True)  # [0, 1): all-dropped would train nothing
+guidance = float_range(1.0)  # classifier-free guidance: 1 = off
+
+
+def comma_list(item, *, allow_empty: bool = False):
+    """An argparse type: comma-separated values, each checked by `item` (another such type); the
+    text is kept as given (the configs store it as text)."""
+    def parse(text: str) -> str:
+        parts = [t.strip() for t in text.split(",") if t.strip()]
+        if not parts and not allow_empty:
+            raise argparse.ArgumentTypeError("expected a comma-separated list, got an empty one")
+        for part in parts:
+            try:
+                item(part)
+            except argparse.ArgumentTypeError as e:
+                raise argparse.ArgumentTypeError(f"{e} in {text!r}") from None
+        return text
+
+    return parse
+
+
+def one_of(*choices: str):
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def boolean(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a non-empty value")
+    return text
+
+
+def device(text: str) -> str:
+    if not _DEVICE.match(text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N, mps or auto, got {text!r}")
+    return text
+
+
+def class_list(text: str) -> list[int] | str:
+    """'all', or comma-separated distinct class ids >= 0 (at least one)."""
+    if text.strip() == "all":
+        return "all"
+    items = [t.strip() for t in text.split(",")]
+    if not any(items):
+        raise argparse.ArgumentTypeError("expected 'all' or comma-separated class ids, got an empty list")
+    ids = []
+    for t in items:
+        if not t.isdigit():
+            where = f" in {text!r}" if len(items) > 1 else ""
+            raise argparse.ArgumentTypeError(f"expected 'all' or comma-separated class ids >= 0, got {t!r}{where}")
+        ids.append(int(t))
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise argparse.ArgumentTypeError(f"class id(s) {dup} given twice in {text!r}")
+    return ids
+
+
+# ---------------------------------------------------------------- help: every default shown
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to every option whose help does not already state its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            return text
+        value = action.default
+        if value is None or value == "" or value == []:
+            shown = "none"
+        elif isinstance(value, (list, tuple)):
+            shown = " ".join(map(str, value))
+        else:
+            shown = "%(default)s"
+        return f"{text} (default: {shown})" if text else f"(default: {shown})"
+
+
+class RawHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """HelpFormatter that keeps the description's and epilog's line breaks."""
+
+
+def apply_help_formatters(parser: argparse.ArgumentParser) -> None:
+    """Give `parser` and every sub-command parser below it a formatter that shows the defaults."""
+    raw = issubclass(parser.formatter_class, argparse.RawDescriptionHelpFormatter)
+    parser.formatter_class = RawHelpFormatter if raw else HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                apply_help_formatters(sub)
+
+
+# ---------------------------------------------------------------- common options
 
 def add_group(sub, name: str, help: str, description: str | None = None):
     """A command with its own sub-commands (`ctfgen tokenizer train`): returns their subparsers."""
@@ -12,8 +188,8 @@ def add_group(sub, name: str, help: str, description: str | None = None):
 
 
 def add_device_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if available)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--device", default="auto", type=device, help="cpu, cuda, cuda:N or auto (cuda if available)")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
 
 
 def setup_device(args) -> "torch.device":  # noqa: F821
@@ -26,39 +202,64 @@ def setup_device(args) -> "torch.device":  # noqa: F821
     return resolve_device(args.device)
 
 
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist", "idx", "folder", "npz"],
+def add_data_args(p: argparse.ArgumentParser, *, sized: bool = True, size_default: str = "the tokenizer's") -> None:
+    """--data, --data-path, [--resolution, --channels,] --skip-bad, --allow-empty-classes."""
+    g = p.add_argument_group("data (docs/DATA.md)")
+    g.add_argument("--data", default="fashion-mnist", choices=DATA_SOURCES,
                    help="data source (default: the embedded Fashion-MNIST)")
-    g.add_argument("--data-path", default=None, help="folder or file of the data (fashion-mnist: /usr/share/datasets/fashion-mnist)")
-    g.add_argument("--resolution", type=int, default=None, help="image size (default: the tokenizer's)")
-    g.add_argument("--channels", type=int, default=None, choices=[1, 3], help="1 grey, 3 RGB (default: the tokenizer's)")
-    g.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted) instead of failing")
+    g.add_argument("--data-path", default=None, help="folder or file of the data (default: none; fashion-mnist: "
+                                                     "/usr/share/datasets/fashion-mnist)")
+    if sized:
+        g.add_argument("--resolution", type=positive_int, default=None,
+                       help=f"image size; other sizes are centre-cropped and resized (default: {size_default})")
+        g.add_argument("--channels", type=int, default=None, choices=[1, 3],
+                       help=f"1 grey, 3 RGB; images are converted (default: {size_default})")
+    g.add_argument("--skip-bad", action="store_true",
+                   help="folder data: leave out unreadable images (counted and listed in classes.json) instead of failing")
+    g.add_argument("--allow-empty-classes", action="store_true",
+                   help="keep class ids without images in a split (gaps in the labels, empty class folders) instead of refusing them")
 
 
 def data_config(args, *, default_resolution: int = 32, default_channels: int = 1):
     from ..data import DataConfig
 
     return DataConfig(source=args.data, path=args.data_path,
-                      resolution=args.resolution or default_resolution,
-                      channels=args.channels or default_channels, skip_bad=args.skip_bad)
+                      resolution=getattr(args, "resolution", None) or default_resolution,
+                      channels=getattr(args, "channels", None) or default_channels, skip_bad=args.skip_bad,
+                      allow_empty_classes=args.allow_empty_classes)
 
 
-def add_config_flags(p: argparse.ArgumentParser, cls, helps: dict[str, str], *, skip: tuple[str, ...] = ("data",)) -> None:
-    """One --flag per field of the dataclass `cls` (defaults and types from the class itself)."""
+# Parse-time checks and choices of the fields of DemoConfig and QualityConfig, by field name.
+CONFIG_TYPES = {
+    "tokenizer_steps": positive_int, "tokenizer_batch": positive_int, "code_images": nonneg_int,
+    "k": int_range(2), "steps": positive_int, "checkpoints": positive_int, "batch_size": positive_int,
+    "lr": positive_float, "warmup": nonneg_int, "samples_per_class": positive_int,
+    "classifier_epochs": positive_int, "reference_images": nonneg_int, "ablation_steps": positive_int,
+    "ablation_samples_per_class": positive_int, "seed": seed_int,
+}  # fmt: skip
+CONFIG_CHOICES = {"views": VIEWS, "cluster_method": CLUSTER_METHODS, "preset": MODEL_PRESETS}
+
+
+def add_config_flags(p: argparse.ArgumentParser, cls, helps: dict[str, str], *, skip: tuple[str, ...] = ("data",),
+                     types: dict | None = None, choices: dict | None = None) -> None:
+    """One --flag per field of the dataclass `cls` (defaults from the class itself). `types` gives a
+    field its parse-time check (e.g. positive_int), `choices` its allowed values; other fields are
+    parsed by the type of their default."""
     from dataclasses import fields
 
     defaults = cls()
+    types, choices = {**CONFIG_TYPES, **(types or {})}, {**CONFIG_CHOICES, **(choices or {})}
     for f in fields(cls):
         if f.name in skip:
             continue
         value = getattr(defaults, f.name)
         flag = "--" + f.name.replace("_", "-")
         help = f"{helps[f.name]} (default: {value if value != '' else 'none'})"
+        kw = {"choices": choices[f.name]} if f.name in choices and not isinstance(value, bool) else {}
         if isinstance(value, bool):
-            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=value, metavar="BOOL", help=help)
+            p.add_argument(flag, type=boolean, default=value, metavar="BOOL", help=help)
         else:
-            p.add_argument(flag, type=type(value), default=value, help=help)
+            p.add_argument(flag, type=types.get(f.name, type(value)), default=value, help=help, **kw)
 
 
 def config_from_args(cls, args, *, skip: tuple[str, ...] = ("data",), **extra):

@@ -5,7 +5,7 @@ import argparse
 import json
 import time
 
-from ._util import add_group
+from ._util import CLUSTER_METHODS, DATA_SOURCES, add_group, int_range, nonempty, nonneg_int, positive_int, seed_int
 
 ORDER = 45
 
@@ -24,24 +24,27 @@ def register(sub) -> None:
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer artifact folder")
-    p.add_argument("--data", default="fashion-mnist", choices=("fashion-mnist", "idx", "folder", "npz"),
+    p.add_argument("--data", default="fashion-mnist", choices=DATA_SOURCES,
                    help="data source of the real images (default fashion-mnist)")
-    p.add_argument("--data-path", default=None, help="folder or file of the data (fashion-mnist has a default)")
-    p.add_argument("--split", default="test", help="data split to draw the images from (default test)")
-    p.add_argument("--n", type=int, default=512, help="number of images, drawn at random with --seed (default 512)")
-    p.add_argument("--k", type=int, nargs="+", default=[32, 128, 512], help="numbers of coarse labels to try (default 32 128 512)")
+    p.add_argument("--data-path", default=None, help="folder or file of the data (default: none; fashion-mnist has its own)")
+    p.add_argument("--allow-empty-classes", action="store_true",
+                   help="accept class ids without images in the split (docs/DATA.md)")
+    p.add_argument("--split", default="test", type=nonempty, help="data split to draw the images from (default test)")
+    p.add_argument("--n", type=positive_int, default=512, help="number of images, drawn at random with --seed (default 512)")
+    p.add_argument("--k", type=int_range(2), nargs="+", default=[32, 128, 512],
+                   help="numbers of coarse labels to try (default 32 128 512)")
     p.add_argument("--methods", nargs="+", default=["kmeans", "balanced", "random", "agglomerative"],
-                   choices=("kmeans", "balanced", "random", "agglomerative"),
-                   help="clustering methods to try, each at every --k (default: all four)")
+                   choices=CLUSTER_METHODS,
+                   help="clustering methods to try, each at every --k (default: kmeans balanced random agglomerative)")
     p.add_argument("--coarse-map", action="append", default=[], metavar="DIR",
                    help="also measure a saved coarse map (repeatable); it must come from --tokenizer")
     p.add_argument("--classifier", default=None, metavar="DIR",
                    help="domain classifier folder (ctfgen classifier train): adds feature distance and prediction agreement")
-    p.add_argument("--seed", type=int, default=0, help="seed for the image subset, the clustering and the swaps (default 0)")
-    p.add_argument("--batch-size", type=int, default=128, help="images per encode/decode batch")
-    p.add_argument("--show", type=int, default=8, help="images per row in the figure (default 8)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed for the image subset, the clustering and the swaps (default 0)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images per encode/decode batch")
+    p.add_argument("--show", type=positive_int, default=8, help="images per row in the figure (default 8)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: its default)")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: its default)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the report")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     p.set_defaults(func=run_redundancy)
@@ -52,11 +55,9 @@ def _load_images(args, resolution: int, channels: int):
     import torch
 
     from ..data import DataConfig, load_dataset
-    from ..errors import CtfgenError
 
-    ds = load_dataset(DataConfig(source=args.data, path=args.data_path, resolution=resolution, channels=channels), args.split)
-    if args.n < 1:
-        raise CtfgenError(f"--n must be at least 1, got {args.n}")
+    ds = load_dataset(DataConfig(source=args.data, path=args.data_path, resolution=resolution, channels=channels,
+                                 allow_empty_classes=args.allow_empty_classes), args.split)
     n = min(args.n, len(ds))
     picks = np.sort(np.random.default_rng(args.seed).choice(len(ds), size=n, replace=False))
     return torch.stack([ds[int(i)][0] for i in picks]), ds

@@ -4,9 +4,22 @@ A group: each measurement is one sub-command, registered by its own `_add_*` fun
 """
 from __future__ import annotations
 
-from ._util import add_group
+import argparse
+
+from ._util import (
+    MODEL_PRESETS,
+    add_group,
+    device,
+    guidance,
+    int_range,
+    nonneg_int,
+    positive_float,
+    positive_int,
+)
 
 ORDER = 95
+# the presets of `bench speed` (sample/bench.py PRESETS; tests/test_cli.py keeps them equal)
+SPEED_PRESETS = ("B", "L", "XL", "fmnist")
 
 
 def register(sub) -> None:
@@ -14,8 +27,6 @@ def register(sub) -> None:
     _add_train(group)
     _add_aux_loss(group)
     _add_gpu(group)
-    from ..sample.bench import add_cli as _add_speed  # `bench speed` lives with the sampler
-
     _add_speed(group)
     _add_quality(group)
     _add_scaling(group)
@@ -30,16 +41,17 @@ def _add_train(group) -> None:
         description="Train stage 1 (ar, vocabulary K), stage 2 (aux) and the baseline (vocabulary V) at the same "
                     "preset on random codes, alternating one step of each, and print tokens/s, memory and the "
                     "ratios.")
-    p.add_argument("--preset", default="tiny", help="model size for both models (default: tiny)")
-    p.add_argument("--vocab", type=int, default=4096, help="codebook size V of the baseline (default: 4096)")
-    p.add_argument("--k", type=int, default=128, help="coarse vocabulary K of stage 1 (default: 128)")
-    p.add_argument("--grid", type=int, default=8, help="tokens per side: sequences of grid*grid (default: 8)")
-    p.add_argument("--num-classes", type=int, default=1000, help="class labels (default: 1000)")
-    p.add_argument("--batch-size", type=int, default=32, help="samples per step (default: 32)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per model (default: 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps per model first (default: 3)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (bf16 autocast on CUDA)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--preset", default="tiny", choices=MODEL_PRESETS, metavar="PRESET",
+                   help="model size for both models: a `ctfgen train --preset` (default: tiny)")
+    p.add_argument("--vocab", type=int_range(2), default=4096, help="codebook size V of the baseline (default: 4096)")
+    p.add_argument("--k", type=int_range(2), default=128, help="coarse vocabulary K of stage 1 (default: 128)")
+    p.add_argument("--grid", type=positive_int, default=8, help="tokens per side: sequences of grid*grid (default: 8)")
+    p.add_argument("--num-classes", type=positive_int, default=1000, help="class labels (default: 1000)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="samples per step (default: 32)")
+    p.add_argument("--steps", type=positive_int, default=20, help="timed steps per model (default: 20)")
+    p.add_argument("--warmup", type=nonneg_int, default=3, help="untimed steps per model first (default: 3)")
+    p.add_argument("--device", default="auto", type=device, help="cpu, cuda, cuda:N or auto (bf16 autocast on CUDA)")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.set_defaults(func=_run_train)
 
@@ -66,6 +78,60 @@ def _run_train(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- bench speed (the bench: sample/bench.py)
+
+def _speed_preset(text: str) -> str:
+    if text not in SPEED_PRESETS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(SPEED_PRESETS)}, got {text!r}")
+    return text
+
+
+def _add_speed(group) -> None:
+    p = group.add_parser(
+        "speed", help="sampling images/s and memory of CTF vs the baseline at the same stage-1 size",
+        description="Sample batches with CTF (stage 1 + stage 2) and the baseline, random weights, guidance on, "
+                    "interleaved after a warm-up; print the median images/s, peak memory and their ratio.")
+    p.add_argument("--preset", default="fmnist", type=_speed_preset,
+                   help="fmnist: small GPT, V 4096, K 128, 8x8 tokens; B / L / XL: GPT-B / L / XL, V 16384, K 512, 16x16, "
+                        "stage 2 aux-B (B) or aux-L (default: fmnist)")
+    p.add_argument("--aux-preset", choices=MODEL_PRESETS, metavar="PRESET",
+                   help="stage-2 size (default: fmnist small, B aux-B)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default: 64)")
+    p.add_argument("--runs", type=positive_int, default=3, help="timed batches per sampler (default: 3)")
+    p.add_argument("--warmup", type=nonneg_int, default=1, help="untimed rounds first (default: 1)")
+    p.add_argument("--guidance-scale", "--cfg", type=guidance, default=2.0, help="guidance of both (default: 2.0)")
+    p.add_argument("--device", default="auto", type=device, help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="model dtype (bf16: for GPUs)")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, choices=["inductor", "cudagraph"],
+                   help="compiled decoding (GPUs; sample/decoding.py): inductor (a bare --compile) or cudagraph "
+                        "(default: off)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--profile", action="store_true",
+                   help="then profile one more batch of each (torch.profiler) and print where the time goes")
+    p.set_defaults(func=_run_speed)
+
+
+def _run_speed(args) -> int:
+    import torch
+
+    from ..artifacts import atomic_write_json
+    from ..sample.bench import bench_speed, format_results, results_to_json
+    from ..train.dist import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results, info = bench_speed(args.preset, batch_size=args.batch_size, runs=args.runs, warmup=args.warmup,
+                                guidance_scale=args.guidance_scale, aux_preset=args.aux_preset,
+                                device=resolve_device(args.device),
+                                dtype=torch.bfloat16 if args.dtype == "bf16" else None, compile=args.compile,
+                                profile=args.profile)
+    print(format_results(results, info))
+    if args.json:
+        atomic_write_json(args.json, results_to_json(results, info))
+    return 0
+
+
 # ---------------------------------------------------------------- bench aux-loss
 
 
@@ -74,18 +140,18 @@ def _add_aux_loss(group) -> None:
         "aux-loss", help="stage 2's loss formulations (loop, gather, masked) timed against each other",
         description="Time the three formulations of stage 2's cluster-masked loss (the same loss and gradients) "
                     "on one model: the head alone and a whole training step, median of --steps after --warmup.")
-    p.add_argument("--preset", default="aux-L", help="stage-2 size (default: aux-L, the paper's)")
-    p.add_argument("--vocab", type=int, default=16384, help="codebook size V (default: 16384)")
-    p.add_argument("--k", type=int, default=512, help="clusters K, balanced random (default: 512)")
-    p.add_argument("--grid", type=int, default=16, help="tokens per side (default: 16)")
-    p.add_argument("--batch-size", type=int, default=2, help="samples per step (default: 2)")
-    p.add_argument("--steps", type=int, default=3, help="timed rounds (default: 3)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
+    p.add_argument("--preset", default="aux-L", choices=MODEL_PRESETS, metavar="PRESET", help="stage-2 size (default: aux-L, the paper's)")
+    p.add_argument("--vocab", type=int_range(2, 65536), default=16384, help="codebook size V (default: 16384)")
+    p.add_argument("--k", type=int_range(2, 65536), default=512, help="clusters K, balanced random (default: 512)")
+    p.add_argument("--grid", type=positive_int, default=16, help="tokens per side (default: 16)")
+    p.add_argument("--batch-size", type=positive_int, default=2, help="samples per step (default: 2)")
+    p.add_argument("--steps", type=positive_int, default=3, help="timed rounds (default: 3)")
+    p.add_argument("--warmup", type=nonneg_int, default=1, help="untimed rounds first (default: 1)")
     p.add_argument("--clusters", default="balanced", choices=["balanced", "skewed"],
                    help="cluster sizes: equal, or uneven like k-means (largest ~3x the mean) (default: balanced)")
     p.add_argument("--head-only", action="store_true", help="time the loss alone, not whole training steps")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (bf16 autocast on CUDA)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--device", default="auto", type=device, help="cpu, cuda, cuda:N or auto (bf16 autocast on CUDA)")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.set_defaults(func=_run_aux_loss)
 
@@ -127,15 +193,15 @@ def _add_gpu(group) -> None:
                     "and OUT/gpu_check.md are rewritten after every section. No downloads.",
         epilog="docs/GPU.md explains each figure and the targets.")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for gpu_check.json, gpu_check.md, logs")
-    p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: auto)")
+    p.add_argument("--device", default="auto", type=device, help="cuda, cuda:N, cpu or auto (default: auto)")
     p.add_argument("--quick", action="store_true", help="every section at tiny sizes (seconds; the CPU test runs it)")
-    p.add_argument("--budget", type=float, default=420.0, metavar="SECONDS",
+    p.add_argument("--budget", type=positive_float, default=420.0, metavar="SECONDS",
                    help="skip the remaining optional sections once this much time is spent (default: 420)")
-    p.add_argument("--peak-tflops", type=float, default=None,
+    p.add_argument("--peak-tflops", type=positive_float, default=None,
                    help="the GPU's dense bf16 peak for MFU, when it is not in the built-in table")
     p.add_argument("--skip", default="", metavar="A,B",
                    help="sections to leave out, comma-separated names as in the report (e.g. tests,smoke)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
     p.set_defaults(func=_run_gpu)
 
 
@@ -178,6 +244,7 @@ def _quality_help() -> dict[str, str]:
 
 def _add_quality(group) -> None:
     from ..quality import ABLATIONS, QualityConfig
+    from ..quality.config import INCEPTION_WHEN
     from ._util import add_config_flags, add_device_args
 
     p = group.add_parser(
@@ -188,9 +255,9 @@ def _add_quality(group) -> None:
                     "one table per ablation. Rerunning reuses every finished step.")
     p.add_argument("--out", default="runs/quality", help="bench folder (default: runs/quality)")
     p.add_argument("--data-path", default=None, help="Fashion-MNIST idx folder (default: /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--ablate", nargs="+", default=[], metavar="NAME",
-                   help=f"ablations to run after the comparison: {', '.join(ABLATIONS)}, or all")
-    add_config_flags(p, QualityConfig, _quality_help())
+    p.add_argument("--ablate", nargs="+", default=[], metavar="NAME", choices=[*ABLATIONS, "all"],
+                   help=f"ablations to run after the comparison: {', '.join(ABLATIONS)}, or all (default: none)")
+    add_config_flags(p, QualityConfig, _quality_help(), choices={"inception": INCEPTION_WHEN})
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_args(p)
     p.set_defaults(func=_run_quality)
@@ -244,7 +311,8 @@ SCALING_HELP = {
 
 def _add_scaling(group) -> None:
     from ..scaling import ScalingConfig
-    from ._util import add_config_flags, add_device_args
+    from ..scaling.study import ARMS, INCEPTION
+    from ._util import add_config_flags, add_device_args, comma_list, float_range, int_range, one_of, positive_int
 
     p = group.add_parser(
         "scaling", help="CTF vs the baseline as the codebook grows: held-out NLL, best-vs-best FID, seeds",
@@ -255,7 +323,13 @@ def _add_scaling(group) -> None:
                     "continues an interrupted study at the model, checkpoint or evaluation where it stopped.")
     p.add_argument("--out", default="runs/scaling", help="study folder (default: runs/scaling)")
     p.add_argument("--data-path", default=None, help="Fashion-MNIST idx folder (default: /usr/share/datasets/fashion-mnist)")
-    add_config_flags(p, ScalingConfig, SCALING_HELP)
+    types = {"vocabs": comma_list(int_range(2, 65536)), "arms": comma_list(one_of(*ARMS), allow_empty=True),
+             "guidance": comma_list(float_range(1.0)), "temperatures": comma_list(float_range(0.0, lo_open=True)),
+             "stage2_temperatures": comma_list(float_range(0.0, lo_open=True)),
+             **dict.fromkeys(("k_ratio", "seeds", "arms_vocab", "arm_seeds", "nll_every", "nll_images",
+                              "sweep_samples_per_class", "sweep_seeds", "final_samples_per_class", "sample_batch"),
+                             positive_int)}
+    add_config_flags(p, ScalingConfig, SCALING_HELP, types=types, choices={"inception": INCEPTION})
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_args(p)
     p.set_defaults(func=_run_scaling)

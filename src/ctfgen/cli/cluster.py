@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from ._util import CLUSTER_METHODS, int_range, positive_int, seed_int
+
 ORDER = 40
 
 DESCRIPTION = """Cluster the tokenizer's codebook vectors into K groups. A code's cluster is its coarse
@@ -27,15 +29,15 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer artifact folder (from `ctfgen tokenizer`)")
-    p.add_argument("--k", type=int, default=512, help="number of coarse labels K, 2 <= K <= codebook size (default 512, the paper's)")
+    p.add_argument("--k", type=int_range(2), default=512, help="number of coarse labels K, 2 <= K <= codebook size (default 512, the paper's)")
     p.add_argument(
-        "--method", default="kmeans", choices=("kmeans", "balanced", "random", "agglomerative", "average"),
+        "--method", default="kmeans", choices=CLUSTER_METHODS,
         help="how to group the codewords (see below; default kmeans)",
     )
     p.add_argument("--raw", action="store_true", help="cluster the raw codewords instead of L2-normalised ones")
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same map (default 0)")
-    p.add_argument("--max-iter", type=int, default=None, help="Lloyd iterations for kmeans (default 50) or balanced (default 20)")
-    p.add_argument("--neighbors", type=int, default=None, help="agglomerative: neighbours per codeword in the graph (default 5)")
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed; the same seed gives the same map (default 0)")
+    p.add_argument("--max-iter", type=positive_int, default=None, help="Lloyd iterations for kmeans (default 50) or balanced (default 20)")
+    p.add_argument("--neighbors", type=positive_int, default=None, help="agglomerative: neighbours per codeword in the graph (default 5)")
     p.add_argument(
         "--linkage", default=None, choices=("ward", "average", "complete", "single"),
         help="agglomerative: merge criterion (default ward; the others tend to chain into one giant cluster)",

@@ -4,7 +4,17 @@ from __future__ import annotations
 import argparse
 
 from ..errors import CtfgenError
-from ._util import add_device_args, add_group
+from ._util import (
+    add_device_args,
+    add_group,
+    class_list,
+    guidance,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    probability,
+    seed_int,
+)
 
 ORDER = 70
 
@@ -22,14 +32,15 @@ def register(sub) -> None:
                        epilog=SAMPLE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_model_args(p)
     g = p.add_argument_group("what to generate")
-    g.add_argument("--classes", default="all", help="comma-separated class ids, or 'all' (default)")
-    g.add_argument("--per-class", type=int, default=4, metavar="N", help="images per class (default: 4)")
-    g.add_argument("--seed", type=int, default=0, help="global seed; sample i uses a seed derived from (seed, i)")
-    g.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    g.add_argument("--classes", default="all", type=class_list,
+                   help="comma-separated class ids, or 'all' (default)")
+    g.add_argument("--per-class", type=positive_int, default=4, metavar="N", help="images per class (default: 4)")
+    g.add_argument("--seed", type=seed_int, default=0, help="global seed; sample i uses a seed derived from (seed, i)")
+    g.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default: 64)")
     _add_sampling_args(p)
     o = p.add_argument_group("outputs")
     o.add_argument("--grid", metavar="PNG", help="one PNG, a row per class")
-    o.add_argument("--grid-scale", type=int, default=2, help="pixel repeat of the grid (default: 2)")
+    o.add_argument("--grid-scale", type=positive_int, default=2, help="pixel repeat of the grid (default: 2)")
     o.add_argument("--png-dir", metavar="DIR", help="a PNG per image with labels.json and manifest.json")
     o.add_argument("--npz", metavar="PATH", help="ADM-format .npz for evaluation")
     o.add_argument("--coarse-grid", metavar="PNG",
@@ -70,16 +81,26 @@ def _add_model_args(p, *, pipeline: bool = True) -> None:
 
 def _add_sampling_args(p, title: str = "sampling (defaults: the paper's for CTF, LlamaGen's for the baseline)") -> None:
     g = p.add_argument_group(title)
-    g.add_argument("--guidance-scale", "--cfg", type=float, help="classifier-free guidance (CTF/baseline: 2.0; 1 = off)")
+    g.add_argument("--guidance-scale", "--cfg", type=guidance,
+                   help="classifier-free guidance, >= 1 (default: 2.0 for CTF and the baseline; 1 = off)")
     g.add_argument("--guidance-schedule", choices=["constant", "linear"], help="constant (default) or a linear ramp from 1")
-    g.add_argument("--temperature", type=float, help="stage 1 / baseline (CTF: 1.1, baseline: 1.0)")
-    g.add_argument("--top-k", type=int, help="stage 1 / baseline top-k (default: 0, off)")
-    g.add_argument("--top-p", type=float, help="stage 1 / baseline nucleus (default: 1.0, off)")
-    g.add_argument("--argmax", action="store_true", default=None, help="greedy stage 1 / baseline")
-    g.add_argument("--stage2-temperature", type=float, help="CTF stage 2 (default: 1.1)")
-    g.add_argument("--stage2-top-k", type=int, help="CTF stage 2 top-k (default: 0, the full cluster)")
-    g.add_argument("--stage2-argmax", action="store_true", default=None, help="greedy stage 2 (the paper: worse)")
-    g.add_argument("--stage2-guidance-scale", type=float, help="guidance on stage 2 too (default: 1.0, off)")
+    g.add_argument("--temperature", type=positive_float,
+                   help="stage 1 / baseline, > 0 (default: 1.1 for CTF, 1.0 for the baseline)")
+    g.add_argument("--top-k", type=nonneg_int, help="stage 1 / baseline top-k (default: 0, off)")
+    g.add_argument("--top-p", type=_top_p, help="stage 1 / baseline nucleus, in (0, 1] (default: 1.0, off)")
+    g.add_argument("--argmax", action="store_true", default=None, help="greedy stage 1 / baseline (default: off)")
+    g.add_argument("--stage2-temperature", type=positive_float, help="CTF stage 2 (default: 1.1)")
+    g.add_argument("--stage2-top-k", type=nonneg_int, help="CTF stage 2 top-k (default: 0, the full cluster)")
+    g.add_argument("--stage2-argmax", action="store_true", default=None,
+                   help="greedy stage 2 (the paper: worse) (default: off)")
+    g.add_argument("--stage2-guidance-scale", type=guidance, help="guidance on stage 2 too (default: 1.0, off)")
+
+
+def _top_p(text: str) -> float:
+    value = probability(text)
+    if value == 0.0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0 and <= 1, got {text!r}")
+    return value
 
 
 SAMPLING_ARGS = ("guidance_scale", "guidance_schedule", "temperature", "top_k", "top_p", "argmax",
@@ -124,8 +145,6 @@ def _run_sample(args) -> int:
 
     if not (args.grid or args.png_dir or args.npz or args.coarse_grid):
         raise CtfgenError("nothing to write: give --grid PNG, --png-dir DIR, --npz PATH and/or --coarse-grid PNG")
-    if args.per_class < 0:
-        raise CtfgenError(f"--per-class must be >= 0, got {args.per_class}")
     if args.threads:
         torch.set_num_threads(args.threads)
     info = init_distributed(args.device)
@@ -142,8 +161,11 @@ def _run_sample(args) -> int:
             pipe = cls.from_folders(tokenizer=args.tokenizer, **common, **dirs)
         if args.coarse_grid and pipe.type != "ctf":
             raise CtfgenError("--coarse-grid shows stage 1 and stage 2 of CTF; this is a baseline pipeline")
-        classes = (list(range(pipe.num_classes)) if args.classes == "all"
-                   else [int(c) for c in args.classes.split(",") if c.strip()])
+        classes = list(range(pipe.num_classes)) if args.classes == "all" else args.classes
+        out_of_range = [c for c in classes if c >= pipe.num_classes]
+        if out_of_range:
+            raise CtfgenError(f"--classes: class id(s) {out_of_range} out of range; the model has "
+                              f"{pipe.num_classes} classes (0-{pipe.num_classes - 1})")
         labels = [c for c in classes for _ in range(args.per_class)]
         samples = pipe.generate(labels, seed=args.seed, batch_size=args.batch_size,
                                 progress=not args.no_progress, **_sampling_overrides(args))

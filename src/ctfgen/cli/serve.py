@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._util import add_device_args, setup_device
+from ._util import add_device_args, int_range, positive_int, setup_device
 
 ORDER = 75
 
@@ -20,9 +20,9 @@ def register(sub) -> None:
     p.add_argument("--pipeline", required=True, metavar="DIR", help="a CTF pipeline folder (`ctfgen pipeline make`)")
     p.add_argument("--baseline-pipeline", metavar="DIR", help="a baseline pipeline folder, shown side by side")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    p.add_argument("--max-images", type=int, default=8, metavar="N", help="most images one request may ask for (default: 8)")
-    p.add_argument("--queue-size", type=int, default=64, metavar="N",
+    p.add_argument("--port", type=int_range(0, 65535), default=7860, help="port (default: 7860)")
+    p.add_argument("--max-images", type=positive_int, default=8, metavar="N", help="most images one request may ask for (default: 8)")
+    p.add_argument("--queue-size", type=positive_int, default=64, metavar="N",
                    help="requests that may wait; more are refused until the queue drains (default: 64)")
     p.add_argument("--class-names", metavar="A,B,...",
                    help="comma-separated class names (default: Fashion-MNIST's when the tokenizer was trained on it, "

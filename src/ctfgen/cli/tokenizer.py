@@ -4,7 +4,24 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from ._util import add_data_args, add_device_args, add_group, data_config, setup_device
+from ._util import (
+    TOKENIZER_PRESETS,
+    VIEWS,
+    add_data_args,
+    add_device_args,
+    add_group,
+    boolean,
+    data_config,
+    float_range,
+    int_range,
+    nonempty,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    seed_int,
+    setup_device,
+)
 
 ORDER = 10
 
@@ -17,42 +34,57 @@ def register(sub) -> None:
                                    "codebook and commitment losses and dead-code restarts; report test-split PSNR, "
                                    "codebook usage and perplexity; save a tokenizer folder with a reconstruction grid.")
     p.add_argument("--out", required=True, help="tokenizer folder to write")
-    p.add_argument("--preset", default="fmnist", help="architecture preset: fmnist (32x32 -> 8x8, codebook 4096) or vq16 (LlamaGen VQ-16)")
-    p.add_argument("--codebook-size", type=int, help="override the preset's codebook size")
-    p.add_argument("--codebook-dim", type=int, help="override the preset's code dimension")
-    p.add_argument("--ch", type=int, help="override the preset's base channel count")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the training config's)")
-    p.add_argument("--minutes", type=float, default=0.0, help="stop after this much wall time (0: no limit)")
-    p.add_argument("--ckpt-every", type=int, default=None,
+    p.add_argument("--preset", default="fmnist", choices=TOKENIZER_PRESETS,
+                   help="architecture preset: fmnist (32x32 -> 8x8, codebook 4096), vq16 (LlamaGen VQ-16) or vq8 (VQ-8)")
+    p.add_argument("--codebook-size", type=int_range(2, 65536), help="override the preset's codebook size (default: the preset's)")
+    p.add_argument("--codebook-dim", type=positive_int, help="override the preset's code dimension (default: the preset's)")
+    p.add_argument("--ch", type=positive_int, help="override the preset's base channel count (default: the preset's)")
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 3000)")
+    p.add_argument("--minutes", type=nonneg_float, default=0.0, help="stop after this much wall time (0: no limit)")
+    p.add_argument("--ckpt-every", type=nonneg_int, default=None,
                    help="steps between checkpoints in --out; rerun the same command to resume (0: none; "
                         "default: a tenth of the run, at most 1000)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--gan-weight", type=float, default=0.0, help="adversarial (PatchGAN hinge) loss weight; 0 turns it off")
-    p.add_argument("--gan-start", type=int, default=2000, help="step at which the adversarial loss starts")
-    p.add_argument("--lpips-weight", type=float, default=0.0, help="perceptual (LPIPS) loss weight; 0 turns it off")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="images per step (default: 32)")
+    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate, Adam (default: 1e-3)")
+    p.add_argument("--gan-weight", type=nonneg_float, default=0.0, help="adversarial (PatchGAN hinge) loss weight; 0 turns it off")
+    p.add_argument("--gan-start", type=nonneg_int, default=2000, help="step at which the adversarial loss starts")
+    p.add_argument("--lpips-weight", type=nonneg_float, default=0.0, help="perceptual (LPIPS) loss weight; 0 turns it off")
     p.add_argument("--lpips-vgg", default=None, help="local VGG16 weights in torchvision's layout (e.g. vgg16-397923af.pth)")
     p.add_argument("--lpips-lin", default=None, help="local LPIPS linear heads (LlamaGen's/taming's vgg.pth)")
-    p.add_argument("--eval-limit", type=int, default=0, help="test images for the final report (0: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--flip", type=boolean, default=True, metavar="BOOL",
+                   help="random horizontal flips while training (the tokenizer learns to reconstruct mirrored "
+                        "images too; what the generator learns is set by `encode --views`)")
+    p.add_argument("--eval-limit", type=nonneg_int, default=0, help="test images for the final report (0: all)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the weights, batches and flips")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder (and start a stopped run again)")
     add_data_args(p)
     add_device_args(p)
     p.set_defaults(func=_train)
 
     p = tok.add_parser("import", help="import a LlamaGen VQ checkpoint (e.g. vq_ds16_c2i.pt) from a local file",
-                       description="Load LlamaGen's released VQ weights strictly (ema if present, else model) with a "
-                                   "weights-only unpickler, and save them as a ctfgen tokenizer folder.")
+                       description="Load LlamaGen's released VQ weights strictly with a weights-only unpickler and save "
+                                   "them as a ctfgen tokenizer folder. Containers 'ema', 'model', 'module', "
+                                   "'state_dict' or a bare state dict; DDP 'module.' and torch.compile '_orig_mod.' "
+                                   "key prefixes are removed (and reported). What the checkpoint records about "
+                                   "itself (VQ-16 or VQ-8, codebook size and dimension, image size) must agree with "
+                                   "the options. docs/LLAMAGEN.md walks from LlamaGen's files to samples.")
     p.add_argument("checkpoint", help="path to the LlamaGen .pt file")
     p.add_argument("out", help="tokenizer folder to write")
-    p.add_argument("--preset", default="vq16", help="architecture the checkpoint has (default vq16)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--preset", default=None, choices=TOKENIZER_PRESETS,
+                   help="architecture: vq16 / VQ-16 or vq8 / VQ-8 (default: what the checkpoint records, "
+                        "else read from its weights)")
+    p.add_argument("--weights", default="auto", choices=("auto", "ema", "model"),
+                   help="which weights: ema, model (the raw training weights), or auto: ema when the file has them")
+    p.add_argument("--resolution", type=positive_int, default=None,
+                   help="image size the tokenizer serves: 256 -> 16x16 tokens with VQ-16, 384 -> 24x24 (default: the "
+                        "checkpoint's recorded image_size, else 256)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=_import)
 
     p = tok.add_parser("report", help="reconstruction PSNR, codebook usage and perplexity on a dataset split")
     p.add_argument("tokenizer", help="tokenizer folder")
-    p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=0, help="images to use (0: all)")
+    p.add_argument("--split", default="test", type=nonempty, help="data split")
+    p.add_argument("--limit", type=nonneg_int, default=0, help="images to use (0: all)")
     add_data_args(p)
     add_device_args(p)
     p.set_defaults(func=_report)
@@ -64,13 +96,16 @@ def register(sub) -> None:
                                    "kept, so running the same command again after a kill resumes.")
     p.add_argument("--tokenizer", required=True, help="tokenizer folder")
     p.add_argument("--out", required=True, help="code store folder to write")
-    p.add_argument("--split", default="train")
-    p.add_argument("--views", default="flip", choices=["none", "flip", "tencrop"],
-                   help="augmented views per image: none, flip (image + mirror), tencrop (LlamaGen's ten-crop, for ImageNet-style data)")
-    p.add_argument("--crop-range", type=float, default=1.1, help="ten-crop: resize to resolution x this before cropping (LlamaGen: 1.1; 1.05 also used)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--limit", type=int, default=0, help="encode only the split's first N images (0: all); for quick runs")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--split", default="train", type=nonempty, help="data split")
+    p.add_argument("--views", default="none", choices=VIEWS,
+                   help="augmented views per image: none (the image only; right for digits, text and anything with "
+                        "a handedness), flip (image + mirror), tencrop (LlamaGen's ImageNet recipe: ten crops with "
+                        "their mirrors) (default: none)")
+    p.add_argument("--crop-range", type=float_range(1.0), default=1.1,
+                   help="ten-crop: resize to resolution x this before cropping (LlamaGen: 1.1; 1.05 also used)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per encoder batch")
+    p.add_argument("--limit", type=nonneg_int, default=0, help="encode only the split's first N images (0: all); for quick runs")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     add_data_args(p)
     add_device_args(p)
     p.set_defaults(func=_encode)
@@ -86,7 +121,8 @@ def _train(args) -> int:
     vq = replace(vq, resolution=data.resolution, channels=data.channels).validate()
     cfg = TokenizerTrainConfig(vq=vq, data=data, minutes=args.minutes, gan_weight=args.gan_weight,
                                gan_start=args.gan_start, lpips_weight=args.lpips_weight,
-                               lpips_vgg=args.lpips_vgg, lpips_lin=args.lpips_lin, seed=args.seed, eval_limit=args.eval_limit)
+                               lpips_vgg=args.lpips_vgg, lpips_lin=args.lpips_lin, seed=args.seed, eval_limit=args.eval_limit,
+                               flip=args.flip)
     for name in ("steps", "batch_size", "lr"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
@@ -99,33 +135,42 @@ def _train(args) -> int:
 def _import(args) -> int:
     from ..tokenizer import import_llamagen_vq
 
-    model = import_llamagen_vq(args.checkpoint, args.out, preset=args.preset, overwrite=args.overwrite)
-    print(f"imported {args.checkpoint} -> {args.out} (fingerprint {model.fingerprint})")
+    model = import_llamagen_vq(args.checkpoint, args.out, preset=args.preset, weights=args.weights,
+                               resolution=args.resolution, overwrite=args.overwrite)
+    for note in model.import_notes:
+        print(note)
+    cfg = model.config
+    print(f"imported {args.checkpoint} -> {args.out}: codebook {cfg.codebook_size} x {cfg.codebook_dim}, "
+          f"{cfg.resolution}x{cfg.resolution} images -> {cfg.grid}x{cfg.grid} tokens (fingerprint {model.fingerprint})")
     return 0
 
 
 def _report(args) -> int:
-    from ..data import load_dataset
+    from ..data import dataset_class_table, describe_classes, load_dataset
     from ..tokenizer import load_tokenizer
     from ..tokenizer.report import reconstruction_report
 
     device = setup_device(args)
     tok = load_tokenizer(args.tokenizer, device)
     ds = load_dataset(data_config(args, default_resolution=tok.config.resolution, default_channels=tok.config.channels), args.split)
+    print(describe_classes(dataset_class_table(ds)))
     print(json.dumps(reconstruction_report(tok, ds, limit=args.limit, device=device), indent=2))
     return 0
 
 
 def _encode(args) -> int:
     from ..codes import encode_dataset
-    from ..data import load_dataset
+    from ..data import dataset_class_table, describe_classes, load_dataset
     from ..tokenizer import load_tokenizer
     from ..train.dist import init_distributed  # torchrun support shared with the trainer
 
     setup_device(args)  # thread count
-    device = init_distributed(args.device).device
+    info = init_distributed(args.device)
+    device = info.device
     tok = load_tokenizer(args.tokenizer, device)
     ds = load_dataset(data_config(args, default_resolution=tok.config.resolution, default_channels=tok.config.channels), args.split)
+    if info.is_main:
+        print(describe_classes(dataset_class_table(ds)))
     store = encode_dataset(tok, ds, args.out, views=args.views, crop_range=args.crop_range,
                            batch_size=args.batch_size, limit=args.limit, device=device, overwrite=args.overwrite)
     if store is not None:

@@ -8,19 +8,20 @@
 Every source yields square `resolution` images with `channels` channels (1: grey, 3: RGB).
 Images of another size go through ADM's centre-crop preprocessing (`center_crop_arr`), except
 that idx images slightly smaller than the resolution (Fashion-MNIST 28 -> 32) are zero-padded.
+Class ids are decided over all of a data set's splits and checked (classes.py); docs/DATA.md.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import CtfgenError
-from . import idx as _idx
-from . import npz as _npz
-from .dataset import ArrayImageDataset, ImageDataset, data_fingerprint
-from .folder import FolderImageDataset
-from .preprocess import VIEW_MODES, center_crop_arr, convert_channels, make_views, pad_to, to_tensor
+from .classes import CLASSES_FILE, check_classes, class_counts, dataset_class_table, describe_classes, natural_key
+
+if TYPE_CHECKING:
+    from .dataset import ArrayImageDataset, ImageDataset
 
 SOURCES = ("fashion-mnist", "idx", "folder", "npz")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -41,6 +42,7 @@ class DataConfig:
     resolution: int = 32
     channels: int = 1  # 1: grey, 3: RGB; images are converted as needed
     skip_bad: bool = False  # folder source: leave out unreadable images (decodes all at load)
+    allow_empty_classes: bool = False  # keep class ids that have no image in a split (else refused)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -63,13 +65,22 @@ def load_dataset(cfg: DataConfig, split: str = "train") -> ImageDataset:
     `<split>.npz` name for folder and npz sources, which fall back to their only data)."""
     path = cfg.resolved_path()
     if cfg.source in ("fashion-mnist", "idx"):
-        return _load_idx(cfg, path, split)
-    if cfg.source == "npz":
-        return _load_npz(cfg, path, split)
-    return FolderImageDataset(path, split, resolution=cfg.resolution, channels=cfg.channels, skip_bad=cfg.skip_bad)
+        ds = _load_idx(cfg, path, split)
+    elif cfg.source == "npz":
+        ds = _load_npz(cfg, path, split)
+    else:
+        from .folder import FolderImageDataset
+
+        ds = FolderImageDataset(path, split, resolution=cfg.resolution, channels=cfg.channels,
+                                skip_bad=cfg.skip_bad, allow_empty_classes=cfg.allow_empty_classes)
+    check_classes(ds, allow_empty=cfg.allow_empty_classes)
+    return ds
 
 
 def _load_idx(cfg: DataConfig, path: str, split: str) -> ArrayImageDataset:
+    from . import idx as _idx
+    from .dataset import ArrayImageDataset
+
     if cfg.source == "fashion-mnist" and not Path(path).is_dir():
         raise CtfgenError(
             f"Fashion-MNIST not found at {path}; set data.path (or ${FASHION_MNIST_ENV}) to a folder "
@@ -99,6 +110,9 @@ def _load_idx(cfg: DataConfig, path: str, split: str) -> ArrayImageDataset:
 
 
 def _load_npz(cfg: DataConfig, path: str, split: str) -> ArrayImageDataset:
+    from . import npz as _npz
+    from .dataset import ArrayImageDataset
+
     file = _npz.split_file(path, split)
     data = _npz.read_npz(file)
     if not len(data.labels):
@@ -122,8 +136,26 @@ def _load_npz(cfg: DataConfig, path: str, split: str) -> ArrayImageDataset:
     )
 
 
+# Imported on first use (PEP 562): `DataConfig` must not pull in numpy, PIL and torch, so that the
+# command line answers --help and bad options at once.
+_LAZY = {
+    "ArrayImageDataset": "dataset", "ImageDataset": "dataset", "data_fingerprint": "dataset",
+    "FolderImageDataset": "folder", "VIEW_MODES": "preprocess", "center_crop_arr": "preprocess",
+    "convert_channels": "preprocess", "make_views": "preprocess", "pad_to": "preprocess", "to_tensor": "preprocess",
+}  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
-    "ArrayImageDataset", "DataConfig", "FolderImageDataset", "ImageDataset", "FASHION_MNIST_CLASSES",
-    "SOURCES", "VIEW_MODES", "center_crop_arr", "convert_channels", "data_fingerprint", "load_dataset",
-    "make_views", "pad_to", "to_tensor",
+    "ArrayImageDataset", "CLASSES_FILE", "DataConfig", "FolderImageDataset", "ImageDataset", "FASHION_MNIST_CLASSES",
+    "SOURCES", "VIEW_MODES", "center_crop_arr", "check_classes", "class_counts", "convert_channels",
+    "data_fingerprint", "dataset_class_table", "describe_classes", "load_dataset", "make_views", "natural_key",
+    "pad_to", "to_tensor",
 ]  # fmt: skip

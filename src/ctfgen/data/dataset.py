@@ -43,6 +43,7 @@ class ImageDataset(torch.utils.data.Dataset):
     channels: int
     resolution: int
     skipped: int  # unreadable files left out (folder source with skip_bad); 0 elsewhere
+    skipped_files: list[str] = []  # their paths relative to the split folder
     fingerprint: str
 
     @property
@@ -89,6 +90,7 @@ class ImageDataset(torch.utils.data.Dataset):
             "resolution": self.resolution,
             "channels": self.channels,
             "fingerprint": self.fingerprint,
+            **({"skipped_unreadable": self.skipped} if self.skipped else {}),
         }
 
     def __repr__(self) -> str:

@@ -1,4 +1,9 @@
-"""Image-folder trees (ImageNet train layout): one sub-folder per class, sorted by name.
+"""Image-folder trees (ImageNet train layout): one sub-folder per class.
+
+Class ids follow the class folders in natural order ("2" before "10"; equal-width names such as
+ImageNet's n01440764 keep their text order, so ids match torchvision's ImageFolder there). With
+split folders (root/train, root/test, ...) the classes are the union over every split folder, so
+an id means the same class in every split.
 
 Readability: by default files are only listed (names, sizes, mtimes) at index time, so a
 1.28M-image tree indexes in seconds; a corrupt file raises CtfgenError naming it when it is
@@ -18,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import CtfgenError
+from .classes import ALLOW_HINT, natural_key
 from .dataset import ImageDataset, data_fingerprint
 from .preprocess import center_crop_arr, make_views, to_hwc
 
@@ -83,23 +89,29 @@ def _readable(path: str) -> bool:
         return False
 
 
-def _data_root(path: Path, split: str) -> Path:
+def _data_root(path: Path, split: str) -> tuple[Path, list[Path]]:
+    """The folder of `split` and every split folder beside it (just the root for a flat tree)."""
     if not path.is_dir():
         raise CtfgenError(f"image folder not found: {path}")
+    splits = [path / s for s in SPLIT_NAMES if (path / s).is_dir()]
     if (path / split).is_dir():
-        return path / split
-    splits = [s for s in SPLIT_NAMES if (path / s).is_dir()]
+        return path / split, sorted(set(splits) | {path / split})
     if splits:
-        raise CtfgenError(f"{path} has split folder(s) {splits} but no '{split}' folder")
-    return path
+        raise CtfgenError(f"{path} has split folder(s) {[p.name for p in splits]} but no '{split}' folder")
+    return path, [path]
+
+
+def _class_dirs(folder: Path) -> set[str]:
+    return {e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")}
 
 
 class FolderImageDataset(ImageDataset):
-    def __init__(self, path: str | os.PathLike, split: str, *, resolution: int, channels: int, skip_bad: bool = False):
-        root = _data_root(Path(path), split)
-        class_dirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-        if not class_dirs:
+    def __init__(self, path: str | os.PathLike, split: str, *, resolution: int, channels: int, skip_bad: bool = False,
+                 allow_empty_classes: bool = False):
+        root, split_roots = _data_root(Path(path), split)
+        if not _class_dirs(root):
             raise CtfgenError(f"{root}: no class sub-folders found (expected {root}/<class>/<image files>)")
+        class_dirs = sorted(set().union(*(_class_dirs(r) for r in split_roots)), key=natural_key)
         self.root = root
         self.class_names = class_dirs
         self.source, self.path, self.split = "folder", str(path), split
@@ -108,16 +120,20 @@ class FolderImageDataset(ImageDataset):
         files: list[str] = []
         labels: list[int] = []
         h = hashlib.sha256()
+        h.update(("\0".join(class_dirs) + "\n").encode())  # the id of each class is part of the data
         for label, name in enumerate(tqdm(class_dirs, desc=f"indexing {root}", unit="class", leave=False)):
-            entries = _list_images(root / name)
-            if not entries:
-                kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
-                raise CtfgenError(f"{root / name}: class folder holds no image files ({kinds})")
+            entries = _list_images(root / name) if (root / name).is_dir() else []
+            if not entries and not allow_empty_classes:
+                if (root / name).is_dir():
+                    what = f"class folder holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+                else:
+                    what = "class folder is missing from this split, though another split has it"
+                raise CtfgenError(f"{root / name}: {what}; {ALLOW_HINT}")
             for rel, size, mtime in entries:
                 files.append(os.path.join(name, rel))
                 labels.append(label)
                 h.update(f"{name}/{rel}|{size}|{mtime}\n".encode())
-        self.skipped = 0
+        self.skipped, self.skipped_files = 0, []
         if skip_bad:
             files, labels = self._drop_unreadable(files, labels)
         # One numpy bytes array instead of a list of str: forked DataLoader workers then share it
@@ -134,13 +150,9 @@ class FolderImageDataset(ImageDataset):
             checks = pool.map(_readable, paths, chunksize=64)
             keep = list(tqdm(checks, total=len(paths), desc=f"checking images in {self.root}", unit="img", leave=False))
         self.skipped = keep.count(False)
-        files = [f for f, k in zip(files, keep) if k]
-        labels = [y for y, k in zip(labels, keep) if k]
-        present = set(labels)
-        for label, name in enumerate(self.class_names):
-            if label not in present:
-                raise CtfgenError(f"{self.root / name}: no readable image in this class folder")
-        return files, labels
+        self.skipped_files = [f for f, k in zip(files, keep) if not k]
+        # a class left without readable images is refused by load_dataset's class check
+        return [f for f, k in zip(files, keep) if k], [y for y, k in zip(labels, keep) if k]
 
     def file(self, i: int) -> Path:
         """Absolute path of image i."""

@@ -159,12 +159,16 @@ def save_classifier(
     data: dict,
     info: dict,
     overwrite: bool = False,
+    extra_files: dict[str, bytes] | None = None,
 ) -> dict:
-    """Write the artifact; `data` describes the training/test splits (with fingerprints)."""
+    """Write the artifact; `data` describes the training/test splits (with fingerprints);
+    `extra_files` (name -> bytes) are written beside the weights (e.g. classes.json)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     fp = fingerprint_tensors(state, extra=to_dict(model.cfg))
     with artifact_dir(out_dir, overwrite=overwrite) as tmp:
         save_file(state, str(tmp / WEIGHTS))
+        for name, blob in (extra_files or {}).items():
+            (tmp / name).write_bytes(blob)
         manifest = write_manifest(
             tmp,
             kind=KIND,

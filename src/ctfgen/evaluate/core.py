@@ -21,6 +21,23 @@ from .metrics import frechet_distance, gaussian_stats, inception_score, precisio
 from .reference import Reference, cached_arrays
 
 RESULT_FORMAT = 2  # 2: classifier-IS splits from a seeded permutation (1: splits in sample order)
+# A domain classifier below this test accuracy hardly tells the classes (or good images from bad)
+# apart, so the metrics on its features mean little (issue 15: one at 13% on ten classes gave
+# classifier-FID 0.07 and precision 0.92 without a word). Results record a warning instead.
+MIN_CLASSIFIER_ACCURACY = 0.5
+
+
+def classifier_warnings(info: dict, min_accuracy: float = MIN_CLASSIFIER_ACCURACY) -> list[str]:
+    """Why the classifier's metrics may mean little: accuracy below `min_accuracy`, or unknown."""
+    acc = info.get("test_accuracy")
+    where = info.get("folder") or info.get("fingerprint") or "the classifier"
+    if acc is None:
+        return [f"{where}: test accuracy unknown, so classifier-FID/IS and precision/recall cannot be trusted "
+                "blindly (train it with `ctfgen classifier train`, which records it)"]
+    if acc < min_accuracy:
+        return [f"{where}: test accuracy {acc:.3f} is below {min_accuracy:g}: its features barely separate the "
+                "classes, so classifier-FID/IS and precision/recall mean little; train it longer or wider"]
+    return []
 
 
 def library_versions() -> dict[str, str]:
@@ -56,6 +73,7 @@ def evaluate_images(
     device: torch.device | str = "cpu",
     metadata: dict[str, Any] | None = None,
     progress: bool = True,
+    min_classifier_accuracy: float = MIN_CLASSIFIER_ACCURACY,
 ) -> dict:
     """Metrics of `images_uint8` (N, H, W, C) against `reference`, as a JSON-ready dict.
 
@@ -65,6 +83,8 @@ def evaluate_images(
     labels: the samples' intended classes, if known: reported as class counts, and used with the
         classifier for the agreement rate (how often it sees the class the sampler was asked for).
     metadata: copied into the result (seeds, sampling settings, model fingerprints, source).
+    min_classifier_accuracy: below this recorded test accuracy (or when it is unknown) the result
+        gets a "warnings" entry and networks.classifier.accuracy_ok = false.
     """
     images = as_uint8_nhwc(images_uint8, "samples")
     if inception is None and classifier is None:
@@ -99,7 +119,11 @@ def evaluate_images(
             raise CtfgenError(f"classifier metrics need at least {max(is_splits, k + 1)} samples, got {len(images)}")
         info = dict(classifier_info or {})
         fp = info.get("fingerprint", "")
+        warnings = classifier_warnings(info, min_classifier_accuracy)
+        info.update(accuracy_ok=not warnings, min_accuracy=min_classifier_accuracy)
         result["networks"]["classifier"] = info
+        if warnings:
+            result["warnings"] = warnings
         # An unfingerprinted classifier (made in memory, never saved) must not share cache entries.
         ref, cached = cached_arrays(
             cache if fp else None, f"{reference.fingerprint}-classifier-{fp}",

@@ -63,9 +63,11 @@ def load_npz_samples(path: Path, *, limit: int | None = None) -> SampleSet:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise CtfgenError(f"{path}: not a readable .npz: {e}") from None
-    if "arr_0" not in data.files:
-        raise CtfgenError(f"{path}: no 'arr_0' array (expected ADM format: arr_0 uint8 N x H x W x 3); found {data.files}")
-    images = as_uint8_nhwc(data["arr_0"][:limit], f"{path}: arr_0")
+    key = next((k for k in ("arr_0", "images") if k in data.files), None)
+    if key is None:
+        raise CtfgenError(f"{path}: no 'arr_0' array (expected ADM format: arr_0 uint8 N x H x W x 3, or a data set "
+                          f"npz with 'images'); found {data.files}")
+    images = as_uint8_nhwc(data[key][:limit], f"{path}: {key}")
     labels, label_source = None, None
     for key in ("labels", "arr_1"):
         if key in data.files:

@@ -2,7 +2,7 @@
 from .aux import AuxTransformer
 from .config import ModelConfig
 from .gpt import GPT
-from .presets import PRESETS, build_model, count_params, make_config, model_from_config
+from .presets import LLAMAGEN_NAMES, PRESETS, build_model, canonical_preset, count_params, make_config, model_from_config
 
-__all__ = ["AuxTransformer", "GPT", "ModelConfig", "PRESETS", "build_model", "count_params",
-           "make_config", "model_from_config"]
+__all__ = ["AuxTransformer", "GPT", "LLAMAGEN_NAMES", "ModelConfig", "PRESETS", "build_model", "canonical_preset",
+           "count_params", "make_config", "model_from_config"]

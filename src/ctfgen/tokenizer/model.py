@@ -56,12 +56,18 @@ PRESETS = {
     # few at 32x32 and grow towards 8x8, where convolutions are cheap: it trains on a 2-core CPU.
     "fmnist": VQConfig(codebook_size=4096, codebook_dim=8, channels=1, ch=16, ch_mult=(1, 2, 4),
                        num_res_blocks=1, z_channels=64, norm_groups=16, resolution=32),
+    # LlamaGen VQ-8: the same with one level less, 256x256 -> 32x32 tokens.
+    "vq8": VQConfig(ch_mult=(1, 2, 2, 4)),
 }
+# LlamaGen's own names (its VQ_models registry, the `vq_model` its checkpoints record)
+LLAMAGEN_NAMES = {"VQ-16": "vq16", "VQ-8": "vq8"}
 
 
 def vq_preset(name: str, **overrides) -> VQConfig:
+    name = LLAMAGEN_NAMES.get(name, name)
     if name not in PRESETS:
-        raise CtfgenError(f"unknown tokenizer preset '{name}'; choose one of {sorted(PRESETS)}")
+        raise CtfgenError(f"unknown tokenizer preset '{name}'; choose one of {sorted(PRESETS)} "
+                          f"(or LlamaGen's {sorted(LLAMAGEN_NAMES)})")
     return replace(PRESETS[name], **overrides).validate()
 
 

@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from ..artifacts import recover_interrupted_write
 from ..config import to_dict
-from ..data import DataConfig, load_dataset
+from ..data import CLASSES_FILE, DataConfig, dataset_class_table, describe_classes, load_dataset
+from ..data.classes import classes_json
 from ..errors import CtfgenError, TrainingDiverged
 from ..train import checkpoint as ckpt
 from ..train.config import auto_ckpt_every
@@ -126,6 +127,9 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, *, device: s
     resumable = None if overwrite else read_resumable(out, config, made_from)
     if out.exists() and not overwrite and resumable is None:
         raise CtfgenError(f"{out_dir} already exists; choose another folder or pass --overwrite")
+    classes = dataset_class_table(train_ds, test_ds)
+    if progress:
+        print(describe_classes(classes))
     if len(train_ds) < cfg.batch_size:
         raise CtfgenError(f"training split has {len(train_ds)} images, fewer than batch_size {cfg.batch_size}")
     model = VQModel(cfg.vq).to(device).train()
@@ -254,7 +258,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, *, device: s
         model.cpu(), out_dir, overwrite=True,  # replaces this run's own checkpoint, or what --overwrite allowed
         made_from=made_from,
         info={"report": report, "train_config": config},
-        extra_files={"reconstructions.png": grid, "train_log.jsonl": log.encode()},
+        extra_files={"reconstructions.png": grid, "train_log.jsonl": log.encode(), CLASSES_FILE: classes_json(classes)},
     )
     report["fingerprint"] = model.fingerprint
     return report

@@ -1,0 +1,180 @@
+"""The command line itself: nothing heavy imported to parse, every option checked at parse time
+with a message naming it, every default shown in --help, and the constants the parser keeps
+(so that it needs no torch) equal to the registries they mirror."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ctfgen.cli import _util, build_parser
+from ctfgen.cli import main as cli_main
+
+HEAVY = ("torch", "numpy", "sklearn", "faiss", "matplotlib", "scipy", "PIL", "safetensors")
+
+
+def _subparsers(parser: argparse.ArgumentParser, path=()):
+    """(command path, parser) of every leaf command."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, parser
+        return
+    for name, sub in subs[0].choices.items():
+        yield from _subparsers(sub, (*path, name))
+
+
+COMMANDS = [path for path, _ in _subparsers(build_parser())]
+
+
+def test_parsing_imports_nothing_heavy():
+    code = textwrap.dedent(f"""
+        import sys
+        import ctfgen.cli
+        parser = ctfgen.cli.build_parser()
+        for argv in (["sample", "--classes", "a"], ["train", "ar", "--lr", "-1"], ["sample", "--help"]):
+            try:
+                parser.parse_args(argv)
+            except SystemExit:
+                pass
+        print(sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r})))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_commands_are_all_found():
+    assert {("sample",), ("encode",), ("baseline", "import"), ("bench", "speed"), ("classifier", "train"),
+            ("tokenizer", "import"), ("train", "baseline"), ("eval",), ("pipeline", "make")} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=[" ".join(p) for p in COMMANDS])
+def test_every_option_shows_its_default(path):
+    parser = dict(_subparsers(build_parser()))[path]
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if not action.option_strings or isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            continue
+        text = formatter._get_help_string(action)
+        assert "(default" in text, f"{' '.join(path)} {action.option_strings[0]}: {text!r}"
+    assert "(default" in parser.format_help()
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["sample", "--classes", "a"], "--classes"),
+    (["sample", "--classes", "1.5"], "--classes"),
+    (["sample", "--classes", ""], "--classes"),
+    (["sample", "--classes", "1,1"], "--classes"),
+    (["sample", "--per-class", "0"], "--per-class"),
+    (["sample", "--batch-size", "-3"], "--batch-size"),
+    (["sample", "--cfg", "0.5"], "--guidance-scale/--cfg"),
+    (["sample", "--temperature", "0"], "--temperature"),
+    (["sample", "--temperature", "nan"], "--temperature"),
+    (["sample", "--top-p", "0"], "--top-p"),
+    (["sample", "--top-p", "1.5"], "--top-p"),
+    (["sample", "--top-k", "-1"], "--top-k"),
+    (["sample", "--device", "gpu"], "--device"),
+    (["pipeline", "make", "--out", "x", "--stage2-temperature", "-1"], "--stage2-temperature"),
+    (["train", "ar", "--codes", "c", "--out", "o", "--lr", "-1"], "--lr"),
+    (["train", "ar", "--codes", "c", "--out", "o", "--preset", "huge"], "--preset"),
+    (["train", "aux", "--codes", "c", "--out", "o", "--aux-coarse-noise", "1"], "--aux-coarse-noise"),
+    (["train", "baseline", "--codes", "c", "--out", "o", "--model-opt", "nope=1"], "--model-opt"),
+    (["train", "baseline", "--codes", "c", "--out", "o", "--model-opt", "dim"], "--model-opt"),
+    (["train", "baseline", "--codes", "c", "--out", "o", "--ema", "1"], "--ema"),
+    (["train", "baseline", "--codes", "c", "--out", "o", "--grad-accum", "0"], "--grad-accum"),
+    (["encode", "--tokenizer", "t", "--out", "o", "--views", "mirror"], "--views"),
+    (["encode", "--tokenizer", "t", "--out", "o", "--crop-range", "0.9"], "--crop-range"),
+    (["encode", "--tokenizer", "t", "--out", "o", "--split", " "], "--split"),
+    (["tokenizer", "train", "--out", "o", "--steps", "0"], "--steps"),
+    (["tokenizer", "train", "--out", "o", "--resolution", "0"], "--resolution"),
+    (["tokenizer", "import", "a", "b", "--weights", "best"], "--weights"),
+    (["tokenizer", "import", "a", "b", "--preset", "vq32"], "--preset"),
+    (["baseline", "import", "a", "b", "--tokenizer", "t", "--image-size", "0"], "--image-size"),
+    (["cluster", "--tokenizer", "t", "--out", "o", "--k", "1"], "--k"),
+    (["analyze", "redundancy", "--tokenizer", "t", "--out", "o", "--n", "0"], "--n"),
+    (["eval", "s", "--ref-data", "[1]"], "--ref-data"),
+    (["eval", "s", "--ref-data", "{bad"], "--ref-data"),
+    (["eval", "s", "--k", "0"], "--k"),
+    (["eval", "s", "--min-classifier-accuracy", "2"], "--min-classifier-accuracy"),
+    (["classifier", "train", "--out", "o", "--epochs", "0"], "--epochs"),
+    (["classifier", "train", "--out", "o", "--data", "csv"], "--data"),
+    (["demo", "--inception", "maybe"], "--inception"),
+    (["demo", "--steps", "0"], "--steps"),
+    (["bench", "quality", "--ablate", "nope"], "--ablate"),
+    (["bench", "quality", "--inception", "first"], "--inception"),
+    (["bench", "speed", "--preset", "XL"], "--preset"),
+    (["bench", "speed", "--runs", "0"], "--runs"),
+    (["bench", "train", "--k", "1"], "--k"),
+    (["bench", "scaling", "--vocabs", "1024,x"], "--vocabs"),
+    (["bench", "scaling", "--arms", "kmeans"], "--arms"),
+    (["bench", "scaling", "--guidance", "0.5"], "--guidance"),
+    (["bench", "scaling", "--inception", "last"], "--inception"),
+    (["eval-nll", "--codes", "c", "--max-images", "-1"], "--max-images"),
+])
+def test_bad_values_are_refused_at_parse_time_naming_the_option(argv, option, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}:" in err and "Traceback" not in err
+
+
+def test_good_values_parse():
+    a = build_parser().parse_args(["sample", "--classes", "0, 3,2", "--per-class", "1", "--top-p", "1",
+                                   "--cfg", "1", "--device", "cuda:1"])
+    assert a.classes == [0, 3, 2] and a.per_class == 1 and a.top_p == 1.0 and a.device == "cuda:1"
+    assert build_parser().parse_args(["sample"]).classes == "all"
+    b = build_parser().parse_args(["train", "baseline", "--codes", "c", "--out", "o", "--preset", "GPT-B",
+                                   "--model-opt", "cls_rope=identity", "--model-opt", "token_dropout=0.2"])
+    assert b.model_opt == [("cls_rope", "identity"), ("token_dropout", 0.2)] and b.lr is None
+
+
+def test_train_lr_defaults_to_the_preset(monkeypatch):
+    import ctfgen.train
+    from ctfgen.train.config import LLAMAGEN_LR, SHORT_RUN_LR
+
+    seen = {}
+
+    def fake_train(cfg, **kw):
+        seen[cfg.preset] = cfg.lr
+        return ctfgen.train.TrainResult(out_dir=kw["out_dir"], step=0, total_steps=1, finished=True, resumed_from=0)
+
+    monkeypatch.setattr(ctfgen.train, "train", fake_train)
+    for preset in ("tiny", "B"):
+        assert cli_main(["train", "baseline", "--codes", "c", "--out", "o", "--steps", "1", "--preset", preset]) == 0
+    assert seen == {"tiny": SHORT_RUN_LR, "B": LLAMAGEN_LR} and SHORT_RUN_LR == 8e-3
+    assert cli_main(["train", "baseline", "--codes", "c", "--out", "o", "--steps", "1", "--lr", "3e-4"]) == 0
+    assert seen["tiny"] == 3e-4
+    assert cli_main(["train", "baseline", "--codes", "c", "--out", "o"]) == 2  # neither --steps nor --epochs
+
+
+def test_parser_constants_match_the_registries():
+    from ctfgen.cli import bench as cli_bench
+    from ctfgen.cli import eval as cli_eval
+    from ctfgen.cli import train as cli_train
+    from ctfgen.cluster import METHODS
+    from ctfgen.data import SOURCES, VIEW_MODES
+    from ctfgen.evaluate.core import MIN_CLASSIFIER_ACCURACY
+    from ctfgen.models import LLAMAGEN_NAMES, ModelConfig
+    from ctfgen.models import PRESETS as MODEL_PRESETS
+    from ctfgen.sample.bench import PRESETS as SPEED_PRESETS
+    from ctfgen.tokenizer.model import LLAMAGEN_NAMES as VQ_NAMES
+    from ctfgen.tokenizer.model import PRESETS as VQ_PRESETS
+
+    assert set(_util.MODEL_PRESETS) == set(MODEL_PRESETS) | set(LLAMAGEN_NAMES)
+    assert set(_util.TOKENIZER_PRESETS) == set(VQ_PRESETS) | set(VQ_NAMES)
+    assert set(cli_bench.SPEED_PRESETS) == set(SPEED_PRESETS)
+    assert cli_train.MODEL_FIELDS == tuple(f.name for f in dataclasses.fields(ModelConfig))
+    assert cli_eval.MIN_CLASSIFIER_ACCURACY == MIN_CLASSIFIER_ACCURACY
+    assert _util.DATA_SOURCES == SOURCES and _util.VIEWS == VIEW_MODES
+    assert set(_util.CLUSTER_METHODS) == set(METHODS)
+
+
+def test_help_json_friendly_classes_list():
+    # the parsed value is what the sample command records in its manifest
+    assert json.dumps(_util.class_list("4,0")) == "[4, 0]"

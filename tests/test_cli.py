@@ -107,7 +107,7 @@ def test_every_option_shows_its_default(path):
     (["demo", "--steps", "0"], "--steps"),
     (["bench", "quality", "--ablate", "nope"], "--ablate"),
     (["bench", "quality", "--inception", "first"], "--inception"),
-    (["bench", "speed", "--preset", "XL"], "--preset"),
+    (["bench", "speed", "--preset", "XXL"], "--preset"),
     (["bench", "speed", "--runs", "0"], "--runs"),
     (["bench", "train", "--k", "1"], "--k"),
     (["bench", "scaling", "--vocabs", "1024,x"], "--vocabs"),

@@ -104,3 +104,16 @@ def test_bad_inputs_are_named():
         MemberPrior.build("frequency", CODE_TO_COARSE, k=2)
     with pytest.raises(CtfgenError, match="rule"):
         MemberPrior.build("mode", CODE_TO_COARSE, k=2)
+
+
+def test_stage1_nats_reused_across_stage2s_give_the_same_result():
+    _, ar, aux = models()
+    x = all_sequences()[::3]
+    y = torch.arange(len(x)) % 2
+    keep = {}
+    first = heldout_nll({"ar": ar, "aux": aux}, x, y, keep=keep)
+    uniform = MemberPrior.build("uniform", CODE_TO_COARSE, k=2)
+    reused = heldout_nll({"ar": ar, "aux": uniform}, x, y, stage1_N=keep["stage1_N"])
+    fresh = heldout_nll({"ar": ar, "aux": uniform}, x, y)
+    assert reused["bits_per_token"] == pytest.approx(fresh["bits_per_token"], abs=1e-12)
+    assert reused["stage1_bits_per_token"] == pytest.approx(first["stage1_bits_per_token"], abs=1e-12)

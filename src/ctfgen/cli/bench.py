@@ -19,7 +19,7 @@ from ._util import (
 
 ORDER = 95
 # the presets of `bench speed` (sample/bench.py PRESETS; tests/test_cli.py keeps them equal)
-SPEED_PRESETS = ("B", "L", "XL", "fmnist")
+SPEED_PRESETS = ("B", "L", "XL", "fmnist", "tiny")
 
 
 def register(sub) -> None:

@@ -104,14 +104,16 @@ def stage2_nll(stage2, fine_NL: torch.Tensor, labels_N: torch.Tensor, *, batch_s
 
 
 def ctf_nll(ar, stage2, fine_NL: torch.Tensor, labels_N: torch.Tensor, *, batch_size: int = 0,
-            progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+            progress: bool = False, stage1_N: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """((N,), (N,)) nats of stage 1 (the coarse sequence) and of stage 2 (fine given coarse);
-    their sum is CTF's -log p(fine | class). Raises CtfgenError when the two stages disagree."""
+    their sum is CTF's -log p(fine | class). `stage1_N`: stage 1's nats when already known (several
+    stage 2s on one stage 1). Raises CtfgenError when the two stages disagree."""
     if ar.config.coarse_vocab != stage2.config.coarse_vocab:
         raise CtfgenError(f"stage 1 has K={ar.config.coarse_vocab} coarse labels, stage 2 K={stage2.config.coarse_vocab}")
     c2c_V = stage2.code_to_coarse.cpu()
     coarse_NL = c2c_V[fine_NL.long().cpu()]
-    s1_N = gpt_nll(ar, coarse_NL, labels_N, batch_size=batch_size, progress=progress)
+    s1_N = stage1_N if stage1_N is not None else gpt_nll(ar, coarse_NL, labels_N, batch_size=batch_size,
+                                                          progress=progress)
     s2_N = stage2_nll(stage2, fine_NL, labels_N, batch_size=batch_size, progress=progress)
     return s1_N, s2_N
 
@@ -122,12 +124,14 @@ def bits(nats_N: torch.Tensor, tokens_per_sequence: int) -> float:
 
 
 def heldout_nll(models: dict[str, Any], fine_NL: torch.Tensor, labels_N: torch.Tensor, *,
-                batch_size: int = 0, progress: bool = False) -> dict[str, Any]:
+                batch_size: int = 0, progress: bool = False, stage1_N: torch.Tensor | None = None,
+                keep: dict | None = None) -> dict[str, Any]:
     """Bits per token of a CTF pair (models {"ar", "aux"}) or of the baseline (models {"baseline"}).
 
     Returns {"bits_per_token", "nats_per_image", "images", "tokens_per_image", "seconds"} and, for
     CTF, "stage1_bits_per_token" / "stage2_bits_per_token" (per image token; they add up) and
-    "stage2": the kind of stage 2 ("aux" or a MemberPrior rule).
+    "stage2": the kind of stage 2 ("aux" or a MemberPrior rule). `stage1_N` reuses stage 1's nats of
+    an earlier call on the same sequences; `keep`, a dict, receives them as keep["stage1_N"].
     """
     t0 = time.perf_counter()
     N, L = fine_NL.shape
@@ -137,7 +141,10 @@ def heldout_nll(models: dict[str, Any], fine_NL: torch.Tensor, labels_N: torch.T
     if "baseline" in models:
         total_N = gpt_nll(models["baseline"], fine_NL, labels_N, batch_size=batch_size, progress=progress)
     else:
-        s1_N, s2_N = ctf_nll(models["ar"], models["aux"], fine_NL, labels_N, batch_size=batch_size, progress=progress)
+        s1_N, s2_N = ctf_nll(models["ar"], models["aux"], fine_NL, labels_N, batch_size=batch_size, progress=progress,
+                             stage1_N=stage1_N)
+        if keep is not None:
+            keep["stage1_N"] = s1_N
         total_N = s1_N + s2_N
         aux = models["aux"]
         out.update(stage1_bits_per_token=bits(s1_N, L), stage2_bits_per_token=bits(s2_N, L),

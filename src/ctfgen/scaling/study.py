@@ -199,8 +199,10 @@ class ScalingStudy:
 
     # ------------------------------------------------------------ measurements
 
-    def nll(self, tag: str, models: Callable[[], dict], test_codes: Path, *, images: int) -> dict:
-        """Held-out bits per token, cached as nll/<tag>.json."""
+    def nll(self, tag: str, models: Callable[[], dict], test_codes: Path, *, images: int,
+            stage1: dict | None = None) -> dict:
+        """Held-out bits per token, cached as nll/<tag>.json. `stage1`, a dict shared by the CTF
+        variants of one stage 1 at one checkpoint, carries stage 1's nats from one to the next."""
         from ..codes import CodeStore
         from ..evaluate.nll import heldout_nll, store_sequences
 
@@ -208,7 +210,8 @@ class ScalingStudy:
         if path.is_file():
             return json.loads(path.read_text())
         codes_NL, labels_N = store_sequences(CodeStore.open(test_codes), max_images=images)
-        result = heldout_nll(models(), codes_NL, labels_N)
+        stage1 = {} if stage1 is None else stage1
+        result = heldout_nll(models(), codes_NL, labels_N, stage1_N=stage1.get("stage1_N"), keep=stage1)
         atomic_write_json(path, result)
         return result
 
@@ -302,6 +305,7 @@ class ScalingStudy:
                 for kind, folder in folders.items():
                     self.train(kind, folder, codes["train"], coarse, seed=seed, stop_after=step)
                 self.log(f"[scaling] {unit}: trained to step {step} ({time.time() - t0:.0f} s)")
+            shared_stage1: dict = {}  # one stage 1 under every stage 2 of this checkpoint
             for n in names:
                 def models(n=n):
                     if n == "baseline":
@@ -310,7 +314,8 @@ class ScalingStudy:
                     rule = n.split("-", 1)[1] if n.split("-", 1)[-1] in PRIOR_ARMS else None
                     aux = prior(rule, folders["ar"]).to(self.device) if rule else load_model(folders["aux"], self.device)[0]
                     return {"ar": ar, "aux": aux}
-                r = self.nll(f"{unit}-{n}-step{step}", models, codes["test"], images=images)
+                r = self.nll(f"{unit}-{n}-step{step}", models, codes["test"], images=images,
+                             stage1=None if n == "baseline" else shared_stage1)
                 curves.setdefault(n, []).append({"step": step, **r})
 
         tok_dir = tok

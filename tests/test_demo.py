@@ -45,3 +45,21 @@ def test_demo_end_to_end_and_rerun(tmp_path, tiny_data, monkeypatch):
     from ctfgen import CtfgenError
     with pytest.raises(CtfgenError, match="other demo settings .steps: 3 there, 4 now"):
         Demo(replace(cfg, steps=4), tmp_path / "demo", progress=False, log=logs.append).run()
+
+
+def test_a_folder_made_before_a_settings_field_existed_still_matches(tmp_path):
+    """A release that adds a field (at its default) must not refuse folders made before it."""
+    import dataclasses
+    import json
+
+    from ctfgen.config import changed_settings
+    from ctfgen.demo import DemoConfig
+
+    saved = json.loads(json.dumps(dataclasses.asdict(DemoConfig())))
+    del saved["data"]["skip_bad"]  # as if written before the field existed
+    del saved["seed"]
+    assert changed_settings(DemoConfig(), saved) == []
+    saved["steps"] = 7
+    assert changed_settings(DemoConfig(), saved) == [("steps", 7, DemoConfig().steps)]
+    saved["gone"] = 1  # a field this release no longer has is reported, not ignored
+    assert ("gone", 1, None) in changed_settings(DemoConfig(), saved)

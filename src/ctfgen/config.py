@@ -59,3 +59,18 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is int and isinstance(value, bool):
         raise CtfgenError(f"{where}: expected int, got {value!r}")
     return value
+
+
+def changed_settings(cfg: Any, saved: dict, *, ignore: frozenset[str] | set[str] = frozenset()) -> list[tuple[str, Any, Any]]:
+    """(field, saved value, current value) for each top-level field of dataclass `cfg` that differs from
+    the JSON `saved` by an earlier release or run. Fields that release did not have count as their
+    default, so a folder made before a field was added still matches when the field is left at it."""
+    import json
+
+    try:
+        saved = to_dict(from_dict(type(cfg), saved))
+    except CtfgenError:
+        pass  # a field that no longer exists: compared as it is, and reported
+    old, now = json.loads(json.dumps(saved)), json.loads(json.dumps(to_dict(cfg)))
+    return [(k, old.get(k), now.get(k)) for k in sorted(set(old) | set(now))
+            if old.get(k) != now.get(k) and k not in ignore]

@@ -259,12 +259,13 @@ class Demo:
         saved_path = self.out / f"{self.name}_config.json"
         if not saved_path.is_file():
             return
-        saved, now = json.loads(saved_path.read_text()), json.loads(json.dumps(to_dict(self.cfg)))
-        diff = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+        from .config import changed_settings
+
+        diff = changed_settings(self.cfg, json.loads(saved_path.read_text()))
         if diff:
-            k = diff[0]
-            raise CtfgenError(f"{self.out} was made with other {self.name} settings ({k}: {saved.get(k)!r} there, "
-                              f"{now.get(k)!r} now); use another --out, or delete the folder to start over")
+            k, there, now = diff[0]
+            raise CtfgenError(f"{self.out} was made with other {self.name} settings ({k}: {there!r} there, "
+                              f"{now!r} now); use another --out, or delete the folder to start over")
 
     # ------------------------------------------------------------------ all
     def run(self) -> Path:

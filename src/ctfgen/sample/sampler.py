@@ -189,7 +189,7 @@ def generate_tokens(model, labels_B: torch.Tensor, u_BL: torch.Tensor, *, guidan
         tokens_BL[:, t] = pick(logits_BV, u_BL[:, t], temperature=temperature, top_k=top_k, top_p=top_p,
                                argmax=argmax, check=False)
     at_L = broken_BL.any(0)
-    if bool(at_L.any()):
+    if at_L.device.type != "meta" and bool(at_L.any()):  # meta: shapes only (the device tests)
         _refuse_bad_rows(broken_BL[:, int(at_L.nonzero()[0])], where=f" at token {int(at_L.nonzero()[0])}")
     return tokens_BL
 

@@ -404,14 +404,15 @@ class ScalingStudy:
         saved = self.out / "scaling_config.json"
         if not saved.is_file():
             return
-        old, now = json.loads(saved.read_text()), json.loads(json.dumps(to_dict(self.cfg)))
+        from ..config import changed_settings
+
         # more seeds, vocabs or arms extend a study; anything else would mix two recipes
         extendable = {"seeds", "vocabs", "arms", "arm_seeds", "inception"}
-        diff = [k for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k) and k not in extendable]
+        diff = changed_settings(self.cfg, json.loads(saved.read_text()), ignore=extendable)
         if diff:
-            k = diff[0]
-            raise CtfgenError(f"{self.out} was made with other scaling settings ({k}: {old.get(k)!r} there, "
-                              f"{now.get(k)!r} now); use another --out, or delete the folder to start over")
+            k, there, now = diff[0]
+            raise CtfgenError(f"{self.out} was made with other scaling settings ({k}: {there!r} there, "
+                              f"{now!r} now); use another --out, or delete the folder to start over")
 
 
 def _trained_step(folder: Path) -> int:

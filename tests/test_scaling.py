@@ -22,7 +22,15 @@ def tiny_cfg(data, **kw):
 def test_scaling_study_end_to_end_and_rerun(tmp_path, tiny_data, capsys):
     out = tmp_path / "s"
     logs = []
+    # the two parts (as two processes would), then all of it: gathered, nothing made twice
+    ScalingStudy(tiny_cfg(tiny_data), out, progress=False, log=logs.append).run(parts="main")
+    assert {u["clustering"] for u in json.loads((out / "results.json").read_text())["units"]} == {"kmeans"}
+    ScalingStudy(tiny_cfg(tiny_data), out, progress=False, log=logs.append).run(parts="arms")
+    made = [line for line in logs if "->" in line]
     page = ScalingStudy(tiny_cfg(tiny_data), out, progress=False, log=logs.append).run()
+    assert [line for line in logs if "->" in line] == made
+    with pytest.raises(CtfgenError, match="parts"):
+        ScalingStudy(tiny_cfg(tiny_data), out, progress=False, log=logs.append).run(parts="some")
     res = json.loads((out / "results.json").read_text())
     units = {u["unit"]: u for u in res["units"]}
     assert set(units) == {"V32-s0-kmeans", "V64-s0-kmeans", "V32-s1-kmeans", "V64-s1-kmeans",

@@ -322,6 +322,10 @@ def _add_scaling(group) -> None:
                     "Writes OUT/report/README.md (tables with mean ± std, plots) and OUT/results.json. Rerunning "
                     "continues an interrupted study at the model, checkpoint or evaluation where it stopped.")
     p.add_argument("--out", default="runs/scaling", help="study folder (default: runs/scaling)")
+    p.add_argument("--parts", default="all", choices=("all", "main", "arms"),
+                   help="run all, or only the main comparison (k-means CTF, baseline, parameter-free stage 2s) or "
+                        "only the clustering arms; parts may run at once in separate processes on one --out, "
+                        "then a run of all gathers them (default: all)")
     p.add_argument("--data-path", default=None, help="Fashion-MNIST idx folder (default: /usr/share/datasets/fashion-mnist)")
     types = {"vocabs": comma_list(int_range(2, 65536)), "arms": comma_list(one_of(*ARMS), allow_empty=True),
              "guidance": comma_list(float_range(1.0)), "temperatures": comma_list(float_range(0.0, lo_open=True)),
@@ -342,5 +346,5 @@ def _run_scaling(args) -> int:
 
     device = setup_device(args)
     cfg = config_from_args(ScalingConfig, args, data=DataConfig(path=args.data_path))
-    ScalingStudy(cfg, args.out, device=device, progress=not args.quiet).run()
+    ScalingStudy(cfg, args.out, device=device, progress=not args.quiet).run(parts=args.parts)
     return 0

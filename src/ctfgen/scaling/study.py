@@ -37,6 +37,7 @@ CLUSTER_ARMS = ("balanced", "average", "random")  # beside the main arm, k-means
 PRIOR_ARMS = ("uniform", "frequency")  # parameter-free stage 2 on the k-means stage 1
 ARMS = CLUSTER_ARMS + PRIOR_ARMS
 INCEPTION = ("none", "best")
+PARTS = ("all", "main", "arms")
 
 
 def floats(text: str, name: str) -> list[float]:
@@ -366,9 +367,14 @@ class ScalingStudy:
 
     # ------------------------------------------------------------ all
 
-    def run(self) -> Path:
+    def run(self, parts: str = "all") -> Path:
+        """The whole study, or one part of it: "main" (CTF and the baseline with k-means, and the
+        parameter-free stage 2s) or "arms" (the other clusterings). Parts may run at the same time,
+        in separate processes on one folder; a last run of "all" then gathers them (reusing everything)."""
         from .report import write_scaling_report
 
+        if parts not in PARTS:
+            raise CtfgenError(f"parts must be one of {PARTS}, got {parts!r}")
         c = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_same_settings()
@@ -382,8 +388,9 @@ class ScalingStudy:
                 tok = tokenizers.setdefault(V, self.tokenizer(V))
                 codes = {s: self.codes(V, tok, s) for s in ("train", "test")}
                 priors = [a for a in c.arm_list() if a in PRIOR_ARMS]
-                units.append(self.unit(V, seed, "kmeans", tok, codes, clf, True, priors, picks))
-                if V == c.arms_vocab and seed < c.arm_seeds:
+                if parts in ("all", "main"):
+                    units.append(self.unit(V, seed, "kmeans", tok, codes, clf, True, priors, picks))
+                if parts in ("all", "arms") and V == c.arms_vocab and seed < c.arm_seeds:
                     for method in (a for a in c.arm_list() if a in CLUSTER_ARMS):
                         units.append(self.unit(V, seed, method, tok, codes, clf, False, [], picks))
                 atomic_write_json(self.out / "results.json", self.results(units, tokenizers, time.time() - t0))

@@ -22,6 +22,14 @@ def tiny_cfg(data, **kw):
 def test_scaling_study_end_to_end_and_rerun(tmp_path, tiny_data, capsys):
     out = tmp_path / "s"
     logs = []
+    with pytest.raises(CtfgenError, match="nothing measured yet"):
+        ScalingStudy(tiny_cfg(tiny_data), out, progress=False, log=logs.append).run(parts="report")
+    # seed 1 alone (a second process): trained and scored, its samples wait for seed 0's sweep
+    ScalingStudy(tiny_cfg(tiny_data), out, progress=False, log=logs.append).run(parts="main", only_seeds=[1])
+    assert any("samples wait for seed 0's sweep" in line for line in logs), logs
+    assert all(not u["samples"] for u in json.loads((out / "results.json").read_text())["units"])
+    with pytest.raises(CtfgenError, match="only_seeds"):
+        ScalingStudy(tiny_cfg(tiny_data), out, progress=False, log=logs.append).run(only_seeds=[2])
     # the two parts (as two processes would), then all of it: gathered, nothing made twice
     ScalingStudy(tiny_cfg(tiny_data), out, progress=False, log=logs.append).run(parts="main")
     assert {u["clustering"] for u in json.loads((out / "results.json").read_text())["units"]} == {"kmeans"}
@@ -32,6 +40,9 @@ def test_scaling_study_end_to_end_and_rerun(tmp_path, tiny_data, capsys):
     with pytest.raises(CtfgenError, match="parts"):
         ScalingStudy(tiny_cfg(tiny_data), out, progress=False, log=logs.append).run(parts="some")
     res = json.loads((out / "results.json").read_text())
+    ScalingStudy(tiny_cfg(tiny_data), out, progress=False, log=logs.append).run(parts="report")
+    assert json.loads((out / "results.json").read_text())["units"] == res["units"]  # gathered, nothing made
+    assert [line for line in logs if "->" in line] == made
     units = {u["unit"]: u for u in res["units"]}
     assert set(units) == {"V32-s0-kmeans", "V64-s0-kmeans", "V32-s1-kmeans", "V64-s1-kmeans",
                           "V32-s0-balanced", "V32-s0-average", "V32-s0-random"}

@@ -309,6 +309,16 @@ SCALING_HELP = {
 }
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seeds >= 0, e.g. 1,2; got {text!r}")
+    return seeds
+
+
 def _add_scaling(group) -> None:
     from ..scaling import ScalingConfig
     from ..scaling.study import ARMS, INCEPTION
@@ -322,10 +332,13 @@ def _add_scaling(group) -> None:
                     "Writes OUT/report/README.md (tables with mean ± std, plots) and OUT/results.json. Rerunning "
                     "continues an interrupted study at the model, checkpoint or evaluation where it stopped.")
     p.add_argument("--out", default="runs/scaling", help="study folder (default: runs/scaling)")
-    p.add_argument("--parts", default="all", choices=("all", "main", "arms"),
+    p.add_argument("--parts", default="all", choices=("all", "main", "arms", "report"),
                    help="run all, or only the main comparison (k-means CTF, baseline, parameter-free stage 2s) or "
                         "only the clustering arms; parts may run at once in separate processes on one --out, "
-                        "then a run of all gathers them (default: all)")
+                        "then a run of all gathers them; report: make nothing, report what is measured (default: all)")
+    p.add_argument("--only-seeds", type=_seed_list, default=None, metavar="S,S",
+                   help="run only these training seeds (e.g. 1,2 in a second process); later seeds take seed 0's "
+                        "sampling settings once its sweep is saved (default: every seed)")
     p.add_argument("--data-path", default=None, help="Fashion-MNIST idx folder (default: /usr/share/datasets/fashion-mnist)")
     types = {"vocabs": comma_list(int_range(2, 65536)), "arms": comma_list(one_of(*ARMS), allow_empty=True),
              "guidance": comma_list(float_range(1.0)), "temperatures": comma_list(float_range(0.0, lo_open=True)),
@@ -346,5 +359,6 @@ def _run_scaling(args) -> int:
 
     device = setup_device(args)
     cfg = config_from_args(ScalingConfig, args, data=DataConfig(path=args.data_path))
-    ScalingStudy(cfg, args.out, device=device, progress=not args.quiet).run(parts=args.parts)
+    ScalingStudy(cfg, args.out, device=device, progress=not args.quiet).run(parts=args.parts,
+                                                                          only_seeds=args.only_seeds)
     return 0

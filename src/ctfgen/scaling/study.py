@@ -37,7 +37,7 @@ CLUSTER_ARMS = ("balanced", "average", "random")  # beside the main arm, k-means
 PRIOR_ARMS = ("uniform", "frequency")  # parameter-free stage 2 on the k-means stage 1
 ARMS = CLUSTER_ARMS + PRIOR_ARMS
 INCEPTION = ("none", "best")
-PARTS = ("all", "main", "arms")
+PARTS = ("all", "main", "arms", "report")
 
 
 def floats(text: str, name: str) -> list[float]:
@@ -128,12 +128,15 @@ class ScalingStudy:
                  log: Callable[[str], None] = print):
         self.cfg, self.out, self.device, self.progress, self.log = cfg.check(), Path(out), device, progress, log
         self._benches: dict[int, Any] = {}
+        self.compute = True  # False: gather what is already measured, make nothing (parts="report")
 
     # ------------------------------------------------------------ artifacts
 
     def _step(self, name: str, folder: Path, fn: Callable[[], object]) -> Path:
         if (folder / MANIFEST).is_file():
             return folder
+        if not self.compute:
+            raise _Missing(name)
         self.log(f"[scaling] {name} -> {folder}")
         fn()
         return folder
@@ -210,6 +213,8 @@ class ScalingStudy:
         path = self.out / "nll" / f"{tag}.json"
         if path.is_file():
             return json.loads(path.read_text())
+        if not self.compute:
+            raise _Missing(tag)
         codes_NL, labels_N = store_sequences(CodeStore.open(test_codes), max_images=images)
         stage1 = {} if stage1 is None else stage1
         result = heldout_nll(models(), codes_NL, labels_N, stage1_N=stage1.get("stage1_N"), keep=stage1)
@@ -235,6 +240,8 @@ class ScalingStudy:
         path = self.out / "evals" / f"{tag}.json"
         if path.is_file():
             return json.loads(path.read_text())
+        if not self.compute:
+            raise _Missing(tag)
         bench = self.bench(1 if final else 0)
         spc = c.final_samples_per_class if final else c.sweep_samples_per_class
         return bench.evaluate(tag, _Batched(pipe(), c.sample_batch), clf, samples_per_class=spc,
@@ -262,6 +269,14 @@ class ScalingStudy:
             best = min([{**best, "stage2_temperature": t} for t in floats(c.stage2_temperatures, "stage2_temperatures")],
                        key=score)
         return {"best": best, "sweep": {k: v["metrics"]["fid_classifier"] for k, v in results.items()}}
+
+    def _load_picks(self) -> dict:
+        path = self.out / "picks.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def _save_pick(self, key: str, sweep: dict) -> None:
+        """Seed 0's picks, for processes that run later seeds (--only-seeds) at the same time."""
+        atomic_write_json(self.out / "picks.json", {**self._load_picks(), key: sweep})
 
     # ------------------------------------------------------------ one unit: (V, seed, clustering)
 
@@ -297,9 +312,10 @@ class ScalingStudy:
             names = [("ctf" if method == "kmeans" else f"ctf-{method}")] + (["baseline"] if with_baseline else [])
             names += [f"ctf-{p}" for p in priors]
             todo = [n for n in names if not (self.out / "nll" / f"{unit}-{n}-step{step}.json").is_file()]
-            if todo and min(_trained_step(f) for f in folders.values()) > step:
+            if todo and (not self.compute or min(_trained_step(f) for f in folders.values()) > step):
                 # an arm added to a study whose models are past this checkpoint: only later points
-                self.log(f"[scaling] {unit}: {', '.join(todo)} have no NLL at step {step} (the models are past it)")
+                why = "not measured yet" if not self.compute else "the models are past it"
+                self.log(f"[scaling] {unit}: {', '.join(todo)} have no NLL at step {step} ({why})")
                 names = [n for n in names if n not in todo]
             elif todo:
                 t0 = time.time()
@@ -315,8 +331,11 @@ class ScalingStudy:
                     rule = n.split("-", 1)[1] if n.split("-", 1)[-1] in PRIOR_ARMS else None
                     aux = prior(rule, folders["ar"]).to(self.device) if rule else load_model(folders["aux"], self.device)[0]
                     return {"ar": ar, "aux": aux}
-                r = self.nll(f"{unit}-{n}-step{step}", models, codes["test"], images=images,
-                             stage1=None if n == "baseline" else shared_stage1)
+                try:
+                    r = self.nll(f"{unit}-{n}-step{step}", models, codes["test"], images=images,
+                                 stage1=None if n == "baseline" else shared_stage1)
+                except _Missing:
+                    continue
                 curves.setdefault(n, []).append({"step": step, **r})
 
         tok_dir = tok
@@ -344,61 +363,92 @@ class ScalingStudy:
             key = f"V{V}-{method}-{n}"
             own_sweep = seed < c.sweep_seeds
             if n.endswith(PRIOR_ARMS):  # no sweep of its own: the learned CTF's stage-1 pick, stage 2 at 1.0
-                best = {k: v for k, v in picks.get(f"V{V}-{method}-ctf", {}).get("best", DEFAULTS["ctf"]).items()
-                        if k != "stage2_temperature"}
+                ctf_pick = picks.get(f"V{V}-{method}-ctf") or self._load_picks().get(f"V{V}-{method}-ctf")
+                if ctf_pick is None:
+                    self.log(f"[scaling] {unit}: {n} samples wait for the learned CTF's sweep; rerun to make them")
+                    continue
+                best = {k: v for k, v in ctf_pick["best"].items() if k != "stage2_temperature"}
                 best = {**best, "stage2_temperature": 1.0}
                 sweep = {"best": best, "sweep": {}, "from": "the learned CTF's stage-1 pick"}
             elif own_sweep:
-                sweep = self.sweep(n, unit, pipeline(n), clf, meta)
-                picks[key] = sweep
-            elif key in picks:
-                sweep = {**picks[key], "from": f"seed 0's sweep ({key})"}
-            else:
-                raise CtfgenError(f"{unit}: no sweep for {n} on an earlier seed to take the settings from")
-            out = {"best_settings": sweep["best"], "sweep": sweep.get("sweep", {}), "picked_on": sweep.get("from", "own sweep")}
-            for pick, s in (("best", sweep["best"]), ("default", DEFAULTS["baseline" if n == "baseline" else "ctf"])):
-                if n.endswith(PRIOR_ARMS) and pick == "default":
+                try:
+                    sweep = self.sweep(n, unit, pipeline(n), clf, meta)
+                except _Missing:
                     continue
-                r = self.evaluate(f"{unit}-{n}-final-{pick}-{_tag(s)}", pipeline(n), clf, s, final=True,
-                                  metadata={**meta, "pick": pick})
-                out[pick] = {"settings": s, "metrics": r["metrics"]}
+                picks[key] = sweep
+                self._save_pick(key, sweep)
+            elif key in picks or key in self._load_picks():
+                sweep = {**(picks.get(key) or self._load_picks()[key]), "from": f"seed 0's sweep ({key})"}
+            else:  # seed 0 runs in another process and has not swept yet: a later run makes these
+                self.log(f"[scaling] {unit}: {n} samples wait for seed 0's sweep; rerun to make them")
+                continue
+            out = {"best_settings": sweep["best"], "sweep": sweep.get("sweep", {}), "picked_on": sweep.get("from", "own sweep")}
+            try:
+                for pick, s in (("best", sweep["best"]), ("default", DEFAULTS["baseline" if n == "baseline" else "ctf"])):
+                    if n.endswith(PRIOR_ARMS) and pick == "default":
+                        continue
+                    r = self.evaluate(f"{unit}-{n}-final-{pick}-{_tag(s)}", pipeline(n), clf, s, final=True,
+                                      metadata={**meta, "pick": pick})
+                    out[pick] = {"settings": s, "metrics": r["metrics"]}
+            except _Missing:
+                continue
             samples[n] = out
         return {"unit": unit, "V": V, "seed": seed, "clustering": method, "nll": curves, "samples": samples}
 
     # ------------------------------------------------------------ all
 
-    def run(self, parts: str = "all") -> Path:
+    def run(self, parts: str = "all", only_seeds: list[int] | None = None) -> Path:
         """The whole study, or one part of it: "main" (CTF and the baseline with k-means, and the
-        parameter-free stage 2s) or "arms" (the other clusterings). Parts may run at the same time,
-        in separate processes on one folder; a last run of "all" then gathers them (reusing everything)."""
+        parameter-free stage 2s) or "arms" (the other clusterings); `only_seeds` limits it to those
+        training seeds. Parts and seeds may run at the same time, in separate processes on one folder;
+        a last run of "all" then gathers them, reusing everything. "report" makes nothing: it writes
+        the report of what is measured so far."""
         from .report import write_scaling_report
 
         if parts not in PARTS:
             raise CtfgenError(f"parts must be one of {PARTS}, got {parts!r}")
+        bad = [s for s in (only_seeds or []) if not 0 <= s < self.cfg.seeds]
+        if bad:
+            raise CtfgenError(f"only_seeds: {bad} are not training seeds of this study (0..{self.cfg.seeds - 1})")
+        self.compute = parts != "report"
         c = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_same_settings()
         atomic_write_json(self.out / "scaling_config.json", to_dict(c))
         t0 = time.time()
+        if not self.compute and not (self.out / "classifier" / MANIFEST).is_file() and not c.classifier:
+            raise CtfgenError(f"{self.out}: nothing measured yet (no domain classifier)")
         clf = self.classifier()
         tokenizers = {}
         units, picks = [], {}
-        for seed in range(c.seeds):
+        for seed in (only_seeds if only_seeds else range(c.seeds)):
             for V in c.vocab_list():
-                tok = tokenizers.setdefault(V, self.tokenizer(V))
-                codes = {s: self.codes(V, tok, s) for s in ("train", "test")}
-                priors = [a for a in c.arm_list() if a in PRIOR_ARMS]
-                if parts in ("all", "main"):
-                    units.append(self.unit(V, seed, "kmeans", tok, codes, clf, True, priors, picks))
-                if parts in ("all", "arms") and V == c.arms_vocab and seed < c.arm_seeds:
-                    for method in (a for a in c.arm_list() if a in CLUSTER_ARMS):
-                        units.append(self.unit(V, seed, method, tok, codes, clf, False, [], picks))
+                try:
+                    self._run_one(V, seed, parts, tokenizers, clf, units, picks)
+                except _Missing:  # gathering: this V is not made yet
+                    continue
                 atomic_write_json(self.out / "results.json", self.results(units, tokenizers, time.time() - t0))
         results = self.results(units, tokenizers, time.time() - t0)
         atomic_write_json(self.out / "results.json", results)
         page = write_scaling_report(self.out, results)
         self.log(f"[scaling] done in {time.time() - t0:.0f} s: {page}")
         return page
+
+    def _run_one(self, V: int, seed: int, parts: str, tokenizers: dict, clf: Path, units: list, picks: dict) -> None:
+        c = self.cfg
+        if V not in tokenizers:
+            tokenizers[V] = self.tokenizer(V)
+        tok = tokenizers[V]
+        codes = {s: self.codes(V, tok, s) for s in ("train", "test")}
+        priors = [a for a in c.arm_list() if a in PRIOR_ARMS]
+        if parts in ("all", "main", "report"):
+            units.append(self.unit(V, seed, "kmeans", tok, codes, clf, True, priors, picks))
+        if parts in ("all", "arms", "report") and V == c.arms_vocab and seed < c.arm_seeds:
+            for method in (a for a in c.arm_list() if a in CLUSTER_ARMS):
+                try:
+                    units.append(self.unit(V, seed, method, tok, codes, clf, False, [], picks))
+                except _Missing:
+                    continue
 
     def results(self, units: list[dict], tokenizers: dict[int, Path], seconds: float) -> dict:
         toks = {}
@@ -420,6 +470,10 @@ class ScalingStudy:
             k, there, now = diff[0]
             raise CtfgenError(f"{self.out} was made with other scaling settings ({k}: {there!r} there, "
                               f"{now!r} now); use another --out, or delete the folder to start over")
+
+
+class _Missing(Exception):
+    """A measurement not made yet, met while gathering (parts="report")."""
 
 
 def _trained_step(folder: Path) -> int:

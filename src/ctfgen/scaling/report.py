@@ -49,28 +49,43 @@ def verdict(p: dict, lower: str, higher: str) -> str:
 
 
 def collect(results: dict) -> dict:
-    """{(V, clustering, method): {"nll_last": [...], "curve": {step: [...]}, "fid_best": [...], ...}}."""
-    rows: dict = defaultdict(lambda: defaultdict(list))
+    """{(V, clustering, method): {measure: {training seed: value}}}; measures: "nll_last", "curve<step>",
+    stage 1 / stage 2 bits, "<pick>:<metric>" of the final sample sets, and "best_settings"."""
+    rows: dict = defaultdict(lambda: defaultdict(dict))
     for u in results["units"]:
+        seed = u["seed"]
         for name, curve in u["nll"].items():
             r = rows[(u["V"], u["clustering"], name)]
-            r["seeds"].append(u["seed"])
             for point in curve:
-                r[f"curve{point['step']}"].append(point["bits_per_token"])
+                r[f"curve{point['step']}"][seed] = point["bits_per_token"]
             last = curve[-1]
-            r["nll_last"].append(last["bits_per_token"])
-            for key in ("stage1_bits_per_token", "stage2_bits_per_token"):
-                if key in last:
-                    r[key].append(last[key])
-        for name, s in u["samples"].items():
+            if last["step"] == results["config"]["steps"]:
+                r["nll_last"][seed] = last["bits_per_token"]
+                for key in ("stage1_bits_per_token", "stage2_bits_per_token"):
+                    if key in last:
+                        r[key][seed] = last[key]
+        for name, smp in u["samples"].items():
             r = rows[(u["V"], u["clustering"], name)]
             for pick in ("best", "default"):
-                if pick in s:
-                    for key, v in s[pick]["metrics"].items():
+                if pick in smp:
+                    for key, v in smp[pick]["metrics"].items():
                         if isinstance(v, (int, float)):
-                            r[f"{pick}:{key}"].append(float(v))
-            r["best_settings"].append(s["best_settings"])
+                            r[f"{pick}:{key}"][seed] = float(v)
+            r["best_settings"][seed] = smp["best_settings"]
     return rows
+
+
+def vals(r: dict | None, key: str) -> list:
+    """The values of one measure, in seed order ([] when absent)."""
+    return [v for _, v in sorted(r[key].items())] if r and key in r else []
+
+
+def common(a: dict | None, b: dict | None, key: str) -> tuple[list, list]:
+    """Two methods' values of one measure over the training seeds both have (paired by seed)."""
+    if not a or not b:
+        return [], []
+    seeds = sorted(set(a[key]) & set(b[key]))
+    return [a[key][s] for s in seeds], [b[key][s] for s in seeds]
 
 
 def _settings(s: dict) -> str:
@@ -100,13 +115,14 @@ def write_scaling_report(out: Path, results: dict) -> Path:
     t = [["V", "K", "seeds", "CTF", "  stage 1", "  stage 2", "baseline", "CTF − baseline (paired)"]]
     for V in vocabs:
         ctf, base = rows.get((V, "kmeans", "ctf")), rows.get((V, "kmeans", "baseline"))
-        if not ctf or not base:
+        a, b = common(ctf, base, "nll_last")
+        if not a:
             continue
-        p = paired(ctf["nll_last"], base["nll_last"])
+        p = paired(a, b)
         summary["nll"][V] = p
-        t.append([str(V), str(V // cfg["k_ratio"]), str(len(ctf["nll_last"])), fmt(ctf["nll_last"], 4),
-                  fmt(ctf["stage1_bits_per_token"], 4), fmt(ctf["stage2_bits_per_token"], 4), fmt(base["nll_last"], 4),
-                  verdict(p, "CTF lower", "baseline lower")])
+        t.append([str(V), str(V // cfg["k_ratio"]), str(len(a)), fmt(vals(ctf, "nll_last"), 4),
+                  fmt(vals(ctf, "stage1_bits_per_token"), 4), fmt(vals(ctf, "stage2_bits_per_token"), 4),
+                  fmt(vals(base, "nll_last"), 4), verdict(p, "CTF lower", "baseline lower")])
     L += [_markdown_table(t), "", "![bits per token against step](nll-curves.png)", ""]
 
     for pick, title in (("best", "each method at its best sampling settings"), ("default", "the paper's default settings")):
@@ -116,29 +132,29 @@ def write_scaling_report(out: Path, results: dict) -> Path:
               "precision baseline", "recall CTF", "recall baseline"]]
         for V in vocabs:
             ctf, base = rows.get((V, "kmeans", "ctf")), rows.get((V, "kmeans", "baseline"))
-            if not ctf or not base or not ctf[f"{pick}:fid_classifier"]:
+            a, b = common(ctf, base, f"{pick}:fid_classifier")
+            if not a:
                 continue
-            a, b = ctf[f"{pick}:fid_classifier"], base[f"{pick}:fid_classifier"]
             ratios = [x / y for x, y in zip(a, b)]
             p = paired(a, b)
             summary[f"fid_{pick}"][V] = {**p, "ratio": mean_std(ratios)}
             t.append([str(V), str(len(a)), fmt(a), fmt(b), fmt(ratios), verdict(p, "CTF better", "baseline better"),
-                      *[fmt(r[f"{pick}:{k}"]) for k in ("is_classifier", "precision", "recall") for r in (ctf, base)]])
+                      *[fmt(vals(r, f"{pick}:{k}")) for k in ("is_classifier", "precision", "recall") for r in (ctf, base)]])
         L += [_markdown_table(t), ""]
         if pick == "best":
             t = [["V", "CTF best settings", "baseline best settings"]]
             for V in vocabs:
                 ctf, base = rows.get((V, "kmeans", "ctf")), rows.get((V, "kmeans", "baseline"))
-                if ctf and base and ctf["best_settings"]:
-                    t.append([str(V), _settings(ctf["best_settings"][0]), _settings(base["best_settings"][0])])
+                if ctf and base and ctf["best_settings"] and base["best_settings"]:
+                    t.append([str(V), _settings(vals(ctf, "best_settings")[0]), _settings(vals(base, "best_settings")[0])])
             L += ["Settings picked by the sweep (classifier-FID on the sweep's samples):", "", _markdown_table(t), "",
                   "![FID ratio against V](fid-ratio.png)", ""]
-            if any((V, "kmeans", "ctf") in rows and rows[(V, "kmeans", "ctf")]["best:fid_inception"] for V in vocabs):
+            if any(vals(rows.get((V, "kmeans", "ctf")), "best:fid_inception") for V in vocabs):
                 t = [["V", "FID (Inception) CTF", "FID (Inception) baseline"]]
                 for V in vocabs:
                     ctf, base = rows.get((V, "kmeans", "ctf")), rows.get((V, "kmeans", "baseline"))
                     if ctf and base:
-                        t.append([str(V), fmt(ctf["best:fid_inception"]), fmt(base["best:fid_inception"])])
+                        t.append([str(V), fmt(vals(ctf, "best:fid_inception")), fmt(vals(base, "best:fid_inception"))])
                 L += ["Inception FID of the best-setting sets:", "", _markdown_table(t), ""]
 
     arms_V = cfg["arms_vocab"]
@@ -155,9 +171,10 @@ def write_scaling_report(out: Path, results: dict) -> Path:
             r = rows[key]
             s2 = "—" if key[2] == "baseline" else (key[2].split("-", 1)[1] if key[2] in ("ctf-uniform", "ctf-frequency")
                                                    else "learned")
-            t.append(["— (baseline)" if key[2] == "baseline" else key[1], s2, str(len(r["nll_last"])),
-                      fmt(r["nll_last"], 4), fmt(r["stage1_bits_per_token"], 4), fmt(r["stage2_bits_per_token"], 4),
-                      fmt(r["best:fid_classifier"]), fmt(r["best:precision"]), fmt(r["best:recall"])])
+            t.append(["— (baseline)" if key[2] == "baseline" else key[1], s2, str(len(vals(r, "nll_last"))),
+                      fmt(vals(r, "nll_last"), 4), fmt(vals(r, "stage1_bits_per_token"), 4),
+                      fmt(vals(r, "stage2_bits_per_token"), 4), fmt(vals(r, "best:fid_classifier")),
+                      fmt(vals(r, "best:precision")), fmt(vals(r, "best:recall"))])
         L += [_markdown_table(t), ""]
 
     plot_nll(rows, vocabs, rep / "nll-curves.png")
@@ -190,8 +207,8 @@ def plot_nll(rows: dict, vocabs: list[int], path: Path) -> None:
             r = rows.get((V, "kmeans", name))
             if not r:
                 continue
-            steps = sorted(int(k[5:]) for k in r if k.startswith("curve"))
-            ms = [mean_std(r[f"curve{s}"]) for s in steps]
+            steps = sorted(int(k[5:]) for k in r if k.startswith("curve") and r[k])
+            ms = [mean_std(vals(r, f"curve{s}")) for s in steps]
             m = [x[0] for x in ms]
             sd = [0 if math.isnan(x[1]) else x[1] for x in ms]
             ax.errorbar(steps, m, yerr=sd, fmt=style, capsize=3, label=name, markersize=4)

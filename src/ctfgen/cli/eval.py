@@ -259,7 +259,7 @@ def register_nll(sub) -> None:
     p.add_argument("--train-codes", metavar="DIR", help="training code store: the counts of --stage2 frequency")
     p.add_argument("--max-images", type=_non_negative, default=0, help="score the first N images only (default 0: all)")
     p.add_argument("--batch-size", type=_non_negative, default=0,
-                   help="sequences per forward pass (default 0: as many as ~128 MB of logits allow)")
+                   help="sequences per forward pass (default 0: at most 256, fewer when ~128 MB of logits need it)")
     p.add_argument("--ema", choices=("auto", "yes", "no"), default="auto",
                    help="use the EMA weights: when present (auto, default), always, or never")
     p.add_argument("--out", metavar="JSON", help="also write the result here")

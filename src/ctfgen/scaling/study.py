@@ -293,17 +293,18 @@ class ScalingStudy:
         folders = {"ar": root / f"stage1-{method}", "aux": root / f"stage2-{method}"}
         if with_baseline:
             folders["baseline"] = root / "baseline"
-        train_codes = None
+        priors_built: dict[str, Any] = {}
 
-        def prior(rule: str, ar_dir: Path):
-            nonlocal train_codes
-            from ..cluster import CoarseMap
-            from ..codes import CodeStore
+        def prior(rule: str):
+            """The parameter-free stage 2 of this unit's coarse map, built once per rule."""
+            if rule not in priors_built:
+                from ..cluster import CoarseMap
+                from ..codes import CodeStore
 
-            if rule == "frequency" and train_codes is None:
-                train_codes = CodeStore.open(codes["train"]).codes
-            cmap = CoarseMap.load(coarse)
-            return MemberPrior.build(rule, cmap.code_to_coarse, k=cmap.k, train_codes=train_codes)
+                cmap = CoarseMap.load(coarse)
+                train_codes = CodeStore.open(codes["train"]).codes if rule == "frequency" else None
+                priors_built[rule] = MemberPrior.build(rule, cmap.code_to_coarse, k=cmap.k, train_codes=train_codes)
+            return priors_built[rule].to(self.device)
 
         curves: dict[str, list] = {}
         for step in c.nll_steps():
@@ -328,9 +329,8 @@ class ScalingStudy:
                     if n == "baseline":
                         return {"baseline": load_model(folders["baseline"], self.device)[0]}
                     ar = load_model(folders["ar"], self.device)[0]
-                    rule = n.split("-", 1)[1] if n.split("-", 1)[-1] in PRIOR_ARMS else None
-                    aux = prior(rule, folders["ar"]).to(self.device) if rule else load_model(folders["aux"], self.device)[0]
-                    return {"ar": ar, "aux": aux}
+                    rule = _prior_rule(n)
+                    return {"ar": ar, "aux": prior(rule) if rule else load_model(folders["aux"], self.device)[0]}
                 try:
                     r = self.nll(f"{unit}-{n}-step{step}", models, codes["test"], images=images,
                                  stage1=None if n == "baseline" else shared_stage1)
@@ -338,22 +338,19 @@ class ScalingStudy:
                     continue
                 curves.setdefault(n, []).append({"step": step, **r})
 
-        tok_dir = tok
-
         def pipeline(n: str):
             if n == "baseline":
-                return lambda: BaselinePipeline.from_folders(tokenizer=tok_dir, baseline=folders["baseline"],
+                return lambda: BaselinePipeline.from_folders(tokenizer=tok, baseline=folders["baseline"],
                                                              device=self.device)
-            rule = n.split("-", 1)[1] if n.split("-", 1)[-1] in PRIOR_ARMS else None
+            rule = _prior_rule(n)
             if rule:
                 def make():
                     from ..tokenizer import load_tokenizer
 
                     ar = load_model(folders["ar"], self.device)[0]
-                    return CTFPipeline(load_tokenizer(tok_dir, self.device), ar=ar,
-                                       aux=prior(rule, folders["ar"]).to(self.device))
+                    return CTFPipeline(load_tokenizer(tok, self.device), ar=ar, aux=prior(rule))
                 return make
-            return lambda: CTFPipeline.from_folders(tokenizer=tok_dir, ar=folders["ar"], aux=folders["aux"],
+            return lambda: CTFPipeline.from_folders(tokenizer=tok, ar=folders["ar"], aux=folders["aux"],
                                                     device=self.device)
 
         samples: dict[str, dict] = {}
@@ -474,6 +471,12 @@ class ScalingStudy:
 
 class _Missing(Exception):
     """A measurement not made yet, met while gathering (parts="report")."""
+
+
+def _prior_rule(name: str) -> str | None:
+    """"uniform" for "ctf-uniform": the rule of a parameter-free stage 2, None for a learned one."""
+    rule = name.split("-", 1)[-1]
+    return rule if rule in PRIOR_ARMS else None
 
 
 def _trained_step(folder: Path) -> int:

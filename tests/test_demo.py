@@ -63,3 +63,46 @@ def test_a_folder_made_before_a_settings_field_existed_still_matches(tmp_path):
     assert changed_settings(DemoConfig(), saved) == [("steps", 7, DemoConfig().steps)]
     saved["gone"] = 1  # a field this release no longer has is reported, not ignored
     assert ("gone", 1, None) in changed_settings(DemoConfig(), saved)
+
+
+def test_workspace_steps_reuse_finished_folders_log_their_experiment_and_make_nothing_when_told(tmp_path):
+    """The shared steps of demo, quality bench and scaling study (experiment.py)."""
+    import json
+    from dataclasses import replace
+
+    from ctfgen import CtfgenError
+    from ctfgen.demo import DemoConfig
+    from ctfgen.experiment import NotMade, Workspace
+
+    logs, made = [], []
+
+    def make(folder, info=None):
+        def run():
+            made.append(folder.name)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "manifest.json").write_text(json.dumps({"info": info or {}}))
+        return run
+
+    ws = Workspace(DemoConfig(steps=3), tmp_path / "x", name="probe", log=logs.append)
+    ws.begin()
+    assert json.loads((tmp_path / "x" / "probe_config.json").read_text())["steps"] == 3
+    ws.step("thing", tmp_path / "x" / "a", make(tmp_path / "x" / "a"))
+    ws.step("thing", tmp_path / "x" / "a", make(tmp_path / "x" / "a"))
+    assert made == ["a"] and logs == [f"[probe] thing -> {tmp_path / 'x' / 'a'}",
+                                      f"[probe] thing: reusing {tmp_path / 'x' / 'a'}"]
+    assert "thing" in ws.timings
+    # an unfinished artifact (a tokenizer's training checkpoint) is made again, not reused
+    b = tmp_path / "x" / "b"
+    ws.step("other", b, make(b, {"unfinished": True}))
+    ws.step("other", b, make(b))
+    assert made == ["a", "b", "b"]
+    ws.make = False
+    with pytest.raises(NotMade):
+        ws.step("missing", tmp_path / "x" / "c", make(tmp_path / "x" / "c"))
+    with pytest.raises(NotMade):
+        ws.sample_and_score("never", lambda: None, tmp_path / "clf", samples_per_class=1)
+    assert ws.step("thing", tmp_path / "x" / "a", make(tmp_path / "x" / "a")) == tmp_path / "x" / "a"
+    assert made == ["a", "b", "b"]
+    with pytest.raises(CtfgenError, match="other probe settings .steps: 3 there, 4 now"):
+        Workspace(replace(DemoConfig(), steps=4), tmp_path / "x", name="probe").begin()
+    Workspace(replace(DemoConfig(), steps=3, seed=5), tmp_path / "x", name="probe").begin(extendable={"seed"})

@@ -282,7 +282,7 @@ def test_encode_full_disk_names_the_folder(tmp_path, tiny_data, monkeypatch):
 
 
 def test_the_demo_resumes_an_unfinished_tokenizer_instead_of_reusing_it(tmp_path, tiny_data):
-    from ctfgen.demo import _done
+    from ctfgen.experiment import finished as _done
     from ctfgen.tokenizer.train import train_tokenizer
 
     def crash(done):

@@ -2,48 +2,24 @@
 grids of CTF and the baseline, their metrics side by side, the loss curves and the timings."""
 from __future__ import annotations
 
-import html
 import json
 import shutil
 from pathlib import Path
 
 from .artifacts import atomic_write_bytes, read_manifest
-
-METRIC_ROWS = [  # (key in result["metrics"], label, better)
-    ("fid_inception", "FID (Inception)", "lower"),
-    ("fid_classifier", "classifier-FID", "lower"),
-    ("is_classifier", "classifier-IS", "higher"),
-    ("precision", "precision", "higher"),
-    ("recall", "recall", "higher"),
-    ("classifier_agreement", "classifier agrees with the requested class", "higher"),
-]
-
-
-def _metric(result: dict, key: str):
-    return result.get("metrics", {}).get(key)
-
-
-def _fmt(v) -> str:
-    return "–" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
-
+from .reporting import METRIC_ROWS, fmt_value, markdown_table, metric, timings_table, write_page
 
 def metrics_table(results: dict[str, dict]) -> list[list[str]]:
     names = list(results)
     rows = [["metric", *names, "better"]]
     for key, label, better in METRIC_ROWS:
-        values = [_metric(results[n], key) for n in names]
+        values = [metric(results[n], key) for n in names]
         if all(v is None for v in values):
             continue
-        rows.append([label, *(_fmt(v) for v in values), better])
+        rows.append([label, *(fmt_value(v) for v in values), better])
     speeds = [results[n].get("metadata", {}).get("images_per_second") for n in names]
-    rows.append(["sampling speed (images/s, this machine)", *(_fmt(s) for s in speeds), "higher"])
+    rows.append(["sampling speed (images/s, this machine)", *(fmt_value(s) for s in speeds), "higher"])
     return rows
-
-
-def _markdown_table(rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    return "\n".join(out)
 
 
 def write_demo_report(out: Path, *, results: dict, runs: dict[str, Path], tokenizer: Path, timings: dict, cfg) -> Path:
@@ -71,7 +47,7 @@ def write_demo_report(out: Path, *, results: dict, runs: dict[str, Path], tokeni
         *_coarse_section(out, rep, cfg),
         "## Metrics",
         "",
-        _markdown_table(table),
+        markdown_table(table),
         "",
         "Reference: the Fashion-MNIST test split. Full results (every setting, fingerprint and library "
         "version): `eval-ctf.json`, `eval-baseline.json` in the demo folder.",
@@ -90,14 +66,12 @@ def write_demo_report(out: Path, *, results: dict, runs: dict[str, Path], tokeni
         "",
         "## Time taken (seconds; steps reused from an earlier run keep the time they took then)",
         "",
-        _markdown_table([["step", "seconds"], *[[k, str(v)] for k, v in timings.items()]]),
+        timings_table(timings),
         "",
         "Settings: `demo_config.json`. Rerunning `ctfgen demo` reuses every finished step.",
         "",
     ]
-    page = rep / "README.md"
-    atomic_write_bytes(page, "\n".join(md).encode())
-    atomic_write_bytes(rep / "index.html", _html(md).encode())
+    page = write_page(rep, md)
     atomic_write_bytes(rep / "metrics.json", json.dumps({"table": table, "timings": timings}, indent=2).encode())
     return page
 
@@ -119,40 +93,3 @@ def _coarse_section(out: Path, rep: Path, cfg) -> list[str]:
         f"The same figure: `{COARSE_FIGURE_COMMAND.format(out=out, seed=cfg.seed)}`",
         "",
     ]
-
-
-def _html(md_lines: list[str]) -> str:
-    """A plain rendering of the page for a browser (headings, images, tables, paragraphs)."""
-    body, table = [], []
-
-    def flush_table():
-        if table:
-            rows = [r for r in table if not set(r.replace("|", "").strip()) <= {"-"}]
-            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
-            body.append("<table>" + "".join(
-                "<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{_inline(c)}</{'th' if i == 0 else 'td'}>" for c in row) + "</tr>"
-                for i, row in enumerate(cells)) + "</table>")
-            table.clear()
-
-    for line in md_lines:
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        flush_table()
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
-        elif line:
-            body.append(f"<p>{_inline(line)}</p>")
-    flush_table()
-    return ("<!doctype html><meta charset='utf-8'><title>ctfgen demo</title>"
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{border:1px solid #ccc;padding:4px 8px}"
-            "table{border-collapse:collapse}img{image-rendering:pixelated;max-width:100%}</style>" + "\n".join(body))
-
-
-def _inline(text: str) -> str:
-    import re
-
-    text = html.escape(text)
-    text = re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", r"<img alt='\1' src='\2'>", text)
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)

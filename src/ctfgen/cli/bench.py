@@ -245,7 +245,7 @@ def _quality_help() -> dict[str, str]:
 def _add_quality(group) -> None:
     from ..quality import ABLATIONS, QualityConfig
     from ..quality.config import INCEPTION_WHEN
-    from ._util import add_config_flags, add_device_args
+    from .demo import add_experiment_flags
 
     p = group.add_parser(
         "quality", help="CTF vs the baseline at equal training steps, at several checkpoints, and ablations",
@@ -257,20 +257,15 @@ def _add_quality(group) -> None:
     p.add_argument("--data-path", default=None, help="Fashion-MNIST idx folder (default: /usr/share/datasets/fashion-mnist)")
     p.add_argument("--ablate", nargs="+", default=[], metavar="NAME", choices=[*ABLATIONS, "all"],
                    help=f"ablations to run after the comparison: {', '.join(ABLATIONS)}, or all (default: none)")
-    add_config_flags(p, QualityConfig, _quality_help(), choices={"inception": INCEPTION_WHEN})
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_device_args(p)
-    p.set_defaults(func=_run_quality)
+    add_experiment_flags(p, QualityConfig, _quality_help(), run=_run_quality, choices={"inception": INCEPTION_WHEN})
 
 
 def _run_quality(args) -> int:
-    from ..data import DataConfig
     from ..quality import QualityBench, QualityConfig, resolve_ablations
-    from ._util import config_from_args, setup_device
+    from .demo import experiment_setup
 
     ablations = resolve_ablations(args.ablate)
-    device = setup_device(args)
-    cfg = config_from_args(QualityConfig, args, data=DataConfig(path=args.data_path))
+    cfg, device = experiment_setup(QualityConfig, args)
     QualityBench(cfg, args.out, device=device, progress=not args.quiet).run(ablations)
     return 0
 
@@ -322,7 +317,8 @@ def _seed_list(text: str) -> list[int]:
 def _add_scaling(group) -> None:
     from ..scaling import ScalingConfig
     from ..scaling.study import ARMS, INCEPTION
-    from ._util import add_config_flags, add_device_args, comma_list, float_range, int_range, one_of, positive_int
+    from ._util import comma_list, float_range, int_range, one_of, positive_int
+    from .demo import add_experiment_flags
 
     p = group.add_parser(
         "scaling", help="CTF vs the baseline as the codebook grows: held-out NLL, best-vs-best FID, seeds",
@@ -346,19 +342,15 @@ def _add_scaling(group) -> None:
              **dict.fromkeys(("k_ratio", "seeds", "arms_vocab", "arm_seeds", "nll_every", "nll_images",
                               "sweep_samples_per_class", "sweep_seeds", "final_samples_per_class", "sample_batch"),
                              positive_int)}
-    add_config_flags(p, ScalingConfig, SCALING_HELP, types=types, choices={"inception": INCEPTION})
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_device_args(p)
-    p.set_defaults(func=_run_scaling)
+    add_experiment_flags(p, ScalingConfig, SCALING_HELP, run=_run_scaling, types=types,
+                         choices={"inception": INCEPTION})
 
 
 def _run_scaling(args) -> int:
-    from ..data import DataConfig
     from ..scaling import ScalingConfig, ScalingStudy
-    from ._util import config_from_args, setup_device
+    from .demo import experiment_setup
 
-    device = setup_device(args)
-    cfg = config_from_args(ScalingConfig, args, data=DataConfig(path=args.data_path))
+    cfg, device = experiment_setup(ScalingConfig, args)
     ScalingStudy(cfg, args.out, device=device, progress=not args.quiet).run(parts=args.parts,
                                                                           only_seeds=args.only_seeds)
     return 0

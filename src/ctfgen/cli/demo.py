@@ -35,17 +35,30 @@ def register(sub) -> None:
                     "index.html). Rerunning reuses every finished step.")
     p.add_argument("--out", default="runs/demo", help="demo folder (default: runs/demo)")
     p.add_argument("--data-path", default=None, help="Fashion-MNIST idx folder (default: /usr/share/datasets/fashion-mnist)")
-    add_config_flags(p, DemoConfig, HELP)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_device_args(p)
-    p.set_defaults(func=_run)
+    add_experiment_flags(p, DemoConfig, HELP, run=_run)
 
 
 def _run(args) -> int:
-    from ..data import DataConfig
     from ..demo import Demo, DemoConfig
 
-    device = setup_device(args)
-    cfg = config_from_args(DemoConfig, args, data=DataConfig(path=args.data_path))
+    cfg, device = experiment_setup(DemoConfig, args)
     Demo(cfg, args.out, device=device, progress=not args.quiet).run()
     return 0
+
+
+def add_experiment_flags(p, cls, helps: dict[str, str], *, run, **flag_options) -> None:
+    """The flags of an experiment command (demo, bench quality, bench scaling): one per field of its
+    settings dataclass `cls` (`flag_options`: add_config_flags' types, choices), --quiet and the
+    device flags; `run(args)` carries it out."""
+    add_config_flags(p, cls, helps, **flag_options)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device_args(p)
+    p.set_defaults(func=run)
+
+
+def experiment_setup(cls, args):
+    """(settings of dataclass `cls` read from the flags, with the data at --data-path; the device)."""
+    from ..data import DataConfig
+
+    device = setup_device(args)
+    return config_from_args(cls, args, data=DataConfig(path=args.data_path)), device

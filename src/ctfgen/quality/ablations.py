@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import CtfgenError
 
@@ -78,8 +78,8 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")
 
 
-def _train_settings(bench, v: Variant) -> dict[str, Any]:
-    c = bench.cfg
+def _train_settings(ws, v: Variant) -> dict[str, Any]:
+    c = ws.cfg
     s = {"k": c.k, "cluster_method": c.cluster_method, "aux_layers": None, "mask_to_cluster": True, **v.train}
     if s["aux_layers"] is None:
         from ..models.presets import PRESETS
@@ -88,45 +88,45 @@ def _train_settings(bench, v: Variant) -> dict[str, Any]:
     return s
 
 
-def _models(bench, s: dict[str, Any], tok: Path, codes: Path) -> tuple[Path, Path]:
+def _models(ws, s: dict[str, Any], tok: Path, codes: Path) -> tuple[Path, Path]:
     """Stage 1 and stage 2 for these settings, trained once per distinct key."""
-    c = bench.cfg
-    coarse = bench.coarse_map(tok, method=s["cluster_method"], k=s["k"])
-    base = bench.out / "ablations" / "models"
+    c = ws.cfg
+    coarse = ws.coarse_map(tok, method=s["cluster_method"], k=s["k"])
+    base = ws.out / "ablations" / "models"
     key1 = f"{s['cluster_method']}-k{s['k']}-s{c.ablation_steps}"
     key2 = f"{key1}-L{s['aux_layers']}{'' if s['mask_to_cluster'] else '-unmasked'}"
-    ar = bench.train("ar", codes, coarse, folder=base / f"stage1-{key1}", steps=c.ablation_steps)
-    aux = bench.train("aux", codes, coarse, folder=base / f"stage2-{key2}", steps=c.ablation_steps,
+    ar = ws.train("ar", codes, coarse, folder=base / f"stage1-{key1}", steps=c.ablation_steps)
+    aux = ws.train("aux", codes, coarse, folder=base / f"stage2-{key2}", steps=c.ablation_steps,
                       overrides={"n_layer": s["aux_layers"], "mask_to_cluster": s["mask_to_cluster"]})
     return ar, aux
 
 
-def run_ablation(bench, name: str, *, tok: Path, codes: Path, clf: Path) -> dict:
-    """One table: {"rows": [{"variant", "settings", "metrics", "eval"}]}."""
+def run_ablation(ws, name: str, *, tok: Path, codes: Path, clf: Path) -> dict:
+    """One table, evaluated with the steps of the quality bench's Workspace `ws`:
+    {"rows": [{"variant", "settings", "metrics", "eval"}]}."""
     from ..sample import CTFPipeline
 
     ab = ABLATIONS[name]
-    c = bench.cfg
+    c = ws.cfg
     rows = []
-    final: Callable[[], Any] | None = None
     for v in ab.variants:
         tag = f"ablation-{name}-{_slug(v.label)}"
-        path = bench.out / "evals" / f"{tag}.json"
-        done = path.is_file()  # an evaluated row needs neither its models nor a pipeline
+        path = ws.out / "evals" / f"{tag}.json"
         if ab.trains:
-            s = _train_settings(bench, v)
+            s = _train_settings(ws, v)
             settings = {**s, "train_steps": c.ablation_steps}
-            ar, aux = (None, None) if done else _models(bench, s, tok, codes)
-            make = (lambda ar=ar, aux=aux: CTFPipeline.from_folders(tokenizer=tok, ar=ar, aux=aux, device=bench.device))
+
+            def make(s=s):  # an evaluated row needs neither its models nor a pipeline
+                ar, aux = _models(ws, s, tok, codes)
+                return CTFPipeline.from_folders(tokenizer=tok, ar=ar, aux=aux, device=ws.device)
         else:
             settings = {"train_steps": c.steps, **v.sample}
-            if final is None:
-                final = lambda: CTFPipeline.from_folders(tokenizer=tok, ar=bench.out / "stage1",
-                                                         aux=bench.out / "stage2", device=bench.device)
-            make = final
-        pipe = None if done else make()
-        res = bench.evaluate(tag, pipe, clf, samples_per_class=c.ablation_samples_per_class, inception=False,
-                             settings=v.sample, metadata={"ablation": name, "variant": v.label, "settings": settings})
+
+            def make():  # the comparison's final CTF models
+                return CTFPipeline.from_folders(tokenizer=tok, ar=ws.out / "stage1", aux=ws.out / "stage2",
+                                                device=ws.device)
+        res = ws.sample_and_score(tag, make, clf, samples_per_class=c.ablation_samples_per_class, inception=False,
+                                  settings=v.sample, metadata={"ablation": name, "variant": v.label, "settings": settings})
         sampling = res["metadata"]["sampling"]
         rows.append({"variant": v.label, "settings": {**settings, **{k: sampling[k] for k in
                                                                      ("guidance_scale", "temperature",

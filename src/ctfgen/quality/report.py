@@ -2,18 +2,13 @@
 metric against training step) and one table per ablation, as OUT/report/README.md and index.html."""
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 from ..artifacts import atomic_write_bytes
-from ..report import METRIC_ROWS, _fmt, _html, _markdown_table
+from ..reporting import METRIC_ROWS, fmt_value, markdown_table, metric, pyplot, save_figure, timings_table, write_page
 
 CURVE_METRICS = [(k, label, better) for k, label, better in METRIC_ROWS if k != "classifier_agreement"]
-
-
-def _m(result: dict, key: str):
-    return result.get("metrics", {}).get(key)
 
 
 def checkpoint_table(curves: dict[str, list[dict]]) -> list[list[str]]:
@@ -26,38 +21,29 @@ def checkpoint_table(curves: dict[str, list[dict]]) -> list[list[str]]:
     for ctf, base in zip(curves["ctf"], curves["baseline"]):
         row = [str(ctf["metadata"]["train_steps"])]
         for key, _, _ in CURVE_METRICS:
-            row += [_fmt(_m(ctf, key)), _fmt(_m(base, key))]
+            row += [fmt_value(metric(ctf, key)), fmt_value(metric(base, key))]
         for key in ("fid_inception", "fid_classifier"):
-            a, b = _m(ctf, key), _m(base, key)
-            row.append(_fmt(a / b) if a is not None and b else "–")
+            a, b = metric(ctf, key), metric(base, key)
+            row.append(fmt_value(a / b) if a is not None and b else "–")
         rows.append(row)
     return rows
 
 
 def plot_curves(curves: dict[str, list[dict]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     keys = [(k, label, b) for k, label, b in CURVE_METRICS
-            if any(_m(r, k) is not None for runs in curves.values() for r in runs)]
+            if any(metric(r, k) is not None for runs in curves.values() for r in runs)]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2), squeeze=False)
     for ax, (key, label, better) in zip(axes[0], keys):
         for name, style in (("ctf", "o-"), ("baseline", "s--")):
-            pts = [(r["metadata"]["train_steps"], _m(r, key)) for r in curves[name] if _m(r, key) is not None]
+            pts = [(r["metadata"]["train_steps"], metric(r, key)) for r in curves[name] if metric(r, key) is not None]
             if pts:
                 ax.plot(*zip(*pts), style, label="CTF" if name == "ctf" else "baseline")
         ax.set_title(f"{label} ({better} is better)", fontsize=9)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
     axes[0][0].legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_figure(fig, path)
 
 
 def ablation_table(rows: list[dict]) -> list[list[str]]:
@@ -66,7 +52,7 @@ def ablation_table(rows: list[dict]) -> list[list[str]]:
     out = [["variant", *(label for _, label in keys), "settings"]]
     for r in rows:
         settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
-        out.append([r["variant"], *(_fmt(r["metrics"].get(k)) for k, _ in keys), settings])
+        out.append([r["variant"], *(fmt_value(r["metrics"].get(k)) for k, _ in keys), settings])
     return out
 
 
@@ -89,7 +75,7 @@ def write_quality_report(out: Path, *, cfg, curves: dict[str, list[dict]], ablat
         "",
         "## Metrics at each checkpoint",
         "",
-        _markdown_table(checkpoint_table(curves)),
+        markdown_table(checkpoint_table(curves)),
         "",
         "![metric against training step](curves.png)",
         "",
@@ -102,13 +88,11 @@ def write_quality_report(out: Path, *, cfg, curves: dict[str, list[dict]], ablat
     ]
     for name, table in ablations.items():
         md += [f"## Ablation: {ABLATIONS[name].title}", "", ABLATIONS[name].note(cfg), "",
-               _markdown_table(ablation_table(table["rows"])), ""]
-    md += ["## Time taken (seconds)", "", _markdown_table([["step", "seconds"], *[[k, str(v)] for k, v in timings.items()]]),
+               markdown_table(ablation_table(table["rows"])), ""]
+    md += ["## Time taken (seconds)", "", timings_table(timings),
            "", "Every number comes from a JSON file in `evals/` that records its sampling settings, seeds, model "
            "fingerprints, networks and library versions. Settings: `quality_config.json`.", ""]
-    page = rep / "README.md"
-    atomic_write_bytes(page, "\n".join(md).encode())
-    atomic_write_bytes(rep / "index.html", _html(md).encode())
+    page = write_page(rep, md)
     atomic_write_bytes(rep / "results.json", json.dumps(
         {"checkpoints": checkpoint_table(curves), "ablations": {n: t["rows"] for n, t in ablations.items()},
          "timings": timings}, indent=2).encode())

@@ -6,13 +6,12 @@ differences (CTF minus baseline, same seed) excludes 0; with one seed nothing ca
 """
 from __future__ import annotations
 
-import io
 import math
 from collections import defaultdict
 from pathlib import Path
 
 from ..artifacts import atomic_write_bytes, atomic_write_json
-from ..report import _markdown_table
+from ..reporting import markdown_table, pyplot, save_figure
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -107,7 +106,7 @@ def write_scaling_report(out: Path, results: dict) -> Path:
     for V, tk in sorted(results["tokenizers"].items(), key=lambda kv: int(kv[0])):
         t.append([V, str(int(V) // cfg["k_ratio"]), f"{tk['psnr_db']:.2f}", str(tk["codes_used"]),
                   f"{tk['codebook_usage']:.3f}", f"{tk['perplexity']:.0f}"])
-    L += [_markdown_table(t), ""]
+    L += [markdown_table(t), ""]
 
     summary: dict = {"nll": {}, "fid_best": {}, "fid_default": {}}
     L += ["## Held-out bits per token (test split, last checkpoint, no guidance)", "",
@@ -123,7 +122,7 @@ def write_scaling_report(out: Path, results: dict) -> Path:
         t.append([str(V), str(V // cfg["k_ratio"]), str(len(a)), fmt(vals(ctf, "nll_last"), 4),
                   fmt(vals(ctf, "stage1_bits_per_token"), 4), fmt(vals(ctf, "stage2_bits_per_token"), 4),
                   fmt(vals(base, "nll_last"), 4), verdict(p, "CTF lower", "baseline lower")])
-    L += [_markdown_table(t), "", "![bits per token against step](nll-curves.png)", ""]
+    L += [markdown_table(t), "", "![bits per token against step](nll-curves.png)", ""]
 
     for pick, title in (("best", "each method at its best sampling settings"), ("default", "the paper's default settings")):
         L += [f"## Samples: {title}", ""]
@@ -140,14 +139,14 @@ def write_scaling_report(out: Path, results: dict) -> Path:
             summary[f"fid_{pick}"][V] = {**p, "ratio": mean_std(ratios)}
             t.append([str(V), str(len(a)), fmt(a), fmt(b), fmt(ratios), verdict(p, "CTF better", "baseline better"),
                       *[fmt(vals(r, f"{pick}:{k}")) for k in ("is_classifier", "precision", "recall") for r in (ctf, base)]])
-        L += [_markdown_table(t), ""]
+        L += [markdown_table(t), ""]
         if pick == "best":
             t = [["V", "CTF best settings", "baseline best settings"]]
             for V in vocabs:
                 ctf, base = rows.get((V, "kmeans", "ctf")), rows.get((V, "kmeans", "baseline"))
                 if ctf and base and ctf["best_settings"] and base["best_settings"]:
                     t.append([str(V), _settings(vals(ctf, "best_settings")[0]), _settings(vals(base, "best_settings")[0])])
-            L += ["Settings picked by the sweep (classifier-FID on the sweep's samples):", "", _markdown_table(t), "",
+            L += ["Settings picked by the sweep (classifier-FID on the sweep's samples):", "", markdown_table(t), "",
                   "![FID ratio against V](fid-ratio.png)", ""]
             if any(vals(rows.get((V, "kmeans", "ctf")), "best:fid_inception") for V in vocabs):
                 t = [["V", "FID (Inception) CTF", "FID (Inception) baseline"]]
@@ -155,7 +154,7 @@ def write_scaling_report(out: Path, results: dict) -> Path:
                     ctf, base = rows.get((V, "kmeans", "ctf")), rows.get((V, "kmeans", "baseline"))
                     if ctf and base:
                         t.append([str(V), fmt(vals(ctf, "best:fid_inception")), fmt(vals(base, "best:fid_inception"))])
-                L += ["Inception FID of the best-setting sets:", "", _markdown_table(t), ""]
+                L += ["Inception FID of the best-setting sets:", "", markdown_table(t), ""]
 
     arms_V = cfg["arms_vocab"]
     arm_rows = [k for k in rows if k[0] == arms_V]
@@ -175,7 +174,7 @@ def write_scaling_report(out: Path, results: dict) -> Path:
                       fmt(vals(r, "nll_last"), 4), fmt(vals(r, "stage1_bits_per_token"), 4),
                       fmt(vals(r, "stage2_bits_per_token"), 4), fmt(vals(r, "best:fid_classifier")),
                       fmt(vals(r, "best:precision")), fmt(vals(r, "best:recall"))])
-        L += [_markdown_table(t), ""]
+        L += [markdown_table(t), ""]
 
     plot_nll(rows, vocabs, rep / "nll-curves.png")
     plot_ratio(summary, rep / "fid-ratio.png")
@@ -185,22 +184,8 @@ def write_scaling_report(out: Path, results: dict) -> Path:
     return page
 
 
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def plot_nll(rows: dict, vocabs: list[int], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, max(1, len(vocabs)), figsize=(4.2 * max(1, len(vocabs)), 3.4), squeeze=False)
     for ax, V in zip(axes[0], vocabs):
         for name, style in (("ctf", "-o"), ("baseline", "-s"), ("ctf-uniform", ":"), ("ctf-frequency", "--")):
@@ -217,15 +202,11 @@ def plot_nll(rows: dict, vocabs: list[int], path: Path) -> None:
         ax.set_ylabel("held-out bits per token")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_ratio(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
     for pick, style in (("fid_best", "-o"), ("fid_default", "--s")):
         vs = sorted(summary[pick])
@@ -240,4 +221,4 @@ def plot_ratio(summary: dict, path: Path) -> None:
     ax.set_ylabel("classifier-FID ratio CTF / baseline")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)

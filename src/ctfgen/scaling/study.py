@@ -32,12 +32,15 @@ from ..artifacts import MANIFEST, atomic_write_json
 from ..config import to_dict
 from ..data import DataConfig
 from ..errors import CtfgenError
+from ..experiment import NotMade, Workspace
 
 CLUSTER_ARMS = ("balanced", "average", "random")  # beside the main arm, k-means
 PRIOR_ARMS = ("uniform", "frequency")  # parameter-free stage 2 on the k-means stage 1
 ARMS = CLUSTER_ARMS + PRIOR_ARMS
 INCEPTION = ("none", "best")
 PARTS = ("all", "main", "arms", "report")
+# more seeds, vocabs or arms extend a study; any other changed setting would mix two recipes
+EXTENDABLE = {"seeds", "vocabs", "arms", "arm_seeds", "inception"}
 
 
 def floats(text: str, name: str) -> list[float]:
@@ -124,82 +127,26 @@ def _tag(settings: dict) -> str:
 
 
 class ScalingStudy:
+    """The study, made of the steps of a `Workspace` named "scaling" (one folder per V; tokenizers,
+    coarse labels and the classifier with seed 0; the models with each training seed)."""
+
     def __init__(self, cfg: ScalingConfig, out: str | Path, *, device="cpu", progress: bool = True,
                  log: Callable[[str], None] = print):
-        self.cfg, self.out, self.device, self.progress, self.log = cfg.check(), Path(out), device, progress, log
-        self._benches: dict[int, Any] = {}
-        self.compute = True  # False: gather what is already measured, make nothing (parts="report")
+        self.cfg = cfg.check()
+        self.ws = Workspace(self.cfg, out, name="scaling", device=device, progress=progress, log=log, seed=0,
+                            log_reuse=False)
+        self.out, self.device = self.ws.out, device
 
     # ------------------------------------------------------------ artifacts
 
-    def _step(self, name: str, folder: Path, fn: Callable[[], object]) -> Path:
-        if (folder / MANIFEST).is_file():
-            return folder
-        if not self.compute:
-            raise _Missing(name)
-        self.log(f"[scaling] {name} -> {folder}")
-        fn()
-        return folder
-
     def tokenizer(self, V: int) -> Path:
-        from ..tokenizer import vq_preset
-        from ..tokenizer.train import TokenizerTrainConfig, train_tokenizer
-
-        c = self.cfg
-        vq = vq_preset("fmnist", resolution=c.data.resolution, channels=c.data.channels, codebook_size=V)
-        tc = TokenizerTrainConfig(vq=vq, data=c.data, steps=c.tokenizer_steps, batch_size=c.tokenizer_batch,
-                                  seed=0, eval_limit=2000)
-        folder = self.out / f"V{V}" / "tokenizer"
-        return self._step(f"tokenizer V={V}", folder,
-                          lambda: train_tokenizer(tc, folder, device=self.device, progress=self.progress))
+        return self.ws.tokenizer(root=self.out / f"V{V}", codebook_size=V)
 
     def codes(self, V: int, tok: Path, split: str) -> Path:
-        from ..codes import encode_dataset
-        from ..data import load_dataset
-        from ..tokenizer import load_tokenizer
-
-        folder = self.out / f"V{V}" / f"codes-{split}"
-        limit = self.cfg.code_images if split == "train" else 0
-        return self._step(f"codes V={V} {split}", folder, lambda: encode_dataset(
-            load_tokenizer(tok, self.device), load_dataset(self.cfg.data, split), folder, views="none",
-            limit=limit, device=self.device, progress=self.progress))
+        return self.ws.codes(tok, root=self.out / f"V{V}", split=split, views="none")
 
     def coarse_map(self, V: int, tok: Path, method: str) -> Path:
-        from ..cluster import build_coarse_map, load_codebook
-
-        k = V // self.cfg.k_ratio
-        folder = self.out / f"V{V}" / f"coarse-{method}-k{k}"
-
-        def run():
-            codebook, fp = load_codebook(tok)
-            build_coarse_map(codebook, k, method=method, seed=0, tokenizer_fingerprint=fp).save(folder)
-        return self._step(f"coarse labels V={V} {method} K={k}", folder, run)
-
-    def classifier(self) -> Path:
-        from ..artifacts import read_manifest
-        from ..demo import Demo, DemoConfig
-
-        if self.cfg.classifier:
-            read_manifest(self.cfg.classifier, "classifier")
-            return Path(self.cfg.classifier)
-        demo = Demo(DemoConfig(data=self.cfg.data, classifier_epochs=self.cfg.classifier_epochs), self.out,
-                    device=self.device, progress=self.progress, log=self.log)
-        return demo.classifier()
-
-    def train(self, kind: str, folder: Path, codes: Path, coarse: Path | None, *, seed: int, stop_after: int) -> Path:
-        from ..train import RunOptions, TrainConfig, train
-
-        c = self.cfg
-        tc = TrainConfig(kind=kind, preset=c.preset, steps=c.steps, batch_size=c.batch_size, lr=c.lr,
-                         warmup_steps=c.warmup, cosine=True, seed=seed)
-        run = RunOptions(device=str(self.device), progress=self.progress, ckpt_every=0, stop_after=stop_after,
-                         tensorboard=False)
-        result = train(tc, codes_dir=codes, out_dir=folder, coarse_map_dir=coarse if kind != "baseline" else None,
-                       run=run)
-        if result.step != min(stop_after, result.total_steps):
-            raise CtfgenError(f"{folder} is at step {result.step}, not {stop_after}: it was trained past this "
-                              "checkpoint outside this study; delete it to start over")
-        return folder
+        return self.ws.coarse_map(tok, root=self.out / f"V{V}", method=method, k=V // self.cfg.k_ratio)
 
     # ------------------------------------------------------------ measurements
 
@@ -213,40 +160,23 @@ class ScalingStudy:
         path = self.out / "nll" / f"{tag}.json"
         if path.is_file():
             return json.loads(path.read_text())
-        if not self.compute:
-            raise _Missing(tag)
+        if not self.ws.make:
+            raise NotMade(tag)
         codes_NL, labels_N = store_sequences(CodeStore.open(test_codes), max_images=images)
         stage1 = {} if stage1 is None else stage1
         result = heldout_nll(models(), codes_NL, labels_N, stage1_N=stage1.get("stage1_N"), keep=stage1)
         atomic_write_json(path, result)
         return result
 
-    def bench(self, sample_seed: int):
-        """The quality bench's cached sample-and-evaluate, with this sampling seed."""
-        from ..quality import QualityBench, QualityConfig
-
-        if sample_seed not in self._benches:
-            qc = QualityConfig(data=self.cfg.data, reference_images=self.cfg.reference_images, seed=sample_seed,
-                               inception="none")
-            b = QualityBench(qc, self.out, device=self.device, progress=self.progress, log=self.log)
-            if self._benches:  # one classifier and reference for all
-                b._eval_tools = next(iter(self._benches.values()))._eval_tools
-            self._benches[sample_seed] = b
-        return self._benches[sample_seed]
-
     def evaluate(self, tag: str, pipe: Callable[[], Any], clf: Path, settings: dict, *, final: bool,
                  metadata: dict) -> dict:
+        """The sweep's sets with sampling seed 0, the final ones with seed 1 (the pick's luck does not
+        carry over); cached as evals/<tag>.json, samples in samples/<tag>.npz."""
         c = self.cfg
-        path = self.out / "evals" / f"{tag}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        if not self.compute:
-            raise _Missing(tag)
-        bench = self.bench(1 if final else 0)
-        spc = c.final_samples_per_class if final else c.sweep_samples_per_class
-        return bench.evaluate(tag, _Batched(pipe(), c.sample_batch), clf, samples_per_class=spc,
-                              inception=final and c.inception == "best" and metadata.get("pick") == "best",
-                              settings=settings, metadata=metadata)
+        return self.ws.sample_and_score(
+            tag, pipe, clf, samples_per_class=c.final_samples_per_class if final else c.sweep_samples_per_class,
+            seed=1 if final else 0, batch_size=c.sample_batch, settings=settings, metadata=metadata,
+            inception=final and c.inception == "best" and metadata.get("pick") == "best")
 
     def sweep(self, name: str, unit: str, pipe: Callable[[], Any], clf: Path, meta: dict) -> dict:
         """Best classifier-FID settings of one method: (scale x temperature), then stage-2 temperature."""
@@ -313,16 +243,16 @@ class ScalingStudy:
             names = [("ctf" if method == "kmeans" else f"ctf-{method}")] + (["baseline"] if with_baseline else [])
             names += [f"ctf-{p}" for p in priors]
             todo = [n for n in names if not (self.out / "nll" / f"{unit}-{n}-step{step}.json").is_file()]
-            if todo and (not self.compute or min(_trained_step(f) for f in folders.values()) > step):
+            if todo and (not self.ws.make or min(_trained_step(f) for f in folders.values()) > step):
                 # an arm added to a study whose models are past this checkpoint: only later points
-                why = "not measured yet" if not self.compute else "the models are past it"
-                self.log(f"[scaling] {unit}: {', '.join(todo)} have no NLL at step {step} ({why})")
+                why = "not measured yet" if not self.ws.make else "the models are past it"
+                self.ws.log(f"{unit}: {', '.join(todo)} have no NLL at step {step} ({why})")
                 names = [n for n in names if n not in todo]
             elif todo:
                 t0 = time.time()
                 for kind, folder in folders.items():
-                    self.train(kind, folder, codes["train"], coarse, seed=seed, stop_after=step)
-                self.log(f"[scaling] {unit}: trained to step {step} ({time.time() - t0:.0f} s)")
+                    self.ws.train(kind, codes["train"], coarse, folder=folder, seed=seed, stop_after=step)
+                self.ws.log(f"{unit}: trained to step {step} ({time.time() - t0:.0f} s)")
             shared_stage1: dict = {}  # one stage 1 under every stage 2 of this checkpoint
             for n in names:
                 def models(n=n):
@@ -334,7 +264,7 @@ class ScalingStudy:
                 try:
                     r = self.nll(f"{unit}-{n}-step{step}", models, codes["test"], images=images,
                                  stage1=None if n == "baseline" else shared_stage1)
-                except _Missing:
+                except NotMade:
                     continue
                 curves.setdefault(n, []).append({"step": step, **r})
 
@@ -362,7 +292,7 @@ class ScalingStudy:
             if n.endswith(PRIOR_ARMS):  # no sweep of its own: the learned CTF's stage-1 pick, stage 2 at 1.0
                 ctf_pick = picks.get(f"V{V}-{method}-ctf") or self._load_picks().get(f"V{V}-{method}-ctf")
                 if ctf_pick is None:
-                    self.log(f"[scaling] {unit}: {n} samples wait for the learned CTF's sweep; rerun to make them")
+                    self.ws.log(f"{unit}: {n} samples wait for the learned CTF's sweep; rerun to make them")
                     continue
                 best = {k: v for k, v in ctf_pick["best"].items() if k != "stage2_temperature"}
                 best = {**best, "stage2_temperature": 1.0}
@@ -370,14 +300,14 @@ class ScalingStudy:
             elif own_sweep:
                 try:
                     sweep = self.sweep(n, unit, pipeline(n), clf, meta)
-                except _Missing:
+                except NotMade:
                     continue
                 picks[key] = sweep
                 self._save_pick(key, sweep)
             elif key in picks or key in self._load_picks():
                 sweep = {**(picks.get(key) or self._load_picks()[key]), "from": f"seed 0's sweep ({key})"}
             else:  # seed 0 runs in another process and has not swept yet: a later run makes these
-                self.log(f"[scaling] {unit}: {n} samples wait for seed 0's sweep; rerun to make them")
+                self.ws.log(f"{unit}: {n} samples wait for seed 0's sweep; rerun to make them")
                 continue
             out = {"best_settings": sweep["best"], "sweep": sweep.get("sweep", {}), "picked_on": sweep.get("from", "own sweep")}
             try:
@@ -387,7 +317,7 @@ class ScalingStudy:
                     r = self.evaluate(f"{unit}-{n}-final-{pick}-{_tag(s)}", pipeline(n), clf, s, final=True,
                                       metadata={**meta, "pick": pick})
                     out[pick] = {"settings": s, "metrics": r["metrics"]}
-            except _Missing:
+            except NotMade:
                 continue
             samples[n] = out
         return {"unit": unit, "V": V, "seed": seed, "clustering": method, "nll": curves, "samples": samples}
@@ -407,28 +337,25 @@ class ScalingStudy:
         bad = [s for s in (only_seeds or []) if not 0 <= s < self.cfg.seeds]
         if bad:
             raise CtfgenError(f"only_seeds: {bad} are not training seeds of this study (0..{self.cfg.seeds - 1})")
-        self.compute = parts != "report"
+        self.ws.make = parts != "report"
         c = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._check_same_settings()
-        atomic_write_json(self.out / "scaling_config.json", to_dict(c))
-        t0 = time.time()
-        if not self.compute and not (self.out / "classifier" / MANIFEST).is_file() and not c.classifier:
+        t0 = self.ws.begin(extendable=EXTENDABLE)
+        if not self.ws.make and not (self.out / "classifier" / MANIFEST).is_file() and not c.classifier:
             raise CtfgenError(f"{self.out}: nothing measured yet (no domain classifier)")
-        clf = self.classifier()
+        clf = self.ws.classifier(existing=c.classifier)
         tokenizers = {}
         units, picks = [], {}
         for seed in (only_seeds if only_seeds else range(c.seeds)):
             for V in c.vocab_list():
                 try:
                     self._run_one(V, seed, parts, tokenizers, clf, units, picks)
-                except _Missing:  # gathering: this V is not made yet
+                except NotMade:  # gathering: this V is not made yet
                     continue
                 atomic_write_json(self.out / "results.json", self.results(units, tokenizers, time.time() - t0))
         results = self.results(units, tokenizers, time.time() - t0)
         atomic_write_json(self.out / "results.json", results)
         page = write_scaling_report(self.out, results)
-        self.log(f"[scaling] done in {time.time() - t0:.0f} s: {page}")
+        self.ws.log(f"done in {time.time() - t0:.0f} s: {page}")
         return page
 
     def _run_one(self, V: int, seed: int, parts: str, tokenizers: dict, clf: Path, units: list, picks: dict) -> None:
@@ -444,7 +371,7 @@ class ScalingStudy:
             for method in (a for a in c.arm_list() if a in CLUSTER_ARMS):
                 try:
                     units.append(self.unit(V, seed, method, tok, codes, clf, False, [], picks))
-                except _Missing:
+                except NotMade:
                     continue
 
     def results(self, units: list[dict], tokenizers: dict[int, Path], seconds: float) -> dict:
@@ -453,24 +380,6 @@ class ScalingStudy:
             rep = json.loads((folder / MANIFEST).read_text())["info"]["report"]
             toks[str(V)] = {k: rep.get(k) for k in ("psnr_db", "codes_used", "codebook_usage", "perplexity", "images")}
         return {"config": to_dict(self.cfg), "tokenizers": toks, "units": units, "seconds_this_run": round(seconds, 1)}
-
-    def _check_same_settings(self) -> None:
-        saved = self.out / "scaling_config.json"
-        if not saved.is_file():
-            return
-        from ..config import changed_settings
-
-        # more seeds, vocabs or arms extend a study; anything else would mix two recipes
-        extendable = {"seeds", "vocabs", "arms", "arm_seeds", "inception"}
-        diff = changed_settings(self.cfg, json.loads(saved.read_text()), ignore=extendable)
-        if diff:
-            k, there, now = diff[0]
-            raise CtfgenError(f"{self.out} was made with other scaling settings ({k}: {there!r} there, "
-                              f"{now!r} now); use another --out, or delete the folder to start over")
-
-
-class _Missing(Exception):
-    """A measurement not made yet, met while gathering (parts="report")."""
 
 
 def _prior_rule(name: str) -> str | None:
@@ -483,17 +392,3 @@ def _trained_step(folder: Path) -> int:
     """Optimizer steps a training folder holds (0: none yet)."""
     m = folder / MANIFEST
     return int(json.loads(m.read_text())["info"]["step"]) if m.is_file() else 0
-
-
-class _Batched:
-    """A pipeline whose generate() uses a fixed batch size (the quality bench passes 64)."""
-
-    def __init__(self, pipe, batch_size: int):
-        self._pipe, self._batch = pipe, batch_size
-
-    def __getattr__(self, name):
-        return getattr(self._pipe, name)
-
-    def generate(self, labels, **kwargs):
-        kwargs["batch_size"] = self._batch
-        return self._pipe.generate(labels, **kwargs)

@@ -1,0 +1,349 @@
+"""The steps every experiment (`ctfgen demo`, `bench quality`, `bench scaling`) is made of, cached in
+one folder: tokenizer -> codes -> coarse labels -> trained models -> pipelines, the domain classifier,
+and `sample_and_score` (class-balanced samples, their grid and npz, the evaluation JSON).
+
+An experiment holds a `Workspace` and calls its steps; each step writes its own artifact folder (or
+JSON file) and is reused when that folder is finished, so an interrupted experiment picks up where
+it stopped and a rerun of a finished one makes nothing. Logs carry the experiment's name.
+
+The settings object `cfg` is the experiment's own dataclass; the steps read these fields of it (a
+field an experiment lacks is passed to the step instead): data, tokenizer_steps, tokenizer_batch,
+views, code_images, k, cluster_method, preset, steps, batch_size, lr, warmup, classifier_epochs,
+reference_images, seed.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .artifacts import MANIFEST, atomic_write_bytes, atomic_write_json, read_manifest
+from .config import to_dict
+from .errors import CtfgenError
+
+# the two totals of timings.json: every step (whenever it ran), and this invocation alone
+TOTALS = ("all steps (total)", "this run (total)")
+# metrics whose computation changed since evaluation format 1 (classifier-IS splits)
+STALE_METRICS = ("is_classifier", "is_classifier_std")
+
+
+class NotMade(Exception):
+    """A step or measurement not made yet, met by a workspace told to make nothing (`make=False`)."""
+
+
+def finished(folder: Path) -> bool:
+    """True when `folder` holds a finished artifact (a tokenizer training checkpoint resumes instead)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return not (manifest.get("info") or {}).get("unfinished")
+
+
+class Workspace:
+    """One experiment's folder `out`, its settings, device, log prefix `name` and step timings.
+
+    `make=False` makes nothing: a step or evaluation not done yet raises `NotMade` (gathering what a
+    study has measured). `log_reuse=False` keeps quiet about reused steps (a study reuses hundreds)."""
+
+    def __init__(self, cfg, out: str | Path, *, name: str, device="cpu", progress: bool = True,
+                 log: Callable[[str], None] = print, seed: int | None = None, log_reuse: bool = True):
+        self.cfg, self.out, self.name, self.device, self.progress = cfg, Path(out), name, device, progress
+        self.seed = cfg.seed if seed is None else seed
+        self._log, self.log_reuse, self.make = log, log_reuse, True
+        # seconds per step, kept across reruns so a report shows what each step cost when it ran
+        self.timings: dict[str, float] = {}
+        if (self.out / "timings.json").is_file():
+            self.timings = json.loads((self.out / "timings.json").read_text())
+        self._tools: dict[str, Any] | None = None
+
+    def log(self, message: str) -> None:
+        self._log(f"[{self.name}] {message}")
+
+    def step(self, label: str, folder: Path, make: Callable[[], object]) -> Path:
+        """`folder`, made by `make()` unless it is finished already; its time recorded as `label`."""
+        if finished(folder):
+            if self.log_reuse:
+                self.log(f"{label}: reusing {folder}")
+            return folder
+        if not self.make:
+            raise NotMade(label)
+        self.log(f"{label} -> {folder}")
+        t0 = time.time()
+        make()
+        self.timings[label] = round(time.time() - t0, 1)
+        return folder
+
+    def _where(self, root: Path | None) -> tuple[Path, str]:
+        """A step's parent folder and the suffix naming it in logs ("" for `out` itself)."""
+        root = root or self.out
+        return root, "" if root == self.out else f" {root.relative_to(self.out)}"
+
+    def _given(self, what: str, kind: str, existing: str) -> Path:
+        path = Path(existing)
+        read_manifest(path, kind)  # a clear error if it is not such a folder
+        self.log(f"{what}: using {path}")
+        return path
+
+    # ------------------------------------------------------------------ settings and timings
+
+    def begin(self, *, extendable: set[str] = frozenset()) -> float:
+        """Create the folder, refuse it if other settings made it (`extendable` fields may differ),
+        record ours as `<name>_config.json`; the start time."""
+        from .config import changed_settings
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        saved = self.out / f"{self.name}_config.json"
+        if saved.is_file():  # reuse is only sound with the settings that made the folder
+            diff = changed_settings(self.cfg, json.loads(saved.read_text()), ignore=extendable)
+            if diff:
+                k, there, now = diff[0]
+                raise CtfgenError(f"{self.out} was made with other {self.name} settings ({k}: {there!r} there, "
+                                  f"{now!r} now); use another --out, or delete the folder to start over")
+        atomic_write_json(saved, to_dict(self.cfg))
+        return time.time()
+
+    def end(self, t0: float) -> None:
+        """timings.json with its two totals (a rerun that reuses steps is quick: the sum over steps
+        says what the whole folder cost)."""
+        for key in TOTALS:
+            self.timings.pop(key, None)
+        self.timings[TOTALS[0]] = round(sum(self.timings.values()), 1)
+        self.timings[TOTALS[1]] = round(time.time() - t0, 1)
+        self.save_timings()
+
+    def save_timings(self) -> None:
+        atomic_write_json(self.out / "timings.json", self.timings)
+
+    # ------------------------------------------------------------------ artifacts
+
+    def tokenizer(self, *, root: Path | None = None, codebook_size: int | None = None, existing: str = "") -> Path:
+        """root/tokenizer, trained with the "fmnist" recipe (or the folder `existing`, checked)."""
+        if existing:
+            return self._given("tokenizer", "tokenizer", existing)
+        from .tokenizer import vq_preset
+        from .tokenizer.train import TokenizerTrainConfig, train_tokenizer
+
+        c = self.cfg
+        root, where = self._where(root)
+        size = {"codebook_size": codebook_size} if codebook_size else {}
+        vq = vq_preset("fmnist", resolution=c.data.resolution, channels=c.data.channels, **size)
+        tc = TokenizerTrainConfig(vq=vq, data=c.data, steps=c.tokenizer_steps, batch_size=c.tokenizer_batch,
+                                  seed=self.seed, eval_limit=2000)
+        folder = root / "tokenizer"
+        return self.step(f"tokenizer{where}", folder,
+                         lambda: train_tokenizer(tc, folder, device=self.device, progress=self.progress))
+
+    def codes(self, tok: Path, *, root: Path | None = None, split: str = "train", views: str | None = None,
+              limit: int | None = None) -> Path:
+        """root/codes-<split>: the split encoded by `tok` (training split: the first `code_images`)."""
+        from .codes import encode_dataset
+        from .data import load_dataset
+        from .tokenizer import load_tokenizer
+
+        root, where = self._where(root)
+        folder = root / f"codes-{split}"
+        views = self.cfg.views if views is None else views
+        limit = (self.cfg.code_images if split == "train" else 0) if limit is None else limit
+        label = "codes" + ("" if split == "train" else f" {split}") + where
+        return self.step(label, folder, lambda: encode_dataset(
+            load_tokenizer(tok, self.device), load_dataset(self.cfg.data, split), folder, views=views,
+            limit=limit, device=self.device, progress=self.progress))
+
+    def coarse_map(self, tok: Path, *, root: Path | None = None, method: str | None = None,
+                   k: int | None = None) -> Path:
+        """root/coarse-<method>-k<K>: the codebook of `tok` clustered into K coarse labels."""
+        from .cluster import build_coarse_map, load_codebook
+
+        method, k = method or self.cfg.cluster_method, k or self.cfg.k
+        root, where = self._where(root)
+        folder = root / f"coarse-{method}-k{k}"
+
+        def run():
+            codebook, fp = load_codebook(tok)
+            build_coarse_map(codebook, k, method=method, seed=self.seed, tokenizer_fingerprint=fp).save(folder)
+        return self.step(f"coarse labels ({method}, K={k}){where}", folder, run)
+
+    def train(self, kind: str, codes_dir: Path, coarse_dir: Path | None, *, folder: Path | None = None,
+              preset: str | None = None, steps: int | None = None, seed: int | None = None, stop_after: int = 0,
+              overrides: dict | None = None) -> Path:
+        """Train (or resume, or reuse) one model of `kind` (ar, aux, baseline): out/stage1, out/stage2,
+        out/baseline unless `folder` is given; `stop_after` pauses it there (segments of one schedule).
+        Raises CtfgenError if the folder was trained past `stop_after` elsewhere."""
+        from .train import RunOptions, TrainConfig, train
+
+        if not self.make:
+            raise NotMade(f"train {kind}")
+        c = self.cfg
+        key = f"train {kind}" if folder is None else f"train {folder.name}"
+        folder = folder or self.out / {"ar": "stage1", "aux": "stage2", "baseline": "baseline"}[kind]
+        steps = steps or c.steps
+        tc = TrainConfig(kind=kind, preset=preset or c.preset, steps=steps, batch_size=c.batch_size, lr=c.lr,
+                         warmup_steps=c.warmup, cosine=True, seed=self.seed if seed is None else seed,
+                         model_overrides=dict(overrides or {}))
+        # without segments, intermediate checkpoints let an interrupted run resume; with them, only
+        # the segment ends are saved, so the folder always holds the step it was asked for
+        every = 0 if stop_after else max(steps // 4, 1)
+        run = RunOptions(device=str(self.device), progress=self.progress, ckpt_every=every, stop_after=stop_after)
+        # A finished run folder is reused by the trainer itself (it resumes, or does nothing if done).
+        self.log(f"train {kind} -> {folder}" + (f" (to step {stop_after})" if stop_after else ""))
+        t0 = time.time()
+        result = train(tc, codes_dir=codes_dir, out_dir=folder, coarse_map_dir=coarse_dir if kind != "baseline" else None,
+                       run=run)
+        if stop_after and result.step != min(stop_after, result.total_steps):
+            raise CtfgenError(f"{folder} is at step {result.step}, not {stop_after}: it was trained past this "
+                              "checkpoint outside this command; delete it to start over")
+        if result.step > result.resumed_from:  # a finished run that was only reloaded keeps its time
+            # segments of one schedule add up; a whole run replaces the time of an earlier attempt
+            earlier = self.timings.get(key, 0.0) if stop_after else 0.0
+            self.timings[key] = round(earlier + time.time() - t0, 1)
+        return folder
+
+    def pipelines(self, tok: Path, runs: dict[str, Path]) -> dict[str, Path]:
+        """out/pipeline-ctf and out/pipeline-baseline, linking the folders of `runs` (ar, aux, baseline)."""
+        from .sample import make_pipeline
+
+        ctf, base = self.out / "pipeline-ctf", self.out / "pipeline-baseline"
+        self.step("CTF pipeline", ctf, lambda: make_pipeline(ctf, tokenizer=tok, ar=runs["ar"], aux=runs["aux"], copy=False))
+        self.step("baseline pipeline", base, lambda: make_pipeline(base, tokenizer=tok, baseline=runs["baseline"], copy=False))
+        return {"ctf": ctf, "baseline": base}
+
+    def classifier(self, *, existing: str = "") -> Path:
+        """out/classifier: the domain classifier of classifier-FID/IS (or the folder `existing`, checked)."""
+        if existing:
+            return self._given("domain classifier", "classifier", existing)
+        from .data import CLASSES_FILE, dataset_class_table, load_dataset
+        from .data.classes import classes_json
+        from .evaluate import ClassifierTrainConfig, save_classifier, train_classifier
+        from .evaluate.classifier import ClassifierConfig, accuracy
+
+        folder = self.out / "classifier"
+        c = self.cfg
+
+        def run():
+            train_ds, test_ds = load_dataset(c.data, "train"), load_dataset(c.data, "test")
+            tc = ClassifierTrainConfig(epochs=c.classifier_epochs, seed=self.seed)
+            cc = ClassifierConfig(resolution=c.data.resolution, channels=c.data.channels, num_classes=train_ds.num_classes)
+            model = train_classifier(train_ds.uint8_images(), train_ds.labels, cfg=cc, train_cfg=tc, progress=self.progress)
+            acc = accuracy(model, test_ds.uint8_images(), test_ds.labels)
+            classes = classes_json(dataset_class_table(train_ds, test_ds))
+            save_classifier(model, folder, train_cfg=tc, data=train_ds.describe(), info={"test_accuracy": acc},
+                            extra_files={CLASSES_FILE: classes})
+        return self.step("domain classifier", folder, run)
+
+    # ------------------------------------------------------------------ samples and their scores
+
+    def eval_tools(self, clf_dir: Path) -> dict[str, Any]:
+        """Classifier, reference (`reference_images` of the test split) and (lazily, see `inception`)
+        the Inception network, loaded once for every evaluation of this workspace."""
+        if self._tools is None:
+            from .evaluate import classifier_info, load_classifier, reference_from_dataset
+
+            clf, manifest = load_classifier(clf_dir)
+            ref = reference_from_dataset(self.cfg.data, "test", max_images=self.cfg.reference_images or None)
+            self._tools = {"classifier": clf, "classifier_info": classifier_info(manifest, str(clf_dir)),
+                           "reference": ref, "inception": None}
+        return self._tools
+
+    def inception(self):
+        from .evaluate import InceptionFeatures
+
+        if self._tools["inception"] is None:
+            self._tools["inception"] = InceptionFeatures()
+        return self._tools["inception"]
+
+    def sample_and_score(self, tag: str, make_pipe: Callable[[], Any], clf_dir: Path, *, samples_per_class: int,
+                         path: Path | None = None, seed: int | None = None, batch_size: int = 64,
+                         settings: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None,
+                         inception: bool = False, grid: bool = False, keep_samples: bool = True,
+                         timing: str | None = None) -> dict:
+        """`samples_per_class` images of every class from the pipeline `make_pipe()` (built only when
+        needed), sampled with `settings` (SamplingConfig fields) and sampling `seed` (default: the
+        workspace's), evaluated against the reference; the result JSON is cached at `path` (default
+        evals/<tag>.json) and returned. `grid`: report/samples-<tag>.png, 10 per class; `keep_samples`:
+        samples/<tag>.npz (ADM format, re-scorable). `timing`: the timings key of the seconds taken.
+
+        A cached result of an older evaluation format is rescored from its kept samples (or, without
+        them, the metrics the format fixed are withdrawn); without `keep_samples` it is sampled again."""
+        from .evaluate import cache_dir, evaluate_images
+        from .evaluate.core import RESULT_FORMAT
+
+        path = path or self.out / "evals" / f"{tag}.json"
+        if path.is_file():
+            result = json.loads(path.read_text())
+            if result.get("format") == RESULT_FORMAT or not self.make:
+                if self.log_reuse:
+                    self.log(f"evaluate {tag}: reusing {path}")
+                return result
+            if keep_samples:
+                return self.update_stale(tag, path, result, clf_dir)
+        if not self.make:
+            raise NotMade(tag)
+        seed = self.seed if seed is None else seed
+        tools = self.eval_tools(clf_dir)
+        t0 = time.time()
+        pipe = make_pipe()
+        labels = [k for k in range(pipe.num_classes) for _ in range(samples_per_class)]
+        self.log(f"sample + evaluate {tag}: {len(labels)} images")
+        t_s = time.time()
+        samples = pipe.generate(labels, seed=seed, batch_size=batch_size, progress=self.progress, **(settings or {}))
+        sample_s = time.time() - t_s
+        if grid:
+            self._save_grid(tag, samples, samples_per_class, pipe.num_classes)
+        if keep_samples:
+            from .sample.outputs import save_npz
+
+            save_npz(self.out / "samples" / f"{tag}.npz", samples)
+        meta = {"pipeline": pipe.type, "models": pipe.fingerprints, "folders": {k: str(v) for k, v in pipe.folders.items()},
+                "seed": seed, "samples_per_class": samples_per_class, "sampling": to_dict(samples.settings),
+                "sample_seconds": round(sample_s, 1), "images_per_second": round(len(labels) / sample_s, 2),
+                **(metadata or {})}
+        result = evaluate_images(samples.images, samples.labels, reference=tools["reference"],
+                                 classifier=tools["classifier"], classifier_info=tools["classifier_info"],
+                                 inception=self.inception() if inception else None, cache=cache_dir(),
+                                 metadata=meta, progress=self.progress)
+        for warning in result.get("warnings", []):
+            self.log(f"warning: {warning}")
+        atomic_write_json(path, result)
+        if timing:
+            self.timings[timing] = round(time.time() - t0, 1)
+        return result
+
+    def _save_grid(self, tag: str, samples, samples_per_class: int, num_classes: int) -> None:
+        import numpy as np
+
+        from .sample.outputs import grid_image, png_bytes
+
+        per_class = min(10, samples_per_class)  # samples are class by class
+        show = np.concatenate([np.arange(per_class) + k * samples_per_class for k in range(num_classes)])
+        atomic_write_bytes(self.out / "report" / f"samples-{tag}.png",
+                           png_bytes(grid_image(samples.images[show], samples.labels[show], scale=2)))
+
+    def update_stale(self, tag: str, path: Path, result: dict, clf_dir: Path) -> dict:
+        """A result of an older evaluation format: its classifier metrics are recomputed from the
+        saved samples when they exist (Inception FID, unaffected, is kept); otherwise the metrics
+        the format change fixed are withdrawn, their old values kept under `withdrawn`."""
+        from .evaluate import evaluate_images
+        from .evaluate.core import RESULT_FORMAT
+        from .evaluate.inputs import load_samples
+
+        old = {k: result["metrics"].pop(k) for k in STALE_METRICS if k in result["metrics"]}
+        npz = self.out / "samples" / f"{tag}.npz"
+        if npz.is_file():
+            tools = self.eval_tools(clf_dir)
+            s = load_samples(npz)
+            images = s.images[..., :1] if self.cfg.data.channels == 1 else s.images  # npz holds RGB
+            new = evaluate_images(images, s.labels, reference=tools["reference"], classifier=tools["classifier"],
+                                  classifier_info=tools["classifier_info"], progress=self.progress)
+            result["metrics"].update(new["metrics"])
+            result["rescored"] = {"from": str(npz), "format_was": result.get("format"), "old_values": old}
+            self.log(f"{path.name}: classifier metrics recomputed from {npz.name} (format {RESULT_FORMAT})")
+        else:
+            result["withdrawn"] = {"format_was": result.get("format"), "old_values": old,
+                                   "why": "classifier-IS of evaluation format 1 split the samples in order; "
+                                          "these samples were not kept, so it cannot be recomputed"}
+            self.log(f"{path.name}: classifier-IS withdrawn (older format, samples not kept)")
+        result["format"] = RESULT_FORMAT
+        atomic_write_json(path, result)
+        return result

@@ -58,7 +58,7 @@ def _add_train(group) -> None:
 
 def _run_train(args) -> int:
     from ..train.bench import bench_train, format_rows, rows_to_json
-    from ..train.dist import resolve_device
+    from ..dist import resolve_device
     import torch
 
     if args.threads:
@@ -117,7 +117,7 @@ def _run_speed(args) -> int:
 
     from ..artifacts import atomic_write_json
     from ..sample.bench import bench_speed, format_results, results_to_json
-    from ..train.dist import resolve_device
+    from ..dist import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -160,7 +160,7 @@ def _run_aux_loss(args) -> int:
     import torch
 
     from ..train.aux_loss_bench import aux_rows_to_json, bench_aux_loss, format_aux_rows
-    from ..train.dist import resolve_device
+    from ..dist import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -209,7 +209,7 @@ def _run_gpu(args) -> int:
     import torch
 
     from ..gpucheck import GpuCheck
-    from ..train.dist import resolve_device
+    from ..dist import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -288,10 +288,10 @@ def test_tokens_per_second_leaves_out_checkpoint_time(inputs, tmp_path, monkeypa
     must report 2 steps of tokens over 2 s, whatever checkpoints fell inside it."""
     import types
 
-    from ctfgen.train import checkpoint, trainer
+    from ctfgen.train import checkpoint, logs
 
     now = [0.0]
-    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(logs, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     clip, save = torch.nn.utils.clip_grad_norm_, checkpoint.save_checkpoint
 
     def clip_and_tick(*args, **kw):

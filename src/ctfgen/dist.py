@@ -47,6 +47,13 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
+def device_name(device: torch.device) -> str:
+    """What the device is, for reports: the GPU's name, or the CPU and torch's thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group when launched by torchrun; otherwise a single-process DistInfo."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:

@@ -51,12 +51,20 @@ def _add_train(group) -> None:
     p.add_argument("--grid", type=positive_int, default=8, help="tokens per side: sequences of grid*grid (default: 8)")
     p.add_argument("--num-classes", type=positive_int, default=1000, help="class labels (default: 1000)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="samples per step (default: 32)")
-    p.add_argument("--steps", type=positive_int, default=20, help="timed steps per model (default: 20)")
-    p.add_argument("--warmup", type=nonneg_int, default=3, help="untimed steps per model first (default: 3)")
+    _add_rounds(p, steps=(20, "timed steps per model"), warmup=(3, "untimed steps per model first"))
+    _add_device_and_json(p)
+    p.set_defaults(func=_run_train)
+
+
+def _add_rounds(p, *, steps: tuple[int, str], warmup: tuple[int, str]) -> None:
+    p.add_argument("--steps", type=positive_int, default=steps[0], help=f"{steps[1]} (default: {steps[0]})")
+    p.add_argument("--warmup", type=nonneg_int, default=warmup[0], help=f"{warmup[1]} (default: {warmup[0]})")
+
+
+def _add_device_and_json(p) -> None:
     p.add_argument("--device", default="auto", type=device, help="cpu, cuda, cuda:N or auto (bf16 autocast on CUDA)")
     p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.set_defaults(func=_run_train)
 
 
 def _run_train(args) -> int:
@@ -157,14 +165,11 @@ def _add_aux_loss(group) -> None:
     p.add_argument("--k", type=int_range(2, 65536), default=512, help="clusters K, balanced random (default: 512)")
     p.add_argument("--grid", type=positive_int, default=16, help="tokens per side (default: 16)")
     p.add_argument("--batch-size", type=positive_int, default=2, help="samples per step (default: 2)")
-    p.add_argument("--steps", type=positive_int, default=3, help="timed rounds (default: 3)")
-    p.add_argument("--warmup", type=nonneg_int, default=1, help="untimed rounds first (default: 1)")
+    _add_rounds(p, steps=(3, "timed rounds"), warmup=(1, "untimed rounds first"))
     p.add_argument("--clusters", default="balanced", choices=["balanced", "skewed"],
                    help="cluster sizes: equal, or uneven like k-means (largest ~3x the mean) (default: balanced)")
     p.add_argument("--head-only", action="store_true", help="time the loss alone, not whole training steps")
-    p.add_argument("--device", default="auto", type=device, help="cpu, cuda, cuda:N or auto (bf16 autocast on CUDA)")
-    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    _add_device_and_json(p)
     p.set_defaults(func=_run_aux_loss)
 
 

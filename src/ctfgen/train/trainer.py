@@ -10,6 +10,10 @@ the out folder on a shared filesystem.
 A diverged run stops: a non-finite loss or gradient norm (checked at every log record and before
 every checkpoint, without a per-step GPU synchronisation) raises TrainingDiverged naming the step,
 and no checkpoint of the diverged weights is written, so the last good one stays the one that resumes.
+
+`train()` runs one `Trainer`, whose methods are the steps of a run (build, `train_step`, `fit`,
+`log_metrics`, `save`); checkpoint_manager.py decides on resuming and writes checkpoints,
+logs.py keeps the metric window and records, parallel.py wraps the model for DDP / FSDP.
 """
 from __future__ import annotations
 

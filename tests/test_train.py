@@ -288,10 +288,10 @@ def test_tokens_per_second_leaves_out_checkpoint_time(inputs, tmp_path, monkeypa
     must report 2 steps of tokens over 2 s, whatever checkpoints fell inside it."""
     import types
 
-    from ctfgen.train import checkpoint, trainer
+    from ctfgen.train import checkpoint, logs
 
     now = [0.0]
-    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(logs, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     clip, save = torch.nn.utils.clip_grad_norm_, checkpoint.save_checkpoint
 
     def clip_and_tick(*args, **kw):
@@ -308,3 +308,30 @@ def test_tokens_per_second_leaves_out_checkpoint_time(inputs, tmp_path, monkeypa
     result = run_train(inputs, tmp_path / "run", c, log_every=2, ckpt_every=1)
     rates = [r["tokens_per_s"] for r in result.records]
     assert rates == pytest.approx([c.batch_size * GRID * GRID] * (c.steps // 2))
+
+
+def test_trainer_methods_are_the_run(inputs, tmp_path):
+    """The Trainer's steps, driven by hand (train_step, log_metrics, save), give train()'s weights,
+    optimizer, EMA and records: the loop holds no work of its own besides calling them."""
+    from ctfgen.dist import init_distributed, joined_group
+    from ctfgen.train.trainer import Trainer
+
+    assert (joined_group().rank, joined_group().world_size) == (0, 1)  # outside torchrun: one process
+    c = cfg(steps=4)
+    ref = run_train(inputs, tmp_path / "ref", c, log_every=2, ckpt_every=4)
+    t = Trainer(c, quiet(log_every=2, ckpt_every=4), init_distributed("cpu"), tmp_path / "hand",
+                codes_dir=inputs["codes"], coarse_map_dir=inputs["coarse"])
+    assert (t.start, t.total) == (0, 4)
+    records = []
+    for step in range(t.total):
+        t.train_step(step)
+        if (step + 1) % 2 == 0:
+            records.append(t.log_metrics(step + 1))
+    t.save(t.total)
+    assert_same(tensors(ref.out_dir), tensors(tmp_path / "hand"))
+    timing = ("tokens_per_s", "max_rss_gb")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in records] == \
+           [{k: v for k, v in r.items() if k not in timing} for r in ref.records]
+    again = Trainer(c, quiet(), init_distributed("cpu"), tmp_path / "hand", codes_dir=inputs["codes"],
+                    coarse_map_dir=inputs["coarse"])
+    assert again.start == 4 and again.checkpoints.last_saved == 4  # the folder it saved resumes

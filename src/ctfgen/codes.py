@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from .artifacts import (artifact_dir, atomic_write_json, check_made_from, disk_full_error, fingerprint_tensors,
                         is_disk_full, read_manifest, recover_interrupted_write, write_manifest)
+from .dist import joined_group
 from .errors import ArtifactError, CtfgenError
 from .filecheck import verify_file
 
@@ -87,12 +88,6 @@ class CodeStore:
         return len(self.labels)
 
 
-def _dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "none", crop_range: float = 1.1,
                    batch_size: int = 256, limit: int = 0, device: str | torch.device = "cpu", overwrite: bool = False,
                    progress: bool = True, chunk: int = CHUNK, on_chunk=None) -> CodeStore | None:
@@ -114,7 +109,8 @@ def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "non
     if dataset.resolution != tokenizer.config.resolution:
         raise CtfgenError(f"the data resolution {dataset.resolution} differs from the tokenizer's {tokenizer.config.resolution}")
     out_dir = Path(out_dir)
-    rank, world = _dist_info()
+    group = joined_group()
+    rank, world = group.rank, group.world_size
     if rank == 0:
         note = recover_interrupted_write(out_dir)
         if note:

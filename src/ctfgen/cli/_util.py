@@ -197,7 +197,7 @@ def setup_device(args) -> "torch.device":  # noqa: F821
 
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
-    from ..train.dist import resolve_device
+    from ..dist import resolve_device
 
     return resolve_device(args.device)
 

@@ -1,6 +1,9 @@
 """`ctfgen bench ...`: measurements of the implementation itself (training throughput, ...).
 
-A group: each measurement is one sub-command, registered by its own `_add_*` function below.
+A group: each measurement is one sub-command, registered by its own `_add_*` function below. The
+benchmarks live beside what they measure (train/bench.py, train/aux_loss_bench.py, sample/bench.py,
+quality/, scaling/, gpucheck/); this module parses the arguments, runs them and prints their tables
+(_bench_tables.py).
 """
 from __future__ import annotations
 
@@ -48,34 +51,53 @@ def _add_train(group) -> None:
     p.add_argument("--grid", type=positive_int, default=8, help="tokens per side: sequences of grid*grid (default: 8)")
     p.add_argument("--num-classes", type=positive_int, default=1000, help="class labels (default: 1000)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="samples per step (default: 32)")
-    p.add_argument("--steps", type=positive_int, default=20, help="timed steps per model (default: 20)")
-    p.add_argument("--warmup", type=nonneg_int, default=3, help="untimed steps per model first (default: 3)")
-    p.add_argument("--device", default="auto", type=device, help="cpu, cuda, cuda:N or auto (bf16 autocast on CUDA)")
-    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    _add_rounds(p, steps=(20, "timed steps per model"), warmup=(3, "untimed steps per model first"))
+    _add_device_and_json(p)
     p.set_defaults(func=_run_train)
 
 
+def _add_rounds(p, *, steps: tuple[int, str], warmup: tuple[int, str]) -> None:
+    p.add_argument("--steps", type=positive_int, default=steps[0], help=f"{steps[1]} (default: {steps[0]})")
+    p.add_argument("--warmup", type=nonneg_int, default=warmup[0], help=f"{warmup[1]} (default: {warmup[0]})")
+
+
+def _add_device_and_json(p) -> None:
+    p.add_argument("--device", default="auto", type=device, help="cpu, cuda, cuda:N or auto (bf16 autocast on CUDA)")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+
 def _run_train(args) -> int:
-    from ..train.bench import bench_train, format_rows, rows_to_json
-    from ..train.dist import resolve_device
+    from ..dist import device_name
+    from ..train.bench import bench_train, rows_to_json
+    from ._bench_tables import train_table
+
+    device = _bench_device(args)
+    rows = bench_train(preset=args.preset, vocab=args.vocab, k=args.k, grid=args.grid, batch_size=args.batch_size,
+                       steps=args.steps, warmup=args.warmup, num_classes=args.num_classes, device=device)
+    name = device_name(device)
+    print(train_table(rows, device=name, preset=args.preset, batch_size=args.batch_size, grid=args.grid))
+    _write_rows(args, name, ("preset", "vocab", "k", "grid", "num_classes", "batch_size", "steps"), rows_to_json(rows))
+    return 0
+
+
+def _bench_device(args):
+    """The device of a measurement, with torch's CPU threads set first (--threads)."""
     import torch
+
+    from ..dist import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    rows = bench_train(preset=args.preset, vocab=args.vocab, k=args.k, grid=args.grid, batch_size=args.batch_size,
-                       steps=args.steps, warmup=args.warmup, num_classes=args.num_classes, device=device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(format_rows(rows, device=name, preset=args.preset, batch_size=args.batch_size, grid=args.grid))
+    return resolve_device(args.device)
+
+
+def _write_rows(args, device: str, keys: tuple[str, ...], rows: list[dict]) -> None:
+    """--json: the device, the arguments named by `keys` and the rows."""
     if args.json:
         from ..artifacts import atomic_write_json
 
-        atomic_write_json(args.json, {"device": name, "args": {k: v for k, v in vars(args).items()
-                                                               if k in ("preset", "vocab", "k", "grid", "batch_size",
-                                                                        "steps", "num_classes")},
-                                      "rows": rows_to_json(rows)})
-    return 0
+        atomic_write_json(args.json, {"device": device, "args": {k: getattr(args, k) for k in keys}, "rows": rows})
 
 
 # ---------------------------------------------------------------- bench speed (the bench: sample/bench.py)
@@ -116,17 +138,15 @@ def _run_speed(args) -> int:
     import torch
 
     from ..artifacts import atomic_write_json
-    from ..sample.bench import bench_speed, format_results, results_to_json
-    from ..train.dist import resolve_device
+    from ..sample.bench import bench_speed, results_to_json
+    from ._bench_tables import speed_table
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = _bench_device(args)
     results, info = bench_speed(args.preset, batch_size=args.batch_size, runs=args.runs, warmup=args.warmup,
-                                guidance_scale=args.guidance_scale, aux_preset=args.aux_preset,
-                                device=resolve_device(args.device),
+                                guidance_scale=args.guidance_scale, aux_preset=args.aux_preset, device=device,
                                 dtype=torch.bfloat16 if args.dtype == "bf16" else None, compile=args.compile,
                                 profile=args.profile)
-    print(format_results(results, info))
+    print(speed_table(results, info))
     if args.json:
         atomic_write_json(args.json, results_to_json(results, info))
     return 0
@@ -145,38 +165,28 @@ def _add_aux_loss(group) -> None:
     p.add_argument("--k", type=int_range(2, 65536), default=512, help="clusters K, balanced random (default: 512)")
     p.add_argument("--grid", type=positive_int, default=16, help="tokens per side (default: 16)")
     p.add_argument("--batch-size", type=positive_int, default=2, help="samples per step (default: 2)")
-    p.add_argument("--steps", type=positive_int, default=3, help="timed rounds (default: 3)")
-    p.add_argument("--warmup", type=nonneg_int, default=1, help="untimed rounds first (default: 1)")
+    _add_rounds(p, steps=(3, "timed rounds"), warmup=(1, "untimed rounds first"))
     p.add_argument("--clusters", default="balanced", choices=["balanced", "skewed"],
                    help="cluster sizes: equal, or uneven like k-means (largest ~3x the mean) (default: balanced)")
     p.add_argument("--head-only", action="store_true", help="time the loss alone, not whole training steps")
-    p.add_argument("--device", default="auto", type=device, help="cpu, cuda, cuda:N or auto (bf16 autocast on CUDA)")
-    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    _add_device_and_json(p)
     p.set_defaults(func=_run_aux_loss)
 
 
 def _run_aux_loss(args) -> int:
-    import torch
+    from ..dist import device_name
+    from ..train.aux_loss_bench import aux_rows_to_json, bench_aux_loss
+    from ._bench_tables import aux_loss_table
 
-    from ..train.aux_loss_bench import aux_rows_to_json, bench_aux_loss, format_aux_rows
-    from ..train.dist import resolve_device
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = _bench_device(args)
     rows = bench_aux_loss(preset=args.preset, vocab=args.vocab, k=args.k, grid=args.grid,
                           batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
                           whole_step=not args.head_only, device=device, clusters=args.clusters)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(format_aux_rows(rows, device=name, preset=args.preset, vocab=args.vocab, k=args.k,
-                          batch_size=args.batch_size, grid=args.grid, clusters=args.clusters))
-    if args.json:
-        from ..artifacts import atomic_write_json
-
-        keys = ("preset", "vocab", "k", "grid", "batch_size", "steps", "warmup", "clusters", "head_only")
-        atomic_write_json(args.json, {"device": name, "args": {k: getattr(args, k) for k in keys},
-                                      "rows": aux_rows_to_json(rows)})
+    name = device_name(device)
+    print(aux_loss_table(rows, device=name, preset=args.preset, vocab=args.vocab, k=args.k,
+                         batch_size=args.batch_size, grid=args.grid, clusters=args.clusters))
+    _write_rows(args, name, ("preset", "vocab", "k", "grid", "batch_size", "steps", "warmup", "clusters", "head_only"),
+                aux_rows_to_json(rows))
     return 0
 
 
@@ -206,14 +216,9 @@ def _add_gpu(group) -> None:
 
 
 def _run_gpu(args) -> int:
-    import torch
-
     from ..gpucheck import GpuCheck
-    from ..train.dist import resolve_device
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = _bench_device(args)
     check = GpuCheck(args.out, device=device, quick=args.quick, budget_s=args.budget, peak_tflops=args.peak_tflops,
                      skip=tuple(s.strip() for s in args.skip.split(",") if s.strip()))
     result = check.run()

@@ -139,9 +139,9 @@ def _run_make(args) -> int:
 def _run_sample(args) -> int:
     import torch
 
+    from ..dist import init_distributed, shutdown
     from ..sample import BaselinePipeline, CTFPipeline, load_pipeline
     from ..sample.outputs import save_folder, save_grid, save_npz
-    from ..train.dist import init_distributed, shutdown
 
     if not (args.grid or args.png_dir or args.npz or args.coarse_grid):
         raise CtfgenError("nothing to write: give --grid PNG, --png-dir DIR, --npz PATH and/or --coarse-grid PNG")

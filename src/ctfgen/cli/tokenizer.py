@@ -161,8 +161,8 @@ def _report(args) -> int:
 def _encode(args) -> int:
     from ..codes import encode_dataset
     from ..data import dataset_class_table, describe_classes, load_dataset
+    from ..dist import init_distributed  # torchrun support shared with training and sampling
     from ..tokenizer import load_tokenizer
-    from ..train.dist import init_distributed  # torchrun support shared with the trainer
 
     setup_device(args)  # thread count
     info = init_distributed(args.device)

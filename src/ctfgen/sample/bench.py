@@ -1,4 +1,5 @@
-"""`ctfgen bench speed`: images/s of CTF (stage 1 + stage 2) and the baseline at the same stage-1 size.
+"""The sampling-speed benchmark: images/s of CTF (stage 1 + stage 2) and the baseline at the same
+stage-1 size. The command `ctfgen bench speed` (cli/bench.py) runs it and prints its tables.
 
 Random weights (speed does not depend on them), batch 64 with guidance (128 sequences through the
 cache), both samplers in one process, runs interleaved after a warm-up, median per sampler. Times
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..dist import device_name
 from ..errors import CtfgenError
 from ..models import build_model
 from . import pipeline as _pipeline_module
@@ -161,16 +163,10 @@ def bench_speed(preset: str = "fmnist", *, batch_size: int = 64, runs: int = 3, 
             results[name].profile_s, results[name].profile_wall_s = profile_batch(
                 pipe, labels_B, seeds, settings[name])
     info = {"preset": preset, **cfg, "batch_size": batch_size, "runs": runs, "warmup": warmup,
-            "guidance_scale": guidance_scale, "device": _device_name(device),
+            "guidance_scale": guidance_scale, "device": device_name(device),
             "dtype": str(dtype or torch.float32).replace("torch.", ""), "compile": compile,
             "sampling": {n: vars(s) for n, s in settings.items()}}
     return [results["baseline"], results["ctf"]], info
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 # ---------------------------------------------------------------- --profile: where a batch's time goes
@@ -305,10 +301,10 @@ def profile_batch(pipe, labels_B: torch.Tensor, seeds: list[int], settings) -> t
     return seconds, wall
 
 
-_V_SIZED = ("head", "sampling")  # the rows whose work scales with the output vocabulary (V vs K)
+V_SIZED = ("head", "sampling")  # the rows whose work scales with the output vocabulary (V vs K)
 
 
-def _free_stage2_bound(results: list[SpeedResult]) -> dict[str, float]:
+def free_stage2_bound(results: list[SpeedResult]) -> dict[str, float]:
     """CTF / baseline images/s if stage 2 cost nothing: baseline s/batch over stage-1 s/batch, from
     the timed medians and from the two profiled batches (each profiled once, at different moments:
     noisy on a shared machine). "baseline_shares" needs the baseline's profile only: if stage 1 were
@@ -322,59 +318,12 @@ def _free_stage2_bound(results: list[SpeedResult]) -> dict[str, float]:
         stage1 = sum(ctf.profile_s.values()) - ctf.profile_s["stage2"]
         out["profiled"] = sum(base.profile_s.values()) / stage1
     if base.profile_s:
-        out["baseline_shares"] = 1 / (1 - _v_sized_share(base))
+        out["baseline_shares"] = 1 / (1 - v_sized_share(base))
     return out
 
 
-def _v_sized_share(r: SpeedResult) -> float:
-    return sum(r.profile_s[k] for k in _V_SIZED) / sum(r.profile_s.values())
-
-
-def format_profile(results: list[SpeedResult]) -> str:
-    """The profile table (seconds and % of the profiled batch per category) and what it implies."""
-    base, ctf = results
-    totals = [sum(r.profile_s.values()) for r in results]
-    lines = ["profile of one more batch each (torch.profiler, CPU; self time of each op and Python range):",
-             f"{'':<36}" + "".join(f"{r.name:>18}" for r in results)]
-    for key, label in CATEGORIES.items():
-        cells = [f"{r.profile_s[key]:9.3f} s {100 * r.profile_s[key] / t:5.1f}%" for r, t in zip(results, totals)]
-        lines.append(f"{label:<36}" + "".join(f"{c:>18}" for c in cells))
-    lines.append(f"{'total':<36}" + "".join(f"{t:9.3f} s {100.0:5.1f}%" for t in totals))
-    # the profiler slows each op a little; compare the profiled batch with the timed ones
-    lines.append("profiled batch wall: " + ", ".join(f"{r.name} {r.profile_wall_s:.2f} s" for r in results)
-                 + " (timed medians " + ", ".join(f"{statistics.median(r.seconds):.2f}" for r in results) + " s)")
-    stage1 = totals[1] - ctf.profile_s["stage2"]
-    diff = {k: ctf.profile_s[k] - base.profile_s[k] for k in _V_SIZED}
-    lines.append(f"stage 1 - baseline: {stage1 - totals[0]:+.2f} s/batch (head {diff['head']:+.2f}, sampling ops "
-                 f"{diff['sampling']:+.2f}); stage 2 adds {ctf.profile_s['stage2']:.2f} s")
-    bound = _free_stage2_bound(results)
-    lines.append("CTF / baseline with a free stage 2 = baseline_s / stage1_s: "
-                 f"{bound['timed']:.2f}x (timed medians), {bound['profiled']:.2f}x (profiled batches)")
-    lines.append(f"the baseline's head + sampling ops are {100 * _v_sized_share(base):.1f}% of its profiled batch: "
-                 f"a stage 1 without any would be at most {bound['baseline_shares']:.2f}x")
-    return "\n".join(lines)
-
-
-def format_results(results: list[SpeedResult], info: dict) -> str:
-    B = info["batch_size"]
-    mem = "peak RSS" if info["device"].startswith("cpu") else "peak CUDA alloc"
-    lines = [f"bench speed: preset {info['preset']} (stage 1 / baseline {info['model']}, stage 2 {info['aux']}, "
-             f"V={info['vocab']}, K={info['k']}, {info['grid']}x{info['grid']} tokens), batch {B}, "
-             f"CFG {info['guidance_scale']}, {info['device']}, {info['dtype']}"
-             f"{', compiled (' + str(info['compile']) + ')' if info['compile'] else ''}; median of {info['runs']} after {info['warmup']} warm-up",
-             f"{'sampler':<10}{'params':>14}{'images/s':>10}{'s/batch':>10}{mem:>18}  runs (s)"]
-    for r in results:
-        params = "+".join(f"{v / 1e6:.1f}M" for v in r.params.values())
-        lines.append(f"{r.name:<10}{params:>14}{r.images_per_s(B):>10.2f}{statistics.median(r.seconds):>10.2f}"
-                     f"{r.peak_mem_mb:>15.0f} MB  " + " ".join(f"{s:.2f}" for s in r.seconds))
-    base, ctf = results
-    if ctf.stage_s:
-        lines.append("ctf stages (median s/batch): " + ", ".join(
-            f"{k.replace('_s', '')} {statistics.median(v):.2f}" for k, v in ctf.stage_s.items()))
-    lines.append(f"ratio CTF / baseline images/s: {ctf.images_per_s(B) / base.images_per_s(B):.2f}x")
-    if base.profile_s and ctf.profile_s:
-        lines.append(format_profile(results))
-    return "\n".join(lines)
+def v_sized_share(r: SpeedResult) -> float:
+    return sum(r.profile_s[k] for k in V_SIZED) / sum(r.profile_s.values())
 
 
 def results_to_json(results: list[SpeedResult], info: dict) -> dict:
@@ -384,7 +333,7 @@ def results_to_json(results: list[SpeedResult], info: dict) -> dict:
                         "seconds": r.seconds, "peak_mem_mb": r.peak_mem_mb, "stage_s": r.stage_s}
                        for r in results]}
     if all(r.profile_s for r in results):
-        out["profile"] = {"categories": CATEGORIES, "free_stage2_bound": _free_stage2_bound(results),
+        out["profile"] = {"categories": CATEGORIES, "free_stage2_bound": free_stage2_bound(results),
                           **{r.name: {"seconds": r.profile_s, "total_s": sum(r.profile_s.values()),
                                       "wall_s": r.profile_wall_s} for r in results}}
     return out

@@ -20,6 +20,7 @@ import torch
 
 from ..artifacts import artifact_dir, check_made_from, fingerprint_tensors, read_manifest, write_manifest
 from ..config import from_dict, to_dict
+from ..dist import all_gather_objects, joined_group
 from ..errors import ArtifactError, CtfgenError
 from ..filecheck import verify_file
 from .sampler import SamplingConfig, generate_tokens, sample_fine, sample_seed, sample_uniforms
@@ -262,7 +263,8 @@ class _Pipeline:
             raise CtfgenError(f"batch_size must be >= 1, got {batch_size}")
         labels_N = self.check_labels(labels)
         N = len(labels_N)
-        rank, world = _dist()
+        group = joined_group()
+        rank, world = group.rank, group.world_size
         mine = list(range(rank, N, world))
         seeds = [sample_seed(seed, i) for i in range(N)]
         codes, images = [], []
@@ -285,7 +287,7 @@ class _Pipeline:
         codes_np = torch.cat(codes).numpy() if codes else np.zeros((0, L), np.int64)
         images_np = np.concatenate(images) if images else None
         if world > 1:
-            codes_np, images_np = _gather(mine, codes_np, images_np, N)
+            codes_np, images_np = _in_index_order(all_gather_objects((mine, codes_np, images_np), group), N)
         if images_np is None:
             images_np = np.zeros((0, 1, 1, 1), np.uint8)
         return Samples(images=images_np, codes=codes_np, labels=labels_N.numpy(), seeds=seeds, settings=s)
@@ -387,19 +389,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _dist() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _gather(mine: list[int], codes: np.ndarray, images: np.ndarray | None, n: int):
-    import torch.distributed as dist
-
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, (mine, codes, images))
+def _in_index_order(parts: list[Any], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every rank's (indices, codes, images) put back together as samples 0..n-1."""
+    codes = parts[0][1]
     shape = next((p[2].shape[1:] for p in parts if p[2] is not None and len(p[2])), (1, 1, 1))
     codes_all = np.zeros((n, codes.shape[1]), codes.dtype)
     images_all = np.zeros((n, *shape), np.uint8)

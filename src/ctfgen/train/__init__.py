@@ -2,6 +2,6 @@
 from .checkpoint import load_model
 from .config import RunOptions, TrainConfig, default_lr
 from .data import BatchOrder, TokenDataset
-from .trainer import TrainResult, train
+from .trainer import Trainer, TrainResult, train
 
-__all__ = ["TrainConfig", "RunOptions", "TrainResult", "train", "load_model", "TokenDataset", "BatchOrder", "default_lr"]
+__all__ = ["TrainConfig", "RunOptions", "TrainResult", "Trainer", "train", "load_model", "TokenDataset", "BatchOrder", "default_lr"]

@@ -1,5 +1,5 @@
-"""`ctfgen bench aux-loss`: the three formulations of stage 2's loss (models/member_loss.py) timed
-against each other on one model, for the head alone and for a whole training step.
+"""The three formulations of stage 2's loss (models/member_loss.py) timed against each other on one
+model, for the head alone and for a whole training step (`ctfgen bench aux-loss`, cli/bench.py).
 
 Head alone: random final hidden states (N = batch * tokens, D) with gradients, the loss forward and
 backward. Whole step: compute_loss, backward and an AdamW step of the model. Formulations alternate
@@ -113,18 +113,6 @@ def bench_aux_loss(*, preset: str = "aux-L", vocab: int = 16384, k: int = 512, g
     return [AuxLossRow(i, 1e3 * statistics.median(head[i]),
                        1e3 * statistics.median(step[i]) if step[i] else float("nan"), peak[i], first_loss[i], M)
             for i in impls]
-
-
-def format_aux_rows(rows: list[AuxLossRow], *, device: str, preset: str, vocab: int, k: int, batch_size: int,
-                    grid: int, clusters: str = "balanced") -> str:
-    lines = [f"stage-2 loss formulations: {preset}, V {vocab}, K {k} ({clusters} clusters, largest "
-             f"{rows[0].max_cluster}, mean {vocab / k:g}), batch {batch_size} x {grid * grid} tokens, {device}",
-             f"{'impl':<8}{'head ms':>10}{'step ms':>10}{'peak MB':>10}{'loss':>10}"]
-    for r in rows:
-        lines.append(f"{r.impl:<8}{r.head_ms:>10.1f}{r.step_ms:>10.1f}{r.peak_mb:>10.0f}{r.loss:>10.4f}")
-    best = min(rows, key=lambda r: r.step_ms if r.step_ms == r.step_ms else r.head_ms)
-    lines.append(f"fastest: {best.impl}")
-    return "\n".join(lines)
 
 
 def aux_rows_to_json(rows: list[AuxLossRow]) -> list[dict]:

@@ -129,26 +129,5 @@ def bench_train(*, preset: str = "tiny", vocab: int = 4096, k: int = 128, grid: 
     return rows
 
 
-def format_rows(rows: list[BenchRow], *, device: str, preset: str, batch_size: int, grid: int) -> str:
-    head = (f"training throughput, preset {preset}, batch {batch_size}, {grid}x{grid} tokens, {device}\n"
-            f"{'model':<10}{'vocab in/out':>14}{'params':>12}{'tokens/s':>12}{'step ms':>10}"
-            f"{'static MB':>11}{'step peak MB':>14}")
-    lines = [head]
-    for r in rows:
-        lines.append(f"{r.kind:<10}{f'{r.vocab_in}/{r.vocab_out}':>14}{r.params:>12,}{r.tokens_per_s:>12,.0f}"
-                     f"{r.step_ms:>10.1f}{r.static_mb:>11.1f}{r.step_peak_mb:>14.1f}")
-    ar, aux, base = rows
-    lines.append(f"ratio ar/baseline: tokens/s {_ratio(ar.tokens_per_s, base.tokens_per_s)}, "
-                 f"static memory {_ratio(ar.static_mb, base.static_mb)}, "
-                 f"step peak memory {_ratio(ar.step_peak_mb, base.step_peak_mb)}")
-    lines.append(f"CTF (ar + aux) / baseline step time: {_ratio(ar.step_ms + aux.step_ms, base.step_ms)}")
-    return "\n".join(lines)
-
-
-def _ratio(a: float, b: float) -> str:
-    # a CPU step can leave peak RSS unchanged (0 MB growth): no ratio then, rather than a crash
-    return f"x{a / b:.2f}" if b and b == b and a == a else "n/a"
-
-
 def rows_to_json(rows: list[BenchRow]) -> list[dict]:
     return [asdict(r) for r in rows]

@@ -1,12 +1,19 @@
-"""Metric records: a JSONL file in the run folder, a loss-curve PNG, and, when asked for, live logs
-for watching long runs: TensorBoard event files (out/tensorboard) and Weights & Biases in offline
-mode (out/wandb; `wandb sync` uploads them later). Only rank 0 writes any of them."""
+"""Metric records: the window of training steps each record averages (MetricsWindow), a JSONL file
+in the run folder, a loss-curve PNG, and, when asked for, live logs for watching long runs:
+TensorBoard event files (out/tensorboard) and Weights & Biases in offline mode (out/wandb; `wandb
+sync` uploads them later). Only rank 0 writes any of them."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
+
+import torch
+
+from ..dist import DistInfo, all_reduce_mean
 
 METRICS = "metrics.jsonl"
 SKIP = ("step", "epoch")  # the x axis, not a metric
@@ -19,6 +26,53 @@ def peak_rss_gb() -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
+
+
+class MetricsWindow:
+    """The training steps since the last record: per-micro-step metrics summed as device tensors
+    (reading them would synchronise the GPU at every step), the gradient norms, and the wall time
+    they took, for one record of means."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, Any] = {}
+        self.steps = 0
+        self.grad_norm_sum = torch.zeros((), device=self.device)
+        self.t0 = time.perf_counter()
+
+    def add_micro_step(self, loss: torch.Tensor, metrics: Mapping[str, Any], grad_accum: int) -> None:
+        """One micro-batch's loss and model metrics (numbers or scalar tensors; others are skipped)."""
+        values = {k: v for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor))}
+        values["loss"] = loss.detach()
+        for k, v in values.items():
+            v = v.detach().float().reshape(()) if isinstance(v, torch.Tensor) else float(v)
+            self.sums[k] = self.sums.get(k, 0.0) + v / grad_accum
+
+    def add_step(self, grad_norm: torch.Tensor) -> None:
+        self.grad_norm_sum += grad_norm
+        self.steps += 1
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the time spent inside (checkpoints) out of the window's wall time; the window's
+        steps before it still count."""
+        t = time.perf_counter()
+        yield
+        self.t0 += time.perf_counter() - t
+
+    def means(self, dist: DistInfo) -> tuple[dict[str, float], float, float]:
+        """(mean of each metric per step, mean gradient norm), both averaged over the ranks, and the
+        seconds since the window began. Synchronises the device (the only place that does)."""
+        keys = sorted(self.sums)
+        values = torch.stack([torch.as_tensor(self.sums[k], device=self.device).double() for k in keys]
+                             + [self.grad_norm_sum.double()]) / self.steps
+        values = all_reduce_mean(values, dist).tolist()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return dict(zip(keys, values)), values[-1], time.perf_counter() - self.t0
 
 
 class MetricsLog:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .dist import DistInfo
+from ..dist import DistInfo
 
 
 class LossModule(nn.Module):

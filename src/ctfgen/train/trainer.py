@@ -10,13 +10,16 @@ the out folder on a shared filesystem.
 A diverged run stops: a non-finite loss or gradient norm (checked at every log record and before
 every checkpoint, without a per-step GPU synchronisation) raises TrainingDiverged naming the step,
 and no checkpoint of the diverged weights is written, so the last good one stays the one that resumes.
+
+`train()` runs one `Trainer`, whose methods are the steps of a run (build, `train_step`, `fit`,
+`log_metrics`, `save`); checkpoint_manager.py decides on resuming and writes checkpoints,
+logs.py keeps the metric window and records, parallel.py wraps the model for DDP / FSDP.
 """
 from __future__ import annotations
 
 import math
 import random
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,13 +29,13 @@ import torch
 from tqdm import tqdm
 
 from ..config import to_dict
-from ..errors import ArtifactError, CtfgenError, TrainingDiverged
-from . import checkpoint as ckpt
+from ..dist import DistInfo, all_reduce_mean, init_distributed, no_sync, shutdown
+from ..errors import CtfgenError, TrainingDiverged
+from .checkpoint_manager import CheckpointManager
 from .config import RunOptions, TrainConfig, auto_ckpt_every
 from .data import BatchOrder, TokenDataset, check_inputs, open_coarse_map, open_codes
-from .dist import DistInfo, all_gather_objects, all_reduce_mean, barrier, broadcast_object, init_distributed, no_sync, shutdown
-from .logs import MetricsLog, peak_rss_gb
-from .parallel import EMA, full_model_state, full_optimizer_state, load_full_optimizer_state, param_groups, wrap
+from .logs import MetricsLog, MetricsWindow, peak_rss_gb
+from .parallel import EMA, param_groups, wrap
 
 
 @dataclass
@@ -64,29 +67,6 @@ def build_for(cfg: TrainConfig, codes, coarse, build_model: Callable | None = No
     return build_model(cfg.kind, cfg.preset, **kwargs, **overrides)
 
 
-def _check_resume(manifest: dict, config: dict, made_from: dict, out_dir: Path) -> None:
-    saved = manifest.get("config", {})
-    for section in ("train", "model"):
-        diff = ckpt.first_difference(saved.get(section), config[section])
-        if diff is not None:
-            old, new = _lookup(saved.get(section), diff), _lookup(config[section], diff)
-            raise ArtifactError(f"cannot resume {out_dir}: {section} config field '{diff}' is {old!r} in the "
-                                f"checkpoint but {new!r} now; rerun with the original settings or use another --out")
-    diff = ckpt.first_difference(manifest.get("made_from", {}), made_from)
-    if diff is not None:
-        raise ArtifactError(f"cannot resume {out_dir}: it was made from {diff} "
-                            f"{manifest.get('made_from', {}).get(diff)!r}, this command gives {made_from.get(diff)!r}; "
-                            "use the same --codes/--coarse-map or another --out")
-
-
-def _lookup(d: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d
-
-
 def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -106,118 +86,197 @@ def train(
     """Train (or resume) one model; see TrainConfig and RunOptions. `on_step(done)` runs after each
     optimizer step (tests use it to simulate a crash); `build_model` replaces ctfgen.models.build_model."""
     run = run or RunOptions()
-    out = Path(out_dir)
     owns_group = not torch.distributed.is_initialized()
     info = init_distributed(run.device)
     try:
-        return _train(cfg, run, info, out, Path(codes_dir), coarse_map_dir, build_model, on_step)
+        trainer = Trainer(cfg, run, info, Path(out_dir), codes_dir=Path(codes_dir), coarse_map_dir=coarse_map_dir,
+                          build_model=build_model)
+        return trainer.fit(on_step)
     finally:
         if owns_group:
             shutdown(info)
 
 
-def _train(cfg, run, info: DistInfo, out: Path, codes_dir: Path, coarse_map_dir, build_model, on_step) -> TrainResult:
-    if run.fsdp and info.world_size == 1 and not torch.distributed.is_initialized():
-        raise CtfgenError("--fsdp needs a distributed launch (torchrun --nproc_per_node N ...)")
-    codes = open_codes(codes_dir)
-    coarse = open_coarse_map(coarse_map_dir) if coarse_map_dir is not None else None
-    check_inputs(cfg.kind, codes, coarse, codes_dir=str(codes_dir), coarse_dir=str(coarse_map_dir))
-    if cfg.kind == "baseline":
-        coarse = None  # the baseline never looks at coarse labels
+class Trainer:
+    """One run: constructing it builds the model, decides whether `out` resumes and restores it,
+    wraps the model (DDP / FSDP) and makes the optimizer and EMA; `fit()` then runs `train_step` for
+    each remaining step, writing a metrics record every run.log_every steps (`log_metrics`) and a
+    checkpoint every ckpt_every (`save`). Every rank runs the same calls."""
 
-    order = BatchOrder(len(codes.labels), cfg.batch_size, seed=cfg.seed)
-    order.micro_batch(0, world_size=info.world_size, grad_accum=run.grad_accum)  # check the split early
-    total = cfg.total_steps(order.steps_per_epoch)
-    dataset = TokenDataset(codes.codes, codes.labels, code_to_coarse=None if coarse is None else coarse.code_to_coarse,
-                           seed=cfg.seed)
+    def __init__(self, cfg: TrainConfig, run: RunOptions, dist: DistInfo, out: Path, *, codes_dir: Path,
+                 coarse_map_dir: str | Path | None = None, build_model: Callable[..., torch.nn.Module] | None = None):
+        if run.fsdp and dist.world_size == 1 and not torch.distributed.is_initialized():
+            raise CtfgenError("--fsdp needs a distributed launch (torchrun --nproc_per_node N ...)")
+        self.cfg, self.run, self.dist, self.out = cfg, run, dist, out
+        codes, coarse = self.open_inputs(codes_dir, coarse_map_dir)
 
-    _seed_all(cfg.seed)  # identical initial weights on every rank
-    model = build_for(cfg, codes, coarse, build_model)
-    if hasattr(model, "loss_impl"):  # stage 2: how the cluster-masked loss is computed
-        model.loss_impl = run.aux_loss
-    config = {"model": model_config_dict(model), "train": to_dict(cfg), "model_kind": cfg.kind}
-    made_from = {"codes": codes.fingerprint, "tokenizer": codes.tokenizer_fingerprint}
-    if coarse is not None:
-        made_from["coarse_map"] = coarse.fingerprint
+        self.order = BatchOrder(len(codes.labels), cfg.batch_size, seed=cfg.seed)
+        self.order.micro_batch(0, world_size=dist.world_size, grad_accum=run.grad_accum)  # check the split early
+        self.total = cfg.total_steps(self.order.steps_per_epoch)
+        self.dataset = TokenDataset(codes.codes, codes.labels, seed=cfg.seed,
+                                    code_to_coarse=None if coarse is None else coarse.code_to_coarse)
 
-    # Rank 0 decides whether to resume; every rank then reads the checkpoint (shared filesystem).
-    decision: Any = None
-    if info.is_main:
-        try:
-            manifest = ckpt.read_checkpoint_manifest(out)
-            if manifest is not None:
-                _check_resume(manifest, config, made_from, out)
-            decision = ("resume" if manifest is not None else "fresh", None)
-        except CtfgenError as e:
-            decision = ("error", str(e))
-    decision = broadcast_object(decision, info)
-    if decision[0] == "error":
-        raise ArtifactError(decision[1])
-    resume = ckpt.load_training_state(out) if decision[0] == "resume" else None
+        _seed_all(cfg.seed)  # identical initial weights on every rank
+        self.model = build_for(cfg, codes, coarse, build_model)
+        if hasattr(self.model, "loss_impl"):  # stage 2: how the cluster-masked loss is computed
+            self.model.loss_impl = run.aux_loss
+        config = {"model": model_config_dict(self.model), "train": to_dict(cfg), "model_kind": cfg.kind}
+        made_from = {"codes": codes.fingerprint, "tokenizer": codes.tokenizer_fingerprint}
+        if coarse is not None:
+            made_from["coarse_map"] = coarse.fingerprint
+        self.checkpoints = CheckpointManager(out, dist, config=config, made_from=made_from, fsdp=run.fsdp)
+        resume = self.checkpoints.read()
 
-    model.to(info.device)
-    if resume is not None:
-        model.load_state_dict(resume["model"], strict=True)
-    if run.compile:
-        model.compile()
-    wrapped = wrap(model, info, fsdp=run.fsdp)
-    opt_model = wrapped.model if run.fsdp else model  # FSDP replaces parameters; name them after wrapping
-    optimizer = torch.optim.AdamW(param_groups(opt_model, cfg.weight_decay), lr=cfg.peak_lr,
-                                  betas=(cfg.beta1, cfg.beta2))
-    ema = EMA(opt_model, cfg.ema) if cfg.ema else None
+        self.parallelize(resume["model"] if resume is not None else None)
+        self.log = MetricsLog(out, enabled=dist.is_main, tensorboard=run.tensorboard, wandb=run.wandb,
+                              run_config={**config, "made_from": made_from})
+        self.start = self.restore(resume)
 
-    log = MetricsLog(out, enabled=info.is_main, tensorboard=run.tensorboard, wandb=run.wandb,
-                     run_config={**config, "made_from": made_from})
-    start = 0
-    if resume is not None:
+        self.seq_tokens = cfg.batch_size * self.dataset.seq_len
+        self.autocast = run.autocast(dist.device)
+        self.window = MetricsWindow(dist.device)
+        self.step_stats: list[torch.Tensor] = []  # (loss, grad norm) of each step since the last divergence check
+        self.lr = math.nan  # of the last step
+        self.out_vocab = getattr(self.model.config, "out_vocab", 0)
+        self.uniform_loss = math.log(self.out_vocab) if self.out_vocab else math.inf  # the zero-initialised head's loss
+        self.warnings: list[str] = []  # recorded in the manifest
+
+    # ------------------------------------------------------------ building
+
+    def open_inputs(self, codes_dir: Path, coarse_map_dir: str | Path | None) -> tuple[Any, Any]:
+        """The code store and the coarse map (None for the baseline, which never looks at coarse
+        labels), checked against each other and the model kind."""
+        codes = open_codes(codes_dir)
+        coarse = open_coarse_map(coarse_map_dir) if coarse_map_dir is not None else None
+        check_inputs(self.cfg.kind, codes, coarse, codes_dir=str(codes_dir), coarse_dir=str(coarse_map_dir))
+        return codes, (None if self.cfg.kind == "baseline" else coarse)
+
+    def parallelize(self, weights: dict[str, torch.Tensor] | None) -> None:
+        """Move the model to the device (with the checkpoint's `weights`), compile it when asked,
+        wrap it for DDP / FSDP (self.wrapped: called for the loss) and make the optimizer and EMA over
+        self.opt_model (FSDP replaces parameters, so they are named after wrapping)."""
+        cfg, run = self.cfg, self.run
+        self.model.to(self.dist.device)
+        if weights is not None:
+            self.model.load_state_dict(weights, strict=True)
+        if run.compile:
+            self.model.compile()
+        self.wrapped = wrap(self.model, self.dist, fsdp=run.fsdp)
+        self.opt_model = self.wrapped.model if run.fsdp else self.model
+        self.optimizer = torch.optim.AdamW(param_groups(self.opt_model, cfg.weight_decay), lr=cfg.peak_lr,
+                                           betas=(cfg.beta1, cfg.beta2))
+        self.ema = EMA(self.opt_model, cfg.ema) if cfg.ema else None
+        self.params = [p for p in self.wrapped.parameters() if p.requires_grad]
+
+    def restore(self, resume: dict | None) -> int:
+        """The step to start from, with the optimizer, EMA, RNG and metric records of `resume`
+        restored (or a fresh start's seeds)."""
+        if resume is None:
+            self.log.reset()
+            _seed_all(self.cfg.seed + self.dist.rank)  # different dropout on each rank
+            return 0
         start = int(resume["state"]["step"])
-        load_full_optimizer_state(opt_model, optimizer, resume["optimizer"], fsdp=run.fsdp)
-        if ema is not None:
-            if resume["ema"] is None:
-                raise ArtifactError(f"cannot resume {out}: the run keeps an EMA but ema.safetensors is missing")
-            ema.load(resume["ema"])
-        saved_world = len(resume["rng"])
-        if saved_world == info.world_size:
-            ckpt.restore_rng(*resume["rng"][info.rank], device=info.device)
+        if not self.checkpoints.restore(resume, self.opt_model, self.optimizer, self.ema):
+            _seed_all(self.cfg.seed + 1000003 * start + self.dist.rank)
+        self.log.resume(start)
+        return start
+
+    # ------------------------------------------------------------ the loop
+
+    def fit(self, on_step: Callable[[int], None] | None = None) -> TrainResult:
+        """Train from self.start to the schedule's end (or run.stop_after); `on_step(done)` after each step."""
+        run, total = self.run, self.total
+        if self.start >= total:
+            if self.dist.is_main:
+                print(f"{self.out}: already trained ({self.start}/{total} steps); nothing to do")
+            return TrainResult(self.out, self.start, total, True, self.start, self.log.records)
+        stop = min(total, run.stop_after) if run.stop_after else total
+        ckpt_every = auto_ckpt_every(total) if run.ckpt_every is None else run.ckpt_every
+        bar = tqdm(total=stop, initial=self.start, disable=not (run.progress and self.dist.is_main),
+                   desc=f"train {self.cfg.kind}", unit="step", dynamic_ncols=True)
+        self.window.reset()
+        done = self.start
+        for step in range(self.start, stop):
+            self.train_step(step)
+            done = step + 1
+            bar.update(1)
+            if done % run.log_every == 0 or done == stop:
+                rec = self.log_metrics(done)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.3g}")
+            if done == stop or (ckpt_every and done % ckpt_every == 0):
+                with self.window.paused():  # checkpoint time stays out of tokens/s
+                    self.save(done)
+            if on_step is not None:
+                on_step(done)
+        bar.close()
+        self.log.close()
+        return TrainResult(self.out, done, total, done >= total, self.start, self.log.records)
+
+    def train_step(self, step: int) -> None:
+        """Optimizer step `step` (from 0): this rank's share of the global batch in run.grad_accum
+        micro-batches (gradients all-reduced once, on the last), clipping, AdamW, EMA. The loss and
+        metrics stay on the device, in self.window and self.step_stats."""
+        run, dev = self.run, self.dist.device
+        epoch, _ = self.order.position(step)
+        self.dataset.set_epoch(epoch)
+        self.lr = self.cfg.lr_at(step, self.total)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        self.wrapped.train()
+        step_loss = torch.zeros((), device=dev)
+        for micro in range(run.grad_accum):
+            idx = self.order.micro_batch(step, rank=self.dist.rank, world_size=self.dist.world_size, micro=micro,
+                                         grad_accum=run.grad_accum)
+            batch = {k: v.to(dev, non_blocking=True) for k, v in self.dataset.batch(idx).items()}
+            with no_sync(self.wrapped, micro < run.grad_accum - 1), self.autocast:
+                loss, metrics = self.wrapped(batch)
+            (loss / run.grad_accum).backward()
+            step_loss += loss.detach().float() / run.grad_accum
+            self.window.add_micro_step(loss, metrics, run.grad_accum)
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        self.window.add_step(norm)
+        self.step_stats.append(torch.stack([step_loss, norm.detach().float()]))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.opt_model)
+
+    # ------------------------------------------------------------ records, checks, checkpoints
+
+    def log_metrics(self, done: int) -> dict[str, Any]:
+        """Check for divergence, write the record of the steps since the last one (means over steps and
+        ranks) and start a new window. Metrics measured at log time (a validation loss) go here."""
+        self.stop_if_diverged(done)
+        means, grad_norm, elapsed = self.window.means(self.dist)
+        rec = {"step": done, "epoch": round(done / self.order.steps_per_epoch, 4), **means,
+               "lr": self.lr, "grad_norm": grad_norm, "tokens_per_s": self.window.steps * self.seq_tokens / elapsed}
+        if self.dist.device.type == "cuda":
+            rec["max_mem_gb"] = torch.cuda.max_memory_allocated(self.dist.device) / 2**30
         else:
-            if info.is_main:
-                print(f"note: checkpoint written by {saved_world} rank(s), resuming on {info.world_size}: "
-                      "the data order is kept, random draws (dropout) restart from new seeds")
-            _seed_all(cfg.seed + 1000003 * start + info.rank)
-        log.resume(start)
-    else:
-        log.reset()
-        _seed_all(cfg.seed + info.rank)  # different dropout on each rank
+            rec["max_rss_gb"] = peak_rss_gb()
+        self.log.write(rec)
+        if rec["loss"] > self.uniform_loss + 1.0 and not self.warnings and self.dist.is_main:
+            self.warnings.append(f"step {done}: loss {rec['loss']:.4g} is above a uniform guess "
+                                 f"(ln {self.out_vocab} = {self.uniform_loss:.3f}): the run is probably diverging; "
+                                 "a lower --lr may help")
+            tqdm.write(f"warning: {self.warnings[-1]}", file=sys.stderr)
+        self.window.reset()
+        return rec
 
-    if start >= total:
-        if info.is_main:
-            print(f"{out}: already trained ({start}/{total} steps); nothing to do")
-        return TrainResult(out, start, total, True, start, log.records)
-
-    stop = min(total, run.stop_after) if run.stop_after else total
-    ckpt_every = auto_ckpt_every(total) if run.ckpt_every is None else run.ckpt_every
-    seq_tokens = cfg.batch_size * dataset.seq_len
-    autocast = run.autocast(info.device)
-    params = [p for p in wrapped.parameters() if p.requires_grad]
-    step_stats: list[torch.Tensor] = []  # (loss, grad norm) of each step since the last check
-    last_saved = start
-    out_vocab = getattr(model.config, "out_vocab", 0)
-    uniform_loss = math.log(out_vocab) if out_vocab else math.inf  # the zero-initialised head's loss
-    warned: list[str] = []
-
-    def stop_if_diverged(done: int, *, weights: bool = False) -> None:
+    def stop_if_diverged(self, done: int, *, weights: bool = False) -> None:
         """Raise TrainingDiverged (on every rank) when a step since the last check had a non-finite
         loss or gradient norm, or (weights=True) when a weight is no longer finite."""
-        nonlocal step_stats
-        stats = torch.stack(step_stats) if step_stats else torch.zeros(0, 2, device=info.device)
+        stats = torch.stack(self.step_stats) if self.step_stats else torch.zeros(0, 2, device=self.dist.device)
         bad = (~torch.isfinite(stats)).any(-1).double()
         if weights:
-            local = [p.detach().to_local() if hasattr(p, "to_local") else p.detach() for p in params]  # FSDP shards
+            local = [p.detach().to_local() if hasattr(p, "to_local") else p.detach() for p in self.params]  # FSDP shards
             finite = torch.stack([torch.isfinite(t).all() for t in local]).all()
             bad = torch.cat([bad, (~finite).double().reshape(1)])
-        first = len(step_stats)
-        flags = all_reduce_mean(torch.cat([bad, stats.double().flatten()]), info).cpu()
-        step_stats = []
+        first = len(self.step_stats)
+        flags = all_reduce_mean(torch.cat([bad, stats.double().flatten()]), self.dist).cpu()
+        self.step_stats = []
         n = len(bad)
         hit = (flags[:n] > 0).nonzero().flatten().tolist()
         if not hit:
@@ -228,108 +287,26 @@ def _train(cfg, run, info: DistInfo, out: Path, codes_dir: Path, coarse_map_dir,
             what = f"at step {at}: loss {loss:.4g}, gradient norm {norm:.4g} (not finite)"
         else:
             what = f"by step {done}: the weights hold NaN or infinite values"
-        kept = (f"{out} keeps the last good checkpoint (step {last_saved}), which a rerun resumes from"
-                if last_saved else f"no checkpoint was written to {out}")
+        last = self.checkpoints.last_saved
+        kept = (f"{self.out} keeps the last good checkpoint (step {last}), which a rerun resumes from"
+                if last else f"no checkpoint was written to {self.out}")
         raise TrainingDiverged(
             f"training diverged {what}; stopped without saving. {kept}, but the same settings diverge again: "
-            f"train with a lower --lr (now {cfg.lr:g}), a warm-up (--warmup) or gradient clipping (--grad-clip) "
+            f"train with a lower --lr (now {self.cfg.lr:g}), a warm-up (--warmup) or gradient clipping (--grad-clip) "
             "into a new --out")
 
-    def save(done: int) -> None:
-        nonlocal last_saved
-        stop_if_diverged(done, weights=True)
-        full = full_model_state(opt_model, fsdp=run.fsdp)
-        ema_full = ema.full_state(full) if ema is not None else None
-        opt_state = full_optimizer_state(opt_model, optimizer, fsdp=run.fsdp)
-        rng = all_gather_objects(ckpt.capture_rng(info.device), info)
-        if info.is_main:
-            epoch, batch_in_epoch = order.position(done)
-            state = {"step": done, "total_steps": total, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                     "world_size": info.world_size, "grad_accum": run.grad_accum}
-            ckpt.save_checkpoint(
-                out, model_state=full, ema_state=ema_full, optimizer_state=opt_state, rng_per_rank=rng,
-                state=state, config=config, made_from=made_from,
-                info={"step": done, "total_steps": total, "finished": done >= total, "epochs": done / order.steps_per_epoch,
-                      "tokens_seen": done * seq_tokens, "ema": cfg.ema, "last": log.records[-1] if log.records else {},
-                      **({"warnings": list(warned)} if warned else {})},
-                extra_files=lambda tmp: log.plot(tmp / "loss_curve.png", title=f"{cfg.kind} {cfg.preset}"),
-                before_commit=log.close,
-            )
-        last_saved = done
-        barrier(info)
-
-    bar = tqdm(total=stop, initial=start, disable=not (run.progress and info.is_main), desc=f"train {cfg.kind}",
-               unit="step", dynamic_ncols=True)
-    window: dict[str, Any] = {}
-    window_steps, grad_norm_sum, t0 = 0, torch.zeros((), device=info.device), time.perf_counter()
-    done = start
-    for step in range(start, stop):
-        epoch, _ = order.position(step)
-        dataset.set_epoch(epoch)
-        lr = cfg.lr_at(step, total)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        wrapped.train()
-        step_loss = torch.zeros((), device=info.device)
-        for micro in range(run.grad_accum):
-            idx = order.micro_batch(step, rank=info.rank, world_size=info.world_size, micro=micro,
-                                    grad_accum=run.grad_accum)
-            batch = {k: v.to(info.device, non_blocking=True) for k, v in dataset.batch(idx).items()}
-            with no_sync(wrapped, micro < run.grad_accum - 1), autocast:
-                loss, metrics = wrapped(batch)
-            (loss / run.grad_accum).backward()
-            # kept as tensors until the log step, so the GPU is not synchronised every micro-step
-            values = {k: v for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor))}
-            values["loss"] = loss.detach()
-            step_loss += loss.detach().float() / run.grad_accum
-            for k, v in values.items():
-                v = v.detach().float().reshape(()) if isinstance(v, torch.Tensor) else float(v)
-                window[k] = window.get(k, 0.0) + v / run.grad_accum
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-        grad_norm_sum += norm
-        step_stats.append(torch.stack([step_loss, norm.detach().float()]))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update(opt_model)
-        done = step + 1
-        window_steps += 1
-        bar.update(1)
-
-        if done % run.log_every == 0 or done == stop:
-            stop_if_diverged(done)
-            keys = sorted(window)
-            values = torch.stack([torch.as_tensor(window[k], device=info.device).double() for k in keys]
-                                 + [grad_norm_sum.double()]) / window_steps
-            values = all_reduce_mean(values, info).tolist()
-            if info.device.type == "cuda":
-                torch.cuda.synchronize(info.device)
-            elapsed = time.perf_counter() - t0
-            rec = {"step": done, "epoch": round(done / order.steps_per_epoch, 4)}
-            rec.update({k: v for k, v in zip(keys, values)})
-            rec.update({"lr": lr, "grad_norm": values[-1], "tokens_per_s": window_steps * seq_tokens / elapsed})
-            if info.device.type == "cuda":
-                rec["max_mem_gb"] = torch.cuda.max_memory_allocated(info.device) / 2**30
-            else:
-                rec["max_rss_gb"] = peak_rss_gb()
-            log.write(rec)
-            if rec["loss"] > uniform_loss + 1.0 and not warned and info.is_main:
-                warned.append(f"step {done}: loss {rec['loss']:.4g} is above a uniform guess "
-                              f"(ln {out_vocab} = {uniform_loss:.3f}): the run is probably diverging; "
-                              "a lower --lr may help")
-                tqdm.write(f"warning: {warned[-1]}", file=sys.stderr)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.3g}")
-            window, window_steps, grad_norm_sum = {}, 0, torch.zeros((), device=info.device)
-            t0 = time.perf_counter()
-
-        if done == stop or (ckpt_every and done % ckpt_every == 0):
-            t_save = time.perf_counter()
-            save(done)
-            # keep checkpoint time out of tokens/s; the window's steps before the save still count
-            t0 += time.perf_counter() - t_save
-        if on_step is not None:
-            on_step(done)
-    bar.close()
-    log.close()
-    return TrainResult(out, done, total, done >= total, start, log.records)
+    def save(self, done: int) -> None:
+        """Check the weights, then checkpoint step `done` (every rank takes part; rank 0 writes)."""
+        self.stop_if_diverged(done, weights=True)
+        epoch, batch_in_epoch = self.order.position(done)
+        state = {"step": done, "total_steps": self.total, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                 "world_size": self.dist.world_size, "grad_accum": self.run.grad_accum}
+        records = self.log.records
+        info = {"step": done, "total_steps": self.total, "finished": done >= self.total,
+                "epochs": done / self.order.steps_per_epoch, "tokens_seen": done * self.seq_tokens,
+                "ema": self.cfg.ema, "last": records[-1] if records else {},
+                **({"warnings": list(self.warnings)} if self.warnings else {})}
+        self.checkpoints.save(
+            done, self.opt_model, self.optimizer, self.ema, state=state, info=info,
+            extra_files=lambda tmp: self.log.plot(tmp / "loss_curve.png", title=f"{self.cfg.kind} {self.cfg.preset}"),
+            before_commit=self.log.close)

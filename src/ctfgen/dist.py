@@ -1,8 +1,10 @@
-"""torch.distributed helpers: the same code runs as one process or under `torchrun` (DDP / FSDP).
+"""torch.distributed helpers: the same code runs as one process or under `torchrun`.
 
-A process is part of a distributed run when torchrun's environment variables (RANK, WORLD_SIZE,
-LOCAL_RANK, MASTER_ADDR, MASTER_PORT) are set. CUDA runs use NCCL with one GPU per local rank;
-CPU runs use gloo, which is also what the tests use.
+Training (DDP / FSDP), encoding (`ctfgen encode`) and sampling (`ctfgen sample`) share them. A
+process is part of a distributed run when torchrun's environment variables (RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR, MASTER_PORT) are set; the command joins the process group
+(`init_distributed`) and library code that only takes part in a launch reads it (`joined_group`).
+CUDA runs use NCCL with one GPU per local rank; CPU runs use gloo, which is also what the tests use.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..errors import CtfgenError
+from .errors import CtfgenError
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,13 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
+def device_name(device: torch.device) -> str:
+    """What the device is, for reports: the GPU's name, or the CPU and torch's thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group when launched by torchrun; otherwise a single-process DistInfo."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
@@ -61,6 +70,15 @@ def init_distributed(device: str = "auto") -> DistInfo:
         kwargs: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend=backend, rank=rank, world_size=world, **kwargs)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+
+
+def joined_group() -> DistInfo:
+    """Rank and world size of the process group this process has joined (by `init_distributed` or
+    its caller), or a one-process DistInfo outside any. For library code that takes part in a launch
+    without owning it; `device` is not known here and stays at its default (cpu)."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size())
+    return DistInfo()
 
 
 def shutdown(info: DistInfo) -> None:
@@ -82,7 +100,7 @@ def all_reduce_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 
 def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
-    """One object per rank (used for the small per-rank RNG states saved in checkpoints)."""
+    """One object per rank, in rank order (small ones: the RNG states a checkpoint saves, sampled codes)."""
     if info.world_size == 1:
         return [obj]
     out: list[Any] = [None] * info.world_size

@@ -1,0 +1,109 @@
+"""The trainer's side of checkpoints: whether a run resumes, what it restores, what it saves.
+
+The folder format and the atomic write are train/checkpoint.py's; this class adds the decisions
+around them for one run under any number of ranks: rank 0 alone reads the folder and decides
+(fresh start, resume, or refusal naming the setting that differs), every rank then reads the same
+checkpoint (so multi-node runs need the folder on a shared filesystem), and on saving every rank
+takes part in gathering the full (unsharded) state while rank 0 alone writes it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ..dist import DistInfo, all_gather_objects, barrier, broadcast_object
+from ..errors import ArtifactError, CtfgenError
+from . import checkpoint as ckpt
+from .parallel import EMA, full_model_state, full_optimizer_state, load_full_optimizer_state
+
+
+class CheckpointManager:
+    """Checkpoints of one run folder `out`: `config` ({"model", "train", "model_kind"}) and
+    `made_from` (fingerprints of the inputs) go into every manifest and must match on resume;
+    `fsdp`: the model is sharded (its full state is gathered to save it)."""
+
+    def __init__(self, out: Path, dist: DistInfo, *, config: Mapping[str, Any], made_from: Mapping[str, str],
+                 fsdp: bool = False):
+        self.out, self.dist, self.fsdp = Path(out), dist, fsdp
+        self.config, self.made_from = dict(config), dict(made_from)
+        self.last_saved = 0  # step of the newest checkpoint in the folder (0: none)
+
+    def read(self) -> dict | None:
+        """The training state to resume from (checkpoint.load_training_state), None for a fresh
+        start. Raises ArtifactError on every rank when the folder holds another run or other inputs."""
+        decision: Any = None
+        if self.dist.is_main:
+            try:
+                manifest = ckpt.read_checkpoint_manifest(self.out)
+                if manifest is not None:
+                    self._check_resume(manifest)
+                decision = ("resume" if manifest is not None else "fresh", None)
+            except CtfgenError as e:
+                decision = ("error", str(e))
+        decision = broadcast_object(decision, self.dist)
+        if decision[0] == "error":
+            raise ArtifactError(decision[1])
+        if decision[0] != "resume":
+            return None
+        resume = ckpt.load_training_state(self.out)
+        self.last_saved = int(resume["state"]["step"])
+        return resume
+
+    def restore(self, resume: Mapping[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                ema: EMA | None) -> bool:
+        """Load the optimizer, the EMA and this rank's RNG states from `resume` (the model's weights
+        are loaded before it is wrapped). False when the RNG states cannot be restored because another
+        number of ranks wrote them: the caller then seeds afresh."""
+        load_full_optimizer_state(model, optimizer, resume["optimizer"], fsdp=self.fsdp)
+        if ema is not None:
+            if resume["ema"] is None:
+                raise ArtifactError(f"cannot resume {self.out}: the run keeps an EMA but ema.safetensors is missing")
+            ema.load(resume["ema"])
+        saved_world = len(resume["rng"])
+        if saved_world == self.dist.world_size:
+            ckpt.restore_rng(*resume["rng"][self.dist.rank], device=self.dist.device)
+            return True
+        if self.dist.is_main:
+            print(f"note: checkpoint written by {saved_world} rank(s), resuming on {self.dist.world_size}: "
+                  "the data order is kept, random draws (dropout) restart from new seeds")
+        return False
+
+    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None, *,
+             state: Mapping[str, Any], info: Mapping[str, Any], extra_files: Callable[[Path], None] | None = None,
+             before_commit: Callable[[], None] | None = None) -> None:
+        """Write the checkpoint of `step` (called on every rank; see checkpoint.save_checkpoint for
+        `state`, `info`, `extra_files` and `before_commit`)."""
+        full = full_model_state(model, fsdp=self.fsdp)
+        ema_full = ema.full_state(full) if ema is not None else None
+        opt_state = full_optimizer_state(model, optimizer, fsdp=self.fsdp)
+        rng = all_gather_objects(ckpt.capture_rng(self.dist.device), self.dist)
+        if self.dist.is_main:
+            ckpt.save_checkpoint(self.out, model_state=full, ema_state=ema_full, optimizer_state=opt_state,
+                                 rng_per_rank=rng, state=state, config=self.config, made_from=self.made_from,
+                                 info=info, extra_files=extra_files, before_commit=before_commit)
+        self.last_saved = step
+        barrier(self.dist)
+
+    def _check_resume(self, manifest: dict) -> None:
+        saved = manifest.get("config", {})
+        for section in ("train", "model"):
+            diff = ckpt.first_difference(saved.get(section), self.config[section])
+            if diff is not None:
+                old, new = _lookup(saved.get(section), diff), _lookup(self.config[section], diff)
+                raise ArtifactError(f"cannot resume {self.out}: {section} config field '{diff}' is {old!r} in the "
+                                    f"checkpoint but {new!r} now; rerun with the original settings or use another --out")
+        diff = ckpt.first_difference(manifest.get("made_from", {}), self.made_from)
+        if diff is not None:
+            raise ArtifactError(f"cannot resume {self.out}: it was made from {diff} "
+                                f"{manifest.get('made_from', {}).get(diff)!r}, this command gives "
+                                f"{self.made_from.get(diff)!r}; use the same --codes/--coarse-map or another --out")
+
+
+def _lookup(d: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d

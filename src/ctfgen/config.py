@@ -91,7 +91,9 @@ def option(default: Any, help: str, *, label: str | None = None, min: float | No
     """
     meta = {"help": help, "label": label, "min": min, "min_open": min_open, "max": max, "choices": choices,
             "note": note, "hint": hint, "flags": tuple(flags)}
-    return dataclasses.field(default=default, metadata={k: v for k, v in meta.items() if v not in (None, False, ())})
+    # 0 is a bound, not an absence: keep every value but None, False and ()
+    kept = {k: v for k, v in meta.items() if v is not None and v is not False and v != ()}
+    return dataclasses.field(default=default, metadata=kept)
 
 
 def bound_text(meta: typing.Mapping) -> str:

@@ -1,4 +1,5 @@
 """Generation: stage 1 + stage 2 (CTF) and the baseline sampler, pipelines, outputs, speed bench."""
+from ..lazy import lazy_attributes
 from .settings import SamplingConfig
 
 # The samplers and pipelines need torch; loading them on first use lets the command line read
@@ -9,12 +10,4 @@ _LAZY = {"BaselinePipeline": "pipeline", "CTFPipeline": "pipeline", "Samples": "
 
 __all__ = ["SamplingConfig", *_LAZY]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -42,7 +42,7 @@ def main() -> None:
     from autoregressive.models.gpt import ModelArgs, Transformer
 
     from ctfgen.models import build_model
-    from ctfgen.sample import generate_tokens, sample_seed
+    from ctfgen.sample import SamplingConfig, generate_tokens, sample_seed
     from ctfgen.sample.sampler import sample_uniforms
 
     n_layer, n_head, dim, vocab, classes, grid = CONFIGS[args.config]
@@ -63,7 +63,7 @@ def main() -> None:
 
     def run_ours():
         u = sample_uniforms([sample_seed(0, i) for i in range(B)], L)
-        generate_tokens(ours, cond, u, guidance_scale=args.cfg, temperature=1.0)
+        generate_tokens(ours, cond, u, SamplingConfig.baseline(guidance_scale=args.cfg))
         ours.clear_cache()  # every call sets up its cache, as LlamaGen's generate() does
 
     times: dict[str, list[float]] = {"llamagen": [], "ctfgen": []}

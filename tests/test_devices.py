@@ -16,7 +16,7 @@ import torch
 
 from ctfgen.errors import CtfgenError
 from ctfgen.models import build_model
-from ctfgen.sample import BaselinePipeline, CTFPipeline, generate_tokens
+from ctfgen.sample import BaselinePipeline, CTFPipeline, SamplingConfig, generate_tokens
 from ctfgen.sample.decoding import make_step_fn
 from ctfgen.tokenizer import VQModel
 from ctfgen.tokenizer.model import vq_preset
@@ -189,10 +189,10 @@ def test_compiled_decoding_matches_eager_on_gpu(mode, dtype):
             logits.append(out.clone())
             return out
         model.setup_cache(6, dtype=dtype)
-        tokens = generate_tokens(model, labels, u, guidance_scale=2.0, step_fn=step)
+        tokens = generate_tokens(model, labels, u, SamplingConfig.baseline(guidance_scale=2.0), step_fn=step)
         for _ in range(2):  # later batches replay the captured graph with other tokens
             model.setup_cache(6, dtype=dtype)
-            again = generate_tokens(model, labels, u, guidance_scale=2.0, step_fn=step)
+            again = generate_tokens(model, labels, u, SamplingConfig.baseline(guidance_scale=2.0), step_fn=step)
         seen[name] = (tokens, again, torch.stack(logits))
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     ref = seen["eager"][2]
@@ -228,7 +228,7 @@ def test_meta_device_models_losses_caches_and_sampling():
         step = m.decode_step_static(torch.zeros(6, dtype=torch.long, device="meta"),
                                     torch.zeros((), dtype=torch.long, device="meta"))
         assert step.device.type == "meta" and step.dtype == torch.float32
-        tokens = generate_tokens(m, torch.tensor([0, 1, 2]), torch.rand(3, L), guidance_scale=2.0)
+        tokens = generate_tokens(m, torch.tensor([0, 1, 2]), torch.rand(3, L), SamplingConfig.baseline(guidance_scale=2.0))
         assert tokens.device.type == "meta" and tokens.shape == (3, L)
     with pytest.raises(CtfgenError, match="meta"):
         models["aux"].member_loss(torch.zeros(2, 32, device="meta"), torch.zeros(2, dtype=torch.long, device="meta"),

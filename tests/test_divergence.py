@@ -14,7 +14,7 @@ from test_train import cfg, make_coarse, make_codes, run_train
 
 from ctfgen.errors import CtfgenError, TrainingDiverged
 from ctfgen.sample import BaselinePipeline, generate_tokens, pick
-from ctfgen.sample.sampler import inverse_cdf, sample_fine
+from ctfgen.sample.sampler import SamplingConfig, inverse_cdf, sample_fine
 from ctfgen.train import load_model
 
 
@@ -152,16 +152,16 @@ def test_a_nan_weight_makes_sampling_fail_not_constant_images():
     with torch.no_grad():
         base.norm.weight[0] = float("nan")
     with pytest.raises(CtfgenError, match="non-finite logits at token 0"):
-        generate_tokens(base, torch.tensor([0, 1]), torch.rand(2, base.config.seq_len), guidance_scale=2.0)
+        generate_tokens(base, torch.tensor([0, 1]), torch.rand(2, base.config.seq_len),
+                        SamplingConfig.baseline(guidance_scale=2.0))
     aux = models["aux"]
     with torch.no_grad():
         aux.output.weight[3, 0] = float("nan")  # code 3's logit is nan wherever it can be picked
     coarse = torch.full((2, aux.config.seq_len), 3)  # code 3 is in cluster 3 (code % K)
-    members = torch.arange(VOCAB).view(-1, 8).T.contiguous()
     for guidance in (1.0, 2.0):
         with pytest.raises(CtfgenError, match="non-finite logits"):
-            sample_fine(aux, coarse, torch.tensor([0, 1]), torch.rand(2, aux.config.seq_len), members_KM=members,
-                        counts_K=torch.full((8,), 8), guidance_scale=guidance)
+            sample_fine(aux, coarse, torch.tensor([0, 1]), torch.rand(2, aux.config.seq_len),
+                        SamplingConfig(stage2_guidance_scale=guidance))
 
 
 # ---------------------------------------------------------------- KV cache

@@ -172,23 +172,36 @@ def test_class_dropout_only_in_training():
     assert torch.equal(m.compute_loss(b)[0], m.compute_loss(b)[0])
 
 
+def _masked_full_head(m, coarse_BL, label_B):
+    """The reference stage 2 is judged against: the full head, -inf outside each position's cluster."""
+    outside_BLV = m.code_to_coarse[None, None, :] != coarse_BL[..., None]
+    return m(coarse_BL, label_B).masked_fill(outside_BLV, float("-inf"))
+
+
 def test_aux_masking_code_to_coarse_and_options():
     m = tiny("aux").eval()
     b = batch()
     with torch.no_grad():
-        logits = m.fine_logits(b["coarse"], b["label"])
-    assert logits.shape == (3, L, V)
+        h_ND = m.features(b["coarse"], b["label"]).flatten(0, 1)
+        logits = m.member_logits(h_ND, b["coarse"].flatten())
+    tables = m.member_tables()
+    assert logits.shape == (3 * L, V // K)
     member = (torch.arange(V) % K)[None, None, :] == b["coarse"][..., None]
-    assert torch.isfinite(logits[member]).all() and torch.isneginf(logits[~member]).all()
+    assert torch.isfinite(logits).all()  # equal clusters: no padding
+    assert bool((m.code_to_coarse[tables.members_KM[b["coarse"].flatten()]] == b["coarse"].flatten()[:, None]).all())
+    full = _masked_full_head(m, b["coarse"], b["label"]).detach()
+    assert torch.isfinite(full[member]).all() and torch.isneginf(full[~member]).all()
     assert "code_to_coarse" in m.state_dict()
-    assert torch.isfinite(tiny("aux", mask_to_cluster=False).eval().fine_logits(b["coarse"], b["label"])).all()
+    assert torch.isfinite(tiny("aux", mask_to_cluster=False).eval()(b["coarse"], b["label"])).all()
     # built from a config alone, it gets the map from the checkpoint
     m2 = model_from_config(m.config)
     assert isinstance(m2, AuxTransformer)
     with pytest.raises(CtfgenError, match="code_to_coarse is not set"):
-        m2.fine_logits(b["coarse"], b["label"])
+        m2.member_logits(h_ND, b["coarse"].flatten())
     m2.load_state_dict(m.state_dict())
-    assert torch.equal(m2.eval().fine_logits(b["coarse"], b["label"]), logits)
+    with torch.no_grad():
+        assert torch.equal(m2.eval().member_logits(m2.features(b["coarse"], b["label"]).flatten(0, 1),
+                                                   b["coarse"].flatten()), logits)
     # no class token: no class embedding, no prefix
     nc = tiny("aux", use_class=False).eval()
     assert not hasattr(nc, "cls_embedding") and nc(b["coarse"]).shape == (3, L, V)
@@ -305,7 +318,7 @@ def test_aux_member_loss_equals_masked_full_head(impl):
     loss.backward()
     grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
     m.zero_grad()
-    logits_BLV = m.mask_logits(m(b["coarse"], b["label"]), b["coarse"])
+    logits_BLV = _masked_full_head(m, b["coarse"], b["label"])
     ref = torch.nn.functional.cross_entropy(logits_BLV.flatten(0, 1), b["codes"].flatten())
     ref.backward()
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
@@ -314,6 +327,51 @@ def test_aux_member_loss_equals_masked_full_head(impl):
     for n, p in m.named_parameters():
         if p.grad is not None:
             assert torch.allclose(grads[n], p.grad, atol=1e-6), n
+
+
+def test_member_logits_loop_and_gather_equal_the_masked_full_head():
+    """One layout for training, sampling and the likelihood: column j of a position scores member j
+    of its cluster (uneven clusters: -inf past each cluster's size), both ways alike."""
+    torch.manual_seed(4)
+    c2c = torch.randint(0, K, (V,))
+    c2c[:K] = torch.arange(K)
+    m = build_model("aux", "tiny", vocab_size=V, num_classes=NC, grid=G, coarse_vocab=K, code_to_coarse=c2c).eval()
+    torch.nn.init.normal_(m.output.weight, std=0.5)
+    b = batch(B=2)
+    coarse_N = c2c[b["codes"]].flatten()
+    with torch.no_grad():
+        h_ND = m.features(c2c[b["codes"]], b["label"]).flatten(0, 1)
+        full_NV = _masked_full_head(m, c2c[b["codes"]], b["label"]).flatten(0, 1)
+        got = {impl: m.member_logits(h_ND, coarse_N, impl) for impl in ("loop", "gather")}
+    t = m.member_tables()
+    members_NM, padding_NM = t.members_KM[coarse_N], t.padding(coarse_N)
+    ref_NM = full_NV.gather(1, members_NM).masked_fill(padding_NM, float("-inf"))
+    assert padding_NM.any() and torch.isneginf(ref_NM[padding_NM]).all()
+    for impl, logits_NM in got.items():
+        assert logits_NM.shape == (2 * L, int(t.counts_K.max())) and logits_NM.dtype == torch.float32
+        assert torch.allclose(logits_NM, ref_NM, atol=1e-5), impl
+    with pytest.raises(CtfgenError, match="impl"):
+        m.member_logits(h_ND, coarse_N, "masked")
+
+
+def test_member_tables_are_built_once_and_follow_code_to_coarse():
+    m = tiny("aux").train()
+    b = batch()
+    with torch.inference_mode():  # first built while sampling: a training step must still use them
+        m.eval().member_logits(m.features(b["coarse"], b["label"]).flatten(0, 1), b["coarse"].flatten())
+    first = m.member_tables()
+    m.train()
+    for _ in range(2):
+        m.compute_loss(b)[0].backward()
+        assert m.member_tables() is first  # not rebuilt at every step
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    shifted = (torch.arange(V) + 1) % K
+    m.set_code_to_coarse(shifted)
+    t = m.member_tables()
+    assert t is not first and bool((shifted[t.members_KM] == torch.arange(K)[:, None]).all())
+    m.load_state_dict(state)  # written in place: rebuilt again
+    assert torch.equal(m.member_tables().members_KM, first.members_KM)
+    assert m.to(torch.float64).member_tables() is m.member_tables()
 
 
 def test_aux_member_loss_formulations_agree_under_noise_and_bf16_autocast():
@@ -344,7 +402,8 @@ def test_aux_member_loss_formulations_agree_under_noise_and_bf16_autocast():
             assert got_loss == pytest.approx(ref_loss, rel=tol), (autocast, impl)
             assert torch.allclose(got_grad, ref_grad, atol=tol * ref_grad.abs().max()), (autocast, impl)
     # "auto": masked on a GPU; on a CPU gather for clusters of one size, loop for uneven ones
-    from ctfgen.models.member_loss import cluster_tables, resolve_impl
+    from ctfgen.models.member_loss import resolve_impl
+    from ctfgen.models.members import cluster_tables
 
     assert resolve_impl("auto", torch.device("cuda")) == "masked"
     assert resolve_impl("auto", torch.device("cpu"), cluster_tables(torch.arange(V) % K, K)) == "gather"

@@ -24,7 +24,7 @@ from ctfgen.config import to_dict
 from ctfgen.errors import CtfgenError
 from ctfgen.models import build_model
 from ctfgen.sample import BaselinePipeline, CTFPipeline, generate_tokens, make_pipeline, pick
-from ctfgen.sample.sampler import member_logits, sample_fine
+from ctfgen.sample.sampler import SamplingConfig, sample_fine
 from ctfgen.tokenizer import VQModel
 from ctfgen.tokenizer.artifact import save_tokenizer
 from ctfgen.tokenizer.model import vq_preset
@@ -110,7 +110,7 @@ def test_cached_guided_sampling_equals_full_recomputation(kind):
         seen.append(logits.clone())
         return logits
 
-    tokens = generate_tokens(model, labels, u, guidance_scale=scale, step_fn=step, **opts)
+    tokens = generate_tokens(model, labels, u, SamplingConfig.baseline(guidance_scale=scale, **opts), step_fn=step)
     null = torch.full_like(labels, CLASSES)
     with torch.no_grad():
         full = model(tokens[:, :-1].repeat(2, 1), torch.cat([labels, null]))  # (2B, L, V), no cache
@@ -144,17 +144,17 @@ def test_stage2_member_logits_equal_masked_head():
     coarse = torch.randint(0, K, (3, GRID * GRID), generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([0, 2, 1])
     with torch.no_grad():
-        full = aux.fine_logits(coarse, labels)  # (B, L, V), -inf outside each cluster
+        outside = aux.code_to_coarse[None, None, :] != coarse[..., None]
+        full = aux(coarse, labels).masked_fill(outside, float("-inf"))  # (B, L, V), -inf outside each cluster
         h = aux.features(coarse, labels).flatten(0, 1)
-        mem = member_logits(h, coarse.flatten(), aux.output.weight, cmap.members, cmap.counts)
+        mem = aux.member_logits(h, coarse.flatten())
     cols = cmap.members[coarse.flatten()]
     ref = full.flatten(0, 1).gather(1, cols.clamp(min=0)).masked_fill(cols < 0, float("-inf"))
     assert torch.allclose(mem, ref, atol=1e-5)
     u = torch.rand(3, GRID * GRID)
-    codes = sample_fine(aux, coarse, labels, u, members_KM=cmap.members, counts_K=cmap.counts, argmax=True)
+    codes = sample_fine(aux, coarse, labels, u, SamplingConfig(stage2_argmax=True))
     assert torch.equal(codes, full.argmax(-1))
-    sampled = sample_fine(aux, coarse, labels, u, members_KM=cmap.members, counts_K=cmap.counts,
-                          temperature=1.1, guidance_scale=1.5)
+    sampled = sample_fine(aux, coarse, labels, u, SamplingConfig(stage2_temperature=1.1, stage2_guidance_scale=1.5))
     assert torch.equal(aux.code_to_coarse[sampled], coarse)  # always inside the coarse cluster
 
 

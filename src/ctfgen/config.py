@@ -74,3 +74,61 @@ def changed_settings(cfg: Any, saved: dict, *, ignore: frozenset[str] | set[str]
     old, now = json.loads(json.dumps(saved)), json.loads(json.dumps(to_dict(cfg)))
     return [(k, old.get(k), now.get(k)) for k in sorted(set(old) | set(now))
             if old.get(k) != now.get(k) and k not in ignore]
+
+
+# ---------------------------------------------------------------- documented, checked fields
+
+def option(default: Any, help: str, *, label: str | None = None, min: float | None = None, min_open: bool = False,
+           max: float | None = None, choices: tuple | None = None, note: str | None = None,
+           hint: str | None = None, flags: tuple[str, ...] = ()) -> Any:
+    """A dataclass field that carries its documentation and allowed values, in one place for the
+    config's own check (`field_problem`), the command line (cli/_util.py `add_config_flags`: the
+    flag, its help, its parse-time check) and forms (a page names the field by `label`).
+
+    min/max: bounds (min_open: the bound itself is refused); choices: the allowed values;
+    note: what a special value means ("1 = off"), shown in the error; hint: what to do instead;
+    flags: further option strings beside the one made from the name ("--cfg").
+    """
+    meta = {"help": help, "label": label, "min": min, "min_open": min_open, "max": max, "choices": choices,
+            "note": note, "hint": hint, "flags": tuple(flags)}
+    # 0 is a bound, not an absence: keep every value but None, False and ()
+    kept = {k: v for k, v in meta.items() if v is not None and v is not False and v != ()}
+    return dataclasses.field(default=default, metadata=kept)
+
+
+def bound_text(meta: typing.Mapping) -> str:
+    """'>= 1', '> 0', 'in (0, 1]' from an `option`'s bounds ('' when it has none)."""
+    lo, hi, lo_open = meta.get("min"), meta.get("max"), meta.get("min_open", False)
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {lo:g}"
+    return f"<= {hi:g}" if hi is not None else ""
+
+
+def field_problem(f: dataclasses.Field, value: Any) -> str | None:
+    """What is wrong with `value` for field `f` by the rules its `option` gave, as the end of a
+    sentence that begins with the field's name ("must be > 0, got 0"), or None."""
+    meta = f.metadata
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        return f"must be one of {meta['choices']}, got {value!r}"
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is None and hi is None:
+        return None
+    ok = value == value  # NaN fails every bound
+    ok &= lo is None or (value > lo if meta.get("min_open") else value >= lo)
+    ok &= hi is None or value <= hi
+    if ok:
+        return None
+    note = f" ({meta['note']})" if meta.get("note") else ""
+    hint = f"; {meta['hint']}" if meta.get("hint") else ""
+    return f"must be {bound_text(meta)}{note}, got {value:g}{hint}"
+
+
+def check_fields(cfg: Any) -> Any:
+    """Raise CtfgenError naming the first field of dataclass `cfg` that breaks its `option`'s rules."""
+    for f in dataclasses.fields(cfg):
+        problem = field_problem(f, getattr(cfg, f.name))
+        if problem:
+            raise CtfgenError(f"{f.name} {problem}")
+    return cfg

@@ -240,29 +240,83 @@ CONFIG_TYPES = {
 CONFIG_CHOICES = {"views": VIEWS, "cluster_method": CLUSTER_METHODS, "preset": MODEL_PRESETS}
 
 
-def add_config_flags(p: argparse.ArgumentParser, cls, helps: dict[str, str], *, skip: tuple[str, ...] = ("data",),
-                     types: dict | None = None, choices: dict | None = None) -> None:
-    """One --flag per field of the dataclass `cls` (defaults from the class itself). `types` gives a
-    field its parse-time check (e.g. positive_int), `choices` its allowed values; other fields are
-    parsed by the type of their default."""
+def add_config_flags(p, cls, helps: dict[str, str] | None = None, *, skip: tuple[str, ...] = ("data",),
+                     only: tuple[str, ...] | None = None, types: dict | None = None, choices: dict | None = None,
+                     names: dict[str, tuple[str, ...]] | None = None, metavars: dict[str, str] | None = None,
+                     switches: bool = False, unset: bool = False, shown: dict[str, str] | None = None) -> None:
+    """One --flag per field of the dataclass `cls` (its defaults, read from the class: nothing is built).
+
+    p: a parser or argument group; only: these fields, in this order (else every field not in skip).
+    Help: `helps[name]`, else the help of the field's `option` (config.py), then "(default: X)"
+    unless the help states its default. Parse-time check: `types[name]` (e.g. positive_int), else
+    the option's bounds, else the type of the default; allowed values: `choices` or the option's.
+    names: option strings by field (else --field-name and the option's flags); switches: bool
+    fields become store_true flags (else --flag BOOL); unset: every flag defaults to None, so that
+    only the flags given override (the help still shows the class's default, or `shown[name]`).
+    """
     from dataclasses import fields
 
-    defaults = cls()
+    by_name = {f.name: f for f in fields(cls)}
     types, choices = {**CONFIG_TYPES, **(types or {})}, {**CONFIG_CHOICES, **(choices or {})}
-    for f in fields(cls):
-        if f.name in skip:
-            continue
-        value = getattr(defaults, f.name)
-        flag = "--" + f.name.replace("_", "-")
-        help = f"{helps[f.name]} (default: {value if value != '' else 'none'})"
-        kw = {"choices": choices[f.name]} if f.name in choices and not isinstance(value, bool) else {}
+    for name in only or [n for n in by_name if n not in skip]:
+        f = by_name[name]
+        meta = f.metadata
+        value = _field_default(f)
+        flags = (names or {}).get(name) or ("--" + name.replace("_", "-"), *meta.get("flags", ()))
+        text = (helps or {}).get(name) or meta.get("help", "")
+        if "min" in meta or "max" in meta:
+            from ..config import bound_text
+
+            text += f", {bound_text(meta)}" + (f" ({meta['note']})" if meta.get("note") else "")
+        if "(default" not in text:
+            switch = isinstance(value, bool) and (switches or unset)
+            default_text = (shown or {}).get(name) or (("on" if value else "off") if switch else _shown(value))
+            text = f"{text} (default: {default_text})"
+        kw = {"dest": name, "help": text, "default": None if unset else value}
+        if (metavars or {}).get(name):
+            kw["metavar"] = metavars[name]
         if isinstance(value, bool):
-            p.add_argument(flag, type=boolean, default=value, metavar="BOOL", help=help)
-        else:
-            p.add_argument(flag, type=types.get(f.name, type(value)), default=value, help=help, **kw)
+            if switches or unset:
+                p.add_argument(*flags, action="store_true", **kw)
+            else:
+                p.add_argument(*flags, type=boolean, **{"metavar": "BOOL", **kw})
+            continue
+        allowed = choices.get(name, meta.get("choices"))
+        if allowed is not None:
+            kw["choices"] = allowed
+        p.add_argument(*flags, type=types.get(name) or _bounded_type(meta, value) or type(value), **kw)
+
+
+def _field_default(f):
+    from dataclasses import MISSING
+
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def _shown(value) -> str:
+    return "none" if value is None or value == "" else str(value)
+
+
+def _bounded_type(meta, value):
+    """The argparse type of an `option`'s bounds (config.py), or None when it has none."""
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is None and hi is None:
+        return None
+    if isinstance(value, int):
+        return int_range(None if lo is None else int(lo) + bool(meta.get("min_open")), None if hi is None else int(hi))
+    return float_range(lo, hi, lo_open=bool(meta.get("min_open")))
 
 
 def config_from_args(cls, args, *, skip: tuple[str, ...] = ("data",), **extra):
+    """`cls` from the parsed flags of its fields (fields without a flag keep their default), `extra` on top."""
     from dataclasses import fields
 
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name not in skip}, **extra)
+    given = {f.name: getattr(args, f.name) for f in fields(cls) if f.name not in skip and hasattr(args, f.name)}
+    return cls(**{**given, **extra})
+
+
+def given_flags(cls, args) -> dict:
+    """The fields of `cls` whose flag was given (flags made with unset=True): overrides of another default."""
+    from dataclasses import fields
+
+    return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}

@@ -4,17 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import CtfgenError
-from ._util import (
-    add_device_args,
-    add_group,
-    class_list,
-    guidance,
-    nonneg_int,
-    positive_float,
-    positive_int,
-    probability,
-    seed_int,
-)
+from ._util import add_config_flags, add_device_args, add_group, class_list, given_flags, positive_int, seed_int
 
 ORDER = 70
 
@@ -80,35 +70,15 @@ def _add_model_args(p, *, pipeline: bool = True) -> None:
 
 
 def _add_sampling_args(p, title: str = "sampling (defaults: the paper's for CTF, LlamaGen's for the baseline)") -> None:
-    g = p.add_argument_group(title)
-    g.add_argument("--guidance-scale", "--cfg", type=guidance,
-                   help="classifier-free guidance, >= 1 (default: 2.0 for CTF and the baseline; 1 = off)")
-    g.add_argument("--guidance-schedule", choices=["constant", "linear"], help="constant (default) or a linear ramp from 1")
-    g.add_argument("--temperature", type=positive_float,
-                   help="stage 1 / baseline, > 0 (default: 1.1 for CTF, 1.0 for the baseline)")
-    g.add_argument("--top-k", type=nonneg_int, help="stage 1 / baseline top-k (default: 0, off)")
-    g.add_argument("--top-p", type=_top_p, help="stage 1 / baseline nucleus, in (0, 1] (default: 1.0, off)")
-    g.add_argument("--argmax", action="store_true", default=None, help="greedy stage 1 / baseline (default: off)")
-    g.add_argument("--stage2-temperature", type=positive_float, help="CTF stage 2 (default: 1.1)")
-    g.add_argument("--stage2-top-k", type=nonneg_int, help="CTF stage 2 top-k (default: 0, the full cluster)")
-    g.add_argument("--stage2-argmax", action="store_true", default=None,
-                   help="greedy stage 2 (the paper: worse) (default: off)")
-    g.add_argument("--stage2-guidance-scale", type=guidance, help="guidance on stage 2 too (default: 1.0, off)")
+    """A flag per SamplingConfig field (sample/settings.py holds each one's help and allowed values).
+    They default to None: a flag overrides the pipeline's stored settings only when given."""
+    from dataclasses import asdict
 
+    from ..sample.settings import SamplingConfig
 
-def _top_p(text: str) -> float:
-    value = probability(text)
-    if value == 0.0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0 and <= 1, got {text!r}")
-    return value
-
-
-SAMPLING_ARGS = ("guidance_scale", "guidance_schedule", "temperature", "top_k", "top_p", "argmax",
-                 "stage2_temperature", "stage2_top_k", "stage2_argmax", "stage2_guidance_scale")
-
-
-def _sampling_overrides(args) -> dict:
-    return {k: getattr(args, k) for k in SAMPLING_ARGS if getattr(args, k) is not None}
+    ctf, base = asdict(SamplingConfig()), asdict(SamplingConfig.baseline())
+    shown = {k: f"{ctf[k]} for CTF, {base[k]} for the baseline" for k in ctf if ctf[k] != base[k]}
+    add_config_flags(p.add_argument_group(title), SamplingConfig, skip=(), unset=True, shown=shown)
 
 
 def _model_dirs(args) -> dict:
@@ -127,11 +97,10 @@ def _run_make(args) -> int:
     if not args.tokenizer:
         raise CtfgenError("--tokenizer DIR is required")
     dirs = _model_dirs(args)
-    base = SamplingConfig() if "ar" in dirs else SamplingConfig.baseline()
-    from dataclasses import replace
-
+    overrides = given_flags(SamplingConfig, args)
+    sampling = SamplingConfig(**overrides) if "ar" in dirs else SamplingConfig.baseline(**overrides)
     out = make_pipeline(args.out, tokenizer=args.tokenizer, copy=not args.reference, overwrite=args.overwrite,
-                        sampling=replace(base, **_sampling_overrides(args)), **dirs)
+                        sampling=sampling, **dirs)
     print(f"pipeline ({'ctf' if 'ar' in dirs else 'baseline'}) written to {out}")
     return 0
 
@@ -140,7 +109,7 @@ def _run_sample(args) -> int:
     import torch
 
     from ..dist import init_distributed, shutdown
-    from ..sample import BaselinePipeline, CTFPipeline, load_pipeline
+    from ..sample import BaselinePipeline, CTFPipeline, SamplingConfig, load_pipeline
     from ..sample.outputs import save_folder, save_grid, save_npz
 
     if not (args.grid or args.png_dir or args.npz or args.coarse_grid):
@@ -168,7 +137,7 @@ def _run_sample(args) -> int:
                               f"{pipe.num_classes} classes (0-{pipe.num_classes - 1})")
         labels = [c for c in classes for _ in range(args.per_class)]
         samples = pipe.generate(labels, seed=args.seed, batch_size=args.batch_size,
-                                progress=not args.no_progress, **_sampling_overrides(args))
+                                progress=not args.no_progress, **given_flags(SamplingConfig, args))
         if info.is_main:
             extra = {"type": pipe.type, "classes": classes, "per_class": args.per_class,
                      "world_size": info.world_size, "dtype": args.dtype}

@@ -7,7 +7,9 @@ import json
 from ..errors import CtfgenError
 from ._util import (
     MODEL_PRESETS,
+    add_config_flags,
     add_group,
+    config_from_args,
     device,
     dropout_rate,
     float_range,
@@ -42,7 +44,51 @@ def register(sub) -> None:
         p.set_defaults(func=_run, kind=kind)
 
 
+# The flags are made from TrainConfig and RunOptions (train/config.py): their names, defaults and
+# types come from the dataclasses; here is what the command line adds, by field.
+HELP = {
+    "preset": "model size: tiny/small (Fashion-MNIST), B, L, XL, XXL, 3B (LlamaGen's GPT sizes, also spelled GPT-B, "
+              "...), aux-B, aux-L",
+    "aux_coarse_noise": "fraction of coarse inputs replaced by random labels while training stage 2, so it "
+                        "tolerates stage-1 mistakes (default: 0, ground truth only)",
+    "steps": "optimizer steps to train (or --epochs)",
+    "epochs": "passes over the codes (one random view per image), when --steps is not given",
+    "batch_size": "global batch per optimizer step",
+    "lr": "learning rate per 256 samples, scaled linearly with --batch-size (default: by --preset: 8e-3 for tiny "
+          "and small, the best rate measured for their runs of 200-1000 steps (docs/RESULTS.md); 1e-4, LlamaGen's, "
+          "for B and larger)",
+    "warmup_steps": "linear warm-up steps",
+    "cosine": "cosine decay after warm-up (default: constant lr)",
+    "min_lr_ratio": "end of the cosine decay, as a fraction of lr",
+    "weight_decay": "AdamW decay on >=2-D weights",
+    "grad_clip": "max gradient norm, 0 to disable",
+    "ema": "keep an EMA of the weights with this decay, e.g. 0.9999; samplers use it (default: 0, off)",
+    "seed": "seed of initial weights, data order and dropout",
+    "grad_accum": "micro-steps per optimizer step on each process",
+    "log_every": "steps between metric records",
+    "ckpt_every": "steps between checkpoints, 0: only at the end (default: a tenth of the run, at most 1000)",
+    "stop_after": "checkpoint and stop once STEP steps are done (for time-limited jobs); rerun to continue",
+    "device": "cpu, cuda, cuda:N or auto; bf16 autocast on CUDA, fp32 on CPU",
+    "fsdp": "shard weights and optimizer state across GPUs (under torchrun)",
+    "compile": "torch.compile the model",
+    "precision": "auto: bf16 autocast on CUDA, fp32 on a CPU; bf16: autocast on any device; fp32: none",
+    "aux_loss": "how the cluster-masked loss is computed, same result (docs/GPU.md); auto: masked on a GPU, on a "
+                "CPU gather for equal-size clusters and loop otherwise",
+}
+TYPES = {"steps": nonneg_int, "epochs": nonneg_float, "batch_size": positive_int, "lr": positive_float,
+         "warmup_steps": nonneg_int, "min_lr_ratio": probability, "weight_decay": nonneg_float,
+         "grad_clip": nonneg_float, "ema": float_range(0.0, 1.0, hi_open=True), "seed": seed_int,
+         "aux_coarse_noise": dropout_rate, "grad_accum": positive_int, "log_every": positive_int,
+         "ckpt_every": nonneg_int, "stop_after": nonneg_int, "device": device}  # fmt: skip
+FLAG_OPTS = dict(helps=HELP, types=TYPES, switches=True, names={"warmup_steps": ("--warmup",)},
+                 metavars={"preset": "PRESET", "aux_coarse_noise": "P", "warmup_steps": "STEPS", "ema": "DECAY",
+                           "stop_after": "STEP"},
+                 choices={"preset": MODEL_PRESETS, "aux_loss": ("auto", "loop", "gather", "masked")})
+
+
 def _add_args(p: argparse.ArgumentParser, kind: str) -> None:
+    from ..train.config import PRECISIONS, RunOptions, TrainConfig
+
     io = p.add_argument_group("inputs and output")
     io.add_argument("--codes", required=True, metavar="DIR", help="codes store from `ctfgen encode`")
     if kind != "baseline":
@@ -51,54 +97,25 @@ def _add_args(p: argparse.ArgumentParser, kind: str) -> None:
                     help="run folder: checkpoint, metrics.jsonl, loss_curve.png; what samplers load")
 
     m = p.add_argument_group("model")
-    m.add_argument("--preset", default="tiny", choices=MODEL_PRESETS, metavar="PRESET",
-                   help="model size: tiny/small (Fashion-MNIST), B, L, XL, XXL, 3B (LlamaGen's GPT sizes, also "
-                        "spelled GPT-B, ...), aux-B, aux-L (default: tiny)")
+    add_config_flags(m, TrainConfig, only=("preset",), **FLAG_OPTS)
     m.add_argument("--model-opt", action="append", default=[], metavar="FIELD=VALUE", type=_model_opt,
                    help="override a model config field, value in JSON (e.g. mask_to_cluster=false); repeatable "
                         "(default: none)")
     if kind == "aux":
-        m.add_argument("--aux-coarse-noise", type=dropout_rate, default=0.0, metavar="P",
-                       help="fraction of coarse inputs replaced by random labels while training stage 2, so it "
-                            "tolerates stage-1 mistakes (default: 0, ground truth only)")
+        add_config_flags(m, TrainConfig, only=("aux_coarse_noise",), **FLAG_OPTS)
 
     o = p.add_argument_group("optimisation (LlamaGen's recipe by default)")
-    length = o.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=nonneg_int, default=0, help="optimizer steps to train (or --epochs)")
-    length.add_argument("--epochs", type=nonneg_float, default=0.0,
-                        help="passes over the codes (one random view per image), when --steps is not given")
-    o.add_argument("--batch-size", type=positive_int, default=64, help="global batch per optimizer step (default: 64)")
-    o.add_argument("--lr", type=positive_float, default=None,
-                   help="learning rate per 256 samples, scaled linearly with --batch-size (default: by --preset: "
-                        "8e-3 for tiny and small, the best rate measured for their runs of 200-1000 steps "
-                        "(docs/RESULTS.md); 1e-4, LlamaGen's, for B and larger)")
-    o.add_argument("--warmup", type=nonneg_int, default=0, metavar="STEPS", help="linear warm-up steps (default: 0)")
-    o.add_argument("--cosine", action="store_true", help="cosine decay after warm-up (default: constant lr)")
-    o.add_argument("--min-lr-ratio", type=probability, default=0.0, help="end of the cosine decay, as a fraction of lr")
-    o.add_argument("--weight-decay", type=nonneg_float, default=0.05, help="AdamW decay on >=2-D weights (default: 0.05)")
-    o.add_argument("--grad-clip", type=nonneg_float, default=1.0, help="max gradient norm, 0 to disable (default: 1.0)")
-    o.add_argument("--ema", type=float_range(0.0, 1.0, hi_open=True), default=0.0, metavar="DECAY",
-                   help="keep an EMA of the weights with this decay, e.g. 0.9999; samplers use it (default: 0, off)")
-    o.add_argument("--seed", type=seed_int, default=0, help="seed of initial weights, data order and dropout")
+    add_config_flags(o.add_mutually_exclusive_group(), TrainConfig, only=("steps", "epochs"), **FLAG_OPTS)
+    add_config_flags(o, TrainConfig, only=("batch_size", "lr", "warmup_steps", "cosine", "min_lr_ratio", "weight_decay",
+                                           "grad_clip", "ema", "seed"), **FLAG_OPTS)
+    p.set_defaults(lr=None)  # None: default_lr(--preset), decided when the preset is known
 
     r = p.add_argument_group("execution")
-    r.add_argument("--grad-accum", type=positive_int, default=1, help="micro-steps per optimizer step on each process")
-    r.add_argument("--log-every", type=positive_int, default=50, help="steps between metric records (default: 50)")
-    r.add_argument("--ckpt-every", type=nonneg_int, default=None,
-                   help="steps between checkpoints, 0: only at the end (default: a tenth of the run, at most 1000)")
-    r.add_argument("--stop-after", type=nonneg_int, default=0, metavar="STEP",
-                   help="checkpoint and stop once STEP steps are done (for time-limited jobs); rerun to continue")
-    r.add_argument("--device", default="auto", type=device,
-                   help="cpu, cuda, cuda:N or auto; bf16 autocast on CUDA, fp32 on CPU")
+    add_config_flags(r, RunOptions, only=("grad_accum", "log_every", "ckpt_every", "stop_after", "device"), **FLAG_OPTS)
     r.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
-    r.add_argument("--fsdp", action="store_true", help="shard weights and optimizer state across GPUs (under torchrun)")
-    r.add_argument("--compile", action="store_true", help="torch.compile the model")
-    r.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                   help="auto: bf16 autocast on CUDA, fp32 on a CPU; bf16: autocast on any device; fp32: none")
-    if kind == "aux":
-        r.add_argument("--aux-loss", default="auto", choices=["auto", "loop", "gather", "masked"],
-                       help="how the cluster-masked loss is computed, same result (docs/GPU.md); auto: masked on "
-                            "a GPU, on a CPU gather for equal-size clusters and loop otherwise (default: auto)")
+    add_config_flags(r, RunOptions, only=("fsdp", "compile"), **FLAG_OPTS)
+    add_config_flags(r, RunOptions, only=("precision", *(("aux_loss",) if kind == "aux" else ())),
+                     **{**FLAG_OPTS, "choices": {**FLAG_OPTS["choices"], "precision": PRECISIONS}})
     # not "--log": torchrun's own parser would take it for an abbreviation of its --log-dir
     r.add_argument("--log-to", action="append", default=[], choices=["tensorboard", "wandb"],
                    help="also log loss, lr, grad norm, tokens/s and memory live (rank 0): TensorBoard event files "
@@ -136,17 +153,11 @@ def _run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(
-        kind=args.kind, preset=args.preset, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr if args.lr is not None else default_lr(args.preset), warmup_steps=args.warmup,
-        cosine=args.cosine, min_lr_ratio=args.min_lr_ratio,
-        weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema=args.ema, seed=args.seed,
-        aux_coarse_noise=getattr(args, "aux_coarse_noise", 0.0), model_overrides=dict(args.model_opt),
-    )
-    run = RunOptions(device=args.device, grad_accum=args.grad_accum, log_every=args.log_every,
-                     ckpt_every=args.ckpt_every, stop_after=args.stop_after, fsdp=args.fsdp, compile=args.compile,
-                     progress=not args.no_progress, tensorboard="tensorboard" in args.log_to, wandb="wandb" in args.log_to,
-                     precision=args.precision, aux_loss=getattr(args, "aux_loss", "auto"))
+    cfg = config_from_args(TrainConfig, args, skip=("model_overrides",), kind=args.kind,
+                           lr=args.lr if args.lr is not None else default_lr(args.preset),
+                           model_overrides=dict(args.model_opt))
+    run = config_from_args(RunOptions, args, progress=not args.no_progress, tensorboard="tensorboard" in args.log_to,
+                           wandb="wandb" in args.log_to)
     res = train(cfg, codes_dir=args.codes, coarse_map_dir=getattr(args, "coarse_map", None), out_dir=args.out, run=run)
     if res.records and (not torch.distributed.is_available() or not torch.distributed.is_initialized()):
         last = res.records[-1]

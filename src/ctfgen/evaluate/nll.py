@@ -72,9 +72,6 @@ def stage2_nll(stage2, fine_NL: torch.Tensor, labels_N: torch.Tensor, *, batch_s
                progress: bool = False) -> torch.Tensor:
     """(N,) nats: -sum_i log p_stage2(x_i | coarse(x), class) for a learned stage 2 (AuxTransformer)
     or a parameter-free one (MemberPrior)."""
-    from ..cluster import CoarseMap
-    from ..sample.sampler import member_logits
-
     c2c_V = stage2.code_to_coarse
     if int(c2c_V.min()) < 0:
         raise CtfgenError("stage 2 has no coarse map (code_to_coarse unset)")
@@ -86,22 +83,15 @@ def stage2_nll(stage2, fine_NL: torch.Tensor, labels_N: torch.Tensor, *, batch_s
     if L != c.seq_len:
         raise CtfgenError(f"sequences of {L} tokens, but stage 2 makes {c.seq_len}")
     device = stage2.tok_embeddings.weight.device
-    cmap = CoarseMap.from_labels(c2c_V.cpu(), k=c.coarse_vocab)
-    members_KM, counts_K = cmap.members.to(device), cmap.counts.to(device)
-    col_V = torch.empty(len(c2c_V), dtype=torch.long)  # each code's column inside its cluster's row
-    valid_KM = cmap.members >= 0
-    col_V[cmap.members[valid_KM]] = torch.arange(cmap.members.shape[1]).expand_as(cmap.members)[valid_KM]
-    col_V = col_V.to(device)
-    c2c_V = c2c_V.to(device)
+    tables = stage2.member_tables()
     out_N = torch.empty(N, dtype=torch.float64)
-    rows = _rows(L, int(counts_K.max()), batch_size)
+    rows = _rows(L, tables.members_KM.shape[1], batch_size)
     for s in _batches(N, rows, progress, "nll stage 2"):
         x_BL = fine_NL[s:s + rows].to(device)
         coarse_BL = c2c_V[x_BL]
         h_BLD = stage2.features(coarse_BL, labels_N[s:s + rows].to(device))
-        logits_NM = member_logits(h_BLD.flatten(0, 1), coarse_BL.flatten(), stage2.output.weight, members_KM, counts_K)
-        logp_NM = torch.log_softmax(logits_NM.float(), dim=-1)
-        nll_n = -logp_NM.gather(1, col_V[x_BL.flatten()][:, None]).squeeze(1)
+        logp_NM = torch.log_softmax(stage2.member_logits(h_BLD.flatten(0, 1), coarse_BL.flatten()), dim=-1)
+        nll_n = -logp_NM.gather(1, tables.col_V[x_BL.flatten()][:, None]).squeeze(1)
         out_N[s:s + rows] = nll_n.view(x_BL.shape).double().sum(1).cpu()
     return out_N
 

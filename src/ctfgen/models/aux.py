@@ -17,12 +17,13 @@ import torch.nn.functional as F
 
 from ..errors import CtfgenError
 from . import member_loss as _loss
+from . import members as _members
 from .config import ModelConfig
-from .member_loss import cluster_blocks  # noqa: F401  (the sampler's import)
+from .members import MemberTables
 from .transformer import Trunk
 
 
-class AuxTransformer(Trunk):
+class AuxTransformer(MemberTables, Trunk):
     is_causal = False
     # how member_loss computes the cluster-masked loss: "auto", "loop", "gather" or "masked" (same
     # loss and gradients; see models/member_loss.py). A run setting, not part of the config.
@@ -50,23 +51,28 @@ class AuxTransformer(Trunk):
             self.code_to_coarse.copy_(m)
 
     def forward(self, coarse_BL: torch.Tensor, cond_B: torch.Tensor | None = None) -> torch.Tensor:
-        """Unmasked fine logits (B, L, V); see `fine_logits` for the masked ones."""
+        """Logits (B, L, V) over the whole codebook; `member_logits` gives the cluster-restricted ones."""
+        return self.output(self.features(coarse_BL, cond_B)).float()
+
+    def features(self, coarse_BL: torch.Tensor, cond_B: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states (B, L, D) of the image positions: the trunk without its head."""
         if self.config.use_class and cond_B is None:
             raise CtfgenError("this stage-2 model was built with use_class=True: pass the class labels")
-        return self.run(self.embed(coarse_BL, cond_B if self.config.use_class else None)
-                        )[:, self.config.n_prefix:]
+        h_BLD = self.hidden(self.embed(coarse_BL, cond_B if self.config.use_class else None))
+        return h_BLD[:, self.config.n_prefix:]
 
-    def mask_logits(self, logits_BLV: torch.Tensor, coarse_BL: torch.Tensor) -> torch.Tensor:
-        """-inf at every code outside the position's coarse cluster."""
-        if self.code_to_coarse.device.type != "meta" and int(self.code_to_coarse.min()) < 0:
-            raise CtfgenError("code_to_coarse is not set: pass it to build_model or load a checkpoint")
-        outside_BLV = self.code_to_coarse[None, None, :] != coarse_BL[..., None]
-        return logits_BLV.masked_fill(outside_BLV, float("-inf"))
+    def member_logits(self, h_ND: torch.Tensor, coarse_N: torch.Tensor, impl: str = "loop") -> torch.Tensor:
+        """(N, M) float32 logits of each position's cluster members (M: the largest cluster).
 
-    def fine_logits(self, coarse_BL: torch.Tensor, cond_B: torch.Tensor | None = None) -> torch.Tensor:
-        """What the sampler draws from: forward, masked to the clusters when the config says so."""
-        logits_BLV = self(coarse_BL, cond_B)
-        return self.mask_logits(logits_BLV, coarse_BL) if self.config.mask_to_cluster else logits_BLV
+        h_ND: final hidden states (`features`); coarse_N: each position's cluster. Column j scores
+        code `member_tables().members_KM[coarse, j]`; columns past the cluster's size are -inf. Equal
+        to the full head masked to the cluster, at N*M*D instead of N*V*D. impl: "loop" or "gather"
+        (models/members.py), the same logits. Raises CtfgenError when code_to_coarse is not set.
+        """
+        if impl not in _members.LOGIT_IMPLS:
+            raise CtfgenError(f"member logits: impl {impl!r} is not one of {_members.LOGIT_IMPLS}")
+        fn = _members.logits_gather if impl == "gather" else _members.logits_loop
+        return fn(h_ND, coarse_N, self.output.weight, self.member_tables())
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         c = self.config
@@ -95,46 +101,25 @@ class AuxTransformer(Trunk):
         loss, acc = self.member_loss(h_ND, coarse_N, codes_N)
         return loss, {"loss": loss.detach(), "acc": acc}
 
-    def features(self, coarse_BL: torch.Tensor, cond_B: torch.Tensor | None) -> torch.Tensor:
-        """Final hidden states (B, L, D) of the image positions: the trunk without its head."""
-        c = self.config
-        h_BLD = self.embed(coarse_BL, cond_B if c.use_class else None)
-        S = h_BLD.shape[1]
-        for layer in self.layers:
-            h_BLD = layer(h_BLD, self.rope_cos[:S], self.rope_sin[:S], is_causal=False)
-        return self.norm(h_BLD)[:, c.n_prefix:]
-
     def member_loss(self, h_ND: torch.Tensor, coarse_N: torch.Tensor, codes_N: torch.Tensor,
                     impl: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean cross-entropy (fp32) and accuracy of the cluster-masked head over N positions.
 
         h_ND: final hidden states; coarse_N: each position's cluster; codes_N: its true code, a
         member of that cluster. Equal to the masked full head's loss (codes outside the cluster
-        have probability 0 there). `impl` (default: `self.loss_impl`) picks the formulation.
+        have probability 0 there). `impl` (default: `self.loss_impl`) picks the formulation
+        (models/member_loss.py): "loop" and "gather" score `member_logits`, "masked" the full head.
         """
-        w = self.output.weight
         # on the meta device (shape checks) there are no values to derive tables from
-        tables = None if self.code_to_coarse.is_meta else self._cluster_tables()
+        tables = None if self.code_to_coarse.is_meta else self.member_tables()
         impl = _loss.resolve_impl(impl or self.loss_impl, h_ND.device, tables)
         self.last_loss_impl = impl  # what "auto" chose, for reports
         if h_ND.shape[0] == 0:  # every position noised: no loss, but keep the graph connected
             zero = (h_ND.sum() * 0).float()
             return zero, zero.detach()
         if impl == "masked":
-            return _loss.loss_masked(h_ND, coarse_N, codes_N, w, self.code_to_coarse)
+            return _loss.loss_masked(h_ND, coarse_N, codes_N, self.output.weight, self.code_to_coarse)
         if tables is None:
             raise CtfgenError(f"aux loss formulation {impl!r} needs the values of code_to_coarse; "
                               "on the meta device only 'masked' runs")
-        if impl == "gather":
-            return _loss.loss_gather(h_ND, coarse_N, codes_N, w, tables)
-        return _loss.loss_loop(h_ND, coarse_N, codes_N, w, tables)
-
-    def _cluster_tables(self) -> _loss.ClusterTables:
-        """Derived from code_to_coarse once, again whenever the buffer is replaced or written to."""
-        c2c = self.code_to_coarse
-        cached = getattr(self, "_tables", None)
-        if cached is None or cached[0] is not c2c or cached[1] != c2c._version:
-            if int(c2c.min()) < 0:
-                raise CtfgenError("code_to_coarse is not set: pass it to build_model or load a checkpoint")
-            self._tables = (c2c, c2c._version, _loss.cluster_tables(c2c, self.config.coarse_vocab))
-        return self._tables[2]
+        return _loss.member_cross_entropy(self.member_logits(h_ND, coarse_N, impl), tables.col_V[codes_N])

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import CtfgenError
+from .members import MemberTables
 
 RULES = ("uniform", "frequency")
 
@@ -33,7 +34,7 @@ class MemberPriorConfig:
     smoothing: float = 1.0  # pseudo-count added to every code (rule "frequency")
 
 
-class MemberPrior(nn.Module):
+class MemberPrior(MemberTables, nn.Module):
     """log p(code | its coarse label), fixed; buffers only, so `.to(device)` moves it like a model."""
 
     def __init__(self, cfg: MemberPriorConfig, code_to_coarse_V: torch.Tensor, log_prob_V: torch.Tensor):
@@ -73,16 +74,17 @@ class MemberPrior(nn.Module):
         return self.log_prob_V.double()[fine_BL.to(self.log_prob_V.device)]
 
     @torch.inference_mode()
-    def sample(self, coarse_BL: torch.Tensor, u_BL: torch.Tensor, *, members_KM: torch.Tensor,
-               counts_K: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
-               argmax: bool = False) -> torch.Tensor:
-        """Codes (B, L): each position drawn from its cluster's members with its own uniform."""
-        from ..sample.sampler import pick
+    def sample(self, coarse_BL: torch.Tensor, u_BL: torch.Tensor, settings=None) -> torch.Tensor:
+        """Codes (B, L): each position drawn from its cluster's members with its own uniform.
 
-        coarse_N = coarse_BL.flatten().to(members_KM.device)
-        members_NM = members_KM[coarse_N]
-        logits_NM = self.log_prob_V.float()[members_NM.clamp(min=0)].masked_fill(members_NM < 0, float("-inf"))
-        col_N = pick(logits_NM, u_BL.flatten().to(logits_NM.device), temperature=temperature, top_k=top_k,
-                     argmax=argmax)
-        col_N = col_N.minimum(counts_K[coarse_N] - 1)  # float rounding can never pick the padding
-        return members_NM.gather(1, col_N[:, None]).view(coarse_BL.shape)
+        `settings` (a SamplingConfig; default: its defaults): stage2_temperature, stage2_top_k and
+        stage2_argmax. Stage-2 guidance does not apply: the prior does not see the class."""
+        from ..sample.sampler import SamplingConfig, pick
+
+        s = (settings or SamplingConfig()).check()
+        t = self.member_tables()
+        coarse_N = coarse_BL.flatten().to(t.members_KM.device)
+        logits_NM = self.log_prob_V.float()[t.members_KM[coarse_N]].masked_fill(t.padding(coarse_N), float("-inf"))
+        col_N = pick(logits_NM, u_BL.flatten().to(logits_NM.device), temperature=s.stage2_temperature,
+                     top_k=s.stage2_top_k, argmax=s.stage2_argmax)
+        return t.codes(coarse_N, col_N).view(coarse_BL.shape)

@@ -198,9 +198,10 @@ class Trunk(nn.Module):
         h = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         return self.tok_dropout(h)  # LlamaGen drops the class embedding too
 
-    def run(self, h_BLD: torch.Tensor, *, pos: int | torch.Tensor | None = None) -> torch.Tensor:
-        """Blocks + norm + head over h placed at sequence positions start.. (start = pos or 0).
-        A tensor `pos` selects the static-shape cache path (see Attention.forward)."""
+    def hidden(self, h_BLD: torch.Tensor, *, pos: int | torch.Tensor | None = None) -> torch.Tensor:
+        """Blocks + final norm over h placed at sequence positions start.. (start = pos or 0): the
+        final hidden states (B, L, D). A tensor `pos` selects the static-shape cache path (see
+        Attention.forward)."""
         L = h_BLD.shape[1]
         if isinstance(pos, torch.Tensor):
             rows_L = pos + torch.arange(L, device=pos.device)
@@ -210,7 +211,11 @@ class Trunk(nn.Module):
             cos, sin = self.rope_cos[start:start + L], self.rope_sin[start:start + L]
         for layer in self.layers:
             h_BLD = layer(h_BLD, cos, sin, is_causal=self.is_causal, pos=pos)
-        return self.output(self.norm(h_BLD)).float()
+        return self.norm(h_BLD)
+
+    def run(self, h_BLD: torch.Tensor, *, pos: int | torch.Tensor | None = None) -> torch.Tensor:
+        """`hidden`, then the head: float32 logits (B, L, out_vocab)."""
+        return self.output(self.hidden(h_BLD, pos=pos)).float()
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -78,9 +78,7 @@ def stage1_labels(pipe: CTFPipeline, samples: Samples, *, batch_size: int = 64) 
             seeds = list(samples.seeds[b:b + batch_size])
             u_BL = sample_uniforms(seeds, 2 * L)[:, :L]  # CTFPipeline: stage 1 uses the first L
             labels_B = torch.as_tensor(samples.labels[b:b + batch_size], dtype=torch.long)
-            out.append(generate_tokens(ar, labels_B, u_BL, guidance_scale=s.guidance_scale,
-                                       guidance_schedule=s.guidance_schedule, temperature=s.temperature,
-                                       top_k=s.top_k, top_p=s.top_p, argmax=s.argmax).cpu())
+            out.append(generate_tokens(ar, labels_B, u_BL, s).cpu())
     finally:
         ar.clear_cache()
     return torch.cat(out).numpy() if out else np.zeros((0, L), np.int64)

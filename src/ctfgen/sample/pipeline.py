@@ -318,32 +318,19 @@ class CTFPipeline(_Pipeline):
     def __init__(self, tokenizer, ar=None, aux=None, **kwargs):
         models = kwargs.pop("models", None) or {"ar": ar, "aux": aux}
         super().__init__(tokenizer, models, **kwargs)
-        from ..cluster import CoarseMap
-
-        aux = self.models["aux"]
-        cmap = CoarseMap.from_labels(aux.code_to_coarse.cpu(), k=aux.config.coarse_vocab)
-        self.members_KM = cmap.members.to(self.device)
-        self.counts_K = cmap.counts.to(self.device)
 
     def sample_codes(self, labels_B, seeds, s, progress=False):
         ar, aux = self.models["ar"], self.models["aux"]
         L = self.seq_len
         u_BN = sample_uniforms(seeds, 2 * L)  # stage 1 uses the first L, stage 2 the rest
         t0 = time.perf_counter()
-        coarse_BL = generate_tokens(ar, labels_B, u_BN[:, :L], guidance_scale=s.guidance_scale,
-                                    guidance_schedule=s.guidance_schedule, temperature=s.temperature,
-                                    top_k=s.top_k, top_p=s.top_p, argmax=s.argmax,
-                                    step_fn=self._decode_step(ar), progress=progress)
+        coarse_BL = generate_tokens(ar, labels_B, u_BN[:, :L], s, step_fn=self._decode_step(ar), progress=progress)
         _sync(coarse_BL.device)  # on a GPU the stage times must not be the launch times
         t1 = time.perf_counter()
         if getattr(aux.config, "kind", "") == "prior":  # a stage 2 with no parameters (models/member_prior.py)
-            codes_BL = aux.sample(coarse_BL, u_BN[:, L:], members_KM=self.members_KM, counts_K=self.counts_K,
-                                  temperature=s.stage2_temperature, top_k=s.stage2_top_k, argmax=s.stage2_argmax)
+            codes_BL = aux.sample(coarse_BL, u_BN[:, L:], s)
         else:
-            codes_BL = sample_fine(aux, coarse_BL, labels_B, u_BN[:, L:], members_KM=self.members_KM,
-                                   counts_K=self.counts_K, temperature=s.stage2_temperature,
-                                   top_k=s.stage2_top_k, argmax=s.stage2_argmax,
-                                   guidance_scale=s.stage2_guidance_scale)
+            codes_BL = sample_fine(aux, coarse_BL, labels_B, u_BN[:, L:], s)
         _sync(codes_BL.device)
         self.last_timings = {"stage1_s": t1 - t0, "stage2_s": time.perf_counter() - t1}  # for the bench
         return codes_BL
@@ -365,9 +352,7 @@ class BaselinePipeline(_Pipeline):
     def sample_codes(self, labels_B, seeds, s, progress=False):
         m = self.models["baseline"]
         u_BL = sample_uniforms(seeds, self.seq_len)
-        return generate_tokens(m, labels_B, u_BL, guidance_scale=s.guidance_scale,
-                               guidance_schedule=s.guidance_schedule, temperature=s.temperature, top_k=s.top_k,
-                               top_p=s.top_p, argmax=s.argmax, step_fn=self._decode_step(m), progress=progress)
+        return generate_tokens(m, labels_B, u_BL, s, step_fn=self._decode_step(m), progress=progress)
 
 
 def load_pipeline(path: str | Path, **kwargs) -> _Pipeline:

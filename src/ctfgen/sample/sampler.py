@@ -9,54 +9,12 @@ on which other samples share its batch, on the batch size, or on how many proces
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from ..errors import CtfgenError
-from ..models.aux import cluster_blocks
-
-SCHEDULES = ("constant", "linear")
-
-
-@dataclass
-class SamplingConfig:
-    """Every setting of a sampling run. Defaults are the paper's CTF settings; the baseline's are
-    `SamplingConfig.baseline()` (LlamaGen: temperature 1.0)."""
-
-    guidance_scale: float = 2.0  # classifier-free guidance of stage 1 / the baseline; 1 = off
-    guidance_schedule: str = "constant"  # "linear": ramps from 1 at the first token to the scale at the last
-    temperature: float = 1.1
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    argmax: bool = False  # greedy stage 1 / baseline
-    # stage 2 (CTF only)
-    stage2_temperature: float = 1.1
-    stage2_top_k: int = 0  # 0 = the full (cluster-restricted) distribution, as in the paper
-    stage2_argmax: bool = False  # the paper's ablation: much worse FID
-    stage2_guidance_scale: float = 1.0  # the paper leaves stage-2 guidance open; off by default
-
-    @classmethod
-    def baseline(cls, **overrides) -> "SamplingConfig":
-        return cls(**{"temperature": 1.0, **overrides})
-
-    def check(self) -> "SamplingConfig":
-        for name in ("guidance_scale", "stage2_guidance_scale"):
-            if not getattr(self, name) >= 1.0:
-                raise CtfgenError(f"{name} must be >= 1 (1 = no guidance), got {getattr(self, name)}")
-        for name in ("temperature", "stage2_temperature"):
-            if not getattr(self, name) > 0:
-                raise CtfgenError(f"{name} must be > 0 (use argmax for greedy sampling), got {getattr(self, name)}")
-        for name in ("top_k", "stage2_top_k"):
-            if getattr(self, name) < 0:
-                raise CtfgenError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise CtfgenError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
-        if self.guidance_schedule not in SCHEDULES:
-            raise CtfgenError(f"guidance_schedule must be one of {SCHEDULES}, got {self.guidance_schedule!r}")
-        return self
-
+from .settings import SCHEDULES, SamplingConfig  # noqa: F401  (SamplingConfig's old home)
 
 # ---------------------------------------------------------------- per-sample randomness
 
@@ -153,21 +111,22 @@ def guidance_at(step: int, steps: int, scale: float, schedule: str) -> float:
 # ---------------------------------------------------------------- stage 1 / baseline
 
 @torch.inference_mode()
-def generate_tokens(model, labels_B: torch.Tensor, u_BL: torch.Tensor, *, guidance_scale: float = 2.0,
-                    guidance_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0,
-                    top_p: float = 1.0, argmax: bool = False, step_fn: Callable | None = None,
-                    progress: bool = False) -> torch.Tensor:
+def generate_tokens(model, labels_B: torch.Tensor, u_BL: torch.Tensor, settings: SamplingConfig | None = None, *,
+                    step_fn: Callable | None = None, progress: bool = False) -> torch.Tensor:
     """Sample (B, L) tokens from a causal GPT ("baseline": codes, "ar": coarse labels).
 
-    Guidance runs the batch doubled, [cond, null], through one static KV cache; the prefix is never
-    recomputed. The cache must hold >= 2B (guided) or B sequences; it is set up here when it does not.
+    `settings` (default: SamplingConfig.baseline()): its stage-1 / baseline fields guidance_scale,
+    guidance_schedule, temperature, top_k, top_p and argmax. Guidance runs the batch doubled,
+    [cond, null], through one static KV cache; the prefix is never recomputed. The cache must hold
+    >= 2B (guided) or B sequences; it is set up here when it does not.
     `step_fn(tokens_B, pos) -> logits` replaces model.decode_step (e.g. a compiled one).
     """
+    s = (settings or SamplingConfig.baseline()).check()
     c = model.config
     B, L = labels_B.shape[0], c.seq_len
     device = model.tok_embeddings.weight.device
     labels_B = labels_B.to(device)
-    guided = guidance_scale != 1.0
+    guided = s.guidance_scale != 1.0
     cond_B = torch.cat([labels_B, torch.full_like(labels_B, c.num_classes)]) if guided else labels_B
     if not model.cache_fits(cond_B.shape[0]):
         model.setup_cache(cond_B.shape[0])  # none yet, or made for another batch, length, dtype or device
@@ -183,11 +142,11 @@ def generate_tokens(model, labels_B: torch.Tensor, u_BL: torch.Tensor, *, guidan
             logits_BV = step_fn(torch.cat([prev_B, prev_B]) if guided else prev_B, t - 1)
         if guided:
             # uncond + s * (cond - uncond) in one kernel
-            s = guidance_at(t, L, guidance_scale, guidance_schedule)
-            logits_BV = torch.lerp(logits_BV[B:], logits_BV[:B], s)
+            scale = guidance_at(t, L, s.guidance_scale, s.guidance_schedule)
+            logits_BV = torch.lerp(logits_BV[B:], logits_BV[:B], scale)
         broken_BL[:, t] = broken_rows(logits_BV)
-        tokens_BL[:, t] = pick(logits_BV, u_BL[:, t], temperature=temperature, top_k=top_k, top_p=top_p,
-                               argmax=argmax, check=False)
+        tokens_BL[:, t] = pick(logits_BV, u_BL[:, t], temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                               argmax=s.argmax, check=False)
     at_L = broken_BL.any(0)
     if at_L.device.type != "meta" and bool(at_L.any()):  # meta: shapes only (the device tests)
         _refuse_bad_rows(broken_BL[:, int(at_L.nonzero()[0])], where=f" at token {int(at_L.nonzero()[0])}")
@@ -209,68 +168,49 @@ def _steps(n: int, progress: bool):
 
 # ---------------------------------------------------------------- stage 2
 
-def member_logits(h_ND: torch.Tensor, coarse_N: torch.Tensor, weight_VD: torch.Tensor,
-                  members_KM: torch.Tensor, counts_K: torch.Tensor) -> torch.Tensor:
-    """(N, M) logits of each position's cluster members (column j = members[coarse, j]), -inf padding.
-
-    Equal to the masked full head, at a cost of N*M*D instead of N*V*D (V/M = K times less).
-    """
-    N, M = h_ND.shape[0], members_KM.shape[1]
-    out_NM = torch.full((N, M), float("-inf"), device=h_ND.device)
-    order_N, rows_per_K = cluster_blocks(coarse_N, len(counts_K))
-    for k, rows in enumerate(order_N.split(rows_per_K)):
-        if len(rows):
-            m = int(counts_K[k])
-            out_NM[rows, :m] = (h_ND[rows] @ weight_VD[members_KM[k, :m]].T).float()
-    return out_NM
-
-
 @torch.inference_mode()
-def sample_fine(aux, coarse_BL: torch.Tensor, labels_B: torch.Tensor, u_BL: torch.Tensor, *,
-                members_KM: torch.Tensor, counts_K: torch.Tensor, temperature: float = 1.1,
-                top_k: int = 0, argmax: bool = False, guidance_scale: float = 1.0,
-                max_logits: int = 1 << 26) -> torch.Tensor:
+def sample_fine(aux, coarse_BL: torch.Tensor, labels_B: torch.Tensor, u_BL: torch.Tensor,
+                settings: SamplingConfig | None = None, *, max_logits: int = 1 << 26) -> torch.Tensor:
     """Codes (B, L) from coarse labels: one forward pass, each position sampled with its own uniform.
 
-    With a cluster-masked model only the members' logits are computed. An unmasked model's full
-    (B, L, V) logits are made in chunks of samples of at most `max_logits` values.
+    `settings` (default: SamplingConfig()): its stage-2 fields stage2_temperature, stage2_top_k,
+    stage2_argmax and stage2_guidance_scale. With a cluster-masked model only the members' logits
+    are computed (`aux.member_logits`). An unmasked model's full (B, L, V) logits are made in chunks
+    of samples of at most `max_logits` values.
     """
+    s = (settings or SamplingConfig()).check()
     c = aux.config
     device = aux.tok_embeddings.weight.device
-    guided = guidance_scale != 1.0
+    guided = s.stage2_guidance_scale != 1.0
     if guided and not c.use_class:
         raise CtfgenError("stage2_guidance_scale: this stage-2 model does not see the class (use_class=False), "
                           "so it cannot be guided; use 1.0")
     coarse_BL, labels_B, u_BL = coarse_BL.to(device), labels_B.to(device), u_BL.to(device)
     B, L = coarse_BL.shape
     masked = c.mask_to_cluster
+    tables = aux.member_tables() if masked else None
     chunk = B if masked else max(1, max_logits // (L * c.vocab_size * (2 if guided else 1)))
     codes_BL = torch.empty(B, L, dtype=torch.long, device=device)
-    for s in range(0, B, chunk):
-        coarse, labels = coarse_BL[s:s + chunk], labels_B[s:s + chunk]
+    for b in range(0, B, chunk):
+        coarse, labels = coarse_BL[b:b + chunk], labels_B[b:b + chunk]
         n = coarse.shape[0]
         if guided:
             coarse = torch.cat([coarse, coarse])
             labels = torch.cat([labels, torch.full_like(labels, c.num_classes)])
         h_BLD = aux.features(coarse, labels)
         if masked:
-            logits_NV = member_logits(h_BLD.flatten(0, 1), coarse.flatten(), aux.output.weight,
-                                      members_KM, counts_K)
+            logits_NV = aux.member_logits(h_BLD.flatten(0, 1), coarse.flatten())
         else:
             logits_NV = aux.output(h_BLD).float().flatten(0, 1)
         if guided:
             half = n * L
-            # -inf - -inf would be nan at the padding of masked rows: both halves pad the same columns
             uncond_NV, cond_NV = logits_NV[half:], logits_NV[:half]
-            logits_NV = torch.lerp(uncond_NV, cond_NV, guidance_scale)
+            logits_NV = torch.lerp(uncond_NV, cond_NV, s.stage2_guidance_scale)
             # -inf - -inf is nan at the padding of masked rows (both halves pad the same columns); only
             # there: a NaN elsewhere comes from the model and must stay visible to pick's check
             padding_NV = torch.isneginf(uncond_NV) & torch.isneginf(cond_NV)
             logits_NV = logits_NV.masked_fill(padding_NV, float("-inf"))
-        col_N = pick(logits_NV, u_BL[s:s + chunk].flatten(), temperature=temperature, top_k=top_k, argmax=argmax)
-        if masked:
-            flat = coarse[:n].flatten()
-            col_N = col_N.minimum(counts_K[flat] - 1)  # float rounding can never pick the padding
-            col_N = members_KM[flat, col_N]
-        codes_BL[s:s + chunk] = col_N.view(n, L)
+        col_N = pick(logits_NV, u_BL[b:b + chunk].flatten(), temperature=s.stage2_temperature, top_k=s.stage2_top_k,
+                     argmax=s.stage2_argmax)
+        codes_BL[b:b + chunk] = (tables.codes(coarse[:n].flatten(), col_N) if masked else col_N).view(n, L)
     return codes_BL

@@ -11,11 +11,12 @@ import contextlib
 import importlib.util
 import math
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CtfgenError
+
+if TYPE_CHECKING:  # the command line reads these configs without importing torch
+    import torch
 
 KINDS = ("baseline", "ar", "aux")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -144,6 +145,8 @@ class RunOptions:
 
     def autocast(self, device: torch.device):
         """The autocast context of a training step on `device` (bf16 or none, see `precision`)."""
+        import torch
+
         if self.precision == "bf16" or (self.precision == "auto" and device.type == "cuda"):
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()

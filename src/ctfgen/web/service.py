@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from ..config import field_problem
 from ..errors import CtfgenError
+from ..sample.settings import SamplingConfig
 
 if TYPE_CHECKING:
     from ..sample.pipeline import _Pipeline
@@ -34,6 +36,11 @@ class PageRequest:
     top_k: Any = 0
     top_p: Any = 1.0
     stage2_temperature: Any = 1.1
+
+
+# the sampling settings the page offers (web/app.py lays out an input for each)
+PAGE_SETTINGS = [f for f in fields(SamplingConfig)
+                 if f.name in ("guidance_scale", "temperature", "top_k", "top_p", "stage2_temperature")]
 
 
 @dataclass
@@ -161,22 +168,14 @@ class PageService:
         seed = _whole("seed", req.seed)
         if seed < 0:
             raise CtfgenError(f"seed: must be >= 0, got {seed}")
-        settings = {
-            "guidance_scale": _number("guidance scale", req.guidance_scale),
-            "temperature": _number("temperature", req.temperature),
-            "top_k": _whole("top-k", req.top_k),
-            "top_p": _number("top-p", req.top_p),
-            "stage2_temperature": _number("stage-2 temperature", req.stage2_temperature),
-        }
-        if settings["guidance_scale"] < 1:
-            raise CtfgenError(f"guidance scale: must be >= 1 (1 = no guidance), got {settings['guidance_scale']:g}")
-        for key, name in (("temperature", "temperature"), ("stage2_temperature", "stage-2 temperature")):
-            if settings[key] <= 0:
-                raise CtfgenError(f"{name}: must be > 0, got {settings[key]:g}")
-        if settings["top_k"] < 0:
-            raise CtfgenError(f"top-k: must be >= 0 (0 = off), got {settings['top_k']}")
-        if not 0 < settings["top_p"] <= 1:
-            raise CtfgenError(f"top-p: must be in (0, 1] (1 = off), got {settings['top_p']:g}")
+        settings = {}
+        for f in PAGE_SETTINGS:  # named as the page names them, checked by the rules of SamplingConfig
+            shown = f.metadata.get("label", f.name)
+            value = (_whole if isinstance(f.default, int) else _number)(shown, getattr(req, f.name))
+            problem = field_problem(f, value)
+            if problem:
+                raise CtfgenError(f"{shown}: {problem}")
+            settings[f.name] = value
         self.ctf.settings(**settings)  # anything SamplingConfig refuses beyond the checks above
         return label, count, seed, settings
 
@@ -197,9 +196,8 @@ class PageService:
                                 ctf_images=views.final_images, triplets=triplet_images(views),
                                 ctf_seconds=ctf_seconds, settings=settings)
             if self.baseline is not None:
-                stage1 = {k: v for k, v in settings.items() if k != "stage2_temperature"}
-                t0 = time.perf_counter()
-                base = self.baseline.generate(labels, seed=seed, batch_size=self.batch_size, **stage1)
+                t0 = time.perf_counter()  # the baseline reads the stage-1 settings only
+                base = self.baseline.generate(labels, seed=seed, batch_size=self.batch_size, **settings)
                 result.baseline_seconds = time.perf_counter() - t0
                 result.baseline_images = np.repeat(base.images, 3, -1) if base.images.shape[-1] == 1 else base.images
         return result

@@ -29,7 +29,7 @@ from ..config import to_dict
 from ..errors import ArtifactError, CtfgenError, TrainingDiverged
 from . import checkpoint as ckpt
 from .config import RunOptions, TrainConfig, auto_ckpt_every
-from .data import BatchOrder, TokenDataset, check_inputs, open_coarse_map, open_codes
+from .data import BatchOrder, TokenDataset, check_inputs
 from .dist import DistInfo, all_gather_objects, all_reduce_mean, barrier, broadcast_object, init_distributed, no_sync, shutdown
 from .logs import MetricsLog, peak_rss_gb
 from .parallel import EMA, full_model_state, full_optimizer_state, load_full_optimizer_state, param_groups, wrap
@@ -119,8 +119,11 @@ def train(
 def _train(cfg, run, info: DistInfo, out: Path, codes_dir: Path, coarse_map_dir, build_model, on_step) -> TrainResult:
     if run.fsdp and info.world_size == 1 and not torch.distributed.is_initialized():
         raise CtfgenError("--fsdp needs a distributed launch (torchrun --nproc_per_node N ...)")
-    codes = open_codes(codes_dir)
-    coarse = open_coarse_map(coarse_map_dir) if coarse_map_dir is not None else None
+    from ..cluster import CoarseMap
+    from ..codes import CodeStore
+
+    codes = CodeStore.open(codes_dir)
+    coarse = CoarseMap.load(coarse_map_dir) if coarse_map_dir is not None else None
     check_inputs(cfg.kind, codes, coarse, codes_dir=str(codes_dir), coarse_dir=str(coarse_map_dir))
     if cfg.kind == "baseline":
         coarse = None  # the baseline never looks at coarse labels

@@ -77,8 +77,15 @@ def fingerprint_tensors(tensors: Mapping[str, torch.Tensor | np.ndarray], extra:
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name]
-        arr = t.detach().cpu().contiguous().numpy() if isinstance(t, torch.Tensor) else np.ascontiguousarray(t)
-        h.update(f"{name}|{arr.dtype}|{arr.shape}|".encode())
+        dtype = None
+        if isinstance(t, torch.Tensor):
+            t = t.detach().cpu().contiguous()
+            if t.dtype == torch.bfloat16:  # numpy has no bfloat16: hash its bits, under its own name
+                t, dtype = t.view(torch.int16), "bfloat16"
+            arr = t.numpy()
+        else:
+            arr = np.ascontiguousarray(t)
+        h.update(f"{name}|{dtype or arr.dtype}|{arr.shape}|".encode())
         h.update(arr.tobytes())
     if extra is not None:
         h.update(json.dumps(extra, sort_keys=True).encode())
@@ -418,6 +425,7 @@ class ModuleArtifact(Artifact):
         self.module = module
         self._made_from = dict(made_from or {})
         self.manifest = manifest
+        self._pending: tuple[dict, str] | None = None  # (state, fingerprint) copied for the next save
 
     @property
     def made_from(self) -> dict[str, Any]:
@@ -427,7 +435,16 @@ class ModuleArtifact(Artifact):
     def fingerprint(self) -> str:
         if self.manifest is not None:
             return str(self.manifest["fingerprint"])
-        return self.fingerprint_of(self.state(), self.module)
+        return self.pending_manifest()["fingerprint"]
+
+    def pending_manifest(self) -> dict[str, Any]:
+        """The kind, fingerprint, config and made_from that `save` will write, to check before
+        writing. The weights are copied and hashed once, here, and `save` writes that copy."""
+        if self._pending is None:
+            state = self.state()
+            self._pending = (state, self.fingerprint_of(state, self.module))
+        return {"kind": self.KIND, "fingerprint": self._pending[1], "config": self.config_of(self.module),
+                "made_from": self.made_from}
 
     def state(self) -> dict[str, torch.Tensor]:
         """The module's tensors on the CPU, as they are written (copies: tied weights and views are
@@ -468,9 +485,9 @@ class ModuleArtifact(Artifact):
              config: Mapping[str, Any] | None = None, extra_files: Mapping[str, bytes] | None = None) -> dict:
         """Write the folder atomically (weights, `extra_files` name -> bytes, manifest last); returns
         the manifest. config: the manifest's config (default `config_of(module)`)."""
-        state = self.state()
         self._made_from, self.manifest = self.made_from, None  # from here on it describes the new folder
-        fp = self.fingerprint_of(state, self.module)
+        self.pending_manifest()
+        (state, fp), self._pending = self._pending, None
         with artifact_dir(folder, overwrite=overwrite) as tmp:
             self.write_weights(tmp, state, fingerprint=fp)
             for name, data in (extra_files or {}).items():

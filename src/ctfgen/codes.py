@@ -34,18 +34,18 @@ KIND = "codes"
 CHUNK = 4096  # images per saved piece of an encoding run: what a kill can lose
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CodesConfig:
     """What a store holds: the config its manifest is written with (`CodeStore.save`)."""
 
-    grid: list[int]  # [h, w] tokens per image
-    vocab_size: int  # codebook size V
-    num_classes: int
     split: str = ""
     limit: int = 0  # the first `limit` images were encoded (0: all)
     views: str = "none"  # "none", "flip" or "tencrop"
     crop_range: float = 1.1
     n_views: int = 1
+    grid: list[int]  # [h, w] tokens per image
+    vocab_size: int  # codebook size V
+    num_classes: int
     class_names: list[str] = field(default_factory=list)
 
 

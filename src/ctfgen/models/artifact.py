@@ -96,7 +96,9 @@ class TrainedModel(ModuleArtifact):
         name = EMA_WEIGHTS if use_ema else WEIGHTS
         if use_ema and not (folder / name).is_file():
             raise ArtifactError(f"{folder / name} not found (this run kept no EMA; pass ema=False)")
-        return cls.load_module(folder, device, weights=name, manifest=manifest)
+        art = cls.load_module(folder, device, weights=name, manifest=manifest)
+        art.module.manifest = manifest  # what it was made from travels with it (pipelines save it again)
+        return art
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu", *, ema: bool | None = None,

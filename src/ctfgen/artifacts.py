@@ -417,7 +417,7 @@ class ModuleArtifact(Artifact):
     manifest)` (an empty module from the manifest).
     """
 
-    WEIGHTS: ClassVar[str] = "model.safetensors"
+    WEIGHTS: ClassVar[str]  # the weights file's name, spelt once per kind
     REDO: ClassVar[str] = "make it again"
 
     def __init__(self, module: torch.nn.Module, *, made_from: Mapping[str, Any] | None = None,

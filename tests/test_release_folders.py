@@ -1,0 +1,102 @@
+"""Folders written by an earlier release still load, and give the same samples and likelihoods.
+
+tests/fixtures/release-<version>/ holds one folder of every artifact kind as that release wrote
+them (made by tests/fixtures/make_release_folders.py), and expected.npz what that release's
+pipelines sampled and its models' held-out bits per token. Any change to a file format, to a
+loader or to the sampling or model maths shows up here.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctfgen.cli import main as cli_main
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+RELEASES = sorted(p.name for p in FIXTURES.glob("release-*") if p.is_dir())
+KINDS = ("tokenizer", "codes", "coarse", "stage1", "stage2", "baseline", "classifier", "pipeline-ctf",
+         "pipeline-baseline")
+
+
+@pytest.fixture(scope="module", params=RELEASES)
+def old(request, tmp_path_factory) -> Path:
+    # a copy: loading may recover or rewrite nothing, but a test must never touch the repository
+    dst = tmp_path_factory.mktemp("old") / request.param
+    shutil.copytree(FIXTURES / request.param, dst)
+    return dst
+
+
+def test_every_artifact_kind_has_a_fixture(old):
+    assert RELEASES, "no release fixtures under tests/fixtures"
+    assert all((old / k / "manifest.json").is_file() for k in KINDS)
+
+
+def test_old_components_load(old):
+    from ctfgen.cluster import CoarseMap
+    from ctfgen.codes import CodeStore
+    from ctfgen.evaluate import load_classifier
+    from ctfgen.tokenizer import load_tokenizer
+    from ctfgen.train import load_model
+
+    tok = load_tokenizer(old / "tokenizer")
+    store = CodeStore.open(old / "codes")
+    store.check_tokenizer(tok.fingerprint)
+    cmap = CoarseMap.load(old / "coarse")
+    cmap.check_tokenizer(tok.fingerprint)
+    assert (store.vocab_size, cmap.num_codes) == (tok.config.codebook_size,) * 2
+    for folder, kind in (("stage1", "ar"), ("stage2", "aux"), ("baseline", "baseline")):
+        model, manifest = load_model(old / folder, expect_kind=kind)
+        assert model.config.kind == kind and manifest["made_from"]["tokenizer"] == tok.fingerprint
+    aux, _ = load_model(old / "stage2")
+    assert torch.equal(aux.code_to_coarse, cmap.code_to_coarse)
+    clf, _ = load_classifier(old / "classifier")
+    assert clf(torch.zeros(2, 1, 16, 16)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("name", ["ctf", "baseline"])
+def test_old_pipelines_sample_what_that_release_sampled(old, name):
+    from ctfgen.sample import load_pipeline
+
+    expected = np.load(old / "expected.npz")
+    samples = load_pipeline(old / f"pipeline-{name}").generate(expected["labels"].tolist(), seed=0)
+    np.testing.assert_array_equal(samples.codes, expected[f"{name}_codes"])
+    # decoding is float maths: allow a rounding step of one grey level
+    assert np.abs(samples.images.astype(int) - expected[f"{name}_images"].astype(int)).max() <= 1
+
+
+def test_old_models_have_the_same_heldout_likelihood(old):
+    from ctfgen.codes import CodeStore
+    from ctfgen.evaluate.nll import heldout_nll
+    from ctfgen.train import load_model
+
+    expected = np.load(old / "expected.npz")
+    store = CodeStore.open(old / "codes")
+    fine_NL, labels_N = torch.from_numpy(store.codes[:, 0].astype(np.int64)), torch.from_numpy(store.labels)
+    for name, roles in (("ctf", {"ar": "stage1", "aux": "stage2"}), ("baseline", {"baseline": "baseline"})):
+        models = {role: load_model(old / folder)[0] for role, folder in roles.items()}
+        bits = heldout_nll(models, fine_NL, labels_N)["bits_per_token"]
+        assert bits == pytest.approx(float(expected[f"{name}_bits_per_token"]), rel=1e-6)
+
+
+def test_old_checkpoint_resumes_and_old_folders_make_a_pipeline(old, tmp_path, capsys):
+    from ctfgen.sample import CTFPipeline
+    from ctfgen.train import RunOptions, TrainConfig, train
+
+    manifest = __import__("json").loads((old / "stage1" / "manifest.json").read_text())
+    cfg = TrainConfig(**manifest["config"]["train"])
+    run_dir = tmp_path / "stage1"
+    shutil.copytree(old / "stage1", run_dir)
+    # the same settings: the whole training state is read and the run is found finished
+    result = train(cfg, codes_dir=old / "codes", out_dir=run_dir, coarse_map_dir=old / "coarse",
+                   run=RunOptions(progress=False))
+    assert (result.resumed_from, result.step, result.finished) == (2, 2, True)
+
+    assert cli_main(["pipeline", "make", "--tokenizer", str(old / "tokenizer"), "--ar", str(old / "stage1"),
+                     "--aux", str(old / "stage2"), "--out", str(tmp_path / "pipe")]) == 0
+    expected = np.load(old / "expected.npz")
+    pipe = CTFPipeline.from_pretrained(tmp_path / "pipe")
+    np.testing.assert_array_equal(pipe.generate(expected["labels"].tolist(), seed=0).codes, expected["ctf_codes"])

@@ -3,6 +3,8 @@ a pipeline built in memory saves its component folders and loads back sampling t
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,8 @@ from ctfgen.sample import BaselinePipeline, CTFPipeline
 from ctfgen.tokenizer import VQModel
 from ctfgen.tokenizer.artifact import TokenizerArtifact
 from ctfgen.tokenizer.model import vq_preset
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -40,7 +44,7 @@ def test_module_artifacts_round_trip(kind, tmp_path):
     assert art.fingerprint == fp == manifest["fingerprint"] and manifest["kind"] == art.KIND
     assert manifest["made_from"] == art.made_from and manifest["info"] == {"note": 1}
     assert set(manifest["files"]) == {art.WEIGHTS}
-    back = type(art).load_module(tmp_path / kind)
+    back = type(art).load(tmp_path / kind)
     assert same_state(back.module, art.module) and not back.module.training
     assert back.fingerprint == fp and back.made_from == art.made_from
     assert back.fingerprint_of(back.state(), back.module) == fp  # the content still hashes to it
@@ -48,7 +52,7 @@ def test_module_artifacts_round_trip(kind, tmp_path):
         art.save(tmp_path / kind)
     other = ClassifierArtifact if kind != "classifier" else TrainedModel
     with pytest.raises(ArtifactError, match=f"is a '{art.KIND}' artifact, expected {other.KIND}"):
-        other.load_module(tmp_path / kind)
+        other.load(tmp_path / kind)
 
 
 def test_trained_model_checks_kind_parents_and_ema(tmp_path):
@@ -153,3 +157,21 @@ def test_pipeline_to_dtype_and_device(folders, tmp_path):
     back = CTFPipeline.from_pretrained(saved, dtype=torch.bfloat16)
     assert all(same_state(back.models[r], m) for r, m in pipe.models.items())
     assert np.array_equal(back.generate([1, 0], seed=3).codes, pipe.generate([1, 0], seed=3).codes)
+
+
+@pytest.mark.parametrize("release", sorted(p.name for p in FIXTURES.glob("release-*")))
+def test_release_modules_saved_from_memory_sample_what_that_release_sampled(release, tmp_path):
+    from ctfgen.sample import load_pipeline
+
+    old = tmp_path / release
+    shutil.copytree(FIXTURES / release, old)
+    expected = np.load(old / "expected.npz")
+    for name, cls in (("ctf", CTFPipeline), ("baseline", BaselinePipeline)):
+        loaded = load_pipeline(old / f"pipeline-{name}")
+        rebuilt = cls(loaded.tokenizer, models=dict(loaded.models), sampling=loaded.sampling)
+        back = load_pipeline(rebuilt.save_pretrained(tmp_path / name))
+        np.testing.assert_array_equal(back.generate(expected["labels"].tolist(), seed=0).codes, expected[f"{name}_codes"])
+        for role in loaded.models:  # the parents the old folders recorded are kept
+            was = json.loads((old / f"pipeline-{name}" / role / "manifest.json").read_text())
+            now = json.loads((tmp_path / name / role / "manifest.json").read_text())
+            assert now["made_from"] == was["made_from"] and now["fingerprint"] == was["fingerprint"]

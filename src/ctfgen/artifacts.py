@@ -499,8 +499,8 @@ class ModuleArtifact(Artifact):
         return manifest
 
     @classmethod
-    def load_module(cls, folder: str | os.PathLike, device: str | torch.device = "cpu", *,
-                    weights: str | None = None, manifest: dict | None = None) -> "ModuleArtifact":
+    def load(cls, folder: str | os.PathLike, device: str | torch.device = "cpu", *,
+             weights: str | None = None, manifest: dict | None = None) -> "ModuleArtifact":
         """Rebuild the module from the manifest and load `weights` (default WEIGHTS) strictly."""
         folder = Path(folder)
         manifest = cls.read_manifest(folder) if manifest is None else manifest

@@ -187,7 +187,7 @@ def save_classifier(
 
 
 def load_classifier(folder: str | Path, *, device: torch.device | str = "cpu") -> tuple[DomainClassifier, dict]:
-    art = ClassifierArtifact.load_module(folder, device)
+    art = ClassifierArtifact.load(folder, device)
     return art.module, art.manifest
 
 

@@ -96,7 +96,7 @@ class TrainedModel(ModuleArtifact):
         name = EMA_WEIGHTS if use_ema else WEIGHTS
         if use_ema and not (folder / name).is_file():
             raise ArtifactError(f"{folder / name} not found (this run kept no EMA; pass ema=False)")
-        art = cls.load_module(folder, device, weights=name, manifest=manifest)
+        art = super().load(folder, device, weights=name, manifest=manifest)
         art.module.manifest = manifest  # what it was made from travels with it (pipelines save it again)
         return art
 

@@ -48,24 +48,25 @@ class Samples:
 
 # ---------------------------------------------------------------- checking components
 
-def _tokenizer_grid(cfg: dict) -> int:
-    return int(cfg["resolution"]) // 2 ** (len(cfg["ch_mult"]) - 1)
-
-
 def check_components(tokenizer: dict, models: dict[str, dict]) -> dict[str, str]:
     """Refuse manifests that do not belong together; returns every fingerprint by role."""
+    from ..config import from_dict
+    from ..models.config import ModelConfig
+    from ..tokenizer.model import VQConfig
+
     tok_fp = tokenizer["fingerprint"]
     fps = {"tokenizer": tok_fp}
-    tcfg = tokenizer.get("config", {})
+    tcfg = from_dict(VQConfig, tokenizer.get("config", {}), where="tokenizer manifest: config")
+    mcfgs = {}
     for role, m in models.items():
-        mcfg = m.get("config", {}).get("model", {})
-        if mcfg.get("kind") != role:
-            raise ArtifactError(f"{role}: expected a '{role}' model, got kind {mcfg.get('kind')!r}")
-        if mcfg.get("vocab_size") != tcfg.get("codebook_size"):
-            raise ArtifactError(f"{role}: vocab_size {mcfg.get('vocab_size')} != the tokenizer's codebook_size "
-                                f"{tcfg.get('codebook_size')}")
-        if mcfg.get("grid") != _tokenizer_grid(tcfg):
-            raise ArtifactError(f"{role}: grid {mcfg.get('grid')} != the tokenizer's {_tokenizer_grid(tcfg)} tokens per side")
+        kind = m.get("config", {}).get("model", {}).get("kind")
+        if kind != role:
+            raise ArtifactError(f"{role}: expected a '{role}' model, got kind {kind!r}")
+        mcfgs[role] = mcfg = from_dict(ModelConfig, m["config"]["model"], where=f"{role} manifest: config.model")
+        if mcfg.vocab_size != tcfg.codebook_size:
+            raise ArtifactError(f"{role}: vocab_size {mcfg.vocab_size} != the tokenizer's codebook_size {tcfg.codebook_size}")
+        if mcfg.grid != tcfg.grid:
+            raise ArtifactError(f"{role}: grid {mcfg.grid} != the tokenizer's {tcfg.grid} tokens per side")
         made = m.get("made_from", {})
         if "tokenizer" not in made:
             raise ArtifactError(f"{role}: its manifest records no made_from.tokenizer, so it cannot be checked "
@@ -74,12 +75,11 @@ def check_components(tokenizer: dict, models: dict[str, dict]) -> dict[str, str]
                         hint=f"the {role} model was trained on codes of another tokenizer")
         fps[role] = m["fingerprint"]
     if "ar" in models:
-        ar, aux = models["ar"], models["aux"]
         for key in ("coarse_vocab", "num_classes"):
-            a, b = ar["config"]["model"].get(key), aux["config"]["model"].get(key)
+            a, b = getattr(mcfgs["ar"], key), getattr(mcfgs["aux"], key)
             if a != b:
                 raise ArtifactError(f"stage 1 and stage 2 disagree on {key}: {a} vs {b}")
-        cm = [m.get("made_from", {}).get("coarse_map") for m in (ar, aux)]
+        cm = [models[r].get("made_from", {}).get("coarse_map") for r in ("ar", "aux")]
         if None in cm:
             raise ArtifactError("stage 1 / stage 2: made_from.coarse_map missing in a model manifest")
         check_made_from("stage 1 / stage 2 coarse map", cm[0], cm[1],

@@ -48,7 +48,7 @@ class TokenizerArtifact(ModuleArtifact):
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "TokenizerArtifact":
         """Load strictly; the weights must hash to the manifest's fingerprint. The module comes back
         in eval mode with `.fingerprint` and `.manifest` set."""
-        art = cls.load_module(folder, device)
+        art = super().load(folder, device)
         art.module.fingerprint, art.module.manifest = art.fingerprint, art.manifest
         return art
 

@@ -14,15 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from ctfgen.artifacts import fingerprint_tensors, write_manifest
 from ctfgen.cli import bench as cli_bench
 from ctfgen.cli import main as cli_main
 from ctfgen.cluster import CoarseMap
-from ctfgen.config import to_dict
 from ctfgen.errors import CtfgenError
 from ctfgen.models import build_model
+from ctfgen.models.artifact import TrainedModel
 from ctfgen.sample import BaselinePipeline, CTFPipeline, generate_tokens, make_pipeline, pick
 from ctfgen.sample.sampler import SamplingConfig, sample_fine
 from ctfgen.tokenizer import VQModel
@@ -55,12 +53,7 @@ def tiny_models(seed: int = 0, code_to_coarse=None) -> dict[str, torch.nn.Module
 
 def save_model_folder(model, out: Path, made_from: dict) -> Path:
     """The part of a `ctfgen train` folder that samplers read: weights + manifest."""
-    out.mkdir(parents=True)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"))
-    cfg = to_dict(model.config)
-    write_manifest(out, kind="model", fingerprint=fingerprint_tensors(state, extra=cfg), config={"model": cfg},
-                   made_from=made_from)
+    TrainedModel(model, made_from=made_from).save(out)
     return out
 
 

@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from ctfgen.artifacts import fingerprint_tensors, write_manifest
+from ctfgen.cluster import CoarseMap
+from ctfgen.codes import CodeStore
 from ctfgen.errors import ArtifactError, CtfgenError
 from ctfgen.train import BatchOrder, RunOptions, TokenDataset, TrainConfig, load_model, train
-from ctfgen.train.data import open_coarse_map, open_codes
 
 VOCAB, K, GRID, CLASSES = 32, 4, 4, 3
 SMALL = dict(n_layer=1, n_head=2, dim=32)  # a real model, small enough for many CPU steps
@@ -81,8 +82,8 @@ def assert_same(a: dict, b: dict) -> None:
 
 
 def test_dataset_views_and_coarse(inputs):
-    codes = open_codes(inputs["codes"])
-    coarse = open_coarse_map(inputs["coarse"])
+    codes = CodeStore.open(inputs["codes"])
+    coarse = CoarseMap.load(inputs["coarse"])
     ds = TokenDataset(codes.codes, codes.labels, code_to_coarse=coarse.code_to_coarse, seed=3)
     item = ds[5]
     assert item["codes"].shape == (GRID * GRID,) and item["codes"].dtype == torch.long

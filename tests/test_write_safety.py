@@ -105,12 +105,12 @@ def test_kill_at_every_point_of_a_checkpoint_write(inputs, straight, tmp_path, m
 
 
 def test_leftovers_of_other_artifacts_are_cleaned_by_the_next_write(tmp_path, monkeypatch):
-    from ctfgen.cluster import CoarseMap, coarse_map
+    from ctfgen.cluster import CoarseMap
 
     cmap = CoarseMap.from_labels(torch.arange(8) % 2, k=2)
     with monkeypatch.context() as m:
         m.setattr(shutil, "rmtree", lambda *a, **k: None)
-        m.setattr(coarse_map, "write_manifest", lambda *a, **k: (_ for _ in ()).throw(Kill()))
+        m.setattr(artifacts, "write_manifest", lambda *a, **k: (_ for _ in ()).throw(Kill()))
         with pytest.raises(Kill):
             cmap.save(tmp_path / "map")
     assert not (tmp_path / "map").exists() and len(interrupted_writes(tmp_path / "map")) == 1

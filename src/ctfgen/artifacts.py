@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, TypeVar
 
 from .errors import ArtifactError
 from .filecheck import record_files, sha256_file
@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # numpy and torch load lazily: the CLI imports this module to
 
 MANIFEST = "manifest.json"
 FORMAT = 1
+C = TypeVar("C")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -76,8 +77,15 @@ def fingerprint_tensors(tensors: Mapping[str, torch.Tensor | np.ndarray], extra:
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name]
-        arr = t.detach().cpu().contiguous().numpy() if isinstance(t, torch.Tensor) else np.ascontiguousarray(t)
-        h.update(f"{name}|{arr.dtype}|{arr.shape}|".encode())
+        dtype = None
+        if isinstance(t, torch.Tensor):
+            t = t.detach().cpu().contiguous()
+            if t.dtype == torch.bfloat16:  # numpy has no bfloat16: hash its bits, under its own name
+                t, dtype = t.view(torch.int16), "bfloat16"
+            arr = t.numpy()
+        else:
+            arr = np.ascontiguousarray(t)
+        h.update(f"{name}|{dtype or arr.dtype}|{arr.shape}|".encode())
         h.update(arr.tobytes())
     if extra is not None:
         h.update(json.dumps(extra, sort_keys=True).encode())
@@ -341,3 +349,168 @@ def load_foreign_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint"
         raise ArtifactError(f"{path}: not loadable as a weights-only {what} ({e})") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise ArtifactError(f"{path}: cannot read as a torch {what} ({e})") from None
+
+
+# ---------------------------------------------------------------- the artifact base
+
+class Artifact:
+    """One kind of artifact folder as a class: it names its KIND and its files once, and its
+    `save(folder)` / `load(folder)` are the only code that writes or reads such a folder.
+
+    An instance carries `manifest` (what was read or written; None while it exists only in memory),
+    `fingerprint` (what it is) and `made_from` (the fingerprints of its parents, by role). Subclasses
+    build on the helpers of this module: `artifact_dir` for the atomic write, `write_manifest` last,
+    `read_manifest` and filecheck for reading. See docs/ARCHITECTURE.md for adding a kind.
+    """
+
+    KIND: ClassVar[str] = ""
+    manifest: dict | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        if self.manifest is None:
+            raise NotImplementedError(f"{type(self).__name__} computes no fingerprint before it is saved")
+        return str(self.manifest["fingerprint"])
+
+    @property
+    def made_from(self) -> dict[str, Any]:
+        return dict((self.manifest or {}).get("made_from", {}))
+
+    @classmethod
+    def read_manifest(cls, folder: str | os.PathLike) -> dict:
+        """The folder's manifest, refusing a folder of another kind."""
+        return read_manifest(folder, cls.KIND)
+
+    @staticmethod
+    def typed_config(folder: str | os.PathLike, manifest: Mapping[str, Any], config_type: type[C],
+                     key: str | None = None) -> C:
+        """manifest["config"] (or its section `key`) as the dataclass `config_type`; a wrong or
+        unknown field is a CtfgenError naming the manifest and the field."""
+        from .config import from_dict
+
+        raw, where = manifest.get("config", {}), f"{Path(folder) / MANIFEST}: config"
+        if key is not None:
+            if key not in raw:
+                raise ArtifactError(f"{where} lacks the {config_type.__name__} ('{key}')")
+            raw, where = raw[key], f"{where}.{key}"
+        return from_dict(config_type, raw, where=where)
+
+    def write_manifest(self, tmp: Path, *, config: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> dict:
+        """Write tmp/manifest.json (last, inside `artifact_dir`) and keep it as self.manifest."""
+        self.manifest = write_manifest(tmp, kind=self.KIND, fingerprint=self.fingerprint, config=config,
+                                       made_from=self.made_from, info=info)
+        return self.manifest
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, *args: Any, **kwargs: Any) -> "Artifact":
+        raise NotImplementedError
+
+    def save(self, folder: str | os.PathLike, *, overwrite: bool = False, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+class ModuleArtifact(Artifact):
+    """An nn.Module saved as WEIGHTS (safetensors) beside a manifest whose config rebuilds it.
+
+    Subclasses set KIND, WEIGHTS, REDO (how to remake a damaged folder, for errors) and implement
+    `config_of(module)` (the manifest's config), `fingerprint_of(state, module)` and `build(folder,
+    manifest)` (an empty module from the manifest).
+    """
+
+    WEIGHTS: ClassVar[str]  # the weights file's name, spelt once per kind
+    REDO: ClassVar[str] = "make it again"
+
+    def __init__(self, module: torch.nn.Module, *, made_from: Mapping[str, Any] | None = None,
+                 manifest: dict | None = None):
+        self.module = module
+        self._made_from = dict(made_from or {})
+        self.manifest = manifest
+        self._pending: tuple[dict, str] | None = None  # (state, fingerprint) copied for the next save
+
+    @property
+    def made_from(self) -> dict[str, Any]:
+        return super().made_from if self.manifest is not None else dict(self._made_from)
+
+    @property
+    def fingerprint(self) -> str:
+        if self.manifest is not None:
+            return str(self.manifest["fingerprint"])
+        return self.pending_manifest()["fingerprint"]
+
+    def pending_manifest(self) -> dict[str, Any]:
+        """The kind, fingerprint, config and made_from that `save` will write, to check before
+        writing. The weights are copied and hashed once, here, and `save` writes that copy."""
+        if self._pending is None:
+            state = self.state()
+            self._pending = (state, self.fingerprint_of(state, self.module))
+        return {"kind": self.KIND, "fingerprint": self._pending[1], "config": self.config_of(self.module),
+                "made_from": self.made_from}
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The module's tensors on the CPU, as they are written (copies: tied weights and views are
+        refused by safetensors)."""
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.module.state_dict().items()}
+
+    @classmethod
+    def config_of(cls, module: torch.nn.Module) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def fingerprint_of(cls, state: Mapping[str, torch.Tensor], module: torch.nn.Module) -> str:
+        return fingerprint_tensors(state)
+
+    @classmethod
+    def build(cls, folder: Path, manifest: dict) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def write_weights(self, tmp: Path, state: Mapping[str, torch.Tensor], *, fingerprint: str) -> None:
+        from safetensors.torch import save_file
+
+        save_file(dict(state), str(tmp / self.WEIGHTS))
+
+    @classmethod
+    def read_weights(cls, folder: Path, manifest: Mapping[str, Any], name: str | None = None) -> dict:
+        """The tensors of folder/name (default WEIGHTS), checked against the manifest's file record
+        and for NaN/inf."""
+        from .filecheck import check_finite, load_safetensors
+
+        name = name or cls.WEIGHTS
+        if not (folder / name).is_file():
+            raise ArtifactError(f"{folder / name} not found")
+        state = load_safetensors(folder, manifest, name, redo=cls.REDO)
+        check_finite(state, where=str(folder / name))
+        return state
+
+    def save(self, folder: str | os.PathLike, *, overwrite: bool = False, info: Mapping[str, Any] | None = None,
+             config: Mapping[str, Any] | None = None, extra_files: Mapping[str, bytes] | None = None) -> dict:
+        """Write the folder atomically (weights, `extra_files` name -> bytes, manifest last); returns
+        the manifest. config: the manifest's config (default `config_of(module)`)."""
+        self._made_from, self.manifest = self.made_from, None  # from here on it describes the new folder
+        self.pending_manifest()
+        (state, fp), self._pending = self._pending, None
+        with artifact_dir(folder, overwrite=overwrite) as tmp:
+            self.write_weights(tmp, state, fingerprint=fp)
+            for name, data in (extra_files or {}).items():
+                (tmp / name).write_bytes(data)
+            manifest = write_manifest(tmp, kind=self.KIND, fingerprint=fp,
+                                      config=self.config_of(self.module) if config is None else config,
+                                      made_from=self.made_from, info=info)
+        self.manifest = manifest
+        return manifest
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, device: str | torch.device = "cpu", *,
+             weights: str | None = None, manifest: dict | None = None) -> "ModuleArtifact":
+        """Rebuild the module from the manifest and load `weights` (default WEIGHTS) strictly."""
+        folder = Path(folder)
+        manifest = cls.read_manifest(folder) if manifest is None else manifest
+        module = cls.build(folder, manifest)
+        state = cls.read_weights(folder, manifest, weights)
+        check_state_dict(module, state, where=str(folder / (weights or cls.WEIGHTS)))
+        module.load_state_dict(state, strict=True)
+        cls.check_weights(folder, manifest, state)
+        return cls(module.to(device).eval(), manifest=manifest)
+
+    @classmethod
+    def check_weights(cls, folder: Path, manifest: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> None:
+        """Further checks of the loaded tensors (the tokenizer compares them with its fingerprint)."""

@@ -16,15 +16,17 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Iterable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .artifacts import (artifact_dir, atomic_write_json, check_made_from, disk_full_error, fingerprint_tensors,
-                        is_disk_full, read_manifest, recover_interrupted_write, write_manifest)
+from .artifacts import (Artifact, artifact_dir, atomic_write_json, check_made_from, disk_full_error,
+                        fingerprint_tensors, is_disk_full, recover_interrupted_write, write_manifest)
+from .config import to_dict
 from .dist import joined_group
 from .errors import ArtifactError, CtfgenError
 from .filecheck import verify_file
@@ -33,8 +35,28 @@ KIND = "codes"
 CHUNK = 4096  # images per saved piece of an encoding run: what a kill can lose
 
 
+@dataclass(kw_only=True)
+class CodesConfig:
+    """What a store holds: the config its manifest is written with (`CodeStore.save`)."""
+
+    split: str = ""
+    limit: int = 0  # the first `limit` images were encoded (0: all)
+    views: str = "none"  # "none", "flip" or "tencrop"
+    crop_range: float = 1.1
+    n_views: int = 1
+    grid: list[int]  # [h, w] tokens per image
+    vocab_size: int  # codebook size V
+    num_classes: int
+    class_names: list[str] = field(default_factory=list)
+
+
 @dataclass
-class CodeStore:
+class CodeStore(Artifact):
+    """An encoded split: CODES (memory-mapped) and LABELS, with the manifest they were written with."""
+
+    KIND: ClassVar[str] = KIND
+    CODES: ClassVar[str] = "codes.npy"
+    LABELS: ClassVar[str] = "labels.npy"
     folder: Path
     codes: np.ndarray  # uint16 (N, n_views, L), memory-mapped
     labels: np.ndarray  # int64 (N,)
@@ -43,18 +65,50 @@ class CodeStore:
     @classmethod
     def open(cls, folder: str | Path) -> "CodeStore":
         folder = Path(folder)
-        m = read_manifest(folder, KIND)
-        for name in ("codes.npy", "labels.npy"):
+        m = cls.read_manifest(folder)
+        for name in (cls.CODES, cls.LABELS):
             verify_file(folder, m, name, redo="re-run `ctfgen encode`")
         try:
-            codes = np.load(folder / "codes.npy", mmap_mode="r")
-            labels = np.load(folder / "labels.npy")
+            codes = np.load(folder / cls.CODES, mmap_mode="r")
+            labels = np.load(folder / cls.LABELS)
         except (OSError, ValueError) as e:
             raise ArtifactError(f"cannot read the code store {folder}: {e}") from None
-        cfg = m["config"]
+        cfg = m["config"]  # read leniently: stores written by hand or by older releases hold other fields
+        for key in ("grid", "vocab_size", "num_classes"):
+            if key not in cfg:
+                raise ArtifactError(f"{folder / 'manifest.json'}: config lacks '{key}'")
         if codes.ndim != 3 or codes.shape[0] != len(labels) or codes.shape[2] != cfg["grid"][0] * cfg["grid"][1]:
-            raise ArtifactError(f"{folder}: codes.npy {codes.shape} / labels.npy {labels.shape} do not match the manifest grid {cfg['grid']}")
+            raise ArtifactError(f"{folder}: {cls.CODES} {codes.shape} / {cls.LABELS} {labels.shape} do not match the manifest grid {cfg['grid']}")
         return cls(folder, codes, labels, m)
+
+    load = open
+
+    @classmethod
+    def save(cls, out_dir: str | Path, codes: np.ndarray | Iterable[np.ndarray], labels: np.ndarray, *,
+             config: CodesConfig, made_from: dict, info: dict | None = None,
+             extra_files: dict[str, bytes] | None = None, overwrite: bool = False) -> "CodeStore":
+        """Write a store atomically and open it. codes: (N, n_views, L) codebook indices, or its
+        consecutive row blocks (written one by one, so the whole never needs to fit in memory);
+        labels: (N,) class ids. The fingerprint hashes codes and labels."""
+        labels = np.asarray(labels, dtype=np.int64)
+        shape = (len(labels), config.n_views, config.grid[0] * config.grid[1])
+        blocks = [codes] if isinstance(codes, np.ndarray) else codes
+        with artifact_dir(out_dir, overwrite=overwrite) as tmp:
+            out = np.lib.format.open_memmap(tmp / cls.CODES, mode="w+", dtype=np.uint16, shape=shape)
+            row = 0
+            for block in blocks:
+                out[row:row + len(block)] = block
+                row += len(block)
+            if row != shape[0]:
+                raise CtfgenError(f"code store {out_dir}: {row} rows of codes for {shape[0]} labels")
+            out.flush()
+            fp = fingerprint_tensors({"codes": np.asarray(out), "labels": labels})
+            del out
+            np.save(tmp / cls.LABELS, labels)
+            for name, data in (extra_files or {}).items():
+                (tmp / name).write_bytes(data)
+            write_manifest(tmp, kind=KIND, fingerprint=fp, config=to_dict(config), made_from=made_from, info=info)
+        return cls.open(out_dir)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -71,10 +125,6 @@ class CodeStore:
     @property
     def n_views(self) -> int:
         return self.codes.shape[1]
-
-    @property
-    def fingerprint(self) -> str:
-        return self.manifest["fingerprint"]
 
     @property
     def tokenizer_fingerprint(self) -> str:
@@ -164,26 +214,17 @@ def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "non
     from .data.classes import classes_json
 
     encoded = {dataset.split: np.bincount(labels, minlength=dataset.num_classes).tolist()}
-    with artifact_dir(out_dir, overwrite=overwrite) as tmp:
-        codes = np.lib.format.open_memmap(tmp / "codes.npy", mode="w+", dtype=np.uint16, shape=(n, n_views, g * g))
-        for c in starts:
-            codes[c:c + chunk] = _load_chunk(work, c, (min(n, c + chunk) - c, n_views, g * g))
-        codes.flush()
-        fp = fingerprint_tensors({"codes": np.asarray(codes), "labels": labels})
-        del codes
-        np.save(tmp / "labels.npy", labels)
-        (tmp / CLASSES_FILE).write_bytes(classes_json(dataset_class_table(dataset, counts=encoded)))
-        write_manifest(
-            tmp, kind=KIND, fingerprint=fp,
-            config={"split": dataset.split, "limit": limit, "views": views, "crop_range": crop_range, "n_views": n_views,
-                    "grid": [g, g], "vocab_size": V, "num_classes": dataset.num_classes,
-                    "class_names": list(dataset.class_names)},
-            made_from={"tokenizer": tokenizer.fingerprint, "data": dataset.fingerprint, "data_description": dataset.describe()},
-            info={"images": n, "seconds": round(time.time() - t0, 1), "processes": world,
-                  **({"resumed_images": resumed} if resumed else {})},
-        )
+    store = CodeStore.save(
+        out_dir, (_load_chunk(work, c, (min(n, c + chunk) - c, n_views, g * g)) for c in starts), labels,
+        config=CodesConfig(split=dataset.split, limit=limit, views=views, crop_range=crop_range, n_views=n_views,
+                           grid=[g, g], vocab_size=V, num_classes=dataset.num_classes,
+                           class_names=list(dataset.class_names)),
+        made_from={"tokenizer": tokenizer.fingerprint, "data": dataset.fingerprint, "data_description": dataset.describe()},
+        info={"images": n, "seconds": round(time.time() - t0, 1), "processes": world,
+              **({"resumed_images": resumed} if resumed else {})},
+        extra_files={CLASSES_FILE: classes_json(dataset_class_table(dataset, counts=encoded))}, overwrite=overwrite)
     shutil.rmtree(work, ignore_errors=True)
-    return CodeStore.open(out_dir)
+    return store
 
 
 def _drop_finished_work(out: Path) -> None:

@@ -18,14 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import (
-    artifact_dir,
-    check_state_dict,
-    file_sha256,
-    fingerprint_tensors,
-    read_manifest,
-    write_manifest,
-)
+from .artifacts import check_state_dict, file_sha256, read_manifest
 from .errors import ArtifactError, CtfgenError
 from .llamagen_files import ForeignWeights, read_llamagen_file, size_from_name
 from .models import GPT, LLAMAGEN_NAMES, PRESETS, build_model, canonical_preset
@@ -35,7 +28,6 @@ from .models import GPT, LLAMAGEN_NAMES, PRESETS, build_model, canonical_preset
 _DROP = ("freqs_cis", "causal_mask")
 _DROP_SUFFIX = (".kv_cache.k_cache", ".kv_cache.v_cache")
 DEFAULT_DOWNSAMPLE = 16  # LlamaGen's released c2i models all use VQ-16
-MODEL_KIND = "model"  # the artifact kind `ctfgen train` writes and samplers load
 
 
 def read_llamagen_state_dict(path: str | Path, *, which: str = "model") -> dict[str, torch.Tensor]:
@@ -192,19 +184,12 @@ def import_llamagen_gpt(path: str | Path, out_dir: str | Path, *, tokenizer: str
         raise ArtifactError(f"{path} samples {cfg.grid}x{cfg.grid} tokens but the tokenizer {tok_dir} serves "
                             f"{tok_grid}x{tok_grid} (resolution {tcfg['resolution']}); import the tokenizer with "
                             f"--resolution {cfg.grid * tok_down}")
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    config = {"model": cfg.to_dict()}
-    fp = fingerprint_tensors(state, extra=config["model"])
+    from .models.artifact import TrainedModel
+
     info = dict(model.import_info)
     info["recorded_args"] = json.loads(json.dumps(info["recorded_args"], default=str))
-    from safetensors.torch import save_file
-
-    with artifact_dir(out_dir, overwrite=overwrite) as tmp:
-        save_file(state, str(tmp / "model.safetensors"))
-        manifest = write_manifest(
-            tmp, kind=MODEL_KIND, fingerprint=fp, config=config,
-            made_from={"tokenizer": tok["fingerprint"], "llamagen_checkpoint": Path(path).name,
-                       "sha256": file_sha256(path), "weights": info["container"]},
-            info={"imported_from": "LlamaGen", **info},
-        )
+    made_from = {"tokenizer": tok["fingerprint"], "llamagen_checkpoint": Path(path).name,
+                 "sha256": file_sha256(path), "weights": info["container"]}
+    manifest = TrainedModel(model, made_from=made_from).save(out_dir, overwrite=overwrite,
+                                                             info={"imported_from": "LlamaGen", **info})
     return model, manifest

@@ -283,7 +283,7 @@ def _non_negative(text: str) -> int:
 def _nll_models(args, store, device) -> tuple[dict, dict]:
     """The models to score and what the result records about them; refuses mismatched inputs."""
     from ..artifacts import check_made_from
-    from ..train import load_model
+    from ..models.artifact import load_model
 
     ema = {"auto": None, "yes": True, "no": False}[args.ema]
     given = [n for n in ("pipeline", "ar", "baseline") if getattr(args, n)]

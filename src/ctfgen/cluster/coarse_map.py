@@ -9,19 +9,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from ..artifacts import artifact_dir, check_made_from, fingerprint_tensors, read_manifest, write_manifest
+from ..artifacts import Artifact, artifact_dir, check_made_from, fingerprint_tensors
+from ..config import to_dict
 from ..errors import ArtifactError, CtfgenError
-from ..filecheck import load_safetensors, verify_file
+from ..filecheck import load_safetensors
 
 KIND = "coarse_map"
 TENSORS = "coarse_map.safetensors"
-TOKENIZER_WEIGHTS = "model.safetensors"
-CODEBOOK_KEY = "quantize.embedding.weight"
 
 
 def load_codebook(tokenizer_dir: str | os.PathLike) -> tuple[torch.Tensor, str]:
@@ -29,30 +28,26 @@ def load_codebook(tokenizer_dir: str | os.PathLike) -> tuple[torch.Tensor, str]:
 
     Reads only the codebook tensor, so it needs neither the model code nor the rest of the weights.
     """
-    from safetensors import safe_open
+    from ..tokenizer.artifact import TokenizerArtifact
 
-    folder = Path(tokenizer_dir)
-    manifest = read_manifest(folder, kind="tokenizer")
-    weights = folder / TOKENIZER_WEIGHTS
-    if not weights.is_file():
-        raise ArtifactError(f"tokenizer weights not found: {weights}")
-    verify_file(folder, manifest, TOKENIZER_WEIGHTS, redo="train or import the tokenizer again")
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            if CODEBOOK_KEY not in f.keys():
-                raise ArtifactError(f"{weights} has no tensor '{CODEBOOK_KEY}' (the VQ codebook)")
-            codebook_VD = f.get_tensor(CODEBOOK_KEY)
-    except ArtifactError:
-        raise
-    except Exception as e:  # safetensors raises its own error types for damaged files
-        raise ArtifactError(f"cannot read {weights}: {e}") from None
-    if codebook_VD.ndim != 2:
-        raise ArtifactError(f"{weights}: '{CODEBOOK_KEY}' should be (V, D), got shape {tuple(codebook_VD.shape)}")
-    return codebook_VD.float(), str(manifest["fingerprint"])
+    return TokenizerArtifact.read_codebook(tokenizer_dir)
 
 
 @dataclass
-class CoarseMap:
+class CoarseMapConfig:
+    """How a map was made: what its manifest's config holds."""
+
+    k: int  # number of clusters K
+    method: str  # clustering method (cluster/methods.py), or "custom"/"modulo" for hand-made labels
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # the method's resolved options
+
+
+@dataclass
+class CoarseMap(Artifact):
+    """The map and its member table; an artifact folder (KIND, TENSORS) with `save` and `load`."""
+
+    KIND: ClassVar[str] = KIND
     code_to_coarse: torch.Tensor  # (V,) long, coarse label of every code
     members: torch.Tensor  # (K, M) long, codes of each cluster in ascending order, padded with -1
     counts: torch.Tensor  # (K,) long, cluster sizes (>= 1)
@@ -107,6 +102,14 @@ class CoarseMap:
     def fingerprint(self) -> str:
         return fingerprint_tensors({"code_to_coarse": self.code_to_coarse}, extra={"k": self.k, "method": self.method})
 
+    @property
+    def made_from(self) -> dict[str, Any]:
+        return {"tokenizer": self.tokenizer_fingerprint}
+
+    @property
+    def config(self) -> CoarseMapConfig:
+        return CoarseMapConfig(self.k, self.method, self.seed, self.options)
+
     def sizes(self) -> dict[str, float]:
         c = self.counts.double()
         return {"min": int(c.min()), "mean": float(c.mean()), "max": int(c.max())}
@@ -143,38 +146,27 @@ class CoarseMap:
         from safetensors.torch import save_file
 
         tensors = {"code_to_coarse": self.code_to_coarse, "members": self.members, "counts": self.counts}
-        config = {"k": self.k, "method": self.method, "seed": self.seed, "options": self.options}
         with artifact_dir(out_dir, overwrite=overwrite) as tmp:
             save_file({n: t.contiguous() for n, t in tensors.items()}, str(tmp / TENSORS))
-            write_manifest(
-                tmp,
-                kind=KIND,
-                fingerprint=self.fingerprint,
-                config=config,
-                made_from={"tokenizer": self.tokenizer_fingerprint},
-                info={"num_codes": self.num_codes, "sizes": self.sizes(), **(info or {})},
-            )
+            self.write_manifest(tmp, config=to_dict(self.config),
+                                info={"num_codes": self.num_codes, "sizes": self.sizes(), **(info or {})})
         return Path(out_dir)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "CoarseMap":
         folder = Path(folder)
-        manifest = read_manifest(folder, kind=KIND)
+        manifest = cls.read_manifest(folder)
         path = folder / TENSORS
         if not path.is_file():
             raise ArtifactError(f"coarse map tensors not found: {path}")
         tensors = load_safetensors(folder, manifest, TENSORS, redo="re-run `ctfgen cluster`")
-        cfg = manifest.get("config", {})
-        for key in ("k", "method"):
-            if key not in cfg:
-                raise ArtifactError(f"{folder / 'manifest.json'}: missing config field '{key}'")
+        cfg = cls.typed_config(folder, manifest, CoarseMapConfig)
         if "code_to_coarse" not in tensors:
             raise ArtifactError(f"{path} has no tensor 'code_to_coarse'")
         try:
-            cmap = cls.from_labels(
-                tensors["code_to_coarse"], k=int(cfg["k"]), method=str(cfg["method"]), seed=int(cfg.get("seed", 0)),
-                options=cfg.get("options", {}), tokenizer_fingerprint=str(manifest["made_from"].get("tokenizer", "")),
-            )
+            cmap = cls.from_labels(tensors["code_to_coarse"], k=cfg.k, method=cfg.method, seed=cfg.seed,
+                                   options=cfg.options,
+                                   tokenizer_fingerprint=str(manifest["made_from"].get("tokenizer", "")))
         except CtfgenError as e:
             raise ArtifactError(f"{path}: {e}") from None
         # The stored member table must agree with the map; a mismatch means a damaged or edited file.
@@ -185,6 +177,7 @@ class CoarseMap:
             raise ArtifactError(
                 f"{path}: content fingerprint {cmap.fingerprint} differs from manifest fingerprint {manifest['fingerprint']}"
             )
+        cmap.manifest = manifest
         return cmap
 
 

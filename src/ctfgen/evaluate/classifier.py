@@ -15,13 +15,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from tqdm import tqdm
 
-from ..artifacts import artifact_dir, fingerprint_tensors, read_manifest, write_manifest
-from ..config import from_dict, to_dict
-from ..errors import ArtifactError, CtfgenError
-from ..filecheck import load_safetensors
+from ..artifacts import ModuleArtifact, fingerprint_tensors
+from ..config import to_dict
+from ..errors import CtfgenError
 
 KIND = "classifier"
 WEIGHTS = "model.safetensors"
@@ -151,6 +149,26 @@ def train_classifier(
     return model.eval()
 
 
+class ClassifierArtifact(ModuleArtifact):
+    """A DomainClassifier and its folder; config.model is the ClassifierConfig."""
+
+    KIND = KIND
+    WEIGHTS = WEIGHTS
+    REDO = "train the classifier again"
+
+    @classmethod
+    def config_of(cls, module: DomainClassifier) -> dict:
+        return {"model": to_dict(module.cfg)}
+
+    @classmethod
+    def fingerprint_of(cls, state, module: DomainClassifier) -> str:
+        return fingerprint_tensors(state, extra=to_dict(module.cfg))
+
+    @classmethod
+    def build(cls, folder: Path, manifest: dict) -> DomainClassifier:
+        return DomainClassifier(cls.typed_config(folder, manifest, ClassifierConfig, key="model"))
+
+
 def save_classifier(
     model: DomainClassifier,
     out_dir: str | Path,
@@ -163,36 +181,14 @@ def save_classifier(
 ) -> dict:
     """Write the artifact; `data` describes the training/test splits (with fingerprints);
     `extra_files` (name -> bytes) are written beside the weights (e.g. classes.json)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fp = fingerprint_tensors(state, extra=to_dict(model.cfg))
-    with artifact_dir(out_dir, overwrite=overwrite) as tmp:
-        save_file(state, str(tmp / WEIGHTS))
-        for name, blob in (extra_files or {}).items():
-            (tmp / name).write_bytes(blob)
-        manifest = write_manifest(
-            tmp,
-            kind=KIND,
-            fingerprint=fp,
-            config={"model": to_dict(model.cfg), "train": to_dict(train_cfg)},
-            made_from={"data": data.get("train", {}).get("fingerprint", "")},
-            info={**info, "data": data},
-        )
-    return manifest
+    art = ClassifierArtifact(model, made_from={"data": data.get("train", {}).get("fingerprint", "")})
+    return art.save(out_dir, overwrite=overwrite, info={**info, "data": data}, extra_files=extra_files,
+                    config={**art.config_of(model), "train": to_dict(train_cfg)})
 
 
 def load_classifier(folder: str | Path, *, device: torch.device | str = "cpu") -> tuple[DomainClassifier, dict]:
-    manifest = read_manifest(folder, KIND)
-    path = Path(folder) / WEIGHTS
-    if not path.is_file():
-        raise ArtifactError(f"{folder}: missing {WEIGHTS}")
-    cfg = from_dict(ClassifierConfig, manifest["config"].get("model", {}), where=f"{folder}/manifest.json config.model")
-    model = DomainClassifier(cfg)
-    state = load_safetensors(folder, manifest, WEIGHTS, redo="train the classifier again")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ArtifactError(f"{path}: weights do not fit config {to_dict(cfg)}: {str(e).splitlines()[0]}") from None
-    return model.to(device).eval(), manifest
+    art = ClassifierArtifact.load(folder, device)
+    return art.module, art.manifest
 
 
 @torch.inference_mode()

@@ -107,8 +107,10 @@ def run_smoke(root: Path, device: torch.device, *, steps: int = 4, timeout: floa
     steps_logged = [json.loads(line)["step"] for line in lines if line.strip()]
     # a resume keeps the first launch's records; a fresh start would have rewritten them
     kept = len(first_lines) == half and lines[:half] == first_lines
-    a = load_file(str(root / "reference" / "model.safetensors"))
-    b = load_file(str(root / "resumed" / "model.safetensors"))
+    from ..models.artifact import WEIGHTS
+
+    a = load_file(str(root / "reference" / WEIGHTS))
+    b = load_file(str(root / "resumed" / WEIGHTS))
     diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     # fp32 on a CPU repeats exactly; bf16 autocast on a GPU may pick other kernels after a restart
     tol = 1e-6 if device.type == "cpu" else 2e-3

@@ -6,6 +6,10 @@
 A pipeline folder (kind "pipeline", written by `save_pretrained` / `ctfgen pipeline make`) copies or
 references the tokenizer and model folders and records their fingerprints; loading refuses folders
 that changed since, and components that do not belong together (another tokenizer, another coarse map).
+A pipeline built in memory (`CTFPipeline(tokenizer, ar=..., aux=...)`) writes its component folders
+from its modules, so it loads back like any other:
+
+    CTFPipeline(tok, ar=ar, aux=aux).to(dtype=torch.bfloat16).save_pretrained("runs/pipe")
 """
 from __future__ import annotations
 
@@ -18,17 +22,18 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..artifacts import artifact_dir, check_made_from, fingerprint_tensors, read_manifest, write_manifest
+from ..artifacts import MANIFEST, artifact_dir, check_made_from, fingerprint_tensors, read_manifest, write_manifest
 from ..config import from_dict, to_dict
 from ..dist import all_gather_objects, joined_group
 from ..errors import ArtifactError, CtfgenError
 from ..filecheck import verify_file
+from ..models.artifact import MODEL_FILES, TrainedModel
+from ..tokenizer.artifact import TokenizerArtifact
 from .sampler import SamplingConfig, generate_tokens, sample_fine, sample_seed, sample_uniforms
 
 KIND = "pipeline"
 ROLES = {"ctf": ("ar", "aux"), "baseline": ("baseline",)}
-MODEL_FILES = ("manifest.json", "model.safetensors", "ema.safetensors")  # not the training state
-TOKENIZER_FILES = ("manifest.json", "model.safetensors")
+TOKENIZER_FILES = (MANIFEST, TokenizerArtifact.WEIGHTS)
 
 
 @dataclass
@@ -44,24 +49,25 @@ class Samples:
 
 # ---------------------------------------------------------------- checking components
 
-def _tokenizer_grid(cfg: dict) -> int:
-    return int(cfg["resolution"]) // 2 ** (len(cfg["ch_mult"]) - 1)
-
-
 def check_components(tokenizer: dict, models: dict[str, dict]) -> dict[str, str]:
     """Refuse manifests that do not belong together; returns every fingerprint by role."""
+    from ..config import from_dict
+    from ..models.config import ModelConfig
+    from ..tokenizer.model import VQConfig
+
     tok_fp = tokenizer["fingerprint"]
     fps = {"tokenizer": tok_fp}
-    tcfg = tokenizer.get("config", {})
+    tcfg = from_dict(VQConfig, tokenizer.get("config", {}), where="tokenizer manifest: config")
+    mcfgs = {}
     for role, m in models.items():
-        mcfg = m.get("config", {}).get("model", {})
-        if mcfg.get("kind") != role:
-            raise ArtifactError(f"{role}: expected a '{role}' model, got kind {mcfg.get('kind')!r}")
-        if mcfg.get("vocab_size") != tcfg.get("codebook_size"):
-            raise ArtifactError(f"{role}: vocab_size {mcfg.get('vocab_size')} != the tokenizer's codebook_size "
-                                f"{tcfg.get('codebook_size')}")
-        if mcfg.get("grid") != _tokenizer_grid(tcfg):
-            raise ArtifactError(f"{role}: grid {mcfg.get('grid')} != the tokenizer's {_tokenizer_grid(tcfg)} tokens per side")
+        kind = m.get("config", {}).get("model", {}).get("kind")
+        if kind != role:
+            raise ArtifactError(f"{role}: expected a '{role}' model, got kind {kind!r}")
+        mcfgs[role] = mcfg = from_dict(ModelConfig, m["config"]["model"], where=f"{role} manifest: config.model")
+        if mcfg.vocab_size != tcfg.codebook_size:
+            raise ArtifactError(f"{role}: vocab_size {mcfg.vocab_size} != the tokenizer's codebook_size {tcfg.codebook_size}")
+        if mcfg.grid != tcfg.grid:
+            raise ArtifactError(f"{role}: grid {mcfg.grid} != the tokenizer's {tcfg.grid} tokens per side")
         made = m.get("made_from", {})
         if "tokenizer" not in made:
             raise ArtifactError(f"{role}: its manifest records no made_from.tokenizer, so it cannot be checked "
@@ -70,12 +76,11 @@ def check_components(tokenizer: dict, models: dict[str, dict]) -> dict[str, str]
                         hint=f"the {role} model was trained on codes of another tokenizer")
         fps[role] = m["fingerprint"]
     if "ar" in models:
-        ar, aux = models["ar"], models["aux"]
         for key in ("coarse_vocab", "num_classes"):
-            a, b = ar["config"]["model"].get(key), aux["config"]["model"].get(key)
+            a, b = getattr(mcfgs["ar"], key), getattr(mcfgs["aux"], key)
             if a != b:
                 raise ArtifactError(f"stage 1 and stage 2 disagree on {key}: {a} vs {b}")
-        cm = [m.get("made_from", {}).get("coarse_map") for m in (ar, aux)]
+        cm = [models[r].get("made_from", {}).get("coarse_map") for r in ("ar", "aux")]
         if None in cm:
             raise ArtifactError("stage 1 / stage 2: made_from.coarse_map missing in a model manifest")
         check_made_from("stage 1 / stage 2 coarse map", cm[0], cm[1],
@@ -105,8 +110,8 @@ def make_pipeline(out: str | Path, *, tokenizer: str | Path, ar: str | Path | No
     sources = {"ar": ar, "aux": aux} if kind == "ctf" else {"baseline": baseline}
     sources = {role: Path(p) for role, p in sources.items()}
     tok_dir = Path(tokenizer)
-    tok_m = read_manifest(tok_dir, "tokenizer")
-    manifests = {role: read_manifest(p, "model") for role, p in sources.items()}
+    tok_m = TokenizerArtifact.read_manifest(tok_dir)
+    manifests = {role: TrainedModel.read_manifest(p) for role, p in sources.items()}
     fps = check_components(tok_m, manifests)
     # a damaged weights file must not be copied into (or referenced by) a pipeline that looks fine
     for role, src, m in (("tokenizer", tok_dir, tok_m), *((r, sources[r], manifests[r]) for r in sources)):
@@ -122,10 +127,15 @@ def make_pipeline(out: str | Path, *, tokenizer: str | Path, ar: str | Path | No
                 refs[role] = role
             else:
                 refs[role] = str(src.resolve())
-        write_manifest(tmp, kind=KIND, fingerprint=fingerprint_tensors({}, extra=fps),
-                       config={"type": kind, "components": refs, "sampling": to_dict(sampling)},
-                       made_from=fps, info={"copied": copy})
+        _write_manifest(tmp, kind, refs, fps, sampling, copied=copy)
     return Path(out)
+
+
+def _write_manifest(tmp: Path, kind: str, refs: dict[str, str], fps: dict[str, str], sampling: SamplingConfig, *,
+                    copied: bool) -> None:
+    write_manifest(tmp, kind=KIND, fingerprint=fingerprint_tensors({}, extra=fps),
+                   config={"type": kind, "components": refs, "sampling": to_dict(sampling)},
+                   made_from=fps, info={"copied": copied})
 
 
 # ---------------------------------------------------------------- pipelines
@@ -137,7 +147,9 @@ class _Pipeline:
                  fingerprints: dict[str, str] | None = None, folders: dict[str, Path] | None = None,
                  dtype: torch.dtype | None = None, compile: bool | str = False):
         self.tokenizer = tokenizer.eval() if tokenizer is not None else None  # None: codes only (bench)
-        self.models = {role: (m.to(dtype) if dtype is not None else m).eval() for role, m in models.items()}
+        self.models = {role: m.eval() for role, m in models.items()}
+        if dtype is not None:
+            self.to(dtype=dtype)
         self.sampling = (sampling or self.default_sampling()).check()
         self.fingerprints = dict(fingerprints or {})
         self.folders = dict(folders or {})
@@ -157,6 +169,20 @@ class _Pipeline:
     def device(self) -> torch.device:
         return next(iter(self.models.values())).tok_embeddings.weight.device
 
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "_Pipeline":
+        """Move the models (and the tokenizer, and any tensor the pipeline keeps) to `device`; cast the
+        models' floating-point weights to `dtype` (the tokenizer stays in float32). Returns self."""
+        for m in self.models.values():
+            m.to(device=device, dtype=dtype)
+        if device is not None:
+            if self.tokenizer is not None:
+                self.tokenizer.to(device)
+            for name, value in list(vars(self).items()):
+                if isinstance(value, torch.Tensor):
+                    setattr(self, name, value.to(device))
+        self._step_fn = None  # a compiled step belongs to the old weights
+        return self
+
     # ---- loading and saving
 
     @classmethod
@@ -164,17 +190,14 @@ class _Pipeline:
                      dtype: torch.dtype | None = None, compile: bool = False,
                      sampling: SamplingConfig | None = None, **model_dirs: str | Path):
         """Load the tokenizer and model folders directly (ar= and aux=, or baseline=)."""
-        from ..tokenizer import load_tokenizer
-        from ..train import load_model
-
         roles = ROLES[cls.type]
         if sorted(model_dirs) != sorted(roles):
             raise CtfgenError(f"{cls.__name__}.from_folders needs the folders {list(roles)}, got {sorted(model_dirs)}")
         dirs = {role: Path(model_dirs[role]) for role in roles}
-        manifests = {role: read_manifest(d, "model") for role, d in dirs.items()}
-        fps = check_components(read_manifest(tokenizer, "tokenizer"), manifests)
-        models = {role: load_model(d, device, ema=ema, expect_kind=role)[0] for role, d in dirs.items()}
-        tok = load_tokenizer(tokenizer, device)
+        manifests = {role: TrainedModel.read_manifest(d) for role, d in dirs.items()}
+        fps = check_components(TokenizerArtifact.read_manifest(tokenizer), manifests)
+        models = {role: TrainedModel.load(d, device, ema=ema, expect_kind=role).module for role, d in dirs.items()}
+        tok = TokenizerArtifact.load(tokenizer, device).module
         return cls(tok, models=models, sampling=sampling, fingerprints=fps, dtype=dtype, compile=compile,
                    folders={"tokenizer": Path(tokenizer), **dirs})
 
@@ -201,12 +224,37 @@ class _Pipeline:
                                 sampling=sampling, **{r: dirs[r] for r in ROLES[cls.type]})
 
     def save_pretrained(self, path: str | Path, *, copy: bool = True, overwrite: bool = False) -> Path:
-        """Write a pipeline folder from the folders this pipeline was loaded from."""
+        """Write a pipeline folder. Loaded from folders: copies (copy=True) or references them, as
+        `ctfgen pipeline make` does. Built in memory: writes the tokenizer and model folders from the
+        modules (weights in their current dtype), each with its manifest and fingerprint."""
         needed = ("tokenizer", *ROLES[self.type])
-        if any(r not in self.folders for r in needed):
-            raise CtfgenError("save_pretrained needs a pipeline loaded from folders (from_folders / from_pretrained)")
-        return make_pipeline(path, copy=copy, sampling=self.sampling, overwrite=overwrite,
-                             **{r: self.folders[r] for r in needed})
+        if all(r in self.folders for r in needed):
+            return make_pipeline(path, copy=copy, sampling=self.sampling, overwrite=overwrite,
+                                 **{r: self.folders[r] for r in needed})
+        if self.tokenizer is None:
+            raise CtfgenError("save_pretrained: this pipeline has no tokenizer, so it cannot make a pipeline folder")
+
+        def recorded(module, field: str) -> dict:  # what a module loaded from a folder brought with it
+            return dict((getattr(module, "manifest", None) or {}).get(field) or {})
+
+        tok = TokenizerArtifact(self.tokenizer, made_from=recorded(self.tokenizer, "made_from"))
+        made = {"tokenizer": tok.fingerprint, **self._made_from()}
+        # recorded parents win, so that a model of another tokenizer is refused below, not relabelled
+        arts = {role: TrainedModel(m, made_from={**{k: v for k, v in made.items() if role != "baseline" or k != "coarse_map"},
+                                                 **recorded(m, "made_from")})
+                for role, m in self.models.items()}
+        # the manifests the folders will have, checked before anything is written
+        fps = check_components(tok.pending_manifest(), {role: a.pending_manifest() for role, a in arts.items()})
+        with artifact_dir(path, overwrite=overwrite) as tmp:
+            tok.save(tmp / "tokenizer", info=recorded(self.tokenizer, "info"))
+            for role, art in arts.items():
+                art.save(tmp / role, info=recorded(art.module, "info"))
+            _write_manifest(tmp, self.type, {r: r for r in needed}, fps, self.sampling, copied=True)
+        return Path(path)
+
+    def _made_from(self) -> dict[str, str]:
+        """What the models were made from besides the tokenizer (CTF: the coarse map)."""
+        return {}
 
     # ---- generation
 
@@ -318,6 +366,18 @@ class CTFPipeline(_Pipeline):
     def __init__(self, tokenizer, ar=None, aux=None, **kwargs):
         models = kwargs.pop("models", None) or {"ar": ar, "aux": aux}
         super().__init__(tokenizer, models, **kwargs)
+
+    def _made_from(self) -> dict[str, str]:
+        # the coarse map both stages recorded when they were loaded from folders; else one that names
+        # stage 2's own table (code_to_coarse), which is what ties the two stages together
+        from ..cluster import CoarseMap
+
+        recorded = {(getattr(m, "manifest", None) or {}).get("made_from", {}).get("coarse_map")
+                     for m in self.models.values()}
+        if len(recorded) == 1 and None not in recorded:
+            return {"coarse_map": recorded.pop()}
+        aux = self.models["aux"]
+        return {"coarse_map": CoarseMap.from_labels(aux.code_to_coarse.cpu(), k=aux.config.coarse_vocab).fingerprint}
 
     def sample_codes(self, labels_B, seeds, s, progress=False):
         ar, aux = self.models["ar"], self.models["aux"]

@@ -214,7 +214,7 @@ class ScalingStudy:
              with_baseline: bool, priors: list[str], picks: dict) -> dict:
         from ..models.member_prior import MemberPrior
         from ..sample import BaselinePipeline, CTFPipeline
-        from ..train import load_model
+        from ..models.artifact import load_model
 
         c = self.cfg
         unit = f"V{V}-s{seed}-{method}"

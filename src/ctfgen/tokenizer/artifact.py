@@ -11,14 +11,73 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import save_file
 
-from ..artifacts import artifact_dir, check_state_dict, fingerprint_tensors, read_manifest, write_manifest
-from ..config import from_dict, to_dict
+from ..artifacts import ModuleArtifact, check_state_dict, fingerprint_tensors
+from ..config import to_dict
 from ..errors import ArtifactError
-from ..filecheck import check_finite, load_safetensors
 from .model import VQConfig, VQModel
 
 KIND = "tokenizer"
 WEIGHTS = "model.safetensors"
+CODEBOOK_KEY = "quantize.embedding.weight"  # the (V, D) codebook inside WEIGHTS
+
+
+class TokenizerArtifact(ModuleArtifact):
+    """A VQModel and its folder; `manifest["config"]` is the VQConfig."""
+
+    KIND = KIND
+    WEIGHTS = WEIGHTS
+    REDO = "train or import the tokenizer again (everything made from it records its fingerprint)"
+
+    @classmethod
+    def config_of(cls, module: VQModel) -> dict[str, Any]:
+        return to_dict(module.config)
+
+    @classmethod
+    def build(cls, folder: Path, manifest: dict) -> VQModel:
+        return VQModel(cls.typed_config(folder, manifest, VQConfig))
+
+    def write_weights(self, tmp: Path, state: Mapping[str, torch.Tensor], *, fingerprint: str) -> None:
+        save_file(dict(state), str(tmp / WEIGHTS), metadata={"fingerprint": fingerprint})
+
+    @classmethod
+    def check_weights(cls, folder: Path, manifest: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> None:
+        if fingerprint_tensors(state) != manifest["fingerprint"]:
+            raise ArtifactError(f"{folder / WEIGHTS} does not match the fingerprint in its manifest (file changed or corrupt)")
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "TokenizerArtifact":
+        """Load strictly; the weights must hash to the manifest's fingerprint. The module comes back
+        in eval mode with `.fingerprint` and `.manifest` set."""
+        art = super().load(folder, device)
+        art.module.fingerprint, art.module.manifest = art.fingerprint, art.manifest
+        return art
+
+    @classmethod
+    def read_codebook(cls, folder: str | Path) -> tuple[torch.Tensor, str]:
+        """The raw (V, D) float codebook and the tokenizer's fingerprint, reading only that tensor
+        (no model is built, the other weights stay on disk)."""
+        from safetensors import safe_open
+
+        from ..filecheck import verify_file
+
+        folder = Path(folder)
+        manifest = cls.read_manifest(folder)
+        weights = folder / WEIGHTS
+        if not weights.is_file():
+            raise ArtifactError(f"tokenizer weights not found: {weights}")
+        verify_file(folder, manifest, WEIGHTS, redo=cls.REDO)
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                if CODEBOOK_KEY not in f.keys():
+                    raise ArtifactError(f"{weights} has no tensor '{CODEBOOK_KEY}' (the VQ codebook)")
+                codebook_VD = f.get_tensor(CODEBOOK_KEY)
+        except ArtifactError:
+            raise
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise ArtifactError(f"cannot read {weights}: {e}") from None
+        if codebook_VD.ndim != 2:
+            raise ArtifactError(f"{weights}: '{CODEBOOK_KEY}' should be (V, D), got shape {tuple(codebook_VD.shape)}")
+        return codebook_VD.float(), str(manifest["fingerprint"])
 
 
 def tokenizer_fingerprint(model: VQModel) -> str:
@@ -34,33 +93,16 @@ def save_tokenizer(
     extra_files: Mapping[str, bytes] | None = None,
     overwrite: bool = False,
 ) -> str:
-    """Write the tokenizer folder atomically; returns its fingerprint."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fp = fingerprint_tensors(state)
-    with artifact_dir(out_dir, overwrite=overwrite) as tmp:
-        save_file(state, str(tmp / WEIGHTS), metadata={"fingerprint": fp})
-        for name, data in (extra_files or {}).items():
-            (tmp / name).write_bytes(data)
-        write_manifest(tmp, kind=KIND, fingerprint=fp, config=to_dict(model.config), made_from=made_from, info=info)
-    model.fingerprint = fp
-    return fp
+    """Write the tokenizer folder atomically; returns its fingerprint (also set as model.fingerprint)."""
+    art = TokenizerArtifact(model, made_from=made_from)
+    art.save(out_dir, overwrite=overwrite, info=info, extra_files=extra_files)
+    model.fingerprint = art.fingerprint
+    return art.fingerprint
 
 
 def load_tokenizer(folder: str | Path, device: str | torch.device = "cpu") -> VQModel:
     """Load a tokenizer folder (strictly); the model comes back in eval mode with `.fingerprint` set."""
-    folder = Path(folder)
-    manifest = read_manifest(folder, KIND)
-    cfg = from_dict(VQConfig, manifest["config"], where=f"{folder / 'manifest.json'}: config")
-    model = VQModel(cfg)
-    state = load_safetensors(folder, manifest, WEIGHTS,
-                             redo="train or import the tokenizer again (everything made from it records its fingerprint)")
-    check_finite(state, where=str(folder / WEIGHTS))
-    load_state_strict(model, state, source=str(folder / WEIGHTS))
-    if fingerprint_tensors(state) != manifest["fingerprint"]:
-        raise ArtifactError(f"{folder / WEIGHTS} does not match the fingerprint in its manifest (file changed or corrupt)")
-    model.fingerprint = manifest["fingerprint"]
-    model.manifest = manifest
-    return model.to(device).eval()
+    return TokenizerArtifact.load(folder, device).module
 
 
 def load_state_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:

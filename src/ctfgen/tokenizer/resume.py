@@ -23,6 +23,7 @@ from ..artifacts import artifact_dir, atomic_write_json, fingerprint_tensors, re
 from ..errors import ArtifactError
 from ..filecheck import load_safetensors
 from ..train import checkpoint as ckpt
+from .artifact import WEIGHTS
 
 KIND = "tokenizer_checkpoint"
 STATE_DIR = "training_state"
@@ -41,7 +42,7 @@ def save_training_checkpoint(out: Path, *, config: dict, made_from: dict, step: 
     """Write the whole training state (step = steps done) and swap it in for the previous one."""
     model_state = _cpu(model.state_dict())
     with artifact_dir(out, overwrite=True) as tmp:
-        save_file(model_state, str(tmp / "model.safetensors"))
+        save_file(model_state, str(tmp / WEIGHTS))
         sdir = tmp / STATE_DIR
         sdir.mkdir()
         opt_tensors, opt_meta = ckpt.optimizer_to_tensors(opt.state_dict())
@@ -95,7 +96,7 @@ def load_training_checkpoint(out: Path, manifest: dict, *, device: torch.device 
     sdir = out / STATE_DIR
     return {
         "state": state,
-        "model": tensors("model.safetensors"),
+        "model": tensors(WEIGHTS),
         "optimizer": ckpt.optimizer_from_tensors(tensors(f"{STATE_DIR}/optimizer.safetensors"), state["optimizer"]),
         "disc": tensors(f"{STATE_DIR}/discriminator.safetensors") if (sdir / "discriminator.safetensors").is_file() else None,
         "d_optimizer": (ckpt.optimizer_from_tensors(tensors(f"{STATE_DIR}/d_optimizer.safetensors"), state["d_optimizer"])

@@ -1,8 +1,8 @@
 """Checkpoints: one artifact folder (kind "model") that is both the resumable state and what samplers load.
 
     out/manifest.json           model config, train config, made_from {codes, coarse_map, tokenizer}
-    out/model.safetensors       weights (fp32)
-    out/ema.safetensors         EMA weights, when the run keeps an EMA
+    out/model.safetensors       weights (fp32)            } the model folder that inference reads
+    out/ema.safetensors         EMA weights, when kept    } (models/artifact.py: TrainedModel)
     out/training_state/         optimizer.safetensors + state.json (step, data position, optimizer
                                 hyper-parameters) + rng.safetensors (torch/CUDA/numpy/python, per rank)
     out/metrics.jsonl, out/loss_curve.png, out/tensorboard/, out/wandb/ (live logs, when asked for)
@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from ..artifacts import (artifact_dir, atomic_write_json, check_made_from, read_json, read_manifest,
+from ..artifacts import (artifact_dir, atomic_write_json, read_json, read_manifest,
                          recover_interrupted_write, write_manifest)
 from ..errors import ArtifactError
-from ..filecheck import check_finite, load_safetensors
-
-KIND = "model"
+from ..filecheck import load_safetensors
+from ..models.artifact import EMA_WEIGHTS, KIND, WEIGHTS, model_fingerprint
+from ..models.artifact import load_model  # noqa: F401  (moved to models/; kept for older imports)
 STATE_DIR = "training_state"
 LIVE_FILES = ("metrics.jsonl", "tensorboard", "wandb")  # written between checkpoints, carried into each new one
 
@@ -114,14 +114,12 @@ def save_checkpoint(
     live files (metrics, TensorBoard) are copied from the old folder into the new one, so writers can
     close their handles first. Copied, not moved: the old folder stays whole until the swap.
     """
-    from ..artifacts import fingerprint_tensors
-
     out = Path(out_dir)
     model_cpu = _cpu(model_state)
     with artifact_dir(out, overwrite=True) as tmp:
-        save_file(model_cpu, str(tmp / "model.safetensors"))
+        save_file(model_cpu, str(tmp / WEIGHTS))
         if ema_state is not None:
-            save_file(_cpu(ema_state), str(tmp / "ema.safetensors"))
+            save_file(_cpu(ema_state), str(tmp / EMA_WEIGHTS))
         sdir = tmp / STATE_DIR
         sdir.mkdir()
         opt_tensors, opt_meta = optimizer_to_tensors(optimizer_state)
@@ -139,7 +137,7 @@ def save_checkpoint(
                 shutil.copytree(out / name, tmp / name)
             elif (out / name).is_file():
                 shutil.copy2(out / name, tmp / name)
-        fp = fingerprint_tensors(model_cpu, extra=config.get("model"))
+        fp = model_fingerprint(model_cpu, config.get("model"))
         manifest = write_manifest(tmp, kind=KIND, fingerprint=fp, config=config, made_from=made_from, info=info)
     return manifest
 
@@ -172,7 +170,7 @@ def load_training_state(out_dir: str | Path) -> dict:
     """Everything needed to continue: model/EMA/optimizer tensors, step and RNG states."""
     out = Path(out_dir)
     sdir = out / STATE_DIR
-    for path in (out / "model.safetensors", sdir / "optimizer.safetensors", sdir / "rng.safetensors"):
+    for path in (out / WEIGHTS, sdir / "optimizer.safetensors", sdir / "rng.safetensors"):
         if not path.is_file():
             raise ArtifactError(f"checkpoint {out} is incomplete: {path.relative_to(out)} is missing")
     manifest = read_manifest(out, KIND)
@@ -188,11 +186,11 @@ def load_training_state(out_dir: str | Path) -> dict:
     for r, meta in enumerate(state["rng"]):
         prefix = f"rank{r}."
         rng.append(({k[len(prefix):]: v for k, v in rng_flat.items() if k.startswith(prefix)}, meta))
-    ema_path = out / "ema.safetensors"
+    ema_path = out / EMA_WEIGHTS
     return {
         "state": state,
-        "model": tensors("model.safetensors"),
-        "ema": tensors("ema.safetensors") if ema_path.is_file() else None,
+        "model": tensors(WEIGHTS),
+        "ema": tensors(EMA_WEIGHTS) if ema_path.is_file() else None,
         "optimizer": optimizer_from_tensors(tensors(f"{STATE_DIR}/optimizer.safetensors"), state["optimizer"]),
         "rng": rng,
     }
@@ -214,51 +212,3 @@ def first_difference(expected: Any, found: Any, path: str = "") -> str | None:
             return None
         return path
     return None if expected == found else path
-
-
-def load_model(
-    folder: str | Path,
-    device: str | torch.device = "cpu",
-    *,
-    ema: bool | None = None,
-    expect_kind: str | None = None,
-    made_from: Mapping[str, str] | None = None,
-    build: Callable[[Any], torch.nn.Module] | None = None,
-) -> tuple[torch.nn.Module, dict]:
-    """A trained model in eval mode and its manifest, from a `ctfgen train` folder.
-
-    ema: use the EMA weights (None: when the checkpoint has them). expect_kind: refuse other model
-    kinds ("ar", "aux", "baseline"). made_from: fingerprints the checkpoint must have been made from,
-    e.g. {"coarse_map": fp}. build: model_from_config replacement (tests).
-    """
-    folder = Path(folder)
-    m = read_manifest(folder, KIND)
-    cfg = m.get("config", {})
-    if "model" not in cfg:
-        raise ArtifactError(f"{folder / 'manifest.json'}: config lacks the model config ('model')")
-    kind = cfg["model"].get("kind")
-    if expect_kind is not None and kind != expect_kind:
-        raise ArtifactError(f"{folder} holds a '{kind}' model, expected '{expect_kind}'")
-    for key, fp in (made_from or {}).items():
-        check_made_from(f"{key} of model {folder}", fp, m.get("made_from", {}).get(key, "<none>"),
-                        hint=f"this model was trained on another {key}")
-    if build is None:
-        from ..config import from_dict
-        from ..models import model_from_config
-        from ..models.config import ModelConfig
-
-        def build(d):
-            return model_from_config(from_dict(ModelConfig, d, where=f"{folder / 'manifest.json'}: config.model"))
-    model = build(cfg["model"])
-    use_ema = (folder / "ema.safetensors").is_file() if ema is None else ema
-    path = folder / ("ema.safetensors" if use_ema else "model.safetensors")
-    if not path.is_file():
-        raise ArtifactError(f"{path} not found" + (" (this run kept no EMA; pass ema=False)" if use_ema else ""))
-    state = load_safetensors(folder, m, path.name, redo="retrain it, or copy the run folder again")
-    check_finite(state, where=str(path))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[:3]
-        raise ArtifactError(f"{path} does not fit the model in its manifest: {' '.join(first)}") from None
-    return model.to(device).eval(), m

@@ -8,8 +8,7 @@ the union of what all ranks see in a step does not depend on how many ranks ther
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,44 +16,13 @@ import torch
 from ..artifacts import check_made_from
 from ..errors import ArtifactError, CtfgenError
 
-
-@dataclass
-class Codes:
-    """The parts of a codes store the trainer needs (what ctfgen.codes.CodeStore provides)."""
-
-    codes: np.ndarray  # (N, n_views, L) uint16, usually memory-mapped
-    labels: np.ndarray  # (N,) int64
-    grid: tuple[int, int]
-    vocab_size: int
-    num_classes: int
-    fingerprint: str
-    tokenizer_fingerprint: str
-
-
-@dataclass
-class Coarse:
-    code_to_coarse: torch.Tensor  # (V,) long
-    k: int
-    fingerprint: str
-    tokenizer_fingerprint: str
-
-
-def open_codes(folder: str | Path) -> Codes:
+if TYPE_CHECKING:
+    from ..cluster import CoarseMap
     from ..codes import CodeStore
 
-    s = CodeStore.open(folder)
-    return Codes(s.codes, s.labels, tuple(s.grid), int(s.vocab_size), int(s.num_classes),
-                 s.fingerprint, s.tokenizer_fingerprint)
 
-
-def open_coarse_map(folder: str | Path) -> Coarse:
-    from ..cluster import CoarseMap
-
-    c = CoarseMap.load(folder)
-    return Coarse(c.code_to_coarse.long(), int(c.k), c.fingerprint, c.tokenizer_fingerprint)
-
-
-def check_inputs(kind: str, codes: Codes, coarse: Coarse | None, *, codes_dir: str = "", coarse_dir: str = "") -> None:
+def check_inputs(kind: str, codes: CodeStore, coarse: CoarseMap | None, *, codes_dir: str = "",
+                 coarse_dir: str = "") -> None:
     """Refuse combinations that cannot train the requested model."""
     if codes.codes.ndim != 3 or codes.codes.shape[0] != codes.labels.shape[0]:
         raise ArtifactError(f"codes store {codes_dir}: codes.npy {codes.codes.shape} and labels.npy "

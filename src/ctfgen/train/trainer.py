@@ -31,9 +31,10 @@ from tqdm import tqdm
 from ..config import to_dict
 from ..dist import DistInfo, all_reduce_mean, init_distributed, no_sync, shutdown
 from ..errors import CtfgenError, TrainingDiverged
+from ..models.artifact import model_config_dict
 from .checkpoint_manager import CheckpointManager
 from .config import RunOptions, TrainConfig, auto_ckpt_every
-from .data import BatchOrder, TokenDataset, check_inputs, open_coarse_map, open_codes
+from .data import BatchOrder, TokenDataset, check_inputs
 from .logs import MetricsLog, MetricsWindow, peak_rss_gb
 from .parallel import EMA, param_groups, wrap
 
@@ -46,11 +47,6 @@ class TrainResult:
     finished: bool
     resumed_from: int  # step the run started at (0: fresh)
     records: list[dict[str, Any]] = field(default_factory=list)
-
-
-def model_config_dict(model: torch.nn.Module) -> dict:
-    cfg = model.config
-    return cfg.to_dict() if hasattr(cfg, "to_dict") else to_dict(cfg)
 
 
 def build_for(cfg: TrainConfig, codes, coarse, build_model: Callable | None = None) -> torch.nn.Module:
@@ -146,8 +142,11 @@ class Trainer:
     def open_inputs(self, codes_dir: Path, coarse_map_dir: str | Path | None) -> tuple[Any, Any]:
         """The code store and the coarse map (None for the baseline, which never looks at coarse
         labels), checked against each other and the model kind."""
-        codes = open_codes(codes_dir)
-        coarse = open_coarse_map(coarse_map_dir) if coarse_map_dir is not None else None
+        from ..cluster import CoarseMap
+        from ..codes import CodeStore
+
+        codes = CodeStore.open(codes_dir)
+        coarse = CoarseMap.load(coarse_map_dir) if coarse_map_dir is not None else None
         check_inputs(self.cfg.kind, codes, coarse, codes_dir=str(codes_dir), coarse_dir=str(coarse_map_dir))
         return codes, (None if self.cfg.kind == "baseline" else coarse)
 

@@ -187,6 +187,20 @@ def add_group(sub, name: str, help: str, description: str | None = None):
     return p.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
 
 
+def add_command(group, name: str, run, *, help: str, description: str | None = None, data: bool = False,
+                device: bool = False, **parser_options) -> argparse.ArgumentParser:
+    """A (sub-)command that `run(args)` carries out; data=True / device=True give it the data flags
+    (add_data_args) and the device flags (add_device_args); `parser_options` go to add_parser (epilog,
+    formatter_class). Returns its parser for the other flags."""
+    p = group.add_parser(name, help=help, description=description, **parser_options)
+    if data:
+        add_data_args(p)
+    if device:
+        add_device_args(p)
+    p.set_defaults(func=run)
+    return p
+
+
 def add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", type=device, help="cpu, cuda, cuda:N or auto (cuda if available)")
     p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")

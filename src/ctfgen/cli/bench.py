@@ -11,6 +11,7 @@ import argparse
 
 from ._util import (
     MODEL_PRESETS,
+    add_command,
     add_group,
     device,
     guidance,
@@ -39,8 +40,8 @@ def register(sub) -> None:
 
 
 def _add_train(group) -> None:
-    p = group.add_parser(
-        "train", help="training tokens/s and memory of stage 1 and stage 2 vs the baseline (full vocab)",
+    p = add_command(
+        group, "train", _run_train, help="training tokens/s and memory of stage 1 and stage 2 vs the baseline (full vocab)",
         description="Train stage 1 (ar, vocabulary K), stage 2 (aux) and the baseline (vocabulary V) at the same "
                     "preset on random codes, alternating one step of each, and print tokens/s, memory and the "
                     "ratios.")
@@ -53,7 +54,6 @@ def _add_train(group) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32, help="samples per step (default: 32)")
     _add_rounds(p, steps=(20, "timed steps per model"), warmup=(3, "untimed steps per model first"))
     _add_device_and_json(p)
-    p.set_defaults(func=_run_train)
 
 
 def _add_rounds(p, *, steps: tuple[int, str], warmup: tuple[int, str]) -> None:
@@ -109,8 +109,8 @@ def _speed_preset(text: str) -> str:
 
 
 def _add_speed(group) -> None:
-    p = group.add_parser(
-        "speed", help="sampling images/s and memory of CTF vs the baseline at the same stage-1 size",
+    p = add_command(
+        group, "speed", _run_speed, help="sampling images/s and memory of CTF vs the baseline at the same stage-1 size",
         description="Sample batches with CTF (stage 1 + stage 2) and the baseline, random weights, guidance on, "
                     "interleaved after a warm-up; print the median images/s, peak memory and their ratio.")
     p.add_argument("--preset", default="fmnist", type=_speed_preset,
@@ -131,7 +131,6 @@ def _add_speed(group) -> None:
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--profile", action="store_true",
                    help="then profile one more batch of each (torch.profiler) and print where the time goes")
-    p.set_defaults(func=_run_speed)
 
 
 def _run_speed(args) -> int:
@@ -156,8 +155,8 @@ def _run_speed(args) -> int:
 
 
 def _add_aux_loss(group) -> None:
-    p = group.add_parser(
-        "aux-loss", help="stage 2's loss formulations (loop, gather, masked) timed against each other",
+    p = add_command(
+        group, "aux-loss", _run_aux_loss, help="stage 2's loss formulations (loop, gather, masked) timed against each other",
         description="Time the three formulations of stage 2's cluster-masked loss (the same loss and gradients) "
                     "on one model: the head alone and a whole training step, median of --steps after --warmup.")
     p.add_argument("--preset", default="aux-L", choices=MODEL_PRESETS, metavar="PRESET", help="stage-2 size (default: aux-L, the paper's)")
@@ -170,7 +169,6 @@ def _add_aux_loss(group) -> None:
                    help="cluster sizes: equal, or uneven like k-means (largest ~3x the mean) (default: balanced)")
     p.add_argument("--head-only", action="store_true", help="time the loss alone, not whole training steps")
     _add_device_and_json(p)
-    p.set_defaults(func=_run_aux_loss)
 
 
 def _run_aux_loss(args) -> int:
@@ -194,8 +192,8 @@ def _run_aux_loss(args) -> int:
 
 
 def _add_gpu(group) -> None:
-    p = group.add_parser(
-        "gpu", help="the prepared GPU check: CUDA tests, training MFU, sampling speed vs the paper, torchrun",
+    p = add_command(
+        group, "gpu", _run_gpu, help="the prepared GPU check: CUDA tests, training MFU, sampling speed vs the paper, torchrun",
         description="Run the paper-scale check on one GPU (scripts/gpu_check.sh calls this): the tests marked cuda, "
                     "training steps of stage 1 / stage 2 / the baseline at B and L (tokens/s, memory, MFU), "
                     "sampling at B / L / XL in fp32 / bf16, eager and compiled, beside the paper's A100 images/s, "
@@ -212,7 +210,6 @@ def _add_gpu(group) -> None:
     p.add_argument("--skip", default="", metavar="A,B",
                    help="sections to leave out, comma-separated names as in the report (e.g. tests,smoke)")
     p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
-    p.set_defaults(func=_run_gpu)
 
 
 def _run_gpu(args) -> int:
@@ -250,19 +247,18 @@ def _quality_help() -> dict[str, str]:
 def _add_quality(group) -> None:
     from ..quality import ABLATIONS, QualityConfig
     from ..quality.config import INCEPTION_WHEN
-    from .demo import add_experiment_flags
+    from .demo import add_experiment
 
-    p = group.add_parser(
-        "quality", help="CTF vs the baseline at equal training steps, at several checkpoints, and ablations",
+    p = add_experiment(
+        group, "quality", QualityConfig, _quality_help(), _run_quality, out="runs/quality", out_help="bench folder",
+        choices={"inception": INCEPTION_WHEN},
+        help="CTF vs the baseline at equal training steps, at several checkpoints, and ablations",
         description="Train CTF (stage 1 + stage 2) and the baseline with the same stage-1 architecture on the same "
                     "codes, evaluate both on class-balanced samples at several checkpoints (FID, IS, precision, "
                     "recall), and write OUT/report/README.md with a table and metric-vs-step plots. --ablate adds "
                     "one table per ablation. Rerunning reuses every finished step.")
-    p.add_argument("--out", default="runs/quality", help="bench folder (default: runs/quality)")
-    p.add_argument("--data-path", default=None, help="Fashion-MNIST idx folder (default: /usr/share/datasets/fashion-mnist)")
     p.add_argument("--ablate", nargs="+", default=[], metavar="NAME", choices=[*ABLATIONS, "all"],
                    help=f"ablations to run after the comparison: {', '.join(ABLATIONS)}, or all (default: none)")
-    add_experiment_flags(p, QualityConfig, _quality_help(), run=_run_quality, choices={"inception": INCEPTION_WHEN})
 
 
 def _run_quality(args) -> int:
@@ -323,16 +319,22 @@ def _add_scaling(group) -> None:
     from ..scaling import ScalingConfig
     from ..scaling.study import ARMS, INCEPTION
     from ._util import comma_list, float_range, int_range, one_of, positive_int
-    from .demo import add_experiment_flags
+    from .demo import add_experiment
 
-    p = group.add_parser(
-        "scaling", help="CTF vs the baseline as the codebook grows: held-out NLL, best-vs-best FID, seeds",
+    types = {"vocabs": comma_list(int_range(2, 65536)), "arms": comma_list(one_of(*ARMS), allow_empty=True),
+             "guidance": comma_list(float_range(1.0)), "temperatures": comma_list(float_range(0.0, lo_open=True)),
+             "stage2_temperatures": comma_list(float_range(0.0, lo_open=True)),
+             **dict.fromkeys(("k_ratio", "seeds", "arms_vocab", "arm_seeds", "nll_every", "nll_images",
+                              "sweep_samples_per_class", "sweep_seeds", "final_samples_per_class", "sample_batch"),
+                             positive_int)}
+    p = add_experiment(
+        group, "scaling", ScalingConfig, SCALING_HELP, _run_scaling, out="runs/scaling", out_help="study folder",
+        types=types, choices={"inception": INCEPTION}, help="CTF vs the baseline as the codebook grows: held-out NLL, best-vs-best FID, seeds",
         description="For each codebook size V: a tokenizer, K = V/32 coarse labels, CTF and the baseline trained "
                     "with several seeds; held-out bits per token along training, a sampling sweep picking each "
                     "method's best classifier-FID settings, and arms (clusterings, parameter-free stage 2). "
                     "Writes OUT/report/README.md (tables with mean ± std, plots) and OUT/results.json. Rerunning "
                     "continues an interrupted study at the model, checkpoint or evaluation where it stopped.")
-    p.add_argument("--out", default="runs/scaling", help="study folder (default: runs/scaling)")
     p.add_argument("--parts", default="all", choices=("all", "main", "arms", "report"),
                    help="run all, or only the main comparison (k-means CTF, baseline, parameter-free stage 2s) or "
                         "only the clustering arms; parts may run at once in separate processes on one --out, "
@@ -340,15 +342,6 @@ def _add_scaling(group) -> None:
     p.add_argument("--only-seeds", type=_seed_list, default=None, metavar="S,S",
                    help="run only these training seeds (e.g. 1,2 in a second process); later seeds take seed 0's "
                         "sampling settings once its sweep is saved (default: every seed)")
-    p.add_argument("--data-path", default=None, help="Fashion-MNIST idx folder (default: /usr/share/datasets/fashion-mnist)")
-    types = {"vocabs": comma_list(int_range(2, 65536)), "arms": comma_list(one_of(*ARMS), allow_empty=True),
-             "guidance": comma_list(float_range(1.0)), "temperatures": comma_list(float_range(0.0, lo_open=True)),
-             "stage2_temperatures": comma_list(float_range(0.0, lo_open=True)),
-             **dict.fromkeys(("k_ratio", "seeds", "arms_vocab", "arm_seeds", "nll_every", "nll_images",
-                              "sweep_samples_per_class", "sweep_seeds", "final_samples_per_class", "sample_batch"),
-                             positive_int)}
-    add_experiment_flags(p, ScalingConfig, SCALING_HELP, run=_run_scaling, types=types,
-                         choices={"inception": INCEPTION})
 
 
 def _run_scaling(args) -> int:

@@ -1,7 +1,7 @@
 """`ctfgen demo`: the whole pipeline on the embedded Fashion-MNIST default."""
 from __future__ import annotations
 
-from ._util import add_config_flags, add_device_args, config_from_args, setup_device
+from ._util import add_command, add_config_flags, add_device_args, config_from_args, setup_device
 
 ORDER = 1
 
@@ -28,14 +28,12 @@ HELP = {
 def register(sub) -> None:
     from ..demo import DemoConfig
 
-    p = sub.add_parser(
-        "demo", help="run the whole pipeline on Fashion-MNIST (CTF vs baseline) and write a report",
+    add_experiment(
+        sub, "demo", DemoConfig, HELP, _run, out="runs/demo", out_help="demo folder",
+        help="run the whole pipeline on Fashion-MNIST (CTF vs baseline) and write a report",
         description="Tokenizer, codes, coarse labels, stage 1, stage 2, baseline, sampling and evaluation on the "
                     "embedded Fashion-MNIST default, sized for a 2-core CPU. Writes OUT/report/README.md (and "
                     "index.html). Rerunning reuses every finished step.")
-    p.add_argument("--out", default="runs/demo", help="demo folder (default: runs/demo)")
-    p.add_argument("--data-path", default=None, help="Fashion-MNIST idx folder (default: /usr/share/datasets/fashion-mnist)")
-    add_experiment_flags(p, DemoConfig, HELP, run=_run)
 
 
 def _run(args) -> int:
@@ -46,14 +44,19 @@ def _run(args) -> int:
     return 0
 
 
-def add_experiment_flags(p, cls, helps: dict[str, str], *, run, **flag_options) -> None:
-    """The flags of an experiment command (demo, bench quality, bench scaling): one per field of its
-    settings dataclass `cls` (`flag_options`: add_config_flags' types, choices), --quiet and the
-    device flags; `run(args)` carries it out."""
+def add_experiment(group, name: str, cls, helps: dict[str, str], run, *, out: str, out_help: str, help: str,
+                   description: str, **flag_options):
+    """An experiment command (demo, bench quality, bench scaling) that `run(args)` carries out: --out
+    (default `out`), --data-path, one flag per field of its settings dataclass `cls` (`flag_options`:
+    add_config_flags' types, choices), --quiet and the device flags. Returns the parser, for the
+    command's own flags."""
+    p = add_command(group, name, run, help=help, description=description)
+    p.add_argument("--out", default=out, help=f"{out_help} (default: {out})")
+    p.add_argument("--data-path", default=None, help="Fashion-MNIST idx folder (default: /usr/share/datasets/fashion-mnist)")
     add_config_flags(p, cls, helps, **flag_options)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_args(p)
-    p.set_defaults(func=run)
+    return p
 
 
 def experiment_setup(cls, args):

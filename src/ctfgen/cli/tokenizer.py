@@ -7,8 +7,7 @@ from dataclasses import replace
 from ._util import (
     TOKENIZER_PRESETS,
     VIEWS,
-    add_data_args,
-    add_device_args,
+    add_command,
     add_group,
     boolean,
     data_config,
@@ -29,10 +28,10 @@ ORDER = 10
 def register(sub) -> None:
     tok = add_group(sub, "tokenizer", "train, import or inspect a VQ tokenizer (images <-> token grids)")
 
-    p = tok.add_parser("train", help="train a VQ tokenizer on a dataset",
-                       description="Train a VQ tokenizer (LlamaGen's architecture family) with reconstruction, "
-                                   "codebook and commitment losses and dead-code restarts; report test-split PSNR, "
-                                   "codebook usage and perplexity; save a tokenizer folder with a reconstruction grid.")
+    p = add_command(tok, "train", _train, data=True, device=True, help="train a VQ tokenizer on a dataset",
+                    description="Train a VQ tokenizer (LlamaGen's architecture family) with reconstruction, "
+                                "codebook and commitment losses and dead-code restarts; report test-split PSNR, "
+                                "codebook usage and perplexity; save a tokenizer folder with a reconstruction grid.")
     p.add_argument("--out", required=True, help="tokenizer folder to write")
     p.add_argument("--preset", default="fmnist", choices=TOKENIZER_PRESETS,
                    help="architecture preset: fmnist (32x32 -> 8x8, codebook 4096), vq16 (LlamaGen VQ-16) or vq8 (VQ-8)")
@@ -57,17 +56,15 @@ def register(sub) -> None:
     p.add_argument("--eval-limit", type=nonneg_int, default=0, help="test images for the final report (0: all)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the weights, batches and flips")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder (and start a stopped run again)")
-    add_data_args(p)
-    add_device_args(p)
-    p.set_defaults(func=_train)
 
-    p = tok.add_parser("import", help="import a LlamaGen VQ checkpoint (e.g. vq_ds16_c2i.pt) from a local file",
-                       description="Load LlamaGen's released VQ weights strictly with a weights-only unpickler and save "
-                                   "them as a ctfgen tokenizer folder. Containers 'ema', 'model', 'module', "
-                                   "'state_dict' or a bare state dict; DDP 'module.' and torch.compile '_orig_mod.' "
-                                   "key prefixes are removed (and reported). What the checkpoint records about "
-                                   "itself (VQ-16 or VQ-8, codebook size and dimension, image size) must agree with "
-                                   "the options. docs/LLAMAGEN.md walks from LlamaGen's files to samples.")
+    p = add_command(tok, "import", _import,
+                    help="import a LlamaGen VQ checkpoint (e.g. vq_ds16_c2i.pt) from a local file",
+                    description="Load LlamaGen's released VQ weights strictly with a weights-only unpickler and save "
+                                "them as a ctfgen tokenizer folder. Containers 'ema', 'model', 'module', "
+                                "'state_dict' or a bare state dict; DDP 'module.' and torch.compile '_orig_mod.' "
+                                "key prefixes are removed (and reported). What the checkpoint records about "
+                                "itself (VQ-16 or VQ-8, codebook size and dimension, image size) must agree with "
+                                "the options. docs/LLAMAGEN.md walks from LlamaGen's files to samples.")
     p.add_argument("checkpoint", help="path to the LlamaGen .pt file")
     p.add_argument("out", help="tokenizer folder to write")
     p.add_argument("--preset", default=None, choices=TOKENIZER_PRESETS,
@@ -79,21 +76,18 @@ def register(sub) -> None:
                    help="image size the tokenizer serves: 256 -> 16x16 tokens with VQ-16, 384 -> 24x24 (default: the "
                         "checkpoint's recorded image_size, else 256)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.set_defaults(func=_import)
 
-    p = tok.add_parser("report", help="reconstruction PSNR, codebook usage and perplexity on a dataset split")
+    p = add_command(tok, "report", _report, data=True, device=True,
+                    help="reconstruction PSNR, codebook usage and perplexity on a dataset split")
     p.add_argument("tokenizer", help="tokenizer folder")
     p.add_argument("--split", default="test", type=nonempty, help="data split")
     p.add_argument("--limit", type=nonneg_int, default=0, help="images to use (0: all)")
-    add_data_args(p)
-    add_device_args(p)
-    p.set_defaults(func=_report)
 
-    p = sub.add_parser("encode", help="encode a dataset split into a token-code store",
-                       description="Encode every image of a split (and its augmented views) once into a memory-mapped "
-                                   "uint16 store with labels and a manifest recording the tokenizer and data fingerprints. "
-                                   "Runs under torchrun to shard the work across processes. Finished chunks of images are "
-                                   "kept, so running the same command again after a kill resumes.")
+    p = add_command(sub, "encode", _encode, data=True, device=True, help="encode a dataset split into a token-code store",
+                    description="Encode every image of a split (and its augmented views) once into a memory-mapped "
+                                "uint16 store with labels and a manifest recording the tokenizer and data fingerprints. "
+                                "Runs under torchrun to shard the work across processes. Finished chunks of images are "
+                                "kept, so running the same command again after a kill resumes.")
     p.add_argument("--tokenizer", required=True, help="tokenizer folder")
     p.add_argument("--out", required=True, help="code store folder to write")
     p.add_argument("--split", default="train", type=nonempty, help="data split")
@@ -106,9 +100,6 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per encoder batch")
     p.add_argument("--limit", type=nonneg_int, default=0, help="encode only the split's first N images (0: all); for quick runs")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    add_data_args(p)
-    add_device_args(p)
-    p.set_defaults(func=_encode)
 
 
 def _train(args) -> int:

@@ -37,29 +37,36 @@ def evaluate_targets(result: dict) -> list[dict]:
         add("every CUDA test passes", "met" if met else "missed",
             f"{r.get('passed', 0)} passed, {r.get('failures', 0)} failed, {r.get('errors', 0)} errors, "
             f"{r.get('skipped', 0)} skipped")
-    for size in SIZES:
-        target = f"compiled sampling >= {SAMPLING_X:g}x the paper's A100 images/s at {size} (both samplers)"
-        best = _best_compiled(secs, size) if on_gpu else None
+    def judge(target: str, found: dict | None, verdict) -> None:
+        """n/a off a GPU, "not measured" without a result, else verdict(found) = (status, measured, profile)."""
         if not on_gpu:
             add(target, na)
-        elif best is None:
+        elif found is None:
             add(target, "not measured")
         else:
+            add(target, *verdict(found))
+
+    def sampling_x(size: str):
+        def verdict(best: dict):
             xs = {n: best[n]["x_paper"] for n in ("baseline", "ctf")}
             met = all(x is not None and x >= SAMPLING_X for x in xs.values())
-            add(target, "met" if met else "missed",
-                f"{best['compile']}: baseline {best['baseline']['images_per_s']:.1f} images/s ({xs['baseline']:.2f}x), "
-                f"CTF {best['ctf']['images_per_s']:.1f} ({xs['ctf']:.2f}x)", ("sampling", size))
-    for size in ("L", "XL"):
-        target = f"CTF faster than the baseline at {size}, compiled (paper: {'1.16' if size == 'L' else '1.18'}x)"
-        best = _best_compiled(secs, size) if on_gpu else None
-        if not on_gpu:
-            add(target, na)
-        elif best is None:
-            add(target, "not measured")
-        else:
+            return ("met" if met else "missed",
+                    f"{best['compile']}: baseline {best['baseline']['images_per_s']:.1f} images/s ({xs['baseline']:.2f}x), "
+                    f"CTF {best['ctf']['images_per_s']:.1f} ({xs['ctf']:.2f}x)", ("sampling", size))
+        return verdict
+
+    def ctf_faster(size: str):
+        def verdict(best: dict):
             ratio = best["ctf_over_baseline"]
-            add(target, "met" if ratio > 1 else "missed", f"{best['compile']}: {ratio:.2f}x", ("sampling", size))
+            return "met" if ratio > 1 else "missed", f"{best['compile']}: {ratio:.2f}x", ("sampling", size)
+        return verdict
+
+    for size in SIZES:
+        judge(f"compiled sampling >= {SAMPLING_X:g}x the paper's A100 images/s at {size} (both samplers)",
+              _best_compiled(secs, size) if on_gpu else None, sampling_x(size))
+    for size in ("L", "XL"):
+        judge(f"CTF faster than the baseline at {size}, compiled (paper: {'1.16' if size == 'L' else '1.18'}x)",
+              _best_compiled(secs, size) if on_gpu else None, ctf_faster(size))
     rows = {(r["kind"], r["preset"]): r for r in (_ok(secs.get("training")) or {}).get("rows", [])}
     for kind in ("ar", "baseline"):
         target = f"training MFU of {'stage 1' if kind == 'ar' else 'the baseline'} at L >= {MFU_TARGET:.0%}"

@@ -82,14 +82,15 @@ def test_frequency_prior_counts_training_codes_with_smoothing():
 
 def test_member_prior_samples_only_cluster_members():
     from ctfgen.sample import SamplingConfig
+    from ctfgen.sample.sampler import sample_from_prior
 
     p = MemberPrior.build("frequency", CODE_TO_COARSE, k=2, train_codes=np.array([1] * 50 + [3]))
     coarse = torch.tensor([[0, 1] * 200])
-    codes = p.sample(coarse, torch.rand(coarse.shape), SamplingConfig(stage2_temperature=1.0))
+    codes = sample_from_prior(p, coarse, torch.rand(coarse.shape), SamplingConfig(stage2_temperature=1.0))
     assert bool((CODE_TO_COARSE[codes] == coarse).all())
     ones = int((codes[0, 1::2] == 1).sum())
     assert ones > 150  # 51/54 of the cluster's mass
-    argmax = p.sample(coarse, torch.rand(coarse.shape), SamplingConfig(stage2_argmax=True))
+    argmax = sample_from_prior(p, coarse, torch.rand(coarse.shape), SamplingConfig(stage2_argmax=True))
     assert set(argmax[0, 1::2].tolist()) == {1}
 
 

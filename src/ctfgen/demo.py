@@ -15,6 +15,7 @@ from typing import Callable
 
 from .data import DataConfig
 from .experiment import Workspace
+from .report import COARSE_FIGURE, COARSE_FIGURE_COMMAND  # noqa: F401  (the figure the report shows)
 
 
 @dataclass
@@ -44,9 +45,6 @@ class DemoConfig:
     seed: int = 0
 
 
-COARSE_FIGURE = "coarse-to-fine.png"
-COARSE_FIGURE_COMMAND = ("ctfgen sample --pipeline {out}/pipeline-ctf --per-class 2 --seed {seed} --grid-scale 2 "
-                         "--coarse-grid coarse-to-fine.png")
 
 
 class Demo:

@@ -9,6 +9,11 @@ from pathlib import Path
 from .artifacts import atomic_write_bytes, read_manifest
 from .reporting import METRIC_ROWS, fmt_value, markdown_table, metric, timings_table, write_page
 
+# the demo's coarse-to-fine figure (demo.py: Demo.coarse_figure) and the command that makes the same file
+COARSE_FIGURE = "coarse-to-fine.png"
+COARSE_FIGURE_COMMAND = ("ctfgen sample --pipeline {out}/pipeline-ctf --per-class 2 --seed {seed} --grid-scale 2 "
+                         "--coarse-grid coarse-to-fine.png")
+
 def metrics_table(results: dict[str, dict]) -> list[list[str]]:
     names = list(results)
     rows = [["metric", *names, "better"]]
@@ -77,8 +82,6 @@ def write_demo_report(out: Path, *, results: dict, runs: dict[str, Path], tokeni
 
 
 def _coarse_section(out: Path, rep: Path, cfg) -> list[str]:
-    from .demo import COARSE_FIGURE, COARSE_FIGURE_COMMAND
-
     if not (rep / COARSE_FIGURE).is_file():
         return []
     return [

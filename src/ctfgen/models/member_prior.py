@@ -9,7 +9,8 @@ class; each is still a proper stage 2, so CTF with it has an exact likelihood an
                add-one (Laplace) smoothing so that a code never seen in training keeps a non-zero
                probability (otherwise one unseen test code makes the held-out likelihood infinite).
 
-The pipeline calls `sample`, the likelihood code calls `log_prob`; both work on codebook indices.
+The sampler reads `member_logits` (sample/sampler.py: sample_from_prior), the likelihood code
+`log_prob`; both work on codebook indices.
 """
 from __future__ import annotations
 
@@ -73,18 +74,10 @@ class MemberPrior(MemberTables, nn.Module):
         """(B, L) natural-log probability of each code given its own coarse label."""
         return self.log_prob_V.double()[fine_BL.to(self.log_prob_V.device)]
 
-    @torch.inference_mode()
-    def sample(self, coarse_BL: torch.Tensor, u_BL: torch.Tensor, settings=None) -> torch.Tensor:
-        """Codes (B, L): each position drawn from its cluster's members with its own uniform.
-
-        `settings` (a SamplingConfig; default: its defaults): stage2_temperature, stage2_top_k and
-        stage2_argmax. Stage-2 guidance does not apply: the prior does not see the class."""
-        from ..sample.sampler import SamplingConfig, pick
-
-        s = (settings or SamplingConfig()).check()
+    def member_logits(self, coarse_N: torch.Tensor) -> torch.Tensor:
+        """(N, M) log-probabilities of each position's cluster members (column j = members[coarse, j]),
+        -inf past the cluster's size: the layout of AuxTransformer.member_logits, which the stage-2
+        sampler (sample/sampler.py: sample_from_prior) draws from."""
         t = self.member_tables()
-        coarse_N = coarse_BL.flatten().to(t.members_KM.device)
-        logits_NM = self.log_prob_V.float()[t.members_KM[coarse_N]].masked_fill(t.padding(coarse_N), float("-inf"))
-        col_N = pick(logits_NM, u_BL.flatten().to(logits_NM.device), temperature=s.stage2_temperature,
-                     top_k=s.stage2_top_k, argmax=s.stage2_argmax)
-        return t.codes(coarse_N, col_N).view(coarse_BL.shape)
+        coarse_N = coarse_N.to(t.members_KM.device)
+        return self.log_prob_V.float()[t.members_KM[coarse_N]].masked_fill(t.padding(coarse_N), float("-inf"))

@@ -29,7 +29,7 @@ from ..errors import ArtifactError, CtfgenError
 from ..filecheck import verify_file
 from ..models.artifact import MODEL_FILES, TrainedModel
 from ..tokenizer.artifact import TokenizerArtifact
-from .sampler import SamplingConfig, generate_tokens, sample_fine, sample_seed, sample_uniforms
+from .sampler import SamplingConfig, generate_tokens, sample_fine, sample_from_prior, sample_seed, sample_uniforms
 
 KIND = "pipeline"
 ROLES = {"ctf": ("ar", "aux"), "baseline": ("baseline",)}
@@ -388,7 +388,7 @@ class CTFPipeline(_Pipeline):
         _sync(coarse_BL.device)  # on a GPU the stage times must not be the launch times
         t1 = time.perf_counter()
         if getattr(aux.config, "kind", "") == "prior":  # a stage 2 with no parameters (models/member_prior.py)
-            codes_BL = aux.sample(coarse_BL, u_BN[:, L:], s)
+            codes_BL = sample_from_prior(aux, coarse_BL, u_BN[:, L:], s)
         else:
             codes_BL = sample_fine(aux, coarse_BL, labels_B, u_BN[:, L:], s)
         _sync(codes_BL.device)

@@ -214,3 +214,19 @@ def sample_fine(aux, coarse_BL: torch.Tensor, labels_B: torch.Tensor, u_BL: torc
                      argmax=s.stage2_argmax)
         codes_BL[b:b + chunk] = (tables.codes(coarse[:n].flatten(), col_N) if masked else col_N).view(n, L)
     return codes_BL
+
+
+@torch.inference_mode()
+def sample_from_prior(prior, coarse_BL: torch.Tensor, u_BL: torch.Tensor,
+                      settings: SamplingConfig | None = None) -> torch.Tensor:
+    """Codes (B, L) from a parameter-free stage 2 (models/member_prior.py): each position drawn from
+    its cluster's members with its own uniform. `settings` (default: SamplingConfig()): its fields
+    stage2_temperature, stage2_top_k and stage2_argmax; stage-2 guidance does not apply, since the
+    prior does not see the class."""
+    s = (settings or SamplingConfig()).check()
+    t = prior.member_tables()
+    coarse_N = coarse_BL.flatten().to(t.members_KM.device)
+    logits_NM = prior.member_logits(coarse_N)
+    col_N = pick(logits_NM, u_BL.flatten().to(logits_NM.device), temperature=s.stage2_temperature,
+                 top_k=s.stage2_top_k, argmax=s.stage2_argmax)
+    return t.codes(coarse_N, col_N).view(coarse_BL.shape)

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from ..artifacts import artifact_dir, atomic_write_json, fingerprint_tensors, read_json, read_manifest, write_manifest
 from ..errors import ArtifactError
 from ..filecheck import load_safetensors
-from ..train import checkpoint as ckpt
+from .. import run_state
 from .artifact import WEIGHTS
 
 KIND = "tokenizer_checkpoint"
@@ -31,29 +31,25 @@ STATE_DIR = "training_state"
 RUN_FIELDS = ("minutes", "eval_limit")
 
 
-def _cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}  # written before training goes on
-
-
 def save_training_checkpoint(out: Path, *, config: dict, made_from: dict, step: int, steps: int,
                              model: torch.nn.Module, opt: torch.optim.Optimizer,
                              disc: torch.nn.Module | None, d_opt: torch.optim.Optimizer | None,
                              tensors: Mapping[str, torch.Tensor], state: Mapping[str, Any]) -> None:
     """Write the whole training state (step = steps done) and swap it in for the previous one."""
-    model_state = _cpu(model.state_dict())
+    model_state = run_state.cpu_tensors(model.state_dict())
     with artifact_dir(out, overwrite=True) as tmp:
         save_file(model_state, str(tmp / WEIGHTS))
         sdir = tmp / STATE_DIR
         sdir.mkdir()
-        opt_tensors, opt_meta = ckpt.optimizer_to_tensors(opt.state_dict())
+        opt_tensors, opt_meta = run_state.optimizer_to_tensors(opt.state_dict())
         save_file(opt_tensors, str(sdir / "optimizer.safetensors"))
         meta: dict[str, Any] = {"optimizer": opt_meta}
         if disc is not None and d_opt is not None:
-            save_file(_cpu(disc.state_dict()), str(sdir / "discriminator.safetensors"))
-            d_tensors, meta["d_optimizer"] = ckpt.optimizer_to_tensors(d_opt.state_dict())
+            save_file(run_state.cpu_tensors(disc.state_dict()), str(sdir / "discriminator.safetensors"))
+            d_tensors, meta["d_optimizer"] = run_state.optimizer_to_tensors(d_opt.state_dict())
             save_file(d_tensors, str(sdir / "d_optimizer.safetensors"))
-        rng_tensors, meta["rng"] = ckpt.capture_rng(next(model.parameters()).device)
-        save_file(_cpu({**{f"rng.{k}": v for k, v in rng_tensors.items()}, **tensors}), str(sdir / "state.safetensors"))
+        rng_tensors, meta["rng"] = run_state.capture_rng(next(model.parameters()).device)
+        save_file(run_state.cpu_tensors({**{f"rng.{k}": v for k, v in rng_tensors.items()}, **tensors}), str(sdir / "state.safetensors"))
         atomic_write_json(sdir / "state.json", {"step": step, **state, **meta})
         unfinished = (f"tokenizer training stopped at step {step} of {steps}: rerun the same `ctfgen tokenizer "
                       f"train` command (same --out) to finish it")
@@ -74,7 +70,7 @@ def read_resumable(out: Path, config: dict, made_from: dict) -> dict | None:
         return None
     saved = {k: v for k, v in m.get("config", {}).items() if k not in RUN_FIELDS}
     now = {k: v for k, v in config.items() if k not in RUN_FIELDS}
-    diff = ckpt.first_difference(saved, now)
+    diff = run_state.first_difference(saved, now)
     if diff is not None:
         raise ArtifactError(f"cannot resume {out}: config field '{diff}' differs from the checkpoint's; rerun with "
                             "the original settings, pass --overwrite to start again, or use another --out")
@@ -97,9 +93,9 @@ def load_training_checkpoint(out: Path, manifest: dict, *, device: torch.device 
     return {
         "state": state,
         "model": tensors(WEIGHTS),
-        "optimizer": ckpt.optimizer_from_tensors(tensors(f"{STATE_DIR}/optimizer.safetensors"), state["optimizer"]),
+        "optimizer": run_state.optimizer_from_tensors(tensors(f"{STATE_DIR}/optimizer.safetensors"), state["optimizer"]),
         "disc": tensors(f"{STATE_DIR}/discriminator.safetensors") if (sdir / "discriminator.safetensors").is_file() else None,
-        "d_optimizer": (ckpt.optimizer_from_tensors(tensors(f"{STATE_DIR}/d_optimizer.safetensors"), state["d_optimizer"])
+        "d_optimizer": (run_state.optimizer_from_tensors(tensors(f"{STATE_DIR}/d_optimizer.safetensors"), state["d_optimizer"])
                         if "d_optimizer" in state else None),
         "rng": ({k[4:]: v for k, v in flat.items() if k.startswith("rng.")}, state["rng"]),
         "tensors": {k: v for k, v in flat.items() if not k.startswith("rng.")},

@@ -26,8 +26,7 @@ from ..config import to_dict
 from ..data import CLASSES_FILE, DataConfig, dataset_class_table, describe_classes, load_dataset
 from ..data.classes import classes_json
 from ..errors import CtfgenError, TrainingDiverged
-from ..train import checkpoint as ckpt
-from ..train.config import auto_ckpt_every
+from .. import run_state
 from .artifact import save_tokenizer
 from .lpips import LPIPS
 from .losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss
@@ -161,10 +160,10 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, *, device: s
         gen.set_state(ts["generator"])
         if "perm" in ts:
             batches.perm, batches.pos = ts["perm"].clone(), st["batch_pos"]
-        ckpt.restore_rng(*saved["rng"], device=torch.device(device))
+        run_state.restore_rng(*saved["rng"], device=torch.device(device))
         if progress:
             print(f"resuming {out} from step {start}/{cfg.steps}", file=sys.stderr)
-    every = auto_ckpt_every(cfg.steps) if ckpt_every is None else ckpt_every
+    every = run_state.auto_ckpt_every(cfg.steps) if ckpt_every is None else ckpt_every
     last_saved = start
 
     def save(done: int) -> None:

@@ -14,13 +14,11 @@ records the size and SHA-256 of every tensor file, checked before resuming or sa
 """
 from __future__ import annotations
 
-import random
 import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -30,66 +28,12 @@ from ..errors import ArtifactError
 from ..filecheck import load_safetensors
 from ..models.artifact import EMA_WEIGHTS, KIND, WEIGHTS, model_fingerprint
 from ..models.artifact import load_model  # noqa: F401  (moved to models/; kept for older imports)
+# the resumable-state format is shared with the tokenizer's trainer (run_state.py); the names stay here too
+from ..run_state import (capture_rng, cpu_tensors, first_difference, optimizer_from_tensors,  # noqa: F401
+                        optimizer_to_tensors, restore_rng)
+
 STATE_DIR = "training_state"
 LIVE_FILES = ("metrics.jsonl", "tensorboard", "wandb")  # written between checkpoints, carried into each new one
-
-
-# ---------------------------------------------------------------- tensors <-> files
-
-def _cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # clone: safetensors refuses tensors sharing storage (tied weights) and non-contiguous views
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
-
-
-def optimizer_to_tensors(sd: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split an optimizer state_dict into tensors (safetensors) and JSON-able metadata."""
-    keys = list(sd["state"].keys())
-    tensors, scalars = {}, {}
-    for i, key in enumerate(keys):
-        for name, value in sd["state"][key].items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"state.{i}.{name}"] = value
-            else:
-                scalars[f"{i}.{name}"] = value
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
-    return _cpu(tensors), {"keys": keys, "scalars": scalars, "param_groups": groups}
-
-
-def optimizer_from_tensors(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict:
-    state: dict[Any, dict[str, Any]] = {key: {} for key in meta["keys"]}
-    keys = meta["keys"]
-    for name, value in tensors.items():
-        _, i, field = name.split(".", 2)
-        state[keys[int(i)]][field] = value
-    for name, value in meta["scalars"].items():
-        i, field = name.split(".", 1)
-        state[keys[int(i)]][field] = value
-    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
-    return {"state": state, "param_groups": groups}
-
-
-def capture_rng(device: torch.device | None = None) -> tuple[dict[str, torch.Tensor], dict]:
-    """This process's RNG states (torch CPU, CUDA, numpy, python) as tensors + JSON."""
-    tensors = {"torch": torch.get_rng_state()}
-    if device is not None and device.type == "cuda":
-        tensors["cuda"] = torch.cuda.get_rng_state(device)
-    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    tensors["numpy"] = torch.from_numpy(np.asarray(np_keys, dtype=np.int64))
-    py_version, py_internal, py_gauss = random.getstate()
-    tensors["python"] = torch.tensor(py_internal, dtype=torch.int64)
-    meta = {"numpy": [np_kind, int(np_pos), int(np_has_gauss), float(np_gauss)],
-            "python": [py_version, py_gauss]}
-    return tensors, meta
-
-
-def restore_rng(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], device: torch.device | None = None) -> None:
-    torch.set_rng_state(tensors["torch"])
-    if device is not None and device.type == "cuda" and "cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["cuda"], device)
-    np_kind, np_pos, np_has_gauss, np_gauss = meta["numpy"]
-    np.random.set_state((np_kind, tensors["numpy"].numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
-    py_version, py_gauss = meta["python"]
-    random.setstate((py_version, tuple(int(x) for x in tensors["python"].tolist()), py_gauss))
 
 
 # ---------------------------------------------------------------- writing
@@ -115,17 +59,17 @@ def save_checkpoint(
     close their handles first. Copied, not moved: the old folder stays whole until the swap.
     """
     out = Path(out_dir)
-    model_cpu = _cpu(model_state)
+    model_cpu = cpu_tensors(model_state)
     with artifact_dir(out, overwrite=True) as tmp:
         save_file(model_cpu, str(tmp / WEIGHTS))
         if ema_state is not None:
-            save_file(_cpu(ema_state), str(tmp / EMA_WEIGHTS))
+            save_file(cpu_tensors(ema_state), str(tmp / EMA_WEIGHTS))
         sdir = tmp / STATE_DIR
         sdir.mkdir()
         opt_tensors, opt_meta = optimizer_to_tensors(optimizer_state)
         save_file(opt_tensors, str(sdir / "optimizer.safetensors"))
         rng_tensors = {f"rank{r}.{k}": v for r, (ts, _) in enumerate(rng_per_rank) for k, v in ts.items()}
-        save_file(_cpu(rng_tensors), str(sdir / "rng.safetensors"))
+        save_file(cpu_tensors(rng_tensors), str(sdir / "rng.safetensors"))
         atomic_write_json(sdir / "state.json", {**state, "optimizer": opt_meta,
                                                 "rng": [meta for _, meta in rng_per_rank]})
         if extra_files is not None:
@@ -194,21 +138,3 @@ def load_training_state(out_dir: str | Path) -> dict:
         "optimizer": optimizer_from_tensors(tensors(f"{STATE_DIR}/optimizer.safetensors"), state["optimizer"]),
         "rng": rng,
     }
-
-
-def first_difference(expected: Any, found: Any, path: str = "") -> str | None:
-    """The dotted name of the first field where two JSON-like values differ, or None."""
-    if isinstance(expected, dict) and isinstance(found, dict):
-        for key in list(expected) + [k for k in found if k not in expected]:
-            sub = f"{path}.{key}" if path else str(key)
-            if key not in expected or key not in found:
-                return sub
-            diff = first_difference(expected[key], found[key], sub)
-            if diff:
-                return diff
-        return None
-    if isinstance(expected, (list, tuple)) and isinstance(found, (list, tuple)):
-        if len(expected) == len(found) and all(first_difference(a, b) is None for a, b in zip(expected, found)):
-            return None
-        return path
-    return None if expected == found else path

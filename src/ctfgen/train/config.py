@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CtfgenError
+from ..run_state import auto_ckpt_every  # noqa: F401  (older imports)
 
 if TYPE_CHECKING:  # the command line reads these configs without importing torch
     import torch
@@ -100,12 +101,6 @@ class TrainConfig:
         progress = min(1.0, (step - self.warmup_steps) / span)
         floor = peak * self.min_lr_ratio
         return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def auto_ckpt_every(total_steps: int) -> int:
-    """Default checkpoint cadence: ten checkpoints over the run, at most 1000 steps apart, so a short
-    run that is killed still has something to resume from and a long one does not write too often."""
-    return max(1, min(1000, math.ceil(total_steps / 10)))
 
 
 @dataclass

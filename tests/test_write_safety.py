@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from test_train import assert_same, cfg, make_coarse, make_codes, quiet, run_train, tensors
 
-from ctfgen import artifacts
+from ctfgen import artifacts, safe_write
 from ctfgen.artifacts import interrupted_writes
 from ctfgen.cli import main as cli_main
 from ctfgen.errors import ArtifactError
@@ -46,7 +46,7 @@ def kill_during_checkpoint(monkeypatch, at_step: int, point: str) -> None:
     """Arm a kill at `point` of the checkpoint of step `at_step`."""
     armed = [False]
     save, save_file, fsync, replace, rmtree = (checkpoint.save_checkpoint, checkpoint.save_file,
-                                               artifacts._fsync_tree, os.replace, shutil.rmtree)
+                                               safe_write._fsync_tree, os.replace, shutil.rmtree)
 
     def save_checkpoint(*args, **kw):
         armed[0] = kw["state"]["step"] == at_step
@@ -79,7 +79,7 @@ def kill_during_checkpoint(monkeypatch, at_step: int, point: str) -> None:
 
     monkeypatch.setattr(checkpoint, "save_checkpoint", save_checkpoint)
     monkeypatch.setattr(checkpoint, "save_file", save_file_)
-    monkeypatch.setattr(artifacts, "_fsync_tree", fsync_)
+    monkeypatch.setattr(safe_write, "_fsync_tree", fsync_)
     monkeypatch.setattr(os, "replace", replace_)
     monkeypatch.setattr(shutil, "rmtree", rmtree_)
 

@@ -17,12 +17,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..artifacts import ModuleArtifact, fingerprint_tensors
+from ..artifacts import WEIGHTS, ModuleArtifact, fingerprint_tensors
 from ..config import to_dict
 from ..errors import CtfgenError
 
 KIND = "classifier"
-WEIGHTS = "model.safetensors"
 
 
 @dataclass
@@ -153,7 +152,6 @@ class ClassifierArtifact(ModuleArtifact):
     """A DomainClassifier and its folder; config.model is the ClassifierConfig."""
 
     KIND = KIND
-    WEIGHTS = WEIGHTS
     REDO = "train the classifier again"
 
     @classmethod

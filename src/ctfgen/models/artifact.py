@@ -15,11 +15,10 @@ from typing import Any, Mapping
 
 import torch
 
-from ..artifacts import MANIFEST, ModuleArtifact, check_made_from, fingerprint_tensors
+from ..artifacts import MANIFEST, WEIGHTS, ModuleArtifact, check_made_from, fingerprint_tensors
 from ..errors import ArtifactError
 
 KIND = "model"
-WEIGHTS = "model.safetensors"
 EMA_WEIGHTS = "ema.safetensors"
 MODEL_FILES = (MANIFEST, WEIGHTS, EMA_WEIGHTS)  # what inference reads; never the training state
 
@@ -42,7 +41,6 @@ class TrainedModel(ModuleArtifact):
     """A baseline, stage-1 ("ar") or stage-2 ("aux") model and its folder."""
 
     KIND = KIND
-    WEIGHTS = WEIGHTS
     REDO = "retrain it, or copy the run folder again"
 
     @classmethod

@@ -5,7 +5,7 @@ from .settings import SamplingConfig
 # The samplers and pipelines need torch; loading them on first use lets the command line read
 # SamplingConfig at once.
 _LAZY = {"BaselinePipeline": "pipeline", "CTFPipeline": "pipeline", "Samples": "pipeline", "load_pipeline": "pipeline",
-         "make_pipeline": "pipeline", "generate_tokens": "sampler", "pick": "sampler", "sample_fine": "sampler",
+         "make_pipeline": "pipeline_folder", "generate_tokens": "sampler", "pick": "sampler", "sample_fine": "sampler",
          "sample_seed": "sampler"}
 
 __all__ = ["SamplingConfig", *_LAZY]

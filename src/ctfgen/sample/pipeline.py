@@ -3,8 +3,8 @@
     pipe = CTFPipeline.from_pretrained("runs/pipe")          # or BaselinePipeline
     images = pipe(class_labels=[0, 1], guidance_scale=2.0, temperature=1.1, seed=0)  # list[PIL.Image]
 
-A pipeline folder (kind "pipeline", written by `save_pretrained` / `ctfgen pipeline make`) copies or
-references the tokenizer and model folders and records their fingerprints; loading refuses folders
+A pipeline folder (kind "pipeline", pipeline_folder.py; written by `save_pretrained` / `ctfgen pipeline
+make`) copies or references the tokenizer and model folders and records their fingerprints; loading refuses folders
 that changed since, and components that do not belong together (another tokenizer, another coarse map).
 A pipeline built in memory (`CTFPipeline(tokenizer, ar=..., aux=...)`) writes its component folders
 from its modules, so it loads back like any other:
@@ -13,7 +13,6 @@ from its modules, so it loads back like any other:
 """
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -22,18 +21,15 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..artifacts import MANIFEST, artifact_dir, check_made_from, fingerprint_tensors, read_manifest, write_manifest
-from ..config import from_dict, to_dict
+from ..artifacts import artifact_dir, check_made_from, read_manifest
+from ..config import from_dict
 from ..dist import all_gather_objects, joined_group
 from ..errors import ArtifactError, CtfgenError
-from ..filecheck import verify_file
-from ..models.artifact import MODEL_FILES, TrainedModel
+from ..models.artifact import TrainedModel
 from ..tokenizer.artifact import TokenizerArtifact
+from .pipeline_folder import KIND, ROLES, write_pipeline_manifest, check_components, make_pipeline  # noqa: F401 (make_pipeline: API)
 from .sampler import SamplingConfig, generate_tokens, sample_fine, sample_from_prior, sample_seed, sample_uniforms
 
-KIND = "pipeline"
-ROLES = {"ctf": ("ar", "aux"), "baseline": ("baseline",)}
-TOKENIZER_FILES = (MANIFEST, TokenizerArtifact.WEIGHTS)
 
 
 @dataclass
@@ -45,97 +41,6 @@ class Samples:
     labels: np.ndarray  # (N,) class of each sample
     seeds: list[int]  # per-sample seeds (sample_seed(seed, index))
     settings: SamplingConfig
-
-
-# ---------------------------------------------------------------- checking components
-
-def check_components(tokenizer: dict, models: dict[str, dict]) -> dict[str, str]:
-    """Refuse manifests that do not belong together; returns every fingerprint by role."""
-    from ..config import from_dict
-    from ..models.config import ModelConfig
-    from ..tokenizer.model import VQConfig
-
-    tok_fp = tokenizer["fingerprint"]
-    fps = {"tokenizer": tok_fp}
-    tcfg = from_dict(VQConfig, tokenizer.get("config", {}), where="tokenizer manifest: config")
-    mcfgs = {}
-    for role, m in models.items():
-        kind = m.get("config", {}).get("model", {}).get("kind")
-        if kind != role:
-            raise ArtifactError(f"{role}: expected a '{role}' model, got kind {kind!r}")
-        mcfgs[role] = mcfg = from_dict(ModelConfig, m["config"]["model"], where=f"{role} manifest: config.model")
-        if mcfg.vocab_size != tcfg.codebook_size:
-            raise ArtifactError(f"{role}: vocab_size {mcfg.vocab_size} != the tokenizer's codebook_size {tcfg.codebook_size}")
-        if mcfg.grid != tcfg.grid:
-            raise ArtifactError(f"{role}: grid {mcfg.grid} != the tokenizer's {tcfg.grid} tokens per side")
-        made = m.get("made_from", {})
-        if "tokenizer" not in made:
-            raise ArtifactError(f"{role}: its manifest records no made_from.tokenizer, so it cannot be checked "
-                                "against the tokenizer")
-        check_made_from(f"{role} model / tokenizer", tok_fp, made["tokenizer"],
-                        hint=f"the {role} model was trained on codes of another tokenizer")
-        fps[role] = m["fingerprint"]
-    if "ar" in models:
-        for key in ("coarse_vocab", "num_classes"):
-            a, b = getattr(mcfgs["ar"], key), getattr(mcfgs["aux"], key)
-            if a != b:
-                raise ArtifactError(f"stage 1 and stage 2 disagree on {key}: {a} vs {b}")
-        cm = [models[r].get("made_from", {}).get("coarse_map") for r in ("ar", "aux")]
-        if None in cm:
-            raise ArtifactError("stage 1 / stage 2: made_from.coarse_map missing in a model manifest")
-        check_made_from("stage 1 / stage 2 coarse map", cm[0], cm[1],
-                        hint="both stages must be trained with the same `ctfgen cluster` output")
-        fps["coarse_map"] = cm[0]
-    return fps
-
-
-def _copy_files(src: Path, dst: Path, names: Sequence[str]) -> None:
-    dst.mkdir(parents=True)
-    for name in names:
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
-
-
-def make_pipeline(out: str | Path, *, tokenizer: str | Path, ar: str | Path | None = None,
-                  aux: str | Path | None = None, baseline: str | Path | None = None, copy: bool = True,
-                  sampling: SamplingConfig | None = None, overwrite: bool = False) -> Path:
-    """Write a pipeline folder: CTF (ar + aux) or the baseline, plus the tokenizer.
-
-    copy=True copies the weights (not the training state) into the folder; copy=False records the
-    absolute paths of the folders instead, and loading checks they still hold the same fingerprints.
-    """
-    if (ar is None) != (aux is None) or (ar is None) == (baseline is None):
-        raise CtfgenError("a pipeline is either CTF (both ar and aux folders) or the baseline (a baseline folder)")
-    kind = "ctf" if ar is not None else "baseline"
-    sources = {"ar": ar, "aux": aux} if kind == "ctf" else {"baseline": baseline}
-    sources = {role: Path(p) for role, p in sources.items()}
-    tok_dir = Path(tokenizer)
-    tok_m = TokenizerArtifact.read_manifest(tok_dir)
-    manifests = {role: TrainedModel.read_manifest(p) for role, p in sources.items()}
-    fps = check_components(tok_m, manifests)
-    # a damaged weights file must not be copied into (or referenced by) a pipeline that looks fine
-    for role, src, m in (("tokenizer", tok_dir, tok_m), *((r, sources[r], manifests[r]) for r in sources)):
-        for name in (TOKENIZER_FILES if role == "tokenizer" else MODEL_FILES):
-            if name.endswith(".safetensors") and (src / name).is_file():
-                verify_file(src, m, name, redo=f"repair or remake {src} before making the pipeline")
-    sampling = (sampling or (SamplingConfig() if kind == "ctf" else SamplingConfig.baseline())).check()
-    with artifact_dir(out, overwrite=overwrite) as tmp:
-        refs = {}
-        for role, src in {"tokenizer": tok_dir, **sources}.items():
-            if copy:
-                _copy_files(src, tmp / role, TOKENIZER_FILES if role == "tokenizer" else MODEL_FILES)
-                refs[role] = role
-            else:
-                refs[role] = str(src.resolve())
-        _write_manifest(tmp, kind, refs, fps, sampling, copied=copy)
-    return Path(out)
-
-
-def _write_manifest(tmp: Path, kind: str, refs: dict[str, str], fps: dict[str, str], sampling: SamplingConfig, *,
-                    copied: bool) -> None:
-    write_manifest(tmp, kind=KIND, fingerprint=fingerprint_tensors({}, extra=fps),
-                   config={"type": kind, "components": refs, "sampling": to_dict(sampling)},
-                   made_from=fps, info={"copied": copied})
 
 
 # ---------------------------------------------------------------- pipelines
@@ -249,7 +154,7 @@ class _Pipeline:
             tok.save(tmp / "tokenizer", info=recorded(self.tokenizer, "info"))
             for role, art in arts.items():
                 art.save(tmp / role, info=recorded(art.module, "info"))
-            _write_manifest(tmp, self.type, {r: r for r in needed}, fps, self.sampling, copied=True)
+            write_pipeline_manifest(tmp, self.type, {r: r for r in needed}, fps, self.sampling, copied=True)
         return Path(path)
 
     def _made_from(self) -> dict[str, str]:

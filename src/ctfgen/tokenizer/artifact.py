@@ -11,13 +11,12 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import save_file
 
-from ..artifacts import ModuleArtifact, check_state_dict, fingerprint_tensors
+from ..artifacts import WEIGHTS, ModuleArtifact, check_state_dict, fingerprint_tensors
 from ..config import to_dict
 from ..errors import ArtifactError
 from .model import VQConfig, VQModel
 
 KIND = "tokenizer"
-WEIGHTS = "model.safetensors"
 CODEBOOK_KEY = "quantize.embedding.weight"  # the (V, D) codebook inside WEIGHTS
 
 
@@ -25,7 +24,6 @@ class TokenizerArtifact(ModuleArtifact):
     """A VQModel and its folder; `manifest["config"]` is the VQConfig."""
 
     KIND = KIND
-    WEIGHTS = WEIGHTS
     REDO = "train or import the tokenizer again (everything made from it records its fingerprint)"
 
     @classmethod

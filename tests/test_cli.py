@@ -170,6 +170,10 @@ def test_parser_constants_match_the_registries():
     assert set(_util.TOKENIZER_PRESETS) == set(VQ_PRESETS) | set(VQ_NAMES)
     assert set(cli_bench.SPEED_PRESETS) == set(SPEED_PRESETS)
     assert cli_train.MODEL_FIELDS == tuple(f.name for f in dataclasses.fields(ModelConfig))
+    from ctfgen.models.member_loss import IMPLS
+    from ctfgen.train.config import AUX_LOSSES
+
+    assert AUX_LOSSES == ("auto",) + IMPLS
     assert cli_eval.MIN_CLASSIFIER_ACCURACY == MIN_CLASSIFIER_ACCURACY
     assert _util.DATA_SOURCES == SOURCES and _util.VIEWS == VIEW_MODES
     assert set(_util.CLUSTER_METHODS) == set(METHODS)

@@ -249,6 +249,32 @@ def test_epochs_and_aux_coarse_noise(inputs, tmp_path):
         cfg("ar", aux_coarse_noise=0.1)
 
 
+def test_train_configs_check_their_options():
+    # every field is documented once, in its option; the configs refuse what the options refuse
+    import dataclasses
+
+    from ctfgen.train.config import RunOptions, TrainConfig
+
+    for cls in (TrainConfig, RunOptions):
+        assert all(f.metadata.get("help") for f in dataclasses.fields(cls)), cls
+    for bad, message in (({"kind": "gan"}, "train config: kind must be one of"),
+                         ({"steps": -1}, "train config: steps must be >= 0, got -1"),
+                         ({"lr": 0.0}, "train config: lr must be > 0, got 0"),
+                         ({"min_lr_ratio": 1.5}, r"train config: min_lr_ratio must be in \[0, 1\]"),
+                         ({"ema": 1.0}, r"train config: ema must be in \[0, 1\) \(0 = off\), got 1"),
+                         ({"kind": "aux", "aux_coarse_noise": 1.0}, r"aux_coarse_noise must be in \[0, 1\)")):
+        with pytest.raises(CtfgenError, match=message):
+            TrainConfig(**bad)
+    assert TrainConfig().model_overrides is not TrainConfig().model_overrides  # a fresh dict each
+    assert RunOptions(ckpt_every=None).ckpt_every is None and RunOptions(ckpt_every=0).ckpt_every == 0
+    for bad, message in (({"grad_accum": 0}, "run options: grad_accum must be >= 1, got 0"),
+                         ({"ckpt_every": -1}, "run options: ckpt_every must be >= 0"),
+                         ({"precision": "fp16"}, "run options: precision must be one of"),
+                         ({"aux_loss": "fast"}, "run options: aux_loss must be one of")):
+        with pytest.raises(CtfgenError, match=message):
+            RunOptions(**bad)
+
+
 # ---------------------------------------------------------------- CLI and bench
 
 

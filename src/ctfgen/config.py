@@ -1,6 +1,7 @@
 """Typed dataclass configs that round-trip through JSON (and so travel inside artifacts)."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from typing import Any, TypeVar
@@ -79,31 +80,42 @@ def changed_settings(cfg: Any, saved: dict, *, ignore: frozenset[str] | set[str]
 # ---------------------------------------------------------------- documented, checked fields
 
 def option(default: Any, help: str, *, label: str | None = None, min: float | None = None, min_open: bool = False,
-           max: float | None = None, choices: tuple | None = None, note: str | None = None,
-           hint: str | None = None, flags: tuple[str, ...] = ()) -> Any:
+           max: float | None = None, max_open: bool = False, choices: tuple | None = None, note: str | None = None,
+           hint: str | None = None, flag: str | None = None, flags: tuple[str, ...] = (),
+           metavar: str | None = None) -> Any:
     """A dataclass field that carries its documentation and allowed values, in one place for the
     config's own check (`field_problem`), the command line (cli/_util.py `add_config_flags`: the
     flag, its help, its parse-time check) and forms (a page names the field by `label`).
 
-    min/max: bounds (min_open: the bound itself is refused); choices: the allowed values;
-    note: what a special value means ("1 = off"), shown in the error; hint: what to do instead;
-    flags: further option strings beside the one made from the name ("--cfg").
+    default: a dict or list default is copied for each instance (a default_factory);
+    min/max: bounds (min_open/max_open: that bound itself is refused); a None value passes them
+    when the default is None ("unset"); choices: the allowed values; note: what a special value
+    means ("1 = off"), shown in the error; hint: what to do instead; flag: the option string
+    instead of the one made from the name ("--warmup"); flags: further option strings beside it
+    ("--cfg"); metavar: the name of the value in the help ("DECAY").
     """
-    meta = {"help": help, "label": label, "min": min, "min_open": min_open, "max": max, "choices": choices,
-            "note": note, "hint": hint, "flags": tuple(flags)}
+    meta = {"help": help, "label": label, "min": min, "min_open": min_open, "max": max, "max_open": max_open,
+            "choices": choices, "note": note, "hint": hint, "flag": flag, "flags": tuple(flags), "metavar": metavar}
     # 0 is a bound, not an absence: keep every value but None, False and ()
     kept = {k: v for k, v in meta.items() if v is not None and v is not False and v != ()}
+    if isinstance(default, (dict, list)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=kept)
     return dataclasses.field(default=default, metadata=kept)
 
 
 def bound_text(meta: typing.Mapping) -> str:
-    """'>= 1', '> 0', 'in (0, 1]' from an `option`'s bounds ('' when it has none)."""
-    lo, hi, lo_open = meta.get("min"), meta.get("max"), meta.get("min_open", False)
+    """'>= 1', '> 0', 'in (0, 1]', 'in [0, 1)' from an `option`'s bounds ('' when it has none)."""
+    lo, hi = meta.get("min"), meta.get("max")
+    lo_open, hi_open = meta.get("min_open", False), meta.get("max_open", False)
     if lo is not None and hi is not None:
-        return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+        return f"in {'(' if lo_open else '['}{_number(lo)}, {_number(hi)}{')' if hi_open else ']'}"
     if lo is not None:
-        return f"{'>' if lo_open else '>='} {lo:g}"
-    return f"<= {hi:g}" if hi is not None else ""
+        return f"{'>' if lo_open else '>='} {_number(lo)}"
+    return f"{'<' if hi_open else '<='} {_number(hi)}" if hi is not None else ""
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"  # an int bound exactly, however large
 
 
 def field_problem(f: dataclasses.Field, value: Any) -> str | None:
@@ -113,22 +125,23 @@ def field_problem(f: dataclasses.Field, value: Any) -> str | None:
     if meta.get("choices") is not None and value not in meta["choices"]:
         return f"must be one of {meta['choices']}, got {value!r}"
     lo, hi = meta.get("min"), meta.get("max")
-    if lo is None and hi is None:
+    if (lo is None and hi is None) or (value is None and f.default is None):
         return None
     ok = value == value  # NaN fails every bound
     ok &= lo is None or (value > lo if meta.get("min_open") else value >= lo)
-    ok &= hi is None or value <= hi
+    ok &= hi is None or (value < hi if meta.get("max_open") else value <= hi)
     if ok:
         return None
     note = f" ({meta['note']})" if meta.get("note") else ""
     hint = f"; {meta['hint']}" if meta.get("hint") else ""
-    return f"must be {bound_text(meta)}{note}, got {value:g}{hint}"
+    return f"must be {bound_text(meta)}{note}, got {_number(value)}{hint}"
 
 
-def check_fields(cfg: Any) -> Any:
-    """Raise CtfgenError naming the first field of dataclass `cfg` that breaks its `option`'s rules."""
+def check_fields(cfg: Any, *, where: str | None = None) -> Any:
+    """Raise CtfgenError naming the first field of dataclass `cfg` that breaks its `option`'s rules
+    ("where: field must be ..." when `where` names the config)."""
     for f in dataclasses.fields(cfg):
         problem = field_problem(f, getattr(cfg, f.name))
         if problem:
-            raise CtfgenError(f"{f.name} {problem}")
+            raise CtfgenError(f"{where + ': ' if where else ''}{f.name} {problem}")
     return cfg

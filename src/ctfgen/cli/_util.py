@@ -243,13 +243,14 @@ def data_config(args, *, default_resolution: int = 32, default_channels: int = 1
                       allow_empty_classes=args.allow_empty_classes)
 
 
-# Parse-time checks and choices of the fields of DemoConfig and QualityConfig, by field name.
+# Parse-time checks and choices by field name, for fields whose `option` (config.py) gives none:
+# DemoConfig's and QualityConfig's, and what needs more than bounds (a device name, a preset).
 CONFIG_TYPES = {
     "tokenizer_steps": positive_int, "tokenizer_batch": positive_int, "code_images": nonneg_int,
     "k": int_range(2), "steps": positive_int, "checkpoints": positive_int, "batch_size": positive_int,
     "lr": positive_float, "warmup": nonneg_int, "samples_per_class": positive_int,
     "classifier_epochs": positive_int, "reference_images": nonneg_int, "ablation_steps": positive_int,
-    "ablation_samples_per_class": positive_int, "seed": seed_int,
+    "ablation_samples_per_class": positive_int, "seed": seed_int, "device": device,
 }  # fmt: skip
 CONFIG_CHOICES = {"views": VIEWS, "cluster_method": CLUSTER_METHODS, "preset": MODEL_PRESETS}
 
@@ -261,44 +262,48 @@ def add_config_flags(p, cls, helps: dict[str, str] | None = None, *, skip: tuple
     """One --flag per field of the dataclass `cls` (its defaults, read from the class: nothing is built).
 
     p: a parser or argument group; only: these fields, in this order (else every field not in skip).
-    Help: `helps[name]`, else the help of the field's `option` (config.py), then "(default: X)"
-    unless the help states its default. Parse-time check: `types[name]` (e.g. positive_int), else
-    the option's bounds, else the type of the default; allowed values: `choices` or the option's.
-    names: option strings by field (else --field-name and the option's flags); switches: bool
+    Everything below comes from the field's `option` (config.py) unless an argument gives it by field
+    name. Help: `helps[name]`, else the option's help, with its bounds and note, then "(default: X)"
+    unless the help states its default. Parse-time check: `types[name]`, else the option's bounds,
+    else CONFIG_TYPES, else the type of the default; allowed values: `choices`, else the option's,
+    else CONFIG_CHOICES. names: option strings (else the option's `flag` or --field-name, and its
+    `flags`); metavars: the value's name in the help (else the option's `metavar`); switches: bool
     fields become store_true flags (else --flag BOOL); unset: every flag defaults to None, so that
     only the flags given override (the help still shows the class's default, or `shown[name]`).
     """
     from dataclasses import fields
 
     by_name = {f.name: f for f in fields(cls)}
-    types, choices = {**CONFIG_TYPES, **(types or {})}, {**CONFIG_CHOICES, **(choices or {})}
     for name in only or [n for n in by_name if n not in skip]:
         f = by_name[name]
         meta = f.metadata
         value = _field_default(f)
-        flags = (names or {}).get(name) or ("--" + name.replace("_", "-"), *meta.get("flags", ()))
+        flags = (names or {}).get(name) or (meta.get("flag") or "--" + name.replace("_", "-"), *meta.get("flags", ()))
         text = (helps or {}).get(name) or meta.get("help", "")
         if "min" in meta or "max" in meta:
             from ..config import bound_text
 
-            text += f", {bound_text(meta)}" + (f" ({meta['note']})" if meta.get("note") else "")
+            head, sep, tail = text.partition(" (default")  # the bounds go before a stated default
+            text = f"{head}, {bound_text(meta)}" + (f" ({meta['note']})" if meta.get("note") else "") + sep + tail
         if "(default" not in text:
             switch = isinstance(value, bool) and (switches or unset)
             default_text = (shown or {}).get(name) or (("on" if value else "off") if switch else _shown(value))
             text = f"{text} (default: {default_text})"
         kw = {"dest": name, "help": text, "default": None if unset else value}
-        if (metavars or {}).get(name):
-            kw["metavar"] = metavars[name]
+        metavar = (metavars or {}).get(name) or meta.get("metavar")
+        if metavar:
+            kw["metavar"] = metavar
         if isinstance(value, bool):
             if switches or unset:
                 p.add_argument(*flags, action="store_true", **kw)
             else:
                 p.add_argument(*flags, type=boolean, **{"metavar": "BOOL", **kw})
             continue
-        allowed = choices.get(name, meta.get("choices"))
+        allowed = (choices or {}).get(name) or meta.get("choices") or CONFIG_CHOICES.get(name)
         if allowed is not None:
             kw["choices"] = allowed
-        p.add_argument(*flags, type=types.get(name) or _bounded_type(meta, value) or type(value), **kw)
+        check = (types or {}).get(name) or _bounded_type(cls, f) or CONFIG_TYPES.get(name)
+        p.add_argument(*flags, type=check or type(value), **kw)
 
 
 def _field_default(f):
@@ -311,14 +316,20 @@ def _shown(value) -> str:
     return "none" if value is None or value == "" else str(value)
 
 
-def _bounded_type(meta, value):
-    """The argparse type of an `option`'s bounds (config.py), or None when it has none."""
+def _bounded_type(cls, f):
+    """The argparse type of the bounds of field `f`'s `option` (config.py), an integer or a number
+    as the field's type says (int, float, int | None), or None when it has none."""
+    import typing
+
+    meta = f.metadata
     lo, hi = meta.get("min"), meta.get("max")
     if lo is None and hi is None:
         return None
-    if isinstance(value, int):
-        return int_range(None if lo is None else int(lo) + bool(meta.get("min_open")), None if hi is None else int(hi))
-    return float_range(lo, hi, lo_open=bool(meta.get("min_open")))
+    hint = typing.get_type_hints(cls)[f.name]
+    if int in (typing.get_args(hint) or (hint,)):
+        return int_range(None if lo is None else int(lo) + bool(meta.get("min_open")),
+                         None if hi is None else int(hi) - bool(meta.get("max_open")))
+    return float_range(lo, hi, lo_open=bool(meta.get("min_open")), hi_open=bool(meta.get("max_open")))
 
 
 def config_from_args(cls, args, *, skip: tuple[str, ...] = ("data",), **extra):

@@ -5,21 +5,7 @@ import argparse
 import json
 
 from ..errors import CtfgenError
-from ._util import (
-    MODEL_PRESETS,
-    add_config_flags,
-    add_group,
-    config_from_args,
-    device,
-    dropout_rate,
-    float_range,
-    nonneg_float,
-    nonneg_int,
-    positive_float,
-    positive_int,
-    probability,
-    seed_int,
-)
+from ._util import add_config_flags, add_group, config_from_args, nonneg_int
 
 ORDER = 50
 
@@ -44,50 +30,16 @@ def register(sub) -> None:
         p.set_defaults(func=_run, kind=kind)
 
 
-# The flags are made from TrainConfig and RunOptions (train/config.py): their names, defaults and
-# types come from the dataclasses; here is what the command line adds, by field.
-HELP = {
-    "preset": "model size: tiny/small (Fashion-MNIST), B, L, XL, XXL, 3B (LlamaGen's GPT sizes, also spelled GPT-B, "
-              "...), aux-B, aux-L",
-    "aux_coarse_noise": "fraction of coarse inputs replaced by random labels while training stage 2, so it "
-                        "tolerates stage-1 mistakes (default: 0, ground truth only)",
-    "steps": "optimizer steps to train (or --epochs)",
-    "epochs": "passes over the codes (one random view per image), when --steps is not given",
-    "batch_size": "global batch per optimizer step",
-    "lr": "learning rate per 256 samples, scaled linearly with --batch-size (default: by --preset: 8e-3 for tiny "
-          "and small, the best rate measured for their runs of 200-1000 steps (docs/RESULTS.md); 1e-4, LlamaGen's, "
-          "for B and larger)",
-    "warmup_steps": "linear warm-up steps",
-    "cosine": "cosine decay after warm-up (default: constant lr)",
-    "min_lr_ratio": "end of the cosine decay, as a fraction of lr",
-    "weight_decay": "AdamW decay on >=2-D weights",
-    "grad_clip": "max gradient norm, 0 to disable",
-    "ema": "keep an EMA of the weights with this decay, e.g. 0.9999; samplers use it (default: 0, off)",
-    "seed": "seed of initial weights, data order and dropout",
-    "grad_accum": "micro-steps per optimizer step on each process",
-    "log_every": "steps between metric records",
-    "ckpt_every": "steps between checkpoints, 0: only at the end (default: a tenth of the run, at most 1000)",
-    "stop_after": "checkpoint and stop once STEP steps are done (for time-limited jobs); rerun to continue",
-    "device": "cpu, cuda, cuda:N or auto; bf16 autocast on CUDA, fp32 on CPU",
-    "fsdp": "shard weights and optimizer state across GPUs (under torchrun)",
-    "compile": "torch.compile the model",
-    "precision": "auto: bf16 autocast on CUDA, fp32 on a CPU; bf16: autocast on any device; fp32: none",
-    "aux_loss": "how the cluster-masked loss is computed, same result (docs/GPU.md); auto: masked on a GPU, on a "
-                "CPU gather for equal-size clusters and loop otherwise",
-}
-TYPES = {"steps": nonneg_int, "epochs": nonneg_float, "batch_size": positive_int, "lr": positive_float,
-         "warmup_steps": nonneg_int, "min_lr_ratio": probability, "weight_decay": nonneg_float,
-         "grad_clip": nonneg_float, "ema": float_range(0.0, 1.0, hi_open=True), "seed": seed_int,
-         "aux_coarse_noise": dropout_rate, "grad_accum": positive_int, "log_every": positive_int,
-         "ckpt_every": nonneg_int, "stop_after": nonneg_int, "device": device}  # fmt: skip
-FLAG_OPTS = dict(helps=HELP, types=TYPES, switches=True, names={"warmup_steps": ("--warmup",)},
-                 metavars={"preset": "PRESET", "aux_coarse_noise": "P", "warmup_steps": "STEPS", "ema": "DECAY",
-                           "stop_after": "STEP"},
-                 choices={"preset": MODEL_PRESETS, "aux_loss": ("auto", "loop", "gather", "masked")})
+# The flags are made from TrainConfig and RunOptions (train/config.py): name, help, default, bounds,
+# choices and metavar come from each field's `option`. Here is only what the command line adds: the
+# default of --lr, decided by --preset once it is known (`_run`).
+LR_DEFAULT = ("by --preset: 8e-3 for tiny and small, the best rate measured for their runs of 200-1000 steps "
+              "(docs/RESULTS.md); 1e-4, LlamaGen's, for B and larger")
+FLAG_OPTS = dict(switches=True, shown={"lr": LR_DEFAULT})
 
 
 def _add_args(p: argparse.ArgumentParser, kind: str) -> None:
-    from ..train.config import PRECISIONS, RunOptions, TrainConfig
+    from ..train.config import RunOptions, TrainConfig
 
     io = p.add_argument_group("inputs and output")
     io.add_argument("--codes", required=True, metavar="DIR", help="codes store from `ctfgen encode`")
@@ -114,8 +66,7 @@ def _add_args(p: argparse.ArgumentParser, kind: str) -> None:
     add_config_flags(r, RunOptions, only=("grad_accum", "log_every", "ckpt_every", "stop_after", "device"), **FLAG_OPTS)
     r.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
     add_config_flags(r, RunOptions, only=("fsdp", "compile"), **FLAG_OPTS)
-    add_config_flags(r, RunOptions, only=("precision", *(("aux_loss",) if kind == "aux" else ())),
-                     **{**FLAG_OPTS, "choices": {**FLAG_OPTS["choices"], "precision": PRECISIONS}})
+    add_config_flags(r, RunOptions, only=("precision", *(("aux_loss",) if kind == "aux" else ())), **FLAG_OPTS)
     # not "--log": torchrun's own parser would take it for an abbreviation of its --log-dir
     r.add_argument("--log-to", action="append", default=[], choices=["tensorboard", "wandb"],
                    help="also log loss, lr, grad norm, tokens/s and memory live (rank 0): TensorBoard event files "

@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..config import check_fields, option
 from ..errors import CtfgenError
 from ..run_state import auto_ckpt_every  # noqa: F401  (older imports)
 
@@ -21,6 +22,8 @@ if TYPE_CHECKING:  # the command line reads these configs without importing torc
 
 KINDS = ("baseline", "ar", "aux")
 PRECISIONS = ("auto", "bf16", "fp32")
+# stage 2's loss formulations: "auto" and models/member_loss.py IMPLS (tests/test_cli.py keeps them equal)
+AUX_LOSSES = ("auto", "loop", "gather", "masked")
 REFERENCE_BATCH = 256  # learning rates are given per this many samples (LlamaGen: 1e-4 at 256)
 # Default rates per REFERENCE_BATCH by preset. LlamaGen's 1e-4 is for its long ImageNet runs; the
 # tiny and small presets train for hundreds of steps, where 8e-3 was the best rate measured
@@ -37,47 +40,42 @@ def default_lr(preset: str) -> float:
 
 @dataclass
 class TrainConfig:
-    kind: str = "ar"  # baseline | ar (stage 1) | aux (stage 2)
-    preset: str = "tiny"
-    steps: int = 0  # optimizer steps; 0: derive from `epochs`
-    epochs: float = 0.0  # used when steps == 0; an epoch is one pass over the codes (one view per image)
-    batch_size: int = 64  # global batch per optimizer step, summed over ranks and micro-steps
-    lr: float = 1e-4  # per REFERENCE_BATCH samples; scaled linearly with batch_size
-    warmup_steps: int = 0  # linear warm-up from 0
-    cosine: bool = False  # cosine decay to min_lr_ratio * lr after warm-up (else constant)
-    min_lr_ratio: float = 0.0
-    weight_decay: float = 0.05  # on parameters with >= 2 dims only (matrices and embeddings)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
-    ema: float = 0.0  # EMA decay of the weights (e.g. 0.9999); 0: no EMA
-    seed: int = 0
-    aux_coarse_noise: float = 0.0  # stage 2: fraction of coarse inputs replaced by random labels
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields over the preset
+    """What a training run is; recorded in the checkpoint, and every field must match on resume.
+    Each field's help, bounds and choices are in its `option` (config.py): `ctfgen train` makes its
+    flags from them (cli/train.py) and `check` refuses what they refuse."""
+
+    kind: str = option("ar", "baseline | ar (stage 1) | aux (stage 2)", choices=KINDS)
+    preset: str = option("tiny", "model size: tiny/small (Fashion-MNIST), B, L, XL, XXL, 3B (LlamaGen's GPT sizes, also "
+                                 "spelled GPT-B, ...), aux-B, aux-L", metavar="PRESET")
+    # the length of the run: steps, or (steps == 0) epochs, each one view of every image
+    steps: int = option(0, "optimizer steps to train (or --epochs)", min=0)
+    epochs: float = option(0.0, "passes over the codes (one random view per image), when --steps is not given", min=0.0)
+    # summed over ranks and micro-steps: how it is split is a RunOptions matter
+    batch_size: int = option(64, "global batch per optimizer step", min=1)
+    lr: float = option(1e-4, f"learning rate per {REFERENCE_BATCH} samples, scaled linearly with --batch-size",
+                       min=0.0, min_open=True)
+    warmup_steps: int = option(0, "linear warm-up steps", min=0, flag="--warmup", metavar="STEPS")
+    cosine: bool = option(False, "cosine decay after warm-up (default: constant lr)")  # to min_lr_ratio * lr
+    min_lr_ratio: float = option(0.0, "end of the cosine decay, as a fraction of lr", min=0.0, max=1.0)
+    weight_decay: float = option(0.05, "AdamW decay on >=2-D weights", min=0.0)  # matrices and embeddings only
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.95, "AdamW beta2")
+    grad_clip: float = option(1.0, "max gradient norm", min=0.0, note="0 = off")  # global norm over all parameters
+    ema: float = option(0.0, "keep an EMA of the weights with this decay, e.g. 0.9999; samplers use it", min=0.0,
+                        max=1.0, max_open=True, note="0 = off", metavar="DECAY")
+    seed: int = option(0, "seed of initial weights, data order and dropout", min=0, max=2**63 - 1)
+    aux_coarse_noise: float = option(0.0, "fraction of coarse inputs replaced by random labels while training stage 2, "
+                                          "so it tolerates stage-1 mistakes", min=0.0, max=1.0, max_open=True,
+                                     note="0 = ground truth only", metavar="P")
+    model_overrides: dict[str, Any] = option({}, "ModelConfig fields over the preset (--model-opt)")
 
     def __post_init__(self) -> None:
         self.check()
 
     def check(self) -> None:
-        where = "train config"
-        if self.kind not in KINDS:
-            raise CtfgenError(f"{where}: kind {self.kind!r} is not one of {KINDS}")
-        if self.steps < 0 or self.epochs < 0:
-            raise CtfgenError(f"{where}: steps and epochs must be >= 0")
-        if self.batch_size < 1:
-            raise CtfgenError(f"{where}: batch_size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise CtfgenError(f"{where}: lr must be > 0, got {self.lr}")
-        if self.warmup_steps < 0:
-            raise CtfgenError(f"{where}: warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise CtfgenError(f"{where}: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if not 0.0 <= self.ema < 1.0:
-            raise CtfgenError(f"{where}: ema must be in [0, 1) (0 disables), got {self.ema}")
-        if not 0.0 <= self.aux_coarse_noise < 1.0:
-            raise CtfgenError(f"{where}: aux_coarse_noise must be in [0, 1), got {self.aux_coarse_noise}")
+        check_fields(self, where="train config")
         if self.aux_coarse_noise and self.kind != "aux":
-            raise CtfgenError(f"{where}: aux_coarse_noise applies to kind 'aux' only, not {self.kind!r}")
+            raise CtfgenError(f"train config: aux_coarse_noise applies to kind 'aux' only, not {self.kind!r}")
 
     @property
     def peak_lr(self) -> float:
@@ -105,33 +103,31 @@ class TrainConfig:
 
 @dataclass
 class RunOptions:
-    device: str = "auto"  # cpu, cuda, cuda:N, auto; under torchrun CUDA ranks use cuda:LOCAL_RANK
-    grad_accum: int = 1  # micro-steps per optimizer step on each rank
-    log_every: int = 50  # optimizer steps between metric records
-    ckpt_every: int | None = None  # optimizer steps between checkpoints (0: only at the end; None: auto_ckpt_every)
-    stop_after: int = 0  # stop this invocation once this many optimizer steps are done (0: run to the end)
-    fsdp: bool = False  # shard parameters, gradients and optimizer state (FullyShardedDataParallel)
-    compile: bool = False  # torch.compile the model
-    progress: bool = True  # tqdm bar on rank 0
+    """How a training run is executed; may change between invocations of the same run. Documented
+    and checked like TrainConfig."""
+
+    # under torchrun, CUDA ranks use cuda:LOCAL_RANK
+    device: str = option("auto", "cpu, cuda, cuda:N or auto; bf16 autocast on CUDA, fp32 on CPU")
+    grad_accum: int = option(1, "micro-steps per optimizer step on each process", min=1)
+    log_every: int = option(50, "steps between metric records", min=1)
+    ckpt_every: int | None = option(None, "steps between checkpoints (default: a tenth of the run, at most 1000)",
+                                    min=0, note="0 = only at the end")  # None: auto_ckpt_every
+    stop_after: int = option(0, "checkpoint and stop once STEP steps are done (for time-limited jobs); rerun to "
+                                "continue", min=0, note="0 = run to the end", metavar="STEP")
+    fsdp: bool = option(False, "shard weights and optimizer state across GPUs (under torchrun)")
+    compile: bool = option(False, "torch.compile the model")
+    progress: bool = option(True, "tqdm progress bar on rank 0")
     # live logs on rank 0, beside metrics.jsonl (`--log-to tensorboard`, `--log-to wandb`)
-    tensorboard: bool = False  # TensorBoard event files in out/tensorboard (needs the tensorboard package)
-    wandb: bool = False  # Weights & Biases in offline mode, files in out/wandb (needs the wandb package)
-    precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 elsewhere; "bf16": autocast anywhere; "fp32"
-    aux_loss: str = "auto"  # stage 2's loss formulation: auto, loop, gather, masked (models/member_loss.py)
+    tensorboard: bool = option(False, "TensorBoard event files in out/tensorboard (needs the tensorboard package)")
+    wandb: bool = option(False, "Weights & Biases in offline mode, files in out/wandb (needs the wandb package)")
+    precision: str = option("auto", "auto: bf16 autocast on CUDA, fp32 on a CPU; bf16: autocast on any device; "
+                                    "fp32: none", choices=PRECISIONS)
+    aux_loss: str = option("auto", "how the cluster-masked loss is computed, same result (docs/GPU.md); auto: masked "
+                                   "on a GPU, on a CPU gather for equal-size clusters and loop otherwise",
+                           choices=AUX_LOSSES)  # models/member_loss.py
 
     def __post_init__(self) -> None:
-        for name in ("grad_accum", "log_every"):
-            if getattr(self, name) < 1:
-                raise CtfgenError(f"run options: {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("ckpt_every", "stop_after"):
-            if (getattr(self, name) or 0) < 0:
-                raise CtfgenError(f"run options: {name} must be >= 0, got {getattr(self, name)}")
-        if self.precision not in PRECISIONS:
-            raise CtfgenError(f"run options: precision must be one of {PRECISIONS}, got {self.precision!r}")
-        from ..models.member_loss import IMPLS
-
-        if self.aux_loss not in ("auto",) + IMPLS:
-            raise CtfgenError(f"run options: aux_loss must be one of {('auto',) + IMPLS}, got {self.aux_loss!r}")
+        check_fields(self, where="run options")
         # checked on every rank, so a missing package stops all of them, not just the one that logs
         for flag, package, extra in (("tensorboard", "tensorboard", "tensorboard"), ("wandb", "wandb", "wandb")):
             if getattr(self, flag) and importlib.util.find_spec(package) is None:

@@ -18,7 +18,7 @@ from ctfgen.cli import main as cli_main
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 RELEASES = sorted(p.name for p in FIXTURES.glob("release-*") if p.is_dir())
-KINDS = ("tokenizer", "codes", "coarse", "stage1", "stage2", "baseline", "classifier", "pipeline-ctf",
+KINDS = ("tokenizer", "tokenizer-unfinished", "codes", "coarse", "stage1", "stage2", "baseline", "classifier", "pipeline-ctf",
          "pipeline-baseline")
 
 
@@ -100,3 +100,29 @@ def test_old_checkpoint_resumes_and_old_folders_make_a_pipeline(old, tmp_path, c
     expected = np.load(old / "expected.npz")
     pipe = CTFPipeline.from_pretrained(tmp_path / "pipe")
     np.testing.assert_array_equal(pipe.generate(expected["labels"].tolist(), seed=0).codes, expected["ctf_codes"])
+
+
+def test_old_unfinished_tokenizer_training_resumes_to_that_release_s_tokenizer(old, tiny_data, tmp_path):
+    """A tokenizer run of that release, killed after step 2 of 3 (checkpoints every step), finishes
+    with the current code on the same images in another folder, and ends at the weights that
+    release's uninterrupted run reached (tokenizer/)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from ctfgen.config import from_dict
+    from ctfgen.tokenizer.train import TokenizerTrainConfig, train_tokenizer
+
+    run = tmp_path / "tok"
+    shutil.copytree(old / "tokenizer-unfinished", run)
+    saved = json.loads((run / "manifest.json").read_text())["config"]
+    assert saved["data"]["path"] != tiny_data.path  # the data set now lives elsewhere: same images
+    cfg = from_dict(TokenizerTrainConfig, {**saved, "data": {**saved["data"], "path": tiny_data.path}})
+    steps: list[int] = []
+    train_tokenizer(cfg, run, progress=False, ckpt_every=1, on_step=steps.append)
+    assert steps == [3]  # resumed after step 2, not started again
+    assert json.loads((run / "manifest.json").read_text())["kind"] == "tokenizer"
+    got, want = load_file(run / "model.safetensors"), load_file(old / "tokenizer" / "model.safetensors")
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6)

@@ -58,6 +58,14 @@ def save_training_checkpoint(out: Path, *, config: dict, made_from: dict, step: 
                                                   "unfinished": unfinished})
 
 
+def _settings(config: Mapping[str, Any]) -> dict:
+    """The part of a training config that a resume must keep: no run fields, no data path."""
+    kept = {k: v for k, v in config.items() if k not in RUN_FIELDS}
+    if isinstance(kept.get("data"), dict):
+        kept["data"] = {k: v for k, v in kept["data"].items() if k != "path"}
+    return kept
+
+
 def read_resumable(out: Path, config: dict, made_from: dict) -> dict | None:
     """The manifest of a checkpoint that this run may resume; None if `out` holds none.
 
@@ -68,8 +76,8 @@ def read_resumable(out: Path, config: dict, made_from: dict) -> dict | None:
     m = read_manifest(out)
     if m["kind"] != KIND:
         return None
-    saved = {k: v for k, v in m.get("config", {}).items() if k not in RUN_FIELDS}
-    now = {k: v for k, v in config.items() if k not in RUN_FIELDS}
+    # where the data lives may change (a copy, another machine): its content is checked below, by fingerprint
+    saved, now = (_settings(c) for c in (m.get("config", {}), config))
     diff = run_state.first_difference(saved, now)
     if diff is not None:
         raise ArtifactError(f"cannot resume {out}: config field '{diff}' differs from the checkpoint's; rerun with "

@@ -362,3 +362,14 @@ def test_trainer_methods_are_the_run(inputs, tmp_path):
     again = Trainer(c, quiet(), init_distributed("cpu"), tmp_path / "hand", codes_dir=inputs["codes"],
                     coarse_map_dir=inputs["coarse"])
     assert again.start == 4 and again.checkpoints.last_saved == 4  # the folder it saved resumes
+
+
+def test_library_code_under_torchrun_without_a_group_is_refused(monkeypatch):
+    # each process would encode (or sample) everything and write the same folder at once
+    from ctfgen.dist import joined_group
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(CtfgenError, match="WORLD_SIZE.*init_distributed"):
+        joined_group()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert joined_group().world_size == 1

@@ -75,9 +75,16 @@ def init_distributed(device: str = "auto") -> DistInfo:
 def joined_group() -> DistInfo:
     """Rank and world size of the process group this process has joined (by `init_distributed` or
     its caller), or a one-process DistInfo outside any. For library code that takes part in a launch
-    without owning it; `device` is not known here and stays at its default (cpu)."""
+    without owning it; `device` is not known here and stays at its default (cpu). Under torchrun
+    with more than one process and no group joined, a CtfgenError says so."""
     if dist.is_available() and dist.is_initialized():
         return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size())
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launched > 1:
+        # every process would do the whole job and write the same files at once
+        raise CtfgenError(f"started by torchrun with {launched} processes (WORLD_SIZE), but this process has not "
+                          "joined their process group: call ctfgen.dist.init_distributed() first (the ctfgen "
+                          "commands do), or run a single process")
     return DistInfo()
 
 

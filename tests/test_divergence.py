@@ -14,7 +14,8 @@ from test_train import cfg, make_coarse, make_codes, run_train
 
 from ctfgen.errors import CtfgenError, TrainingDiverged
 from ctfgen.sample import BaselinePipeline, generate_tokens, pick
-from ctfgen.sample.sampler import SamplingConfig, inverse_cdf, sample_fine
+from ctfgen.sample import SamplingConfig
+from ctfgen.sample.sampler import inverse_cdf, sample_fine
 from ctfgen.train import load_model
 
 

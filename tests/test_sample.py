@@ -22,7 +22,8 @@ from ctfgen.errors import CtfgenError
 from ctfgen.models import build_model
 from ctfgen.models.artifact import TrainedModel
 from ctfgen.sample import BaselinePipeline, CTFPipeline, generate_tokens, make_pipeline, pick
-from ctfgen.sample.sampler import SamplingConfig, sample_fine
+from ctfgen.sample import SamplingConfig
+from ctfgen.sample.sampler import sample_fine
 from ctfgen.tokenizer import VQModel
 from ctfgen.tokenizer.artifact import save_tokenizer
 from ctfgen.tokenizer.model import vq_preset

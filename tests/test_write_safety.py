@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import safetensors.torch
 from safetensors import SafetensorError
 from test_train import assert_same, cfg, make_coarse, make_codes, quiet, run_train, tensors
 
@@ -135,7 +136,9 @@ def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(inputs, tmp_path, m
             raise SafetensorError(DISK_FULL)
         return save_file(tensors_, path, *a, **k)
 
+    # the training state is written by checkpoint.py, the weights by the model folder's writer (artifacts.py)
     monkeypatch.setattr(checkpoint, "save_file", full_at_second_checkpoint)
+    monkeypatch.setattr(safetensors.torch, "save_file", full_at_second_checkpoint)
     with pytest.raises(ArtifactError, match=rf"disk full while writing {out} \(the disk holding .* MiB free\).*"
                                             rf"the previous {out} is unchanged"):
         run_train(inputs, out, cfg(steps=4), ckpt_every=2)

@@ -19,7 +19,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, TypeVar
 
 from .errors import ArtifactError
 from .filecheck import record_files, sha256_file
@@ -290,10 +290,24 @@ class ModuleArtifact(Artifact):
     def build(cls, folder: Path, manifest: dict) -> torch.nn.Module:
         raise NotImplementedError
 
-    def write_weights(self, tmp: Path, state: Mapping[str, torch.Tensor], *, fingerprint: str) -> None:
+    @classmethod
+    def write_weights(cls, tmp: Path, state: Mapping[str, torch.Tensor], *, fingerprint: str) -> None:
         from safetensors.torch import save_file
 
-        save_file(dict(state), str(tmp / self.WEIGHTS))
+        save_file(dict(state), str(tmp / cls.WEIGHTS))
+
+    @classmethod
+    def write_folder(cls, tmp: Path, state: Mapping[str, torch.Tensor], *, fingerprint: str,
+                     config: Mapping[str, Any], made_from: Mapping[str, Any], info: Mapping[str, Any] | None = None,
+                     also: Callable[[Path], None] | None = None) -> dict:
+        """Fill `tmp`, a folder open in `artifact_dir`: the weights, then whatever `also(tmp)` writes
+        beside them, then the manifest, last; returns the manifest. The one writer of this kind's
+        folders: `save`, and writers that add files of their own (a training run's checkpoint)."""
+        cls.write_weights(tmp, state, fingerprint=fingerprint)
+        if also is not None:
+            also(tmp)
+        return write_manifest(tmp, kind=cls.KIND, fingerprint=fingerprint, config=config, made_from=made_from,
+                              info=info)
 
     @classmethod
     def read_weights(cls, folder: Path, manifest: Mapping[str, Any], name: str | None = None) -> dict:
@@ -315,13 +329,14 @@ class ModuleArtifact(Artifact):
         self._made_from, self.manifest = self.made_from, None  # from here on it describes the new folder
         self.pending_manifest()
         (state, fp), self._pending = self._pending, None
-        with artifact_dir(folder, overwrite=overwrite) as tmp:
-            self.write_weights(tmp, state, fingerprint=fp)
+        def write_extra(tmp: Path) -> None:
             for name, data in (extra_files or {}).items():
                 (tmp / name).write_bytes(data)
-            manifest = write_manifest(tmp, kind=self.KIND, fingerprint=fp,
-                                      config=self.config_of(self.module) if config is None else config,
-                                      made_from=self.made_from, info=info)
+
+        with artifact_dir(folder, overwrite=overwrite) as tmp:
+            manifest = self.write_folder(tmp, state, fingerprint=fp, made_from=self.made_from, info=info,
+                                         config=self.config_of(self.module) if config is None else config,
+                                         also=write_extra)
         self.manifest = manifest
         return manifest
 

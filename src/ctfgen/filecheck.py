@@ -100,12 +100,6 @@ def verify_file(folder: str | os.PathLike, manifest: Mapping[str, Any], name: st
     return path
 
 
-def verify_files(folder: str | os.PathLike, manifest: Mapping[str, Any], *, redo: str = "") -> None:
-    """Check every file the manifest records (e.g. before copying a folder elsewhere)."""
-    for name in (manifest.get("files") or {}):
-        verify_file(folder, manifest, name, redo=redo)
-
-
 def load_safetensors(folder: str | os.PathLike, manifest: Mapping[str, Any], name: str, *, redo: str = "",
                      device: str = "cpu") -> dict:
     """Verify folder/name, then read it; a damaged file is an ArtifactError naming it, never a raw

@@ -13,6 +13,10 @@ from typing import TYPE_CHECKING, Any, Mapping
 if TYPE_CHECKING:
     import torch
 
+STATE_DIR = "training_state"  # inside a run folder: what resuming needs, and inference never reads
+STATE_JSON = "state.json"  # step, data position, optimizer hyper-parameters, RNG metadata
+OPTIMIZER_FILE = "optimizer.safetensors"  # the optimizer's tensors (optimizer_to_tensors)
+
 
 def cpu_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Copies on the CPU, contiguous, ready for safetensors."""

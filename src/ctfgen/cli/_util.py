@@ -73,7 +73,6 @@ seed_int = int_range(0, 2**63 - 1)
 positive_float = float_range(0.0, lo_open=True)
 nonneg_float = float_range(0.0)
 probability = float_range(0.0, 1.0)
-dropout_rate = float_range(0.0, 1.0, hi_open=True)  # [0, 1): all-dropped would train nothing
 guidance = float_range(1.0)  # classifier-free guidance: 1 = off
 
 

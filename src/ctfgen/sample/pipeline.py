@@ -27,8 +27,9 @@ from ..dist import all_gather_objects, joined_group
 from ..errors import ArtifactError, CtfgenError
 from ..models.artifact import TrainedModel
 from ..tokenizer.artifact import TokenizerArtifact
-from .pipeline_folder import KIND, ROLES, write_pipeline_manifest, check_components, make_pipeline  # noqa: F401 (make_pipeline: API)
-from .sampler import SamplingConfig, generate_tokens, sample_fine, sample_from_prior, sample_seed, sample_uniforms
+from .pipeline_folder import KIND, ROLES, check_components, make_pipeline, write_pipeline_manifest
+from .sampler import generate_tokens, sample_fine, sample_from_prior, sample_seed, sample_uniforms
+from .settings import SamplingConfig
 
 
 
@@ -45,7 +46,10 @@ class Samples:
 
 # ---------------------------------------------------------------- pipelines
 
-class _Pipeline:
+class Pipeline:
+    """What CTFPipeline and BaselinePipeline share: loading and saving, settings, decoding, and
+    `generate` / `__call__` over the subclass's `sample_codes`."""
+
     type = ""
 
     def __init__(self, tokenizer, models: dict[str, torch.nn.Module], *, sampling: SamplingConfig | None = None,
@@ -74,7 +78,7 @@ class _Pipeline:
     def device(self) -> torch.device:
         return next(iter(self.models.values())).tok_embeddings.weight.device
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "_Pipeline":
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Pipeline":
         """Move the models (and the tokenizer, and any tensor the pipeline keeps) to `device`; cast the
         models' floating-point weights to `dtype` (the tokenizer stays in float32). Returns self."""
         for m in self.models.values():
@@ -263,7 +267,7 @@ class _Pipeline:
         return to_pil(out.images) if output_type == "pil" else out.images
 
 
-class CTFPipeline(_Pipeline):
+class CTFPipeline(Pipeline):
     """Coarse-to-fine: stage 1 samples coarse labels, stage 2 their codes, the tokenizer decodes."""
 
     type = "ctf"
@@ -301,7 +305,7 @@ class CTFPipeline(_Pipeline):
         return codes_BL
 
 
-class BaselinePipeline(_Pipeline):
+class BaselinePipeline(Pipeline):
     """LlamaGen's one-stage sampler over the full codebook."""
 
     type = "baseline"
@@ -320,7 +324,7 @@ class BaselinePipeline(_Pipeline):
         return generate_tokens(m, labels_B, u_BL, s, step_fn=self._decode_step(m), progress=progress)
 
 
-def load_pipeline(path: str | Path, **kwargs) -> _Pipeline:
+def load_pipeline(path: str | Path, **kwargs) -> Pipeline:
     """CTFPipeline or BaselinePipeline, whichever the folder holds."""
     kind = read_manifest(path, KIND).get("config", {}).get("type")
     return {"ctf": CTFPipeline, "baseline": BaselinePipeline}[kind].from_pretrained(path, **kwargs)

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from ..errors import CtfgenError
-from .settings import SCHEDULES, SamplingConfig  # noqa: F401  (SamplingConfig's old home)
+from .settings import SamplingConfig
 
 # ---------------------------------------------------------------- per-sample randomness
 

@@ -34,7 +34,8 @@ class TokenizerArtifact(ModuleArtifact):
     def build(cls, folder: Path, manifest: dict) -> VQModel:
         return VQModel(cls.typed_config(folder, manifest, VQConfig))
 
-    def write_weights(self, tmp: Path, state: Mapping[str, torch.Tensor], *, fingerprint: str) -> None:
+    @classmethod
+    def write_weights(cls, tmp: Path, state: Mapping[str, torch.Tensor], *, fingerprint: str) -> None:
         save_file(dict(state), str(tmp / WEIGHTS), metadata={"fingerprint": fingerprint})
 
     @classmethod

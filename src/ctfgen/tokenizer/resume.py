@@ -19,14 +19,15 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import save_file
 
-from ..artifacts import artifact_dir, atomic_write_json, fingerprint_tensors, read_json, read_manifest, write_manifest
+from .. import run_state
+from ..artifacts import (MANIFEST, artifact_dir, atomic_write_json, fingerprint_tensors, read_json, read_manifest,
+                         write_manifest)
 from ..errors import ArtifactError
 from ..filecheck import load_safetensors
-from .. import run_state
+from ..run_state import STATE_DIR
 from .artifact import WEIGHTS
 
 KIND = "tokenizer_checkpoint"
-STATE_DIR = "training_state"
 # fields that may change between invocations: the time budget and the size of the final report
 RUN_FIELDS = ("minutes", "eval_limit")
 
@@ -42,7 +43,7 @@ def save_training_checkpoint(out: Path, *, config: dict, made_from: dict, step: 
         sdir = tmp / STATE_DIR
         sdir.mkdir()
         opt_tensors, opt_meta = run_state.optimizer_to_tensors(opt.state_dict())
-        save_file(opt_tensors, str(sdir / "optimizer.safetensors"))
+        save_file(opt_tensors, str(sdir / run_state.OPTIMIZER_FILE))
         meta: dict[str, Any] = {"optimizer": opt_meta}
         if disc is not None and d_opt is not None:
             save_file(run_state.cpu_tensors(disc.state_dict()), str(sdir / "discriminator.safetensors"))
@@ -50,7 +51,7 @@ def save_training_checkpoint(out: Path, *, config: dict, made_from: dict, step: 
             save_file(d_tensors, str(sdir / "d_optimizer.safetensors"))
         rng_tensors, meta["rng"] = run_state.capture_rng(next(model.parameters()).device)
         save_file(run_state.cpu_tensors({**{f"rng.{k}": v for k, v in rng_tensors.items()}, **tensors}), str(sdir / "state.safetensors"))
-        atomic_write_json(sdir / "state.json", {"step": step, **state, **meta})
+        atomic_write_json(sdir / run_state.STATE_JSON, {"step": step, **state, **meta})
         unfinished = (f"tokenizer training stopped at step {step} of {steps}: rerun the same `ctfgen tokenizer "
                       f"train` command (same --out) to finish it")
         write_manifest(tmp, kind=KIND, fingerprint=fingerprint_tensors(model_state), config=config,
@@ -71,7 +72,7 @@ def read_resumable(out: Path, config: dict, made_from: dict) -> dict | None:
 
     Refuses (ArtifactError) a checkpoint of another config or data, naming the first difference.
     """
-    if not (out / "manifest.json").is_file():
+    if not (out / MANIFEST).is_file():
         return None
     m = read_manifest(out)
     if m["kind"] != KIND:
@@ -95,13 +96,13 @@ def load_training_checkpoint(out: Path, manifest: dict, *, device: torch.device 
     def tensors(name: str) -> dict:
         return load_safetensors(out, manifest, name, redo=redo)
 
-    state = read_json(out / STATE_DIR / "state.json", what="tokenizer training state")
+    state = read_json(out / STATE_DIR / run_state.STATE_JSON, what="tokenizer training state")
     flat = tensors(f"{STATE_DIR}/state.safetensors")
     sdir = out / STATE_DIR
     return {
         "state": state,
         "model": tensors(WEIGHTS),
-        "optimizer": run_state.optimizer_from_tensors(tensors(f"{STATE_DIR}/optimizer.safetensors"), state["optimizer"]),
+        "optimizer": run_state.optimizer_from_tensors(tensors(f"{STATE_DIR}/{run_state.OPTIMIZER_FILE}"), state["optimizer"]),
         "disc": tensors(f"{STATE_DIR}/discriminator.safetensors") if (sdir / "discriminator.safetensors").is_file() else None,
         "d_optimizer": (run_state.optimizer_from_tensors(tensors(f"{STATE_DIR}/d_optimizer.safetensors"), state["d_optimizer"])
                         if "d_optimizer" in state else None),

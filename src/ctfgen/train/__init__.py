@@ -3,8 +3,9 @@ from ..lazy import lazy_attributes
 from .config import RunOptions, TrainConfig, default_lr
 
 # The trainer needs torch; loading it on first use lets the command line read the configs at once.
-_LAZY = {"load_model": "checkpoint", "BatchOrder": "data", "TokenDataset": "data", "TrainResult": "trainer",
-         "Trainer": "trainer", "train": "trainer"}
+_LAZY = {"BatchOrder": "data", "TokenDataset": "data", "TrainResult": "trainer", "Trainer": "trainer",
+         "train": "trainer",
+         "load_model": ".models.artifact"}  # kept for code written for 0.1.0: models/artifact.py loads model folders
 
 __all__ = ["TrainConfig", "RunOptions", "TrainResult", "Trainer", "train", "load_model", "TokenDataset", "BatchOrder", "default_lr"]
 

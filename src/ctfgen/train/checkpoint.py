@@ -8,8 +8,8 @@
     out/metrics.jsonl, out/loss_curve.png, out/tensorboard/, out/wandb/ (live logs, when asked for)
 
 Everything is tensors in safetensors or plain JSON; nothing is pickled. The folder is replaced in one
-rename (artifacts.artifact_dir), so a kill during saving leaves the previous checkpoint intact, and
-the next run recovers the newest complete copy (artifacts.recover_interrupted_write). The manifest
+rename (safe_write.artifact_dir), so a kill during saving leaves the previous checkpoint intact, and
+the next run recovers the newest complete copy (safe_write.recover_interrupted_write). The manifest
 records the size and SHA-256 of every tensor file, checked before resuming or sampling.
 """
 from __future__ import annotations
@@ -22,18 +22,17 @@ from typing import Any, Callable, Mapping
 import torch
 from safetensors.torch import save_file
 
-from ..artifacts import (artifact_dir, atomic_write_json, read_json, read_manifest,
+from ..artifacts import (MANIFEST, artifact_dir, atomic_write_json, read_json, read_manifest,
                          recover_interrupted_write, write_manifest)
 from ..errors import ArtifactError
 from ..filecheck import load_safetensors
-from ..models.artifact import EMA_WEIGHTS, KIND, WEIGHTS, model_fingerprint
-from ..models.artifact import load_model  # noqa: F401  (moved to models/; kept for older imports)
-# the resumable-state format is shared with the tokenizer's trainer (run_state.py); the names stay here too
-from ..run_state import (capture_rng, cpu_tensors, first_difference, optimizer_from_tensors,  # noqa: F401
-                        optimizer_to_tensors, restore_rng)
+from ..models.artifact import EMA_WEIGHTS, KIND, WEIGHTS, TrainedModel, model_fingerprint
 
-STATE_DIR = "training_state"
-LIVE_FILES = ("metrics.jsonl", "tensorboard", "wandb")  # written between checkpoints, carried into each new one
+from ..run_state import (OPTIMIZER_FILE, STATE_DIR, STATE_JSON, cpu_tensors, optimizer_from_tensors,
+                         optimizer_to_tensors)
+from .logs import METRICS
+
+LIVE_FILES = (METRICS, "tensorboard", "wandb")  # written between checkpoints, carried into each new one
 
 
 # ---------------------------------------------------------------- writing
@@ -60,17 +59,17 @@ def save_checkpoint(
     """
     out = Path(out_dir)
     model_cpu = cpu_tensors(model_state)
-    with artifact_dir(out, overwrite=True) as tmp:
-        save_file(model_cpu, str(tmp / WEIGHTS))
+
+    def training_files(tmp: Path) -> None:  # beside the model folder's weights, before its manifest
         if ema_state is not None:
             save_file(cpu_tensors(ema_state), str(tmp / EMA_WEIGHTS))
         sdir = tmp / STATE_DIR
         sdir.mkdir()
         opt_tensors, opt_meta = optimizer_to_tensors(optimizer_state)
-        save_file(opt_tensors, str(sdir / "optimizer.safetensors"))
+        save_file(opt_tensors, str(sdir / OPTIMIZER_FILE))
         rng_tensors = {f"rank{r}.{k}": v for r, (ts, _) in enumerate(rng_per_rank) for k, v in ts.items()}
         save_file(cpu_tensors(rng_tensors), str(sdir / "rng.safetensors"))
-        atomic_write_json(sdir / "state.json", {**state, "optimizer": opt_meta,
+        atomic_write_json(sdir / STATE_JSON, {**state, "optimizer": opt_meta,
                                                 "rng": [meta for _, meta in rng_per_rank]})
         if extra_files is not None:
             extra_files(tmp)
@@ -81,9 +80,10 @@ def save_checkpoint(
                 shutil.copytree(out / name, tmp / name)
             elif (out / name).is_file():
                 shutil.copy2(out / name, tmp / name)
-        fp = model_fingerprint(model_cpu, config.get("model"))
-        manifest = write_manifest(tmp, kind=KIND, fingerprint=fp, config=config, made_from=made_from, info=info)
-    return manifest
+
+    with artifact_dir(out, overwrite=True) as tmp:
+        return TrainedModel.write_folder(tmp, model_cpu, fingerprint=model_fingerprint(model_cpu, config.get("model")),
+                                         config=config, made_from=made_from, info=info, also=training_files)
 
 
 # ---------------------------------------------------------------- reading
@@ -101,7 +101,7 @@ def read_checkpoint_manifest(out_dir: str | Path) -> dict | None:
         return None
     if not out.is_dir():
         raise ArtifactError(f"--out {out} exists and is not a folder")
-    if not (out / "manifest.json").is_file():
+    if not (out / MANIFEST).is_file():
         others = sorted(p.name for p in out.iterdir() if p.name not in LIVE_FILES)
         if others:
             raise ArtifactError(f"--out {out} exists but is not a model checkpoint (it holds {others[:5]}); "
@@ -114,7 +114,7 @@ def load_training_state(out_dir: str | Path) -> dict:
     """Everything needed to continue: model/EMA/optimizer tensors, step and RNG states."""
     out = Path(out_dir)
     sdir = out / STATE_DIR
-    for path in (out / WEIGHTS, sdir / "optimizer.safetensors", sdir / "rng.safetensors"):
+    for path in (out / WEIGHTS, sdir / OPTIMIZER_FILE, sdir / "rng.safetensors"):
         if not path.is_file():
             raise ArtifactError(f"checkpoint {out} is incomplete: {path.relative_to(out)} is missing")
     manifest = read_manifest(out, KIND)
@@ -124,7 +124,7 @@ def load_training_state(out_dir: str | Path) -> dict:
     def tensors(name: str) -> dict:
         return load_safetensors(out, manifest, name, redo=redo)
 
-    state = read_json(sdir / "state.json", what="training state")
+    state = read_json(sdir / STATE_JSON, what="training state")
     rng_flat = tensors(f"{STATE_DIR}/rng.safetensors")
     rng = []
     for r, meta in enumerate(state["rng"]):
@@ -135,6 +135,6 @@ def load_training_state(out_dir: str | Path) -> dict:
         "state": state,
         "model": tensors(WEIGHTS),
         "ema": tensors(EMA_WEIGHTS) if ema_path.is_file() else None,
-        "optimizer": optimizer_from_tensors(tensors(f"{STATE_DIR}/optimizer.safetensors"), state["optimizer"]),
+        "optimizer": optimizer_from_tensors(tensors(f"{STATE_DIR}/{OPTIMIZER_FILE}"), state["optimizer"]),
         "rng": rng,
     }

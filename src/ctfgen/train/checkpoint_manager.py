@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from ..dist import DistInfo, all_gather_objects, barrier, broadcast_object
+from .. import run_state
 from ..errors import ArtifactError, CtfgenError
 from . import checkpoint as ckpt
 from .parallel import EMA, full_model_state, full_optimizer_state, load_full_optimizer_state
@@ -63,7 +64,7 @@ class CheckpointManager:
             ema.load(resume["ema"])
         saved_world = len(resume["rng"])
         if saved_world == self.dist.world_size:
-            ckpt.restore_rng(*resume["rng"][self.dist.rank], device=self.dist.device)
+            run_state.restore_rng(*resume["rng"][self.dist.rank], device=self.dist.device)
             return True
         if self.dist.is_main:
             print(f"note: checkpoint written by {saved_world} rank(s), resuming on {self.dist.world_size}: "
@@ -78,7 +79,7 @@ class CheckpointManager:
         full = full_model_state(model, fsdp=self.fsdp)
         ema_full = ema.full_state(full) if ema is not None else None
         opt_state = full_optimizer_state(model, optimizer, fsdp=self.fsdp)
-        rng = all_gather_objects(ckpt.capture_rng(self.dist.device), self.dist)
+        rng = all_gather_objects(run_state.capture_rng(self.dist.device), self.dist)
         if self.dist.is_main:
             ckpt.save_checkpoint(self.out, model_state=full, ema_state=ema_full, optimizer_state=opt_state,
                                  rng_per_rank=rng, state=state, config=self.config, made_from=self.made_from,
@@ -89,12 +90,12 @@ class CheckpointManager:
     def _check_resume(self, manifest: dict) -> None:
         saved = manifest.get("config", {})
         for section in ("train", "model"):
-            diff = ckpt.first_difference(saved.get(section), self.config[section])
+            diff = run_state.first_difference(saved.get(section), self.config[section])
             if diff is not None:
                 old, new = _lookup(saved.get(section), diff), _lookup(self.config[section], diff)
                 raise ArtifactError(f"cannot resume {self.out}: {section} config field '{diff}' is {old!r} in the "
                                     f"checkpoint but {new!r} now; rerun with the original settings or use another --out")
-        diff = ckpt.first_difference(manifest.get("made_from", {}), self.made_from)
+        diff = run_state.first_difference(manifest.get("made_from", {}), self.made_from)
         if diff is not None:
             raise ArtifactError(f"cannot resume {self.out}: it was made from {diff} "
                                 f"{manifest.get('made_from', {}).get(diff)!r}, this command gives "

@@ -68,15 +68,6 @@ def full_model_state(model: nn.Module, *, fsdp: bool) -> dict[str, torch.Tensor]
     return model.state_dict()
 
 
-def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor], *, fsdp: bool) -> None:
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
-    else:
-        model.load_state_dict(state, strict=True)
-
-
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, *, fsdp: bool) -> dict:
     if fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict

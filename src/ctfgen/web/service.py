@@ -20,7 +20,7 @@ from ..errors import CtfgenError
 from ..sample.settings import SamplingConfig
 
 if TYPE_CHECKING:
-    from ..sample.pipeline import _Pipeline
+    from ..sample.pipeline import Pipeline
 
 
 @dataclass
@@ -56,7 +56,7 @@ class PageResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def class_names_for(pipe: _Pipeline, names: Sequence[str] | None = None) -> list[str]:
+def class_names_for(pipe: Pipeline, names: Sequence[str] | None = None) -> list[str]:
     """Names of the pipeline's classes: `names` when given (one per class), else Fashion-MNIST's when
     the tokenizer was trained on it (its manifest records the data source), else the ids."""
     from ..artifacts import read_manifest
@@ -99,7 +99,7 @@ def _whole(name: str, value: Any) -> int:
 class PageService:
     """CTF (and optionally the baseline) behind the page. `max_images` caps one request's count."""
 
-    def __init__(self, ctf: _Pipeline, baseline: _Pipeline | None = None, *, class_names: Sequence[str] | None = None,
+    def __init__(self, ctf: Pipeline, baseline: Pipeline | None = None, *, class_names: Sequence[str] | None = None,
                  max_images: int = 8, batch_size: int = 64):
         if ctf.type != "ctf":
             raise CtfgenError(f"--pipeline must be a CTF pipeline (stage 1 + stage 2), got a {ctf.type!r} pipeline")

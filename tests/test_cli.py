@@ -36,7 +36,8 @@ def test_parsing_imports_nothing_heavy():
         import sys
         import ctfgen.cli
         parser = ctfgen.cli.build_parser()
-        for argv in (["sample", "--classes", "a"], ["train", "ar", "--lr", "-1"], ["sample", "--help"]):
+        for argv in (["sample", "--classes", "a"], ["train", "ar", "--lr", "-1"], ["sample", "--help"],
+                     ["train", "aux", "--help"], ["train", "ar", "--model-opt", "foo=1"]):
             try:
                 parser.parse_args(argv)
             except SystemExit:
@@ -177,6 +178,21 @@ def test_parser_constants_match_the_registries():
     assert cli_eval.MIN_CLASSIFIER_ACCURACY == MIN_CLASSIFIER_ACCURACY
     assert _util.DATA_SOURCES == SOURCES and _util.VIEWS == VIEW_MODES
     assert set(_util.CLUSTER_METHODS) == set(METHODS)
+
+
+def test_train_commands_follow_the_kinds_table():
+    # one subcommand per model kind, its flags decided by the kind's properties (models/config.py KINDS)
+    from ctfgen.cli import train as cli_train
+    from ctfgen.models import KINDS
+
+    parsers = dict(_subparsers(build_parser()))
+    assert [p[1] for p in COMMANDS if p[0] == "train"] == sorted(KINDS) == ["ar", "aux", "baseline"]
+    assert cli_train.KIND_HELP["baseline"].endswith("(no coarse map)")
+    for kind, spec in KINDS.items():
+        flags = {s for a in parsers[("train", kind)]._actions for s in a.option_strings}
+        assert ("--coarse-map" in flags) == spec.needs_coarse_map == (kind != "baseline")
+        assert ("--aux-loss" in flags) == ("--aux-coarse-noise" in flags) == spec.member_head == (kind == "aux")
+        assert cli_train.KIND_HELP[kind] == spec.help and ("needs --coarse-map" in spec.help) == spec.needs_coarse_map
 
 
 def test_help_json_friendly_classes_list():

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from ctfgen.config import from_dict, to_dict
 from ctfgen.errors import ArtifactError, CtfgenError
 from ctfgen.llamagen_gpt import load_llamagen_gpt
-from ctfgen.models import AuxTransformer, GPT, ModelConfig, build_model, count_params, model_from_config
+from ctfgen.models import KINDS, AuxTransformer, GPT, ModelConfig, build_model, count_params, model_from_config
 from ctfgen.models.transformer import apply_rope, rope_2d_table
 
 FIXTURE = Path(__file__).parent / "fixtures" / "llamagen_gpt_tiny.safetensors"
@@ -227,6 +227,22 @@ def test_config_errors_name_the_field():
         ModelConfig(cls_rope="none")
     with pytest.raises(CtfgenError, match="kind"):
         from_dict(ModelConfig, {"kind": "diffusion"})
+
+
+def test_kinds_table_decides_vocabularies_and_prefix():
+    # (in_vocab, out_vocab, needs a coarse map, stage 2's member head) of each kind
+    want = {"baseline": (V, V, False, False), "ar": (K, K, True, False), "aux": (K, V, True, True)}
+    assert list(KINDS) == list(want)
+    for kind, (v_in, v_out, coarse, member) in want.items():
+        m = tiny(kind)
+        spec = KINDS[kind]
+        assert (m.config.in_vocab, m.config.out_vocab, spec.needs_coarse_map, spec.member_head) == want[kind]
+        assert m.config.spec is spec and m.tok_embeddings.num_embeddings == v_in and m.output.out_features == v_out
+        if isinstance(m, GPT):
+            assert m.target_key == spec.predicts
+        assert tiny(kind, use_class=False).config.n_prefix == (0 if member else 1)
+    with pytest.raises(CtfgenError, match=r"kind 'diffusion' is not one of \('baseline', 'ar', 'aux'\)"):
+        ModelConfig(kind="diffusion")
 
 
 def test_bf16_cast_keeps_rope_table_fp32():

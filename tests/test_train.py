@@ -240,6 +240,24 @@ def test_refuses_missing_or_foreign_coarse_map(inputs, tmp_path):
         run_train(inputs, tmp_path / "c", cfg(steps=0))
 
 
+def test_each_kind_is_built_from_what_it_reads(inputs):
+    # build_for passes the coarse map's K to the kinds that need the map, and its code_to_coarse to stage 2
+    from ctfgen.train.data import check_inputs
+    from ctfgen.train.trainer import build_for
+
+    codes, coarse = CodeStore.open(inputs["codes"]), CoarseMap.load(inputs["coarse"])
+    seen = {}
+    for kind in ("baseline", "ar", "aux"):
+        check_inputs(kind, codes, coarse)
+        build_for(cfg(kind), codes, coarse, build_model=lambda k, preset, **kw: seen.setdefault(k, kw))
+        assert {"coarse_vocab", "code_to_coarse"} & set(seen[kind]) == {
+            "baseline": set(), "ar": {"coarse_vocab"}, "aux": {"coarse_vocab", "code_to_coarse"}}[kind]
+    assert seen["aux"]["coarse_vocab"] == K and torch.equal(seen["aux"]["code_to_coarse"], coarse.code_to_coarse)
+    check_inputs("baseline", codes, None)
+    with pytest.raises(CtfgenError, match="kind 'aux' predicts or reads coarse labels"):
+        check_inputs("aux", codes, None)
+
+
 def test_epochs_and_aux_coarse_noise(inputs, tmp_path):
     res = run_train(inputs, tmp_path / "run", cfg("aux", steps=0, epochs=1.5, aux_coarse_noise=0.2, ema=0.0))
     assert res.total_steps == 5  # ceil(1.5 * 48 // 16)

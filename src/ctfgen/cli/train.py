@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from ..errors import CtfgenError
+from ..models.config import KINDS, ModelConfig
 from ._util import add_config_flags, add_group, config_from_args, nonneg_int
 
 ORDER = 50
 
-KIND_HELP = {
-    "ar": "stage 1: causal transformer over the K coarse labels (needs --coarse-map)",
-    "aux": "stage 2: bidirectional transformer, coarse labels in, codebook indices out (needs --coarse-map)",
-    "baseline": "LlamaGen's class-conditional GPT over the full codebook (no coarse map)",
-}
+# one line per kind, from the kinds' table (models/config.py), listed alphabetically
+KIND_HELP = {name: KINDS[name].help for name in sorted(KINDS)}
 
 EPILOG = """Run the same command again with the same --out to resume from the last checkpoint (exactly:
 weights, optimizer, EMA, data order and random state). Settings that define the run must match;
@@ -41,9 +40,10 @@ FLAG_OPTS = dict(switches=True, shown={"lr": LR_DEFAULT})
 def _add_args(p: argparse.ArgumentParser, kind: str) -> None:
     from ..train.config import RunOptions, TrainConfig
 
+    spec = KINDS[kind]
     io = p.add_argument_group("inputs and output")
     io.add_argument("--codes", required=True, metavar="DIR", help="codes store from `ctfgen encode`")
-    if kind != "baseline":
+    if spec.needs_coarse_map:
         io.add_argument("--coarse-map", metavar="DIR", help="coarse map from `ctfgen cluster` (same tokenizer as the codes)")
     io.add_argument("--out", required=True, metavar="DIR",
                     help="run folder: checkpoint, metrics.jsonl, loss_curve.png; what samplers load")
@@ -53,7 +53,7 @@ def _add_args(p: argparse.ArgumentParser, kind: str) -> None:
     m.add_argument("--model-opt", action="append", default=[], metavar="FIELD=VALUE", type=_model_opt,
                    help="override a model config field, value in JSON (e.g. mask_to_cluster=false); repeatable "
                         "(default: none)")
-    if kind == "aux":
+    if spec.member_head:
         add_config_flags(m, TrainConfig, only=("aux_coarse_noise",), **FLAG_OPTS)
 
     o = p.add_argument_group("optimisation (LlamaGen's recipe by default)")
@@ -66,7 +66,7 @@ def _add_args(p: argparse.ArgumentParser, kind: str) -> None:
     add_config_flags(r, RunOptions, only=("grad_accum", "log_every", "ckpt_every", "stop_after", "device"), **FLAG_OPTS)
     r.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
     add_config_flags(r, RunOptions, only=("fsdp", "compile"), **FLAG_OPTS)
-    add_config_flags(r, RunOptions, only=("precision", *(("aux_loss",) if kind == "aux" else ())), **FLAG_OPTS)
+    add_config_flags(r, RunOptions, only=("precision", *(("aux_loss",) if spec.member_head else ())), **FLAG_OPTS)
     # not "--log": torchrun's own parser would take it for an abbreviation of its --log-dir
     r.add_argument("--log-to", action="append", default=[], choices=["tensorboard", "wandb"],
                    help="also log loss, lr, grad norm, tokens/s and memory live (rank 0): TensorBoard event files "
@@ -74,11 +74,7 @@ def _add_args(p: argparse.ArgumentParser, kind: str) -> None:
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-# ModelConfig's fields (models/config.py), so --model-opt is checked without importing torch;
-# tests/test_cli.py keeps the two lists equal.
-MODEL_FIELDS = ("kind", "vocab_size", "coarse_vocab", "num_classes", "grid", "n_layer", "n_head", "dim", "multiple_of",
-                "rope_base", "norm_eps", "init_std", "token_dropout", "attn_dropout", "resid_dropout", "ffn_dropout",
-                "class_dropout_prob", "cls_rope", "use_class", "mask_to_cluster", "coarse_noise", "preset")  # fmt: skip
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))  # checked by --model-opt at parse time
 _SET_BY_TRAINING = ("kind", "vocab_size", "coarse_vocab", "num_classes", "grid", "preset")  # from the codes and flags
 
 

@@ -1,8 +1,13 @@
 """The three models: LlamaGen's c2i GPT ("baseline"), CTF stage 1 ("ar") and stage 2 ("aux")."""
-from .aux import AuxTransformer
-from .config import ModelConfig
-from .gpt import GPT
-from .presets import LLAMAGEN_NAMES, PRESETS, build_model, canonical_preset, count_params, make_config, model_from_config
+from ..lazy import lazy_attributes
+from .config import KINDS, Kind, ModelConfig
 
-__all__ = ["AuxTransformer", "GPT", "LLAMAGEN_NAMES", "ModelConfig", "PRESETS", "build_model", "canonical_preset",
-           "count_params", "make_config", "model_from_config"]
+# The models need torch; loading them on first use lets the command line read KINDS and ModelConfig
+# at once.
+_LAZY = {"AuxTransformer": "aux", "GPT": "gpt", "LLAMAGEN_NAMES": "presets", "PRESETS": "presets",
+         "build_model": "presets", "canonical_preset": "presets", "count_params": "presets", "make_config": "presets",
+         "model_from_config": "presets"}
+
+__all__ = ["KINDS", "Kind", "ModelConfig", *_LAZY]
+
+__getattr__ = lazy_attributes(__name__, _LAZY)

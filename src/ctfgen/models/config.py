@@ -1,4 +1,5 @@
-"""The one config type shared by the three models; it travels inside checkpoints (to_dict/from_dict)."""
+"""The model kinds (KINDS) and the one config type shared by their models, which travels inside
+checkpoints (to_dict/from_dict). Torch-free: the command line reads both to make its parsers."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,7 +7,43 @@ from dataclasses import dataclass
 
 from ..errors import CtfgenError
 
-KINDS = ("baseline", "ar", "aux")
+
+@dataclass(frozen=True)
+class Kind:
+    """What the trainer, its data checks and the command line need to know of a model kind. The
+    tokens of a batch are its entries "codes" (codebook indices, fine labels) and "coarse" (their
+    cluster labels, from a coarse map)."""
+
+    about: str  # what the model is, in a few words
+    reads: str  # the batch entry the model takes as input tokens
+    predicts: str  # the batch entry its head predicts
+
+    @property
+    def help(self) -> str:
+        """One line for `ctfgen train KIND --help` and the list of `ctfgen train --help`."""
+        return self.about + (" (needs --coarse-map)" if self.needs_coarse_map else " (no coarse map)")
+
+    @property
+    def needs_coarse_map(self) -> bool:
+        """Reads or predicts coarse labels: training needs a coarse map, the config coarse_vocab."""
+        return "coarse" in (self.reads, self.predicts)
+
+    @property
+    def member_head(self) -> bool:
+        """Predicts fine labels given their coarse labels (stage 2): the model holds the coarse map's
+        code_to_coarse to restrict its head to each cluster's members, and trains with
+        aux_coarse_noise and the --aux-loss implementations."""
+        return self.reads == "coarse" and self.predicts == "codes"
+
+
+# The one list of model kinds, in this order in error messages. A new kind is a row here, its model
+# class in this package (built by presets.model_from_config) and its sampler.
+KINDS: dict[str, Kind] = {
+    "baseline": Kind("LlamaGen's class-conditional GPT over the full codebook", reads="codes", predicts="codes"),
+    "ar": Kind("stage 1: causal transformer over the K coarse labels", reads="coarse", predicts="coarse"),
+    "aux": Kind("stage 2: bidirectional transformer, coarse labels in, codebook indices out", reads="coarse",
+                predicts="codes"),
+}
 CLS_ROPE = ("zero", "identity")
 
 
@@ -16,16 +53,12 @@ def find_multiple(n: int, k: int) -> int:
 
 @dataclass
 class ModelConfig:
-    """What a model is. `kind` picks the vocabularies and the attention pattern:
-
-    - "baseline": causal, tokens and head over the whole codebook (LlamaGen's c2i GPT);
-    - "ar":       stage 1, causal, tokens and head over the K coarse labels;
-    - "aux":      stage 2, bidirectional, coarse labels in, codebook indices (fine labels) out.
-    """
+    """What a model is. `kind` (a key of KINDS) picks the vocabularies (in_vocab, out_vocab) and
+    the model class: GPT (causal) for "baseline" and "ar", AuxTransformer (bidirectional) for "aux"."""
 
     kind: str = "baseline"
     vocab_size: int = 16384  # codebook size V (fine labels)
-    coarse_vocab: int | None = None  # K clusters; required by "ar" and "aux"
+    coarse_vocab: int | None = None  # K clusters; required by the kinds that need a coarse map
     num_classes: int = 1000  # the embedding has one more row, index num_classes = null class for CFG
     grid: int = 16  # tokens form a grid x grid raster
     n_layer: int = 12
@@ -59,10 +92,10 @@ class ModelConfig:
     def check(self) -> None:
         where = "model config"
         if self.kind not in KINDS:
-            raise CtfgenError(f"{where}: kind {self.kind!r} is not one of {KINDS}")
+            raise CtfgenError(f"{where}: kind {self.kind!r} is not one of {tuple(KINDS)}")
         if self.cls_rope not in CLS_ROPE:
             raise CtfgenError(f"{where}: cls_rope {self.cls_rope!r} is not one of {CLS_ROPE}")
-        if self.kind in ("ar", "aux") and not self.coarse_vocab:
+        if KINDS[self.kind].needs_coarse_map and not self.coarse_vocab:
             raise CtfgenError(f"{where}: kind {self.kind!r} needs coarse_vocab (the number of clusters K)")
         for name in ("vocab_size", "num_classes", "grid", "n_layer", "n_head", "dim"):
             if getattr(self, name) < 1:
@@ -77,6 +110,11 @@ class ModelConfig:
             p = getattr(self, name)
             if not 0.0 <= p < 1.0:
                 raise CtfgenError(f"{where}: {name} must be in [0, 1), got {p}")
+
+    @property
+    def spec(self) -> Kind:
+        """The properties of this config's kind (KINDS)."""
+        return KINDS[self.kind]
 
     @property
     def head_dim(self) -> int:
@@ -94,12 +132,15 @@ class ModelConfig:
     @property
     def n_prefix(self) -> int:
         """Class tokens before the image tokens (0 for an aux model without the class)."""
-        return 0 if (self.kind == "aux" and not self.use_class) else 1
+        return 0 if (self.spec.member_head and not self.use_class) else 1
 
     @property
     def in_vocab(self) -> int:
-        return self.vocab_size if self.kind == "baseline" else int(self.coarse_vocab)
+        return self._vocab(self.spec.reads)
 
     @property
     def out_vocab(self) -> int:
-        return int(self.coarse_vocab) if self.kind == "ar" else self.vocab_size
+        return self._vocab(self.spec.predicts)
+
+    def _vocab(self, entry: str) -> int:
+        return int(self.coarse_vocab) if entry == "coarse" else self.vocab_size

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import check_fields, option
 from ..errors import CtfgenError
+from ..models.config import KINDS
 from ..run_state import auto_ckpt_every  # noqa: F401  (older imports)
 
 if TYPE_CHECKING:  # the command line reads these configs without importing torch
     import torch
 
-KINDS = ("baseline", "ar", "aux")
 PRECISIONS = ("auto", "bf16", "fp32")
 # stage 2's loss formulations: "auto" and models/member_loss.py IMPLS (tests/test_cli.py keeps them equal)
 AUX_LOSSES = ("auto", "loop", "gather", "masked")
@@ -44,7 +44,7 @@ class TrainConfig:
     Each field's help, bounds and choices are in its `option` (config.py): `ctfgen train` makes its
     flags from them (cli/train.py) and `check` refuses what they refuse."""
 
-    kind: str = option("ar", "baseline | ar (stage 1) | aux (stage 2)", choices=KINDS)
+    kind: str = option("ar", "model kind: " + " | ".join(KINDS), choices=tuple(KINDS))  # models/config.py
     preset: str = option("tiny", "model size: tiny/small (Fashion-MNIST), B, L, XL, XXL, 3B (LlamaGen's GPT sizes, also "
                                  "spelled GPT-B, ...), aux-B, aux-L", metavar="PRESET")
     # the length of the run: steps, or (steps == 0) epochs, each one view of every image
@@ -74,7 +74,7 @@ class TrainConfig:
 
     def check(self) -> None:
         check_fields(self, where="train config")
-        if self.aux_coarse_noise and self.kind != "aux":
+        if self.aux_coarse_noise and not KINDS[self.kind].member_head:
             raise CtfgenError(f"train config: aux_coarse_noise applies to kind 'aux' only, not {self.kind!r}")
 
     @property

@@ -15,6 +15,7 @@ import torch
 
 from ..artifacts import check_made_from
 from ..errors import ArtifactError, CtfgenError
+from ..models.config import KINDS
 
 if TYPE_CHECKING:
     from ..cluster import CoarseMap
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 def check_inputs(kind: str, codes: CodeStore, coarse: CoarseMap | None, *, codes_dir: str = "",
                  coarse_dir: str = "") -> None:
-    """Refuse combinations that cannot train the requested model."""
+    """Refuse combinations that cannot train a model of `kind` (KINDS)."""
     if codes.codes.ndim != 3 or codes.codes.shape[0] != codes.labels.shape[0]:
         raise ArtifactError(f"codes store {codes_dir}: codes.npy {codes.codes.shape} and labels.npy "
                             f"{codes.labels.shape} do not form (N, views, L) and (N,)")
@@ -33,7 +34,7 @@ def check_inputs(kind: str, codes: CodeStore, coarse: CoarseMap | None, *, codes
                             f"do not match grid {h}x{w}")
     if h != w:
         raise CtfgenError(f"codes store {codes_dir}: grid {h}x{w} is not square; the models need a square grid")
-    if kind == "baseline":
+    if not KINDS[kind].needs_coarse_map:
         return
     if coarse is None:
         raise CtfgenError(f"kind '{kind}' predicts or reads coarse labels: give the coarse map with "

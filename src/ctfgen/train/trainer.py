@@ -32,6 +32,7 @@ from ..config import to_dict
 from ..dist import DistInfo, all_reduce_mean, init_distributed, no_sync, shutdown
 from ..errors import CtfgenError, TrainingDiverged
 from ..models.artifact import model_config_dict
+from ..models.config import KINDS
 from .checkpoint_manager import CheckpointManager
 from .config import RunOptions, TrainConfig, auto_ckpt_every
 from .data import BatchOrder, TokenDataset, check_inputs
@@ -52,10 +53,11 @@ class TrainResult:
 def build_for(cfg: TrainConfig, codes, coarse, build_model: Callable | None = None) -> torch.nn.Module:
     if build_model is None:
         from ..models import build_model
+    kind = KINDS[cfg.kind]
     kwargs: dict[str, Any] = dict(vocab_size=codes.vocab_size, num_classes=codes.num_classes, grid=codes.grid[0])
-    if cfg.kind != "baseline":
+    if kind.needs_coarse_map:
         kwargs["coarse_vocab"] = coarse.k
-    if cfg.kind == "aux":
+    if kind.member_head:
         kwargs["code_to_coarse"] = coarse.code_to_coarse
     overrides = dict(cfg.model_overrides)
     if cfg.aux_coarse_noise:

@@ -38,7 +38,7 @@ ALLOWED = {
     "quality": BASE | {"artifacts", "data", "evaluate", "experiment", "models", "reporting", "sample"},
     "scaling": BASE | {"artifacts", "cluster", "codes", "data", "evaluate", "experiment", "models", "reporting",
                        "sample", "tokenizer", "train"},
-    "gpucheck": BASE | {"artifacts", "cluster", "dist", "models", "sample", "train"},
+    "gpucheck": BASE | {"artifacts", "cluster", "codes", "dist", "models", "sample", "train"},
     "web": BASE | {"artifacts", "data", "sample"},
     "cli": None,  # the top: anything
     "__main__": {"cli"},

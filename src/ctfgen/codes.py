@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .artifacts import (Artifact, artifact_dir, atomic_write_json, check_made_from, disk_full_error,
+from .artifacts import (MANIFEST, Artifact, artifact_dir, atomic_write_json, check_made_from, disk_full_error,
                         fingerprint_tensors, is_disk_full, recover_interrupted_write, write_manifest)
 from .config import to_dict
 from .dist import joined_group
@@ -76,7 +76,7 @@ class CodeStore(Artifact):
         cfg = m["config"]  # read leniently: stores written by hand or by older releases hold other fields
         for key in ("grid", "vocab_size", "num_classes"):
             if key not in cfg:
-                raise ArtifactError(f"{folder / 'manifest.json'}: config lacks '{key}'")
+                raise ArtifactError(f"{folder / MANIFEST}: config lacks '{key}'")
         if codes.ndim != 3 or codes.shape[0] != len(labels) or codes.shape[2] != cfg["grid"][0] * cfg["grid"][1]:
             raise ArtifactError(f"{folder}: {cls.CODES} {codes.shape} / {cls.LABELS} {labels.shape} do not match the manifest grid {cfg['grid']}")
         return cls(folder, codes, labels, m)
@@ -232,7 +232,7 @@ def _drop_finished_work(out: Path) -> None:
     work = out.with_name(f".{out.name}.parts")
     try:
         job = json.loads((work / "job.json").read_text())
-        m = json.loads((out / "manifest.json").read_text())
+        m = json.loads((out / MANIFEST).read_text())
     except (OSError, ValueError):
         return
     if (m.get("made_from", {}).get("tokenizer"), m.get("made_from", {}).get("data"), m.get("info", {}).get("images"),

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..artifacts import MANIFEST
 from ..errors import CtfgenError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -75,7 +76,7 @@ def load_npz_samples(path: Path, *, limit: int | None = None) -> SampleSet:
             if labels.shape != (len(images),):
                 raise CtfgenError(f"{path}: '{key}' has shape {labels.shape}, expected ({len(images)},)")
             break
-    meta = _read_metadata([path.parent / "manifest.json", path.with_suffix(".json")])
+    meta = _read_metadata([path.parent / MANIFEST, path.with_suffix(".json")])
     return SampleSet(images, labels, str(path), meta, label_source)
 
 
@@ -140,7 +141,7 @@ def load_folder_samples(folder: Path, *, limit: int | None = None, progress: boo
     if any(a.ndim == 3 for a in arrays):  # mixed modes: lift the grey ones to RGB
         arrays = [np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
     images = as_uint8_nhwc(np.stack(arrays), str(folder))
-    meta = _read_metadata([folder / "manifest.json"])
+    meta = _read_metadata([folder / MANIFEST])
     label_file = folder / "labels.json"
     if label_file.is_file():
         labels, label_source = _labels_from_json(label_file, rel, meta), "labels.json"
@@ -165,7 +166,7 @@ def _find_key(obj, key: str, path: str = "") -> dict:
 def summarize_metadata(meta: dict) -> dict:
     """The parts a result must show up front: seeds, sampling settings and model fingerprints,
     taken from an artifact-style manifest (`config`, `made_from`); the full files stay alongside."""
-    manifest = meta.get("manifest.json") or {}
+    manifest = meta.get(MANIFEST) or {}
     summary = {"seeds": _find_key({k: v for k, v in meta.items() if k != "sample_seeds"}, "seed")}
     if "sample_seeds" in meta:
         summary["seeds"]["per_sample"] = meta["sample_seeds"]

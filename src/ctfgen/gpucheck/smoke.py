@@ -26,22 +26,18 @@ VOCAB, K, GRID, CLASSES = 256, 16, 4, 10
 
 def make_inputs(root: Path, *, n: int = 64, seed: int = 0) -> tuple[Path, Path]:
     """A codes store and a coarse map, like `ctfgen encode` and `ctfgen cluster` write them."""
-    from ..artifacts import fingerprint_tensors, write_manifest
+    from ..artifacts import MANIFEST
     from ..cluster import CoarseMap
+    from ..codes import CodesConfig, CodeStore
 
     codes_dir, coarse_dir = root / "codes", root / "coarse"
-    if not (codes_dir / "manifest.json").is_file():
-        codes_dir.mkdir(parents=True, exist_ok=True)
+    if not (codes_dir / MANIFEST).is_file():
         rng = np.random.default_rng(seed)
         codes = rng.integers(0, VOCAB, size=(n, 1, GRID * GRID)).astype(np.uint16)
         labels = rng.integers(0, CLASSES, size=n).astype(np.int64)
-        np.save(codes_dir / "codes.npy", codes)
-        np.save(codes_dir / "labels.npy", labels)
-        write_manifest(codes_dir, kind="codes", fingerprint=fingerprint_tensors({"codes": codes, "labels": labels}),
-                       config={"grid": [GRID, GRID], "vocab_size": VOCAB, "num_classes": CLASSES, "views": 1,
-                               "split": "train"},
-                       made_from={"tokenizer": "gpu-check", "data": "random"})
-    if not (coarse_dir / "manifest.json").is_file():
+        CodeStore.save(codes_dir, codes, labels, overwrite=True, made_from={"tokenizer": "gpu-check", "data": "random"},
+                       config=CodesConfig(split="train", grid=[GRID, GRID], vocab_size=VOCAB, num_classes=CLASSES))
+    if not (coarse_dir / MANIFEST).is_file():
         CoarseMap.from_labels(torch.arange(VOCAB) % K, k=K, method="modulo",
                               tokenizer_fingerprint="gpu-check").save(coarse_dir)
     return codes_dir, coarse_dir

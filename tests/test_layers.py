@@ -9,13 +9,14 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "ctfgen"
 
 # What each top-level module or package may import from ctfgen (besides itself). Lower layers first;
 # docs/ARCHITECTURE.md explains the order.
-BASE = {"errors", "config", "filecheck", "lazy", "__version__"}
+BASE = {"errors", "config", "filecheck", "lazy", "memory", "__version__"}
 ALLOWED = {
     "errors": set(),
     "config": {"errors"},
     "filecheck": {"errors"},
     "dist": {"errors"},
     "lazy": set(),
+    "memory": set(),
     "run_state": set(),
     "safe_write": {"errors"},
     "artifacts": BASE | {"safe_write"},

@@ -1,6 +1,7 @@
 """Held-out likelihood: exact (sums to 1 over every sequence), and the `ctfgen eval nll` command."""
 import itertools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -117,3 +118,49 @@ def test_stage1_nats_reused_across_stage2s_give_the_same_result():
     fresh = heldout_nll({"ar": ar, "aux": uniform}, x, y)
     assert reused["bits_per_token"] == pytest.approx(fresh["bits_per_token"], abs=1e-12)
     assert reused["stage1_bits_per_token"] == pytest.approx(first["stage1_bits_per_token"], abs=1e-12)
+
+
+def test_command_refuses_stages_and_maps_that_do_not_belong_together(tmp_path, capsys):
+    """`ctfgen eval nll` checks every input against the others: both stages against the code store's
+    tokenizer (not only the last one given), the stages' coarse maps against each other, and
+    --coarse-map against stage 1's; each refusal names the folders."""
+    from ctfgen.cli import main as cli_main
+    from ctfgen.cluster import CoarseMap
+    from ctfgen.codes import CodesConfig, CodeStore
+    from ctfgen.models.artifact import TrainedModel
+
+    _, ar, aux = models()
+    CodeStore.save(tmp_path / "codes", np.random.default_rng(0).integers(0, V, (6, 1, GRID * GRID)), np.arange(6) % 2,
+                   config=CodesConfig(grid=[GRID, GRID], vocab_size=V, num_classes=2, split="test"),
+                   made_from={"tokenizer": "TOK_B"})
+    cmap = CoarseMap.from_labels(CODE_TO_COARSE, tokenizer_fingerprint="TOK_B")
+    other_map = CoarseMap.from_labels(torch.tensor([0, 0, 1, 1]), tokenizer_fingerprint="TOK_B")
+    cmap.save(tmp_path / "map")
+    other_map.save(tmp_path / "other-map")
+    folders = {}
+    for name, model, tok, fp in (("ar", ar, "TOK_B", cmap.fingerprint), ("aux", aux, "TOK_B", cmap.fingerprint),
+                                 ("ar-tokA", ar, "TOK_A", cmap.fingerprint), ("aux-mapY", aux, "TOK_B", "MAP_Y")):
+        folders[name] = tmp_path / name
+        TrainedModel(model, made_from={"tokenizer": tok, "coarse_map": fp}).save(folders[name])
+    args = ["eval", "nll", "--codes", str(tmp_path / "codes"), "--quiet"]
+
+    def refused(*more, match):
+        assert cli_main(args + [str(x) for x in more]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and re.search(match, err), err
+
+    assert cli_main(args + ["--ar", str(folders["ar"]), "--aux", str(folders["aux"])]) == 0
+    assert "bits/token" in capsys.readouterr().out
+    # stage 1 of tokenizer A, stage 2 of the store's tokenizer B: the first stage counts too
+    refused("--ar", folders["ar-tokA"], "--aux", folders["aux"],
+            match=rf"ar model \({re.escape(str(folders['ar-tokA']))}\) / tokenizer of codes .*TOK_B, found TOK_A")
+    # same tokenizer, other coarse maps
+    refused("--ar", folders["ar"], "--aux", folders["aux-mapY"],
+            match=rf"stage 1 \({re.escape(str(folders['ar']))}\) / stage 2 \({re.escape(str(folders['aux-mapY']))}\) "
+                  "coarse map mismatch")
+    # a parameter-free stage 2 over another coarse map than stage 1's
+    refused("--ar", folders["ar"], "--stage2", "uniform", "--coarse-map", tmp_path / "other-map",
+            match=rf"coarse map {re.escape(str(tmp_path / 'other-map'))} / stage 1 .* mismatch")
+    assert cli_main(args + ["--ar", str(folders["ar"]), "--stage2", "uniform", "--coarse-map", str(tmp_path / "map")]) == 0
+    capsys.readouterr()
+    refused("--baseline", folders["ar"], "--aux", folders["aux"], match="--aux .* goes with --ar")

@@ -280,80 +280,17 @@ def _non_negative(text: str) -> int:
     return n
 
 
-def _nll_models(args, store, device) -> tuple[dict, dict]:
-    """The models to score and what the result records about them; refuses mismatched inputs."""
-    from ..artifacts import check_made_from
-    from ..models.artifact import load_model
-
-    ema = {"auto": None, "yes": True, "no": False}[args.ema]
-    given = [n for n in ("pipeline", "ar", "baseline") if getattr(args, n)]
-    if len(given) != 1:
-        raise CtfgenError("give exactly one of --pipeline, --ar (CTF) or --baseline")
-    if args.pipeline:
-        from ..sample import load_pipeline
-
-        pipe = load_pipeline(args.pipeline, device=device, ema=ema)
-        models, source = dict(pipe.models), {"pipeline": str(args.pipeline), "models": pipe.fingerprints}
-        tok_fp = pipe.fingerprints["tokenizer"]
-    else:
-        roles = {"baseline": args.baseline} if args.baseline else {"ar": args.ar}
-        if args.aux:
-            roles["aux"] = args.aux
-        models, source, tok_fp = {}, {}, None
-        for role, folder in roles.items():
-            models[role], m = load_model(folder, device, ema=ema, expect_kind=role)
-            source[role] = {"folder": str(folder), "fingerprint": m["fingerprint"]}
-            tok_fp = m.get("made_from", {}).get("tokenizer", tok_fp)
-    if tok_fp is not None:
-        store.check_tokenizer(tok_fp)
-    if "ar" in models:
-        if args.stage2 != "model":
-            from ..models.member_prior import MemberPrior
-
-            if "aux" in models:
-                c2c = models["aux"].code_to_coarse.cpu()
-            elif args.coarse_map:
-                from ..cluster import CoarseMap
-
-                cmap = CoarseMap.load(args.coarse_map)
-                check_made_from(f"coarse map {args.coarse_map} vs codes", cmap.tokenizer_fingerprint,
-                                store.tokenizer_fingerprint, hint="the map was made for another tokenizer")
-                c2c = cmap.code_to_coarse
-            else:
-                raise CtfgenError(f"--stage2 {args.stage2} needs the coarse map: --coarse-map DIR (or --aux DIR)")
-            train = None
-            if args.stage2 == "frequency":
-                if not args.train_codes:
-                    raise CtfgenError("--stage2 frequency needs --train-codes DIR (the training code store)")
-                from ..codes import CodeStore
-
-                train_store = CodeStore.open(args.train_codes)
-                train_store.check_tokenizer(store.tokenizer_fingerprint)
-                train, source["train_codes"] = train_store.codes, str(args.train_codes)
-            models["aux"] = MemberPrior.build(args.stage2, c2c, k=models["ar"].config.coarse_vocab,
-                                              train_codes=train).to(device)
-        elif "aux" not in models:
-            raise CtfgenError("CTF needs a stage 2: --aux DIR, or --stage2 uniform/frequency with --coarse-map DIR")
-    for role, m in models.items():
-        c = m.config
-        if c.vocab_size != store.vocab_size:
-            raise CtfgenError(f"{role}: codebook of {c.vocab_size} codes, but {store.folder} has {store.vocab_size}")
-        if role != "aux" or c.kind == "aux":
-            if c.grid != store.grid[0]:
-                raise CtfgenError(f"{role}: a {c.grid}x{c.grid} grid, but {store.folder} holds {store.grid}")
-            if c.num_classes < store.num_classes:
-                raise CtfgenError(f"{role}: {c.num_classes} classes, but {store.folder} has {store.num_classes}")
-    return models, source
-
-
 def run_nll(args) -> int:
     from ..artifacts import atomic_write_json
     from ..codes import CodeStore
-    from ..evaluate.nll import heldout_nll, store_sequences
+    from ..evaluate.nll import heldout_nll, load_nll_models, store_sequences
 
     device = setup_device(args)
     store = CodeStore.open(args.codes)
-    models, source = _nll_models(args, store, device)
+    models, source = load_nll_models(store, device, pipeline=args.pipeline, ar=args.ar, aux=args.aux,
+                                     baseline=args.baseline, stage2=args.stage2, coarse_map=args.coarse_map,
+                                     train_codes=args.train_codes,
+                                     ema={"auto": None, "yes": True, "no": False}[args.ema])
     codes_NL, labels_N = store_sequences(store, max_images=args.max_images)
     result = heldout_nll(models, codes_NL, labels_N, batch_size=args.batch_size, progress=not args.quiet)
     result.update(codes=str(args.codes), codes_fingerprint=store.fingerprint, source=source,

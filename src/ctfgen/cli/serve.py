@@ -35,9 +35,9 @@ def register(sub) -> None:
 def _run(args) -> int:
     from ..sample import load_pipeline
     from ..web import PageService
-    from ..web.app import _gradio, serve
+    from ..web.app import import_gradio, serve
 
-    _gradio()  # a missing extra is reported before the models load
+    import_gradio()  # a missing extra is reported before the models load
     device = setup_device(args)
     ema = False if args.no_ema else None
     ctf = load_pipeline(args.pipeline, device=device, ema=ema)

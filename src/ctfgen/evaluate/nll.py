@@ -158,3 +158,88 @@ def store_sequences(store, *, max_images: int = 0, view: int = 0) -> tuple[torch
         raise CtfgenError(f"{store.folder}: view {view} does not exist (the store has {store.n_views})")
     codes = torch.from_numpy(np.asarray(store.codes[:n, view], dtype=np.int64))
     return codes, torch.from_numpy(np.asarray(store.labels[:n], dtype=np.int64))
+
+
+def load_nll_models(store, device: str | torch.device = "cpu", *, pipeline=None, ar=None, aux=None, baseline=None,
+                    stage2: str = "model", coarse_map=None, train_codes=None,
+                    ema: bool | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The models that score the codes of `store` (a CodeStore), and what the result records about them.
+
+    Give exactly one of `pipeline` (a pipeline folder), `ar` (a CTF stage-1 folder, with `aux` or a
+    parameter-free `stage2`: "uniform" or "frequency", whose clusters come from `aux` or `coarse_map`
+    and whose counts from the code store `train_codes`) or `baseline`. Returns ({"ar", "aux"} or
+    {"baseline"}: modules on `device`, source: folders and fingerprints). Raises CtfgenError
+    (ArtifactError) naming the folders when they do not belong together: stages of other tokenizers
+    or coarse maps, a stage, the coarse map or the training codes made from a tokenizer other than
+    the store's, or a model whose codebook, grid or classes do not fit the store.
+    """
+    from ..artifacts import check_made_from
+    from ..models.artifact import TrainedModel, load_model
+    from ..sample.pipeline_folder import check_stages
+
+    if sum(bool(x) for x in (pipeline, ar, baseline)) != 1:
+        raise CtfgenError("give exactly one of --pipeline, --ar (CTF) or --baseline")
+    if aux and not ar:
+        raise CtfgenError("--aux (a stage-2 folder) goes with --ar (its stage 1)")
+    codes_tokenizer = f"tokenizer of codes {store.folder}"
+    if pipeline:
+        from ..sample import load_pipeline
+
+        pipe = load_pipeline(pipeline, device=device, ema=ema)
+        models, source = dict(pipe.models), {"pipeline": str(pipeline), "models": pipe.fingerprints}
+        store.check_tokenizer(pipe.fingerprints["tokenizer"])
+        stage1, stage1_map = f"pipeline {pipeline}", pipe.fingerprints.get("coarse_map")
+    else:
+        folders = {"baseline": baseline} if baseline else {"ar": ar}
+        if aux:
+            folders["aux"] = aux
+        manifests = {role: TrainedModel.read_manifest(folder) for role, folder in folders.items()}
+        check_stages(manifests, store.tokenizer_fingerprint, folders=folders, tokenizer_name=codes_tokenizer)
+        models, source = {}, {}
+        for role, folder in folders.items():
+            models[role], m = load_model(folder, device, ema=ema, expect_kind=role)
+            source[role] = {"folder": str(folder), "fingerprint": m["fingerprint"]}
+        stage1 = f"stage 1 ({ar})"
+        stage1_map = manifests["ar"].get("made_from", {}).get("coarse_map") if ar else None
+    cmap = None
+    if coarse_map and "ar" in models:
+        from ..cluster import CoarseMap
+
+        cmap = CoarseMap.load(coarse_map)
+        check_made_from(f"coarse map {coarse_map} / {codes_tokenizer}", store.tokenizer_fingerprint,
+                        cmap.tokenizer_fingerprint, hint="the map was made for another tokenizer")
+        check_made_from(f"coarse map {coarse_map} / {stage1}", str(stage1_map), cmap.fingerprint,
+                        hint="stage 1 was trained with another `ctfgen cluster` output")
+    if "ar" in models:
+        if stage2 != "model":
+            from ..models.member_prior import MemberPrior
+
+            if "aux" in models:
+                c2c = models["aux"].code_to_coarse.cpu()
+            elif cmap is not None:
+                c2c = cmap.code_to_coarse
+            else:
+                raise CtfgenError(f"--stage2 {stage2} needs the coarse map: --coarse-map DIR (or --aux DIR)")
+            train = None
+            if stage2 == "frequency":
+                if not train_codes:
+                    raise CtfgenError("--stage2 frequency needs --train-codes DIR (the training code store)")
+                from ..codes import CodeStore
+
+                train_store = CodeStore.open(train_codes)
+                train_store.check_tokenizer(store.tokenizer_fingerprint)
+                train, source["train_codes"] = train_store.codes, str(train_codes)
+            models["aux"] = MemberPrior.build(stage2, c2c, k=models["ar"].config.coarse_vocab,
+                                              train_codes=train).to(device)
+        elif "aux" not in models:
+            raise CtfgenError("CTF needs a stage 2: --aux DIR, or --stage2 uniform/frequency with --coarse-map DIR")
+    for role, m in models.items():
+        c = m.config
+        if c.vocab_size != store.vocab_size:
+            raise CtfgenError(f"{role}: codebook of {c.vocab_size} codes, but {store.folder} has {store.vocab_size}")
+        if role != "aux" or c.kind == "aux":
+            if c.grid != store.grid[0]:
+                raise CtfgenError(f"{role}: a {c.grid}x{c.grid} grid, but {store.folder} holds {store.grid}")
+            if c.num_classes < store.num_classes:
+                raise CtfgenError(f"{role}: {c.num_classes} classes, but {store.folder} has {store.num_classes}")
+    return models, source

@@ -29,7 +29,7 @@ def time_training(kind: str, preset: str, *, vocab: int, k: int, grid: int, num_
     """Median step time etc. of `steps` steps after `warmup`; with `profile`, one more step under
     torch.profiler (gpucheck.sampling.profile_call: device-busy share and the top ops)."""
     from ..models import build_model
-    from ..train.bench import _reset_peak_rss, _rss_kb
+    from ..memory import peak_rss_bytes, reset_peak_rss
 
     g = torch.Generator().manual_seed(seed)
     kwargs = dict(vocab_size=vocab, num_classes=num_classes, grid=grid)
@@ -68,7 +68,7 @@ def time_training(kind: str, preset: str, *, vocab: int, k: int, grid: int, num_
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             else:
-                _reset_peak_rss()
+                reset_peak_rss()
         _sync(device)
         t0 = time.perf_counter()
         loss = step()
@@ -78,8 +78,8 @@ def time_training(kind: str, preset: str, *, vocab: int, k: int, grid: int, num_
     if device.type == "cuda":
         peak_gib = torch.cuda.max_memory_allocated(device) / 2**30
     else:
-        hwm = _rss_kb("VmHWM")
-        peak_gib = hwm / 2**20 if hwm is not None else float("nan")
+        hwm = peak_rss_bytes()
+        peak_gib = hwm / 2**30 if hwm is not None else float("nan")
     step_s = statistics.median(times)
     tokens = batch_size * L
     per_token = train_flops_per_token(model.config)

@@ -13,9 +13,7 @@ stage 2, ...): the measured answer to "where does the time go", which explains t
 from __future__ import annotations
 
 import contextlib
-import os
 import statistics
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -23,6 +21,7 @@ import torch
 
 from ..dist import device_name
 from ..errors import CtfgenError
+from ..memory import PeakRSS
 from ..models import build_model
 from . import pipeline as _pipeline_module
 from .pipeline import BaselinePipeline, CTFPipeline
@@ -51,40 +50,6 @@ class SpeedResult:
 
     def images_per_s(self, batch_size: int) -> float:
         return batch_size / statistics.median(self.seconds)
-
-
-class _PeakRSS:
-    """Polls the process's resident memory in a thread (CPU peak memory of one sampler's runs)."""
-
-    def __init__(self, every_s: float = 0.005):
-        self.every_s, self.peak = every_s, 0
-        self._stop = threading.Event()
-
-    @staticmethod
-    def rss() -> int:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:  # not Linux: the lifetime peak is the best there is
-            import resource
-
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    def _poll(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.rss())
-            time.sleep(self.every_s)
-
-    def __enter__(self):
-        self.peak = self.rss()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.rss())
 
 
 def _model(kind: str, preset: str, cfg: dict, seed: int, **extra):
@@ -142,7 +107,7 @@ def bench_speed(preset: str = "fmnist", *, batch_size: int = 64, runs: int = 3, 
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
-            with _PeakRSS() as mem:
+            with PeakRSS() as mem:
                 t0 = time.perf_counter()
                 pipe.sample_codes(labels_B, seeds, settings[name])
                 if device.type == "cuda":

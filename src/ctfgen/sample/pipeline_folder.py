@@ -30,38 +30,58 @@ TOKENIZER_FILES = (MANIFEST, TokenizerArtifact.WEIGHTS)
 
 def check_components(tokenizer: dict, models: dict[str, dict]) -> dict[str, str]:
     """Refuse manifests that do not belong together; returns every fingerprint by role."""
-    from ..models.config import ModelConfig
     from ..tokenizer.model import VQConfig
 
-    tok_fp = tokenizer["fingerprint"]
-    fps = {"tokenizer": tok_fp}
     tcfg = from_dict(VQConfig, tokenizer.get("config", {}), where="tokenizer manifest: config")
-    mcfgs = {}
     for role, m in models.items():
-        kind = m.get("config", {}).get("model", {}).get("kind")
-        if kind != role:
-            raise ArtifactError(f"{role}: expected a '{role}' model, got kind {kind!r}")
-        mcfgs[role] = mcfg = from_dict(ModelConfig, m["config"]["model"], where=f"{role} manifest: config.model")
+        mcfg = model_config(role, m)
         if mcfg.vocab_size != tcfg.codebook_size:
             raise ArtifactError(f"{role}: vocab_size {mcfg.vocab_size} != the tokenizer's codebook_size {tcfg.codebook_size}")
         if mcfg.grid != tcfg.grid:
             raise ArtifactError(f"{role}: grid {mcfg.grid} != the tokenizer's {tcfg.grid} tokens per side")
+    return check_stages(models, tokenizer["fingerprint"])
+
+
+def model_config(role: str, manifest: dict, folder: str | Path | None = None):
+    """The ModelConfig of a model manifest that must be of kind `role`; ArtifactError otherwise."""
+    from ..models.config import ModelConfig
+
+    where = role if folder is None else f"{role} {folder}"
+    kind = manifest.get("config", {}).get("model", {}).get("kind")
+    if kind != role:
+        raise ArtifactError(f"{where}: expected a '{role}' model, got kind {kind!r}")
+    return from_dict(ModelConfig, manifest["config"]["model"], where=f"{where} manifest: config.model")
+
+
+def check_stages(models: dict[str, dict], tokenizer_fingerprint: str, *, folders: dict[str, str | Path] | None = None,
+                 tokenizer_name: str = "tokenizer") -> dict[str, str]:
+    """Refuse model manifests (by role: "ar", "aux", "baseline") that do not belong together: each
+    must be of its role's kind and made from `tokenizer_fingerprint`; stage 1 and stage 2, when both
+    are given, must agree on coarse_vocab and num_classes and be made from the same coarse map.
+    `folders` (by role) and `tokenizer_name` name the inputs in the errors (ArtifactError). Returns
+    every fingerprint by role: "tokenizer", each model's, and "coarse_map" for a CTF pair."""
+    at = {role: f" ({folders[role]})" if folders and role in folders else "" for role in models}
+    fps = {"tokenizer": tokenizer_fingerprint}
+    mcfgs = {}
+    for role, m in models.items():
+        mcfgs[role] = model_config(role, m, folders.get(role) if folders else None)
         made = m.get("made_from", {})
         if "tokenizer" not in made:
-            raise ArtifactError(f"{role}: its manifest records no made_from.tokenizer, so it cannot be checked "
-                                "against the tokenizer")
-        check_made_from(f"{role} model / tokenizer", tok_fp, made["tokenizer"],
+            raise ArtifactError(f"{role}{at[role]}: its manifest records no made_from.tokenizer, so it cannot be "
+                                f"checked against the {tokenizer_name}")
+        check_made_from(f"{role} model{at[role]} / {tokenizer_name}", tokenizer_fingerprint, made["tokenizer"],
                         hint=f"the {role} model was trained on codes of another tokenizer")
         fps[role] = m["fingerprint"]
-    if "ar" in models:
+    if "ar" in models and "aux" in models:
+        pair = f"stage 1{at['ar']} / stage 2{at['aux']}"
         for key in ("coarse_vocab", "num_classes"):
             a, b = getattr(mcfgs["ar"], key), getattr(mcfgs["aux"], key)
             if a != b:
-                raise ArtifactError(f"stage 1 and stage 2 disagree on {key}: {a} vs {b}")
+                raise ArtifactError(f"stage 1{at['ar']} and stage 2{at['aux']} disagree on {key}: {a} vs {b}")
         cm = [models[r].get("made_from", {}).get("coarse_map") for r in ("ar", "aux")]
         if None in cm:
-            raise ArtifactError("stage 1 / stage 2: made_from.coarse_map missing in a model manifest")
-        check_made_from("stage 1 / stage 2 coarse map", cm[0], cm[1],
+            raise ArtifactError(f"{pair}: made_from.coarse_map missing in a model manifest")
+        check_made_from(f"{pair} coarse map", cm[0], cm[1],
                         hint="both stages must be trained with the same `ctfgen cluster` output")
         fps["coarse_map"] = cm[0]
     return fps

@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, asdict
-from pathlib import Path
 
 import torch
 
+from ..memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 from .parallel import param_groups
 
 
@@ -28,25 +28,6 @@ class BenchRow:
     step_ms: float  # median
     static_mb: float  # weights + gradients + AdamW moments (fp32)
     step_peak_mb: float  # extra memory of one step: CUDA max allocated / CPU peak-RSS delta (NaN if unknown)
-
-
-def _rss_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 class _Runner:
@@ -75,8 +56,8 @@ class _Runner:
             before = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            rss_ok = _reset_peak_rss()
-            before = _rss_kb("VmRSS")
+            rss_ok = reset_peak_rss()
+            before = rss_bytes()
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
         t0 = time.perf_counter()
         with autocast:
@@ -94,8 +75,8 @@ class _Runner:
         if cuda:
             self.peaks.append((torch.cuda.max_memory_allocated(self.device) - before) / 2**20)
         else:
-            peak = _rss_kb("VmHWM")
-            self.peaks.append((peak - before) / 1024 if rss_ok and peak is not None and before is not None
+            peak = peak_rss_bytes()
+            self.peaks.append((peak - before) / 2**20 if rss_ok and peak is not None and before is not None
                               else float("nan"))
 
 

@@ -19,15 +19,6 @@ METRICS = "metrics.jsonl"
 SKIP = ("step", "epoch")  # the x axis, not a metric
 
 
-def peak_rss_gb() -> float:
-    """Peak resident memory of this process so far (Linux ru_maxrss is in KiB)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
-
-
 class MetricsWindow:
     """The training steps since the last record: per-micro-step metrics summed as device tensors
     (reading them would synchronise the GPU at every step), the gradient norms, and the wall time

@@ -31,12 +31,13 @@ from tqdm import tqdm
 from ..config import to_dict
 from ..dist import DistInfo, all_reduce_mean, init_distributed, no_sync, shutdown
 from ..errors import CtfgenError, TrainingDiverged
+from ..memory import lifetime_peak_rss_bytes
 from ..models.artifact import model_config_dict
 from ..models.config import KINDS
 from .checkpoint_manager import CheckpointManager
 from .config import RunOptions, TrainConfig, auto_ckpt_every
 from .data import BatchOrder, TokenDataset, check_inputs
-from .logs import MetricsLog, MetricsWindow, peak_rss_gb
+from .logs import MetricsLog, MetricsWindow
 from .parallel import EMA, param_groups, wrap
 
 
@@ -256,7 +257,7 @@ class Trainer:
         if self.dist.device.type == "cuda":
             rec["max_mem_gb"] = torch.cuda.max_memory_allocated(self.dist.device) / 2**30
         else:
-            rec["max_rss_gb"] = peak_rss_gb()
+            rec["max_rss_gb"] = lifetime_peak_rss_bytes() / 2**30
         self.log.write(rec)
         if rec["loss"] > self.uniform_loss + 1.0 and not self.warnings and self.dist.is_main:
             self.warnings.append(f"step {done}: loss {rec['loss']:.4g} is above a uniform guess "

@@ -41,7 +41,11 @@ def page_css(service: PageService) -> str:
 
 
 
-def _gradio():
+def import_gradio():
+    """The `gradio` module, imported with Gradio's usage analytics off (unless GRADIO_ANALYTICS_ENABLED
+    is set already).
+    Raises CtfgenError naming the extra to install when Gradio is missing, so a command can call it
+    first and fail before it loads any model."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         import gradio as gr
@@ -117,7 +121,7 @@ def build_page(service: PageService):
     """The gr.Blocks page (not launched). Element ids: inputs "class", "count", "seed", "guidance",
     "temperature", "top-k", "top-p", "stage2-temperature"; the button "generate"; outputs "status",
     "ctf", "baseline" and "coarse-to-fine"."""
-    gr = _gradio()
+    gr = import_gradio()
     d = service.defaults()
     files = ImageFiles()
     # Gradio's copies of the images are removed an hour after they were made, like ours
@@ -162,7 +166,7 @@ def build_page(service: PageService):
 def serve(service: PageService, *, host: str = "127.0.0.1", port: int = 7860, queue_size: int = 64,
           block: bool = True):
     """Launch the page; with block=False return the running gr.Blocks (close() stops it)."""
-    gr = _gradio()
+    gr = import_gradio()
     if queue_size < 1:
         raise CtfgenError(f"--queue-size must be >= 1, got {queue_size}")
     page = build_page(service)

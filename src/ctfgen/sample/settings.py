@@ -5,7 +5,7 @@ its flags from it at once.
 Each field is documented once, in its `option`: the help, the allowed values and what a special
 value means. `ctfgen sample` and `ctfgen pipeline make` make a flag of every field (cli/sample.py),
 the page of `ctfgen serve` names its inputs by `label`, and `check` refuses what the options refuse.
-Adding a setting: a field here, and its use in sample/sampler.py (or models/member_prior.py).
+Adding a setting: a field here, and its use in sample/sampler.py.
 """
 from __future__ import annotations
 

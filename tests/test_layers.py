@@ -25,7 +25,7 @@ ALLOWED = {
     "tokenizer": BASE | {"artifacts", "data", "dist", "llamagen_files", "run_state"},
     "cluster": BASE | {"artifacts", "tokenizer"},
     "models": BASE | {"artifacts"},
-    "llamagen_gpt": BASE | {"artifacts", "llamagen_files", "models"},
+    "llamagen_gpt": BASE | {"artifacts", "llamagen_files", "models", "tokenizer"},
     "codes": BASE | {"artifacts", "data", "dist"},
     "sample": BASE | {"artifacts", "cluster", "dist", "models", "tokenizer"},
     "train": BASE | {"artifacts", "cluster", "codes", "dist", "models", "run_state"},

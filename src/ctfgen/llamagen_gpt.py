@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import check_state_dict, file_sha256, read_manifest
+from .artifacts import check_state_dict, file_sha256
 from .errors import ArtifactError, CtfgenError
 from .llamagen_files import ForeignWeights, read_llamagen_file, size_from_name
 from .models import GPT, LLAMAGEN_NAMES, PRESETS, build_model, canonical_preset
@@ -170,20 +170,22 @@ def import_llamagen_gpt(path: str | Path, out_dir: str | Path, *, tokenizer: str
     `ctfgen tokenizer import vq_ds16_c2i.pt`), so that `ctfgen pipeline make` and `ctfgen sample`
     check it like any other. Refuses a tokenizer whose codebook or token grid differs."""
     tok_dir = Path(tokenizer)
-    tok = read_manifest(tok_dir, "tokenizer")
-    tcfg = tok.get("config", {})
-    tok_down = 2 ** (len(tcfg["ch_mult"]) - 1)
-    tok_grid = int(tcfg["resolution"]) // tok_down
+    from .tokenizer.artifact import TokenizerArtifact
+    from .tokenizer.model import VQConfig
+
+    tok = TokenizerArtifact.read_manifest(tok_dir)
+    tcfg = TokenizerArtifact.typed_config(tok_dir, tok, VQConfig)
+    tok_grid = tcfg.grid
     # a checkpoint that records no image size is meant for the tokenizer's token grid
     model = _build(_read(path, which), preset, grid, image_size, {}, fallback_grid=tok_grid)
     cfg = model.config
-    if cfg.vocab_size != tcfg.get("codebook_size"):
+    if cfg.vocab_size != tcfg.codebook_size:
         raise ArtifactError(f"{path} has a vocabulary of {cfg.vocab_size} codes but the tokenizer {tok_dir} has "
-                            f"{tcfg.get('codebook_size')}")
+                            f"{tcfg.codebook_size}")
     if tok_grid != cfg.grid:
         raise ArtifactError(f"{path} samples {cfg.grid}x{cfg.grid} tokens but the tokenizer {tok_dir} serves "
-                            f"{tok_grid}x{tok_grid} (resolution {tcfg['resolution']}); import the tokenizer with "
-                            f"--resolution {cfg.grid * tok_down}")
+                            f"{tok_grid}x{tok_grid} (resolution {tcfg.resolution}); import the tokenizer with "
+                            f"--resolution {cfg.grid * tcfg.downsample}")
     from .models.artifact import TrainedModel
 
     info = dict(model.import_info)

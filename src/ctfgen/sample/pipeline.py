@@ -21,13 +21,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..artifacts import artifact_dir, check_made_from, read_manifest
-from ..config import from_dict
+from ..artifacts import artifact_dir
 from ..dist import all_gather_objects, joined_group
 from ..errors import ArtifactError, CtfgenError
 from ..models.artifact import TrainedModel
 from ..tokenizer.artifact import TokenizerArtifact
-from .pipeline_folder import KIND, ROLES, check_components, make_pipeline, write_pipeline_manifest
+from .pipeline_folder import ROLES, PipelineFolder, PipelineFolderConfig, check_components, make_pipeline
 from .sampler import generate_tokens, sample_fine, sample_from_prior, sample_seed, sample_uniforms
 from .settings import SamplingConfig
 
@@ -114,23 +113,13 @@ class Pipeline:
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu", ema: bool | None = None,
                         dtype: torch.dtype | None = None, compile: bool = False):
         """Load a pipeline folder; every component must still have the fingerprint recorded in it."""
-        path = Path(path)
-        m = read_manifest(path, KIND)
-        cfg = m.get("config", {})
-        if cfg.get("type") != cls.type:
-            raise ArtifactError(f"{path} is a '{cfg.get('type')}' pipeline; load it with "
-                                f"{'CTFPipeline' if cfg.get('type') == 'ctf' else 'BaselinePipeline'}")
-        dirs = {role: (path / ref if not Path(ref).is_absolute() else Path(ref))
-                for role, ref in cfg.get("components", {}).items()}
-        for role in ("tokenizer", *ROLES[cls.type]):
-            if role not in dirs:
-                raise ArtifactError(f"{path / 'manifest.json'}: config.components lacks '{role}'")
-            found = read_manifest(dirs[role])["fingerprint"]
-            check_made_from(f"{role} of pipeline {path}", m["made_from"].get(role, "<none>"), found,
-                            hint=f"{dirs[role]} changed since the pipeline was made; run `ctfgen pipeline make` again")
-        sampling = from_dict(SamplingConfig, cfg.get("sampling", {}), where=f"{path / 'manifest.json'}: config.sampling")
-        return cls.from_folders(tokenizer=dirs["tokenizer"], device=device, ema=ema, dtype=dtype, compile=compile,
-                                sampling=sampling, **{r: dirs[r] for r in ROLES[cls.type]})
+        folder = PipelineFolder.load(path)
+        if folder.config.type != cls.type:
+            raise ArtifactError(f"{path} is a '{folder.config.type}' pipeline; load it with "
+                                f"{'CTFPipeline' if folder.config.type == 'ctf' else 'BaselinePipeline'}")
+        return cls.from_folders(tokenizer=folder.component("tokenizer"), device=device, ema=ema, dtype=dtype,
+                                compile=compile, sampling=folder.config.sampling,
+                                **{r: folder.component(r) for r in ROLES[cls.type]})
 
     def save_pretrained(self, path: str | Path, *, copy: bool = True, overwrite: bool = False) -> Path:
         """Write a pipeline folder. Loaded from folders: copies (copy=True) or references them, as
@@ -158,7 +147,8 @@ class Pipeline:
             tok.save(tmp / "tokenizer", info=recorded(self.tokenizer, "info"))
             for role, art in arts.items():
                 art.save(tmp / role, info=recorded(art.module, "info"))
-            write_pipeline_manifest(tmp, self.type, {r: r for r in needed}, fps, self.sampling, copied=True)
+            PipelineFolder(PipelineFolderConfig(self.type, {r: r for r in needed}, self.sampling), fps,
+                           copied=True).write(tmp)
         return Path(path)
 
     def _made_from(self) -> dict[str, str]:
@@ -326,7 +316,7 @@ class BaselinePipeline(Pipeline):
 
 def load_pipeline(path: str | Path, **kwargs) -> Pipeline:
     """CTFPipeline or BaselinePipeline, whichever the folder holds."""
-    kind = read_manifest(path, KIND).get("config", {}).get("type")
+    kind = PipelineFolder.load(path).config.type
     return {"ctf": CTFPipeline, "baseline": BaselinePipeline}[kind].from_pretrained(path, **kwargs)
 
 

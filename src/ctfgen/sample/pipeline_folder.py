@@ -10,10 +10,11 @@ components that do not belong together; pipeline.py's classes load and save them
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, ClassVar, Sequence
 
-from ..artifacts import MANIFEST, artifact_dir, check_made_from, fingerprint_tensors, read_manifest, write_manifest
+from ..artifacts import MANIFEST, Artifact, artifact_dir, check_made_from, fingerprint_tensors, read_manifest
 from ..config import from_dict, to_dict
 from ..errors import ArtifactError, CtfgenError
 from ..filecheck import verify_file
@@ -24,6 +25,63 @@ from .settings import SamplingConfig
 KIND = "pipeline"
 ROLES = {"ctf": ("ar", "aux"), "baseline": ("baseline",)}
 TOKENIZER_FILES = (MANIFEST, TokenizerArtifact.WEIGHTS)
+
+
+@dataclass
+class PipelineFolderConfig:
+    """What a pipeline folder's manifest holds as its config."""
+
+    type: str  # "ctf" or "baseline"
+    components: dict[str, str]  # role -> its folder: a name inside the pipeline folder, or an absolute path
+    sampling: SamplingConfig  # the settings a loaded pipeline starts from
+
+
+class PipelineFolder(Artifact):
+    """A pipeline folder: which component folders make the pipeline (copied in or referenced), their
+    fingerprints by role (`made_from`) and the default sampling settings."""
+
+    KIND: ClassVar[str] = KIND
+
+    def __init__(self, config: PipelineFolderConfig, fingerprints: dict[str, str], *, copied: bool,
+                 folder: Path | None = None, manifest: dict | None = None):
+        if config.type not in ROLES:
+            raise CtfgenError(f"pipeline type must be one of {sorted(ROLES)}, got {config.type!r}")
+        self.config, self.fingerprints, self.copied = config, dict(fingerprints), copied
+        self.folder, self.manifest = folder, manifest
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint_tensors({}, extra=self.fingerprints)
+
+    @property
+    def made_from(self) -> dict[str, Any]:
+        return dict(self.fingerprints)
+
+    def write(self, tmp: Path) -> dict:
+        """The manifest, last, inside `artifact_dir` (the component folders are already in `tmp`)."""
+        return self.write_manifest(tmp, config=to_dict(self.config), info={"copied": self.copied})
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "PipelineFolder":
+        """The folder's description, refusing one whose component folders changed since it was made
+        (another fingerprint) or are missing."""
+        folder = Path(folder)
+        m = cls.read_manifest(folder)
+        cfg = cls.typed_config(folder, m, PipelineFolderConfig)
+        self = cls(cfg, m.get("made_from", {}), copied=bool(m.get("info", {}).get("copied")), folder=folder,
+                   manifest=m)
+        for role in ("tokenizer", *ROLES[cfg.type]):
+            if role not in cfg.components:
+                raise ArtifactError(f"{folder / MANIFEST}: config.components lacks '{role}'")
+            where = self.component(role)
+            check_made_from(f"{role} of pipeline {folder}", self.fingerprints.get(role, "<none>"),
+                            read_manifest(where)["fingerprint"],
+                            hint=f"{where} changed since the pipeline was made; run `ctfgen pipeline make` again")
+        return self
+
+    def component(self, role: str) -> Path:
+        ref = Path(self.config.components[role])
+        return ref if ref.is_absolute() else self.folder / ref
 
 
 # ---------------------------------------------------------------- checking components
@@ -125,12 +183,5 @@ def make_pipeline(out: str | Path, *, tokenizer: str | Path, ar: str | Path | No
                 refs[role] = role
             else:
                 refs[role] = str(src.resolve())
-        write_pipeline_manifest(tmp, kind, refs, fps, sampling, copied=copy)
+        PipelineFolder(PipelineFolderConfig(kind, refs, sampling), fps, copied=copy).write(tmp)
     return Path(out)
-
-
-def write_pipeline_manifest(tmp: Path, kind: str, refs: dict[str, str], fps: dict[str, str], sampling: SamplingConfig, *,
-                    copied: bool) -> None:
-    write_manifest(tmp, kind=KIND, fingerprint=fingerprint_tensors({}, extra=fps),
-                   config={"type": kind, "components": refs, "sampling": to_dict(sampling)},
-                   made_from=fps, info={"copied": copied})

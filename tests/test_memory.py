@@ -1,4 +1,5 @@
 """ctfgen.memory: the resident-memory figures the benchmarks and the training log report."""
+import mmap
 import sys
 import time
 
@@ -10,8 +11,17 @@ from ctfgen.memory import PeakRSS, lifetime_peak_rss_bytes, peak_rss_bytes, rese
 MiB = 2**20
 
 
-def touch(n_bytes: int) -> np.ndarray:
-    return np.ones(n_bytes // 8)  # written, so resident
+class touch:
+    """n_bytes of fresh pages, written so they are resident. An anonymous mmap of its own: memory from
+    the allocator could be pages this process already holds (after a long test run it often is), and
+    would not move the resident size at all."""
+
+    def __init__(self, n_bytes: int):
+        self.map = mmap.mmap(-1, n_bytes)
+        np.frombuffer(self.map, dtype=np.uint8)[:] = 1
+
+    def __del__(self):
+        self.map.close()
 
 
 def test_polled_peak_sees_a_freed_allocation():

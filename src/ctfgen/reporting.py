@@ -78,7 +78,8 @@ def html_page(md_lines: list[str]) -> str:
         elif line:
             body.append(f"<p>{_inline(line)}</p>")
     flush_table()
-    return ("<!doctype html><meta charset='utf-8'><title>ctfgen demo</title>"
+    title = next((line.lstrip("# ") for line in md_lines if line.startswith("#")), "ctfgen report")
+    return (f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{border:1px solid #ccc;padding:4px 8px}"
             "table{border-collapse:collapse}img{image-rendering:pixelated;max-width:100%}</style>" + "\n".join(body))
 

@@ -19,7 +19,7 @@ ALLOWED = {
     "memory": set(),
     "run_state": set(),
     "safe_write": {"errors"},
-    "artifacts": BASE | {"safe_write"},
+    "artifacts": BASE | {"run_state", "safe_write"},
     "data": BASE | {"artifacts"},
     "llamagen_files": BASE | {"artifacts"},
     "tokenizer": BASE | {"artifacts", "data", "dist", "llamagen_files", "run_state"},

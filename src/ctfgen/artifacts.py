@@ -276,7 +276,9 @@ class ModuleArtifact(Artifact):
     def state(self) -> dict[str, torch.Tensor]:
         """The module's tensors on the CPU, as they are written (copies: tied weights and views are
         refused by safetensors)."""
-        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.module.state_dict().items()}
+        from .run_state import cpu_tensors
+
+        return cpu_tensors(self.module.state_dict())
 
     @classmethod
     def config_of(cls, module: torch.nn.Module) -> dict[str, Any]:
@@ -329,6 +331,7 @@ class ModuleArtifact(Artifact):
         self._made_from, self.manifest = self.made_from, None  # from here on it describes the new folder
         self.pending_manifest()
         (state, fp), self._pending = self._pending, None
+
         def write_extra(tmp: Path) -> None:
             for name, data in (extra_files or {}).items():
                 (tmp / name).write_bytes(data)

@@ -78,16 +78,12 @@ class Pipeline:
         return next(iter(self.models.values())).tok_embeddings.weight.device
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Pipeline":
-        """Move the models (and the tokenizer, and any tensor the pipeline keeps) to `device`; cast the
-        models' floating-point weights to `dtype` (the tokenizer stays in float32). Returns self."""
+        """Move the models and the tokenizer to `device`; cast the models' floating-point weights to
+        `dtype` (the tokenizer stays in float32). Returns self."""
         for m in self.models.values():
             m.to(device=device, dtype=dtype)
-        if device is not None:
-            if self.tokenizer is not None:
-                self.tokenizer.to(device)
-            for name, value in list(vars(self).items()):
-                if isinstance(value, torch.Tensor):
-                    setattr(self, name, value.to(device))
+        if device is not None and self.tokenizer is not None:
+            self.tokenizer.to(device)
         self._step_fn = None  # a compiled step belongs to the old weights
         return self
 
@@ -113,13 +109,15 @@ class Pipeline:
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu", ema: bool | None = None,
                         dtype: torch.dtype | None = None, compile: bool = False):
         """Load a pipeline folder; every component must still have the fingerprint recorded in it."""
-        folder = PipelineFolder.load(path)
+        return cls._from_folder(PipelineFolder.load(path), device=device, ema=ema, dtype=dtype, compile=compile)
+
+    @classmethod
+    def _from_folder(cls, folder: PipelineFolder, **kwargs):
         if folder.config.type != cls.type:
-            raise ArtifactError(f"{path} is a '{folder.config.type}' pipeline; load it with "
+            raise ArtifactError(f"{folder.folder} is a '{folder.config.type}' pipeline; load it with "
                                 f"{'CTFPipeline' if folder.config.type == 'ctf' else 'BaselinePipeline'}")
-        return cls.from_folders(tokenizer=folder.component("tokenizer"), device=device, ema=ema, dtype=dtype,
-                                compile=compile, sampling=folder.config.sampling,
-                                **{r: folder.component(r) for r in ROLES[cls.type]})
+        return cls.from_folders(tokenizer=folder.component("tokenizer"), sampling=folder.config.sampling,
+                                **{r: folder.component(r) for r in ROLES[cls.type]}, **kwargs)
 
     def save_pretrained(self, path: str | Path, *, copy: bool = True, overwrite: bool = False) -> Path:
         """Write a pipeline folder. Loaded from folders: copies (copy=True) or references them, as
@@ -316,8 +314,8 @@ class BaselinePipeline(Pipeline):
 
 def load_pipeline(path: str | Path, **kwargs) -> Pipeline:
     """CTFPipeline or BaselinePipeline, whichever the folder holds."""
-    kind = PipelineFolder.load(path).config.type
-    return {"ctf": CTFPipeline, "baseline": BaselinePipeline}[kind].from_pretrained(path, **kwargs)
+    folder = PipelineFolder.load(path)  # read once: the class it names loads from it
+    return {"ctf": CTFPipeline, "baseline": BaselinePipeline}[folder.config.type]._from_folder(folder, **kwargs)
 
 
 def to_pil(images_NHWC: np.ndarray) -> list:

@@ -151,7 +151,7 @@ class Trainer:
         codes = CodeStore.open(codes_dir)
         coarse = CoarseMap.load(coarse_map_dir) if coarse_map_dir is not None else None
         check_inputs(self.cfg.kind, codes, coarse, codes_dir=str(codes_dir), coarse_dir=str(coarse_map_dir))
-        return codes, (None if self.cfg.kind == "baseline" else coarse)
+        return codes, (coarse if KINDS[self.cfg.kind].needs_coarse_map else None)
 
     def parallelize(self, weights: dict[str, torch.Tensor] | None) -> None:
         """Move the model to the device (with the checkpoint's `weights`), compile it when asked,

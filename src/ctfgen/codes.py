@@ -214,13 +214,18 @@ def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "non
     from .data.classes import classes_json
 
     encoded = {dataset.split: np.bincount(labels, minlength=dataset.num_classes).tolist()}
+    description = dataset.describe()
+    composited, note = dataset.transparency_note(n)
+    if note:
+        print(note, file=sys.stderr)
     store = CodeStore.save(
         out_dir, (_load_chunk(work, c, (min(n, c + chunk) - c, n_views, g * g)) for c in starts), labels,
         config=CodesConfig(split=dataset.split, limit=limit, views=views, crop_range=crop_range, n_views=n_views,
                            grid=[g, g], vocab_size=V, num_classes=dataset.num_classes,
                            class_names=list(dataset.class_names)),
-        made_from={"tokenizer": tokenizer.fingerprint, "data": dataset.fingerprint, "data_description": dataset.describe()},
+        made_from={"tokenizer": tokenizer.fingerprint, "data": dataset.fingerprint, "data_description": description},
         info={"images": n, "seconds": round(time.time() - t0, 1), "processes": world,
+              **({"composited_images": composited} if "background" in description else {}),
               **({"resumed_images": resumed} if resumed else {})},
         extra_files={CLASSES_FILE: classes_json(dataset_class_table(dataset, counts=encoded))}, overwrite=overwrite)
     shutil.rmtree(work, ignore_errors=True)

@@ -80,6 +80,21 @@ class ImageDataset(torch.utils.data.Dataset):
         """Augmented uint8 HWC views of image i (see `make_views`); the label is `labels[i]`."""
         return make_views(self.uint8_image(i), mode, self.resolution, crop_range)
 
+    def transparent_count(self, n: int | None = None) -> int:
+        """How many of the first `n` images (default: all) are composited onto a background: those
+        with an alpha channel or a transparent colour (only image files have them; arrays: 0)."""
+        return 0
+
+    def transparency_note(self, n: int | None = None) -> tuple[int, str | None]:
+        """(transparent_count(n), a line saying so and onto what, or None when there are none)."""
+        count = self.transparent_count(n)
+        if not count:
+            return 0, None
+        bg = self.describe().get("background", "")
+        total = len(self) if n is None else min(n, len(self))
+        return count, (f"{count} of {total} {self.split} images have transparency: composited onto the background "
+                       f"{bg} (--background)")
+
     def describe(self) -> dict:
         return {
             "source": self.source,

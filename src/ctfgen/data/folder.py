@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ..errors import CtfgenError
 from .classes import ALLOW_HINT, natural_key
 from .dataset import ImageDataset, data_fingerprint
+from .modes import WHITE, has_transparency, to_8bit
 from .preprocess import center_crop_arr, make_views, to_hwc
 
 IMAGE_EXTENSIONS = frozenset(
@@ -63,16 +64,28 @@ def _list_images(class_dir: Path) -> list[tuple[str, int, int]]:
     return found
 
 
-def open_image(path: str | os.PathLike, channels: int) -> Image.Image:
-    """Decode a file as an "L" or "RGB" PIL image; any decoding problem names the file."""
+def open_image(path: str | os.PathLike, channels: int, background: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Decode a file as an "L" or "RGB" PIL image, converted by the rules of data/modes.py
+    (transparency composited onto `background`); any decoding problem names the file."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. palette-with-transparency notices
             with Image.open(path) as im:
                 im.load()
-                return im.convert("L" if channels == 1 else "RGB")
+                return to_8bit(im, channels, background, path)
     except _READ_ERRORS as e:
         raise CtfgenError(f"{path}: cannot read image ({e})") from None
+
+
+def _transparent(path: str) -> bool:
+    """Whether the file's header declares transparency (no pixels are decoded); unreadable: False."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                return has_transparency(im)
+    except _READ_ERRORS:
+        return False
 
 
 def _readable(path: str) -> bool:
@@ -107,7 +120,7 @@ def _class_dirs(folder: Path) -> set[str]:
 
 class FolderImageDataset(ImageDataset):
     def __init__(self, path: str | os.PathLike, split: str, *, resolution: int, channels: int, skip_bad: bool = False,
-                 allow_empty_classes: bool = False):
+                 allow_empty_classes: bool = False, background: tuple[int, int, int] = WHITE):
         root, split_roots = _data_root(Path(path), split)
         if not _class_dirs(root):
             raise CtfgenError(f"{root}: no class sub-folders found (expected {root}/<class>/<image files>)")
@@ -116,11 +129,13 @@ class FolderImageDataset(ImageDataset):
         self.class_names = class_dirs
         self.source, self.path, self.split = "folder", str(path), split
         self.resolution, self.channels = resolution, channels
+        self.background = tuple(background)
 
         files: list[str] = []
         labels: list[int] = []
         h = hashlib.sha256()
         h.update(("\0".join(class_dirs) + "\n").encode())  # the id of each class is part of the data
+        h.update(f"background {self.background}\n".encode())  # it changes the pixels of transparent images
         for label, name in enumerate(tqdm(class_dirs, desc=f"indexing {root}", unit="class", leave=False)):
             entries = _list_images(root / name) if (root / name).is_dir() else []
             if not entries and not allow_empty_classes:
@@ -154,13 +169,22 @@ class FolderImageDataset(ImageDataset):
         # a class left without readable images is refused by load_dataset's class check
         return [f for f, k in zip(files, keep) if k], [y for y, k in zip(labels, keep) if k]
 
+    def transparent_count(self, n: int | None = None) -> int:
+        # Headers only, on threads: a fraction of the cost of decoding the images once.
+        paths = [str(self.root / os.fsdecode(f)) for f in self.files[:n]]
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            return sum(pool.map(_transparent, paths, chunksize=64))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "background": ",".join(map(str, self.background))}
+
     def file(self, i: int) -> Path:
         """Absolute path of image i."""
         return self.root / os.fsdecode(self.files[self._index(i)])
 
     def original(self, i: int) -> Image.Image:
         """Image i as decoded, before cropping (in the configured channel mode)."""
-        return open_image(self.file(i), self.channels)
+        return open_image(self.file(i), self.channels, self.background)
 
     def uint8_image(self, i: int) -> np.ndarray:
         img = self.original(i)

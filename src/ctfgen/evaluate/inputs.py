@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ..artifacts import MANIFEST
 from ..errors import CtfgenError
+from ..data.modes import GREY_MODES, WHITE, to_8bit
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 _LABEL_PART = re.compile(r"^(?:class|label|c|y)(\d+)$", re.IGNORECASE)
@@ -131,8 +132,8 @@ def load_folder_samples(folder: Path, *, limit: int | None = None, progress: boo
     for p in tqdm(files, desc="reading samples", disable=not progress or len(files) < 1000, unit="img"):
         try:
             with Image.open(p) as im:
-                grey = im.mode in ("L", "I;16", "1", "LA")
-                arrays.append(np.asarray(im.convert("L" if grey else "RGB")))
+                # 16-bit grey scaled, transparency composited onto white: the data loader's rules
+                arrays.append(np.asarray(to_8bit(im, 1 if im.mode in GREY_MODES else 3, WHITE, p)))
         except OSError as e:
             raise CtfgenError(f"{p}: unreadable image: {e}") from None
     shapes = {a.shape[:2] for a in arrays}

@@ -129,6 +129,10 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, *, device: s
     classes = dataset_class_table(train_ds, test_ds)
     if progress:
         print(describe_classes(classes))
+        for ds in (train_ds, test_ds):
+            note = ds.transparency_note()[1]
+            if note:
+                print(note)
     if len(train_ds) < cfg.batch_size:
         raise CtfgenError(f"training split has {len(train_ds)} images, fewer than batch_size {cfg.batch_size}")
     model = VQModel(cfg.vq).to(device).train()

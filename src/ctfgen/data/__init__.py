@@ -33,6 +33,11 @@ FASHION_MNIST_CLASSES = [
 ]  # fmt: skip
 # Fashion-MNIST and MNIST draw on a black (0) background, so padding with 0 adds no edge.
 IDX_BACKGROUND = 0
+# The size Fashion-MNIST-like idx images are served at by default (the fmnist tokenizer's).
+IDX_PAD_TO = 32
+# idx images smaller than the resolution by at most this fraction are padded, not resampled,
+# so Fashion-MNIST 28x28 reaches 32x32 with its pixels untouched.
+PAD_FRACTION = 0.25
 # Transparent pixels of image files are composited onto this colour (data/modes.py): white is what
 # image viewers and browsers show, and what icons and clip-art with alpha are drawn to sit on.
 NAMED_BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
@@ -94,6 +99,31 @@ def load_dataset(cfg: DataConfig, split: str = "train") -> ImageDataset:
                                 background=parse_background(cfg.background))
     check_classes(ds, allow_empty=cfg.allow_empty_classes)
     return ds
+
+
+def stored_format(cfg: DataConfig, split: str = "train") -> tuple[int, int | None, str]:
+    """(channels, resolution, what they were read from) of the data's images as stored, ignoring
+    cfg.channels and cfg.resolution: the format for a consumer that has none of its own (the domain
+    classifier). idx: grey, and Fashion-MNIST-sized images (a quarter smaller than 32 at most) count
+    as 32, the size they are padded to; npz: the array's channels and short side; folders: see
+    folder.stored_format. resolution is None when the images' short sides differ."""
+    path = cfg.resolved_path()
+    if cfg.source == "folder":
+        from .folder import stored_format as folder_format
+
+        return folder_format(path, split)
+    if cfg.source == "npz":
+        from . import npz as _npz
+
+        file = _npz.split_file(path, split)
+        images = _npz.read_npz(file).images
+        channels = images.shape[3] if images.ndim == 4 else 1
+        return channels, min(images.shape[1:3]), f"{file}: images {'x'.join(map(str, images.shape[1:]))}"
+    ds = _load_idx(cfg, path, split)
+    side = min(ds.images.shape[1:3])
+    padded = IDX_PAD_TO * (1 - PAD_FRACTION) <= side <= IDX_PAD_TO
+    return 1, IDX_PAD_TO if padded else side, (f"{path}: grey {side}x{side} idx images"
+                                               + (f", padded to {IDX_PAD_TO}" if padded else ""))
 
 
 def _load_idx(cfg: DataConfig, path: str, split: str) -> ArrayImageDataset:
@@ -176,5 +206,5 @@ __all__ = [
     "ArrayImageDataset", "CLASSES_FILE", "DataConfig", "FolderImageDataset", "ImageDataset", "FASHION_MNIST_CLASSES",
     "SOURCES", "VIEW_MODES", "center_crop_arr", "check_classes", "class_counts", "convert_channels",
     "data_fingerprint", "dataset_class_table", "describe_classes", "load_dataset", "make_views", "natural_key",
-    "pad_to", "parse_background", "to_tensor",
+    "pad_to", "parse_background", "stored_format", "to_tensor",
 ]  # fmt: skip

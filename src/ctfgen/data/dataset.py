@@ -9,11 +9,9 @@ import torch
 from tqdm import tqdm
 
 from ..errors import CtfgenError
+from . import PAD_FRACTION
 from .preprocess import center_crop_arr, convert_channels, make_views, pad_to, to_tensor
 
-# idx images smaller than the resolution by at most this fraction are padded, not resampled,
-# so Fashion-MNIST 28x28 reaches 32x32 with its pixels untouched.
-PAD_FRACTION = 0.25
 
 
 def data_fingerprint(source: str, split: str, content: str, resolution: int, channels: int) -> str:

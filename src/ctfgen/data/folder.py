@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..errors import CtfgenError
 from .classes import ALLOW_HINT, natural_key
 from .dataset import ImageDataset, data_fingerprint
-from .modes import WHITE, has_transparency, to_8bit
+from .modes import GREY_MODES, WHITE, has_transparency, to_8bit
 from .preprocess import center_crop_arr, make_views, to_hwc
 
 IMAGE_EXTENSIONS = frozenset(
@@ -86,6 +86,45 @@ def _transparent(path: str) -> bool:
                 return has_transparency(im)
     except _READ_ERRORS:
         return False
+
+
+def stored_format(path: str | os.PathLike, split: str, per_class: int = 8) -> tuple[int, int | None, str]:
+    """(channels, resolution, what was read) of a class-folder tree's images as stored, from the
+    headers of the first `per_class` files of each class of `split`: channels 3 when any of them is
+    in a colour mode (a palette counts when it holds a colour), else 1; resolution the short side they
+    share, None when it differs."""
+    root, _ = _data_root(Path(path), split)
+    picks = [str(root / name / rel) for name in sorted(_class_dirs(root), key=natural_key)
+             for rel, _, _ in _list_images(root / name)[:per_class]]
+    if not picks:
+        raise CtfgenError(f"{root}: no images in its class folders")
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        found = [f for f in pool.map(_mode_and_size, picks) if f is not None]
+    if not found:
+        raise CtfgenError(f"{root}: none of the first {per_class} images of each class could be read")
+    colour = [p for p, mode, _ in found if mode not in GREY_MODES]
+    sides = {min(size) for _, _, size in found}
+    channels = 3 if colour else 1
+    what = (f"{len(found)} images read (the first {per_class} of each class): "
+            + (f"colour, e.g. {os.path.relpath(colour[0], root)}" if colour else "all grey"))
+    if len(sides) == 1:
+        return channels, sides.pop(), f"{what}, short side {min(found[0][2])}"
+    return channels, None, f"{what}, short sides {sorted(sides)[:4]} differ"
+
+
+def _mode_and_size(path: str) -> tuple[str, str, tuple[int, int]] | None:
+    """(path, mode, size) from the header; a palette image's mode is "L" when its palette is grey."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                mode = im.mode
+                if mode in ("P", "PA"):
+                    rgb = np.asarray(im.getpalette() or [0, 0, 0], np.int64).reshape(-1, 3)
+                    mode = "L" if (rgb == rgb[:, :1]).all() else "RGB"
+                return path, mode, im.size
+    except _READ_ERRORS:
+        return None
 
 
 def _readable(path: str) -> bool:

@@ -30,6 +30,7 @@ from .config import to_dict
 from .dist import joined_group
 from .errors import ArtifactError, CtfgenError
 from .filecheck import verify_file
+from .progress import bar_off
 
 KIND = "codes"
 CHUNK = 4096  # images per saved piece of an encoding run: what a kill can lose
@@ -191,7 +192,7 @@ def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "non
     starts = list(range(0, n, chunk))
     mine = [c for i, c in enumerate(starts) if i % world == rank and not _chunk_path(work, c).is_file()]
     bar = tqdm(total=sum(min(n, c + chunk) - c for c in mine), desc=f"encode {dataset.split}"
-               + (f" [rank {rank}]" if world > 1 else ""), disable=not progress or rank != 0, unit="img")
+               + (f" [rank {rank}]" if world > 1 else ""), disable=bar_off(progress and rank == 0), unit="img")
     try:
         tokenizer = tokenizer.to(device).eval()
         for c in mine:

@@ -92,3 +92,22 @@ def test_eval_refuses_a_classifier_of_another_format(tmp_path, capsys):
     with pytest.raises(CtfgenError, match="but the samples are 16x16 with 1"):
         grey16 = RNG.integers(0, 256, (20, 16, 16, 1), dtype=np.uint8)
         evaluate_images(grey16, reference=Reference(grey16, None, "r", {}), classifier=model, progress=False)
+
+
+def test_tokenizer_train_keeps_the_colour_of_rgb_data(tmp_path, capsys, monkeypatch):
+    """The fmnist preset is grey; on colour data without --channels the tokenizer is RGB (was: grey, silently)."""
+    import ctfgen.tokenizer.train as tokenizer_train
+
+    seen = {}
+    monkeypatch.setattr(tokenizer_train, "train_tokenizer", lambda cfg, out, **kw: seen.setdefault("cfg", cfg) and {})
+    data = _colour_tree(tmp_path / "rgb", size=8)
+    argv = ["tokenizer", "train", "--data", "folder", "--data-path", str(data), "--out", str(tmp_path / "tok")]
+    assert main(argv) == 0
+    assert (seen["cfg"].vq.channels, seen["cfg"].data.channels, seen["cfg"].vq.resolution) == (3, 3, 32)
+    assert "channels: 3, the data's, not the fmnist preset's 1" in capsys.readouterr().out
+    seen.clear()
+    assert main(argv + ["--channels", "1"]) == 0 and seen["cfg"].vq.channels == 1
+    grey = _colour_tree(tmp_path / "grey", size=8, grey=True)
+    seen.clear()
+    assert main(["tokenizer", "train", "--data", "folder", "--data-path", str(grey), "--out", str(tmp_path / "t2")]) == 0
+    assert seen["cfg"].vq.channels == 1

@@ -246,6 +246,11 @@ def add_data_args(p: argparse.ArgumentParser, *, sized: bool = True, size_defaul
     add_background_arg(g)
 
 
+def set_option_help(p: argparse.ArgumentParser, flag: str, text: str) -> None:
+    """Replace the help of one option that a shared helper (add_data_args) added."""
+    p._option_string_actions[flag].help = text
+
+
 def add_background_arg(p) -> None:
     p.add_argument("--background", default="white", type=background_colour, metavar="white|black|R,G,B",
                    help="folder data: colour that transparent pixels (RGBA, LA, palette transparency) are composited "

@@ -131,7 +131,7 @@ def test_good_values_parse():
                                    "--cfg", "1", "--device", "cuda:1"])
     assert a.classes == [0, 3, 2] and a.per_class == 1 and a.top_p == 1.0 and a.device == "cuda:1"
     assert build_parser().parse_args(["sample"]).classes == "all"
-    b = build_parser().parse_args(["train", "baseline", "--codes", "c", "--out", "o", "--preset", "GPT-B",
+    b = build_parser().parse_args(["train", "baseline", "--codes", "c", "--out", "o", "--steps", "1", "--preset", "GPT-B",
                                    "--model-opt", "cls_rope=identity", "--model-opt", "token_dropout=0.2"])
     assert b.model_opt == [("cls_rope", "identity"), ("token_dropout", 0.2)] and b.lr is None
 
@@ -152,7 +152,10 @@ def test_train_lr_defaults_to_the_preset(monkeypatch):
     assert seen == {"tiny": SHORT_RUN_LR, "B": LLAMAGEN_LR} and SHORT_RUN_LR == 8e-3
     assert cli_main(["train", "baseline", "--codes", "c", "--out", "o", "--steps", "1", "--lr", "3e-4"]) == 0
     assert seen["tiny"] == 3e-4
-    assert cli_main(["train", "baseline", "--codes", "c", "--out", "o"]) == 2  # neither --steps nor --epochs
+    for length in ([], ["--steps", "0"]):  # neither --steps nor --epochs (0 is their default): argparse refuses it
+        with pytest.raises(SystemExit) as e:
+            cli_main(["train", "baseline", "--codes", "c", "--out", "o", *length])
+        assert e.value.code == 2
 
 
 def test_parser_constants_match_the_registries():

@@ -227,6 +227,8 @@ def run_eval(args) -> int:
         inception=inception, cache=cache, k=args.k, batch_size=args.batch_size, device=device,
         metadata=metadata, progress=progress, min_classifier_accuracy=args.min_classifier_accuracy,
     )
+    # a model card quotes it beside the metrics (sample/model_card.py)
+    result["command"] = getattr(args, "command_line", None)
     for warning in result.get("warnings", []):
         print(f"ctfgen eval: warning: {warning}", file=sys.stderr)
     out = Path(args.out) if args.out else _default_out(Path(args.samples))

@@ -57,6 +57,17 @@ def register(sub) -> None:
     _add_sampling_args(m, title="sampling defaults stored in the pipeline")
     m.set_defaults(func=_run_make)
 
+    c = group.add_parser("card", help="rewrite a pipeline folder's model card (README.md) with measured metrics",
+                         description="Rewrite DIR/README.md, the model card with the Hugging Face Hub's front matter, "
+                                     "from the folder's manifests and the given `ctfgen eval` results of samples its "
+                                     "models made (each quoted with the command that measured it); results of other "
+                                     "models' samples are refused. Only README.md changes.")
+    c.add_argument("folder", metavar="DIR", help="a local pipeline folder (`ctfgen pipeline make`)")
+    c.add_argument("--eval", action="append", default=[], metavar="JSON",
+                   help="a `ctfgen eval` result of this pipeline's samples; repeat for more (default: none, no metrics)")
+    c.add_argument("--license", metavar="ID", help="the Hub license id, e.g. mit or apache-2.0 (default: not stated)")
+    c.set_defaults(func=_run_card)
+
 
 def _add_model_args(p, *, pipeline: bool = True) -> None:
     g = p.add_argument_group("models")
@@ -102,6 +113,20 @@ def _run_make(args) -> int:
     out = make_pipeline(args.out, tokenizer=args.tokenizer, copy=not args.reference, overwrite=args.overwrite,
                         sampling=sampling, **dirs)
     print(f"pipeline ({'ctf' if 'ar' in dirs else 'baseline'}) written to {out}")
+    return 0
+
+
+def _run_card(args) -> int:
+    from pathlib import Path
+
+    from ..sample.model_card import write_model_card
+    from ..sample.pipeline_folder import PipelineFolder
+
+    folder = Path(args.folder)
+    if not folder.is_dir():  # a Hub repository in the cache is read-only: edit the folder that was pushed
+        raise CtfgenError(f"{folder}: no such pipeline folder")
+    card = write_model_card(folder, PipelineFolder.load(folder), evaluations=args.eval, license=args.license)
+    print(f"model card written to {card} ({len(args.eval)} evaluation(s))")
     return 0
 
 

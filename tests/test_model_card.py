@@ -17,7 +17,7 @@ import torch
 import yaml
 from huggingface_hub import ModelCard, constants
 
-from test_sample import CLASSES, make_folders
+from test_sample import CLASSES, ctf, folders  # noqa: F401  (fixtures)
 
 from ctfgen.cli import main as cli_main
 from ctfgen.errors import ArtifactError, CtfgenError
@@ -27,16 +27,6 @@ from ctfgen.sample.model_card import PIPELINE_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # a snapshot's name in the cache is its commit hash
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    return make_folders(tmp_path_factory.mktemp("card"))
-
-
-@pytest.fixture(scope="module")
-def ctf(folders):
-    return CTFPipeline.from_folders(tokenizer=folders["tokenizer"], ar=folders["ar"], aux=folders["aux"])
 
 
 def front_matter(card: Path) -> dict:

@@ -184,7 +184,7 @@ def card_text(pf: "PipelineFolder", manifests: dict[str, dict], evaluations: Seq
     lines = [
         f"# {name}", "",
         f"A class-conditional image generator made with ctfgen: {side}x{side} {colour} images of "
-        f"{first.get('num_classes')} classes from a {first.get('grid')}x{first.get('grid')} grid of tokens "
+        f"{first.get('num_classes')} classes, each made of {first.get('grid')}x{first.get('grid')} tokens "
         f"(a codebook of {tok.get('codebook_size')} codes). {kind}", "",
         "## Use", "",
         "```python",
@@ -231,7 +231,9 @@ def describe_training(m: dict) -> str:
     train = (m.get("config") or {}).get("train") or (m.get("info") or {}).get("train_config") or {}
     if not train:
         return "not recorded"
-    parts = [f"{train[k]} {k.replace('_', ' ')}" for k in ("steps", "batch_size") if train.get(k)]
+    parts = [f"{train['steps']} steps"] if train.get("steps") else []
+    if train.get("batch_size"):
+        parts.append(f"batch size {train['batch_size']}")
     if train.get("preset"):
         parts.append(f"preset {train['preset']}")
     return ", ".join(parts) or "not recorded"

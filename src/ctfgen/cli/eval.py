@@ -250,7 +250,8 @@ def register_nll(sub) -> None:
                     "sum_i log p_stage2(x_i | coarse), reported per stage; the baseline: its token log-probabilities. "
                     "Give a pipeline folder, or the model folders.")
     p.add_argument("--codes", required=True, metavar="DIR", help="code store to score (the test split's codes)")
-    p.add_argument("--pipeline", metavar="DIR", help="a CTF or baseline pipeline folder (ctfgen pipeline make)")
+    p.add_argument("--pipeline", metavar="DIR", help="a CTF or baseline pipeline folder (ctfgen pipeline make), or a "
+                   "Hub repository id user/name in the local Hugging Face cache")
     p.add_argument("--ar", metavar="DIR", help="stage-1 model folder (with --aux, --coarse-map or --stage2 uniform/frequency)")
     p.add_argument("--aux", metavar="DIR", help="stage-2 model folder")
     p.add_argument("--baseline", metavar="DIR", help="baseline model folder")

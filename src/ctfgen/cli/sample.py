@@ -72,7 +72,8 @@ def register(sub) -> None:
 def _add_model_args(p, *, pipeline: bool = True) -> None:
     g = p.add_argument_group("models")
     if pipeline:
-        g.add_argument("--pipeline", metavar="DIR", help="a pipeline folder (from `ctfgen pipeline make`)")
+        g.add_argument("--pipeline", metavar="DIR", help="a pipeline folder (from `ctfgen pipeline make`), or a Hub "
+                       "repository id user/name already in the local Hugging Face cache")
     g.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder")
     g.add_argument("--ar", metavar="DIR", help="stage-1 model folder (`ctfgen train ar`)")
     g.add_argument("--aux", metavar="DIR", help="stage-2 model folder (`ctfgen train aux`)")

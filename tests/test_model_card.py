@@ -79,14 +79,16 @@ def test_card_quotes_measured_metrics_with_their_command(ctf, folders, tmp_path,
     np.savez(tmp_path / "ref.npz", arr_0=rng.integers(0, 256, (40, 16, 16, 1), dtype=np.uint8))
     results = {}
     for name, folder in (("ctf", pipe), ("base", base)):
-        assert cli_main(["sample", "--pipeline", str(folder), "--per-class", "4", "--seed", "3", "--device", "cpu",
-                         "--no-progress", "--png-dir", str(tmp_path / f"s-{name}")]) == 0
+        sample = ["sample", "--pipeline", str(folder), "--per-class", "4", "--seed", "3", "--device", "cpu",
+                  "--no-progress", "--png-dir", str(tmp_path / f"s-{name}")]
+        assert cli_main(sample) == 0
         argv = ["eval", str(tmp_path / f"s-{name}"), "--ref", str(tmp_path / "ref.npz"), "--classifier",
                 str(tmp_path / "clf"), "--inception", "none", "--cache", "none", "--quiet",
                 "--out", str(tmp_path / f"e-{name}.json")]
         assert cli_main(argv) == 0
         results[name] = json.loads((tmp_path / f"e-{name}.json").read_text())
         assert results[name]["command"] == "ctfgen " + " ".join(argv)
+        assert results[name]["metadata"]["sampling"]["command"] == "ctfgen " + " ".join(sample)
     capsys.readouterr()
     assert cli_main(["pipeline", "card", str(pipe), "--eval", str(tmp_path / "e-ctf.json"), "--license", "mit"]) == 0
     meta = front_matter(pipe / "README.md")
@@ -95,7 +97,8 @@ def test_card_quotes_measured_metrics_with_their_command(ctf, folders, tmp_path,
     assert got == measured and meta["license"] == "mit"
     assert meta["ctfgen"]["evaluations"][0]["command"] == results["ctf"]["command"]
     text = (pipe / "README.md").read_text()
-    assert results["ctf"]["command"] in text and results["ctf"]["warnings"]
+    assert results["ctf"]["command"] in text and results["ctf"]["metadata"]["sampling"]["command"] in text
+    assert results["ctf"]["warnings"]
     assert all(f"Warning from `ctfgen eval`: {w}" in text for w in results["ctf"]["warnings"])
     CTFPipeline.from_pretrained(pipe)  # only README.md changed: the folder still loads
     # another pipeline's samples, or a result that cannot say which models made them: refused, card unchanged

@@ -165,8 +165,10 @@ def _run_sample(args) -> int:
         samples = pipe.generate(labels, seed=args.seed, batch_size=args.batch_size,
                                 progress=not args.no_progress, **given_flags(SamplingConfig, args))
         if info.is_main:
+            # the command goes on a model card beside the metrics of these samples (sample/model_card.py);
+            # it makes the same images under torchrun or not
             extra = {"type": pipe.type, "classes": classes, "per_class": args.per_class,
-                     "world_size": info.world_size, "dtype": args.dtype}
+                     "world_size": info.world_size, "dtype": args.dtype, "command": getattr(args, "command_line", None)}
             if args.grid:
                 print(f"grid: {save_grid(args.grid, samples, scale=args.grid_scale)}")
             if args.png_dir:

@@ -76,7 +76,7 @@ class Evaluation:
         made = meta.get("sampling") or {}
         samples = {"count": (r.get("samples") or {}).get("count"), "made_from": meta.get("made_from") or {},
                    "seed": made.get("seed"), "settings": made.get("sampling") or {},
-                   **{k: made[k] for k in ("classes", "per_class", "dtype") if k in made}}
+                   **{k: made[k] for k in ("classes", "per_class", "dtype", "command") if made.get(k) is not None}}
         reference = {k: ref[k] for k in ("source", "split", "path", "used", "fingerprint") if k in ref}
         if reference.get("source") == "npz" and "path" in reference:  # its folder says nothing off this machine
             reference["path"] = Path(reference["path"]).name
@@ -248,8 +248,9 @@ def evaluation_lines(evaluations: Sequence[Evaluation]) -> list[str]:
         s = e.samples
         settings = ", ".join(f"{k}={v}" for k, v in s.get("settings", {}).items()) or "not recorded"
         classes = f", classes {json.dumps(s['classes'])} x {s.get('per_class', '?')}" if "classes" in s else ""
+        made = ["Samples made by", "", "```", s["command"], "```", ""] if s.get("command") else []
         out += [f"Measurement {i}: {s.get('count')} samples (seed {s.get('seed')}{classes}; {settings}) against "
-                f"{e.reference.get('used', '?')} images of {e.dataset}, measured by", "",
+                f"{e.reference.get('used', '?')} images of {e.dataset}.", "", *made, "Measured by", "",
                 "```", e.command, "```", "",
                 *(f"Warning from `ctfgen eval`: {w}" for w in e.warnings), *([""] if e.warnings else []),
                 "| metric | value |", "|---|---|",

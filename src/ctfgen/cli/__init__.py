@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import shlex
 import sys
 
 from ..errors import CtfgenError
@@ -62,10 +63,12 @@ ALIASES = {("eval", "nll"): "eval-nll"}
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    typed = shlex.join(["ctfgen", *argv])  # what results record as the command that made them
     for words, command in ALIASES.items():
         if tuple(argv[:len(words)]) == words:
             argv = [command, *argv[len(words):]]
     args = parser.parse_args(argv)
+    args.command_line = typed
     if not getattr(args, "func", None):
         # A group command given without its sub-command: show that group's help.
         (getattr(args, "_group_parser", None) or parser).print_help()

@@ -249,6 +249,8 @@ def run_eval(args) -> int:
         inception=inception, cache=cache, k=args.k, batch_size=args.batch_size, device=device,
         metadata=metadata, progress=progress, min_classifier_accuracy=args.min_classifier_accuracy,
     )
+    # a model card quotes it beside the metrics (sample/model_card.py)
+    result["command"] = getattr(args, "command_line", None)
     for warning in result.get("warnings", []):
         print(f"ctfgen eval: warning: {warning}", file=sys.stderr)
     out = Path(args.out) if args.out else _default_out(Path(args.samples))
@@ -270,7 +272,8 @@ def register_nll(sub) -> None:
                     "sum_i log p_stage2(x_i | coarse), reported per stage; the baseline: its token log-probabilities. "
                     "Give a pipeline folder, or the model folders.")
     p.add_argument("--codes", required=True, metavar="DIR", help="code store to score (the test split's codes)")
-    p.add_argument("--pipeline", metavar="DIR", help="a CTF or baseline pipeline folder (ctfgen pipeline make)")
+    p.add_argument("--pipeline", metavar="DIR", help="a CTF or baseline pipeline folder (ctfgen pipeline make), or a "
+                   "Hub repository id user/name in the local Hugging Face cache")
     p.add_argument("--ar", metavar="DIR", help="stage-1 model folder (with --aux, --coarse-map or --stage2 uniform/frequency)")
     p.add_argument("--aux", metavar="DIR", help="stage-2 model folder")
     p.add_argument("--baseline", metavar="DIR", help="baseline model folder")

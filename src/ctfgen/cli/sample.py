@@ -57,11 +57,23 @@ def register(sub) -> None:
     _add_sampling_args(m, title="sampling defaults stored in the pipeline")
     m.set_defaults(func=_run_make)
 
+    c = group.add_parser("card", help="rewrite a pipeline folder's model card (README.md) with measured metrics",
+                         description="Rewrite DIR/README.md, the model card with the Hugging Face Hub's front matter, "
+                                     "from the folder's manifests and the given `ctfgen eval` results of samples its "
+                                     "models made (each quoted with the command that measured it); results of other "
+                                     "models' samples are refused. Only README.md changes.")
+    c.add_argument("folder", metavar="DIR", help="a local pipeline folder (`ctfgen pipeline make`)")
+    c.add_argument("--eval", action="append", default=[], metavar="JSON",
+                   help="a `ctfgen eval` result of this pipeline's samples; repeat for more (default: none, no metrics)")
+    c.add_argument("--license", metavar="ID", help="the Hub license id, e.g. mit or apache-2.0 (default: not stated)")
+    c.set_defaults(func=_run_card)
+
 
 def _add_model_args(p, *, pipeline: bool = True) -> None:
     g = p.add_argument_group("models")
     if pipeline:
-        g.add_argument("--pipeline", metavar="DIR", help="a pipeline folder (from `ctfgen pipeline make`)")
+        g.add_argument("--pipeline", metavar="DIR", help="a pipeline folder (from `ctfgen pipeline make`), or a Hub "
+                       "repository id user/name already in the local Hugging Face cache")
     g.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder")
     g.add_argument("--ar", metavar="DIR", help="stage-1 model folder (`ctfgen train ar`)")
     g.add_argument("--aux", metavar="DIR", help="stage-2 model folder (`ctfgen train aux`)")
@@ -105,6 +117,20 @@ def _run_make(args) -> int:
     return 0
 
 
+def _run_card(args) -> int:
+    from pathlib import Path
+
+    from ..sample.model_card import write_model_card
+    from ..sample.pipeline_folder import PipelineFolder
+
+    folder = Path(args.folder)
+    if not folder.is_dir():  # a Hub repository in the cache is read-only: edit the folder that was pushed
+        raise CtfgenError(f"{folder}: no such pipeline folder")
+    card = write_model_card(folder, PipelineFolder.load(folder), evaluations=args.eval, license=args.license)
+    print(f"model card written to {card} ({len(args.eval)} evaluation(s))")
+    return 0
+
+
 def _run_sample(args) -> int:
     import torch
 
@@ -139,8 +165,10 @@ def _run_sample(args) -> int:
         samples = pipe.generate(labels, seed=args.seed, batch_size=args.batch_size,
                                 progress=not args.no_progress, **given_flags(SamplingConfig, args))
         if info.is_main:
+            # the command goes on a model card beside the metrics of these samples (sample/model_card.py);
+            # it makes the same images under torchrun or not
             extra = {"type": pipe.type, "classes": classes, "per_class": args.per_class,
-                     "world_size": info.world_size, "dtype": args.dtype}
+                     "world_size": info.world_size, "dtype": args.dtype, "command": getattr(args, "command_line", None)}
             if args.grid:
                 print(f"grid: {save_grid(args.grid, samples, scale=args.grid_scale)}")
             if args.png_dir:

@@ -17,8 +17,11 @@ def register(sub) -> None:
                        description="Serve a web page that samples a CTF pipeline (and a baseline for the same "
                                    "seeds) and shows each image's coarse-label map, coarse image and final image.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pipeline", required=True, metavar="DIR", help="a CTF pipeline folder (`ctfgen pipeline make`)")
-    p.add_argument("--baseline-pipeline", metavar="DIR", help="a baseline pipeline folder, shown side by side")
+    p.add_argument("--pipeline", required=True, metavar="DIR",
+                   help="a CTF pipeline folder (`ctfgen pipeline make`), or a Hub repository id user/name in the "
+                        "local Hugging Face cache")
+    p.add_argument("--baseline-pipeline", metavar="DIR", help="a baseline pipeline folder (or cached Hub repository "
+                   "id), shown side by side")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int_range(0, 65535), default=7860, help="port (default: 7860)")
     p.add_argument("--max-images", type=positive_int, default=8, metavar="N", help="most images one request may ask for (default: 8)")

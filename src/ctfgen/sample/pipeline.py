@@ -108,7 +108,8 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu", ema: bool | None = None,
                         dtype: torch.dtype | None = None, compile: bool = False):
-        """Load a pipeline folder; every component must still have the fingerprint recorded in it."""
+        """Load a pipeline folder, or a Hub repository id "user/name" from the local Hugging Face cache
+        (never the network; hub.py); every component must still have the fingerprint recorded in it."""
         return cls._from_folder(PipelineFolder.load(path), device=device, ema=ema, dtype=dtype, compile=compile)
 
     @classmethod
@@ -119,13 +120,17 @@ class Pipeline:
         return cls.from_folders(tokenizer=folder.component("tokenizer"), sampling=folder.config.sampling,
                                 **{r: folder.component(r) for r in ROLES[cls.type]}, **kwargs)
 
-    def save_pretrained(self, path: str | Path, *, copy: bool = True, overwrite: bool = False) -> Path:
+    def save_pretrained(self, path: str | Path, *, copy: bool = True, overwrite: bool = False,
+                        evaluations: Sequence[Any] = (), license: str | None = None) -> Path:
         """Write a pipeline folder. Loaded from folders: copies (copy=True) or references them, as
         `ctfgen pipeline make` does. Built in memory: writes the tokenizer and model folders from the
-        modules (weights in their current dtype), each with its manifest and fingerprint."""
+        modules (weights in their current dtype), each with its manifest and fingerprint. Either way
+        with a model card, README.md (model_card.py): `evaluations` are `ctfgen eval` result files of
+        this pipeline's samples, `license` a Hub license id."""
         needed = ("tokenizer", *ROLES[self.type])
+        card = dict(evaluations=evaluations, license=license)
         if all(r in self.folders for r in needed):
-            return make_pipeline(path, copy=copy, sampling=self.sampling, overwrite=overwrite,
+            return make_pipeline(path, copy=copy, sampling=self.sampling, overwrite=overwrite, **card,
                                  **{r: self.folders[r] for r in needed})
         if self.tokenizer is None:
             raise CtfgenError("save_pretrained: this pipeline has no tokenizer, so it cannot make a pipeline folder")
@@ -146,7 +151,7 @@ class Pipeline:
             for role, art in arts.items():
                 art.save(tmp / role, info=recorded(art.module, "info"))
             PipelineFolder(PipelineFolderConfig(self.type, {r: r for r in needed}, self.sampling), fps,
-                           copied=True).write(tmp)
+                           copied=True).write(tmp, name=Path(path).name, **card)
         return Path(path)
 
     def _made_from(self) -> dict[str, str]:
@@ -315,7 +320,7 @@ class BaselinePipeline(Pipeline):
 
 
 def load_pipeline(path: str | Path, **kwargs) -> Pipeline:
-    """CTFPipeline or BaselinePipeline, whichever the folder holds."""
+    """CTFPipeline or BaselinePipeline, whichever the folder (or cached Hub repository "user/name") holds."""
     folder = PipelineFolder.load(path)  # read once: the class it names loads from it
     return {"ctf": CTFPipeline, "baseline": BaselinePipeline}[folder.config.type]._from_folder(folder, **kwargs)
 

@@ -6,6 +6,7 @@ components that do not belong together; pipeline.py's classes load and save them
     out/manifest.json    config {type: "ctf" | "baseline", components: {role: folder}, sampling},
                          made_from {tokenizer, ar, aux | baseline, coarse_map}: fingerprints
     out/tokenizer/, out/ar/, out/aux/ | out/baseline/   the copied folders (weights, no training state)
+    out/README.md        the model card (model_card.py): Hub front matter, provenance, measured metrics
 """
 from __future__ import annotations
 
@@ -59,19 +60,28 @@ class PipelineFolder(Artifact):
     def made_from(self) -> dict[str, Any]:
         return dict(self.fingerprints)
 
-    def write(self, tmp: Path) -> dict:
-        """The manifest, last, inside `artifact_dir` (the component folders are already in `tmp`)."""
+    def write(self, tmp: Path, *, name: str, evaluations: Sequence[Any] = (), license: str | None = None) -> dict:
+        """The model card (model_card.py: README.md named `name`, with `evaluations` and `license`),
+        then the manifest, last, inside `artifact_dir` (the component folders are already in `tmp`)."""
+        from .model_card import write_model_card
+
+        write_model_card(tmp, self, evaluations=evaluations, license=license, name=name)
         return self.write_manifest(tmp, config=to_dict(self.config), info={"copied": self.copied})
 
     @classmethod
     def load(cls, folder: str | Path) -> "PipelineFolder":
         """The folder's description, refusing one whose component folders changed since it was made
-        (another fingerprint) or are missing."""
-        folder = Path(folder)
+        (another fingerprint) or are missing. `folder` may be a Hub repository id "user/name" in the
+        local Hugging Face cache (hub.py); a local folder of that name wins."""
+        from .hub import check_shareable, resolve_pipeline_folder
+
+        given, folder = folder, resolve_pipeline_folder(folder)
         m = cls.read_manifest(folder)
         cfg = cls.typed_config(folder, m, PipelineFolderConfig)
         self = cls(cfg, m.get("made_from", {}), copied=bool(m.get("info", {}).get("copied")), folder=folder,
                    manifest=m)
+        if str(given) != str(folder):
+            check_shareable(folder, self.copied, str(given))
         for role in ("tokenizer", *ROLES[cfg.type]):
             if role not in cfg.components:
                 raise ArtifactError(f"{folder / MANIFEST}: config.components lacks '{role}'")
@@ -156,8 +166,11 @@ def copy_files(src: Path, dst: Path, names: Sequence[str]) -> None:
 
 def make_pipeline(out: str | Path, *, tokenizer: str | Path, ar: str | Path | None = None,
                   aux: str | Path | None = None, baseline: str | Path | None = None, copy: bool = True,
-                  sampling: SamplingConfig | None = None, overwrite: bool = False) -> Path:
-    """Write a pipeline folder: CTF (ar + aux) or the baseline, plus the tokenizer.
+                  sampling: SamplingConfig | None = None, overwrite: bool = False,
+                  evaluations: Sequence[Any] = (), license: str | None = None) -> Path:
+    """Write a pipeline folder: CTF (ar + aux) or the baseline, plus the tokenizer, and its model card
+    (README.md, model_card.py) with `evaluations` (`ctfgen eval` result files of its samples) and
+    `license` (a Hub license id; left out when None).
 
     copy=True copies the weights (not the training state) into the folder; copy=False records the
     absolute paths of the folders instead, and loading checks they still hold the same fingerprints.
@@ -185,5 +198,6 @@ def make_pipeline(out: str | Path, *, tokenizer: str | Path, ar: str | Path | No
                 refs[role] = role
             else:
                 refs[role] = str(src.resolve())
-        PipelineFolder(PipelineFolderConfig(kind, refs, sampling), fps, copied=copy).write(tmp)
+        PipelineFolder(PipelineFolderConfig(kind, refs, sampling), fps, copied=copy).write(
+            tmp, name=Path(out).name, evaluations=evaluations, license=license)
     return Path(out)

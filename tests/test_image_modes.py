@@ -165,3 +165,15 @@ def test_encode_prints_and_records_the_composited_count(tmp_path, capsys):
     assert manifest["info"]["composited_images"] == 4
     assert manifest["made_from"]["data_description"]["background"] == "255,255,255"
     assert len(store) == 6
+
+
+def test_an_i_mode_image_read_from_a_png_is_sixteen_bit():
+    """Pillow < 10 opens a 16-bit grey PNG as mode "I"; a PNG holds nothing wider, so it is scaled as 16-bit."""
+    from ctfgen.data.modes import to_8bit
+
+    im = Image.fromarray(np.array([[0, 257 * 100, 65535, 1000]], np.int32))
+    im.format = "PNG"  # as Image.open sets it
+    assert np.asarray(to_8bit(im, 1, (255, 255, 255), "x.png")).tolist() == [[0, 100, 255, 4]]
+    im.format = "TIFF"
+    with pytest.raises(CtfgenError, match=r"x.tif: 32-bit integer pixels \(PIL mode I\)"):
+        to_8bit(im, 1, (255, 255, 255), "x.tif")

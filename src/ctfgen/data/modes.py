@@ -5,7 +5,7 @@
 | 1, L, RGB, P (no transparency), CMYK, YCbCr, LAB, HSV, RGBX | PIL's conversion to "L" / "RGB" (no colour management) |
 | RGBA, LA, PA, RGBa, La, and P / L / RGB with a transparent colour (tRNS) | composited onto the background colour |
 | I;16, I;16L, I;16B, I;16N (16-bit grey) | round(v / 257): 0 -> 0, 65535 -> 255, 257*k -> k |
-| I (32-bit integers), F (32-bit floats) | refused: the file does not say what range the values span |
+| I (32-bit integers), F (32-bit floats) | refused: the file does not say what range the values span (an "I" image read from a PNG, as Pillow < 10 reads 16-bit grey PNGs, is 16-bit) |
 
 PIL's own conversion of a 16-bit image to "L" or "RGB" clips at 255 (issue 22: a 16-bit PNG came out
 all white), and dropping alpha keeps whatever colour the file stores under transparent pixels, which
@@ -40,6 +40,8 @@ def to_8bit(im: Image.Image, channels: int, background: tuple[int, int, int], pa
     Raises CtfgenError naming `path` and the mode for modes without a rule (I, F).
     """
     want = "L" if channels == 1 else "RGB"
+    if im.mode == "I" and im.format == "PNG":
+        im = im.convert("I;16")  # Pillow < 10 opens 16-bit grey PNGs as "I"; PNG holds no wider integers
     if im.mode in REFUSED:
         raise CtfgenError(
             f"{path}: {REFUSED[im.mode]} pixels (PIL mode {im.mode}) have no stated range, so they cannot be "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import subprocess
 import sys
@@ -130,7 +131,7 @@ def test_good_values_parse():
                                    "--cfg", "1", "--device", "cuda:1"])
     assert a.classes == [0, 3, 2] and a.per_class == 1 and a.top_p == 1.0 and a.device == "cuda:1"
     assert build_parser().parse_args(["sample"]).classes == "all"
-    b = build_parser().parse_args(["train", "baseline", "--codes", "c", "--out", "o", "--preset", "GPT-B",
+    b = build_parser().parse_args(["train", "baseline", "--codes", "c", "--out", "o", "--steps", "1", "--preset", "GPT-B",
                                    "--model-opt", "cls_rope=identity", "--model-opt", "token_dropout=0.2"])
     assert b.model_opt == [("cls_rope", "identity"), ("token_dropout", 0.2)] and b.lr is None
 
@@ -151,7 +152,10 @@ def test_train_lr_defaults_to_the_preset(monkeypatch):
     assert seen == {"tiny": SHORT_RUN_LR, "B": LLAMAGEN_LR} and SHORT_RUN_LR == 8e-3
     assert cli_main(["train", "baseline", "--codes", "c", "--out", "o", "--steps", "1", "--lr", "3e-4"]) == 0
     assert seen["tiny"] == 3e-4
-    assert cli_main(["train", "baseline", "--codes", "c", "--out", "o"]) == 2  # neither --steps nor --epochs
+    for length in ([], ["--steps", "0"]):  # neither --steps nor --epochs (0 is their default): argparse refuses it
+        with pytest.raises(SystemExit) as e:
+            cli_main(["train", "baseline", "--codes", "c", "--out", "o", *length])
+        assert e.value.code == 2
 
 
 def test_parser_constants_match_the_registries():
@@ -198,3 +202,43 @@ def test_train_commands_follow_the_kinds_table():
 def test_help_json_friendly_classes_list():
     # the parsed value is what the sample command records in its manifest
     assert json.dumps(_util.class_list("4,0")) == "[4, 0]"
+
+
+def test_every_command_takes_no_progress():
+    runnable = [path for path in COMMANDS if dict(_subparsers(build_parser()))[path].get_default("func")]
+    assert len(runnable) > 20
+    for path in runnable:
+        assert "--no-progress" in dict(_subparsers(build_parser()))[path]._option_string_actions, path
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_only_on_a_terminal_and_never_with_no_progress(tiny_data, tmp_path, capsys, monkeypatch):
+    """Issue 22: bars flooded logs redirected to a file, and only train and sample could turn them off."""
+    argv = ["classifier", "train", "--data", "npz", "--data-path", tiny_data.path, "--resolution", "16", "--channels", "1",
+            "--epochs", "1", "--width", "4"]
+    assert cli_main(argv + ["--out", str(tmp_path / "a")]) == 0
+    assert "%|" not in capsys.readouterr().err  # stderr is not a terminal here
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert cli_main(argv + ["--out", str(tmp_path / "b")]) == 0
+    assert "classifier: 100%|" in terminal.getvalue()
+    terminal.seek(0)
+    terminal.truncate()
+    assert cli_main(argv + ["--out", str(tmp_path / "c"), "--no-progress"]) == 0
+    assert "%|" not in terminal.getvalue()
+    monkeypatch.undo()
+
+
+def test_train_help_says_steps_or_epochs_is_required(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "ar", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(--steps STEPS | --epochs EPOCHS)" in text and "required: one of --steps and --epochs" in text
+    assert "(or --epochs), >= 0 (default: 0)" not in text
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["train", "ar", "--codes", "c", "--out", "o"])
+    assert e.value.code == 2 and "one of the arguments --steps --epochs is required" in capsys.readouterr().err

@@ -256,3 +256,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["cluster", "--tokenizer", str(tok), "--k", "4", "--linkage", "ward", "--out", str(tmp_path / "m")]) == 2
     assert "--linkage applies to the agglomerative method" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_cli_default_k_keeps_the_papers_codes_per_cluster(tmp_path, capsys):
+    """K defaults to V / 32 (16384 codes / 512 labels in the paper), said in --help: was 512 whatever V."""
+    tok = fake_tokenizer(tmp_path / "tok", blobs(n_codes=256), fingerprint="tokfp")
+    assert main(["cluster", "--tokenizer", str(tok), "--out", str(tmp_path / "map")]) == 0
+    assert "K=8 (codebook size / 32)" in capsys.readouterr().out
+    assert CoarseMap.load(tmp_path / "map").k == 8
+    with pytest.raises(SystemExit):
+        main(["cluster", "--help"])
+    assert "codebook size / 32" in " ".join(capsys.readouterr().out.split())

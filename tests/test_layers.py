@@ -9,7 +9,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "ctfgen"
 
 # What each top-level module or package may import from ctfgen (besides itself). Lower layers first;
 # docs/ARCHITECTURE.md explains the order.
-BASE = {"errors", "config", "filecheck", "lazy", "memory", "__version__"}
+BASE = {"errors", "config", "filecheck", "lazy", "memory", "progress", "__version__"}
 ALLOWED = {
     "errors": set(),
     "config": {"errors"},
@@ -17,6 +17,7 @@ ALLOWED = {
     "dist": {"errors"},
     "lazy": set(),
     "memory": set(),
+    "progress": set(),
     "run_state": set(),
     "safe_write": {"errors"},
     "artifacts": BASE | {"run_state", "safe_write"},

@@ -112,6 +112,28 @@ def test_class_names(service, tmp_path):
     assert class_names_for(types.SimpleNamespace(num_classes=CLASSES, folders={"tokenizer": tok})) == ["0", "1", "2"]
 
 
+def test_class_names_come_from_the_tokenizer_s_classes_json(tmp_path):
+    """A folder data set's class names (classes.json, written by `tokenizer train`) reach the page, also
+    through a copied pipeline folder (issue 22: the page showed ids); --class-names takes such a file too."""
+    from ctfgen.data.classes import class_table, classes_json
+    from ctfgen.tokenizer import load_tokenizer
+
+    f = make_folders(tmp_path / "f")
+    table = classes_json(class_table(["cat", "dog", "bird"], {"train": [5, 5, 5]}, source="folder"))
+    save_tokenizer(load_tokenizer(f["tokenizer"]), f["tokenizer"], overwrite=True, extra_files={"classes.json": table},
+                   made_from={"data_description": {"source": "folder"}})
+    pipe = make_pipeline(tmp_path / "pipe", tokenizer=f["tokenizer"], ar=f["ar"], aux=f["aux"])
+    assert PageService(CTFPipeline.from_pretrained(pipe)).class_names == ["cat", "dog", "bird"]
+    from ctfgen.cli.serve import _class_names
+
+    (tmp_path / "codes-classes.json").write_bytes(table)
+    assert _class_names(str(tmp_path / "codes-classes.json")) == ["cat", "dog", "bird"]
+    assert _class_names("a,b,c") == ["a", "b", "c"]
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(CtfgenError, match="bad.json: not a readable classes.json"):
+        _class_names(str(tmp_path / "bad.json"))
+
+
 def test_service_refuses_mismatched_pipelines(service):
     with pytest.raises(CtfgenError, match="must be a CTF pipeline"):
         PageService(service.baseline)

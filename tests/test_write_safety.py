@@ -20,7 +20,7 @@ from test_train import assert_same, cfg, make_coarse, make_codes, quiet, run_tra
 from ctfgen import artifacts, safe_write
 from ctfgen.artifacts import interrupted_writes
 from ctfgen.cli import main as cli_main
-from ctfgen.errors import ArtifactError
+from ctfgen.errors import ArtifactError, CtfgenError
 from ctfgen.train import checkpoint, train
 
 DISK_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"  # safetensors' words
@@ -297,3 +297,34 @@ def test_the_demo_resumes_an_unfinished_tokenizer_instead_of_reusing_it(tmp_path
     assert not _done(tmp_path / "tok")
     train_tokenizer(tokenizer_config(tiny_data), tmp_path / "tok", progress=False, ckpt_every=2)
     assert _done(tmp_path / "tok")
+
+
+def test_a_failed_encode_leaves_no_hidden_folder_without_chunks(tmp_path, capsys):
+    """Issue 22: an encode that failed on a bad image left an empty `.NAME.parts/` beside --out. Without a
+    finished chunk the work folder goes; with some it stays (a rerun resumes) and the message names it."""
+    from PIL import Image
+    from test_sample import TINY_VQ
+
+    from ctfgen.codes import encode_dataset
+    from ctfgen.data import DataConfig, load_dataset
+    from ctfgen.tokenizer import VQModel, vq_preset
+
+    data = tmp_path / "data"
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(data / c / f"{i}.png")
+    (data / "b" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"broken" * 8)  # image 9 of 12
+    torch.manual_seed(0)
+    tok = VQModel(vq_preset("fmnist", **TINY_VQ))
+    tok.fingerprint = "t"
+    ds = load_dataset(DataConfig(source="folder", path=str(data), resolution=16, channels=1))
+    out = tmp_path / "runs"
+    out.mkdir()
+    with pytest.raises(CtfgenError, match=r"3.png: cannot read image"):
+        encode_dataset(tok, ds, out / "codes", progress=False)
+    assert sorted(p.name for p in out.iterdir()) == []
+    with pytest.raises(CtfgenError, match=r"3.png: cannot read image"):
+        encode_dataset(tok, ds, out / "codes", chunk=4, progress=False)  # chunks 0-3 and 4-7 finished
+    assert sorted(p.name for p in out.iterdir()) == [".codes.parts"]
+    assert f"2 finished chunk(s) of this encoding are kept in {out / '.codes.parts'}" in capsys.readouterr().err

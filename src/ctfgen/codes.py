@@ -30,6 +30,7 @@ from .config import to_dict
 from .dist import joined_group
 from .errors import ArtifactError, CtfgenError
 from .filecheck import verify_file
+from .progress import bar_off
 
 KIND = "codes"
 CHUNK = 4096  # images per saved piece of an encoding run: what a kill can lose
@@ -185,25 +186,30 @@ def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "non
         _open_work(work, job)
     if world > 1:
         torch.distributed.barrier()
-    tokenizer = tokenizer.to(device).eval()
     from .data import to_tensor
 
     t0 = time.time()
     starts = list(range(0, n, chunk))
     mine = [c for i, c in enumerate(starts) if i % world == rank and not _chunk_path(work, c).is_file()]
     bar = tqdm(total=sum(min(n, c + chunk) - c for c in mine), desc=f"encode {dataset.split}"
-               + (f" [rank {rank}]" if world > 1 else ""), disable=not progress or rank != 0, unit="img")
-    for c in mine:
-        part = np.zeros((min(n, c + chunk) - c, n_views, g * g), dtype=np.uint16)
-        for start in range(c, c + len(part), batch_size):
-            idx = range(start, min(c + len(part), start + batch_size))
-            x = torch.stack([to_tensor(v) for i in idx for v in dataset.views(i, views, crop_range)]).to(device)
-            codes_BHW = tokenizer.encode_codes(x)
-            part[start - c:start - c + len(idx)] = codes_BHW.view(len(idx), n_views, -1).cpu().numpy().astype(np.uint16)
-            bar.update(len(idx))
-        _save_chunk(work, c, part)
-        if on_chunk is not None:
-            on_chunk(c)
+               + (f" [rank {rank}]" if world > 1 else ""), disable=bar_off(progress and rank == 0), unit="img")
+    try:
+        tokenizer = tokenizer.to(device).eval()
+        for c in mine:
+            part = np.zeros((min(n, c + chunk) - c, n_views, g * g), dtype=np.uint16)
+            for start in range(c, c + len(part), batch_size):
+                idx = range(start, min(c + len(part), start + batch_size))
+                x = torch.stack([to_tensor(v) for i in idx for v in dataset.views(i, views, crop_range)]).to(device)
+                codes_BHW = tokenizer.encode_codes(x)
+                part[start - c:start - c + len(idx)] = codes_BHW.view(len(idx), n_views, -1).cpu().numpy().astype(np.uint16)
+                bar.update(len(idx))
+            _save_chunk(work, c, part)
+            if on_chunk is not None:
+                on_chunk(c)
+    except BaseException:
+        bar.close()
+        _leave_work(work)
+        raise
     bar.close()
     if world > 1:
         torch.distributed.barrier()
@@ -214,13 +220,18 @@ def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "non
     from .data.classes import classes_json
 
     encoded = {dataset.split: np.bincount(labels, minlength=dataset.num_classes).tolist()}
+    description = dataset.describe()
+    composited, note = dataset.transparency_note(n)
+    if note:
+        print(note, file=sys.stderr)
     store = CodeStore.save(
         out_dir, (_load_chunk(work, c, (min(n, c + chunk) - c, n_views, g * g)) for c in starts), labels,
         config=CodesConfig(split=dataset.split, limit=limit, views=views, crop_range=crop_range, n_views=n_views,
                            grid=[g, g], vocab_size=V, num_classes=dataset.num_classes,
                            class_names=list(dataset.class_names)),
-        made_from={"tokenizer": tokenizer.fingerprint, "data": dataset.fingerprint, "data_description": dataset.describe()},
+        made_from={"tokenizer": tokenizer.fingerprint, "data": dataset.fingerprint, "data_description": description},
         info={"images": n, "seconds": round(time.time() - t0, 1), "processes": world,
+              **({"composited_images": composited} if "background" in description else {}),
               **({"resumed_images": resumed} if resumed else {})},
         extra_files={CLASSES_FILE: classes_json(dataset_class_table(dataset, counts=encoded))}, overwrite=overwrite)
     shutil.rmtree(work, ignore_errors=True)
@@ -238,6 +249,17 @@ def _drop_finished_work(out: Path) -> None:
     if (m.get("made_from", {}).get("tokenizer"), m.get("made_from", {}).get("data"), m.get("info", {}).get("images"),
             m.get("config", {}).get("views")) == (job.get("tokenizer"), job.get("data"), job.get("images"), job.get("views")):
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _leave_work(work: Path) -> None:
+    """After a failed or interrupted encoding: remove the work folder when it holds no finished chunk
+    (nothing to resume; issue 22: an empty hidden folder was left), else say where the chunks are kept."""
+    done = len(list(work.glob("chunk-*.npy"))) if work.is_dir() else 0
+    if not done:
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    print(f"note: {done} finished chunk(s) of this encoding are kept in {work}: running the same command again "
+          "resumes from them; delete that folder to start afresh", file=sys.stderr)
 
 
 def _open_work(work: Path, job: dict) -> None:

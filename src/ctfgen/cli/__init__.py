@@ -39,8 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
             modules.append(importlib.import_module(f"{__name__}.{info.name}"))
     for mod in sorted(modules, key=lambda m: getattr(m, "ORDER", 100)):
         mod.register(sub)
+    add_progress_flags(parser)
     apply_help_formatters(parser)
     return parser
+
+
+def add_progress_flags(parser: argparse.ArgumentParser) -> None:
+    """--no-progress on every command that runs something (those that had it keep their own help)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for p in set(action.choices.values()):
+                if p.get_default("func") and "--no-progress" not in p._option_string_actions:
+                    p.add_argument("--no-progress", action="store_true",
+                                   help="no progress bars (they are only drawn when stderr is a terminal anyway)")
+                add_progress_flags(p)
 
 
 # Spellings of a command that argparse cannot express as sub-commands: `ctfgen eval` takes a samples
@@ -61,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         # A group command given without its sub-command: show that group's help.
         (getattr(args, "_group_parser", None) or parser).print_help()
         return 2
+    from ..progress import set_progress
+
+    set_progress(not (getattr(args, "no_progress", False) or getattr(args, "quiet", False)))
     try:
         return args.func(args) or 0
     except CtfgenError as e:

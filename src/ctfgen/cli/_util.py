@@ -123,6 +123,18 @@ def device(text: str) -> str:
     return text
 
 
+def background_colour(text: str) -> str:
+    """white, black or R,G,B (each 0..255); kept as text (DataConfig.background)."""
+    from ..data import parse_background
+    from ..errors import CtfgenError
+
+    try:
+        parse_background(text)
+    except CtfgenError:
+        raise argparse.ArgumentTypeError(f"expected white, black or R,G,B with each 0..255, got {text!r}") from None
+    return text
+
+
 def class_list(text: str) -> list[int] | str:
     """'all', or comma-separated distinct class ids >= 0 (at least one)."""
     if text.strip() == "all":
@@ -231,6 +243,18 @@ def add_data_args(p: argparse.ArgumentParser, *, sized: bool = True, size_defaul
                    help="folder data: leave out unreadable images (counted and listed in classes.json) instead of failing")
     g.add_argument("--allow-empty-classes", action="store_true",
                    help="keep class ids without images in a split (gaps in the labels, empty class folders) instead of refusing them")
+    add_background_arg(g)
+
+
+def set_option_help(p: argparse.ArgumentParser, flag: str, text: str) -> None:
+    """Replace the help of one option that a shared helper (add_data_args) added."""
+    p._option_string_actions[flag].help = text
+
+
+def add_background_arg(p) -> None:
+    p.add_argument("--background", default="white", type=background_colour, metavar="white|black|R,G,B",
+                   help="folder data: colour that transparent pixels (RGBA, LA, palette transparency) are composited "
+                        "onto; recorded in the manifests")
 
 
 def data_config(args, *, default_resolution: int = 32, default_channels: int = 1):
@@ -239,7 +263,7 @@ def data_config(args, *, default_resolution: int = 32, default_channels: int = 1
     return DataConfig(source=args.data, path=args.data_path,
                       resolution=getattr(args, "resolution", None) or default_resolution,
                       channels=getattr(args, "channels", None) or default_channels, skip_bad=args.skip_bad,
-                      allow_empty_classes=args.allow_empty_classes)
+                      allow_empty_classes=args.allow_empty_classes, background=args.background)
 
 
 # Parse-time checks and choices by field name, for fields whose `option` (config.py) gives none:

@@ -5,7 +5,8 @@ import argparse
 import json
 import time
 
-from ._util import CLUSTER_METHODS, DATA_SOURCES, add_group, int_range, nonempty, nonneg_int, positive_int, seed_int
+from ._util import (CLUSTER_METHODS, DATA_SOURCES, add_background_arg, add_group, int_range, nonempty, nonneg_int,
+                    positive_int, seed_int)
 
 ORDER = 45
 
@@ -29,6 +30,7 @@ def register(sub) -> None:
     p.add_argument("--data-path", default=None, help="folder or file of the data (default: none; fashion-mnist has its own)")
     p.add_argument("--allow-empty-classes", action="store_true",
                    help="accept class ids without images in the split (docs/DATA.md)")
+    add_background_arg(p)
     p.add_argument("--split", default="test", type=nonempty, help="data split to draw the images from (default test)")
     p.add_argument("--n", type=positive_int, default=512, help="number of images, drawn at random with --seed (default 512)")
     p.add_argument("--k", type=int_range(2), nargs="+", default=[32, 128, 512],
@@ -57,7 +59,7 @@ def _load_images(args, resolution: int, channels: int):
     from ..data import DataConfig, load_dataset
 
     ds = load_dataset(DataConfig(source=args.data, path=args.data_path, resolution=resolution, channels=channels,
-                                 allow_empty_classes=args.allow_empty_classes), args.split)
+                                 allow_empty_classes=args.allow_empty_classes, background=args.background), args.split)
     n = min(args.n, len(ds))
     picks = np.sort(np.random.default_rng(args.seed).choice(len(ds), size=n, replace=False))
     return torch.stack([ds[int(i)][0] for i in picks]), ds

@@ -7,6 +7,9 @@ import time
 from ._util import CLUSTER_METHODS, int_range, positive_int, seed_int
 
 ORDER = 40
+# The paper clusters LlamaGen's 16384 codes into 512 coarse labels; a default K keeps that ratio, so a
+# smaller codebook does not get clusters of a handful of codes (512 of a 4096-code book: 8 each).
+CODES_PER_CLUSTER = 16384 // 512
 
 DESCRIPTION = """Cluster the tokenizer's codebook vectors into K groups. A code's cluster is its coarse
 label (predicted by stage 1); its codebook index is its fine label (predicted by stage 2).
@@ -29,7 +32,9 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer artifact folder (from `ctfgen tokenizer`)")
-    p.add_argument("--k", type=int_range(2), default=512, help="number of coarse labels K, 2 <= K <= codebook size (default 512, the paper's)")
+    p.add_argument("--k", type=int_range(2), default=None,
+                   help=f"number of coarse labels K, 2 <= K <= codebook size (default: the codebook size / {CODES_PER_CLUSTER}, "
+                        f"the paper's ratio of 16384 codes to 512 labels; 128 for the fmnist tokenizer's 4096 codes)")
     p.add_argument(
         "--method", default="kmeans", choices=CLUSTER_METHODS,
         help="how to group the codewords (see below; default kmeans)",
@@ -45,6 +50,11 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the coarse map to")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     p.set_defaults(func=run)
+
+
+def default_k(codebook_size: int) -> int:
+    """K when --k is not given: codebook_size / CODES_PER_CLUSTER, at least 2."""
+    return max(2, codebook_size // CODES_PER_CLUSTER)
 
 
 def _method_options(args) -> dict:
@@ -73,16 +83,17 @@ def run(args) -> int:
     if Path(args.out).exists() and not args.overwrite:
         raise CtfgenError(f"{args.out} already exists; choose another folder or pass --overwrite")
     codebook_VD, tok_fp = load_codebook(args.tokenizer)
+    k = args.k or default_k(codebook_VD.shape[0])
     start = time.perf_counter()
     cmap = build_coarse_map(
-        codebook_VD, args.k, method=args.method, seed=args.seed, normalize=not args.raw,
+        codebook_VD, k, method=args.method, seed=args.seed, normalize=not args.raw,
         tokenizer_fingerprint=tok_fp, **_method_options(args),
     )
     seconds = time.perf_counter() - start
     out = cmap.save(args.out, overwrite=args.overwrite, info={"seconds": round(seconds, 3)})
     sizes = cmap.sizes()
     print(f"codebook: {cmap.num_codes} codes x {codebook_VD.shape[1]} dims ({'raw' if args.raw else 'L2-normalised'})")
-    print(f"K={cmap.k} method={cmap.method} seed={cmap.seed}")
+    print(f"K={cmap.k}{'' if args.k else f' (codebook size / {CODES_PER_CLUSTER})'} method={cmap.method} seed={cmap.seed}")
     print(f"cluster sizes: min {sizes['min']}  mean {sizes['mean']:.1f}  max {sizes['max']}")
     print(f"time: {seconds:.2f} s")
     print(f"saved: {out} (fingerprint {cmap.fingerprint})")

@@ -63,7 +63,8 @@ def register(sub) -> None:
 
     g = add_group(sub, "classifier", help="domain classifier for evaluation")
     t = g.add_parser("train", help="train the small CNN whose features give classifier-FID/IS and precision/recall")
-    add_data_args(t, size_default="32 and 1: Fashion-MNIST's")
+    add_data_args(t, size_default="the data's: read from the images, printed; the samples to evaluate must have "
+                                  "this size and channel count")
     t.add_argument("--out", required=True, help="artifact folder to write")
     t.add_argument("--epochs", type=positive_int, default=6, help="passes over the training split")
     t.add_argument("--width", type=positive_int, default=16, help="channels of the first conv block")
@@ -97,7 +98,7 @@ def run_classifier_train(args) -> int:
     from ..evaluate.classifier import ClassifierConfig, ClassifierTrainConfig, accuracy, save_classifier, train_classifier
 
     device = setup_device(args)
-    data_cfg = data_config(args, default_resolution=32, default_channels=1)
+    data_cfg = _classifier_data(args)
     train_ds, test_ds = load_dataset(data_cfg, "train"), load_dataset(data_cfg, "test")
     classes = dataset_class_table(train_ds, test_ds)
     print(describe_classes(classes))
@@ -118,6 +119,25 @@ def run_classifier_train(args) -> int:
     )
     print(f"classifier: test accuracy {acc:.4f} after {seconds:.0f}s of training -> {args.out}")
     return 0
+
+
+def _classifier_data(args):
+    """The data config of `classifier train`: the image format is the data's own unless given (issue 22:
+    a grey classifier trained on RGB data scored RGB samples by their luma, without a word)."""
+    from dataclasses import replace
+
+    from ..data import stored_format
+
+    cfg = data_config(args)
+    channels, resolution, what = stored_format(cfg, "train")
+    if args.resolution is None and resolution is None:
+        raise CtfgenError(f"the images' sizes differ ({what}); give --resolution: the size of the samples the "
+                          "classifier will evaluate (the tokenizer's resolution)")
+    cfg = replace(cfg, channels=args.channels or channels, resolution=args.resolution or resolution)
+    given = [f for f in ("channels", "resolution") if getattr(args, f) is not None]
+    print(f"image format: {cfg.channels} channel(s), {cfg.resolution}x{cfg.resolution} "
+          f"({'given: --' + ', --'.join(given) + '; ' if given else ''}data: {what})")
+    return cfg
 
 
 def _split_ref(ref: str) -> tuple[Path | None, str]:
@@ -200,22 +220,24 @@ def _default_out(samples_path: Path) -> Path:
 
 def run_eval(args) -> int:
     from ..artifacts import atomic_write_json
+    from ..evaluate.core import check_classifier_input
     from ..evaluate.inputs import summarize_metadata
     from ..evaluate import InceptionFeatures, cache_dir, classifier_info, evaluate_images, load_classifier, load_samples
 
     device = setup_device(args)
     progress = not args.quiet
     samples = load_samples(args.samples, limit=args.max_samples or None, progress=progress)
+    clf, clf_info = None, None
+    if args.classifier:
+        clf, manifest = load_classifier(args.classifier, device=device)
+        clf_info = classifier_info(manifest, folder=str(args.classifier))
+        check_classifier_input(clf, samples.images, args.classifier)  # before the reference is read
     reference = _reference(args, samples)
     cache = None if args.cache == "none" else cache_dir(args.cache)
     # the ONNX copy of Inception lives beside the reference statistics; with no cache it is made afresh
     inception = None if args.inception == "none" else InceptionFeatures(
         None if args.inception == "default" else args.inception, device=device,
         onnx_cache=cache / "onnx" if cache is not None else False)
-    clf, clf_info = None, None
-    if args.classifier:
-        clf, manifest = load_classifier(args.classifier, device=device)
-        clf_info = classifier_info(manifest, folder=str(args.classifier))
     metadata = {
         "samples_path": str(Path(args.samples).resolve()),
         "label_source": samples.label_source,

@@ -27,9 +27,9 @@ def register(sub) -> None:
     p.add_argument("--max-images", type=positive_int, default=8, metavar="N", help="most images one request may ask for (default: 8)")
     p.add_argument("--queue-size", type=positive_int, default=64, metavar="N",
                    help="requests that may wait; more are refused until the queue drains (default: 64)")
-    p.add_argument("--class-names", metavar="A,B,...",
-                   help="comma-separated class names (default: Fashion-MNIST's when the tokenizer was trained on it, "
-                        "else the ids)")
+    p.add_argument("--class-names", metavar="A,B,...|FILE",
+                   help="class names: comma-separated, or a classes.json (e.g. the code store's, runs/codes/classes.json) "
+                        "(default: the names in the tokenizer's classes.json, written by `tokenizer train`; else the ids)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even when the run kept an EMA")
     add_device_args(p)
     p.set_defaults(func=_run)
@@ -45,7 +45,20 @@ def _run(args) -> int:
     ema = False if args.no_ema else None
     ctf = load_pipeline(args.pipeline, device=device, ema=ema)
     baseline = load_pipeline(args.baseline_pipeline, device=device, ema=ema) if args.baseline_pipeline else None
-    names = args.class_names.split(",") if args.class_names else None
+    names = _class_names(args.class_names)
     service = PageService(ctf, baseline, class_names=names, max_images=args.max_images)
     serve(service, host=args.host, port=args.port, queue_size=args.queue_size)
     return 0
+
+
+def _class_names(text: str | None) -> list[str] | None:
+    """--class-names: a classes.json file's names, or the comma-separated list."""
+    from pathlib import Path
+
+    if not text:
+        return None
+    if text.endswith(".json") or Path(text).is_file():
+        from ..data.classes import read_class_names
+
+        return read_class_names(text)
+    return text.split(",")

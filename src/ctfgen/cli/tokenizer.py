@@ -19,6 +19,7 @@ from ._util import (
     positive_float,
     positive_int,
     seed_int,
+    set_option_help,
     setup_device,
 )
 
@@ -32,6 +33,9 @@ def register(sub) -> None:
                     description="Train a VQ tokenizer (LlamaGen's architecture family) with reconstruction, "
                                 "codebook and commitment losses and dead-code restarts; report test-split PSNR, "
                                 "codebook usage and perplexity; save a tokenizer folder with a reconstruction grid.")
+    set_option_help(p, "--channels", "1 grey, 3 RGB; images are converted (default: the data's: 3 when its images "
+                                     "are in colour, printed when it differs from the preset's)")
+    set_option_help(p, "--resolution", "image size; other sizes are centre-cropped and resized (default: the preset's)")
     p.add_argument("--out", required=True, help="tokenizer folder to write")
     p.add_argument("--preset", default="fmnist", choices=TOKENIZER_PRESETS,
                    help="architecture preset: fmnist (32x32 -> 8x8, codebook 4096), vq16 (LlamaGen VQ-16) or vq8 (VQ-8)")
@@ -109,6 +113,14 @@ def _train(args) -> int:
     overrides = {k: v for k, v in (("codebook_size", args.codebook_size), ("codebook_dim", args.codebook_dim), ("ch", args.ch)) if v}
     vq = vq_preset(args.preset, **overrides)
     data = data_config(args, default_resolution=vq.resolution, default_channels=vq.channels)
+    if args.channels is None:
+        from ..data import stored_format
+
+        channels, _, what = stored_format(data, "train")
+        if channels != data.channels:  # a grey tokenizer would silently drop the data's colour (and vice versa)
+            data = replace(data, channels=channels)
+            print(f"channels: {channels}, the data's, not the {args.preset} preset's {vq.channels} ({what}); "
+                  "--channels chooses")
     vq = replace(vq, resolution=data.resolution, channels=data.channels).validate()
     cfg = TokenizerTrainConfig(vq=vq, data=data, minutes=args.minutes, gan_weight=args.gan_weight,
                                gan_start=args.gan_start, lpips_weight=args.lpips_weight,

@@ -35,6 +35,7 @@ def register(sub) -> None:
 LR_DEFAULT = ("by --preset: 8e-3 for tiny and small, the best rate measured for their runs of 200-1000 steps "
               "(docs/RESULTS.md); 1e-4, LlamaGen's, for B and larger")
 FLAG_OPTS = dict(switches=True, shown={"lr": LR_DEFAULT})
+LENGTH_REQUIRED = {name: "none; required: one of --steps and --epochs" for name in ("steps", "epochs")}
 
 
 def _add_args(p: argparse.ArgumentParser, kind: str) -> None:
@@ -57,7 +58,9 @@ def _add_args(p: argparse.ArgumentParser, kind: str) -> None:
         add_config_flags(m, TrainConfig, only=("aux_coarse_noise",), **FLAG_OPTS)
 
     o = p.add_argument_group("optimisation (LlamaGen's recipe by default)")
-    add_config_flags(o.add_mutually_exclusive_group(), TrainConfig, only=("steps", "epochs"), **FLAG_OPTS)
+    # argparse refuses a command line with neither, and the usage line shows them as required
+    add_config_flags(o.add_mutually_exclusive_group(required=True), TrainConfig, only=("steps", "epochs"),
+                     **{**FLAG_OPTS, "shown": {**FLAG_OPTS["shown"], **LENGTH_REQUIRED}})
     add_config_flags(o, TrainConfig, only=("batch_size", "lr", "warmup_steps", "cosine", "min_lr_ratio", "weight_decay",
                                            "grad_clip", "ema", "seed"), **FLAG_OPTS)
     p.set_defaults(lr=None)  # None: default_lr(--preset), decided when the preset is known

@@ -33,6 +33,27 @@ FASHION_MNIST_CLASSES = [
 ]  # fmt: skip
 # Fashion-MNIST and MNIST draw on a black (0) background, so padding with 0 adds no edge.
 IDX_BACKGROUND = 0
+# The size Fashion-MNIST-like idx images are served at by default (the fmnist tokenizer's).
+IDX_PAD_TO = 32
+# idx images smaller than the resolution by at most this fraction are padded, not resampled,
+# so Fashion-MNIST 28x28 reaches 32x32 with its pixels untouched.
+PAD_FRACTION = 0.25
+# Transparent pixels of image files are composited onto this colour (data/modes.py): white is what
+# image viewers and browsers show, and what icons and clip-art with alpha are drawn to sit on.
+NAMED_BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
+
+
+def parse_background(text: str) -> tuple[int, int, int]:
+    """'white', 'black' or 'R,G,B' (each 0..255) -> an RGB triple; CtfgenError otherwise."""
+    if not isinstance(text, str):
+        raise CtfgenError(f"data.background: expected white, black or R,G,B, got {text!r}")
+    named = NAMED_BACKGROUNDS.get(text.strip().lower())
+    if named:
+        return named
+    parts = text.split(",")
+    if len(parts) == 3 and all(p.strip().isdigit() and int(p) <= 255 for p in parts):
+        return tuple(int(p) for p in parts)  # type: ignore[return-value]
+    raise CtfgenError(f"data.background: expected white, black or R,G,B with each 0..255, got {text!r}")
 
 
 @dataclass
@@ -43,6 +64,7 @@ class DataConfig:
     channels: int = 1  # 1: grey, 3: RGB; images are converted as needed
     skip_bad: bool = False  # folder source: leave out unreadable images (decodes all at load)
     allow_empty_classes: bool = False  # keep class ids that have no image in a split (else refused)
+    background: str = "white"  # folder source: colour under transparent pixels: white, black or R,G,B
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -53,6 +75,7 @@ class DataConfig:
             raise CtfgenError(f"data.channels: expected 1 (grey) or 3 (RGB), got {self.channels!r}")
         if self.path is None and self.source != "fashion-mnist":
             raise CtfgenError(f"data.path: source {self.source!r} needs a path (only fashion-mnist has a default)")
+        parse_background(self.background)
 
     def resolved_path(self) -> str:
         if self.path is not None:
@@ -72,9 +95,35 @@ def load_dataset(cfg: DataConfig, split: str = "train") -> ImageDataset:
         from .folder import FolderImageDataset
 
         ds = FolderImageDataset(path, split, resolution=cfg.resolution, channels=cfg.channels,
-                                skip_bad=cfg.skip_bad, allow_empty_classes=cfg.allow_empty_classes)
+                                skip_bad=cfg.skip_bad, allow_empty_classes=cfg.allow_empty_classes,
+                                background=parse_background(cfg.background))
     check_classes(ds, allow_empty=cfg.allow_empty_classes)
     return ds
+
+
+def stored_format(cfg: DataConfig, split: str = "train") -> tuple[int, int | None, str]:
+    """(channels, resolution, what they were read from) of the data's images as stored, ignoring
+    cfg.channels and cfg.resolution: the format for a consumer that has none of its own (the domain
+    classifier). idx: grey, and Fashion-MNIST-sized images (a quarter smaller than 32 at most) count
+    as 32, the size they are padded to; npz: the array's channels and short side; folders: see
+    folder.stored_format. resolution is None when the images' short sides differ."""
+    path = cfg.resolved_path()
+    if cfg.source == "folder":
+        from .folder import stored_format as folder_format
+
+        return folder_format(path, split)
+    if cfg.source == "npz":
+        from . import npz as _npz
+
+        file = _npz.split_file(path, split)
+        images = _npz.read_npz(file).images
+        channels = images.shape[3] if images.ndim == 4 else 1
+        return channels, min(images.shape[1:3]), f"{file}: images {'x'.join(map(str, images.shape[1:]))}"
+    ds = _load_idx(cfg, path, split)
+    side = min(ds.images.shape[1:3])
+    padded = IDX_PAD_TO * (1 - PAD_FRACTION) <= side <= IDX_PAD_TO
+    return 1, IDX_PAD_TO if padded else side, (f"{path}: grey {side}x{side} idx images"
+                                               + (f", padded to {IDX_PAD_TO}" if padded else ""))
 
 
 def _load_idx(cfg: DataConfig, path: str, split: str) -> ArrayImageDataset:
@@ -157,5 +206,5 @@ __all__ = [
     "ArrayImageDataset", "CLASSES_FILE", "DataConfig", "FolderImageDataset", "ImageDataset", "FASHION_MNIST_CLASSES",
     "SOURCES", "VIEW_MODES", "center_crop_arr", "check_classes", "class_counts", "convert_channels",
     "data_fingerprint", "dataset_class_table", "describe_classes", "load_dataset", "make_views", "natural_key",
-    "pad_to", "to_tensor",
+    "pad_to", "parse_background", "stored_format", "to_tensor",
 ]  # fmt: skip

@@ -122,3 +122,22 @@ def classes_json(table: dict) -> bytes:
     import json
 
     return (json.dumps(table, indent=1, ensure_ascii=False) + "\n").encode()
+
+
+def read_class_names(path) -> list[str]:
+    """The names, in id order, of a classes.json (`classes_json`) that a tokenizer, a code store or a
+    classifier folder holds; CtfgenError naming the file when it is not one."""
+    import json
+    from pathlib import Path
+
+    try:
+        table = json.loads(Path(path).read_text())
+        rows = table["classes"]
+        names = {int(r["id"]): str(r["name"]) for r in rows}
+        n = int(table["num_classes"])
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise CtfgenError(f"{path}: not a readable {CLASSES_FILE} (expected num_classes and classes with id and "
+                          f"name; {type(e).__name__}: {e})") from None
+    if sorted(names) != list(range(n)):
+        raise CtfgenError(f"{path}: its classes have ids {sorted(names)[:5]}..., expected 0..{n - 1}")
+    return [names[i] for i in range(n)]

@@ -9,11 +9,10 @@ import torch
 from tqdm import tqdm
 
 from ..errors import CtfgenError
+from ..progress import bar_off
+from . import PAD_FRACTION
 from .preprocess import center_crop_arr, convert_channels, make_views, pad_to, to_tensor
 
-# idx images smaller than the resolution by at most this fraction are padded, not resampled,
-# so Fashion-MNIST 28x28 reaches 32x32 with its pixels untouched.
-PAD_FRACTION = 0.25
 
 
 def data_fingerprint(source: str, split: str, content: str, resolution: int, channels: int) -> str:
@@ -72,13 +71,29 @@ class ImageDataset(torch.utils.data.Dataset):
         """Preprocessed images `indices` (default: all) stacked as uint8 (N, H, W, C)."""
         idx = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
         out = np.empty((len(idx), self.resolution, self.resolution, self.channels), np.uint8)
-        for k, i in enumerate(tqdm(idx, desc=f"loading {self.split}", unit="img", leave=False, mininterval=1.0)):
+        for k, i in enumerate(tqdm(idx, desc=f"loading {self.split}", unit="img", leave=False,
+                                         mininterval=1.0, disable=bar_off())):
             out[k] = self.uint8_image(int(i))
         return out
 
     def views(self, i: int, mode: str, crop_range: float = 1.1) -> list[np.ndarray]:
         """Augmented uint8 HWC views of image i (see `make_views`); the label is `labels[i]`."""
         return make_views(self.uint8_image(i), mode, self.resolution, crop_range)
+
+    def transparent_count(self, n: int | None = None) -> int:
+        """How many of the first `n` images (default: all) are composited onto a background: those
+        with an alpha channel or a transparent colour (only image files have them; arrays: 0)."""
+        return 0
+
+    def transparency_note(self, n: int | None = None) -> tuple[int, str | None]:
+        """(transparent_count(n), a line saying so and onto what, or None when there are none)."""
+        count = self.transparent_count(n)
+        if not count:
+            return 0, None
+        bg = self.describe().get("background", "")
+        total = len(self) if n is None else min(n, len(self))
+        return count, (f"{count} of {total} {self.split} images have transparency: composited onto the background "
+                       f"{bg} (--background)")
 
     def describe(self) -> dict:
         return {

@@ -23,8 +23,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import CtfgenError
+from ..progress import bar_off
 from .classes import ALLOW_HINT, natural_key
 from .dataset import ImageDataset, data_fingerprint
+from .modes import GREY_MODES, WHITE, has_transparency, to_8bit
 from .preprocess import center_crop_arr, make_views, to_hwc
 
 IMAGE_EXTENSIONS = frozenset(
@@ -63,16 +65,67 @@ def _list_images(class_dir: Path) -> list[tuple[str, int, int]]:
     return found
 
 
-def open_image(path: str | os.PathLike, channels: int) -> Image.Image:
-    """Decode a file as an "L" or "RGB" PIL image; any decoding problem names the file."""
+def open_image(path: str | os.PathLike, channels: int, background: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Decode a file as an "L" or "RGB" PIL image, converted by the rules of data/modes.py
+    (transparency composited onto `background`); any decoding problem names the file."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. palette-with-transparency notices
             with Image.open(path) as im:
                 im.load()
-                return im.convert("L" if channels == 1 else "RGB")
+                return to_8bit(im, channels, background, path)
     except _READ_ERRORS as e:
         raise CtfgenError(f"{path}: cannot read image ({e})") from None
+
+
+def _transparent(path: str) -> bool:
+    """Whether the file's header declares transparency (no pixels are decoded); unreadable: False."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                return has_transparency(im)
+    except _READ_ERRORS:
+        return False
+
+
+def stored_format(path: str | os.PathLike, split: str, per_class: int = 8) -> tuple[int, int | None, str]:
+    """(channels, resolution, what was read) of a class-folder tree's images as stored, from the
+    headers of the first `per_class` files of each class of `split`: channels 3 when any of them is
+    in a colour mode (a palette counts when it holds a colour), else 1; resolution the short side they
+    share, None when it differs."""
+    root, _ = _data_root(Path(path), split)
+    picks = [str(root / name / rel) for name in sorted(_class_dirs(root), key=natural_key)
+             for rel, _, _ in _list_images(root / name)[:per_class]]
+    if not picks:
+        raise CtfgenError(f"{root}: no images in its class folders")
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        found = [f for f in pool.map(_mode_and_size, picks) if f is not None]
+    if not found:
+        raise CtfgenError(f"{root}: none of the first {per_class} images of each class could be read")
+    colour = [p for p, mode, _ in found if mode not in GREY_MODES]
+    sides = {min(size) for _, _, size in found}
+    channels = 3 if colour else 1
+    what = (f"{len(found)} images read (the first {per_class} of each class): "
+            + (f"colour, e.g. {os.path.relpath(colour[0], root)}" if colour else "all grey"))
+    if len(sides) == 1:
+        return channels, sides.pop(), f"{what}, short side {min(found[0][2])}"
+    return channels, None, f"{what}, short sides {sorted(sides)[:4]} differ"
+
+
+def _mode_and_size(path: str) -> tuple[str, str, tuple[int, int]] | None:
+    """(path, mode, size) from the header; a palette image's mode is "L" when its palette is grey."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                mode = im.mode
+                if mode in ("P", "PA"):
+                    rgb = np.asarray(im.getpalette() or [0, 0, 0], np.int64).reshape(-1, 3)
+                    mode = "L" if (rgb == rgb[:, :1]).all() else "RGB"
+                return path, mode, im.size
+    except _READ_ERRORS:
+        return None
 
 
 def _readable(path: str) -> bool:
@@ -107,7 +160,7 @@ def _class_dirs(folder: Path) -> set[str]:
 
 class FolderImageDataset(ImageDataset):
     def __init__(self, path: str | os.PathLike, split: str, *, resolution: int, channels: int, skip_bad: bool = False,
-                 allow_empty_classes: bool = False):
+                 allow_empty_classes: bool = False, background: tuple[int, int, int] = WHITE):
         root, split_roots = _data_root(Path(path), split)
         if not _class_dirs(root):
             raise CtfgenError(f"{root}: no class sub-folders found (expected {root}/<class>/<image files>)")
@@ -116,12 +169,15 @@ class FolderImageDataset(ImageDataset):
         self.class_names = class_dirs
         self.source, self.path, self.split = "folder", str(path), split
         self.resolution, self.channels = resolution, channels
+        self.background = tuple(background)
 
         files: list[str] = []
         labels: list[int] = []
         h = hashlib.sha256()
         h.update(("\0".join(class_dirs) + "\n").encode())  # the id of each class is part of the data
-        for label, name in enumerate(tqdm(class_dirs, desc=f"indexing {root}", unit="class", leave=False)):
+        h.update(f"background {self.background}\n".encode())  # it changes the pixels of transparent images
+        for label, name in enumerate(tqdm(class_dirs, desc=f"indexing {root}", unit="class", leave=False,
+                                                 disable=bar_off())):
             entries = _list_images(root / name) if (root / name).is_dir() else []
             if not entries and not allow_empty_classes:
                 if (root / name).is_dir():
@@ -148,11 +204,21 @@ class FolderImageDataset(ImageDataset):
         paths = [str(self.root / f) for f in files]
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             checks = pool.map(_readable, paths, chunksize=64)
-            keep = list(tqdm(checks, total=len(paths), desc=f"checking images in {self.root}", unit="img", leave=False))
+            keep = list(tqdm(checks, total=len(paths), desc=f"checking images in {self.root}", unit="img", leave=False,
+                             disable=bar_off()))
         self.skipped = keep.count(False)
         self.skipped_files = [f for f, k in zip(files, keep) if not k]
         # a class left without readable images is refused by load_dataset's class check
         return [f for f, k in zip(files, keep) if k], [y for y, k in zip(labels, keep) if k]
+
+    def transparent_count(self, n: int | None = None) -> int:
+        # Headers only, on threads: a fraction of the cost of decoding the images once.
+        paths = [str(self.root / os.fsdecode(f)) for f in self.files[:n]]
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            return sum(pool.map(_transparent, paths, chunksize=64))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "background": ",".join(map(str, self.background))}
 
     def file(self, i: int) -> Path:
         """Absolute path of image i."""
@@ -160,7 +226,7 @@ class FolderImageDataset(ImageDataset):
 
     def original(self, i: int) -> Image.Image:
         """Image i as decoded, before cropping (in the configured channel mode)."""
-        return open_image(self.file(i), self.channels)
+        return open_image(self.file(i), self.channels, self.background)
 
     def uint8_image(self, i: int) -> np.ndarray:
         img = self.original(i)

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from ..errors import CtfgenError
+from .modes import WHITE, to_8bit
 
 ImageLike = Union[np.ndarray, Image.Image]
 VIEW_MODES = ("none", "flip", "tencrop")
@@ -44,8 +45,7 @@ def to_hwc(img: ImageLike) -> np.ndarray:
 def convert_channels(img: ImageLike, channels: int) -> np.ndarray:
     """uint8 HWC with `channels` channels: grey is repeated to RGB, RGB becomes luma (PIL's "L")."""
     if isinstance(img, Image.Image):
-        # PIL handles palettes, alpha, 16-bit and CMYK; ask it for the mode we want directly.
-        return to_hwc(img.convert("L" if channels == 1 else "RGB"))
+        return to_hwc(to_8bit(img, channels, WHITE, "image"))  # the stated rules for alpha, 16-bit, CMYK
     arr = to_hwc(img)
     have = arr.shape[2]
     if have == channels:

@@ -58,6 +58,19 @@ def class_counts(labels: np.ndarray, num_classes: int | None = None) -> list[int
     return np.bincount(labels, minlength=n).astype(int).tolist()
 
 
+def check_classifier_input(classifier: DomainClassifier, images_NHWC: np.ndarray, where: str | None = None) -> None:
+    """Refuse images of another size or channel count than the classifier was trained on: resizing
+    them or averaging RGB to grey would compute the metrics on an input the classifier never saw.
+    RGB images whose three channels are equal are grey images stored as RGB, exactly, and pass."""
+    r, c = classifier.cfg.resolution, classifier.cfg.channels
+    h, w, have = images_NHWC.shape[1:]
+    grey_as_rgb = (c, have) == (1, 3) and bool((images_NHWC[..., :1] == images_NHWC[..., 1:]).all())
+    if (h, w) != (r, r) or (have != c and not grey_as_rgb):
+        raise CtfgenError(
+            f"the classifier{' ' + str(where) if where else ''} takes {r}x{r} images with {c} channel(s), but the samples "
+            f"are {h}x{w} with {have}; train one on them (`ctfgen classifier train --resolution {h} --channels {have}`)")
+
+
 def evaluate_images(
     images_uint8: np.ndarray,
     labels: np.ndarray | None = None,
@@ -89,6 +102,8 @@ def evaluate_images(
     images = as_uint8_nhwc(images_uint8, "samples")
     if inception is None and classifier is None:
         raise CtfgenError("nothing to evaluate: give an Inception network, a classifier, or both")
+    if classifier is not None:
+        check_classifier_input(classifier, images, (classifier_info or {}).get("folder"))
     t0 = time.perf_counter()
     result: dict[str, Any] = {
         "format": RESULT_FORMAT,

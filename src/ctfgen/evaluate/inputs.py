@@ -22,7 +22,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..artifacts import MANIFEST
+from ..data.modes import GREY_MODES, WHITE, to_8bit
 from ..errors import CtfgenError
+from ..progress import bar_off
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 _LABEL_PART = re.compile(r"^(?:class|label|c|y)(\d+)$", re.IGNORECASE)
@@ -128,11 +130,11 @@ def load_folder_samples(folder: Path, *, limit: int | None = None, progress: boo
     files = files[:limit]
     rel = [p.relative_to(folder).as_posix() for p in files]
     arrays = []
-    for p in tqdm(files, desc="reading samples", disable=not progress or len(files) < 1000, unit="img"):
+    for p in tqdm(files, desc="reading samples", disable=bar_off(progress and len(files) >= 1000), unit="img"):
         try:
             with Image.open(p) as im:
-                grey = im.mode in ("L", "I;16", "1", "LA")
-                arrays.append(np.asarray(im.convert("L" if grey else "RGB")))
+                # 16-bit grey scaled, transparency composited onto white: the data loader's rules
+                arrays.append(np.asarray(to_8bit(im, 1 if im.mode in GREY_MODES else 3, WHITE, p)))
         except OSError as e:
             raise CtfgenError(f"{p}: unreadable image: {e}") from None
     shapes = {a.shape[:2] for a in arrays}

@@ -37,7 +37,9 @@ def _batches(n: int, rows: int, progress: bool, desc: str):
     if progress and len(starts) > 1:
         from tqdm import tqdm
 
-        return tqdm(starts, desc=desc, leave=False)
+        from ..progress import bar_off
+
+        return tqdm(starts, desc=desc, leave=False, disable=bar_off())
     return starts
 
 

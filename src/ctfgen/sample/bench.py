@@ -99,7 +99,9 @@ def bench_speed(preset: str = "fmnist", *, batch_size: int = 64, runs: int = 3, 
     if progress:
         from tqdm import tqdm
 
-        rounds = tqdm(rounds, desc=f"bench speed {preset}")
+        from ..progress import bar_off
+
+        rounds = tqdm(rounds, desc=f"bench speed {preset}", disable=bar_off())
     for r in rounds:
         for name in (("baseline", "ctf") if r % 2 == 0 else ("ctf", "baseline")):
             pipe, res = pipes[name], results[name]

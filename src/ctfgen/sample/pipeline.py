@@ -222,7 +222,9 @@ class Pipeline:
         if progress and len(batches) > 1:
             from tqdm import tqdm
 
-            batches = tqdm(batches, desc=f"{self.type} batches", disable=rank != 0)
+            from ..progress import bar_off
+
+            batches = tqdm(batches, desc=f"{self.type} batches", disable=bar_off(rank == 0))
         try:
             for b in batches:
                 idx = mine[b:b + batch_size]

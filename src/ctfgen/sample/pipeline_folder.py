@@ -25,7 +25,9 @@ from .settings import SamplingConfig
 
 KIND = "pipeline"
 ROLES = {"ctf": ("ar", "aux"), "baseline": ("baseline",)}
-TOKENIZER_FILES = (MANIFEST, TokenizerArtifact.WEIGHTS)
+# classes.json (data/classes.py's CLASSES_FILE, written by `tokenizer train`) names the classes on the
+# serve page; imported tokenizers have none, which copy_files allows.
+TOKENIZER_FILES = (MANIFEST, TokenizerArtifact.WEIGHTS, "classes.json")
 
 
 @dataclass

@@ -163,7 +163,9 @@ def _steps(n: int, progress: bool):
         return range(n)
     from tqdm import tqdm
 
-    return tqdm(range(n), desc="tokens", leave=False)
+    from ..progress import bar_off
+
+    return tqdm(range(n), desc="tokens", leave=False, disable=bar_off())
 
 
 # ---------------------------------------------------------------- stage 2

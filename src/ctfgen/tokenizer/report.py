@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ..progress import bar_off
 from .model import VQModel
 
 
@@ -26,7 +27,7 @@ def reconstruction_report(model: VQModel, dataset, *, batch_size: int = 256, lim
     V = model.config.codebook_size
     counts = torch.zeros(V, dtype=torch.long)
     psnr_sum, mse_sum = 0.0, 0.0
-    for start in tqdm(range(0, n, batch_size), desc="eval tokenizer", disable=not progress, leave=False):
+    for start in tqdm(range(0, n, batch_size), desc="eval tokenizer", disable=bar_off(progress), leave=False):
         x = torch.stack([dataset[i][0] for i in range(start, min(n, start + batch_size))]).to(device)
         codes = model.encode_codes(x)
         rec = model.decode_codes(codes).clamp(-1, 1)

@@ -22,7 +22,9 @@ from safetensors.torch import save_file
 from .. import run_state
 from ..artifacts import (MANIFEST, artifact_dir, atomic_write_json, fingerprint_tensors, read_json, read_manifest,
                          write_manifest)
-from ..errors import ArtifactError
+from ..config import from_dict, to_dict
+from ..data import DataConfig
+from ..errors import ArtifactError, CtfgenError
 from ..filecheck import load_safetensors
 from ..run_state import STATE_DIR
 from .artifact import WEIGHTS
@@ -63,7 +65,12 @@ def _settings(config: Mapping[str, Any]) -> dict:
     """The part of a training config that a resume must keep: no run fields, no data path."""
     kept = {k: v for k, v in config.items() if k not in RUN_FIELDS}
     if isinstance(kept.get("data"), dict):
-        kept["data"] = {k: v for k, v in kept["data"].items() if k != "path"}
+        data = kept["data"]
+        try:  # data fields added since the checkpoint was written count as their defaults
+            data = to_dict(from_dict(DataConfig, data))
+        except CtfgenError:
+            pass  # a field that no longer exists: compared as it is, and reported
+        kept["data"] = {k: v for k, v in data.items() if k != "path"}
     return kept
 
 

@@ -27,6 +27,7 @@ from ..data import CLASSES_FILE, DataConfig, dataset_class_table, describe_class
 from ..data.classes import classes_json
 from ..errors import CtfgenError, TrainingDiverged
 from .. import run_state
+from ..progress import bar_off
 from .artifact import save_tokenizer
 from .lpips import LPIPS
 from .losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss
@@ -129,6 +130,10 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, *, device: s
     classes = dataset_class_table(train_ds, test_ds)
     if progress:
         print(describe_classes(classes))
+        for ds in (train_ds, test_ds):
+            note = ds.transparency_note()[1]
+            if note:
+                print(note)
     if len(train_ds) < cfg.batch_size:
         raise CtfgenError(f"training split has {len(train_ds)} images, fewer than batch_size {cfg.batch_size}")
     model = VQModel(cfg.vq).to(device).train()
@@ -187,7 +192,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, *, device: s
 
     t0 = time.time()
     step = start - 1
-    bar = tqdm(range(start, cfg.steps), desc="train tokenizer", disable=not progress, initial=start, total=cfg.steps)
+    bar = tqdm(range(start, cfg.steps), desc="train tokenizer", disable=bar_off(progress), initial=start, total=cfg.steps)
     for step in bar:
         if cfg.minutes and seconds_before + time.time() - t0 > 60 * cfg.minutes:
             step -= 1

@@ -8,6 +8,7 @@ the framework calls from several threads (the page's queue already serialises th
 from __future__ import annotations
 
 import math
+from pathlib import Path
 import threading
 import time
 from dataclasses import dataclass, field, fields
@@ -57,10 +58,13 @@ class PageResult:
 
 
 def class_names_for(pipe: Pipeline, names: Sequence[str] | None = None) -> list[str]:
-    """Names of the pipeline's classes: `names` when given (one per class), else Fashion-MNIST's when
-    the tokenizer was trained on it (its manifest records the data source), else the ids."""
+    """Names of the pipeline's classes: `names` when given (one per class); else those of the
+    tokenizer folder's classes.json (written by `tokenizer train` from the data's class folders or
+    names) when it has as many classes; else Fashion-MNIST's when the tokenizer's manifest records that
+    source (tokenizers made before classes.json); else the ids."""
     from ..artifacts import read_manifest
-    from ..data import FASHION_MNIST_CLASSES
+    from ..data import CLASSES_FILE, FASHION_MNIST_CLASSES
+    from ..data.classes import read_class_names
 
     n = pipe.num_classes
     if names is not None:
@@ -70,6 +74,11 @@ def class_names_for(pipe: Pipeline, names: Sequence[str] | None = None) -> list[
         return names
     source = None
     if "tokenizer" in pipe.folders:
+        table = Path(pipe.folders["tokenizer"]) / CLASSES_FILE
+        if table.is_file():
+            found = read_class_names(table)
+            if len(found) == n:
+                return found
         made = read_manifest(pipe.folders["tokenizer"], "tokenizer").get("made_from", {})
         source = (made.get("data_description") or {}).get("source")
     if source == "fashion-mnist" and n == len(FASHION_MNIST_CLASSES):

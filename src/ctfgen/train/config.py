@@ -17,6 +17,7 @@ from ..config import check_fields, option
 from ..errors import CtfgenError
 from ..models.config import KINDS
 from ..run_state import auto_ckpt_every  # noqa: F401  (older imports)
+from ..run_state import cosine_progress
 
 if TYPE_CHECKING:  # the command line reads these configs without importing torch
     import torch
@@ -89,16 +90,16 @@ class TrainConfig:
         return max(1, math.ceil(self.epochs * steps_per_epoch))
 
     def lr_at(self, step: int, total: int) -> float:
-        """Learning rate for optimizer step `step` (0-based): linear warm-up, then constant or cosine."""
+        """Learning rate for optimizer step `step` (0-based) of a `total`-step run: linear warm-up to
+        the peak, then constant or cosine from the peak (the first step after warm-up) down to
+        min_lr_ratio * peak at the last step, step total - 1 (see `cosine_progress`)."""
         peak = self.peak_lr
         if step < self.warmup_steps:
             return peak * (step + 1) / self.warmup_steps
         if not self.cosine:
             return peak
-        span = max(1, total - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / span)
         floor = peak * self.min_lr_ratio
-        return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * cosine_progress(step, self.warmup_steps, total)))
 
 
 @dataclass

@@ -14,15 +14,16 @@ from ..dist import DistInfo
 
 
 class LossModule(nn.Module):
-    """forward(batch) = model.compute_loss(batch): DDP and FSDP hook into forward(), so the loss
-    computation must go through it for gradients to be synchronised."""
+    """forward(batch) = model.loss_sum(batch) (the loss summed over the positions it counts, and
+    metrics): DDP and FSDP hook into forward(), so the loss computation must go through it for
+    gradients to be synchronised."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, batch: dict[str, torch.Tensor]):
-        return self.model.compute_loss(batch)
+        return self.model.loss_sum(batch)
 
 
 def wrap(model: nn.Module, info: DistInfo, *, fsdp: bool = False) -> nn.Module:

@@ -62,8 +62,10 @@ class TrainConfig:
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.95, "AdamW beta2")
     grad_clip: float = option(1.0, "max gradient norm", min=0.0, note="0 = off")  # global norm over all parameters
-    ema: float = option(0.0, "keep an EMA of the weights with this decay, e.g. 0.9999; samplers use it", min=0.0,
-                        max=1.0, max_open=True, note="0 = off", metavar="DECAY")
+    # warmed up (train/parallel.py ema_decay); loaded by default once it has moved (models/artifact.py)
+    ema: float = option(0.0, "keep an EMA of the weights with this decay, e.g. 0.99 for runs of hundreds to thousands "
+                             "of steps (it averages about the last 1/(1-DECAY) steps; LlamaGen's 0.9999 is for 100k+); "
+                             "samplers use it", min=0.0, max=1.0, max_open=True, note="0 = off", metavar="DECAY")
     seed: int = option(0, "seed of initial weights, data order and dropout", min=0, max=2**63 - 1)
     aux_coarse_noise: float = option(0.0, "fraction of coarse inputs replaced by random labels while training stage 2, "
                                           "so it tolerates stage-1 mistakes", min=0.0, max=1.0, max_open=True,

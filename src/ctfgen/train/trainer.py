@@ -117,6 +117,9 @@ class Trainer:
 
         _seed_all(cfg.seed)  # identical initial weights on every rank
         self.model = build_for(cfg, codes, coarse, build_model)
+        # the initial weights (the same on a resume: same seed), to measure how far the EMA has moved
+        self.ema_init = ({n: p.detach().float().cpu().clone() for n, p in self.model.named_parameters()
+                          if p.dtype.is_floating_point} if cfg.ema else None)
         # stage 2's coarse noise (--aux-coarse-noise or --model-opt coarse_noise=P): draws per sample
         self.dataset.coarse_draws = getattr(self.model.config, "coarse_noise", 0.0) > 0
         if hasattr(self.model, "loss_impl"):  # stage 2: how the cluster-masked loss is computed
@@ -258,7 +261,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.update(self.opt_model)
+            self.ema.update(self.opt_model, step)
 
     # ------------------------------------------------------------ records, checks, checkpoints
 
@@ -324,6 +327,6 @@ class Trainer:
                 "ema": self.cfg.ema, "last": records[-1] if records else {},
                 **({"warnings": list(self.warnings)} if self.warnings else {})}
         self.checkpoints.save(
-            done, self.opt_model, self.optimizer, self.ema, state=state, info=info,
+            done, self.opt_model, self.optimizer, self.ema, ema_init=self.ema_init, state=state, info=info,
             extra_files=lambda tmp: self.log.plot(tmp / "loss_curve.png", title=f"{self.cfg.kind} {self.cfg.preset}"),
             before_commit=self.log.close)

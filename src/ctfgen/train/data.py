@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..artifacts import check_made_from
+from ..config import check_class_ids
 from ..errors import ArtifactError, CtfgenError
 from ..models.config import KINDS
 
@@ -34,6 +35,8 @@ def check_inputs(kind: str, codes: CodeStore, coarse: CoarseMap | None, *, codes
                             f"do not match grid {h}x{w}")
     if h != w:
         raise CtfgenError(f"codes store {codes_dir}: grid {h}x{w} is not square; the models need a square grid")
+    # CodeStore.open checks this too; a store built in memory has not been through it
+    check_class_ids(codes.labels, codes.num_classes, where=f"codes store {codes_dir}: labels.npy")
     if not KINDS[kind].needs_coarse_map:
         return
     if coarse is None:

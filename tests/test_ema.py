@@ -77,7 +77,7 @@ def test_a_100_step_run_at_ema_0_9999_loads_weights_that_learned(codes, tmp_path
 
 
 def test_an_ema_that_barely_moved_warns_and_is_not_loaded_by_default(codes, tmp_path, monkeypatch, capsys):
-    """The same run with the decay not warmed up (as before 0.2): the run ends with a warning in the
+    """The same run with the decay not warmed up (as in 0.1.0): the run ends with a warning in the
     manifest and on stderr, and the loader takes the raw weights and says so."""
     import ctfgen.train.parallel as parallel
     from ctfgen.train import load_model

@@ -125,7 +125,7 @@ def test_old_unfinished_tokenizer_training_resumes_with_the_current_schedule(old
     of the current code on this machine ends (up to the processor difference of the two steps the
     fixture's machine made: TOKENIZER_ATOL).
 
-    Not at that release's tokenizer (tokenizer/): since 0.2 the cosine decay reaches its floor at the
+    Not at that release's tokenizer (tokenizer/): after 0.1.0 the cosine decay reaches its floor at the
     last step (it reached it one step after the run), so step 3 of 3 now runs at 0.05 x lr instead of
     0.525 x lr. An old unfinished run resumed today finishes on the current schedule."""
     import json

@@ -79,6 +79,8 @@ def test_old_models_have_the_same_heldout_likelihood(old):
     for name, roles in (("ctf", {"ar": "stage1", "aux": "stage2"}), ("baseline", {"baseline": "baseline"})):
         models = {role: load_model(old / folder)[0] for role, folder in roles.items()}
         bits = heldout_nll(models, fine_NL, labels_N)["bits_per_token"]
+        # measured: equal on the fixture's code path, 2.2e-9 (relative) off on the forced-AVX2 one
+        # (.ci/run); a change to the model maths moves it by far more than the 1e-6 allowed
         assert bits == pytest.approx(float(expected[f"{name}_bits_per_token"]), rel=1e-6)
 
 

@@ -129,7 +129,9 @@ def test_old_unfinished_tokenizer_training_resumes_with_the_current_schedule(old
 
     Not at that release's tokenizer (tokenizer/): after 0.1.0 the cosine decay reaches its floor at the
     last step (it reached it one step after the run), so step 3 of 3 now runs at 0.05 x lr instead of
-    0.525 x lr. An old unfinished run resumed today finishes on the current schedule."""
+    0.525 x lr. An old unfinished run resumed today finishes on the current schedule. (On the
+    machine that started it, a resumed run ends at exactly the uninterrupted run's weights:
+    tests/test_write_safety.py::test_tokenizer_training_resumes_exactly compares fingerprints.)"""
     import json
 
     from safetensors.torch import load_file

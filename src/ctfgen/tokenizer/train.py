@@ -27,7 +27,6 @@ from ..data import CLASSES_FILE, DataConfig, dataset_class_table, describe_class
 from ..data.classes import classes_json
 from ..errors import CtfgenError, TrainingDiverged
 from .. import run_state
-from ..run_state import cosine_progress
 from .artifact import save_tokenizer
 from .lpips import LPIPS
 from .losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss
@@ -81,7 +80,7 @@ def _lr_factor(step: int, cfg: TokenizerTrainConfig) -> float:
     """Linear warm-up, then cosine decay: the low-lr end of a run adds a good part of its PSNR."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    t = cosine_progress(step, cfg.warmup_steps, cfg.steps)  # 1 at the last step: the floor is reached
+    t = run_state.cosine_progress(step, cfg.warmup_steps, cfg.steps)  # 1 at the last step: the floor is reached
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 

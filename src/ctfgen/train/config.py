@@ -92,15 +92,13 @@ class TrainConfig:
         return max(1, math.ceil(self.epochs * steps_per_epoch))
 
     def lr_at(self, step: int, total: int) -> float:
-        """Learning rate for optimizer step `step` (0-based) of a `total`-step run: linear warm-up to
-        the peak, then constant or cosine from the peak (the first step after warm-up) down to
-        min_lr_ratio * peak at the last step, step total - 1 (see `cosine_progress`)."""
+        """Learning rate for optimizer step `step` (0-based): linear warm-up, then constant or cosine."""
         peak = self.peak_lr
         if step < self.warmup_steps:
             return peak * (step + 1) / self.warmup_steps
         if not self.cosine:
             return peak
-        floor = peak * self.min_lr_ratio
+        floor = peak * self.min_lr_ratio  # reached at the last step, total - 1 (cosine_progress)
         return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * cosine_progress(step, self.warmup_steps, total)))
 
 

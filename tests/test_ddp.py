@@ -26,8 +26,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cli(inputs: dict, out: Path, *extra: str, procs: int = 1) -> None:
-    args = ["train", "ar", "--codes", str(inputs["codes"]), "--coarse-map", str(inputs["coarse"]),
+def cli(inputs: dict, out: Path, *extra: str, procs: int = 1, kind: str = "ar") -> None:
+    coarse = [] if kind == "baseline" else ["--coarse-map", str(inputs["coarse"])]
+    args = ["train", kind, "--codes", str(inputs["codes"]), *coarse,
             "--out", str(out), "--steps", "3", "--batch-size", "16", "--lr", "1e-2", "--ema", "0.5",
             "--device", "cpu", "--no-progress", "--log-every", "1", "--seed", "1"]
     for opt in NO_DROPOUT:

@@ -205,7 +205,10 @@ def test_classifier_metrics_order_correctly(fmnist, tiny_classifier, tmp_path):
     # How far off-manifold inputs land in a small classifier's feature space is arbitrary, so
     # pure noise is only required to be worse than the mild distortions.
     assert fid["uniform"] > max(fid["blur1"], fid["noise32"]), fid
-    assert prec["test"] > prec["blur2"] and prec["test"] > prec["noise96"] >= prec["uniform"], prec
+    # Nor is precision ordered among off-manifold inputs: noise96 against uniform noise measured 0.638 /
+    # 0.652 (AVX-512 Xeon), 0.562 / 0.724 and 0.574 / 0.412 (forced AVX2 code paths, .ci/run; thread
+    # counts differ), while real test images stay above every distortion (0.92-0.95 against <= 0.83).
+    assert prec["test"] > max(prec["blur2"], prec["noise96"], prec["uniform"]), prec
     assert res["test"]["metrics"]["recall"] > 0.5
     assert res["test"]["metrics"]["is_classifier"] > res["uniform"]["metrics"]["is_classifier"]
     # Reference features were computed once, then read from the cache.

@@ -268,6 +268,8 @@ def test_parity_with_llamagen_logits():
     m.load_state_dict(sd, strict=True)
     with torch.no_grad():
         logits = m(t["tokens"], t["cond"])
+    # measured on an AVX-512 Xeon, default and forced-AVX2 code paths (.ci/run): forward 0, cached
+    # decoding 2.4e-7 / 1.6e-7 from the fixture (logits up to 0.6); 1e-5 leaves a 40x margin
     assert torch.allclose(logits, t["logits"], atol=1e-5)
     m.setup_cache(batch_size=3)
     steps = [m.prefill(t["cond"])] + [m.decode_step(t["tokens"][:, i], i) for i in range(t["tokens"].shape[1])]

@@ -265,7 +265,7 @@ def test_cli_make_and_sample_outputs(folders, tmp_path, capsys):
         assert np.array_equal(z["arr_0"], arr)
     capsys.readouterr()
     assert cli_main([*args, "--npz", str(out / "x.npz"), "--classes", "7"]) == 2
-    assert "--classes: class id(s) [7] out of range; the model has 3 classes (0-2)" in capsys.readouterr().err
+    assert "--classes: class id 7 at position 0 is outside [0, 3)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:  # refused while parsing
         cli_main([*args, "--npz", str(out / "x.npz"), "--top-p", "2"])
     assert e.value.code == 2 and "argument --top-p" in capsys.readouterr().err

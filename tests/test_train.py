@@ -118,8 +118,9 @@ def test_lr_schedule_scales_with_batch():
     assert c.peak_lr == pytest.approx(2e-4)
     assert c.lr_at(0, 110) == pytest.approx(2e-5)
     assert c.lr_at(9, 110) == pytest.approx(2e-4)
-    assert c.lr_at(60, 110) == pytest.approx(2e-4 * (0.1 + 0.9 * 0.5))
-    assert c.lr_at(110, 110) == pytest.approx(2e-5)
+    # the decay runs over steps 10..109 (the last): halfway down at step 59.5, so between 59 and 60
+    assert c.lr_at(60, 110) < 2e-4 * (0.1 + 0.9 * 0.5) < c.lr_at(59, 110)
+    assert c.lr_at(109, 110) == pytest.approx(2e-5) and c.lr_at(110, 110) == pytest.approx(2e-5)
     assert TrainConfig(lr=1e-4, batch_size=256).lr_at(1000, 2000) == pytest.approx(1e-4)
 
 
@@ -134,6 +135,24 @@ def test_weight_decay_only_on_matrices():
     assert len(decay["params"]) + len(rest["params"]) == len(list(model.parameters()))
     emb = model.tok_embeddings.weight
     assert any(p is emb for p in decay["params"])
+
+
+def test_a_ten_step_cosine_run_ends_at_exactly_the_floor(inputs, tmp_path):
+    """The last step's learning rate is the floor (it was 0.122 of the peak for a floor of 0.1: the
+    decay reached its end one step after the run), in the trainer and in the tokenizer's schedule."""
+    from ctfgen.tokenizer.train import TokenizerTrainConfig, _lr_factor
+
+    c = cfg(steps=10, batch_size=16, warmup_steps=0, cosine=True, min_lr_ratio=0.1, ema=0.0)
+    result = run_train(inputs, tmp_path / "run", c, log_every=1)
+    lrs = [r["lr"] for r in result.records]
+    assert len(lrs) == 10 and lrs[0] == pytest.approx(c.peak_lr, rel=1e-12)
+    assert lrs[-1] == pytest.approx(0.1 * c.peak_lr, rel=1e-12)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    tok = TokenizerTrainConfig(steps=10, warmup_steps=0, min_lr_ratio=0.1)
+    assert _lr_factor(0, tok) == 1.0 and _lr_factor(9, tok) == pytest.approx(0.1, rel=1e-12)
+    with_warmup = TokenizerTrainConfig(steps=10, warmup_steps=3, min_lr_ratio=0.05)
+    assert _lr_factor(2, with_warmup) == 1.0 and _lr_factor(3, with_warmup) == 1.0
+    assert _lr_factor(9, with_warmup) == pytest.approx(0.05, rel=1e-12)
 
 
 def test_grad_accum_matches_one_big_batch(inputs, tmp_path):

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .artifacts import (MANIFEST, Artifact, artifact_dir, atomic_write_json, check_made_from, disk_full_error,
                         fingerprint_tensors, is_disk_full, recover_interrupted_write, write_manifest)
-from .config import to_dict
+from .config import check_class_ids, to_dict
 from .dist import joined_group
 from .errors import ArtifactError, CtfgenError
 from .filecheck import verify_file
@@ -80,6 +80,8 @@ class CodeStore(Artifact):
                 raise ArtifactError(f"{folder / MANIFEST}: config lacks '{key}'")
         if codes.ndim != 3 or codes.shape[0] != len(labels) or codes.shape[2] != cfg["grid"][0] * cfg["grid"][1]:
             raise ArtifactError(f"{folder}: {cls.CODES} {codes.shape} / {cls.LABELS} {labels.shape} do not match the manifest grid {cfg['grid']}")
+        check_class_ids(labels, cfg["num_classes"], where=f"{folder / cls.LABELS} (num_classes {cfg['num_classes']} in "
+                                                          f"{MANIFEST})")
         return cls(folder, codes, labels, m)
 
     load = open

@@ -145,3 +145,27 @@ def check_fields(cfg: Any, *, where: str | None = None) -> Any:
         if problem:
             raise CtfgenError(f"{where + ': ' if where else ''}{f.name} {problem}")
     return cfg
+
+
+def check_class_ids(labels: Any, num_classes: int, *, where: str) -> None:
+    """Refuse class ids outside [0, num_classes) (a sequence, numpy array or tensor of integers):
+    a CtfgenError naming `where` (the file or argument they came from), the first offending value
+    and its position, and, when the ids reach num_classes, the hint for labels counted from 1. The
+    id num_classes itself would otherwise pass the embedding silently: it is the guidance null class."""
+    import numpy as np
+
+    if hasattr(labels, "detach"):  # a torch tensor, on any device
+        labels = labels.detach().cpu().numpy()
+    ids = np.asarray(labels).reshape(-1)
+    if ids.size == 0:
+        return
+    if ids.dtype.kind not in "iu":
+        raise CtfgenError(f"{where}: class ids must be integers, got dtype {ids.dtype}")
+    bad = (ids < 0) | (ids >= num_classes)
+    if not bad.any():
+        return
+    first = int(np.flatnonzero(bad)[0])
+    hint = "; labels run 1..N? subtract 1" if bool((ids == num_classes).any()) and int(ids.min()) >= 1 else ""
+    raise CtfgenError(f"{where}: class id {int(ids[first])} at position {first} is outside [0, {num_classes}) "
+                      f"({int(bad.sum())} of {ids.size} ids are; there are {num_classes} classes, 0..{num_classes - 1})"
+                      f"{hint}")

@@ -98,12 +98,16 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def all_reduce_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The sum of `values` over the ranks (a copy; `values` itself when there is one rank)."""
     if info.world_size > 1:
         values = values.clone()
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        values /= info.world_size
     return values
+
+
+def all_reduce_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    return all_reduce_sum(values, info) / info.world_size if info.world_size > 1 else values
 
 
 def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:

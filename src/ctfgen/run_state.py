@@ -1,7 +1,7 @@
 """A training run's resumable state in safetensors + JSON, shared by the model trainer (train/) and the
 tokenizer's (tokenizer/train.py): optimizer state dicts split into tensors and JSON, every RNG of a
-process, the default checkpoint cadence, and the comparison that names the setting a resume would
-change. Nothing here is pickled. torch and numpy load on first use: the command line reads the cadence
+process, the default checkpoint cadence, the cosine schedule's progress, and the comparison that names
+the setting a resume would change. Nothing here is pickled. torch and numpy load on first use: the command line reads the cadence
 at parse time.
 """
 from __future__ import annotations
@@ -106,3 +106,14 @@ def auto_ckpt_every(total_steps: int) -> int:
     """Default checkpoint cadence: ten checkpoints over the run, at most 1000 steps apart, so a short
     run that is killed still has something to resume from and a long one does not write too often."""
     return max(1, min(1000, math.ceil(total_steps / 10)))
+
+
+def cosine_progress(step: int, warmup_steps: int, total: int) -> float:
+    """How far step `step` (0-based) is through a cosine decay that starts after `warmup_steps` and
+    ends at the run's last step, total - 1: 0 at the first decay step, 1 at the last (and after).
+    A decay of a single step stays at 0 (the peak), so that step is not lost to a floor of 0. Shared
+    by the model trainer (train/config.py) and the tokenizer trainer (tokenizer/train.py)."""
+    span = total - 1 - warmup_steps
+    if span <= 0:
+        return 0.0 if step - warmup_steps <= 0 else 1.0
+    return min(1.0, max(0.0, (step - warmup_steps) / span))

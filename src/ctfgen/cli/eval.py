@@ -317,7 +317,8 @@ def run_nll(args) -> int:
                                      train_codes=args.train_codes,
                                      ema={"auto": None, "yes": True, "no": False}[args.ema])
     codes_NL, labels_N = store_sequences(store, max_images=args.max_images)
-    result = heldout_nll(models, codes_NL, labels_N, batch_size=args.batch_size, progress=not args.quiet)
+    result = heldout_nll(models, codes_NL, labels_N, batch_size=args.batch_size, progress=not args.quiet,
+                         where=str(store.folder / store.LABELS))
     result.update(codes=str(args.codes), codes_fingerprint=store.fingerprint, source=source,
                   guidance="none (class-conditional likelihood)")
     name = "baseline" if "baseline" in models else f"CTF (stage 2: {result['stage2']})"

@@ -157,10 +157,7 @@ def _run_sample(args) -> int:
         if args.coarse_grid and pipe.type != "ctf":
             raise CtfgenError("--coarse-grid shows stage 1 and stage 2 of CTF; this is a baseline pipeline")
         classes = list(range(pipe.num_classes)) if args.classes == "all" else args.classes
-        out_of_range = [c for c in classes if c >= pipe.num_classes]
-        if out_of_range:
-            raise CtfgenError(f"--classes: class id(s) {out_of_range} out of range; the model has "
-                              f"{pipe.num_classes} classes (0-{pipe.num_classes - 1})")
+        pipe.check_labels(classes, where="--classes")
         labels = [c for c in classes for _ in range(args.per_class)]
         samples = pipe.generate(labels, seed=args.seed, batch_size=args.batch_size,
                                 progress=not args.no_progress, **given_flags(SamplingConfig, args))

@@ -144,11 +144,9 @@ class ArrayImageDataset(ImageDataset):
         self.pad_small, self.pad_value = pad_small, pad_value
         self.skipped = 0
         self.fingerprint = data_fingerprint(source, split, content_hash, resolution, channels)
-        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
-            raise CtfgenError(
-                f"{path}: labels must lie in [0, {self.num_classes - 1}], "
-                f"found {self.labels.min()}..{self.labels.max()}"
-            )
+        from ..config import check_class_ids
+
+        check_class_ids(self.labels, self.num_classes, where=f"{path}: labels ({split}, {self.num_classes} classes)")
 
     def _fits_padding(self, h: int, w: int) -> bool:
         r = self.resolution

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import check_class_ids
 from ..errors import CtfgenError
 
 LOGITS_PER_BATCH = 1 << 25  # (rows * L * vocab) floats per forward: ~128 MB of fp32 logits
@@ -120,8 +121,11 @@ def bits(nats_N: torch.Tensor, tokens_per_sequence: int) -> float:
 
 def heldout_nll(models: dict[str, Any], fine_NL: torch.Tensor, labels_N: torch.Tensor, *,
                 batch_size: int = 0, progress: bool = False, stage1_N: torch.Tensor | None = None,
-                keep: dict | None = None) -> dict[str, Any]:
+                keep: dict | None = None, where: str = "labels") -> dict[str, Any]:
     """Bits per token of a CTF pair (models {"ar", "aux"}) or of the baseline (models {"baseline"}).
+
+    Class ids in `labels_N` outside a model's [0, num_classes) raise a CtfgenError naming `where`
+    (their file): the id num_classes would be scored as the unconditional (null) class.
 
     Returns {"bits_per_token", "nats_per_image", "images", "tokens_per_image", "seconds"} and, for
     CTF, "stage1_bits_per_token" / "stage2_bits_per_token" (per image token; they add up) and
@@ -132,6 +136,10 @@ def heldout_nll(models: dict[str, Any], fine_NL: torch.Tensor, labels_N: torch.T
     N, L = fine_NL.shape
     if N == 0:
         raise CtfgenError("no sequences to score")
+    for role, model in models.items():
+        classes = getattr(model.config, "num_classes", None)
+        if classes is not None and getattr(model.config, "use_class", True):
+            check_class_ids(labels_N, classes, where=f"{where} (scored by the {role} model, {classes} classes)")
     out: dict[str, Any] = {"images": int(N), "tokens_per_image": int(L)}
     if "baseline" in models:
         total_N = gpt_nll(models["baseline"], fine_NL, labels_N, batch_size=batch_size, progress=progress)

@@ -74,36 +74,67 @@ class AuxTransformer(MemberTables, Trunk):
         fn = _members.logits_gather if impl == "gather" else _members.logits_loop
         return fn(h_ND, coarse_N, self.output.weight, self.member_tables())
 
-    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+    def prepare_batch(self, batch: dict) -> dict:
+        """The batch with its coarse-noise draws, "coarse_draws" (B, 2, L) uniforms in [0, 1), when
+        training with coarse noise. The trainer's data draws them per sample from (seed, step, sample
+        index) (train/data.py), so which positions are noised does not depend on how the global batch
+        is split into micro-batches and ranks; a batch without them (made by hand) gets a copy with
+        draws from torch's global generator."""
+        if self.training and self.config.coarse_noise > 0 and "coarse_draws" not in batch:
+            B, L = batch["coarse"].shape
+            batch = {**batch, "coarse_draws": torch.rand((B, 2, L), device=batch["coarse"].device)}
+        return batch
+
+    def noised_positions(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(noised_BL bool, random coarse labels_BL) of a training batch under coarse noise, from its
+        "coarse_draws" (see `prepare_batch`), or None without noise."""
         c = self.config
+        if not (self.training and c.coarse_noise > 0):
+            return None
+        if "coarse_draws" not in batch:
+            raise CtfgenError("stage 2 with coarse noise: the batch has no 'coarse_draws' (call prepare_batch)")
+        draws_B2L = batch["coarse_draws"]
+        noisy_BL = draws_B2L[:, 0] < c.coarse_noise
+        # a float32 product may round up to coarse_vocab itself
+        random_BL = (draws_B2L[:, 1] * c.coarse_vocab).long().clamp_(max=c.coarse_vocab - 1)
+        return noisy_BL, random_BL
+
+    def counted_positions(self, batch: dict) -> torch.Tensor:
+        """(B, L) bool: every position but those replaced by coarse noise (they carry no loss)."""
+        noise = self.noised_positions(batch)
+        return torch.ones_like(batch["coarse"], dtype=torch.bool) if noise is None else ~noise[0]
+
+    def loss_sum(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """(cross-entropy summed over the counted positions, {"acc": their mean accuracy})."""
+        c = self.config
+        batch = self.prepare_batch(batch)
         codes_BL, coarse_BL, label_B = batch["codes"], batch["coarse"], batch["label"]
+        noise = self.noised_positions(batch)
         keep_BL = torch.ones_like(coarse_BL, dtype=torch.bool)
-        if self.training:
-            if c.use_class:
-                label_B = self.cls_embedding.drop(label_B, c.class_dropout_prob)
-            if c.coarse_noise > 0:
-                noisy_BL = torch.rand(coarse_BL.shape, device=coarse_BL.device) < c.coarse_noise
-                random_BL = torch.randint_like(coarse_BL, c.coarse_vocab)
-                coarse_BL = torch.where(noisy_BL, random_BL, coarse_BL)
-                keep_BL = ~noisy_BL
+        if self.training and c.use_class:
+            label_B = self.cls_embedding.drop(label_B, c.class_dropout_prob)
+        if noise is not None:
+            coarse_BL = torch.where(noise[0], noise[1], coarse_BL)
+            keep_BL = ~noise[0]
         if not c.mask_to_cluster:
             logits_BLV = self(coarse_BL, label_B)
             target_BL = codes_BL.masked_fill(~keep_BL, -100)  # noised positions carry no loss
-            loss = F.cross_entropy(logits_BLV.flatten(0, 1), target_BL.flatten(), ignore_index=-100)
+            total = F.cross_entropy(logits_BLV.flatten(0, 1), target_BL.flatten(), ignore_index=-100, reduction="sum")
             with torch.no_grad():
                 acc = ((logits_BLV.argmax(-1) == codes_BL) & keep_BL).sum() / keep_BL.sum().clamp(min=1)
-            return loss, {"loss": loss.detach(), "acc": acc}
+            return total, {"acc": acc}
         h_BLD = self.features(coarse_BL, label_B)
-        if self.training and c.coarse_noise > 0:  # a data-dependent selection: only when needed
+        if noise is not None:  # a data-dependent selection: only when needed
             h_ND, coarse_N, codes_N = h_BLD[keep_BL], coarse_BL[keep_BL], codes_BL[keep_BL]
         else:
             h_ND, coarse_N, codes_N = h_BLD.flatten(0, 1), coarse_BL.flatten(), codes_BL.flatten()
-        loss, acc = self.member_loss(h_ND, coarse_N, codes_N)
-        return loss, {"loss": loss.detach(), "acc": acc}
+        total, acc = self.member_loss(h_ND, coarse_N, codes_N, reduction="sum")
+        return total, {"acc": acc}
 
     def member_loss(self, h_ND: torch.Tensor, coarse_N: torch.Tensor, codes_N: torch.Tensor,
-                    impl: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean cross-entropy (fp32) and accuracy of the cluster-masked head over N positions.
+                    impl: str | None = None, reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy (fp32; "mean" or "sum" over the N positions) and mean accuracy of the
+        cluster-masked head.
 
         h_ND: final hidden states; coarse_N: each position's cluster; codes_N: its true code, a
         member of that cluster. Equal to the masked full head's loss (codes outside the cluster
@@ -118,8 +149,8 @@ class AuxTransformer(MemberTables, Trunk):
             zero = (h_ND.sum() * 0).float()
             return zero, zero.detach()
         if impl == "masked":
-            return _loss.loss_masked(h_ND, coarse_N, codes_N, self.output.weight, self.code_to_coarse)
+            return _loss.loss_masked(h_ND, coarse_N, codes_N, self.output.weight, self.code_to_coarse, reduction)
         if tables is None:
             raise CtfgenError(f"aux loss formulation {impl!r} needs the values of code_to_coarse; "
                               "on the meta device only 'masked' runs")
-        return _loss.member_cross_entropy(self.member_logits(h_ND, coarse_N, impl), tables.col_V[codes_N])
+        return _loss.member_cross_entropy(self.member_logits(h_ND, coarse_N, impl), tables.col_V[codes_N], reduction)

@@ -34,16 +34,17 @@ class GPT(Trunk):
         """
         return self.run(self.embed(tokens_BT, cond_B))
 
-    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+    def loss_sum(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """(cross-entropy summed over all B * L target positions, {"acc": mean accuracy})."""
         target_BL = batch[self.target_key]
         label_B = batch["label"]
         if self.training:
             label_B = self.cls_embedding.drop(label_B, self.config.class_dropout_prob)
         logits_BLV = self(target_BL[:, :-1], label_B)
-        loss = F.cross_entropy(logits_BLV.flatten(0, 1), target_BL.flatten())
+        total = F.cross_entropy(logits_BLV.flatten(0, 1), target_BL.flatten(), reduction="sum")
         with torch.no_grad():
             acc = (logits_BLV.argmax(-1) == target_BL).float().mean()
-        return loss, {"loss": loss.detach(), "acc": acc}
+        return total, {"acc": acc}
 
     # ---- static KV cache for sampling (gpt-fast style) ----
 

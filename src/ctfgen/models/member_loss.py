@@ -47,17 +47,19 @@ def resolve_impl(impl: str, device: torch.device, tables: ClusterTables | None =
     return "loop"
 
 
-def member_cross_entropy(logits_NM: torch.Tensor, target_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy (of float32 logits) and accuracy of (N, C) logits against (N,) target indices."""
-    loss = F.cross_entropy(logits_NM, target_N)
+def member_cross_entropy(logits_NM: torch.Tensor, target_N: torch.Tensor,
+                         reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy (of float32 logits; reduction "mean" or "sum" over the N rows) and mean accuracy
+    of (N, C) logits against (N,) target indices."""
+    loss = F.cross_entropy(logits_NM, target_N, reduction=reduction)
     with torch.no_grad():
         acc = (logits_NM.argmax(-1) == target_N).float().mean()
     return loss, acc
 
 
-def loss_masked(h_ND, coarse_N, codes_N, weight_VD, code_to_coarse_V):
+def loss_masked(h_ND, coarse_N, codes_N, weight_VD, code_to_coarse_V, reduction: str = "mean"):
     """The full (N, V) head, -inf outside each position's cluster: needs no tables (so it also runs
     on the meta device), at K times the others' head FLOPs."""
     logits_NV = F.linear(h_ND, weight_VD).float()
     outside_NV = code_to_coarse_V[None, :] != coarse_N[:, None]
-    return member_cross_entropy(logits_NV.masked_fill(outside_NV, float("-inf")), codes_N)
+    return member_cross_entropy(logits_NV.masked_fill(outside_NV, float("-inf")), codes_N, reduction)

@@ -217,5 +217,30 @@ class Trunk(nn.Module):
         """`hidden`, then the head: float32 logits (B, L, out_vocab)."""
         return self.output(self.hidden(h_BLD, pos=pos)).float()
 
+    # ---- the training loss, as a sum over the positions it counts (batch-split invariance) ----
+
+    def counted_positions(self, batch: dict) -> torch.Tensor:
+        """(B, L) bool: the target positions `loss_sum` counts. All of them unless a model leaves
+        some out (stage 2 with coarse noise). The trainer sums these over every micro-batch and rank
+        before the first forward, to divide the summed losses once by the global count."""
+        return torch.ones_like(batch["codes"], dtype=torch.bool)
+
+    def prepare_batch(self, batch: dict) -> dict:
+        """The batch with whatever random draws of its own the loss needs (stage 2: coarse noise)."""
+        return batch
+
+    def loss_sum(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """(summed float32 cross-entropy over `counted_positions`, metrics): implemented by each model."""
+        raise NotImplementedError
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """(mean cross-entropy over the counted positions, metrics {"loss", "acc"}) of one batch: the
+        training loss of a batch trained on its own."""
+        batch = self.prepare_batch(batch)
+        total, metrics = self.loss_sum(batch)
+        count = self.counted_positions(batch).sum().clamp(min=1)
+        loss = total / count
+        return loss, {**metrics, "loss": loss.detach()}
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

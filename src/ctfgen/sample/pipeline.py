@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..artifacts import artifact_dir
+from ..config import check_class_ids
 from ..dist import all_gather_objects, joined_group
 from ..errors import ArtifactError, CtfgenError
 from ..models.artifact import TrainedModel
@@ -167,11 +168,10 @@ class Pipeline:
             raise CtfgenError(f"unknown sampling setting(s) {unknown}; known: {sorted(known)}")
         return replace(self.sampling, **{k: v for k, v in overrides.items() if v is not None}).check()
 
-    def check_labels(self, labels: Sequence[int]) -> torch.Tensor:
+    def check_labels(self, labels: Sequence[int], where: str = "class_labels") -> torch.Tensor:
+        """(N,) long tensor of `labels`; CtfgenError naming `where` for ids outside [0, num_classes)."""
         labels_N = torch.as_tensor(list(labels), dtype=torch.long)
-        bad = labels_N[(labels_N < 0) | (labels_N >= self.num_classes)]
-        if bad.numel():
-            raise CtfgenError(f"class_labels: {int(bad[0])} is not a class id of this model (0..{self.num_classes - 1})")
+        check_class_ids(labels_N, self.num_classes, where=where)
         return labels_N
 
     def sample_codes(self, labels_B: torch.Tensor, seeds: list[int], s: SamplingConfig,

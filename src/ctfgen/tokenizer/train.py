@@ -46,7 +46,7 @@ class TokenizerTrainConfig:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = 100
-    min_lr_ratio: float = 0.05  # cosine decay from lr to lr * this at the last step
+    min_lr_ratio: float = 0.05  # cosine decay from lr to lr * this, reached at the last step
     flip: bool = True  # random horizontal flips
     restart_every: int = 50  # steps between dead-code restarts (0: off)
     gan_weight: float = 0.0  # adversarial loss weight (0: off)
@@ -81,8 +81,8 @@ def _lr_factor(step: int, cfg: TokenizerTrainConfig) -> float:
     """Linear warm-up, then cosine decay: the low-lr end of a run adds a good part of its PSNR."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    t = run_state.cosine_progress(step, cfg.warmup_steps, cfg.steps)  # 1 at the last step: the floor is reached
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 class BatchStream:

@@ -8,6 +8,7 @@ takes part in gathering the full (unsharded) state while rank 0 alone writes it.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -17,7 +18,8 @@ from ..dist import DistInfo, all_gather_objects, barrier, broadcast_object
 from .. import run_state
 from ..errors import ArtifactError, CtfgenError
 from . import checkpoint as ckpt
-from .parallel import EMA, full_model_state, full_optimizer_state, load_full_optimizer_state
+from ..models.artifact import untrusted_ema_note
+from .parallel import EMA, ema_movement, full_model_state, full_optimizer_state, load_full_optimizer_state
 
 
 class CheckpointManager:
@@ -73,14 +75,23 @@ class CheckpointManager:
 
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None, *,
              state: Mapping[str, Any], info: Mapping[str, Any], extra_files: Callable[[Path], None] | None = None,
-             before_commit: Callable[[], None] | None = None) -> None:
+             before_commit: Callable[[], None] | None = None,
+             ema_init: Mapping[str, torch.Tensor] | None = None) -> None:
         """Write the checkpoint of `step` (called on every rank; see checkpoint.save_checkpoint for
-        `state`, `info`, `extra_files` and `before_commit`)."""
+        `state`, `info`, `extra_files` and `before_commit`). With an EMA and the run's initial
+        weights `ema_init`, info gets "ema_moved" (parallel.ema_movement), and the last checkpoint
+        of a run (info["finished"]) a warning when the EMA is not trusted (models/artifact.py)."""
         full = full_model_state(model, fsdp=self.fsdp)
         ema_full = ema.full_state(full) if ema is not None else None
         opt_state = full_optimizer_state(model, optimizer, fsdp=self.fsdp)
         rng = all_gather_objects(run_state.capture_rng(self.dist.device), self.dist)
         if self.dist.is_main:
+            if ema_full is not None and ema_init is not None:
+                info = {**info, "ema_moved": round(ema_movement(ema_full, full, ema_init), 6)}
+                note = untrusted_ema_note(info["ema_moved"]) if info.get("finished") else None
+                if note is not None:
+                    info["warnings"] = [*info.get("warnings", []), note]
+                    print(f"warning: {self.out}: {note}", file=sys.stderr)
             ckpt.save_checkpoint(self.out, model_state=full, ema_state=ema_full, optimizer_state=opt_state,
                                  rng_per_rank=rng, state=state, config=self.config, made_from=self.made_from,
                                  info=info, extra_files=extra_files, before_commit=before_commit)

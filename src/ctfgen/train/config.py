@@ -17,6 +17,7 @@ from ..config import check_fields, option
 from ..errors import CtfgenError
 from ..models.config import KINDS
 from ..run_state import auto_ckpt_every  # noqa: F401  (older imports)
+from ..run_state import cosine_progress
 
 if TYPE_CHECKING:  # the command line reads these configs without importing torch
     import torch
@@ -61,8 +62,10 @@ class TrainConfig:
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.95, "AdamW beta2")
     grad_clip: float = option(1.0, "max gradient norm", min=0.0, note="0 = off")  # global norm over all parameters
-    ema: float = option(0.0, "keep an EMA of the weights with this decay, e.g. 0.9999; samplers use it", min=0.0,
-                        max=1.0, max_open=True, note="0 = off", metavar="DECAY")
+    # warmed up (train/parallel.py ema_decay); loaded by default once it has moved (models/artifact.py)
+    ema: float = option(0.0, "keep an EMA of the weights with this decay, e.g. 0.99 for runs of hundreds to thousands "
+                             "of steps (it averages about the last 1/(1-DECAY) steps; LlamaGen's 0.9999 is for 100k+); "
+                             "samplers use it", min=0.0, max=1.0, max_open=True, note="0 = off", metavar="DECAY")
     seed: int = option(0, "seed of initial weights, data order and dropout", min=0, max=2**63 - 1)
     aux_coarse_noise: float = option(0.0, "fraction of coarse inputs replaced by random labels while training stage 2, "
                                           "so it tolerates stage-1 mistakes", min=0.0, max=1.0, max_open=True,
@@ -95,10 +98,8 @@ class TrainConfig:
             return peak * (step + 1) / self.warmup_steps
         if not self.cosine:
             return peak
-        span = max(1, total - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / span)
-        floor = peak * self.min_lr_ratio
-        return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        floor = peak * self.min_lr_ratio  # reached at the last step, total - 1 (cosine_progress)
+        return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * cosine_progress(step, self.warmup_steps, total)))
 
 
 @dataclass

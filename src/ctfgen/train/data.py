@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..artifacts import check_made_from
+from ..config import check_class_ids
 from ..errors import ArtifactError, CtfgenError
 from ..models.config import KINDS
 
@@ -34,6 +35,8 @@ def check_inputs(kind: str, codes: CodeStore, coarse: CoarseMap | None, *, codes
                             f"do not match grid {h}x{w}")
     if h != w:
         raise CtfgenError(f"codes store {codes_dir}: grid {h}x{w} is not square; the models need a square grid")
+    # CodeStore.open checks this too; a store built in memory has not been through it
+    check_class_ids(codes.labels, codes.num_classes, where=f"codes store {codes_dir}: labels.npy")
     if not KINDS[kind].needs_coarse_map:
         return
     if coarse is None:
@@ -52,15 +55,19 @@ class TokenDataset:
     """Items are dicts: codes (L,) long, label () long, and coarse (L,) long when a map is given.
 
     The view of each image is drawn per epoch from a generator seeded by (seed, epoch), like
-    LlamaGen's random pick among pre-extracted ten-crop/flip views.
+    LlamaGen's random pick among pre-extracted ten-crop/flip views. With `coarse_draws`, `batch`
+    adds each sample's "coarse_draws" (2, L) float32 uniforms (stage 2's coarse noise, see
+    AuxTransformer.noised_positions) from a generator seeded by (seed, step, sample index): a
+    sample's draws are its own, whichever micro-batch or rank it lands in.
     """
 
     def __init__(self, codes: np.ndarray, labels: np.ndarray, *, code_to_coarse: torch.Tensor | None = None,
-                 seed: int = 0):
+                 seed: int = 0, coarse_draws: bool = False):
         self.codes = codes
         self.labels = np.asarray(labels, dtype=np.int64)
         self.code_to_coarse = None if code_to_coarse is None else code_to_coarse.long().cpu()
         self.seed = seed
+        self.coarse_draws = coarse_draws
         self.epoch = 0
         self._views = self.views_for_epoch(0)
 
@@ -86,12 +93,17 @@ class TokenDataset:
         one = self.batch(np.array([i]))
         return {k: v[0] for k, v in one.items()}
 
-    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+    def batch(self, indices: np.ndarray, step: int = 0) -> dict[str, torch.Tensor]:
+        """The samples `indices` of optimizer step `step` (the step seeds their coarse draws)."""
         indices = np.asarray(indices, dtype=np.int64)
         codes = torch.from_numpy(np.asarray(self.codes[indices, self._views[indices]], dtype=np.int64))
         out = {"codes": codes, "label": torch.from_numpy(self.labels[indices])}
         if self.code_to_coarse is not None:
             out["coarse"] = self.code_to_coarse[codes]
+        if self.coarse_draws:
+            out["coarse_draws"] = torch.from_numpy(np.stack([
+                np.random.default_rng([self.seed, step, int(i), 2]).random((2, self.seq_len), dtype=np.float32)
+                for i in indices]))
         return out
 
 

@@ -34,13 +34,14 @@ class MetricsWindow:
         self.grad_norm_sum = torch.zeros((), device=self.device)
         self.t0 = time.perf_counter()
 
-    def add_micro_step(self, loss: torch.Tensor, metrics: Mapping[str, Any], grad_accum: int) -> None:
-        """One micro-batch's loss and model metrics (numbers or scalar tensors; others are skipped)."""
-        values = {k: v for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor))}
-        values["loss"] = loss.detach()
+    def add_micro_step(self, loss_share: torch.Tensor, metrics: Mapping[str, Any], grad_accum: int) -> None:
+        """One micro-batch's share of the step's loss (the shares of a step add up to it) and its
+        model metrics (numbers or scalar tensors, averaged over the micro-batches; others are skipped)."""
+        values = {k: v for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor)) and k != "loss"}
         for k, v in values.items():
             v = v.detach().float().reshape(()) if isinstance(v, torch.Tensor) else float(v)
             self.sums[k] = self.sums.get(k, 0.0) + v / grad_accum
+        self.sums["loss"] = self.sums.get("loss", 0.0) + loss_share.detach().float().reshape(())
 
     def add_step(self, grad_norm: torch.Tensor) -> None:
         self.grad_norm_sum += grad_norm

@@ -5,7 +5,7 @@ whether it was written by a plain, a DDP or an FSDP run, and can be resumed unde
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
@@ -14,15 +14,16 @@ from ..dist import DistInfo
 
 
 class LossModule(nn.Module):
-    """forward(batch) = model.compute_loss(batch): DDP and FSDP hook into forward(), so the loss
-    computation must go through it for gradients to be synchronised."""
+    """forward(batch) = model.loss_sum(batch) (the loss summed over the positions it counts, and
+    metrics): DDP and FSDP hook into forward(), so the loss computation must go through it for
+    gradients to be synchronised."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, batch: dict[str, torch.Tensor]):
-        return self.model.compute_loss(batch)
+        return self.model.loss_sum(batch)
 
 
 def wrap(model: nn.Module, info: DistInfo, *, fsdp: bool = False) -> nn.Module:
@@ -93,8 +94,32 @@ def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer
     })
 
 
+def ema_decay(decay: float, step: int) -> float:
+    """The decay of the EMA update after optimizer step `step` (0-based): `decay`, warmed up as
+    TensorFlow's tf.train.ExponentialMovingAverage does with num_updates, min(decay, (1 + step) /
+    (10 + step)). Without it an EMA at 0.9999 is still 99% the random initial weights after 100
+    steps (it averages over ~1 / (1 - decay) steps); with it the average always covers about the
+    last tenth of the run so far, until the run is long enough for `decay` itself."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
+def ema_movement(ema: Mapping[str, torch.Tensor], raw: Mapping[str, torch.Tensor],
+                 init: Mapping[str, torch.Tensor]) -> float:
+    """How far the EMA has moved from the initial weights, as a fraction of how far the trained
+    weights have: ||ema - init|| / ||raw - init|| over the tensors of `init` (full state dicts; 1.0
+    when the weights have not moved at all). About 1 for an EMA that follows the run; near 0 for
+    one still at the initial weights (models/artifact.py EMA_TRUSTED decides which gets loaded)."""
+    moved_ema = moved_raw = 0.0
+    for n, start in init.items():
+        start = start.float().cpu()
+        moved_ema += float((ema[n].float().cpu() - start).pow(2).sum())
+        moved_raw += float((raw[n].float().cpu() - start).pow(2).sum())
+    return 1.0 if moved_raw == 0 else (moved_ema / moved_raw) ** 0.5
+
+
 class EMA:
-    """Exponential moving average of the floating-point parameters (buffers are taken as they are)."""
+    """Exponential moving average of the floating-point parameters (buffers are taken as they are),
+    with the decay warmed up over the first steps (`ema_decay`)."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
@@ -103,10 +128,11 @@ class EMA:
         self.shadow = [params[n].detach().clone().float() for n in self.names]
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int) -> None:
+        """Move the average towards the weights after optimizer step `step` (0-based)."""
         params = dict(model.named_parameters())
         current = [params[n].detach().float() for n in self.names]
-        torch._foreach_lerp_(self.shadow, current, 1.0 - self.decay)
+        torch._foreach_lerp_(self.shadow, current, 1.0 - ema_decay(self.decay, step))
 
     def full_state(self, model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The model's full state dict with the EMA in place of the parameters."""

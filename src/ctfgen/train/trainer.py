@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import to_dict
-from ..dist import DistInfo, all_reduce_mean, init_distributed, no_sync, shutdown
+from ..dist import DistInfo, all_reduce_mean, all_reduce_sum, init_distributed, no_sync, shutdown
 from ..errors import CtfgenError, TrainingDiverged
 from ..memory import lifetime_peak_rss_bytes
 from ..models.artifact import model_config_dict
@@ -118,6 +118,11 @@ class Trainer:
 
         _seed_all(cfg.seed)  # identical initial weights on every rank
         self.model = build_for(cfg, codes, coarse, build_model)
+        # the initial weights (the same on a resume: same seed), to measure how far the EMA has moved
+        self.ema_init = ({n: p.detach().float().cpu().clone() for n, p in self.model.named_parameters()
+                          if p.dtype.is_floating_point} if cfg.ema else None)
+        # stage 2's coarse noise (--aux-coarse-noise or --model-opt coarse_noise=P): draws per sample
+        self.dataset.coarse_draws = getattr(self.model.config, "coarse_noise", 0.0) > 0
         if hasattr(self.model, "loss_impl"):  # stage 2: how the cluster-masked loss is computed
             self.model.loss_impl = run.aux_loss
         config = {"model": model_config_dict(self.model), "train": to_dict(cfg), "model_kind": cfg.kind}
@@ -218,7 +223,12 @@ class Trainer:
     def train_step(self, step: int) -> None:
         """Optimizer step `step` (from 0): this rank's share of the global batch in run.grad_accum
         micro-batches (gradients all-reduced once, on the last), clipping, AdamW, EMA. The loss and
-        metrics stay on the device, in self.window and self.step_stats."""
+        metrics stay on the device, in self.window and self.step_stats.
+
+        Each micro-batch's loss is a sum over the positions it counts, divided by the count of the
+        whole global batch (all micro-batches of all ranks, gathered before the first forward): the
+        step's loss is the mean over every counted position of the global batch, however it is split,
+        also when a micro-batch counts fewer positions than another (stage 2's coarse noise)."""
         run, dev = self.run, self.dist.device
         epoch, _ = self.order.position(step)
         self.dataset.set_epoch(epoch)
@@ -226,16 +236,24 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
         self.wrapped.train()
-        step_loss = torch.zeros((), device=dev)
+        batches = []
         for micro in range(run.grad_accum):
             idx = self.order.micro_batch(step, rank=self.dist.rank, world_size=self.dist.world_size, micro=micro,
                                          grad_accum=run.grad_accum)
-            batch = {k: v.to(dev, non_blocking=True) for k, v in self.dataset.batch(idx).items()}
+            batches.append({k: v.to(dev, non_blocking=True) for k, v in self.dataset.batch(idx, step).items()})
+        with torch.no_grad():
+            count = torch.stack([self.model.counted_positions(b).sum() for b in batches]).sum().double()
+        # DDP and FSDP average the ranks' gradients: dividing each rank's sum by count / world_size
+        # makes that average the global sum over the global count
+        per_rank = all_reduce_sum(count, self.dist).clamp(min=1) / self.dist.world_size
+        step_loss = torch.zeros((), device=dev)
+        for micro, batch in enumerate(batches):
             with no_sync(self.wrapped, micro < run.grad_accum - 1), self.autocast:
-                loss, metrics = self.wrapped(batch)
-            (loss / run.grad_accum).backward()
-            step_loss += loss.detach().float() / run.grad_accum
-            self.window.add_micro_step(loss, metrics, run.grad_accum)
+                loss_sum, metrics = self.wrapped(batch)
+            share = loss_sum / per_rank.to(loss_sum.dtype)
+            share.backward()
+            step_loss += share.detach().float()
+            self.window.add_micro_step(share, metrics, run.grad_accum)
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
@@ -244,7 +262,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.update(self.opt_model)
+            self.ema.update(self.opt_model, step)
 
     # ------------------------------------------------------------ records, checks, checkpoints
 
@@ -310,6 +328,6 @@ class Trainer:
                 "ema": self.cfg.ema, "last": records[-1] if records else {},
                 **({"warnings": list(self.warnings)} if self.warnings else {})}
         self.checkpoints.save(
-            done, self.opt_model, self.optimizer, self.ema, state=state, info=info,
+            done, self.opt_model, self.optimizer, self.ema, ema_init=self.ema_init, state=state, info=info,
             extra_files=lambda tmp: self.log.plot(tmp / "loss_curve.png", title=f"{self.cfg.kind} {self.cfg.preset}"),
             before_commit=self.log.close)

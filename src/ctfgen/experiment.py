@@ -118,8 +118,10 @@ class Workspace:
 
     # ------------------------------------------------------------------ artifacts
 
-    def tokenizer(self, *, root: Path | None = None, codebook_size: int | None = None, existing: str = "") -> Path:
-        """root/tokenizer, trained with the "fmnist" recipe (or the folder `existing`, checked)."""
+    def tokenizer(self, *, root: Path | None = None, codebook_size: int | None = None, existing: str = "",
+                  seed: int | None = None) -> Path:
+        """root/tokenizer, trained with the "fmnist" recipe and `seed` (initial weights and batch order;
+        default: the workspace's), or the folder `existing`, checked."""
         if existing:
             return self._given("tokenizer", "tokenizer", existing)
         from .tokenizer import vq_preset
@@ -130,7 +132,7 @@ class Workspace:
         size = {"codebook_size": codebook_size} if codebook_size else {}
         vq = vq_preset("fmnist", resolution=c.data.resolution, channels=c.data.channels, **size)
         tc = TokenizerTrainConfig(vq=vq, data=c.data, steps=c.tokenizer_steps, batch_size=c.tokenizer_batch,
-                                  seed=self.seed, eval_limit=2000)
+                                  seed=self.seed if seed is None else seed, eval_limit=2000)
         folder = root / "tokenizer"
         return self.step(f"tokenizer{where}", folder,
                          lambda: train_tokenizer(tc, folder, device=self.device, progress=self.progress))
@@ -152,8 +154,9 @@ class Workspace:
             limit=limit, device=self.device, progress=self.progress))
 
     def coarse_map(self, tok: Path, *, root: Path | None = None, method: str | None = None,
-                   k: int | None = None) -> Path:
-        """root/coarse-<method>-k<K>: the codebook of `tok` clustered into K coarse labels."""
+                   k: int | None = None, seed: int | None = None) -> Path:
+        """root/coarse-<method>-k<K>: the codebook of `tok` clustered into K coarse labels (`seed`: the
+        clustering's initialisation, default the workspace's)."""
         from .cluster import build_coarse_map, load_codebook
 
         method, k = method or self.cfg.cluster_method, k or self.cfg.k
@@ -162,7 +165,8 @@ class Workspace:
 
         def run():
             codebook, fp = load_codebook(tok)
-            build_coarse_map(codebook, k, method=method, seed=self.seed, tokenizer_fingerprint=fp).save(folder)
+            build_coarse_map(codebook, k, method=method, seed=self.seed if seed is None else seed,
+                             tokenizer_fingerprint=fp).save(folder)
         return self.step(f"coarse labels ({method}, K={k}){where}", folder, run)
 
     def train(self, kind: str, codes_dir: Path, coarse_dir: Path | None, *, folder: Path | None = None,

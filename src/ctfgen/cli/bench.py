@@ -276,7 +276,10 @@ def _run_quality(args) -> int:
 SCALING_HELP = {
     "vocabs": "codebook sizes V, comma-separated (one tokenizer each)",
     "k_ratio": "K = V / this many codes per coarse label",
-    "seeds": "training seeds per arm",
+    "seeds": "seeds per arm (training seeds, or whole-pipeline seeds with --pipeline-seeds)",
+    "pipeline_seeds": "whole-pipeline seeds: seed s also trains its own tokenizer (initial weights, batch order) "
+                      "and clustering (k-means++ initialisation), so the intervals include them (default: one "
+                      "tokenizer and clustering per V, seed 0)",
     "arms": "rows beyond CTF (k-means) and the baseline: balanced, average, random (clusterings), "
             "uniform, frequency (stage 2 without parameters); '' for none",
     "arms_vocab": "codebook size at which the clustering arms are trained",
@@ -329,7 +332,7 @@ def _add_scaling(group) -> None:
                              positive_int)}
     p = add_experiment(
         group, "scaling", ScalingConfig, SCALING_HELP, _run_scaling, out="runs/scaling", out_help="study folder",
-        types=types, choices={"inception": INCEPTION}, help="CTF vs the baseline as the codebook grows: held-out NLL, best-vs-best FID, seeds",
+        types=types, choices={"inception": INCEPTION}, switches=True, help="CTF vs the baseline as the codebook grows: held-out NLL, best-vs-best FID, seeds",
         description="For each codebook size V: a tokenizer, K = V/32 coarse labels, CTF and the baseline trained "
                     "with several seeds; held-out bits per token along training, a sampling sweep picking each "
                     "method's best classifier-FID settings, and arms (clusterings, parameter-free stage 2). "
@@ -342,6 +345,10 @@ def _add_scaling(group) -> None:
     p.add_argument("--only-seeds", type=_seed_list, default=None, metavar="S,S",
                    help="run only these training seeds (e.g. 1,2 in a second process); later seeds take seed 0's "
                         "sampling settings once its sweep is saved (default: every seed)")
+    p.add_argument("--noise-reference", default=None, metavar="RESULTS_JSON",
+                   help="results.json of a study of the same recipe with the other kind of seeds (e.g. "
+                        "docs/results/scaling-results.json, training seeds): the report compares the spread of the "
+                        "paired gap across the two and states what the tokenizer and clustering add")
 
 
 def _run_scaling(args) -> int:
@@ -349,6 +356,6 @@ def _run_scaling(args) -> int:
     from .demo import experiment_setup
 
     cfg, device = experiment_setup(ScalingConfig, args)
-    ScalingStudy(cfg, args.out, device=device, progress=not args.quiet).run(parts=args.parts,
-                                                                          only_seeds=args.only_seeds)
+    ScalingStudy(cfg, args.out, device=device, progress=not args.quiet).run(
+        parts=args.parts, only_seeds=args.only_seeds, noise_reference=args.noise_reference)
     return 0

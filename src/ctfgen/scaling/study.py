@@ -16,6 +16,13 @@ training seeds. Measured for every model:
   average linkage, random) with their own stage 1 and stage 2, and two stage 2s without parameters
   (uniform / frequency members, models/member_prior.py) on the k-means stage 1 of every unit.
 
+Seeds are training seeds (model initialisation and batch order; one tokenizer and one clustering
+per V, made with seed 0) or, with `pipeline_seeds`, whole-pipeline seeds: seed s trains its own
+tokenizer (initial weights, batch order) and clusters its codebook (k-means++ initialisation) with
+seed s too, so the intervals include what the tokenizer and the clustering vary. Folders: V<V>/
+holds the tokenizer, codes and coarse labels of a training-seed study and V<V>/seed<s>/ the models;
+with pipeline seeds V<V>/seed<s>/ holds all of them.
+
 Every artifact is a folder or JSON file under `out`, written atomically and reused by a rerun, so an
 interrupted study continues at the model, checkpoint or evaluation where it stopped. Work runs in
 order of seed, then V, so a partial study already holds every V for the first seeds.
@@ -58,7 +65,9 @@ class ScalingConfig:
     data: DataConfig = field(default_factory=DataConfig)
     vocabs: str = "1024,4096,16384"  # codebook sizes V, one tokenizer each
     k_ratio: int = 32  # K = V / k_ratio coarse labels (the paper: 16384 / 512)
-    seeds: int = 3  # training seeds per arm (0 .. seeds-1)
+    seeds: int = 3  # seeds per arm (0 .. seeds-1)
+    # whole-pipeline seeds: seed s also trains its own tokenizer and clustering (else one of each per V)
+    pipeline_seeds: bool = False
     arms: str = ",".join(ARMS)  # rows beyond CTF (k-means) and the baseline; "" for none
     arms_vocab: int = 4096  # the V at which the clustering arms are trained
     arm_seeds: int = 1  # training seeds of the clustering arms
@@ -139,14 +148,27 @@ class ScalingStudy:
 
     # ------------------------------------------------------------ artifacts
 
-    def tokenizer(self, V: int) -> Path:
-        return self.ws.tokenizer(root=self.out / f"V{V}", codebook_size=V)
+    @property
+    def seed_kind(self) -> str:
+        return "pipeline" if self.cfg.pipeline_seeds else "training"
 
-    def codes(self, V: int, tok: Path, split: str) -> Path:
-        return self.ws.codes(tok, root=self.out / f"V{V}", split=split, views="none")
+    def pipeline_seed(self, seed: int) -> int:
+        """The seed of the tokenizer and clustering under models of `seed` (0 for training seeds)."""
+        return seed if self.cfg.pipeline_seeds else 0
 
-    def coarse_map(self, V: int, tok: Path, method: str) -> Path:
-        return self.ws.coarse_map(tok, root=self.out / f"V{V}", method=method, k=V // self.cfg.k_ratio)
+    def shared_root(self, V: int, seed: int) -> Path:
+        """The folder of the tokenizer, codes and coarse labels under the models of `seed`."""
+        return self.out / f"V{V}" / f"seed{seed}" if self.cfg.pipeline_seeds else self.out / f"V{V}"
+
+    def tokenizer(self, V: int, seed: int = 0) -> Path:
+        return self.ws.tokenizer(root=self.shared_root(V, seed), codebook_size=V, seed=self.pipeline_seed(seed))
+
+    def codes(self, V: int, tok: Path, split: str, seed: int = 0) -> Path:
+        return self.ws.codes(tok, root=self.shared_root(V, seed), split=split, views="none")
+
+    def coarse_map(self, V: int, tok: Path, method: str, seed: int = 0) -> Path:
+        return self.ws.coarse_map(tok, root=self.shared_root(V, seed), method=method, k=V // self.cfg.k_ratio,
+                                  seed=self.pipeline_seed(seed))
 
     # ------------------------------------------------------------ measurements
 
@@ -217,8 +239,8 @@ class ScalingStudy:
         from ..models.artifact import load_model
 
         c = self.cfg
-        unit = f"V{V}-s{seed}-{method}"
-        coarse = self.coarse_map(V, tok, method)
+        unit = f"V{V}-{'p' if c.pipeline_seeds else 's'}{seed}-{method}"
+        coarse = self.coarse_map(V, tok, method, seed)
         root = self.out / f"V{V}" / f"seed{seed}"
         folders = {"ar": root / f"stage1-{method}", "aux": root / f"stage2-{method}"}
         if with_baseline:
@@ -285,7 +307,8 @@ class ScalingStudy:
 
         samples: dict[str, dict] = {}
         for n in curves:
-            meta = {"unit": unit, "V": V, "K": V // c.k_ratio, "train_seed": seed, "clustering": method, "method": n,
+            meta = {"unit": unit, "V": V, "K": V // c.k_ratio, "train_seed": seed, "seed_kind": self.seed_kind,
+                    "clustering": method, "method": n,
                     "train_steps": c.steps, "preset": c.preset}
             key = f"V{V}-{method}-{n}"
             own_sweep = seed < c.sweep_seeds
@@ -320,16 +343,19 @@ class ScalingStudy:
             except NotMade:
                 continue
             samples[n] = out
-        return {"unit": unit, "V": V, "seed": seed, "clustering": method, "nll": curves, "samples": samples}
+        return {"unit": unit, "V": V, "seed": seed, "seed_kind": self.seed_kind, "clustering": method, "nll": curves,
+                "samples": samples}
 
     # ------------------------------------------------------------ all
 
-    def run(self, parts: str = "all", only_seeds: list[int] | None = None) -> Path:
+    def run(self, parts: str = "all", only_seeds: list[int] | None = None, noise_reference: str | Path | None = None
+            ) -> Path:
         """The whole study, or one part of it: "main" (CTF and the baseline with k-means, and the
         parameter-free stage 2s) or "arms" (the other clusterings); `only_seeds` limits it to those
         training seeds. Parts and seeds may run at the same time, in separate processes on one folder;
         a last run of "all" then gathers them, reusing everything. "report" makes nothing: it writes
-        the report of what is measured so far."""
+        the report of what is measured so far. `noise_reference`: the results.json of a study with the
+        other kind of seeds, whose spread the report compares with this one's."""
         from .report import write_scaling_report
 
         if parts not in PARTS:
@@ -337,6 +363,14 @@ class ScalingStudy:
         bad = [s for s in (only_seeds or []) if not 0 <= s < self.cfg.seeds]
         if bad:
             raise CtfgenError(f"only_seeds: {bad} are not training seeds of this study (0..{self.cfg.seeds - 1})")
+        reference = None
+        if noise_reference:  # read first: a bad path fails now, not after hours of training
+            from .noise import read_results
+
+            reference = read_results(noise_reference)
+            if reference.get("seed_kind", "training") == self.seed_kind:
+                raise CtfgenError(f"noise reference {noise_reference}: it uses {self.seed_kind} seeds too; give "
+                                  "a study with the other kind")
         self.ws.make = parts != "report"
         c = self.cfg
         t0 = self.ws.begin(extendable=EXTENDABLE)
@@ -354,16 +388,17 @@ class ScalingStudy:
                 atomic_write_json(self.out / "results.json", self.results(units, tokenizers, time.time() - t0))
         results = self.results(units, tokenizers, time.time() - t0)
         atomic_write_json(self.out / "results.json", results)
-        page = write_scaling_report(self.out, results)
+        page = write_scaling_report(self.out, results, reference=reference)
         self.ws.log(f"done in {time.time() - t0:.0f} s: {page}")
         return page
 
     def _run_one(self, V: int, seed: int, parts: str, tokenizers: dict, clf: Path, units: list, picks: dict) -> None:
         c = self.cfg
-        if V not in tokenizers:
-            tokenizers[V] = self.tokenizer(V)
-        tok = tokenizers[V]
-        codes = {s: self.codes(V, tok, s) for s in ("train", "test")}
+        key = (V, self.pipeline_seed(seed))
+        if key not in tokenizers:
+            tokenizers[key] = self.tokenizer(V, seed)
+        tok = tokenizers[key]
+        codes = {s: self.codes(V, tok, s, seed) for s in ("train", "test")}
         priors = [a for a in c.arm_list() if a in PRIOR_ARMS]
         if parts in ("all", "main", "report"):
             units.append(self.unit(V, seed, "kmeans", tok, codes, clf, True, priors, picks))
@@ -374,12 +409,17 @@ class ScalingStudy:
                 except NotMade:
                     continue
 
-    def results(self, units: list[dict], tokenizers: dict[int, Path], seconds: float) -> dict:
+    def results(self, units: list[dict], tokenizers: dict[tuple[int, int], Path], seconds: float) -> dict:
+        """results.json: the config, the seed kind, each tokenizer's quality (keyed "V", or "V-seedS"
+        with pipeline seeds) and the units."""
         toks = {}
-        for V, folder in tokenizers.items():
+        for (V, seed), folder in sorted(tokenizers.items()):
             rep = json.loads((folder / MANIFEST).read_text())["info"]["report"]
-            toks[str(V)] = {k: rep.get(k) for k in ("psnr_db", "codes_used", "codebook_usage", "perplexity", "images")}
-        return {"config": to_dict(self.cfg), "tokenizers": toks, "units": units, "seconds_this_run": round(seconds, 1)}
+            key = f"{V}-seed{seed}" if self.cfg.pipeline_seeds else str(V)
+            toks[key] = {"V": V, "seed": seed, **{k: rep.get(k) for k in ("psnr_db", "codes_used", "codebook_usage",
+                                                                            "perplexity", "images")}}
+        return {"config": to_dict(self.cfg), "seed_kind": self.seed_kind, "tokenizers": toks, "units": units,
+                "seconds_this_run": round(seconds, 1)}
 
 
 def _prior_rule(name: str) -> str | None:

@@ -40,24 +40,15 @@ from ..config import to_dict
 from ..data import DataConfig
 from ..errors import CtfgenError
 from ..experiment import NotMade, Workspace
+from . import sweep as sweeping
+from .sweep import DEFAULTS, PRIOR_ARMS, floats, tag_of
 
 CLUSTER_ARMS = ("balanced", "average", "random")  # beside the main arm, k-means
-PRIOR_ARMS = ("uniform", "frequency")  # parameter-free stage 2 on the k-means stage 1
 ARMS = CLUSTER_ARMS + PRIOR_ARMS
 INCEPTION = ("none", "best")
 PARTS = ("all", "main", "arms", "report")
 # more seeds, vocabs or arms extend a study; any other changed setting would mix two recipes
 EXTENDABLE = {"seeds", "vocabs", "arms", "arm_seeds", "inception"}
-
-
-def floats(text: str, name: str) -> list[float]:
-    try:
-        out = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise CtfgenError(f"{name}: expected comma-separated numbers, got {text!r}") from None
-    if not out:
-        raise CtfgenError(f"{name}: give at least one value")
-    return out
 
 
 @dataclass
@@ -125,16 +116,6 @@ class ScalingConfig:
         return sorted({*range(self.nll_every, self.steps, self.nll_every), self.steps})
 
 
-# paper defaults (PAPER.md): CFG 2.0; CTF temperature 1.1 and stage-2 temperature 1.1; LlamaGen 1.0
-DEFAULTS = {"ctf": {"guidance_scale": 2.0, "temperature": 1.1, "stage2_temperature": 1.1},
-            "baseline": {"guidance_scale": 2.0, "temperature": 1.0}}
-
-
-def _tag(settings: dict) -> str:
-    short = {"guidance_scale": "g", "temperature": "t", "stage2_temperature": "s2t"}
-    return "-".join(f"{short[k]}{v:g}" for k, v in settings.items())
-
-
 class ScalingStudy:
     """The study, made of the steps of a `Workspace` named "scaling" (one folder per V; tokenizers,
     coarse labels and the classifier with seed 0; the models with each training seed)."""
@@ -192,35 +173,10 @@ class ScalingStudy:
 
     def evaluate(self, tag: str, pipe: Callable[[], Any], clf: Path, settings: dict, *, final: bool,
                  metadata: dict) -> dict:
-        """The sweep's sets with sampling seed 0, the final ones with seed 1 (the pick's luck does not
-        carry over); cached as evals/<tag>.json, samples in samples/<tag>.npz."""
-        c = self.cfg
-        return self.ws.sample_and_score(
-            tag, pipe, clf, samples_per_class=c.final_samples_per_class if final else c.sweep_samples_per_class,
-            seed=1 if final else 0, batch_size=c.sample_batch, settings=settings, metadata=metadata,
-            inception=final and c.inception == "best" and metadata.get("pick") == "best")
+        return sweeping.evaluate(self.ws, self.cfg, tag, pipe, clf, settings, final=final, metadata=metadata)
 
     def sweep(self, name: str, unit: str, pipe: Callable[[], Any], clf: Path, meta: dict) -> dict:
-        """Best classifier-FID settings of one method: (scale x temperature), then stage-2 temperature."""
-        c = self.cfg
-        results = {}
-
-        def score(s: dict) -> float:
-            tag = f"{unit}-{name}-sweep-{_tag(s)}"
-            r = self.evaluate(tag, pipe, clf, s, final=False, metadata={**meta, "sweep": True})
-            results[tag] = r
-            return r["metrics"]["fid_classifier"]
-
-        grid = [{"guidance_scale": g, "temperature": t} for g in floats(c.guidance, "guidance")
-                for t in floats(c.temperatures, "temperatures")]
-        s2 = name.startswith("ctf") and not name.endswith(PRIOR_ARMS)
-        if s2:
-            grid = [{**s, "stage2_temperature": DEFAULTS["ctf"]["stage2_temperature"]} for s in grid]
-        best = min(grid, key=score)
-        if s2:
-            best = min([{**best, "stage2_temperature": t} for t in floats(c.stage2_temperatures, "stage2_temperatures")],
-                       key=score)
-        return {"best": best, "sweep": {k: v["metrics"]["fid_classifier"] for k, v in results.items()}}
+        return sweeping.sweep(self.ws, self.cfg, name, unit, pipe, clf, meta)
 
     def _load_picks(self) -> dict:
         path = self.out / "picks.json"
@@ -337,7 +293,7 @@ class ScalingStudy:
                 for pick, s in (("best", sweep["best"]), ("default", DEFAULTS["baseline" if n == "baseline" else "ctf"])):
                     if n.endswith(PRIOR_ARMS) and pick == "default":
                         continue
-                    r = self.evaluate(f"{unit}-{n}-final-{pick}-{_tag(s)}", pipeline(n), clf, s, final=True,
+                    r = self.evaluate(f"{unit}-{n}-final-{pick}-{tag_of(s)}", pipeline(n), clf, s, final=True,
                                       metadata={**meta, "pick": pick})
                     out[pick] = {"settings": s, "metrics": r["metrics"]}
             except NotMade:

@@ -2,11 +2,13 @@
 stopping's snapshots, the held-out validation split, FLOPs, the results directory (a unit found there is
 skipped), resume, the plan and the report; and the curve statistics on synthetic curves."""
 import json
+import shutil
 
 import pytest
 
 from ctfgen import CtfgenError
 from ctfgen.scaling.lasting import LastingConfig, LastingStudy
+from ctfgen.scaling.lasting.study import gpu_section
 from ctfgen.scaling.lasting.curves import first_match, fit_asymptote, fit_window
 
 
@@ -71,10 +73,12 @@ def test_lasting_study_end_to_end_resume_and_results_dir(tmp_path, tiny_data):
     assert sum("skipped" in line for line in logs) == 2
     # a fresh machine (empty study folder) with the committed results skips those units too, and the
     # study folder alone (no results directory) reuses every model, snapshot and evaluation
-    logs.clear()
-    LastingStudy(tiny_cfg(tiny_data), tmp_path / "fresh", results_dir=results, progress=False,
-                 log=logs.append).run(only_seeds=[1])
-    assert not (tmp_path / "fresh" / "V32-g8").exists()
+    # (through `ctfgen bench gpu --lasting`'s section, which keeps its results in FOLDER/results)
+    fresh = tmp_path / "fresh"
+    shutil.copytree(results, fresh / "results")
+    ran = gpu_section(fresh, "cpu", tiny_cfg(tiny_data))
+    assert ran["units_done"] == [f[:-5] for f in files] and ran["units_planned"] == 2
+    assert not (fresh / "study" / "V32-g8").exists()
     (results / files[0]).unlink()
     logs.clear()
     study().run(only_seeds=[0])
@@ -99,15 +103,13 @@ def _plan(study):
     return plan_rows(study)
 
 
-def test_bad_lasting_settings_are_named(tiny_data):
-    with pytest.raises(CtfgenError, match="grids"):
-        tiny_cfg(tiny_data, grids="12").check()
-    with pytest.raises(CtfgenError, match="arms"):
-        tiny_cfg(tiny_data, arms="uniform").check()
-    with pytest.raises(CtfgenError, match="k_ratio"):
-        tiny_cfg(tiny_data, vocabs="30").check()
-    with pytest.raises(CtfgenError, match="preset"):
-        tiny_cfg(tiny_data, presets="huge").check()
+@pytest.mark.parametrize("setting, message", [
+    ({"grids": "12"}, "grids: .12. not supported"), ({"arms": "uniform"}, "add learned"),
+    ({"vocabs": "30"}, "k_ratio=8"), ({"presets": "huge"}, "unknown model preset"),
+    ({"vocabs": "a"}, "vocabs: expected comma-separated integers"), ({"wsd_decay": 2.0}, "wsd_decay")])
+def test_bad_lasting_settings_are_named(tiny_data, setting, message):
+    with pytest.raises(CtfgenError, match=message):
+        tiny_cfg(tiny_data, **setting).check()
 
 
 def test_validation_images_stay_out_of_the_training_codes(tmp_path, tiny_data):

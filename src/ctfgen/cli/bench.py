@@ -211,14 +211,23 @@ def _add_gpu(group) -> None:
     p.add_argument("--skip", default="", metavar="A,B",
                    help="sections to leave out, comma-separated names as in the report (e.g. tests,smoke)")
     p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--lasting", action="store_true",
+                   help="then run `ctfgen bench lasting`'s default plan on the device (batch 256, bf16 autocast; "
+                        "OUT/lasting/, one JSON per unit in OUT/lasting/results/, whatever --budget says; needs "
+                        "Fashion-MNIST, $CTFGEN_FASHION_MNIST; not in --quick)")
 
 
 def _run_gpu(args) -> int:
     from ..gpucheck import GpuCheck
 
     device = _bench_device(args)
+    extra = {}
+    if args.lasting:
+        from ..scaling.lasting.study import gpu_section
+
+        extra["lasting"] = gpu_section
     check = GpuCheck(args.out, device=device, quick=args.quick, budget_s=args.budget, peak_tflops=args.peak_tflops,
-                     skip=tuple(s.strip() for s in args.skip.split(",") if s.strip()))
+                     skip=tuple(s.strip() for s in args.skip.split(",") if s.strip()), extra=extra)
     result = check.run()
     print((check.out / "gpu_check.md").read_text())
     failed = [n for n, s in result["sections"].items() if s.get("status") == "error"]

@@ -58,8 +58,8 @@ def _add_args(p: argparse.ArgumentParser, kind: str) -> None:
 
     o = p.add_argument_group("optimisation (LlamaGen's recipe by default)")
     add_config_flags(o.add_mutually_exclusive_group(), TrainConfig, only=("steps", "epochs"), **FLAG_OPTS)
-    add_config_flags(o, TrainConfig, only=("batch_size", "lr", "warmup_steps", "cosine", "min_lr_ratio", "weight_decay",
-                                           "grad_clip", "ema", "seed"), **FLAG_OPTS)
+    add_config_flags(o, TrainConfig, only=("batch_size", "lr", "warmup_steps", "cosine", "wsd_decay", "min_lr_ratio",
+                                           "weight_decay", "grad_clip", "ema", "seed"), **FLAG_OPTS)
     p.set_defaults(lr=None)  # None: default_lr(--preset), decided when the preset is known
 
     r = p.add_argument_group("execution")

@@ -15,14 +15,20 @@ from ..experiment import Workspace
 PRIOR_ARMS = ("uniform", "frequency")  # parameter-free stage 2 on the k-means stage 1
 
 
-def floats(text: str, name: str) -> list[float]:
+def values(text: str, name: str, cast: type = float) -> list:
+    """The comma-separated values of the setting `name` (floats, or ints with `cast=int`), at least one."""
     try:
-        out = [float(x) for x in text.split(",") if x.strip()]
+        out = [cast(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise CtfgenError(f"{name}: expected comma-separated numbers, got {text!r}") from None
+        kind = "integers" if cast is int else "numbers"
+        raise CtfgenError(f"{name}: expected comma-separated {kind}, got {text!r}") from None
     if not out:
         raise CtfgenError(f"{name}: give at least one value")
     return out
+
+
+def floats(text: str, name: str) -> list[float]:
+    return values(text, name, float)
 
 
 # paper defaults (PAPER.md): CFG 2.0; CTF temperature 1.1 and stage-2 temperature 1.1; LlamaGen 1.0

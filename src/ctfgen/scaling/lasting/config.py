@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from ...config import check_fields, option
 from ...data import DataConfig
 from ...errors import CtfgenError
-from ..sweep import floats
+from ..sweep import floats, values
 
 ARMS = ("learned", "uniform")  # CTF's stage 2: the trained one, and the uniform member prior
 GRIDS = (8, 16)  # tokens per side of the 32 px images: the fmnist tokenizer downsamples 4x or 2x
@@ -25,13 +25,7 @@ AXES = {"vocabs", "pipeline_seeds", "grids", "presets", "arms", "steps", "batch_
 
 
 def ints(text: str, name: str) -> list[int]:
-    try:
-        out = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise CtfgenError(f"{name}: expected comma-separated integers, got {text!r}") from None
-    if not out:
-        raise CtfgenError(f"{name}: give at least one value")
-    return out
+    return values(text, name, int)
 
 
 @dataclass(frozen=True)

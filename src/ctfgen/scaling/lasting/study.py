@@ -302,3 +302,15 @@ class LastingStudy:
                 self.ws.log(f"{unit.key}: done -> {self.result_path(unit)}")
         self.ws.end(t0)
         return write_report(self.results_dir, self.cfg, self.units())
+
+
+def gpu_section(folder: Path, device, cfg: LastingConfig | None = None) -> dict:
+    """`ctfgen bench gpu --lasting`: the plan of `cfg` (default: the command's defaults) on `device`,
+    in folder/study with its unit JSONs in folder/results; what ran, the report and the seconds."""
+    t0 = time.time()
+    study = LastingStudy(cfg or LastingConfig(), folder / "study", results_dir=folder / "results", device=device,
+                         progress=False)
+    page = study.run()
+    done = [u.key for u in study.units() if study.result_path(u).is_file()]
+    return {"report": str(page), "units_done": done, "units_planned": len(study.units()),
+            "seconds": round(time.time() - t0, 1)}

@@ -9,7 +9,7 @@ import pytest
 from ctfgen import CtfgenError
 from ctfgen.scaling.lasting import LastingConfig, LastingStudy
 from ctfgen.scaling.lasting.study import gpu_section
-from ctfgen.scaling.lasting.curves import first_match, fit_asymptote, fit_window
+from ctfgen.scaling.lasting.curves import at_equal_compute, first_match, fit_asymptote, fit_window
 
 
 def tiny_cfg(data, **kw):
@@ -44,6 +44,8 @@ def test_lasting_study_end_to_end_resume_and_results_dir(tmp_path, tiny_data):
     f = u["flops_per_step"]
     assert f["ctf"] > f["ctf-uniform"] > 0 and f["baseline"] > 0
     assert u["curves"]["baseline"][1]["flops"] == pytest.approx(4 * f["baseline"])
+    equal = u["baseline_matches"]["ctf"]["equal_compute"]  # the baseline's run is the cheaper one
+    assert equal["flops"] == pytest.approx(6 * f["baseline"]) and equal["b"] == u["curves"]["baseline"][-1]["bits_per_token"]
     # early stopping: the best point's snapshot is the only one kept, and its test NLL was scored from it
     mroot = out / "V32-g8" / "seed0" / "tiny-n6-b16"
     for m in ("ctf", "ctf-uniform", "baseline"):
@@ -140,5 +142,7 @@ def test_first_match_at_equal_steps_and_flops():
     # CTF's curve is interpolated between its points: at step 2.5 it would be at 3.75
     assert first_match(ctf, [{"step": 2.5, "flops": 5.0, "bits_per_token": 3.7}], "step") == 2.5
     assert first_match(ctf, [{"step": 2.5, "flops": 5.0, "bits_per_token": 3.8}], "step") is None
+    # at equal compute: the baseline's run ends at 4 FLOPs, where CTF is at its step 2 (4.0 bits)
+    assert at_equal_compute(ctf, base) == {"flops": 4.0, "a": 4.0, "b": 3.3, "gap": pytest.approx(0.7)}
     never = [{"step": p["step"], "flops": p["flops"], "bits_per_token": p["bits_per_token"] + 1} for p in base]
     assert first_match(ctf, never, "step") is None

@@ -1,5 +1,6 @@
 """What a held-out curve says: training FLOPs per step, the best point (early stopping), where the
-baseline first matches CTF (at equal steps, and at equal FLOPs), and a fitted end point.
+baseline first matches CTF (at equal steps, and at equal FLOPs), the two at equal compute, and a
+fitted end point.
 
 The fit is L(s) = L_inf + A * s^-alpha (scipy.optimize.curve_fit) over the constant-rate part of the
 curve (warm-up and the final decay left out: the decay drops the loss by an amount the power law does
@@ -37,6 +38,14 @@ def first_match(ctf: list[dict], base: list[dict], x: str = "step") -> float | N
         if p["bits_per_token"] <= _interp(p[x], xs, ys, log=x == "flops"):
             return p[x]
     return None
+
+
+def at_equal_compute(a: list[dict], b: list[dict]) -> dict:
+    """Both curves at the training FLOPs where the cheaper run ends (the other interpolated in log
+    FLOPs): {"flops", "a", "b", "gap" (a − b)} in validation bits per token."""
+    flops = min(a[-1]["flops"], b[-1]["flops"])
+    ya, yb = (_interp(flops, [p["flops"] for p in c], [p["bits_per_token"] for p in c], log=True) for c in (a, b))
+    return {"flops": flops, "a": ya, "b": yb, "gap": ya - yb}
 
 
 def _interp(x: float, xs: list[float], ys: list[float], log: bool) -> float:

@@ -20,6 +20,7 @@ from ..report import fmt, mean_std, paired, verdict
 METHODS = ("ctf", "ctf-uniform", "baseline")
 NAMES = {"ctf": "CTF (learned stage 2)", "ctf-uniform": "CTF (uniform stage 2)", "baseline": "baseline"}
 STYLE = {"ctf": "-o", "ctf-uniform": ":^", "baseline": "-s"}
+LOWER = ("CTF lower", "baseline lower")
 
 
 def load_units(results_dir: Path) -> list[dict]:
@@ -35,6 +36,9 @@ def measures(u: dict, m: str) -> dict[str, float]:
         out["test"] = u["test"][m]["bits_per_token"]
     if u["fit"].get(m, {}).get("ok"):
         out["L_inf"] = u["fit"][m]["L_inf"]
+    if m in u.get("baseline_matches", {}):  # the end of the cheaper run: validation bits of both there
+        out["compute_gap"] = u["baseline_matches"][m]["equal_compute"]["gap"]
+        out["end_gap"] = u["curves"][m][-1]["bits_per_token"] - u["curves"]["baseline"][-1]["bits_per_token"]
     for pick in ("best", "default"):
         metrics = (u.get("samples", {}).get(m) or {}).get(pick, {}).get("metrics", {})
         if "fid_classifier" in metrics:
@@ -50,8 +54,9 @@ def by_recipe(units: list[dict]) -> dict[str, list[dict]]:
 
 
 def pair(us: list[dict], a: str, b: str, key: str) -> dict:
-    """Paired a − b of one measure over the seeds where both have it."""
-    xs = [(measures(u, a).get(key), measures(u, b).get(key)) for u in us]
+    """Paired a − b of one measure over the seeds where both have it (a measure that is already a
+    paired difference, e.g. "compute_gap", has b's value 0)."""
+    xs = [(measures(u, a).get(key), measures(u, b).get(key, 0.0 if key.endswith("_gap") else None)) for u in us]
     xs = [(x, y) for x, y in xs if x is not None and y is not None]
     return paired([x for x, _ in xs], [y for _, y in xs])
 
@@ -78,21 +83,24 @@ def recipe_section(recipe: str, us: list[dict]) -> tuple[list[str], dict]:
     L += [markdown_table(t), ""]
     summary = {"V": u0["V"], "grid": u0["grid"], "tokens": u0["tokens"], "preset": u0["preset"], "steps": u0["steps"],
                "batch": u0["batch"], "seeds": [u["seed"] for u in us], "params": u0["params"], "paired": {}}
-    t = [["comparison (paired by seed)", "test bits/token", "fitted L_inf", "classifier-FID (best)",
-          "baseline matches it at step", "... at training FLOPs"]]
+    t = [["comparison (paired by seed)", "test bits/token (best ckpts)", "val bits/token, equal steps (end)",
+          "val bits/token, equal FLOPs", "fitted L_inf", "classifier-FID (best)", "baseline matches it at step",
+          "... at training FLOPs"]]
     noise = "pipeline-seed noise"
     for m in (x for x in methods if x != "baseline"):
-        p = {k: pair(us, m, "baseline", k) for k in ("test", "L_inf", "fid_best")}
+        p = {k: pair(us, m, "baseline", k) for k in ("test", "end_gap", "compute_gap", "L_inf", "fid_best")}
         summary["paired"][m] = p
         steps = [u["baseline_matches"][m]["step"] for u in us]
         flops = [u["baseline_matches"][m]["flops"] for u in us]
-        t.append([f"{NAMES[m]} − baseline", verdict(p["test"], "CTF lower", "baseline lower", noise)
-                  if p["test"]["n"] else "–", verdict(p["L_inf"], "CTF lower", "baseline lower", noise)
-                  if p["L_inf"]["n"] else "–", verdict(p["fid_best"], "CTF better", "baseline better", noise)
-                  if p["fid_best"]["n"] else "–", ", ".join("never" if s is None else str(s) for s in steps),
+        cells = [verdict(p[k], *words, noise) if p[k]["n"] else "–" for k, words in (
+            ("test", LOWER), ("end_gap", LOWER), ("compute_gap", LOWER), ("L_inf", LOWER),
+            ("fid_best", ("CTF better", "baseline better")))]
+        t.append([f"{NAMES[m]} − baseline", *cells, ", ".join("never" if s is None else str(s) for s in steps),
                   ", ".join("never" if f is None else f"{f:.3g}" for f in flops)])
         summary["paired"][m]["baseline_matches"] = {"step": steps, "flops": flops}
-    L += [markdown_table(t), "", f"![curves]({_slug(recipe)}.png)", ""]
+    L += [markdown_table(t), "", "Equal steps: the validation curves at their last point; equal FLOPs: both curves "
+          "at the training FLOPs where the cheaper method's run ends (the other interpolated in log FLOPs).", "",
+          f"![curves]({_slug(recipe)}.png)", ""]
     return L, summary
 
 

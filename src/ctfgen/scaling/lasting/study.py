@@ -32,7 +32,7 @@ from ...errors import CtfgenError
 from ...experiment import NotMade, Workspace
 from .. import sweep as sweeping
 from .config import AXES, GRID_VQ, LastingConfig, Unit
-from .curves import best_point, first_match, fit_asymptote, fit_window, train_flops_per_step
+from .curves import at_equal_compute, best_point, first_match, fit_asymptote, fit_window, train_flops_per_step
 
 # the models each method is made of (Workspace.train kinds), as kept in its snapshot folder
 PARTS = {"ctf": ("ar", "aux"), "ctf-uniform": ("ar",), "baseline": ("baseline",)}
@@ -159,7 +159,8 @@ class LastingStudy:
         match = {}
         for m in (x for x in curves if x != "baseline"):
             match[m] = {"step": first_match(curves[m], curves["baseline"], "step"),
-                        "flops": first_match(curves[m], curves["baseline"], "flops")}
+                        "flops": first_match(curves[m], curves["baseline"], "flops"),
+                        "equal_compute": at_equal_compute(curves[m], curves["baseline"])}
         tok = json.loads((pipe["tokenizer"] / MANIFEST).read_text())
         report = tok["info"]["report"]
         return {"unit": unit.key, "recipe": unit.recipe, "V": unit.V, "K": unit.V // c.k_ratio, "grid": unit.grid,

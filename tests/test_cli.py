@@ -115,7 +115,7 @@ def test_every_option_shows_its_default(path):
     (["bench", "scaling", "--arms", "kmeans"], "--arms"),
     (["bench", "scaling", "--guidance", "0.5"], "--guidance"),
     (["bench", "scaling", "--inception", "last"], "--inception"),
-    (["bench", "lasting", "--grids", "8,12"], "--grids"),
+    (["bench", "lasting", "--grids", "8,x"], "--grids"),
     (["bench", "lasting", "--presets", "tiny,huge"], "--presets"),
     (["bench", "lasting", "--arms", "learned,frequency"], "--arms"),
     (["bench", "lasting", "--wsd-decay", "1.5"], "--wsd-decay"),

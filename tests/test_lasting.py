@@ -36,6 +36,8 @@ def test_lasting_study_end_to_end_resume_and_results_dir(tmp_path, tiny_data):
     assert set(u["curves"]) == {"ctf", "ctf-uniform", "baseline"}
     assert [p["step"] for p in u["curves"]["ctf"]] == [2, 4, 6]
     assert u["curves"]["ctf"][0]["images"] == 12  # the validation split
+    # grid 8 of 16 px images: a tokenizer with one downsampling level less than the preset's, 64 tokens
+    assert u["tokenizer"]["vq"]["ch_mult"] == [1, 4] and u["curves"]["ctf"][0]["tokens_per_image"] == 64 == u["tokens"]
     assert u["test"]["ctf"]["images"] == 30  # every test image at the best checkpoint
     # the uniform stage 2 shares stage 1: same stage-1 bits at every point
     for a, b in zip(u["curves"]["ctf"], u["curves"]["ctf-uniform"]):
@@ -106,7 +108,7 @@ def _plan(study):
 
 
 @pytest.mark.parametrize("setting, message", [
-    ({"grids": "12"}, "grids: .12. not supported"), ({"arms": "uniform"}, "add learned"),
+    ({"grids": "12"}, r"grids: \[12\] not supported at 16 px; choose tokens per side \[4, 8\]"), ({"arms": "uniform"}, "add learned"),
     ({"vocabs": "30"}, "k_ratio=8"), ({"presets": "huge"}, "unknown model preset"),
     ({"vocabs": "a"}, "vocabs: expected comma-separated integers"), ({"wsd_decay": 2.0}, "wsd_decay")])
 def test_bad_lasting_settings_are_named(tiny_data, setting, message):

@@ -374,11 +374,11 @@ def _run_scaling(args) -> int:
 # ---------------------------------------------------------------- bench lasting
 
 def _add_lasting(group) -> None:
-    from ..scaling.lasting.config import ARMS, GRIDS
+    from ..scaling.lasting.config import ARMS
     from ._util import comma_list, float_range, int_range, one_of
     from .demo import add_experiment
 
-    types = {"vocabs": comma_list(int_range(2, 65536)), "grids": comma_list(one_of(*map(str, GRIDS))),
+    types = {"vocabs": comma_list(int_range(2, 65536)), "grids": comma_list(int_range(1)),
              "arms": comma_list(one_of(*ARMS)), "presets": comma_list(one_of(*MODEL_PRESETS)),
              "guidance": comma_list(float_range(1.0)), "temperatures": comma_list(float_range(0.0, lo_open=True)),
              "stage2_temperatures": comma_list(float_range(0.0, lo_open=True))}

@@ -15,9 +15,9 @@ from ...errors import CtfgenError
 from ..sweep import floats, values
 
 ARMS = ("learned", "uniform")  # CTF's stage 2: the trained one, and the uniform member prior
-GRIDS = (8, 16)  # tokens per side of the 32 px images: the fmnist tokenizer downsamples 4x or 2x
-# the 16x16 tokenizer: one level less than fmnist's (1, 2, 4), its 16 channels at 32 px and 64 at the grid
-GRID_VQ = {8: {}, 16: {"ch_mult": (1, 4)}}
+# tokenizer levels by downsampling factor: 4x is the fmnist preset's (1, 2, 4) (32 px -> 8x8 tokens);
+# 2x has one level less, its 16 channels at full size and 64 at the grid (32 px -> 16x16 = 256 tokens)
+LEVELS = {4: {}, 2: {"ch_mult": (1, 4)}}
 CPU_BATCH, GPU_BATCH = 32, 256
 INCEPTION = ("none", "best")
 # axes: a folder made with other values of these is extended, not refused (units are keyed by them)
@@ -66,8 +66,8 @@ class LastingConfig:
     k_ratio: int = option(32, "K = V / this many codes per coarse label", min=1)
     pipeline_seeds: int = option(2, "whole-pipeline seeds 0..N-1: each trains its own tokenizer, clustering and models",
                                  min=1)
-    grids: str = option("8", "tokens per side, comma-separated: 8 (the fmnist tokenizer) or 16 (one downsampling "
-                             "level less: 256 tokens)")
+    grids: str = option("8", "tokens per side, comma-separated: 8 (the fmnist tokenizer, 4x downsampling of 32 px) "
+                             "or 16 (2x, one level less: 256 tokens)")
     presets: str = option("tiny", "model sizes of stage 1, stage 2 and the baseline, comma-separated (e.g. tiny,small)")
     arms: str = option("learned,uniform", "CTF's stage 2s: learned (trained) and uniform (the parameter-free member "
                                           "prior on the same stage 1)")
@@ -106,9 +106,11 @@ class LastingConfig:
             if V % self.k_ratio or V // self.k_ratio < 2 or V > 65536:
                 raise CtfgenError(f"vocabs: V={V} must be a multiple of k_ratio={self.k_ratio} giving K >= 2, "
                                   "and at most 65536")
-        bad = [g for g in self.grid_list() if g not in GRIDS]
+        r = self.data.resolution
+        bad = [g for g in self.grid_list() if r % g or r // g not in LEVELS]
         if bad:
-            raise CtfgenError(f"grids: {bad} not supported; choose from {GRIDS} (32 px images)")
+            raise CtfgenError(f"grids: {bad} not supported at {r} px; choose tokens per side "
+                              f"{sorted(r // d for d in LEVELS)} (the tokenizer downsamples {sorted(LEVELS)}x)")
         bad = [a for a in self.arm_list() if a not in ARMS]
         if bad or not self.arm_list():
             raise CtfgenError(f"arms: expected some of {', '.join(ARMS)}, got {self.arms!r}")
@@ -134,6 +136,10 @@ class LastingConfig:
 
     def arm_list(self) -> list[str]:
         return [a.strip() for a in self.arms.split(",") if a.strip()]
+
+    def tokenizer_levels(self, grid: int) -> dict:
+        """VQConfig fields over the fmnist preset that give `grid` tokens per side."""
+        return LEVELS[self.data.resolution // grid]
 
     def batch(self, on_gpu: bool) -> int:
         return self.batch_size or (GPU_BATCH if on_gpu else CPU_BATCH)

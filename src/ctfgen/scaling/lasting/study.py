@@ -31,7 +31,7 @@ from ...artifacts import MANIFEST, atomic_write_json
 from ...errors import CtfgenError
 from ...experiment import NotMade, Workspace
 from .. import sweep as sweeping
-from .config import AXES, GRID_VQ, LastingConfig, Unit
+from .config import AXES, LastingConfig, Unit
 from .curves import at_equal_compute, best_point, first_match, fit_asymptote, fit_window, train_flops_per_step
 
 # the models each method is made of (Workspace.train kinds), as kept in its snapshot folder
@@ -86,7 +86,7 @@ class LastingStudy:
     def pipeline(self, unit: Unit) -> dict[str, Path]:
         c, ws = self.cfg, self.ws
         root = self.out / unit.pipeline_dir
-        tok = ws.tokenizer(root=root, codebook_size=unit.V, seed=unit.seed, vq=GRID_VQ[unit.grid])
+        tok = ws.tokenizer(root=root, codebook_size=unit.V, seed=unit.seed, vq=c.tokenizer_levels(unit.grid))
         n_codes, first_val = self.train_split()
         return {"root": root, "tokenizer": tok,
                 "train": ws.codes(tok, root=root, split="train", views="none", limit=n_codes),

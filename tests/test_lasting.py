@@ -8,6 +8,7 @@ import pytest
 
 from ctfgen import CtfgenError
 from ctfgen.scaling.lasting import LastingConfig, LastingStudy
+from ctfgen.scaling.lasting.report import write_report
 from ctfgen.scaling.lasting.study import gpu_section
 from ctfgen.scaling.lasting.curves import at_equal_compute, first_match, fit_asymptote, fit_window
 
@@ -95,6 +96,21 @@ def test_lasting_study_end_to_end_resume_and_results_dir(tmp_path, tiny_data):
     assert rows["V32-g8-small-n6-b16-p0"]["train_pflops"] > rows["V32-g8-tiny-n6-b16-p0"]["train_pflops"]
     page = study(presets="tiny,small").run(only_seeds=[])  # no seeds: only the report
     assert "- V32-g8-small-n6-b16-p0" in page.read_text().split("## What did not run")[1]
+    # two recipes that differ in model size alone: the report's gap-against-size table and plot
+    other = tmp_path / "two-sizes"
+    for f in files:
+        unit = json.loads((results / f).read_text())
+        other.mkdir(exist_ok=True)
+        (other / f).write_text(json.dumps(unit))
+        unit.update(preset="small", recipe=unit["recipe"].replace("tiny", "small"),
+                    params={k: 4 * v for k, v in unit["params"].items()})
+        (other / f.replace("tiny", "small")).write_text(json.dumps(unit))
+    text = write_report(other).read_text()
+    size = text.split("## The gap against model size")[1].split("##")[0]
+    assert "| V=32, grid=8, steps=6, batch=16 | tiny |" in size and "| small |" in size
+    assert "No two recipes" in text.split("## The gap against sequence length")[1]
+    assert (other / "report" / "gap-trends.png").is_file()
+
     with pytest.raises(CtfgenError, match="only_seeds"):
         study().run(only_seeds=[5])
     with pytest.raises(CtfgenError, match="other lasting settings"):

@@ -115,6 +115,9 @@ def test_lasting_study_end_to_end_resume_and_results_dir(tmp_path, tiny_data):
         study().run(only_seeds=[5])
     with pytest.raises(CtfgenError, match="other lasting settings"):
         study(lr=1e-3).run()
+    # committed results of another recipe are refused, not taken for this one's
+    with pytest.raises(CtfgenError, match="made with other settings .lr: 0.008 there, 0.001 now"):
+        LastingStudy(tiny_cfg(tiny_data, lr=1e-3), tmp_path / "other", results_dir=results, progress=False).run()
 
 
 def _plan(study):

@@ -56,7 +56,7 @@ def plan_rows(study, gflops: float = RATES["cpu_gflops"]) -> list[dict]:
     methods = study.methods()
     rows, pipelines = [], set()
     for unit in study.units():
-        done = study.result_path(unit).is_file()
+        done = study.finished(unit)
         started = (study.out / unit.models_dir).is_dir()
         f = unit_flops(cfg, unit, methods, num_classes)
         hours = sum(f.values()) / (gflops * 1e9) / 3600

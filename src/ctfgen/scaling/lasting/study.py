@@ -30,9 +30,9 @@ from typing import Any, Callable
 from ...artifacts import MANIFEST, atomic_write_json
 from ...errors import CtfgenError
 from ...experiment import NotMade, Workspace
-from .. import sweep as sweeping
 from .config import AXES, LastingConfig, Unit
 from .curves import at_equal_compute, best_point, first_match, fit_asymptote, fit_window, train_flops_per_step
+from .sampling import best_vs_best
 
 # the models each method is made of (Workspace.train kinds), as kept in its snapshot folder
 PARTS = {"ctf": ("ar", "aux"), "ctf-uniform": ("ar",), "baseline": ("baseline",)}
@@ -65,6 +65,27 @@ class LastingStudy:
 
     def result_path(self, unit: Unit) -> Path:
         return self.results_dir / f"{unit.key}.json"
+
+    def settings(self) -> dict:
+        """The settings a unit's results depend on beyond its key (the axes): a unit in the results
+        directory made with others is not this plan's."""
+        from ...config import to_dict
+
+        return {k: v for k, v in to_dict(self.cfg).items() if k not in AXES | {"classifier", "sample_batch"}}
+
+    def finished(self, unit: Unit) -> bool:
+        """True when the results directory holds `unit` made with these settings; CtfgenError when it
+        holds it made with others."""
+        path = self.result_path(unit)
+        if not path.is_file():
+            return False
+        there = json.loads(path.read_text()).get("settings", {})
+        diff = sorted(k for k in set(there) | set(self.settings()) if there.get(k) != self.settings().get(k))
+        if diff:
+            k = diff[0]
+            raise CtfgenError(f"{path} was made with other settings ({k}: {there.get(k)!r} there, "
+                              f"{self.settings().get(k)!r} now); use another --results-dir or the same settings")
+        return True
 
     # ------------------------------------------------------------ the pipeline of one seed
 
@@ -153,7 +174,7 @@ class LastingStudy:
             window = fit_window(curve, c.warmup, c.decay_start())
             fits[m] = fit_asymptote([p["step"] for p in window], [p["bits_per_token"] for p in window])
             if c.sampling:
-                s = self._samples(unit, m, snap, pipe, clf, b["step"])
+                s = best_vs_best(self, unit, m, snap, pipe, clf, b["step"])
                 complete &= s is not None
                 samples[m] = s
         match = {}
@@ -166,6 +187,7 @@ class LastingStudy:
         return {"unit": unit.key, "recipe": unit.recipe, "V": unit.V, "K": unit.V // c.k_ratio, "grid": unit.grid,
                 "tokens": unit.grid ** 2, "preset": unit.preset, "steps": unit.steps, "batch": unit.batch,
                 "seed": unit.seed, "seed_kind": "pipeline", "device": str(self.device), "dtype": c.dtype,
+                "settings": self.settings(),
                 "schedule": {"lr_per_256": c.lr, "warmup": c.warmup, "wsd_decay": c.wsd_decay,
                              "decay_start": c.decay_start(), "eval_every": c.eval_every},
                 "validation": {"images": c.val_images, "from": "the last images of the training split"},
@@ -186,12 +208,13 @@ class LastingStudy:
 
         models: dict[str, Any] = {k: load_model(f, self.device)[0] for k, f in folders.items()}
         if m == "ctf-uniform":
-            models["aux"] = self._prior(pipe)
+            models["aux"] = self.prior(pipe)
         codes_NL, labels_N = store_sequences(CodeStore.open(pipe[split]), max_images=images)
         keep = shared if m != "baseline" else None
         return heldout_nll(models, codes_NL, labels_N, stage1_N=(keep or {}).get("stage1_N"), keep=keep)
 
-    def _prior(self, pipe: dict):
+    def prior(self, pipe: dict):
+        """The uniform member prior of the pipeline's coarse map: the parameter-free stage 2."""
         from ...cluster import CoarseMap
         from ...models.member_prior import MemberPrior
 
@@ -231,52 +254,6 @@ class LastingStudy:
             if old.name != f"best-{m}-step{best_step}":
                 shutil.rmtree(old, ignore_errors=True)
 
-    def _samples(self, unit: Unit, m: str, snap: Path, pipe: dict, clf: Path | None, step: int) -> dict | None:
-        """Best-against-best classifier-FID at the best checkpoint: the sweep (or seed 0's pick), then
-        fresh sets at the pick and at the paper's defaults; None while seed 0's pick is not made yet."""
-        from ...models.artifact import load_model
-        from ...sample import BaselinePipeline, CTFPipeline
-        from ...tokenizer import load_tokenizer
-
-        c, tok = self.cfg, pipe["tokenizer"]
-        if m == "baseline":
-            def make():
-                return BaselinePipeline.from_folders(tokenizer=tok, baseline=snap / "baseline", device=self.device)
-        elif m == "ctf-uniform":
-            def make():
-                return CTFPipeline(load_tokenizer(tok, self.device), ar=load_model(snap / "ar", self.device)[0],
-                                   aux=self._prior(pipe))
-        else:
-            def make():
-                return CTFPipeline.from_folders(tokenizer=tok, ar=snap / "ar", aux=snap / "aux", device=self.device)
-        meta = {"unit": unit.key, "method": m, "checkpoint_step": step, "seed_kind": "pipeline", "pipeline_seed": unit.seed}
-        tag = f"{unit.key}-step{step}"
-        picks_path = self.out / "picks.json"
-        picks = json.loads(picks_path.read_text()) if picks_path.is_file() else {}
-        if m == "ctf-uniform":  # no sweep of its own: the learned CTF's stage-1 pick, stage 2 at 1.0
-            pick = picks.get(f"{unit.key}-ctf") or picks.get(f"{unit.recipe}-p0-ctf")
-            if pick is None:
-                return None
-            chosen = {**{k: v for k, v in pick["best"].items() if k != "stage2_temperature"}, "stage2_temperature": 1.0}
-            sweep = {"best": chosen, "sweep": {}, "from": "the learned CTF's stage-1 pick"}
-        elif unit.seed < c.sweep_seeds:
-            sweep = sweeping.sweep(self.ws, c, m, tag, make, clf, meta)
-            picks = json.loads(picks_path.read_text()) if picks_path.is_file() else {}
-            atomic_write_json(picks_path, {**picks, f"{unit.key}-{m}": sweep})
-        elif f"{unit.recipe}-p0-{m}" in picks:
-            sweep = {**picks[f"{unit.recipe}-p0-{m}"], "from": "pipeline seed 0's sweep"}
-        else:
-            self.ws.log(f"{unit.key}: {m} samples wait for seed 0's sweep; rerun to make them")
-            return None
-        out = {"best_settings": sweep["best"], "sweep": sweep.get("sweep", {}), "picked_on": sweep.get("from", "own sweep")}
-        defaults = sweeping.DEFAULTS["baseline" if m == "baseline" else "ctf"]
-        for pick, s in (("best", sweep["best"]), ("default", None if m == "ctf-uniform" else defaults)):
-            if s is not None:
-                r = sweeping.evaluate(self.ws, c, f"{tag}-{m}-final-{pick}-{sweeping.tag_of(s)}", make, clf, s,
-                                      final=True, metadata={**meta, "pick": pick})
-                out[pick] = {"settings": s, "metrics": r["metrics"]}
-        return out
-
     # ------------------------------------------------------------ all
 
     def run(self, only_seeds: list[int] | None = None) -> Path:
@@ -290,7 +267,7 @@ class LastingStudy:
         self.results_dir.mkdir(parents=True, exist_ok=True)
         clf = self.ws.classifier(existing=self.cfg.classifier) if self.cfg.sampling else None
         for unit in units:
-            if self.result_path(unit).is_file():
+            if self.finished(unit):
                 self.ws.log(f"{unit.key}: results in {self.result_path(unit)}; skipped")
                 continue
             try:
@@ -312,6 +289,6 @@ def gpu_section(folder: Path, device, cfg: LastingConfig | None = None) -> dict:
     study = LastingStudy(cfg or LastingConfig(), folder / "study", results_dir=folder / "results", device=device,
                          progress=False)
     page = study.run()
-    done = [u.key for u in study.units() if study.result_path(u).is_file()]
+    done = [u.key for u in study.units() if study.finished(u)]
     return {"report": str(page), "units_done": done, "units_planned": len(study.units()),
             "seconds": round(time.time() - t0, 1)}

@@ -15,7 +15,7 @@ from ctfgen.scaling.lasting.curves import at_equal_compute, first_match, fit_asy
 
 def tiny_cfg(data, **kw):
     return LastingConfig(data=data, **{**dict(
-        vocabs="32", k_ratio=8, pipeline_seeds=2, grids="8", presets="tiny", steps=6, batch_size=16, warmup=1,
+        vocabs="32", k_ratio=8, pipeline_seeds=2, grids="4", presets="tiny", steps=6, batch_size=16, warmup=1,
         wsd_decay=0.34, eval_every=2, val_images=12, code_images=0, test_images=0, tokenizer_steps=2,
         tokenizer_batch=16, guidance="2.0", temperatures="1.0", stage2_temperatures="1.0",
         sweep_samples_per_class=4, final_samples_per_class=4, classifier_epochs=1, reference_images=30,
@@ -31,14 +31,14 @@ def test_lasting_study_end_to_end_resume_and_results_dir(tmp_path, tiny_data):
 
     page = study().run()
     files = sorted(p.name for p in results.glob("*.json"))
-    assert files == ["V32-g8-tiny-n6-b16-p0.json", "V32-g8-tiny-n6-b16-p1.json"]
+    assert files == ["V32-g4-tiny-n6-b16-p0.json", "V32-g4-tiny-n6-b16-p1.json"]
     u = json.loads((results / files[0]).read_text())
     assert u["complete"] and u["seed_kind"] == "pipeline"
     assert set(u["curves"]) == {"ctf", "ctf-uniform", "baseline"}
     assert [p["step"] for p in u["curves"]["ctf"]] == [2, 4, 6]
     assert u["curves"]["ctf"][0]["images"] == 12  # the validation split
-    # grid 8 of 16 px images: a tokenizer with one downsampling level less than the preset's, 64 tokens
-    assert u["tokenizer"]["vq"]["ch_mult"] == [1, 4] and u["curves"]["ctf"][0]["tokens_per_image"] == 64 == u["tokens"]
+    # grid 4 of 16 px images: the preset's levels (4x downsampling), 16 tokens
+    assert u["tokenizer"]["vq"]["ch_mult"] == [1, 2, 4] and u["curves"]["ctf"][0]["tokens_per_image"] == 16 == u["tokens"]
     assert u["test"]["ctf"]["images"] == 30  # every test image at the best checkpoint
     # the uniform stage 2 shares stage 1: same stage-1 bits at every point
     for a, b in zip(u["curves"]["ctf"], u["curves"]["ctf-uniform"]):
@@ -50,7 +50,7 @@ def test_lasting_study_end_to_end_resume_and_results_dir(tmp_path, tiny_data):
     equal = u["baseline_matches"]["ctf"]["equal_compute"]  # the baseline's run is the cheaper one
     assert equal["flops"] == pytest.approx(6 * f["baseline"]) and equal["b"] == u["curves"]["baseline"][-1]["bits_per_token"]
     # early stopping: the best point's snapshot is the only one kept, and its test NLL was scored from it
-    mroot = out / "V32-g8" / "seed0" / "tiny-n6-b16"
+    mroot = out / "V32-g4" / "seed0" / "tiny-n6-b16"
     for m in ("ctf", "ctf-uniform", "baseline"):
         best = min(u["curves"][m], key=lambda p: p["bits_per_token"])
         assert u["best"][m]["step"] == best["step"]
@@ -60,16 +60,16 @@ def test_lasting_study_end_to_end_resume_and_results_dir(tmp_path, tiny_data):
     seed1 = json.loads((results / files[1]).read_text())
     assert "seed 0" in seed1["samples"]["ctf"]["picked_on"]
     # the pipeline seed reaches the tokenizer, the clustering and the models; the schedule is WSD
-    man = {name: json.loads((out / "V32-g8" / "seed1" / name / "manifest.json").read_text())
+    man = {name: json.loads((out / "V32-g4" / "seed1" / name / "manifest.json").read_text())
            for name in ("tokenizer", "coarse-kmeans-k4", "codes-val", "codes-train")}
     assert man["tokenizer"]["info"]["train_config"]["seed"] == 1 and man["coarse-kmeans-k4"]["config"]["seed"] == 1
-    train = json.loads((out / "V32-g8" / "seed1" / "tiny-n6-b16" / "stage1" / "manifest.json").read_text())["config"]["train"]
+    train = json.loads((out / "V32-g4" / "seed1" / "tiny-n6-b16" / "stage1" / "manifest.json").read_text())["config"]["train"]
     assert train["seed"] == 1 and train["wsd_decay"] == 0.34 and train["cosine"] is False and train["batch_size"] == 16
     # the validation images are the last 12 of the training split, never in the training codes
     assert man["codes-val"]["config"]["split"] == "train[84:96]" and man["codes-train"]["config"]["limit"] == 84
     text = page.read_text()
-    assert "V32-g8-tiny-n6-b16" in text and "pipeline-seed noise" in text and "Every planned unit has results" in text
-    assert (page.parent / "curves-V32-g8-tiny-n6-b16.png").is_file()
+    assert "V32-g4-tiny-n6-b16" in text and "pipeline-seed noise" in text and "Every planned unit has results" in text
+    assert (page.parent / "curves-V32-g4-tiny-n6-b16.png").is_file()
 
     # a rerun makes nothing: every unit is in the results directory
     logs.clear()
@@ -83,7 +83,7 @@ def test_lasting_study_end_to_end_resume_and_results_dir(tmp_path, tiny_data):
     shutil.copytree(results, fresh / "results")
     ran = gpu_section(fresh, "cpu", tiny_cfg(tiny_data))
     assert ran["units_done"] == [f[:-5] for f in files] and ran["units_planned"] == 2
-    assert not (fresh / "study" / "V32-g8").exists()
+    assert not (fresh / "study" / "V32-g4").exists()
     (results / files[0]).unlink()
     logs.clear()
     study().run(only_seeds=[0])
@@ -92,10 +92,10 @@ def test_lasting_study_end_to_end_resume_and_results_dir(tmp_path, tiny_data):
 
     # an axis added later extends the folder; the plan lists it as to do, the report as not run
     rows = {r["unit"]: r for r in _plan(study(presets="tiny,small"))}
-    assert rows["V32-g8-tiny-n6-b16-p0"]["state"] == "done" and rows["V32-g8-small-n6-b16-p0"]["state"] == "to do"
-    assert rows["V32-g8-small-n6-b16-p0"]["train_pflops"] > rows["V32-g8-tiny-n6-b16-p0"]["train_pflops"]
+    assert rows["V32-g4-tiny-n6-b16-p0"]["state"] == "done" and rows["V32-g4-small-n6-b16-p0"]["state"] == "to do"
+    assert rows["V32-g4-small-n6-b16-p0"]["train_pflops"] > rows["V32-g4-tiny-n6-b16-p0"]["train_pflops"]
     page = study(presets="tiny,small").run(only_seeds=[])  # no seeds: only the report
-    assert "- V32-g8-small-n6-b16-p0" in page.read_text().split("## What did not run")[1]
+    assert "- V32-g4-small-n6-b16-p0" in page.read_text().split("## What did not run")[1]
     # two recipes that differ in model size alone: the report's gap-against-size table and plot
     other = tmp_path / "two-sizes"
     for f in files:
@@ -107,7 +107,7 @@ def test_lasting_study_end_to_end_resume_and_results_dir(tmp_path, tiny_data):
         (other / f.replace("tiny", "small")).write_text(json.dumps(unit))
     text = write_report(other).read_text()
     size = text.split("## The gap against model size")[1].split("##")[0]
-    assert "| V=32, grid=8, steps=6, batch=16 | tiny |" in size and "| small |" in size
+    assert "| V=32, grid=4, steps=6, batch=16 | tiny |" in size and "| small |" in size
     assert "No two recipes" in text.split("## The gap against sequence length")[1]
     assert (other / "report" / "gap-trends.png").is_file()
 
@@ -167,3 +167,12 @@ def test_first_match_at_equal_steps_and_flops():
     assert at_equal_compute(ctf, base) == {"flops": 4.0, "a": 4.0, "b": 3.3, "gap": pytest.approx(0.7)}
     never = [{"step": p["step"], "flops": p["flops"], "bits_per_token": p["bits_per_token"] + 1} for p in base]
     assert first_match(ctf, never, "step") is None
+
+
+def test_grid_picks_the_tokenizer_levels(tiny_data):
+    cfg = tiny_cfg(tiny_data, grids="4,8").check()  # 16 px: 4x downsampling (the preset) or 2x (one level less)
+    assert cfg.tokenizer_levels(4) == {} and cfg.tokenizer_levels(8) == {"ch_mult": (1, 4)}
+    from ctfgen.data import DataConfig
+    from ctfgen.tokenizer import vq_preset
+
+    assert vq_preset("fmnist", **LastingConfig(data=DataConfig(), grids="16").check().tokenizer_levels(16)).grid == 16

@@ -33,7 +33,7 @@ def test_lasting_study_end_to_end_resume_and_results_dir(tmp_path, tiny_data):
     files = sorted(p.name for p in results.glob("*.json"))
     assert files == ["V32-g4-tiny-n6-b16-p0.json", "V32-g4-tiny-n6-b16-p1.json"]
     u = json.loads((results / files[0]).read_text())
-    assert u["complete"] and u["seed_kind"] == "pipeline"
+    assert u["complete"] and u["seed_kind"] == "pipeline" and u["train_images"] == 84
     assert set(u["curves"]) == {"ctf", "ctf-uniform", "baseline"}
     assert [p["step"] for p in u["curves"]["ctf"]] == [2, 4, 6]
     assert u["curves"]["ctf"][0]["images"] == 12  # the validation split
@@ -68,6 +68,7 @@ def test_lasting_study_end_to_end_resume_and_results_dir(tmp_path, tiny_data):
     # the validation images are the last 12 of the training split, never in the training codes
     assert man["codes-val"]["config"]["split"] == "train[84:96]" and man["codes-train"]["config"]["limit"] == 84
     text = page.read_text()
+    assert "(96 sequences, 1.1 epochs of 84 images)" in text
     assert "V32-g4-tiny-n6-b16" in text and "pipeline-seed noise" in text and "Every planned unit has results" in text
     assert (page.parent / "curves-V32-g4-tiny-n6-b16.png").is_file()
 

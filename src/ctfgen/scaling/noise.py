@@ -92,6 +92,11 @@ def noise_table(results: dict, reference: dict) -> tuple[list[str], dict]:
 
 def _recipe_diff(a: dict, b: dict) -> str:
     skip = {"seeds", "pipeline_seeds", "vocabs", "arms", "arm_seeds", "inception", "classifier"}
+    def differ(x, y) -> bool:  # a field one release added (absent from the other's dict) does not count
+        if isinstance(x, dict) and isinstance(y, dict):
+            return any(x[k] != y[k] for k in set(x) & set(y))
+        return x != y
+
     diff = [k for k in sorted(set(a["config"]) | set(b["config"])) if k not in skip
-            and a["config"].get(k) != b["config"].get(k)]
+            and differ(a["config"].get(k), b["config"].get(k))]
     return "same settings" if not diff else "they differ in " + ", ".join(diff)

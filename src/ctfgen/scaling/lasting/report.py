@@ -69,7 +69,7 @@ def recipe_section(recipe: str, us: list[dict]) -> tuple[list[str], dict]:
     u0 = us[0]
     L = [f"### {recipe}", "",
          f"V = {u0['V']}, K = {u0['K']}, {u0['tokens']} tokens ({u0['grid']}x{u0['grid']}), preset {u0['preset']}, "
-         f"{u0['steps']} steps of {u0['batch']} ({u0['steps'] * u0['batch']:,} sequences), pipeline seeds "
+         f"{u0['steps']} steps of {u0['batch']} ({u0['steps'] * u0['batch']:,} sequences{_epochs(u0)}), pipeline seeds "
          f"{[u['seed'] for u in us]}; validation every {u0['schedule']['eval_every']} steps, decay from step "
          f"{u0['schedule']['decay_start']}.", ""]
     t = [["method", "seeds", "FLOPs/step", "best val bits/token", "at step", "test bits/token (best ckpt)",
@@ -102,6 +102,11 @@ def recipe_section(recipe: str, us: list[dict]) -> tuple[list[str], dict]:
           "at the training FLOPs where the cheaper method's run ends (the other interpolated in log FLOPs).", "",
           f"![curves]({_slug(recipe)}.png)", ""]
     return L, summary
+
+
+def _epochs(u: dict) -> str:
+    n = u.get("train_images")
+    return f", {u['steps'] * u['batch'] / n:.1f} epochs of {n:,} images" if n else ""
 
 
 def trend_section(title: str, summaries: dict, axis: str, label: str) -> list[str]:

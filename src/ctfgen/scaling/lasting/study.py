@@ -190,6 +190,7 @@ class LastingStudy:
                 "settings": self.settings(),
                 "schedule": {"lr_per_256": c.lr, "warmup": c.warmup, "wsd_decay": c.wsd_decay,
                              "decay_start": c.decay_start(), "eval_every": c.eval_every},
+                "train_images": self.train_split()[0],
                 "validation": {"images": c.val_images, "from": "the last images of the training split"},
                 "tokenizer": {"vq": tok["config"], **{k: report.get(k) for k in ("psnr_db", "codes_used",
                                                                                  "codebook_usage", "perplexity")}},

@@ -8,7 +8,7 @@ from ctfgen import CtfgenError
 from ctfgen.cli import main as cli_main
 from ctfgen.scaling import ScalingConfig, ScalingStudy
 from ctfgen.scaling.noise import noise_components
-from ctfgen.scaling.report import mean_std, paired
+from ctfgen.scaling.report import mean_std, paired, verdict
 
 
 def tiny_cfg(data, **kw):
@@ -121,6 +121,7 @@ def test_paired_difference_against_seed_noise():
     noisy = paired([1.0, 2.0, 0.5], [1.2, 0.9, 1.5])
     assert noisy["exceeds_noise"] is False
     assert paired([1.0], [2.0])["exceeds_noise"] is None
+    assert verdict(paired([1.0], [2.0]), "CTF lower", "baseline lower") == "-1.000 (1 seed: no error bar)"
 
 
 def test_pipeline_seeds_vary_tokenizer_clustering_and_models(tmp_path, tiny_data):

@@ -43,7 +43,7 @@ def paired(a: list[float], b: list[float]) -> dict:
 
 def verdict(p: dict, lower: str, higher: str, noise: str = "seed noise") -> str:
     if p["exceeds_noise"] is None:
-        return f"{p['n']} seed(s): no error bar"
+        return f"{p['mean']:+.3f} (1 seed: no error bar)" if p["n"] == 1 else "no seeds"
     word = lower if p["mean"] < 0 else higher
     return (f"{p['mean']:+.3f} (95% CI {p['ci95'][0]:+.3f} .. {p['ci95'][1]:+.3f}, n={p['n']}): "
             + (f"**{word}**, beyond the {noise}" if p["exceeds_noise"] else f"within the {noise}"))

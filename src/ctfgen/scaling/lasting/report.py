@@ -36,7 +36,7 @@ def measures(u: dict, m: str) -> dict[str, float]:
         out["test"] = u["test"][m]["bits_per_token"]
     if u["fit"].get(m, {}).get("ok"):
         out["L_inf"] = u["fit"][m]["L_inf"]
-    if m in u.get("baseline_matches", {}):  # the end of the cheaper run: validation bits of both there
+    if "equal_compute" in u.get("baseline_matches", {}).get(m, {}):  # where the cheaper run ends: both there
         out["compute_gap"] = u["baseline_matches"][m]["equal_compute"]["gap"]
         out["end_gap"] = u["curves"][m][-1]["bits_per_token"] - u["curves"]["baseline"][-1]["bits_per_token"]
     for pick in ("best", "default"):

@@ -116,6 +116,11 @@ def test_every_option_shows_its_default(path):
     (["bench", "scaling", "--arms", "kmeans"], "--arms"),
     (["bench", "scaling", "--guidance", "0.5"], "--guidance"),
     (["bench", "scaling", "--inception", "last"], "--inception"),
+    (["bench", "lasting", "--grids", "8,x"], "--grids"),
+    (["bench", "lasting", "--presets", "tiny,huge"], "--presets"),
+    (["bench", "lasting", "--arms", "learned,frequency"], "--arms"),
+    (["bench", "lasting", "--wsd-decay", "1.5"], "--wsd-decay"),
+    (["bench", "lasting", "--plan", "--report"], "--report"),
     (["eval-nll", "--codes", "c", "--max-images", "-1"], "--max-images"),
 ])
 def test_bad_values_are_refused_at_parse_time_naming_the_option(argv, option, capsys):

@@ -20,13 +20,14 @@ def test_gpu_check_script_quick_on_cpu(tmp_path):
     out = tmp_path / "check"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(out), "--device", "cpu", "--quick",
-                           "--threads", "1"], env=env, capture_output=True, text=True, timeout=300)
+                           "--threads", "1", "--lasting"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((out / "gpu_check.json").read_text())
     secs = result["sections"]
     for name in ("tests", "training", "smoke", "sampling/tiny/bf16/eager", "sampling/tiny/fp32/eager", "aux_loss"):
         assert secs[name]["status"] == "ok", (name, secs[name].get("error"))
     assert secs["sampling/tiny/bf16/cudagraph"]["status"] == "skipped"
+    assert secs["lasting"] == {"status": "skipped", "reason": "not in --quick (the CPU test)"}  # the long study: GPUs
     assert result["finished"] and result["env"]["commit"] and result["env"]["torch"]
     tests = secs["tests"]["result"]
     assert tests["ok"] and tests["skipped"] == tests["tests"] > 0  # every cuda test selected, none run here

@@ -38,8 +38,8 @@ ALLOWED = {
                           "train"},
     "demo": BASE | {"artifacts", "data", "evaluate", "experiment", "report", "sample"},
     "quality": BASE | {"artifacts", "data", "evaluate", "experiment", "models", "reporting", "sample"},
-    "scaling": BASE | {"artifacts", "cluster", "codes", "data", "evaluate", "experiment", "models", "reporting",
-                       "sample", "tokenizer", "train"},
+    "scaling": BASE | {"artifacts", "cluster", "codes", "data", "evaluate", "experiment", "gpucheck", "models",
+                       "reporting", "sample", "tokenizer", "train"},
     "gpucheck": BASE | {"artifacts", "cluster", "codes", "dist", "models", "sample", "train"},
     "web": BASE | {"artifacts", "data", "sample"},
     "cli": None,  # the top: anything

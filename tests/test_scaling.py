@@ -7,7 +7,8 @@ import pytest
 from ctfgen import CtfgenError
 from ctfgen.cli import main as cli_main
 from ctfgen.scaling import ScalingConfig, ScalingStudy
-from ctfgen.scaling.report import paired
+from ctfgen.scaling.noise import noise_components
+from ctfgen.scaling.report import mean_std, paired, verdict
 
 
 def tiny_cfg(data, **kw):
@@ -120,3 +121,66 @@ def test_paired_difference_against_seed_noise():
     noisy = paired([1.0, 2.0, 0.5], [1.2, 0.9, 1.5])
     assert noisy["exceeds_noise"] is False
     assert paired([1.0], [2.0])["exceeds_noise"] is None
+    assert verdict(paired([1.0], [2.0]), "CTF lower", "baseline lower") == "-1.000 (1 seed: no error bar)"
+
+
+def test_pipeline_seeds_vary_tokenizer_clustering_and_models(tmp_path, tiny_data):
+    """--pipeline-seeds: each seed trains its own tokenizer and clustering with that seed (folders per
+    (V, seed)), results carry the kind, and the report compares the spread with a training-seed study."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ctfgen.artifacts import WEIGHTS
+    from ctfgen.tokenizer.artifact import CODEBOOK_KEY
+
+    cfg = tiny_cfg(tiny_data, vocabs="32", seeds=2, pipeline_seeds=True, arms="uniform", steps=2, nll_every=2,
+                   guidance="2.0", stage2_temperatures="1.0", sweep_samples_per_class=4, final_samples_per_class=4)
+    out = tmp_path / "p"
+    with pytest.raises(CtfgenError, match="readable results JSON"):
+        ScalingStudy(cfg, out, progress=False, log=lambda m: None).run(noise_reference=tmp_path / "none.json")
+    ScalingStudy(cfg, out, progress=False, log=lambda m: None).run()
+    res = json.loads((out / "results.json").read_text())
+    assert res["seed_kind"] == "pipeline" and {u["seed_kind"] for u in res["units"]} == {"pipeline"}
+    assert sorted(u["unit"] for u in res["units"]) == ["V32-p0-kmeans", "V32-p1-kmeans"]
+    assert set(res["tokenizers"]) == {"32-seed0", "32-seed1"}
+    roots = [out / "V32" / f"seed{s}" for s in (0, 1)]
+    manifests = [{name: json.loads((r / name / "manifest.json").read_text())
+                  for name in ("tokenizer", "coarse-kmeans-k4", "stage1-kmeans", "stage2-kmeans", "baseline")}
+                 for r in roots]
+    for m in manifests:  # the tokenizer's training config is in its info
+        m.update({k: v["config"] for k, v in m.items() if k != "tokenizer"}, tokenizer=m["tokenizer"]["info"]["train_config"])
+    for s, m in enumerate(manifests):  # every part of the pipeline made with its seed
+        assert m["tokenizer"]["seed"] == s and m["coarse-kmeans-k4"]["seed"] == s
+        assert m["stage1-kmeans"]["train"]["seed"] == m["baseline"]["train"]["seed"] == s
+    books = [load_file(r / "tokenizer" / WEIGHTS)[CODEBOOK_KEY] for r in roots]
+    assert not torch.equal(books[0], books[1])  # another initialisation and batch order: another tokenizer
+    assert not (out / "V32" / "tokenizer").exists()
+
+    # a training-seed study of the same recipe, as the reference: gaps of -0.5 and -1.0 bits
+    ref = json.loads(json.dumps(res))
+    ref["seed_kind"] = "training"
+    for u in ref["units"]:
+        u["nll"]["baseline"][-1]["bits_per_token"] = u["nll"]["ctf"][-1]["bits_per_token"] + 0.5 * (1 + u["seed"])
+    ref_path = tmp_path / "ref.json"
+    ref_path.write_text(json.dumps(ref))
+    with pytest.raises(CtfgenError, match="pipeline seeds too"):
+        ScalingStudy(cfg, out, progress=False, log=lambda m: None).run(parts="report", noise_reference=out / "results.json")
+    page = ScalingStudy(cfg, out, progress=False, log=lambda m: None).run(parts="report", noise_reference=ref_path)
+    text = page.read_text()
+    assert "What the tokenizer and the clustering add" in text and "pipeline-seed noise" in text
+    noise = json.loads((page.parent / "summary.json").read_text())["noise"]["nll_last"]["32"]
+    assert noise["pipeline"]["n"] == noise["training"]["n"] == 2
+    assert noise["training"]["std"] == pytest.approx(0.5 / 2 ** 0.5)
+
+
+def test_noise_components_split_the_variance():
+    comp = noise_components([1.0, 3.0, 2.0, 0.0], [1.0, 1.5, 1.25, 0.75], "pipeline")
+    vp, vt = mean_std([1.0, 3.0, 2.0, 0.0])[1] ** 2, mean_std([1.0, 1.5, 1.25, 0.75])[1] ** 2
+    assert comp["variance_ratio"] == pytest.approx(vp / vt)
+    assert comp["tokenizer_clustering_variance"] == pytest.approx(vp - vt)
+    assert comp["tokenizer_clustering_share"] == pytest.approx((vp - vt) / vp)
+    assert 0 < comp["f_test_p"] < 0.2
+    # the kind of our own seeds decides which list is which; a smaller pipeline spread adds nothing
+    same = noise_components([1.0, 1.5, 1.25, 0.75], [1.0, 3.0, 2.0, 0.0], "training")
+    assert same["variance_ratio"] == pytest.approx(comp["variance_ratio"])
+    assert noise_components([1.0, 1.1], [0.0, 2.0], "pipeline")["tokenizer_clustering_share"] == 0.0

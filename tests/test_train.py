@@ -124,6 +124,31 @@ def test_lr_schedule_scales_with_batch():
     assert TrainConfig(lr=1e-4, batch_size=256).lr_at(1000, 2000) == pytest.approx(1e-4)
 
 
+def test_wsd_schedule_holds_then_decays(inputs, tmp_path):
+    """Warm-up, stable, decay: constant until the last `wsd_decay` of the run, then linear to the floor;
+    a checkpoint saved before the field existed still resumes (the field counts as its default)."""
+    c = TrainConfig(lr=1e-4, batch_size=256, warmup_steps=10, wsd_decay=0.1, min_lr_ratio=0.0, steps=100)
+    assert c.lr_at(0, 100) == pytest.approx(1e-5)
+    assert [c.lr_at(s, 100) for s in (10, 50, 89)] == pytest.approx([1e-4] * 3)
+    assert [c.lr_at(s, 100) for s in (90, 91)] == pytest.approx([9e-5, 8e-5])  # 10 decay steps: 90..99
+    assert c.lr_at(99, 100) == pytest.approx(0.0)
+    longer = TrainConfig(lr=1e-4, batch_size=256, warmup_steps=10, wsd_decay=0.1, steps=1000)
+    assert [longer.lr_at(s, 1000) for s in range(90)] == [c.lr_at(s, 100) for s in range(90)]  # one curve
+    with pytest.raises(CtfgenError, match="choose one"):
+        TrainConfig(cosine=True, wsd_decay=0.1)
+    with pytest.raises(CtfgenError, match="wsd_decay"):
+        TrainConfig(wsd_decay=1.5)
+
+    out = tmp_path / "old"
+    run_train(inputs, out, cfg(steps=4), stop_after=2)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["config"]["train"]["wsd_decay"]  # as an older release wrote it
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert run_train(inputs, out, cfg(steps=4)).step == 4
+    with pytest.raises(CtfgenError, match="cannot resume"):
+        run_train(inputs, tmp_path / "old", cfg(steps=4, cosine=False, wsd_decay=0.5))
+
+
 def test_weight_decay_only_on_matrices():
     from ctfgen.models import build_model
     from ctfgen.train.parallel import param_groups

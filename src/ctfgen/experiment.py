@@ -118,8 +118,10 @@ class Workspace:
 
     # ------------------------------------------------------------------ artifacts
 
-    def tokenizer(self, *, root: Path | None = None, codebook_size: int | None = None, existing: str = "") -> Path:
-        """root/tokenizer, trained with the "fmnist" recipe (or the folder `existing`, checked)."""
+    def tokenizer(self, *, root: Path | None = None, codebook_size: int | None = None, existing: str = "",
+                  seed: int | None = None, vq: dict | None = None) -> Path:
+        """root/tokenizer, trained with the "fmnist" recipe (`vq`: VQConfig fields over it) and `seed`
+        (initial weights and batch order; default: the workspace's), or the folder `existing`, checked."""
         if existing:
             return self._given("tokenizer", "tokenizer", existing)
         from .tokenizer import vq_preset
@@ -128,32 +130,39 @@ class Workspace:
         c = self.cfg
         root, where = self._where(root)
         size = {"codebook_size": codebook_size} if codebook_size else {}
-        vq = vq_preset("fmnist", resolution=c.data.resolution, channels=c.data.channels, **size)
+        vq = vq_preset("fmnist", resolution=c.data.resolution, channels=c.data.channels, **size, **(vq or {}))
         tc = TokenizerTrainConfig(vq=vq, data=c.data, steps=c.tokenizer_steps, batch_size=c.tokenizer_batch,
-                                  seed=self.seed, eval_limit=2000)
+                                  seed=self.seed if seed is None else seed, eval_limit=2000)
         folder = root / "tokenizer"
         return self.step(f"tokenizer{where}", folder,
                          lambda: train_tokenizer(tc, folder, device=self.device, progress=self.progress))
 
     def codes(self, tok: Path, *, root: Path | None = None, split: str = "train", views: str | None = None,
-              limit: int | None = None) -> Path:
-        """root/codes-<split>: the split encoded by `tok` (training split: the first `code_images`)."""
+              limit: int | None = None, images: tuple[int, int] | None = None, name: str = "") -> Path:
+        """root/codes-<name or split>: the split encoded by `tok` (training split: the first `code_images`),
+        or its images images[0]..images[1]-1 alone (a held-out range)."""
         from .codes import encode_dataset
         from .data import load_dataset
         from .tokenizer import load_tokenizer
 
         root, where = self._where(root)
-        folder = root / f"codes-{split}"
+        name = name or split
+        folder = root / f"codes-{name}"
         views = self.cfg.views if views is None else views
-        limit = (self.cfg.code_images if split == "train" else 0) if limit is None else limit
-        label = "codes" + ("" if split == "train" else f" {split}") + where
+        limit = (self.cfg.code_images if split == "train" and not images else 0) if limit is None else limit
+        label = "codes" + ("" if name == "train" else f" {name}") + where
+
+        def data():
+            ds = load_dataset(self.cfg.data, split)
+            return ds.images_range(*images) if images else ds
         return self.step(label, folder, lambda: encode_dataset(
-            load_tokenizer(tok, self.device), load_dataset(self.cfg.data, split), folder, views=views,
-            limit=limit, device=self.device, progress=self.progress))
+            load_tokenizer(tok, self.device), data(), folder, views=views, limit=limit, device=self.device,
+            progress=self.progress))
 
     def coarse_map(self, tok: Path, *, root: Path | None = None, method: str | None = None,
-                   k: int | None = None) -> Path:
-        """root/coarse-<method>-k<K>: the codebook of `tok` clustered into K coarse labels."""
+                   k: int | None = None, seed: int | None = None) -> Path:
+        """root/coarse-<method>-k<K>: the codebook of `tok` clustered into K coarse labels (`seed`: the
+        clustering's initialisation, default the workspace's)."""
         from .cluster import build_coarse_map, load_codebook
 
         method, k = method or self.cfg.cluster_method, k or self.cfg.k
@@ -162,14 +171,16 @@ class Workspace:
 
         def run():
             codebook, fp = load_codebook(tok)
-            build_coarse_map(codebook, k, method=method, seed=self.seed, tokenizer_fingerprint=fp).save(folder)
+            build_coarse_map(codebook, k, method=method, seed=self.seed if seed is None else seed,
+                             tokenizer_fingerprint=fp).save(folder)
         return self.step(f"coarse labels ({method}, K={k}){where}", folder, run)
 
     def train(self, kind: str, codes_dir: Path, coarse_dir: Path | None, *, folder: Path | None = None,
               preset: str | None = None, steps: int | None = None, seed: int | None = None, stop_after: int = 0,
-              overrides: dict | None = None) -> Path:
+              overrides: dict | None = None, recipe: dict | None = None, precision: str = "auto") -> Path:
         """Train (or resume, or reuse) one model of `kind` (ar, aux, baseline): out/stage1, out/stage2,
         out/baseline unless `folder` is given; `stop_after` pauses it there (segments of one schedule).
+        `recipe`: TrainConfig fields over the experiment's (batch size, schedule); `precision`: RunOptions'.
         Raises CtfgenError if the folder was trained past `stop_after` elsewhere."""
         from .train import RunOptions, TrainConfig, train
 
@@ -179,13 +190,15 @@ class Workspace:
         key = f"train {kind}" if folder is None else f"train {folder.name}"
         folder = folder or self.out / {"ar": "stage1", "aux": "stage2", "baseline": "baseline"}[kind]
         steps = steps or c.steps
-        tc = TrainConfig(kind=kind, preset=preset or c.preset, steps=steps, batch_size=c.batch_size, lr=c.lr,
-                         warmup_steps=c.warmup, cosine=True, seed=self.seed if seed is None else seed,
-                         model_overrides=dict(overrides or {}))
+        fields = dict(kind=kind, preset=preset or c.preset, steps=steps, batch_size=c.batch_size, lr=c.lr,
+                      warmup_steps=c.warmup, cosine=True, seed=self.seed if seed is None else seed,
+                      model_overrides=dict(overrides or {}))
+        tc = TrainConfig(**{**fields, **(recipe or {})})
         # without segments, intermediate checkpoints let an interrupted run resume; with them, only
         # the segment ends are saved, so the folder always holds the step it was asked for
         every = 0 if stop_after else max(steps // 4, 1)
-        run = RunOptions(device=str(self.device), progress=self.progress, ckpt_every=every, stop_after=stop_after)
+        run = RunOptions(device=str(self.device), progress=self.progress, ckpt_every=every, stop_after=stop_after,
+                         precision=precision)
         # A finished run folder is reused by the trainer itself (it resumes, or does nothing if done).
         self.log(f"train {kind} -> {folder}" + (f" (to step {stop_after})" if stop_after else ""))
         t0 = time.time()

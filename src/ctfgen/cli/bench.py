@@ -34,6 +34,7 @@ def register(sub) -> None:
     _add_speed(group)
     _add_quality(group)
     _add_scaling(group)
+    _add_lasting(group)
 
 
 # ---------------------------------------------------------------- bench train
@@ -210,14 +211,23 @@ def _add_gpu(group) -> None:
     p.add_argument("--skip", default="", metavar="A,B",
                    help="sections to leave out, comma-separated names as in the report (e.g. tests,smoke)")
     p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--lasting", action="store_true",
+                   help="then run `ctfgen bench lasting`'s default plan on the device (batch 256, bf16 autocast; "
+                        "OUT/lasting/, one JSON per unit in OUT/lasting/results/, whatever --budget says; needs "
+                        "Fashion-MNIST, $CTFGEN_FASHION_MNIST; not in --quick)")
 
 
 def _run_gpu(args) -> int:
     from ..gpucheck import GpuCheck
 
     device = _bench_device(args)
+    extra = {}
+    if args.lasting:
+        from ..scaling.lasting.study import gpu_section
+
+        extra["lasting"] = gpu_section
     check = GpuCheck(args.out, device=device, quick=args.quick, budget_s=args.budget, peak_tflops=args.peak_tflops,
-                     skip=tuple(s.strip() for s in args.skip.split(",") if s.strip()))
+                     skip=tuple(s.strip() for s in args.skip.split(",") if s.strip()), extra=extra)
     result = check.run()
     print((check.out / "gpu_check.md").read_text())
     failed = [n for n, s in result["sections"].items() if s.get("status") == "error"]
@@ -276,7 +286,10 @@ def _run_quality(args) -> int:
 SCALING_HELP = {
     "vocabs": "codebook sizes V, comma-separated (one tokenizer each)",
     "k_ratio": "K = V / this many codes per coarse label",
-    "seeds": "training seeds per arm",
+    "seeds": "seeds per arm (training seeds, or whole-pipeline seeds with --pipeline-seeds)",
+    "pipeline_seeds": "whole-pipeline seeds: seed s also trains its own tokenizer (initial weights, batch order) "
+                      "and clustering (k-means++ initialisation), so the intervals include them (default: one "
+                      "tokenizer and clustering per V, seed 0)",
     "arms": "rows beyond CTF (k-means) and the baseline: balanced, average, random (clusterings), "
             "uniform, frequency (stage 2 without parameters); '' for none",
     "arms_vocab": "codebook size at which the clustering arms are trained",
@@ -329,7 +342,7 @@ def _add_scaling(group) -> None:
                              positive_int)}
     p = add_experiment(
         group, "scaling", ScalingConfig, SCALING_HELP, _run_scaling, out="runs/scaling", out_help="study folder",
-        types=types, choices={"inception": INCEPTION}, help="CTF vs the baseline as the codebook grows: held-out NLL, best-vs-best FID, seeds",
+        types=types, choices={"inception": INCEPTION}, switches=True, help="CTF vs the baseline as the codebook grows: held-out NLL, best-vs-best FID, seeds",
         description="For each codebook size V: a tokenizer, K = V/32 coarse labels, CTF and the baseline trained "
                     "with several seeds; held-out bits per token along training, a sampling sweep picking each "
                     "method's best classifier-FID settings, and arms (clusterings, parameter-free stage 2). "
@@ -342,6 +355,10 @@ def _add_scaling(group) -> None:
     p.add_argument("--only-seeds", type=_seed_list, default=None, metavar="S,S",
                    help="run only these training seeds (e.g. 1,2 in a second process); later seeds take seed 0's "
                         "sampling settings once its sweep is saved (default: every seed)")
+    p.add_argument("--noise-reference", default=None, metavar="RESULTS_JSON",
+                   help="results.json of a study of the same recipe with the other kind of seeds (e.g. "
+                        "docs/results/scaling-results.json, training seeds): the report compares the spread of the "
+                        "paired gap across the two and states what the tokenizer and clustering add")
 
 
 def _run_scaling(args) -> int:
@@ -349,6 +366,65 @@ def _run_scaling(args) -> int:
     from .demo import experiment_setup
 
     cfg, device = experiment_setup(ScalingConfig, args)
-    ScalingStudy(cfg, args.out, device=device, progress=not args.quiet).run(parts=args.parts,
-                                                                          only_seeds=args.only_seeds)
+    ScalingStudy(cfg, args.out, device=device, progress=not args.quiet).run(
+        parts=args.parts, only_seeds=args.only_seeds, noise_reference=args.noise_reference)
+    return 0
+
+
+# ---------------------------------------------------------------- bench lasting
+
+def _add_lasting(group) -> None:
+    from ..scaling.lasting.config import ARMS
+    from ._util import comma_list, float_range, int_range, one_of
+    from .demo import add_experiment
+
+    types = {"vocabs": comma_list(int_range(2, 65536)), "grids": comma_list(int_range(1)),
+             "arms": comma_list(one_of(*ARMS)), "presets": comma_list(one_of(*MODEL_PRESETS)),
+             "guidance": comma_list(float_range(1.0)), "temperatures": comma_list(float_range(0.0, lo_open=True)),
+             "stage2_temperatures": comma_list(float_range(0.0, lo_open=True))}
+    from ..scaling.lasting import LastingConfig
+
+    p = add_experiment(
+        group, "lasting", LastingConfig, {}, _run_lasting, out="runs/lasting", out_help="study folder", types=types,
+        help="does CTF's advantage last? long WSD runs, early stopping, model size and sequence length, pipeline seeds",
+        description="For each unit (V x grid x preset x pipeline seed): a tokenizer, codes (train, a validation split "
+                    "held out of the training images, test) and k-means coarse labels made with the seed; CTF "
+                    "(learned and uniform stage 2) and the baseline trained with a warm-up, stable, decay schedule; "
+                    "validation bits per token every --eval-every steps, each method's best checkpoint kept; there "
+                    "the test-split NLL and best-against-best classifier-FID; FLOPs per step, where the baseline "
+                    "matches CTF, a fitted asymptote. Each finished unit is written to --results-dir at once and "
+                    "skipped by any later run that finds it there; every model, checkpoint and evaluation is reused "
+                    "on rerun. RESULTS_DIR/report/README.md: tables (mean ± std, paired 95% intervals), plots, "
+                    "and what did not run.")
+    p.add_argument("--results-dir", default="docs/results/lasting", metavar="DIR",
+                   help="one JSON per finished unit, and report/ (default: docs/results/lasting)")
+    p.add_argument("--only-seeds", type=_seed_list, default=None, metavar="S,S",
+                   help="run only these pipeline seeds (e.g. 1 in a second process on the same --out); later seeds "
+                        "take seed 0's sampling settings once its sweep is saved (default: every seed)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--plan", action="store_true",
+                      help="make nothing: list the plan's units, which have results, and a rough CPU cost of the rest")
+    mode.add_argument("--report", action="store_true", help="make nothing: rewrite the report from --results-dir")
+    p.add_argument("--plan-gflops", type=positive_float, default=None, metavar="GFLOPS",
+                   help="--plan's effective model FLOP rate of one process (default: 12, measured on the project's "
+                        "loaded 2-core CPU)")
+
+
+def _run_lasting(args) -> int:
+    from ..scaling.lasting import LastingConfig, LastingStudy
+    from .demo import experiment_setup
+
+    cfg, device = experiment_setup(LastingConfig, args)
+    study = LastingStudy(cfg, args.out, results_dir=args.results_dir, device=device, progress=not args.quiet)
+    if args.plan:
+        from ..scaling.lasting.plan import plan_rows, plan_table
+
+        print(plan_table(plan_rows(study, **({"gflops": args.plan_gflops} if args.plan_gflops else {}))))
+        return 0
+    if args.report:
+        from ..scaling.lasting.report import write_report
+
+        print(write_report(args.results_dir, cfg, study.units()))
+        return 0
+    print(study.run(only_seeds=args.only_seeds))
     return 0

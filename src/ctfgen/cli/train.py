@@ -61,8 +61,8 @@ def _add_args(p: argparse.ArgumentParser, kind: str) -> None:
     # argparse refuses a command line with neither, and the usage line shows them as required
     add_config_flags(o.add_mutually_exclusive_group(required=True), TrainConfig, only=("steps", "epochs"),
                      **{**FLAG_OPTS, "shown": {**FLAG_OPTS["shown"], **LENGTH_REQUIRED}})
-    add_config_flags(o, TrainConfig, only=("batch_size", "lr", "warmup_steps", "cosine", "min_lr_ratio", "weight_decay",
-                                           "grad_clip", "ema", "seed"), **FLAG_OPTS)
+    add_config_flags(o, TrainConfig, only=("batch_size", "lr", "warmup_steps", "cosine", "wsd_decay",
+                                           "min_lr_ratio", "weight_decay", "grad_clip", "ema", "seed"), **FLAG_OPTS)
     p.set_defaults(lr=None)  # None: default_lr(--preset), decided when the preset is known
 
     r = p.add_argument_group("execution")

@@ -112,6 +112,28 @@ class ImageDataset(torch.utils.data.Dataset):
         d = self.describe()
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in d.items())})"
 
+    def images_range(self, start: int, stop: int) -> "ImageDataset":
+        """Images start..stop-1 as a dataset of their own (e.g. a validation split held out of the
+        training images), named "<split>[start:stop]" with its own fingerprint."""
+        if not 0 <= start < stop <= len(self):
+            raise CtfgenError(f"{self.split}: images {start}..{stop} do not lie within its {len(self)} images")
+        return RangeDataset(self, start, stop)
+
+
+class RangeDataset(ImageDataset):
+    """A contiguous range of another dataset's images (ImageDataset.images_range)."""
+
+    def __init__(self, base: ImageDataset, start: int, stop: int):
+        self.base, self.start = base, start
+        self.labels = base.labels[start:stop]
+        self.class_names, self.channels, self.resolution = base.class_names, base.channels, base.resolution
+        self.source, self.path, self.skipped = base.source, base.path, 0
+        self.split = f"{base.split}[{start}:{stop}]"
+        self.fingerprint = data_fingerprint(base.source, self.split, base.fingerprint, base.resolution, base.channels)
+
+    def uint8_image(self, i: int) -> np.ndarray:
+        return self.base.uint8_image(self.start + self._index(i))
+
 
 class ArrayImageDataset(ImageDataset):
     """Images held in memory as one uint8 array (idx and npz sources).

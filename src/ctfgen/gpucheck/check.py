@@ -4,9 +4,11 @@ Sections, in order of importance, each recorded (result, or error, or why it was
 OUT/gpu_check.json and OUT/gpu_check.md, rewritten after every section so that a run cut short
 still leaves its figures: environment; `pytest -m cuda`; training steps; compiled sampling;
 torchrun DDP / FSDP / resume; eager sampling (bf16, fp32); stage 2's loss formulations; inductor
-decoding; a device profile for each target missed. Once the time budget is spent the remaining
-sections are skipped, so the whole check ends in about `budget_s` plus the section running then.
-`quick` runs every section at tiny sizes (the test suite runs it on a CPU).
+decoding; a device profile for each target missed; then the sections the caller hands in (`extra`,
+e.g. the long study of `ctfgen bench gpu --lasting`, which the command line wires in: this package
+does not import the experiments). Once the time budget is spent the remaining optional sections are
+skipped, so the whole check ends in about `budget_s` plus the section running then. `quick` runs
+every section at tiny sizes (the test suite runs it on a CPU), and leaves the extra sections out.
 """
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ def quick_plan() -> Plan:
 class GpuCheck:
     def __init__(self, out: str | Path, *, device: torch.device, quick: bool = False, budget_s: float = 420.0,
                  peak_tflops: float | None = None, skip: tuple[str, ...] = (), plan: Plan | None = None,
-                 log=print):
+                 log=print, extra: dict | None = None):
         self.out = Path(out)
         self.device = device
         self.quick = quick
@@ -72,6 +74,8 @@ class GpuCheck:
         self.budget_s = budget_s
         self.skip = set(skip)
         self.log = log
+        # name -> fn(folder, device) -> dict: asked for by name, so run whatever the budget says
+        self.extra = dict(extra or {})
         self.t0 = time.perf_counter()
         env = environment(device)
         table_peak = gpu_peak_tflops(env["gpu"]) if env.get("gpu") else None
@@ -162,6 +166,12 @@ class GpuCheck:
         for size in p.inductor_sizes:
             sampling(size, "bf16", "inductor", 120)
         self._profiles()
+        for name, fn in self.extra.items():
+            if self.quick:
+                self.result["sections"][name] = {"status": "skipped", "reason": "not in --quick (the CPU test)"}
+                self.write()
+            else:
+                self._section(name, lambda fn=fn, name=name: fn(self.out / name, dev), optional=False)
         self.result["finished"] = True
         self.write()
         return self.result

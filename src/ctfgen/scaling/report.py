@@ -1,8 +1,10 @@
-"""The scaling study's report: tables with mean ± std over training seeds, paired differences
-against the seed noise, and plots (bits per token against step for each V; FID ratio against V).
+"""The scaling study's report: tables with mean ± std over seeds, paired differences against the
+seed noise, and plots (bits per token against step for each V; FID ratio against V).
 
 A difference "exceeds the seed noise" when the 95% Student-t interval of the paired per-seed
-differences (CTF minus baseline, same seed) excludes 0; with one seed nothing can be said.
+differences (CTF minus baseline, same seed) excludes 0; with one seed nothing can be said. The seeds
+are training seeds or whole-pipeline seeds (tokenizer, clustering and models; results["seed_kind"]);
+given the results of a study with the other kind, noise.py compares the two spreads.
 """
 from __future__ import annotations
 
@@ -39,12 +41,12 @@ def paired(a: list[float], b: list[float]) -> dict:
     return {"n": len(d), "mean": m, "std": s, "ci95": [m - half, m + half], "exceeds_noise": bool(abs(m) > half)}
 
 
-def verdict(p: dict, lower: str, higher: str) -> str:
+def verdict(p: dict, lower: str, higher: str, noise: str = "seed noise") -> str:
     if p["exceeds_noise"] is None:
-        return f"{p['n']} seed(s): no error bar"
+        return f"{p['mean']:+.3f} (1 seed: no error bar)" if p["n"] == 1 else "no seeds"
     word = lower if p["mean"] < 0 else higher
     return (f"{p['mean']:+.3f} (95% CI {p['ci95'][0]:+.3f} .. {p['ci95'][1]:+.3f}, n={p['n']}): "
-            + (f"**{word}**, beyond the seed noise" if p["exceeds_noise"] else "within the seed noise"))
+            + (f"**{word}**, beyond the {noise}" if p["exceeds_noise"] else f"within the {noise}"))
 
 
 def collect(results: dict) -> dict:
@@ -92,25 +94,35 @@ def _settings(s: dict) -> str:
     return ", ".join(f"{names[k]} {v:g}" for k, v in s.items())
 
 
-def write_scaling_report(out: Path, results: dict) -> Path:
+def write_scaling_report(out: Path, results: dict, reference: dict | None = None) -> Path:
+    """OUT/report/README.md, its plots and summary.json; `reference`: another study's results with the
+    other kind of seeds, for the noise comparison."""
     rep = out / "report"
     rep.mkdir(parents=True, exist_ok=True)
     rows = collect(results)
     cfg = results["config"]
+    kind = results.get("seed_kind", "training")
+    noise = f"{kind}-seed noise"
     vocabs = sorted({k[0] for k in rows})
+    what = ("whole-pipeline seeds: each seed trains its own tokenizer, clustering and models" if kind == "pipeline"
+            else "training seeds: model initialisation and batch order; one tokenizer and clustering per V")
     L = ["# CTF against the baseline as the codebook grows", "",
-         f"Configuration: `{', '.join(f'{k}={v}' for k, v in cfg.items() if k != 'data')}`.", ""]
+         f"Configuration: `{', '.join(f'{k}={v}' for k, v in cfg.items() if k != 'data')}`.", "",
+         f"Seeds: {what}.", ""]
 
     L += ["## Tokenizers", ""]
-    t = [["V", "K", "test PSNR (dB)", "codes used", "usage", "perplexity"]]
-    for V, tk in sorted(results["tokenizers"].items(), key=lambda kv: int(kv[0])):
-        t.append([V, str(int(V) // cfg["k_ratio"]), f"{tk['psnr_db']:.2f}", str(tk["codes_used"]),
-                  f"{tk['codebook_usage']:.3f}", f"{tk['perplexity']:.0f}"])
+    t = [["V", "seed", "K", "test PSNR (dB)", "codes used", "usage", "perplexity"]]
+    # results of training-seed studies before pipeline seeds are keyed by V alone
+    toks = [tk if "V" in tk else {"V": int(key), "seed": 0, **tk} for key, tk in results["tokenizers"].items()]
+    for tk in sorted(toks, key=lambda tk: (tk["V"], tk["seed"])):
+        V = tk["V"]
+        t.append([str(V), str(tk.get("seed", 0)), str(V // cfg["k_ratio"]), f"{tk['psnr_db']:.2f}",
+                  str(tk["codes_used"]), f"{tk['codebook_usage']:.3f}", f"{tk['perplexity']:.0f}"])
     L += [markdown_table(t), ""]
 
     summary: dict = {"nll": {}, "fid_best": {}, "fid_default": {}}
     L += ["## Held-out bits per token (test split, last checkpoint, no guidance)", "",
-          "Mean ± std over training seeds. CTF = stage 1 (coarse sequence) + stage 2 (fine given coarse).", ""]
+          f"Mean ± std over {kind} seeds. CTF = stage 1 (coarse sequence) + stage 2 (fine given coarse).", ""]
     t = [["V", "K", "seeds", "CTF", "  stage 1", "  stage 2", "baseline", "CTF − baseline (paired)"]]
     for V in vocabs:
         ctf, base = rows.get((V, "kmeans", "ctf")), rows.get((V, "kmeans", "baseline"))
@@ -121,7 +133,7 @@ def write_scaling_report(out: Path, results: dict) -> Path:
         summary["nll"][V] = p
         t.append([str(V), str(V // cfg["k_ratio"]), str(len(a)), fmt(vals(ctf, "nll_last"), 4),
                   fmt(vals(ctf, "stage1_bits_per_token"), 4), fmt(vals(ctf, "stage2_bits_per_token"), 4),
-                  fmt(vals(base, "nll_last"), 4), verdict(p, "CTF lower", "baseline lower")])
+                  fmt(vals(base, "nll_last"), 4), verdict(p, "CTF lower", "baseline lower", noise)])
     L += [markdown_table(t), "", "![bits per token against step](nll-curves.png)", ""]
 
     for pick, title in (("best", "each method at its best sampling settings"), ("default", "the paper's default settings")):
@@ -137,7 +149,7 @@ def write_scaling_report(out: Path, results: dict) -> Path:
             ratios = [x / y for x, y in zip(a, b)]
             p = paired(a, b)
             summary[f"fid_{pick}"][V] = {**p, "ratio": mean_std(ratios)}
-            t.append([str(V), str(len(a)), fmt(a), fmt(b), fmt(ratios), verdict(p, "CTF better", "baseline better"),
+            t.append([str(V), str(len(a)), fmt(a), fmt(b), fmt(ratios), verdict(p, "CTF better", "baseline better", noise),
                       *[fmt(vals(r, f"{pick}:{k}")) for k in ("is_classifier", "precision", "recall") for r in (ctf, base)]])
         L += [markdown_table(t), ""]
         if pick == "best":
@@ -176,9 +188,16 @@ def write_scaling_report(out: Path, results: dict) -> Path:
                       fmt(vals(r, "best:precision")), fmt(vals(r, "best:recall"))])
         L += [markdown_table(t), ""]
 
+    noise_summary = None
+    if reference is not None:
+        from .noise import noise_table
+
+        lines, noise_summary = noise_table(results, reference)
+        L += lines
     plot_nll(rows, vocabs, rep / "nll-curves.png")
     plot_ratio(summary, rep / "fid-ratio.png")
-    atomic_write_json(rep / "summary.json", {"summary": {k: {str(V): v for V, v in d.items()} for k, d in summary.items()}})
+    atomic_write_json(rep / "summary.json", {"seed_kind": kind, "noise": noise_summary,
+                                             "summary": {k: {str(V): v for V, v in d.items()} for k, d in summary.items()}})
     page = rep / "README.md"
     atomic_write_bytes(page, ("\n".join(L) + "\n").encode())
     return page

@@ -16,6 +16,13 @@ training seeds. Measured for every model:
   average linkage, random) with their own stage 1 and stage 2, and two stage 2s without parameters
   (uniform / frequency members, models/member_prior.py) on the k-means stage 1 of every unit.
 
+Seeds are training seeds (model initialisation and batch order; one tokenizer and one clustering
+per V, made with seed 0) or, with `pipeline_seeds`, whole-pipeline seeds: seed s trains its own
+tokenizer (initial weights, batch order) and clusters its codebook (k-means++ initialisation) with
+seed s too, so the intervals include what the tokenizer and the clustering vary. Folders: V<V>/
+holds the tokenizer, codes and coarse labels of a training-seed study and V<V>/seed<s>/ the models;
+with pipeline seeds V<V>/seed<s>/ holds all of them.
+
 Every artifact is a folder or JSON file under `out`, written atomically and reused by a rerun, so an
 interrupted study continues at the model, checkpoint or evaluation where it stopped. Work runs in
 order of seed, then V, so a partial study already holds every V for the first seeds.
@@ -33,9 +40,10 @@ from ..config import to_dict
 from ..data import DataConfig
 from ..errors import CtfgenError
 from ..experiment import NotMade, Workspace
+from . import sweep as sweeping
+from .sweep import DEFAULTS, PRIOR_ARMS, floats, tag_of
 
 CLUSTER_ARMS = ("balanced", "average", "random")  # beside the main arm, k-means
-PRIOR_ARMS = ("uniform", "frequency")  # parameter-free stage 2 on the k-means stage 1
 ARMS = CLUSTER_ARMS + PRIOR_ARMS
 INCEPTION = ("none", "best")
 PARTS = ("all", "main", "arms", "report")
@@ -43,22 +51,14 @@ PARTS = ("all", "main", "arms", "report")
 EXTENDABLE = {"seeds", "vocabs", "arms", "arm_seeds", "inception"}
 
 
-def floats(text: str, name: str) -> list[float]:
-    try:
-        out = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise CtfgenError(f"{name}: expected comma-separated numbers, got {text!r}") from None
-    if not out:
-        raise CtfgenError(f"{name}: give at least one value")
-    return out
-
-
 @dataclass
 class ScalingConfig:
     data: DataConfig = field(default_factory=DataConfig)
     vocabs: str = "1024,4096,16384"  # codebook sizes V, one tokenizer each
     k_ratio: int = 32  # K = V / k_ratio coarse labels (the paper: 16384 / 512)
-    seeds: int = 3  # training seeds per arm (0 .. seeds-1)
+    seeds: int = 3  # seeds per arm (0 .. seeds-1)
+    # whole-pipeline seeds: seed s also trains its own tokenizer and clustering (else one of each per V)
+    pipeline_seeds: bool = False
     arms: str = ",".join(ARMS)  # rows beyond CTF (k-means) and the baseline; "" for none
     arms_vocab: int = 4096  # the V at which the clustering arms are trained
     arm_seeds: int = 1  # training seeds of the clustering arms
@@ -116,16 +116,6 @@ class ScalingConfig:
         return sorted({*range(self.nll_every, self.steps, self.nll_every), self.steps})
 
 
-# paper defaults (PAPER.md): CFG 2.0; CTF temperature 1.1 and stage-2 temperature 1.1; LlamaGen 1.0
-DEFAULTS = {"ctf": {"guidance_scale": 2.0, "temperature": 1.1, "stage2_temperature": 1.1},
-            "baseline": {"guidance_scale": 2.0, "temperature": 1.0}}
-
-
-def _tag(settings: dict) -> str:
-    short = {"guidance_scale": "g", "temperature": "t", "stage2_temperature": "s2t"}
-    return "-".join(f"{short[k]}{v:g}" for k, v in settings.items())
-
-
 class ScalingStudy:
     """The study, made of the steps of a `Workspace` named "scaling" (one folder per V; tokenizers,
     coarse labels and the classifier with seed 0; the models with each training seed)."""
@@ -139,14 +129,27 @@ class ScalingStudy:
 
     # ------------------------------------------------------------ artifacts
 
-    def tokenizer(self, V: int) -> Path:
-        return self.ws.tokenizer(root=self.out / f"V{V}", codebook_size=V)
+    @property
+    def seed_kind(self) -> str:
+        return "pipeline" if self.cfg.pipeline_seeds else "training"
 
-    def codes(self, V: int, tok: Path, split: str) -> Path:
-        return self.ws.codes(tok, root=self.out / f"V{V}", split=split, views="none")
+    def pipeline_seed(self, seed: int) -> int:
+        """The seed of the tokenizer and clustering under models of `seed` (0 for training seeds)."""
+        return seed if self.cfg.pipeline_seeds else 0
 
-    def coarse_map(self, V: int, tok: Path, method: str) -> Path:
-        return self.ws.coarse_map(tok, root=self.out / f"V{V}", method=method, k=V // self.cfg.k_ratio)
+    def shared_root(self, V: int, seed: int) -> Path:
+        """The folder of the tokenizer, codes and coarse labels under the models of `seed`."""
+        return self.out / f"V{V}" / f"seed{seed}" if self.cfg.pipeline_seeds else self.out / f"V{V}"
+
+    def tokenizer(self, V: int, seed: int = 0) -> Path:
+        return self.ws.tokenizer(root=self.shared_root(V, seed), codebook_size=V, seed=self.pipeline_seed(seed))
+
+    def codes(self, V: int, tok: Path, split: str, seed: int = 0) -> Path:
+        return self.ws.codes(tok, root=self.shared_root(V, seed), split=split, views="none")
+
+    def coarse_map(self, V: int, tok: Path, method: str, seed: int = 0) -> Path:
+        return self.ws.coarse_map(tok, root=self.shared_root(V, seed), method=method, k=V // self.cfg.k_ratio,
+                                  seed=self.pipeline_seed(seed))
 
     # ------------------------------------------------------------ measurements
 
@@ -170,35 +173,10 @@ class ScalingStudy:
 
     def evaluate(self, tag: str, pipe: Callable[[], Any], clf: Path, settings: dict, *, final: bool,
                  metadata: dict) -> dict:
-        """The sweep's sets with sampling seed 0, the final ones with seed 1 (the pick's luck does not
-        carry over); cached as evals/<tag>.json, samples in samples/<tag>.npz."""
-        c = self.cfg
-        return self.ws.sample_and_score(
-            tag, pipe, clf, samples_per_class=c.final_samples_per_class if final else c.sweep_samples_per_class,
-            seed=1 if final else 0, batch_size=c.sample_batch, settings=settings, metadata=metadata,
-            inception=final and c.inception == "best" and metadata.get("pick") == "best")
+        return sweeping.evaluate(self.ws, self.cfg, tag, pipe, clf, settings, final=final, metadata=metadata)
 
     def sweep(self, name: str, unit: str, pipe: Callable[[], Any], clf: Path, meta: dict) -> dict:
-        """Best classifier-FID settings of one method: (scale x temperature), then stage-2 temperature."""
-        c = self.cfg
-        results = {}
-
-        def score(s: dict) -> float:
-            tag = f"{unit}-{name}-sweep-{_tag(s)}"
-            r = self.evaluate(tag, pipe, clf, s, final=False, metadata={**meta, "sweep": True})
-            results[tag] = r
-            return r["metrics"]["fid_classifier"]
-
-        grid = [{"guidance_scale": g, "temperature": t} for g in floats(c.guidance, "guidance")
-                for t in floats(c.temperatures, "temperatures")]
-        s2 = name.startswith("ctf") and not name.endswith(PRIOR_ARMS)
-        if s2:
-            grid = [{**s, "stage2_temperature": DEFAULTS["ctf"]["stage2_temperature"]} for s in grid]
-        best = min(grid, key=score)
-        if s2:
-            best = min([{**best, "stage2_temperature": t} for t in floats(c.stage2_temperatures, "stage2_temperatures")],
-                       key=score)
-        return {"best": best, "sweep": {k: v["metrics"]["fid_classifier"] for k, v in results.items()}}
+        return sweeping.sweep(self.ws, self.cfg, name, unit, pipe, clf, meta)
 
     def _load_picks(self) -> dict:
         path = self.out / "picks.json"
@@ -217,8 +195,8 @@ class ScalingStudy:
         from ..models.artifact import load_model
 
         c = self.cfg
-        unit = f"V{V}-s{seed}-{method}"
-        coarse = self.coarse_map(V, tok, method)
+        unit = f"V{V}-{'p' if c.pipeline_seeds else 's'}{seed}-{method}"
+        coarse = self.coarse_map(V, tok, method, seed)
         root = self.out / f"V{V}" / f"seed{seed}"
         folders = {"ar": root / f"stage1-{method}", "aux": root / f"stage2-{method}"}
         if with_baseline:
@@ -285,7 +263,8 @@ class ScalingStudy:
 
         samples: dict[str, dict] = {}
         for n in curves:
-            meta = {"unit": unit, "V": V, "K": V // c.k_ratio, "train_seed": seed, "clustering": method, "method": n,
+            meta = {"unit": unit, "V": V, "K": V // c.k_ratio, "train_seed": seed, "seed_kind": self.seed_kind,
+                    "clustering": method, "method": n,
                     "train_steps": c.steps, "preset": c.preset}
             key = f"V{V}-{method}-{n}"
             own_sweep = seed < c.sweep_seeds
@@ -314,22 +293,25 @@ class ScalingStudy:
                 for pick, s in (("best", sweep["best"]), ("default", DEFAULTS["baseline" if n == "baseline" else "ctf"])):
                     if n.endswith(PRIOR_ARMS) and pick == "default":
                         continue
-                    r = self.evaluate(f"{unit}-{n}-final-{pick}-{_tag(s)}", pipeline(n), clf, s, final=True,
+                    r = self.evaluate(f"{unit}-{n}-final-{pick}-{tag_of(s)}", pipeline(n), clf, s, final=True,
                                       metadata={**meta, "pick": pick})
                     out[pick] = {"settings": s, "metrics": r["metrics"]}
             except NotMade:
                 continue
             samples[n] = out
-        return {"unit": unit, "V": V, "seed": seed, "clustering": method, "nll": curves, "samples": samples}
+        return {"unit": unit, "V": V, "seed": seed, "seed_kind": self.seed_kind, "clustering": method, "nll": curves,
+                "samples": samples}
 
     # ------------------------------------------------------------ all
 
-    def run(self, parts: str = "all", only_seeds: list[int] | None = None) -> Path:
+    def run(self, parts: str = "all", only_seeds: list[int] | None = None, noise_reference: str | Path | None = None
+            ) -> Path:
         """The whole study, or one part of it: "main" (CTF and the baseline with k-means, and the
         parameter-free stage 2s) or "arms" (the other clusterings); `only_seeds` limits it to those
         training seeds. Parts and seeds may run at the same time, in separate processes on one folder;
         a last run of "all" then gathers them, reusing everything. "report" makes nothing: it writes
-        the report of what is measured so far."""
+        the report of what is measured so far. `noise_reference`: the results.json of a study with the
+        other kind of seeds, whose spread the report compares with this one's."""
         from .report import write_scaling_report
 
         if parts not in PARTS:
@@ -337,6 +319,14 @@ class ScalingStudy:
         bad = [s for s in (only_seeds or []) if not 0 <= s < self.cfg.seeds]
         if bad:
             raise CtfgenError(f"only_seeds: {bad} are not training seeds of this study (0..{self.cfg.seeds - 1})")
+        reference = None
+        if noise_reference:  # read first: a bad path fails now, not after hours of training
+            from .noise import read_results
+
+            reference = read_results(noise_reference)
+            if reference.get("seed_kind", "training") == self.seed_kind:
+                raise CtfgenError(f"noise reference {noise_reference}: it uses {self.seed_kind} seeds too; give "
+                                  "a study with the other kind")
         self.ws.make = parts != "report"
         c = self.cfg
         t0 = self.ws.begin(extendable=EXTENDABLE)
@@ -354,16 +344,17 @@ class ScalingStudy:
                 atomic_write_json(self.out / "results.json", self.results(units, tokenizers, time.time() - t0))
         results = self.results(units, tokenizers, time.time() - t0)
         atomic_write_json(self.out / "results.json", results)
-        page = write_scaling_report(self.out, results)
+        page = write_scaling_report(self.out, results, reference=reference)
         self.ws.log(f"done in {time.time() - t0:.0f} s: {page}")
         return page
 
     def _run_one(self, V: int, seed: int, parts: str, tokenizers: dict, clf: Path, units: list, picks: dict) -> None:
         c = self.cfg
-        if V not in tokenizers:
-            tokenizers[V] = self.tokenizer(V)
-        tok = tokenizers[V]
-        codes = {s: self.codes(V, tok, s) for s in ("train", "test")}
+        key = (V, self.pipeline_seed(seed))
+        if key not in tokenizers:
+            tokenizers[key] = self.tokenizer(V, seed)
+        tok = tokenizers[key]
+        codes = {s: self.codes(V, tok, s, seed) for s in ("train", "test")}
         priors = [a for a in c.arm_list() if a in PRIOR_ARMS]
         if parts in ("all", "main", "report"):
             units.append(self.unit(V, seed, "kmeans", tok, codes, clf, True, priors, picks))
@@ -374,12 +365,17 @@ class ScalingStudy:
                 except NotMade:
                     continue
 
-    def results(self, units: list[dict], tokenizers: dict[int, Path], seconds: float) -> dict:
+    def results(self, units: list[dict], tokenizers: dict[tuple[int, int], Path], seconds: float) -> dict:
+        """results.json: the config, the seed kind, each tokenizer's quality (keyed "V", or "V-seedS"
+        with pipeline seeds) and the units."""
         toks = {}
-        for V, folder in tokenizers.items():
+        for (V, seed), folder in sorted(tokenizers.items()):
             rep = json.loads((folder / MANIFEST).read_text())["info"]["report"]
-            toks[str(V)] = {k: rep.get(k) for k in ("psnr_db", "codes_used", "codebook_usage", "perplexity", "images")}
-        return {"config": to_dict(self.cfg), "tokenizers": toks, "units": units, "seconds_this_run": round(seconds, 1)}
+            key = f"{V}-seed{seed}" if self.cfg.pipeline_seeds else str(V)
+            toks[key] = {"V": V, "seed": seed, **{k: rep.get(k) for k in ("psnr_db", "codes_used", "codebook_usage",
+                                                                            "perplexity", "images")}}
+        return {"config": to_dict(self.cfg), "seed_kind": self.seed_kind, "tokenizers": toks, "units": units,
+                "seconds_this_run": round(seconds, 1)}
 
 
 def _prior_rule(name: str) -> str | None:

@@ -99,7 +99,15 @@ class CheckpointManager:
         barrier(self.dist)
 
     def _check_resume(self, manifest: dict) -> None:
-        saved = manifest.get("config", {})
+        saved = dict(manifest.get("config", {}))
+        if isinstance(saved.get("train"), dict):  # a field added since counts as its default (the run's schedule)
+            from ..config import from_dict, to_dict
+            from .config import TrainConfig
+
+            try:
+                saved["train"] = to_dict(from_dict(TrainConfig, saved["train"]))
+            except CtfgenError:
+                pass  # a field that no longer exists: compared as it is, and reported
         for section in ("train", "model"):
             diff = run_state.first_difference(saved.get(section), self.config[section])
             if diff is not None:

@@ -57,7 +57,12 @@ class TrainConfig:
                        min=0.0, min_open=True)
     warmup_steps: int = option(0, "linear warm-up steps", min=0, flag="--warmup", metavar="STEPS")
     cosine: bool = option(False, "cosine decay after warm-up (default: constant lr)")  # to min_lr_ratio * lr
-    min_lr_ratio: float = option(0.0, "end of the cosine decay, as a fraction of lr", min=0.0, max=1.0)
+    min_lr_ratio: float = option(0.0, "end of the cosine or WSD decay, as a fraction of lr", min=0.0, max=1.0)
+    # warm-up, stable, decay (WSD): a constant rate whose curve a longer run continues unchanged, so the
+    # held-out loss at any step before the decay is what a longer budget would have passed through
+    wsd_decay: float = option(0.0, "constant lr after warm-up, then a linear decay to min_lr_ratio * lr over this "
+                                   "fraction of the run at its end (warm-up, stable, decay)", min=0.0, max=1.0,
+                              note="0 = off", metavar="FRACTION")
     weight_decay: float = option(0.05, "AdamW decay on >=2-D weights", min=0.0)  # matrices and embeddings only
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.95, "AdamW beta2")
@@ -77,6 +82,8 @@ class TrainConfig:
 
     def check(self) -> None:
         check_fields(self, where="train config")
+        if self.wsd_decay and self.cosine:
+            raise CtfgenError("train config: cosine and wsd_decay are two schedules; choose one")
         if self.aux_coarse_noise and not KINDS[self.kind].member_head:
             raise CtfgenError(f"train config: aux_coarse_noise applies to kind 'aux' only, not {self.kind!r}")
 
@@ -92,10 +99,16 @@ class TrainConfig:
         return max(1, math.ceil(self.epochs * steps_per_epoch))
 
     def lr_at(self, step: int, total: int) -> float:
-        """Learning rate for optimizer step `step` (0-based): linear warm-up, then constant or cosine."""
+        """Learning rate for optimizer step `step` (0-based) of a run of `total` steps: linear warm-up,
+        then constant, cosine, or constant with a linear decay over its last `wsd_decay` fraction."""
         peak = self.peak_lr
         if step < self.warmup_steps:
             return peak * (step + 1) / self.warmup_steps
+        if self.wsd_decay:
+            span = max(1, round(total * self.wsd_decay))
+            left = total - step  # steps still to take, this one included: the last step runs at the floor
+            floor = peak * self.min_lr_ratio
+            return peak if left > span else floor + (peak - floor) * (left - 1) / span
         if not self.cosine:
             return peak
         floor = peak * self.min_lr_ratio  # reached at the last step, total - 1 (cosine_progress)

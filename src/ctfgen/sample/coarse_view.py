@@ -63,10 +63,12 @@ def cluster_colors(k: int) -> np.ndarray:
 def stage1_labels(pipe: CTFPipeline, samples: Samples, *, batch_size: int = 64) -> np.ndarray:
     """(N, L) the coarse labels stage 1 drew for `samples` (made by `pipe.generate`).
 
-    A cluster-masked stage 2 (the default) only picks codes inside the drawn cluster, so the labels
+    `generate` keeps them in `samples.coarse`; for samples without them (built by hand) a cluster-masked stage 2 (the default) only picks codes inside the drawn cluster, so the labels
     are the clusters of the codes. An unmasked one may leave it: stage 1 is then drawn again from
     the same per-sample uniforms, which gives the same labels.
     """
+    if samples.coarse is not None:  # generate() keeps them
+        return np.asarray(samples.coarse)
     aux = pipe.models["aux"]
     codes_NL = torch.as_tensor(samples.codes, dtype=torch.long)
     if aux.config.mask_to_cluster:

@@ -246,3 +246,67 @@ def test_bad_input_names_the_value(ctf, drawn, tmp_path):
         ctf.inpaint(drawn["ctf"], region=(0, 0, 1, 1), mode="detail", gibbs_sweeps=1)
     with pytest.raises(CtfgenError, match="unknown sampling setting"):
         ctf.vary(drawn["ctf"], temprature=1.0)
+
+
+# ---------------------------------------------------------------- the command line
+
+@pytest.fixture(scope="module")
+def pipelines(folders):
+    from ctfgen.sample import make_pipeline
+
+    root = folders["root"]
+    return {"ctf": make_pipeline(root / "pipe-ctf", tokenizer=folders["tokenizer"], ar=folders["ar"], aux=folders["aux"]),
+            "baseline": make_pipeline(root / "pipe-base", tokenizer=folders["tokenizer"], baseline=folders["baseline"])}
+
+
+def test_cli_edits_write_figures_pngs_and_a_record(pipelines, ctf, tmp_path, capsys):
+    import json
+
+    from ctfgen.cli import main as cli_main
+
+    npz = tmp_path / "s.npz"
+    assert cli_main(["sample", "--pipeline", str(pipelines["ctf"]), "--per-class", "1", "--npz", str(npz),
+                     "--no-progress", "--device", "cpu"]) == 0
+    both = ["--pipeline", str(pipelines["ctf"]), "--baseline-pipeline", str(pipelines["baseline"]), "--device", "cpu"]
+    runs = {"complete": ["--keep-rows", "1"], "inpaint": ["--region", "1,1,2,2", "--mode", "detail"], "vary": []}
+    for kind, extra in runs.items():
+        out = tmp_path / kind
+        models = both if kind != "vary" else both[:2] + both[4:]
+        assert cli_main(["edit", kind, *models, "--sample", str(npz), "--index", "2,0", "--n", "2", "--out", str(out),
+                         "--stage2-temperature", "1.3", *extra]) == 0
+        record = json.loads((out / "edit.json").read_text())
+        assert record["edit"] == kind and record["source_labels"] == [2, 0] and record["n"] == 2
+        assert record["ctf"]["settings"]["stage2_temperature"] == 1.3
+        names = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
+        assert {"edits.png", "source/000001.png", "ctf/000003.png", "ctf/coarse-before-000001.png",
+                "ctf/coarse-after-000003.png"} <= names
+        assert ("baseline/000003.png" in names) == (kind != "vary")
+        if kind == "complete":
+            assert record["kept_tokens"] == GRID and record["baseline"]["edits"][1] == {
+                "file": "baseline/000001.png", "source": 0, "seed": record["ctf"]["edits"][1]["seed"]}
+    # an image file, under a class given on the command line
+    png = tmp_path / "mine.png"
+    Image.fromarray(np.zeros((RES, RES), np.uint8)).save(png)
+    assert cli_main(["edit", "inpaint", *both, "--image", str(png), "--class", "1", "--region", "0,0,1,4",
+                     "--out", str(tmp_path / "png")]) == 0
+    assert json.loads((tmp_path / "png" / "edit.json").read_text())["source_labels"] == [1]
+    capsys.readouterr()
+
+    # bad input: exit 2, the message names the value, nothing written
+    Image.fromarray(np.zeros((RES, RES, 4), np.uint8), "RGBA").save(tmp_path / "rgba.png")
+    bad = [
+        (["complete", *both, "--image", str(tmp_path / "rgba.png"), "--class", "0", "--keep-tokens", "3"],
+         "rgba.png: has an alpha channel (RGBA)"),
+        (["complete", *both, "--sample", str(npz), "--index", "0", "--keep-tokens", str(L + 1)],
+         f"keep_tokens: {L + 1} is outside 0..{L}"),
+        (["inpaint", *both, "--sample", str(npz), "--index", "0", "--region", "2,2,3,1"],
+         f"region: rows 2..4, columns 2..2 leave the {GRID}x{GRID} token grid"),
+        (["inpaint", *both, "--sample", str(npz), "--index", "7", "--region", "0,0,1,1"],
+         "index 7: "),
+        (["complete", *both, "--image", str(png), "--keep-rows", "1"], "--image needs --class C"),
+    ]
+    for argv, message in bad:
+        out = tmp_path / "never"
+        assert cli_main(["edit", *argv, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists() and not list(tmp_path.glob(".never*"))

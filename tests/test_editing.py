@@ -310,3 +310,34 @@ def test_cli_edits_write_figures_pngs_and_a_record(pipelines, ctf, tmp_path, cap
         assert cli_main(["edit", *argv, "--out", str(out)]) == 2
         assert message in capsys.readouterr().err
         assert not out.exists() and not list(tmp_path.glob(".never*"))
+
+
+def test_bench_edit_runs_and_keeps_every_kept_code(pipelines, tiny_data, tmp_path, capsys):
+    import json
+
+    from ctfgen import evaluate
+    from ctfgen.cli import main as cli_main
+    from ctfgen.evaluate.classifier import ClassifierConfig, DomainClassifier
+
+    clf = DomainClassifier(ClassifierConfig(resolution=RES, channels=1, num_classes=CLASSES, width=4)).eval()
+    evaluate.save_classifier(clf, tmp_path / "clf", train_cfg=evaluate.ClassifierTrainConfig(), data={}, info={})
+    out = tmp_path / "bench"
+    assert cli_main(["bench", "edit", "--pipeline", str(pipelines["ctf"]), "--baseline-pipeline",
+                     str(pipelines["baseline"]), "--classifier", str(tmp_path / "clf"), "--data", "npz",
+                     "--data-path", tiny_data.path, "--images", "12", "--seeds", "0,1", "--gibbs-images", "3",
+                     "--vary-images", "4", "--vary-n", "2", "--batch-size", "5", "--device", "cpu",
+                     "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    rows = {(r["edit"], r["pipeline"]): r for r in result["rows"]}
+    assert set(rows) == {("complete", "ctf"), ("complete", "baseline"), ("inpaint detail", "ctf"),
+                         ("inpaint layout", "ctf"), ("inpaint layout", "baseline")}
+    assert result["keep_tokens"] == 2 * GRID and result["region"] == [1, 1, 2, 2]
+    for r in rows.values():
+        assert r["kept_codes_identical"] == 1.0 and len(r["fid_classifier"]["values"]) == 2
+        assert 0 <= r["agreement"]["mean"] <= 1 and r["seconds_per_edit"]["mean"] > 0
+    assert set(result["vary"]["temperatures"]) == {"0.7", "1.1", "1.5"} and "pixel_std" in result["vary"]["fresh"]
+    assert result["gibbs"]["images"] == 3 and "gibbs" in result["gibbs"]
+    assert {p.name for p in out.glob("*.png")} == {"edit-complete.png", "edit-inpaint-detail.png",
+                                                   "edit-inpaint-layout.png", "edit-vary.png"}
+    assert "| complete | ctf |" in (out / "tables.md").read_text()
+    capsys.readouterr()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from ._bench_edit import add_edit
 from ._util import (
     MODEL_PRESETS,
     add_command,
@@ -34,6 +35,7 @@ def register(sub) -> None:
     _add_speed(group)
     _add_quality(group)
     _add_scaling(group)
+    add_edit(group)
 
 
 # ---------------------------------------------------------------- bench train

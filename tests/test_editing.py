@@ -13,7 +13,7 @@ from ctfgen.errors import CtfgenError
 from ctfgen.evaluate.nll import gpt_nll
 from ctfgen.sample import BaselinePipeline, CTFPipeline, SamplingConfig, generate_tokens, pick
 from ctfgen.sample.editing import npz_source, prefix_mask, region_mask
-from ctfgen.sample.gibbs import full_conditional, gibbs_sweeps
+from ctfgen.sample.gibbs import full_conditional, gibbs_sweeps, sequence_log_probs
 from ctfgen.sample.outputs import save_npz
 from test_sample import CLASSES, GRID, K, TINY_VQ, make_folders, tiny_models
 
@@ -167,6 +167,16 @@ def test_full_conditional_is_the_exact_likelihood_normalised():
             cand[:, i] = torch.arange(K)
             logp = -gpt_nll(model, cand, labels[b].repeat(K))  # the whole sequence, every factor
             assert torch.allclose(got[b].double(), torch.log_softmax(logp, 0), atol=1e-4)
+    # guided, at a temperature: the cached prefix (in chunks of candidates) against full forward passes
+    guided = SamplingConfig.baseline(guidance_scale=2.5, guidance_schedule="linear", temperature=1.3)
+    for i in (0, 9, L - 1):
+        got = full_conditional(model, tokens, labels, i, guided, chunk=3)
+        for b in range(2):
+            cand = tokens[b].repeat(K, 1)
+            cand[:, i] = torch.arange(K)
+            logp = sequence_log_probs(model, cand, labels[b].repeat(K), guided).sum(1)
+            assert torch.allclose(got[b], torch.log_softmax(logp, 0), atol=1e-4)
+    model.clear_cache()
 
 
 def test_gibbs_sweeps_touch_only_the_region():

@@ -23,43 +23,78 @@ import torch
 from .sampler import guidance_at, pick, sample_seed, sample_uniforms, scaled_logits
 from .settings import SamplingConfig
 
-MAX_LOGITS = 1 << 25  # (rows x L x V) floats per forward pass: ~128 MB of fp32 logits
-
-
 @torch.inference_mode()
 def sequence_log_probs(model, tokens_NL: torch.Tensor, labels_N: torch.Tensor, s: SamplingConfig) -> torch.Tensor:
     """(N, L) float32 log p(token_t | class, tokens < t) of every position under the sampler's per-token
     distribution (guidance and temperature of `s`; no top-k/top-p), teacher-forced in one pass."""
     c = model.config
     N, L = tokens_NL.shape
-    guided = s.guidance_scale != 1.0
-    inputs_NL = tokens_NL[:, :-1]
-    if guided:
-        cond = torch.cat([labels_N, torch.full_like(labels_N, c.num_classes)])
-        logits = model(torch.cat([inputs_NL, inputs_NL]), cond)
-        scale_L = torch.tensor([guidance_at(t, L, s.guidance_scale, s.guidance_schedule) for t in range(L)],
-                               device=logits.device)[None, :, None]
-        logits_NLV = logits[N:] + scale_L * (logits[:N] - logits[N:])
-    else:
-        logits_NLV = model(inputs_NL, labels_N)
-    logp_NLV = torch.log_softmax(scaled_logits(logits_NLV.flatten(0, 1), s.temperature), -1).view(N, L, -1)
+    g = 2 if s.guidance_scale != 1.0 else 1
+    cond = labels_N if g == 1 else torch.cat([labels_N, torch.full_like(labels_N, c.num_classes)])
+    logits = model(tokens_NL[:, :-1].repeat(g, 1), cond)  # (gN, L, V): [cond rows, null rows]
+    scale_L = torch.tensor([guidance_at(t, L, s.guidance_scale, s.guidance_schedule) for t in range(L)],
+                           device=logits.device)
+    logp_NLV = _per_token(logits.view(g, N, L, -1).transpose(0, 1), scale_L, s)
     return logp_NLV.gather(-1, tokens_NL[..., None]).squeeze(-1)
 
 
 @torch.inference_mode()
-def full_conditional(model, tokens_BL: torch.Tensor, labels_B: torch.Tensor, i: int,
-                     s: SamplingConfig) -> torch.Tensor:
-    """(B, V) float32 log p(c_i = v | all other tokens) of each sequence (normalised over v)."""
+def full_conditional(model, tokens_BL: torch.Tensor, labels_B: torch.Tensor, i: int, s: SamplingConfig, *,
+                     chunk: int = 512) -> torch.Tensor:
+    """(B, V) float32 log p(c_i = v | all other tokens) of each sequence (normalised over v).
+
+    The class and tokens < i are the same for every candidate: they are fed once per sequence, and
+    their keys/values copied to the candidates' cache rows, which then run tokens i..L-2 only (in
+    chunks of `chunk` candidates)."""
     B, L = tokens_BL.shape
-    V = model.config.out_vocab
+    c = model.config
+    V = c.out_vocab
     device = model.tok_embeddings.weight.device
-    cand_BVL = tokens_BL.to(device)[:, None, :].repeat(1, V, 1)
-    cand_BVL[:, :, i] = torch.arange(V, device=device)
-    cand_NL, labels_N = cand_BVL.flatten(0, 1), labels_B.to(device).repeat_interleave(V)
-    rows = max(1, MAX_LOGITS // (L * V * (2 if s.guidance_scale != 1.0 else 1)))
-    score_N = torch.cat([sequence_log_probs(model, cand_NL[r:r + rows], labels_N[r:r + rows], s)[:, i:].sum(-1)
-                         for r in range(0, len(cand_NL), rows)])
-    return torch.log_softmax(score_N.view(B, V), -1)
+    tokens_BL, labels_B = tokens_BL.to(device), labels_B.to(device)
+    guided = s.guidance_scale != 1.0
+    g = 2 if guided else 1
+    scale_L = torch.tensor([guidance_at(t, L, s.guidance_scale, s.guidance_schedule) for t in range(L)], device=device)
+    chunk = min(chunk, V)
+    if not model.cache_fits(g * chunk):
+        model.setup_cache(g * chunk)
+    out_BV = torch.empty(B, V, device=device)
+    for b in range(B):
+        cond = labels_B[b:b + 1]
+        if guided:
+            cond = torch.cat([cond, torch.full_like(cond, c.num_classes)])
+        prefix = tokens_BL[b:b + 1, :i].expand(g, i) if i else None
+        first_gV = model.prefill(cond, prefix)  # logits of token i: the same for every candidate
+        kept_K = [(layer.attention.k_cache[:g, :, :c.n_prefix + i].clone(),
+                   layer.attention.v_cache[:g, :, :c.n_prefix + i].clone()) for layer in model.layers]
+        first_V = _per_token(first_gV[None, :, None], scale_L[i:i + 1], s)[0, 0]  # (V,) log p(c_i = v | c_<i)
+        for v0 in range(0, V, chunk):
+            vs = torch.arange(v0, min(V, v0 + chunk), device=device)
+            n = len(vs)
+            score_n = first_V[vs].clone()
+            if i < L - 1:
+                for layer, (k, v) in zip(model.layers, kept_K):  # the prefix, once per candidate row
+                    layer.attention.k_cache[:g * n, :, :c.n_prefix + i] = k.repeat_interleave(n, 0)
+                    layer.attention.v_cache[:g * n, :, :c.n_prefix + i] = v.repeat_interleave(n, 0)
+                cand_nT = tokens_BL[b, i:L - 1].repeat(n, 1)
+                cand_nT[:, 0] = vs
+                logits = model.run(model.embed(cand_nT.repeat(g, 1), None), pos=c.n_prefix + i)  # tokens i+1..L-1
+                logp_nTV = _per_token(logits.view(g, n, L - 1 - i, -1).transpose(0, 1), scale_L[i + 1:], s)
+                target_nT = tokens_BL[b, i + 1:].expand(n, -1)
+                score_n += logp_nTV.gather(-1, target_nT[..., None]).squeeze(-1).sum(-1)
+            out_BV[b, vs] = score_n
+    return torch.log_softmax(out_BV, -1)
+
+
+def _per_token(logits_NgTV: torch.Tensor, scale_T: torch.Tensor, s: SamplingConfig) -> torch.Tensor:
+    """(N, T, V) log-probabilities of the sampler's per-token distribution from (N, g, T, V) logits
+    (g = 2: [cond, null], guided with the per-position scale; g = 1: as they are), at the temperature."""
+    if logits_NgTV.shape[1] == 2:
+        cond, null = logits_NgTV[:, 0], logits_NgTV[:, 1]
+        logits_NTV = null + scale_T[None, :, None] * (cond - null)
+    else:
+        logits_NTV = logits_NgTV[:, 0]
+    N, T, V = logits_NTV.shape
+    return torch.log_softmax(scaled_logits(logits_NTV.reshape(N * T, V), s.temperature), -1).view(N, T, V)
 
 
 def gibbs_sweeps(model, tokens_BL: torch.Tensor, labels_B: torch.Tensor, region_L: torch.Tensor, seeds: list[int],

@@ -11,29 +11,15 @@ from PIL import Image
 
 from ctfgen.errors import CtfgenError
 from ctfgen.evaluate.nll import gpt_nll
-from ctfgen.sample import BaselinePipeline, CTFPipeline, SamplingConfig, generate_tokens, pick
+from ctfgen.sample import SamplingConfig, generate_tokens, pick
 from ctfgen.sample.editing import npz_source, prefix_mask, region_mask
 from ctfgen.sample.gibbs import full_conditional, gibbs_sweeps, sequence_log_probs
 from ctfgen.sample.outputs import save_npz
-from test_sample import CLASSES, GRID, K, TINY_VQ, make_folders, tiny_models
+from test_sample import CLASSES, GRID, K, TINY_VQ, tiny_models
+from test_sample import base, ctf, folders  # noqa: F401 (the tiny pipelines' fixtures)
 
 L = GRID * GRID
 RES = TINY_VQ["resolution"]
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    return make_folders(tmp_path_factory.mktemp("edit"))
-
-
-@pytest.fixture(scope="module")
-def ctf(folders):
-    return CTFPipeline.from_folders(tokenizer=folders["tokenizer"], ar=folders["ar"], aux=folders["aux"])
-
-
-@pytest.fixture(scope="module")
-def base(folders):
-    return BaselinePipeline.from_folders(tokenizer=folders["tokenizer"], baseline=folders["baseline"])
 
 
 @pytest.fixture(scope="module")

@@ -369,9 +369,7 @@ def edit(pipe, source, *, kind: str, n: int = 1, labels=None, keep_tokens: int |
             codes.append(codes_BL.cpu())
             images.append(pipe.decode(codes_BL))
     finally:
-        for mod in pipe.models.values():
-            if hasattr(mod, "clear_cache"):
-                mod.clear_cache()
+        pipe.clear_caches()
     codes_np = torch.cat(codes).numpy() if codes else np.zeros((0, L), np.int64)
     samples = Samples(images=np.concatenate(images) if images else np.zeros((0, 1, 1, 1), np.uint8), codes=codes_np,
                       labels=src.labels[source_index], seeds=seeds, settings=s,

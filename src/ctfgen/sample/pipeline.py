@@ -180,6 +180,12 @@ class Pipeline:
         """(codes (B, L), CTF's coarse labels (B, L) or None): `sample_codes` with stage 1's output."""
         raise NotImplementedError
 
+    def clear_caches(self) -> None:
+        """Free the causal models' KV caches (a run sets them up for its batch)."""
+        for m in self.models.values():
+            if hasattr(m, "clear_cache"):
+                m.clear_cache()
+
     def _decode_step(self, model):
         """The compiled decoding step (sample/decoding.py) when `compile` asks for one, else None."""
         from .decoding import make_step_fn, resolve_mode
@@ -234,9 +240,7 @@ class Pipeline:
                     coarse.append(coarse_BL.cpu())
                 images.append(self.decode(codes_BL))
         finally:
-            for m in self.models.values():
-                if hasattr(m, "clear_cache"):
-                    m.clear_cache()
+            self.clear_caches()
         L = self.seq_len
         codes_np = torch.cat(codes).numpy() if codes else np.zeros((0, L), np.int64)
         coarse_np = (torch.cat(coarse).numpy() if coarse else np.zeros((0, L), np.int64)) if self.type == "ctf" else None

@@ -337,3 +337,24 @@ def test_bench_edit_runs_and_keeps_every_kept_code(pipelines, tiny_data, tmp_pat
                                                    "edit-inpaint-layout.png", "edit-vary.png"}
     assert "| complete | ctf |" in (out / "tables.md").read_text()
     capsys.readouterr()
+
+
+def test_docs_example_runs(folders, tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "EDITING.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, "docs/EDITING.md has no python example"
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for name in ("tokenizer", "ar", "aux", "baseline"):
+        (runs / name).symlink_to(folders[name])
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    for code in blocks:
+        exec(compile(code, "docs/EDITING.md", "exec"), scope)
+    assert scope["variations"].samples.images.shape == (8, RES, RES, 1)
+    assert np.array_equal(scope["layout"].samples.codes[:, scope["layout"].kept_L],
+                          scope["drawn"].codes[:, scope["layout"].kept_L])
+    assert scope["mine"].samples.labels.tolist() == [0]

@@ -12,7 +12,8 @@ from PIL import Image
 from ctfgen.errors import CtfgenError
 from ctfgen.evaluate.nll import gpt_nll
 from ctfgen.sample import SamplingConfig, generate_tokens, pick
-from ctfgen.sample.editing import npz_source, prefix_mask, region_mask
+from ctfgen.sample.edit_sources import npz_source
+from ctfgen.sample.editing import prefix_mask, region_mask
 from ctfgen.sample.gibbs import full_conditional, gibbs_sweeps, sequence_log_probs
 from ctfgen.sample.outputs import save_npz
 from test_sample import CLASSES, GRID, K, TINY_VQ, tiny_models

@@ -149,7 +149,7 @@ def test_page_outputs_turn_errors_into_a_message(service, tmp_path):
 def test_edit_service_each_edit_and_its_source(service, tmp_path):
     from PIL import Image
 
-    from ctfgen.sample.editing import samples_source
+    from ctfgen.sample.edit_sources import samples_source
     from ctfgen.web.edit_service import EditRequest, run_edit
 
     sampling = PageRequest(**{**vars(service.defaults()), "class_id": "1", "seed": 4})

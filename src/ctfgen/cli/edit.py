@@ -91,7 +91,7 @@ def register(sub) -> None:
 def _run(args) -> int:
     from ..sample import SamplingConfig, load_pipeline
     from ..sample.edit_outputs import save_edits
-    from ..sample.editing import npz_source, png_source
+    from ..sample.edit_sources import npz_source, png_source
     from ._util import given_flags, setup_device
 
     if bool(args.image) == bool(args.sample):

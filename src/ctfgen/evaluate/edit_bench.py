@@ -99,7 +99,7 @@ def run_edit_bench(ctf, baseline, classifier, test_images: np.ndarray, test_labe
     "vary", "gibbs", "reconstruction" (the tokenizer's own: the floor of any edit) and "figures"
     (uint8 figures per edit, removed before writing JSON)."""
     from ..sample.edit_outputs import edit_figure
-    from ..sample.editing import EditSource, encode_images
+    from ..sample.edit_sources import EditSource, encode_images
 
     if ctf.fingerprints.get("tokenizer") != baseline.fingerprints.get("tokenizer"):
         raise CtfgenError("bench edit: the CTF and baseline pipelines must share one tokenizer (the same codes)")

@@ -259,7 +259,7 @@ class Pipeline:
              **settings: Any):
         """Detail variations (CTF only): n images per source image that keep its coarse-label map and
         redraw stage 2 (`stage2_temperature` sets how far they stray). `source`: `Samples`, an
-        `editing.EditSource`, codes (N, L) or uint8 images (N, H, W, C) / PIL images / image paths
+        `edit_sources.EditSource`, codes (N, L) or uint8 images (N, H, W, C) / PIL images / image paths
         with `labels`. Returns `editing.Edits`; edit m comes from source m // n with seed
         sample_seed(seed, m). Raises CtfgenError on the baseline and on bad input."""
         from .editing import edit

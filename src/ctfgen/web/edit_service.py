@@ -58,7 +58,7 @@ class EditResult:
 def run_edit(service: PageService, req: EditRequest) -> EditResult:
     """Check `req`, run the edit, return what the tab shows; CtfgenError names the first bad field."""
     from ..sample.edit_outputs import coarse_maps, redrawn_overlay, rgb
-    from ..sample.editing import png_source, samples_source
+    from ..sample.edit_sources import png_source, samples_source
 
     label, _, seed, settings = service.check(PageRequest(**{**vars(req.sampling), "count": 1}))
     source = str(req.source or "").strip()

@@ -16,7 +16,7 @@ from ctfgen.sample.edit_sources import npz_source
 from ctfgen.sample.editing import prefix_mask, region_mask
 from ctfgen.sample.gibbs import full_conditional, gibbs_sweeps, sequence_log_probs
 from ctfgen.sample.outputs import save_npz
-from test_sample import CLASSES, GRID, K, TINY_VQ, tiny_models
+from test_sample import CLASSES, GRID, K, TINY_VQ, run_doc_examples, tiny_models
 from test_sample import base, ctf, folders  # noqa: F401 (the tiny pipelines' fixtures)
 
 L = GRID * GRID
@@ -341,20 +341,7 @@ def test_bench_edit_runs_and_keeps_every_kept_code(pipelines, tiny_data, tmp_pat
 
 
 def test_docs_example_runs(folders, tmp_path, monkeypatch):
-    import re
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[1] / "docs" / "EDITING.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert blocks, "docs/EDITING.md has no python example"
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    for name in ("tokenizer", "ar", "aux", "baseline"):
-        (runs / name).symlink_to(folders[name])
-    monkeypatch.chdir(tmp_path)
-    scope: dict = {}
-    for code in blocks:
-        exec(compile(code, "docs/EDITING.md", "exec"), scope)
+    scope = run_doc_examples("docs/EDITING.md", folders, tmp_path, monkeypatch)
     assert scope["variations"].samples.images.shape == (8, RES, RES, 1)
     assert np.array_equal(scope["layout"].samples.codes[:, scope["layout"].kept_L],
                           scope["drawn"].codes[:, scope["layout"].kept_L])

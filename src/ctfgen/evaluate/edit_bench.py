@@ -271,7 +271,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", f"For scale: the tokenizer's reconstructions of the same images (nothing redrawn) score "
               f"classifier-FID {rec['fid_classifier']:.2f} and agreement {rec['agreement']:.3f} "
               f"(PSNR {rec['psnr_db']:.1f} dB to the real images); the real images themselves "
-              f"{real['fid_classifier']:.2f} and {real['agreement']:.3f}."]
+              f"{real['fid_classifier']:.2f} and {real['agreement']:.3f} (they are part of the reference)."]
     g = result.get("gibbs") or {}
     if g:
         lines += ["", f"Gibbs sweeps (CTF, inpaint layout, the first {g['images']} images, {g['sweeps']} sweep(s)):", "",

@@ -28,7 +28,7 @@ ALLOWED = {
     "models": BASE | {"artifacts"},
     "llamagen_gpt": BASE | {"artifacts", "llamagen_files", "models", "tokenizer"},
     "codes": BASE | {"artifacts", "data", "dist"},
-    "sample": BASE | {"artifacts", "cluster", "dist", "models", "tokenizer"},
+    "sample": BASE | {"artifacts", "cluster", "data", "dist", "models", "tokenizer"},
     "train": BASE | {"artifacts", "cluster", "codes", "dist", "models", "run_state"},
     "evaluate": BASE | {"artifacts", "cluster", "codes", "data", "models", "sample"},
     "analyze": BASE | {"cluster"},

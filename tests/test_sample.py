@@ -274,8 +274,9 @@ def test_cli_make_and_sample_outputs(folders, tmp_path, capsys):
     assert "--aux" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("doc", ["docs/SAMPLING.md", "README.md"])
-def test_docs_example_runs(doc, folders, tmp_path, monkeypatch):
+def run_doc_examples(doc: str, folders, tmp_path, monkeypatch) -> dict:
+    """Run the python blocks of `doc` in tmp_path, with runs/{tokenizer,ar,aux,baseline} the tiny
+    folders; returns their variables."""
     text = (ROOT / doc).read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     assert blocks, f"{doc} has no python example"
@@ -287,6 +288,12 @@ def test_docs_example_runs(doc, folders, tmp_path, monkeypatch):
     scope: dict = {}
     for code in blocks:
         exec(compile(code, doc, "exec"), scope)
+    return scope
+
+
+@pytest.mark.parametrize("doc", ["docs/SAMPLING.md", "README.md"])
+def test_docs_example_runs(doc, folders, tmp_path, monkeypatch):
+    scope = run_doc_examples(doc, folders, tmp_path, monkeypatch)
     assert len(scope["images"]) == 2 and len(scope["more"]) == 2
     if doc == "docs/SAMPLING.md":
         assert (tmp_path / "class0.png").is_file()

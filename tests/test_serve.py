@@ -166,6 +166,52 @@ def test_page_outputs_turn_errors_into_a_message(service, tmp_path):
     assert not Path(again[0][0]).exists() and Path(again[1][0]).exists()
 
 
+# ---------------------------------------------------------------- the Edit tab's logic
+
+def test_edit_service_each_edit_and_its_source(service, tmp_path):
+    from PIL import Image
+
+    from ctfgen.sample.edit_sources import samples_source
+    from ctfgen.web.edit_service import EditRequest, run_edit
+
+    sampling = PageRequest(**{**vars(service.defaults()), "class_id": "1", "seed": 4})
+    drawn = service.ctf.generate([1, 1], seed=4)
+    H = drawn.images.shape[1]
+    r = run_edit(service, EditRequest(source="generated", index=2, kind="complete", keep_rows=2, count=2,
+                                      sampling=sampling))
+    assert r.label == 1 and r.ctf_images.shape == (2, H, H, 3) and r.baseline_images.shape == (2, H, H, 3)
+    grid = service.ctf.models["ar"].config.grid
+    assert r.record["kept_tokens"] == 2 * grid and r.coarse_after.shape == (2, H, H, 3)
+    direct = service.ctf.complete(samples_source(drawn, [1]), keep_tokens=2 * grid, n=2, seed=0)
+    assert np.array_equal(r.ctf_images[..., :1], direct.samples.images)  # image #2 of the Generate tab
+    r = run_edit(service, EditRequest(kind="inpaint", top=0, left=1, height=2, width=2, mode="detail", count=1,
+                                      sampling=sampling))
+    assert r.record["mode"] == "detail" and "raster order" in r.note and r.baseline_images is not None
+    png = tmp_path / "up.png"
+    Image.fromarray(drawn.images[0][..., 0]).save(png)
+    r = run_edit(service, EditRequest(source="upload", upload=str(png), kind="vary", count=3, sampling=sampling))
+    assert r.ctf_images.shape[0] == 3 and r.baseline_images is None and "no detail variations" in r.note
+    assert np.array_equal(r.coarse_before[0], r.coarse_after[0])  # variations keep the coarse map
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("kind", "blur", "edit: pick one of vary, complete, inpaint, got 'blur'"),
+    ("count", 9, "edits: 9 is outside 1..4"),
+    ("keep_rows", 99, "rows to keep: 99 is outside 0..4"),
+    ("height", 0, "region: 0x4 tokens is empty"),
+    ("top", 3, "region: rows 3..6, columns 0..3 leave the 4x4 token grid"),
+    ("source", "upload", "upload: choose an image file first"),
+    ("index", 7, "generated image #: 7 is outside 1..4"),
+])
+def test_edit_bad_input_names_the_field(service, field, value, message):
+    from ctfgen.web.edit_service import EditRequest, run_edit
+
+    base = dict(kind="inpaint" if field in ("height", "top") else "complete", top=0, left=0, height=4, width=4)
+    with pytest.raises(CtfgenError) as e:
+        run_edit(service, EditRequest(**{**base, field: value}, sampling=service.defaults()))
+    assert message in str(e.value)
+
+
 # ---------------------------------------------------------------- the real server
 
 def _get(url: str, timeout: float = 5.0) -> int:
@@ -322,3 +368,59 @@ def test_burst_of_20_requests_all_answered(server):
         else:
             assert status.startswith("2 images of class 1") and len(ctf) == len(base) == len(steps) == 2
     assert server.proc.poll() is None and _get(server.url) == 200
+
+
+def _edit_status(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, "#edit-status").text
+
+
+def _choose(driver, elem_id: str, value: str) -> None:
+    """Click the radio button `value` of the radio group `elem_id`."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input[value='{value}']").click()
+
+
+def test_edit_tab_in_a_real_browser(server, browser, pipelines, tmp_path):
+    """One edit of each kind on the Edit tab: completion and region resampling of a generated image,
+    detail variations of an uploaded PNG; then a bad value, reported on the page."""
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    H = _resolution(pipelines["ctf"])
+    browser.get(server.url)
+    wait = WebDriverWait(browser, 120)  # a loaded 2-core machine: several edits and an upload
+    tab = wait.until(lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text == "Edit"])
+    tab[0].click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#edit-run"))
+    for kind, choices in [("complete", []), ("inpaint", [("edit-mode", "detail")])]:
+        _choose(browser, "edit-kind", kind)
+        for elem, value in choices:
+            _choose(browser, elem, value)
+        browser.find_element(By.CSS_SELECTOR, "#edit-run").click()
+        wait.until(lambda d: _edit_status(d).startswith(f"{kind}: 3 edits")
+                   and len(_natural_widths(d, "edit-ctf")) == 3 and len(_natural_widths(d, "edit-baseline")) == 3
+                   and len(_natural_widths(d, "edit-coarse-after")) == 3 and len(_natural_widths(d, "edit-before")) == 2)
+        assert _natural_widths(browser, "edit-ctf") == [H] * 3 and "baseline:" in _edit_status(browser)
+    png = tmp_path / "upload.png"
+    Image.fromarray(np.full((H, H), 90, np.uint8)).save(png)
+    _choose(browser, "edit-source", "upload")
+    browser.find_element(By.CSS_SELECTOR, "#edit-upload input[type=file]").send_keys(str(png))
+    # uploaded: the component links to the server's copy (its name is shown split in spans)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#edit-upload a[href$='upload.png']"))
+    _choose(browser, "edit-kind", "vary")
+    browser.find_element(By.CSS_SELECTOR, "#edit-run").click()
+    wait.until(lambda d: _edit_status(d).startswith("vary: 3 edits") and len(_natural_widths(d, "edit-ctf")) == 3)
+    assert "no detail variations" in _edit_status(browser) and _natural_widths(browser, "edit-baseline") == []
+    shot = Path(os.environ.get("CTFGEN_EDIT_SCREENSHOT") or tmp_path / "edit.png")
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+    _choose(browser, "edit-kind", "complete")
+    _set_number(browser, "edit-keep-rows", "99")
+    browser.find_element(By.CSS_SELECTOR, "#edit-run").click()
+    wait.until(lambda d: _edit_status(d).startswith("Error:"))
+    assert "rows to keep: 99 is outside 0.." in _edit_status(browser) and _natural_widths(browser, "edit-ctf") == []

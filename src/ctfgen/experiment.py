@@ -307,7 +307,7 @@ class Workspace:
         if keep_samples:
             from .sample.outputs import save_npz
 
-            save_npz(self.out / "samples" / f"{tag}.npz", samples)
+            save_npz(self.out / "samples" / f"{tag}.npz", samples, tokenizer=pipe.fingerprints.get("tokenizer"))
         meta = {"pipeline": pipe.type, "models": pipe.fingerprints, "folders": {k: str(v) for k, v in pipe.folders.items()},
                 "seed": seed, "samples_per_class": samples_per_class, "sampling": to_dict(samples.settings),
                 "sample_seconds": round(sample_s, 1), "images_per_second": round(len(labels) / sample_s, 2),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from ._bench_edit import add_edit
 from ._util import (
     MODEL_PRESETS,
     add_command,
@@ -35,6 +36,7 @@ def register(sub) -> None:
     _add_quality(group)
     _add_scaling(group)
     _add_lasting(group)
+    add_edit(group)
 
 
 # ---------------------------------------------------------------- bench train

@@ -173,7 +173,8 @@ def _run_sample(args) -> int:
                                   overwrite=args.overwrite)
                 print(f"{len(labels)} PNGs: {out}")
             if args.npz:
-                print(f"npz: {save_npz(args.npz, samples)} ({len(labels)} images)")
+                out = save_npz(args.npz, samples, tokenizer=pipe.fingerprints.get("tokenizer"))
+                print(f"npz: {out} ({len(labels)} images)")
             if args.coarse_grid:
                 from ..sample.coarse_view import coarse_views
                 from ..sample.outputs import save_coarse_grid

@@ -94,10 +94,15 @@ class GPT(Trunk):
                               f"{ref.device} (the model was converted after setup_cache); call setup_cache again")
 
     @torch.no_grad()
-    def prefill(self, cond_B: torch.Tensor) -> torch.Tensor:
-        """Feed the class token; returns the logits (B, V) of image token 0."""
-        self._check_cache(cond_B.shape[0], 1)
-        return self.run(self.embed(None, cond_B), pos=0)[:, -1]
+    def prefill(self, cond_B: torch.Tensor, tokens_BP: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed the class token and, teacher-forced, the first P image tokens `tokens_BP` (an edit's
+        kept prefix) in one pass, writing their keys/values into the cache; returns the logits
+        (B, V) of image token P (0 without tokens), the same as a full forward pass gives there."""
+        P = 0 if tokens_BP is None else tokens_BP.shape[1]
+        if P >= self.config.seq_len:
+            raise CtfgenError(f"prefill: {P} tokens given, but the model predicts only {self.config.seq_len}")
+        self._check_cache(cond_B.shape[0], self.config.n_prefix + P)
+        return self.run(self.embed(tokens_BP if P else None, cond_B), pos=0)[:, -1]
 
     @torch.no_grad()
     def decode_step(self, tokens_B: torch.Tensor, pos: int) -> torch.Tensor:

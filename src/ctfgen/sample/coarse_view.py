@@ -63,10 +63,12 @@ def cluster_colors(k: int) -> np.ndarray:
 def stage1_labels(pipe: CTFPipeline, samples: Samples, *, batch_size: int = 64) -> np.ndarray:
     """(N, L) the coarse labels stage 1 drew for `samples` (made by `pipe.generate`).
 
-    A cluster-masked stage 2 (the default) only picks codes inside the drawn cluster, so the labels
+    `generate` keeps them in `samples.coarse`; for samples without them (built by hand) a cluster-masked stage 2 (the default) only picks codes inside the drawn cluster, so the labels
     are the clusters of the codes. An unmasked one may leave it: stage 1 is then drawn again from
     the same per-sample uniforms, which gives the same labels.
     """
+    if samples.coarse is not None:  # generate() keeps them
+        return np.asarray(samples.coarse)
     aux = pipe.models["aux"]
     codes_NL = torch.as_tensor(samples.codes, dtype=torch.long)
     if aux.config.mask_to_cluster:
@@ -100,9 +102,16 @@ def coarse_views(pipe: CTFPipeline, samples: Samples, *, batch_size: int = 64) -
     reps_K = cluster_representatives(pipe.tokenizer.codebook(), aux.code_to_coarse, K)
     coarse_images = pipe.decode(reps_K[torch.as_tensor(coarse_NL, dtype=torch.long)], batch_size=batch_size)
     final = samples.images
-    N, H, W = final.shape[:3]
-    g = int(round(coarse_NL.shape[1] ** 0.5)) if N else 1
-    maps = cluster_colors(K)[coarse_NL.reshape(N, g, g)] if N else np.zeros((0, g, g, 3), np.uint8)
-    maps = maps.repeat(H // g, axis=1).repeat(W // g, axis=2)
+    maps = label_maps(coarse_NL, K, final.shape[1], final.shape[2])
     return CoarseViews(coarse_NL=coarse_NL, label_maps=maps, coarse_images=_rgb(coarse_images),
                        final_images=_rgb(final))
+
+
+def label_maps(coarse_NL: np.ndarray, k: int, height: int, width: int) -> np.ndarray:
+    """uint8 (N, height, width, 3): each token position of a square grid coloured by its coarse label
+    (`cluster_colors`), blown up to the image size."""
+    coarse_NL = np.asarray(coarse_NL)
+    N = len(coarse_NL)
+    g = int(round(coarse_NL.shape[1] ** 0.5)) if N else 1
+    maps = cluster_colors(k)[coarse_NL.reshape(N, g, g)] if N else np.zeros((0, g, g, 3), np.uint8)
+    return maps.repeat(height // g, axis=1).repeat(width // g, axis=2)

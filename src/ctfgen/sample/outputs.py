@@ -60,13 +60,22 @@ def save_coarse_grid(path: str | Path, views, labels_N: np.ndarray, *, scale: in
     return Path(path)
 
 
-def save_npz(path: str | Path, samples: Samples) -> Path:
-    """ADM's layout: arr_0 uint8 (N, H, W, 3), grey images replicated to three channels."""
+def save_npz(path: str | Path, samples: Samples, *, tokenizer: str | None = None) -> Path:
+    """ADM's layout: arr_0 uint8 (N, H, W, 3), grey images replicated to three channels, and labels;
+    besides them what makes a sample an edit source (sample/editing.py): codes (N, L), seeds, the
+    CTF coarse labels (N, L) when there are any, and the fingerprint of the `tokenizer` that decodes
+    the codes."""
     images = samples.images
     if images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)
+    extra = {"codes": np.asarray(samples.codes, np.int64), "seeds": np.asarray(samples.seeds, np.uint64)}
+    if samples.coarse is not None:
+        extra["coarse"] = np.asarray(samples.coarse, np.int64)
+    if tokenizer:
+        extra["tokenizer"] = np.array(tokenizer)
     buf = io.BytesIO()
-    np.savez(buf, arr_0=np.ascontiguousarray(images, dtype=np.uint8), labels=samples.labels.astype(np.int64))
+    np.savez(buf, arr_0=np.ascontiguousarray(images, dtype=np.uint8), labels=samples.labels.astype(np.int64),
+             **extra)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
 

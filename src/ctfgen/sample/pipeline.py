@@ -42,6 +42,7 @@ class Samples:
     labels: np.ndarray  # (N,) class of each sample
     seeds: list[int]  # per-sample seeds (sample_seed(seed, index))
     settings: SamplingConfig
+    coarse: np.ndarray | None = None  # (N, L) CTF: stage 1's coarse labels (the baseline has none)
 
 
 # ---------------------------------------------------------------- pipelines
@@ -177,7 +178,18 @@ class Pipeline:
     def sample_codes(self, labels_B: torch.Tensor, seeds: list[int], s: SamplingConfig,
                      progress: bool = False) -> torch.Tensor:
         """One batch of (B, L) codes; sample b draws its randomness from seeds[b] only."""
+        return self.sample_tokens(labels_B, seeds, s, progress)[0]
+
+    def sample_tokens(self, labels_B: torch.Tensor, seeds: list[int], s: SamplingConfig,
+                      progress: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(codes (B, L), CTF's coarse labels (B, L) or None): `sample_codes` with stage 1's output."""
         raise NotImplementedError
+
+    def clear_caches(self) -> None:
+        """Free the causal models' KV caches (a run sets them up for its batch)."""
+        for m in self.models.values():
+            if hasattr(m, "clear_cache"):
+                m.clear_cache()
 
     def _decode_step(self, model):
         """The compiled decoding step (sample/decoding.py) when `compile` asks for one, else None."""
@@ -217,7 +229,7 @@ class Pipeline:
         rank, world = group.rank, group.world_size
         mine = list(range(rank, N, world))
         seeds = [sample_seed(seed, i) for i in range(N)]
-        codes, images = [], []
+        codes, coarse, images = [], [], []
         batches = range(0, len(mine), batch_size)
         if progress and len(batches) > 1:
             from tqdm import tqdm
@@ -228,21 +240,63 @@ class Pipeline:
         try:
             for b in batches:
                 idx = mine[b:b + batch_size]
-                codes_BL = self.sample_codes(labels_N[idx], [seeds[i] for i in idx], s, progress and rank == 0)
+                codes_BL, coarse_BL = self.sample_tokens(labels_N[idx], [seeds[i] for i in idx], s,
+                                                         progress and rank == 0)
                 codes.append(codes_BL.cpu())
+                if coarse_BL is not None:
+                    coarse.append(coarse_BL.cpu())
                 images.append(self.decode(codes_BL))
         finally:
-            for m in self.models.values():
-                if hasattr(m, "clear_cache"):
-                    m.clear_cache()
+            self.clear_caches()
         L = self.seq_len
         codes_np = torch.cat(codes).numpy() if codes else np.zeros((0, L), np.int64)
+        coarse_np = (torch.cat(coarse).numpy() if coarse else np.zeros((0, L), np.int64)) if self.type == "ctf" else None
         images_np = np.concatenate(images) if images else None
         if world > 1:
-            codes_np, images_np = _in_index_order(all_gather_objects((mine, codes_np, images_np), group), N)
+            codes_np, coarse_np, images_np = _in_index_order(
+                all_gather_objects((mine, codes_np, coarse_np, images_np), group), N)
         if images_np is None:
             images_np = np.zeros((0, 1, 1, 1), np.uint8)
-        return Samples(images=images_np, codes=codes_np, labels=labels_N.numpy(), seeds=seeds, settings=s)
+        return Samples(images=images_np, codes=codes_np, labels=labels_N.numpy(), seeds=seeds, settings=s,
+                       coarse=coarse_np)
+
+    # ---- editing (sample/editing.py: what each edit keeps, and what the causal model cannot see)
+
+    def vary(self, source, *, n: int = 4, labels=None, seed: int = 0, batch_size: int = 64, progress: bool = False,
+             **settings: Any):
+        """Detail variations (CTF only): n images per source image that keep its coarse-label map and
+        redraw stage 2 (`stage2_temperature` sets how far they stray). `source`: `Samples`, an
+        `edit_sources.EditSource`, codes (N, L) or uint8 images (N, H, W, C) / PIL images / image paths
+        with `labels`. Returns `editing.Edits`; edit m comes from source m // n with seed
+        sample_seed(seed, m). Raises CtfgenError on the baseline and on bad input."""
+        from .editing import edit
+
+        return edit(self, source, kind="vary", n=n, labels=labels, seed=seed, batch_size=batch_size,
+                    progress=progress, **settings)
+
+    def complete(self, source, *, keep_tokens: int, n: int = 1, labels=None, seed: int = 0, batch_size: int = 64,
+                 gibbs_sweeps: int = 0, progress: bool = False, **settings: Any):
+        """Keep the first `keep_tokens` tokens (0..L, raster order: whole rows are multiples of the
+        grid side) of each source image and draw the rest, n times. The kept prefix is fed through
+        the KV cache; kept codes stay exactly. Same sources, seeds and result as `vary`; completing
+        from 0 tokens gives `generate`'s samples for the same seed."""
+        from .editing import edit
+
+        return edit(self, source, kind="complete", n=n, labels=labels, keep_tokens=keep_tokens, seed=seed,
+                    batch_size=batch_size, gibbs_sweeps=gibbs_sweeps, progress=progress, **settings)
+
+    def inpaint(self, source, *, region: Sequence[int], mode: str = "layout", gibbs_sweeps: int = 0, n: int = 1,
+                labels=None, seed: int = 0, batch_size: int = 64, progress: bool = False, **settings: Any):
+        """Redraw the tokens inside `region` = (top, left, height, width), in token-grid units; every
+        code outside stays exactly. mode "detail" (CTF): stage 2 redraws the region's fine tokens under
+        the kept coarse labels. mode "layout": the causal model redraws the region in raster order with
+        the outside teacher-forced; it does not see the kept tokens after each position, which
+        `gibbs_sweeps` sweeps of the exact full conditional then take into account (cost: |region| x
+        vocabulary sequence forward passes per sweep and image; sample/gibbs.py)."""
+        from .editing import edit
+
+        return edit(self, source, kind="inpaint", n=n, labels=labels, region=region, mode=mode,
+                    gibbs_sweeps=gibbs_sweeps, seed=seed, batch_size=batch_size, progress=progress, **settings)
 
     def __call__(self, class_labels: Sequence[int] | int | None = None, *, num_images_per_class: int = 1,
                  seed: int = 0, batch_size: int = 64, output_type: str = "pil", progress: bool = False,
@@ -283,21 +337,26 @@ class CTFPipeline(Pipeline):
         aux = self.models["aux"]
         return {"coarse_map": CoarseMap.from_labels(aux.code_to_coarse.cpu(), k=aux.config.coarse_vocab).fingerprint}
 
-    def sample_codes(self, labels_B, seeds, s, progress=False):
-        ar, aux = self.models["ar"], self.models["aux"]
+    def sample_tokens(self, labels_B, seeds, s, progress=False):
+        ar = self.models["ar"]
         L = self.seq_len
         u_BN = sample_uniforms(seeds, 2 * L)  # stage 1 uses the first L, stage 2 the rest
         t0 = time.perf_counter()
         coarse_BL = generate_tokens(ar, labels_B, u_BN[:, :L], s, step_fn=self._decode_step(ar), progress=progress)
         _sync(coarse_BL.device)  # on a GPU the stage times must not be the launch times
         t1 = time.perf_counter()
-        if getattr(aux.config, "kind", "") == "prior":  # a stage 2 with no parameters (models/member_prior.py)
-            codes_BL = sample_from_prior(aux, coarse_BL, u_BN[:, L:], s)
-        else:
-            codes_BL = sample_fine(aux, coarse_BL, labels_B, u_BN[:, L:], s)
+        codes_BL = self.stage2(coarse_BL, labels_B, u_BN[:, L:], s)
         _sync(codes_BL.device)
         self.last_timings = {"stage1_s": t1 - t0, "stage2_s": time.perf_counter() - t1}  # for the bench
-        return codes_BL
+        return codes_BL, coarse_BL
+
+    def stage2(self, coarse_BL: torch.Tensor, labels_B: torch.Tensor, u_BL: torch.Tensor,
+               s: SamplingConfig) -> torch.Tensor:
+        """Codes (B, L) for coarse labels (B, L), position i drawn with the uniform u_BL[:, i]."""
+        aux = self.models["aux"]
+        if getattr(aux.config, "kind", "") == "prior":  # a stage 2 with no parameters (models/member_prior.py)
+            return sample_from_prior(aux, coarse_BL, u_BL, s)
+        return sample_fine(aux, coarse_BL, labels_B, u_BL, s)
 
 
 class BaselinePipeline(Pipeline):
@@ -313,10 +372,10 @@ class BaselinePipeline(Pipeline):
     def default_sampling() -> SamplingConfig:
         return SamplingConfig.baseline()
 
-    def sample_codes(self, labels_B, seeds, s, progress=False):
+    def sample_tokens(self, labels_B, seeds, s, progress=False):
         m = self.models["baseline"]
         u_BL = sample_uniforms(seeds, self.seq_len)
-        return generate_tokens(m, labels_B, u_BL, s, step_fn=self._decode_step(m), progress=progress)
+        return generate_tokens(m, labels_B, u_BL, s, step_fn=self._decode_step(m), progress=progress), None
 
 
 def load_pipeline(path: str | Path, **kwargs) -> Pipeline:
@@ -338,13 +397,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _in_index_order(parts: list[Any], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every rank's (indices, codes, images) put back together as samples 0..n-1."""
-    codes = parts[0][1]
-    shape = next((p[2].shape[1:] for p in parts if p[2] is not None and len(p[2])), (1, 1, 1))
+def _in_index_order(parts: list[Any], n: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Every rank's (indices, codes, coarse labels or None, images) put back together as samples 0..n-1."""
+    codes, coarse = parts[0][1], parts[0][2]
+    shape = next((p[3].shape[1:] for p in parts if p[3] is not None and len(p[3])), (1, 1, 1))
     codes_all = np.zeros((n, codes.shape[1]), codes.dtype)
+    coarse_all = None if coarse is None else np.zeros((n, coarse.shape[1]), coarse.dtype)
     images_all = np.zeros((n, *shape), np.uint8)
-    for idx, c, im in parts:
+    for idx, c, k, im in parts:
         if idx:
             codes_all[idx], images_all[idx] = c, im
-    return codes_all, images_all
+            if coarse_all is not None:
+                coarse_all[idx] = k
+    return codes_all, coarse_all, images_all

@@ -112,7 +112,8 @@ def guidance_at(step: int, steps: int, scale: float, schedule: str) -> float:
 
 @torch.inference_mode()
 def generate_tokens(model, labels_B: torch.Tensor, u_BL: torch.Tensor, settings: SamplingConfig | None = None, *,
-                    step_fn: Callable | None = None, progress: bool = False) -> torch.Tensor:
+                    step_fn: Callable | None = None, progress: bool = False, given_BL: torch.Tensor | None = None,
+                    keep_L: torch.Tensor | None = None) -> torch.Tensor:
     """Sample (B, L) tokens from a causal GPT ("baseline": codes, "ar": coarse labels).
 
     `settings` (default: SamplingConfig.baseline()): its stage-1 / baseline fields guidance_scale,
@@ -120,26 +121,41 @@ def generate_tokens(model, labels_B: torch.Tensor, u_BL: torch.Tensor, settings:
     [cond, null], through one static KV cache; the prefix is never recomputed. The cache must hold
     >= 2B (guided) or B sequences; it is set up here when it does not.
     `step_fn(tokens_B, pos) -> logits` replaces model.decode_step (e.g. a compiled one).
+
+    Editing (sample/editing.py): where `keep_L` (bool (L,), one mask for the whole batch) is True,
+    the token is `given_BL`'s, teacher-forced instead of drawn; token t still reads only u_BL[:, t],
+    so the drawn positions use the same uniforms as an unedited sample. The kept tokens before the
+    first drawn one go through the KV cache in one prefill (`GPT.prefill`).
     """
     s = (settings or SamplingConfig.baseline()).check()
     c = model.config
     B, L = labels_B.shape[0], c.seq_len
     device = model.tok_embeddings.weight.device
     labels_B = labels_B.to(device)
+    tokens_BL = torch.empty(B, L, dtype=torch.long, device=device)
+    kept = [False] * L  # on the host: a device mask read at every step would synchronise the GPU
+    if keep_L is not None:
+        kept = [bool(k) for k in keep_L.cpu()]
+        tokens_BL.copy_(given_BL)
+    P = kept.index(False) if False in kept else L  # the kept prefix
+    if P == L:  # everything kept
+        return tokens_BL
     guided = s.guidance_scale != 1.0
     cond_B = torch.cat([labels_B, torch.full_like(labels_B, c.num_classes)]) if guided else labels_B
     if not model.cache_fits(cond_B.shape[0]):
         model.setup_cache(cond_B.shape[0])  # none yet, or made for another batch, length, dtype or device
     step_fn = step_fn or model.decode_step
     u_BL = u_BL.to(device)
-    tokens_BL = torch.empty(B, L, dtype=torch.long, device=device)
     # checked once at the end: a check per token would synchronise the GPU at every step
     broken_BL = torch.zeros(B, L, dtype=torch.bool, device=device)
-    logits_BV = model.prefill(cond_B)
-    for t in _steps(L, progress):
-        if t > 0:
+    prefix_BP = tokens_BL[:, :P] if P else None
+    logits_BV = model.prefill(cond_B, torch.cat([prefix_BP, prefix_BP]) if guided and P else prefix_BP)
+    for t in _steps(L - P, progress, start=P):
+        if t > P:
             prev_B = tokens_BL[:, t - 1]
             logits_BV = step_fn(torch.cat([prev_B, prev_B]) if guided else prev_B, t - 1)
+        if kept[t]:
+            continue
         if guided:
             # uncond + s * (cond - uncond) in one kernel
             scale = guidance_at(t, L, s.guidance_scale, s.guidance_schedule)
@@ -158,14 +174,14 @@ def broken_rows(logits_NV: torch.Tensor) -> torch.Tensor:
     return (torch.isnan(logits_NV) | torch.isposinf(logits_NV)).any(-1) | torch.isneginf(logits_NV).all(-1)
 
 
-def _steps(n: int, progress: bool):
+def _steps(n: int, progress: bool, start: int = 0):
     if not progress:
-        return range(n)
+        return range(start, start + n)
     from tqdm import tqdm
 
     from ..progress import bar_off
 
-    return tqdm(range(n), desc="tokens", leave=False, disable=bar_off())
+    return tqdm(range(start, start + n), desc="tokens", leave=False, disable=bar_off())
 
 
 # ---------------------------------------------------------------- stage 2

@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 
 from ..errors import CtfgenError
+from .edit_tab import edit_tab
 from .service import PageRequest, PageResult, PageService
 
 TITLE = "ctfgen: coarse-to-fine generation"
@@ -32,7 +33,7 @@ def page_css(service: PageService) -> str:
     columns that fit the width, and triplet thumbnails in the triplets' own aspect ratio."""
     r = service.resolution
     return f"""
-#ctf img, #baseline img, #coarse-to-fine img {{ image-rendering: pixelated; }}
+#ctf img, #baseline img, #coarse-to-fine img, [id^=edit-] img {{ image-rendering: pixelated; }}
 .gallery-container .grid-wrap.fixed-height {{ height: auto !important; min-height: 0 !important; }}
 .gallery-container .grid-container {{ grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important;
   padding-top: 26px; }}
@@ -118,43 +119,47 @@ def page_outputs(service: PageService, req: PageRequest, files: ImageFiles) -> t
 
 
 def build_page(service: PageService):
-    """The gr.Blocks page (not launched). Element ids: inputs "class", "count", "seed", "guidance",
+    """The gr.Blocks page (not launched), two tabs. Generate: inputs "class", "count", "seed", "guidance",
     "temperature", "top-k", "top-p", "stage2-temperature"; the button "generate"; outputs "status",
-    "ctf", "baseline" and "coarse-to-fine"."""
+    "ctf", "baseline" and "coarse-to-fine". Edit: see web/edit_tab.py (it reads the Generate tab's
+    class, seed and settings)."""
     gr = import_gradio()
     d = service.defaults()
     files = ImageFiles()
     # Gradio's copies of the images are removed an hour after they were made, like ours
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(600, 3600)) as page:
         gr.Markdown(INTRO)
-        with gr.Row():
-            with gr.Column(scale=1, min_width=260):
-                # custom values allowed: an id or name typed in is checked like any other input
-                cls = gr.Dropdown(service.class_choices(), value=str(d.class_id), label="class",
-                                  allow_custom_value=True, elem_id="class")
-                with gr.Row():
-                    count = gr.Number(d.count, label=f"images (1 to {service.max_images})", elem_id="count",
-                                      min_width=100)
-                    seed = gr.Number(d.seed, label="seed", elem_id="seed", min_width=100)
-                button = gr.Button("Generate", variant="primary", elem_id="generate")
-                with gr.Row():
-                    guidance = gr.Number(d.guidance_scale, label="guidance scale (1 = off)", elem_id="guidance",
-                                         min_width=100)
-                    temperature = gr.Number(d.temperature, label="temperature", elem_id="temperature",
-                                            info="stage 1 and baseline", min_width=100)
-                with gr.Row():
-                    top_k = gr.Number(d.top_k, label="top-k (0 = off)", elem_id="top-k", min_width=100)
-                    top_p = gr.Number(d.top_p, label="top-p (1 = off)", elem_id="top-p", min_width=100)
-                stage2 = gr.Number(d.stage2_temperature, label="stage-2 temperature", elem_id="stage2-temperature")
-                inputs = [cls, count, seed, guidance, temperature, top_k, top_p, stage2]
-            with gr.Column(scale=3):
-                status = gr.Markdown("Pick a class and press Generate.", elem_id="status")
-                with gr.Row():
-                    ctf = gr.Gallery(label="CTF", elem_id="ctf", format="png", columns=4, object_fit="contain")
-                    base = gr.Gallery(label="baseline (LlamaGen), same seeds", elem_id="baseline", format="png",
-                                      columns=4, object_fit="contain", visible=service.baseline is not None)
-                steps = gr.Gallery(label="CTF, coarse to fine: coarse-label map · coarse image · final image",
-                                   elem_id="coarse-to-fine", format="png", columns=2, object_fit="contain")
+        with gr.Tab("Generate", elem_id="tab-generate"):
+            with gr.Row():
+                with gr.Column(scale=1, min_width=260):
+                    # custom values allowed: an id or name typed in is checked like any other input
+                    cls = gr.Dropdown(service.class_choices(), value=str(d.class_id), label="class",
+                                      allow_custom_value=True, elem_id="class")
+                    with gr.Row():
+                        count = gr.Number(d.count, label=f"images (1 to {service.max_images})", elem_id="count",
+                                          min_width=100)
+                        seed = gr.Number(d.seed, label="seed", elem_id="seed", min_width=100)
+                    button = gr.Button("Generate", variant="primary", elem_id="generate")
+                    with gr.Row():
+                        guidance = gr.Number(d.guidance_scale, label="guidance scale (1 = off)", elem_id="guidance",
+                                             min_width=100)
+                        temperature = gr.Number(d.temperature, label="temperature", elem_id="temperature",
+                                                info="stage 1 and baseline", min_width=100)
+                    with gr.Row():
+                        top_k = gr.Number(d.top_k, label="top-k (0 = off)", elem_id="top-k", min_width=100)
+                        top_p = gr.Number(d.top_p, label="top-p (1 = off)", elem_id="top-p", min_width=100)
+                    stage2 = gr.Number(d.stage2_temperature, label="stage-2 temperature", elem_id="stage2-temperature")
+                    inputs = [cls, count, seed, guidance, temperature, top_k, top_p, stage2]
+                with gr.Column(scale=3):
+                    status = gr.Markdown("Pick a class and press Generate.", elem_id="status")
+                    with gr.Row():
+                        ctf = gr.Gallery(label="CTF", elem_id="ctf", format="png", columns=4, object_fit="contain")
+                        base = gr.Gallery(label="baseline (LlamaGen), same seeds", elem_id="baseline", format="png",
+                                          columns=4, object_fit="contain", visible=service.baseline is not None)
+                    steps = gr.Gallery(label="CTF, coarse to fine: coarse-label map · coarse image · final image",
+                                       elem_id="coarse-to-fine", format="png", columns=2, object_fit="contain")
+        with gr.Tab("Edit", elem_id="tab-edit"):
+            edit_tab(service, files, inputs)
 
         def run(*values):
             return page_outputs(service, PageRequest(*values), files)

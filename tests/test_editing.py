@@ -223,7 +223,7 @@ def test_bad_input_names_the_value(ctf, drawn, tmp_path):
         (dict(source=png("alpha.png", np.zeros((RES, RES, 2), np.uint8), "LA"), labels=0),
          "alpha.png: has an alpha channel (LA)"),
         (dict(source=png("ok.png", grey)), "labels: images and codes carry no class"),
-        (dict(source=png("ok.png", grey), labels=CLASSES), f"class_labels: {CLASSES} is not a class id"),
+        (dict(source=png("ok.png", grey), labels=CLASSES), f"class_labels: class id {CLASSES} at position 0 is outside [0, {CLASSES})"),
     ]
     for kw, message in cases:
         with pytest.raises(CtfgenError) as e:

@@ -154,7 +154,9 @@ def edit(pipe, source, *, kind: str, n: int = 1, labels=None, keep_tokens: int |
     if progress and len(starts) > 1:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc=f"{kind} ({pipe.type})")
+        from ..progress import bar_off
+
+        starts = tqdm(starts, desc=f"{kind} ({pipe.type})", disable=bar_off())
     try:
         for b in starts:
             idx = source_index[b:b + batch_size]

@@ -35,6 +35,7 @@ def register(sub) -> None:
     _add_aux_loss(group)
     _add_gpu(group)
     _add_speed(group)
+    _add_quality_speed(group)
     _add_quality(group)
     _add_scaling(group)
 
@@ -205,6 +206,32 @@ def _run_speed_sweep(args) -> int:
                               guidance_scale=args.guidance_scale, device=_bench_device(args), profile=args.profile,
                               on_cell=on_cell)
     print(sweep_table(cells, info))
+    return 0
+
+
+# ---------------------------------------------------------------- bench quality-speed (quality/speed_plot.py)
+
+def _add_quality_speed(group) -> None:
+    p = add_command(
+        group, "quality-speed", _run_quality_speed, help="plot measured classifier-FID against measured images/s",
+        description="Match the scaling study's best-setting classifier-FID per method, V, width and token grid "
+                    "with the images/s of the same sampler in `bench speed --sweep` JSONs; print the matched "
+                    "points (and what has no match), and draw FID against images/s. Nothing is estimated.")
+    p.add_argument("--quality", required=True, metavar="PATH", help="the study's results JSON (results.json)")
+    p.add_argument("--speed", required=True, nargs="+", metavar="PATH", help="`bench speed --sweep --json` files")
+    p.add_argument("--out", required=True, metavar="PNG", help="where to write the plot")
+    p.add_argument("--grid", type=positive_int, default=None,
+                   help="tokens per side of study units that record none (the 8x8 study of docs/results: 8)")
+
+
+def _run_quality_speed(args) -> int:
+    from ..quality.speed_plot import plot_quality_vs_speed, points_table, quality_speed_points
+
+    points, left_out = quality_speed_points(args.quality, args.speed, default_grid=args.grid)
+    print(points_table(points))
+    for line in left_out:
+        print(f"left out: {line}")
+    print(f"plot: {plot_quality_vs_speed(points, args.out)}")
     return 0
 
 

@@ -71,7 +71,7 @@ def _study(tmp_path, fids):
               "samples": {m: {"best": {"metrics": {"fid_classifier": f}}} for m, f in by_method.items()}}
              for (v, seed), by_method in fids.items()]
     units.append({"unit": "V64-s0-balanced", "V": 64, "seed": 0, "clustering": "balanced",
-                  "samples": {"ctf": {"best": {"metrics": {"fid_classifier": 30.0}}}}})
+                  "samples": {"ctf-balanced": {"best": {"metrics": {"fid_classifier": 30.0}}}}})
     path = tmp_path / "results.json"
     path.write_text(json.dumps({"config": {"preset": "tiny"}, "units": units}))
     return path
@@ -93,7 +93,7 @@ def test_quality_speed_points_and_plot(tmp_path, capsys):
     got = {p.method: (p.fid, p.images_per_s, p.sampler) for p in points}
     # CTF's stage 2 in the study is stage 1's size: its speed is the sweep's ctf-1, not ctf-1/4
     assert got == {"ctf": ([20.0, 22.0], 8.0, "ctf-1"), "baseline": ([26.0, 28.0], 10.0, "baseline"),
-                   "ctf (balanced)": ([30.0], 8.0, "ctf-1")}
+                   "ctf-balanced": ([30.0], 8.0, "ctf-1")}
     assert any(line.startswith("ctf-uniform, V 64") and "no speed figure" in line for line in left_out)
     assert sum("V 256" in line for line in left_out) == 2  # no sweep at V 256
     png = plot_quality_vs_speed(points, tmp_path / "plot.png")

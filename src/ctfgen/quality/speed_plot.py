@@ -7,7 +7,9 @@ Quality: each unit of the study's `units` list gives `V`, `seed` and, per method
 samples[method]["best"]["metrics"]["fid_classifier"] (best-against-best settings); the width is
 the unit's `preset` or the study config's, the grid the unit's `grid`, the config's, or
 `default_grid`, and CTF's stage-2 depth the unit's `stage2_depth` or "1" (the study trains stage 2
-at the same preset as stage 1). Speed: each row of a sweep JSON gives `width`, `grid` and per
+at the same preset as stage 1). Methods with a learned stage 2 ("ctf", and "ctf-<clustering>" in a
+clustering arm's unit) take the sweep's CTF speed; a parameter-free stage 2 ("ctf-uniform",
+"ctf-frequency") has no speed figure in the sweep and is left out. Speed: each row of a sweep JSON gives `width`, `grid` and per
 sampler `name` ("baseline", "ctf-<depth>") and `images_per_s`, at `info.vocab`.
 """
 from __future__ import annotations
@@ -20,12 +22,9 @@ from ..artifacts import read_json
 from ..errors import CtfgenError
 from ..reporting import markdown_table, pyplot, save_figure
 
-SPEED_SAMPLER = {"baseline": "baseline", "ctf": "ctf-{depth}"}  # study method -> sweep sampler name
-
-
 @dataclass
 class QualitySpeedPoint:
-    method: str  # the study's name, with the clustering when it is not k-means
+    method: str  # the study's name: baseline, ctf (k-means), ctf-<clustering> (a clustering arm)
     vocab: int
     width: str
     grid: int
@@ -78,22 +77,21 @@ def quality_speed_points(quality_file: str | Path, speed_files: list[str | Path]
         if grid is None:
             raise CtfgenError(f"{where}: no 'grid' in the unit or in the study's config; give the token grid of "
                               "units that record none (default_grid, --grid)")
+        learned = ("ctf", f"ctf-{unit.get('clustering', 'kmeans')}")  # k-means, or a clustering arm's unit
         for method, result in _field(unit, "samples", where).items():
             fid = result.get("best", {}).get("metrics", {}).get("fid_classifier")
-            clustering = unit.get("clustering", "kmeans")
-            name = method if clustering == "kmeans" else f"{method} ({clustering})"
-            key = (name, vocab, width, grid)
+            key = (method, vocab, width, grid)
             if fid is None:
                 left_out[key] = "no best-setting classifier-FID in the study"
                 continue
-            if method not in SPEED_SAMPLER:
+            if method != "baseline" and method not in learned:
                 left_out[key] = "no speed figure: the sweep times the baseline and CTF with a learned stage 2 only"
                 continue
-            sampler = SPEED_SAMPLER[method].format(depth=unit.get("stage2_depth", "1"))
+            sampler = "baseline" if method == "baseline" else f"ctf-{unit.get('stage2_depth', '1')}"
             if (vocab, width, grid, sampler) not in speed:
                 left_out[key] = f"no speed figure for {sampler} at V {vocab}, {width}, {grid}x{grid} in the sweep JSON"
                 continue
-            point = points.setdefault(key, QualitySpeedPoint(name, vocab, width, grid, sampler))
+            point = points.setdefault(key, QualitySpeedPoint(method, vocab, width, grid, sampler))
             point.fid.append(float(fid))
             point.images_per_s = speed[(vocab, width, grid, sampler)]
     lines = [f"{m}, V {v}, {w}, {g}x{g}: {why}" for (m, v, w, g), why in left_out.items()]
@@ -111,8 +109,9 @@ def points_table(points: list[QualitySpeedPoint]) -> str:
 
 
 def plot_quality_vs_speed(points: list[QualitySpeedPoint], path: str | Path, *, title: str = "") -> Path:
-    """classifier-FID (mean, std over seeds as error bars; lower is better) against images/s (log
-    axis; right is faster), one marker per method, each point labelled with its sizes; a PNG at `path`."""
+    """classifier-FID (mean, std over seeds as error bars; lower is better) against images/s (right is
+    faster; a log axis when the speeds span 10x or more), one marker per method, each point labelled
+    with its sizes; a PNG at `path`."""
     if not points:
         raise CtfgenError("quality vs speed: no point has both a classifier-FID and an images/s figure; "
                           "nothing to plot (see the left-out list)")
@@ -127,7 +126,10 @@ def plot_quality_vs_speed(points: list[QualitySpeedPoint], path: str | Path, *, 
                     label=p.method if p.method not in ax.get_legend_handles_labels()[1] else None)
         ax.annotate(f"V {p.vocab}, {p.width}, {p.grid}x{p.grid}", (p.images_per_s, statistics.fmean(p.fid)),
                     textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xscale("log")
+    speeds = [p.images_per_s for p in points]
+    if max(speeds) >= 10 * min(speeds):  # widths far apart; a narrow range reads better on a linear axis
+        ax.set_xscale("log")
+    ax.margins(x=0.25, y=0.15)  # room for the labels
     ax.set_xlabel("images/s (bench speed --sweep; higher is faster)")
     ax.set_ylabel("classifier-FID, best settings (lower is better)")
     ax.set_title(title or "quality against sampling speed")

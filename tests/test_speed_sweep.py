@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 
@@ -40,6 +41,11 @@ def test_sweep_table_and_json(capsys, tmp_path):
     assert aux[0] < aux[1] < aux[2]
     assert samplers["ctf-1"]["params"]["aux"] > 0 and "stage1_s" in samplers["ctf-1"]["stage_s"]
     assert "free_stage2_bound" in samplers["ctf-1"]["profile"] and "free_stage2_bound" not in base["profile"]
+    # pooled: stage 1 is one network in all three CTF pipelines, so its 6 runs give one median
+    stage1 = statistics.median(v for n in ("ctf-1/4", "ctf-1/2", "ctf-1") for v in samplers[n]["stage_s"]["stage1_s"])
+    for n in ("ctf-1/4", "ctf-1/2", "ctf-1"):
+        stage2 = statistics.median(samplers[n]["stage_s"]["stage2_s"])
+        assert samplers[n]["ratio_pooled_stage1"] == pytest.approx(base["median_s"] / (stage1 + stage2))
 
 
 def test_depth_that_does_not_divide_is_refused(capsys):

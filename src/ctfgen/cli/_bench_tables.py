@@ -122,19 +122,21 @@ def sweep_cell_table(cell: SweepCell, info: dict) -> str:
 
 def sweep_table(cells: list[SweepCell], info: dict) -> str:
     """`bench speed --sweep`'s summary: CTF / baseline images/s per (width, tokens) and stage-2 depth,
-    and the baseline's time over stage 1's (what CTF would gain with a free stage 2)."""
+    measured and with stage 1 pooled (`SweepCell.pooled_ratio`), and the baseline's time over stage
+    1's (what CTF would gain with a free stage 2)."""
     B = info["batch_size"]
+    depths = "".join(f"{'ctf-' + d:>10}" for d in info["depths"])
     lines = [f"bench speed sweep: V={info['vocab']}, K={info['k']}, batch {B}, CFG {info['guidance_scale']}, "
              f"{info['device']}, {info['dtype']}; stage 1 = baseline size, stage 2 at the same width with "
              f"{', '.join(info['depths'])} x stage 1's layers",
-             "CTF / baseline images/s per stage-2 depth; stage-1 bound = baseline s / stage-1 s, the ratio if "
+             "CTF / baseline images/s per stage-2 depth: measured (each pipeline's median), then with stage 1 "
+             "pooled over the cell's CTF runs; stage-1 bound = baseline s / pooled stage-1 s, the ratio if "
              "stage 2 cost nothing:",
-             f"{'width':<8}{'tokens':>7}{'baseline img/s':>16}" + "".join(f"{'ctf-' + d:>10}" for d in info["depths"])
-             + f"{'stage-1 bound':>15}"]
+             f"{'width':<8}{'tokens':>7}{'baseline img/s':>16}{depths}  |{depths}{'stage-1 bound':>15}"]
     for c in cells:
         base = c.results["baseline"]
-        stage1 = statistics.median(v for n in c.ctf_names for v in c.results[n].stage_s["stage1_s"])
         lines.append(f"{c.width:<8}{c.grid * c.grid:>7}{base.images_per_s(B):>16.2f}"
-                     + "".join(f"{c.ratio(n, B):>9.2f}x" for n in c.ctf_names)
-                     + f"{statistics.median(base.seconds) / stage1:>14.2f}x")
+                     + "".join(f"{c.ratio(n, B):>9.2f}x" for n in c.ctf_names) + "  |"
+                     + "".join(f"{c.pooled_ratio(n):>9.2f}x" for n in c.ctf_names)
+                     + f"{statistics.median(base.seconds) / c.stage1_s():>14.2f}x")
     return "\n".join(lines)

@@ -79,6 +79,17 @@ class SweepCell:
         """images/s of results[name] over the baseline's."""
         return self.results[name].images_per_s(batch_size) / self.results["baseline"].images_per_s(batch_size)
 
+    def stage1_s(self) -> float:
+        """Median stage-1 seconds a batch over every CTF pipeline's runs: their stage 1 is one network."""
+        return statistics.median(v for n in self.ctf_names for v in self.results[n].stage_s["stage1_s"])
+
+    def pooled_ratio(self, name: str) -> float:
+        """CTF / baseline images/s for CTF pipeline `name` with its stage 1 timed by the pooled median
+        (`stage1_s`, 3x the runs of one pipeline on a three-depth sweep) plus its own stage-2 median:
+        less noisy on a loaded machine than the pipeline's own median, which varies with its stage 1."""
+        stage2 = statistics.median(self.results[name].stage_s["stage2_s"])
+        return statistics.median(self.results["baseline"].seconds) / (self.stage1_s() + stage2)
+
 
 def speed_sweep(*, widths: Sequence[str] = WIDTHS, depths: Sequence[str] = DEPTHS, grids: Sequence[int] = (8,),
                 vocab: int = 16384, k: int = 512, num_classes: int = 10, batch_size: int = 64, runs: int = 3,
@@ -135,8 +146,8 @@ def _run_cell(cell: SweepCell, info: dict, *, device, progress: bool, profile: b
 
 def sweep_to_json(cells: list[SweepCell], info: dict) -> dict:
     """The sweep as JSON: `info`, then one row per cell with each sampler's images/s, ratio to the
-    baseline, seconds per timed batch, stage timings (CTF), peak memory, parameters and, when
-    profiled, seconds per CATEGORIES key."""
+    baseline (and, for CTF, `SweepCell.pooled_ratio`), seconds per timed batch, stage timings (CTF),
+    peak memory, parameters and, when profiled, seconds per CATEGORIES key."""
     B = info["batch_size"]
     rows = []
     for c in cells:
@@ -148,6 +159,8 @@ def sweep_to_json(cells: list[SweepCell], info: dict) -> dict:
                      "params": r.params, "images_per_s": r.images_per_s(B), "ratio_to_baseline": c.ratio(name, B),
                      "median_s": statistics.median(r.seconds), "seconds": r.seconds, "peak_mem_mb": r.peak_mem_mb,
                      "stage_s": r.stage_s}
+            if ctf:
+                entry["ratio_pooled_stage1"] = c.pooled_ratio(name)
             if r.profile_s:
                 entry["profile"] = {"seconds": r.profile_s, "total_s": sum(r.profile_s.values()),
                                     "wall_s": r.profile_wall_s}

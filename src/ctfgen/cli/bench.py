@@ -14,10 +14,13 @@ from ._util import (
     MODEL_PRESETS,
     add_command,
     add_group,
+    comma_list,
     device,
     guidance,
     int_range,
+    nonempty,
     nonneg_int,
+    one_of,
     positive_float,
     positive_int,
 )
@@ -33,6 +36,7 @@ def register(sub) -> None:
     _add_aux_loss(group)
     _add_gpu(group)
     _add_speed(group)
+    _add_quality_speed(group)
     _add_quality(group)
     _add_scaling(group)
     _add_lasting(group)
@@ -116,7 +120,7 @@ def _add_speed(group) -> None:
         group, "speed", _run_speed, help="sampling images/s and memory of CTF vs the baseline at the same stage-1 size",
         description="Sample batches with CTF (stage 1 + stage 2) and the baseline, random weights, guidance on, "
                     "interleaved after a warm-up; print the median images/s, peak memory and their ratio.")
-    p.add_argument("--preset", default="fmnist", type=_speed_preset,
+    p.add_argument("--preset", default=None, type=_speed_preset,
                    help="fmnist: small GPT, V 4096, K 128, 8x8 tokens; B / L / XL: GPT-B / L / XL, V 16384, K 512, 16x16, "
                         "stage 2 aux-B (B) or aux-L (default: fmnist)")
     p.add_argument("--aux-preset", choices=MODEL_PRESETS, metavar="PRESET",
@@ -134,23 +138,103 @@ def _add_speed(group) -> None:
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--profile", action="store_true",
                    help="then profile one more batch of each (torch.profiler) and print where the time goes")
+    sweep = p.add_argument_group(
+        "sweep", "--sweep: instead of one preset, every (token grid, width) cell at one codebook: the baseline and "
+                 "CTF with stage 2 at several depths, timed side by side in each cell (fp32, eager)")
+    sweep.add_argument("--sweep", action="store_true", help="run the sweep (flags below; --json gets every cell)")
+    sweep.add_argument("--widths", type=comma_list(one_of(*MODEL_PRESETS)), default=None, metavar="P,P",
+                       help="stage-1 / baseline presets, comma-separated (default: tiny,small,B)")
+    sweep.add_argument("--stage2-depths", type=comma_list(nonempty), default=None, metavar="F,F",
+                       help="stage-2 layers as fractions of stage 1's, same width; each must give whole layers at "
+                            "every width (default: 1/4,1/2,1)")
+    sweep.add_argument("--grids", type=comma_list(positive_int), default=None, metavar="G,G",
+                       help="tokens per side: 8 is this data's 8x8, 16 the paper's 16x16 (default: 8)")
+    sweep.add_argument("--vocab", type=int_range(3, 65536), default=None, help="codebook size V (default: 16384)")
+    sweep.add_argument("--k", type=int_range(2, 65535), default=None, help="coarse vocabulary K (default: 512)")
+    sweep.add_argument("--num-classes", type=positive_int, default=None, help="class labels (default: 10)")
+
+
+SWEEP_FLAGS = {"widths": "tiny,small,B", "stage2_depths": "1/4,1/2,1", "grids": "8", "vocab": 16384, "k": 512,
+               "num_classes": 10}
 
 
 def _run_speed(args) -> int:
     import torch
 
     from ..artifacts import atomic_write_json
+    from ..errors import CtfgenError
     from ..sample.bench import bench_speed, results_to_json
     from ._bench_tables import speed_table
 
+    given = [f"--{k.replace('_', '-')}" for k in SWEEP_FLAGS if getattr(args, k) is not None]
+    if args.sweep:
+        single = [flag for flag, on in (("--preset", args.preset), ("--aux-preset", args.aux_preset),
+                                        ("--dtype bf16", args.dtype != "fp32"), ("--compile", args.compile)) if on]
+        if single:
+            raise CtfgenError(f"bench speed --sweep: {', '.join(single)}: for a single preset, not the sweep "
+                              "(its sizes: --widths, --stage2-depths, --grids, --vocab, --k; it runs fp32 eager)")
+        return _run_speed_sweep(args)
+    if given:
+        raise CtfgenError(f"bench speed: {', '.join(given)}: for --sweep only")
     device = _bench_device(args)
-    results, info = bench_speed(args.preset, batch_size=args.batch_size, runs=args.runs, warmup=args.warmup,
-                                guidance_scale=args.guidance_scale, aux_preset=args.aux_preset, device=device,
-                                dtype=torch.bfloat16 if args.dtype == "bf16" else None, compile=args.compile,
-                                profile=args.profile)
+    results, info = bench_speed(args.preset or "fmnist", batch_size=args.batch_size, runs=args.runs,
+                                warmup=args.warmup, guidance_scale=args.guidance_scale, aux_preset=args.aux_preset,
+                                device=device, dtype=torch.bfloat16 if args.dtype == "bf16" else None,
+                                compile=args.compile, profile=args.profile)
     print(speed_table(results, info))
     if args.json:
         atomic_write_json(args.json, results_to_json(results, info))
+    return 0
+
+
+def _run_speed_sweep(args) -> int:
+    from ..artifacts import atomic_write_json
+    from ..sample.speed_sweep import speed_sweep, stage2_layers, sweep_to_json
+    from ._bench_tables import sweep_cell_table, sweep_table
+
+    axes = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in SWEEP_FLAGS.items()}
+    widths, depths = (axes[k].split(",") for k in ("widths", "stage2_depths"))
+    stage2_layers(widths, depths)  # a depth that gives no whole layer count is refused before any timing
+    done = []
+
+    def on_cell(cell, info):  # a long sweep shows and keeps every finished cell
+        done.append(cell)
+        print(sweep_cell_table(cell, info), flush=True)
+        if args.json:
+            atomic_write_json(args.json, sweep_to_json(done, info))
+
+    cells, info = speed_sweep(widths=widths, depths=depths, grids=[int(g) for g in axes["grids"].split(",")],
+                              vocab=axes["vocab"], k=axes["k"], num_classes=axes["num_classes"],
+                              batch_size=args.batch_size, runs=args.runs, warmup=args.warmup,
+                              guidance_scale=args.guidance_scale, device=_bench_device(args), profile=args.profile,
+                              on_cell=on_cell)
+    print(sweep_table(cells, info))
+    return 0
+
+
+# ---------------------------------------------------------------- bench quality-speed (quality/speed_plot.py)
+
+def _add_quality_speed(group) -> None:
+    p = add_command(
+        group, "quality-speed", _run_quality_speed, help="plot measured classifier-FID against measured images/s",
+        description="Match the scaling study's best-setting classifier-FID per method, V, width and token grid "
+                    "with the images/s of the same sampler in `bench speed --sweep` JSONs; print the matched "
+                    "points (and what has no match), and draw FID against images/s. Nothing is estimated.")
+    p.add_argument("--quality", required=True, metavar="PATH", help="the study's results JSON (results.json)")
+    p.add_argument("--speed", required=True, nargs="+", metavar="PATH", help="`bench speed --sweep --json` files")
+    p.add_argument("--out", required=True, metavar="PNG", help="where to write the plot")
+    p.add_argument("--grid", type=positive_int, default=None,
+                   help="tokens per side of study units that record none (the 8x8 study of docs/results: 8)")
+
+
+def _run_quality_speed(args) -> int:
+    from ..quality.speed_plot import plot_quality_vs_speed, points_table, quality_speed_points
+
+    points, left_out = quality_speed_points(args.quality, args.speed, default_grid=args.grid)
+    print(points_table(points))
+    for line in left_out:
+        print(f"left out: {line}")
+    print(f"plot: {plot_quality_vs_speed(points, args.out)}")
     return 0
 
 
@@ -333,7 +417,7 @@ def _seed_list(text: str) -> list[int]:
 def _add_scaling(group) -> None:
     from ..scaling import ScalingConfig
     from ..scaling.study import ARMS, INCEPTION
-    from ._util import comma_list, float_range, int_range, one_of, positive_int
+    from ._util import float_range
     from .demo import add_experiment
 
     types = {"vocabs": comma_list(int_range(2, 65536)), "arms": comma_list(one_of(*ARMS), allow_empty=True),

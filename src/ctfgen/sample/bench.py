@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -63,19 +64,30 @@ def _model(kind: str, preset: str, cfg: dict, seed: int, **extra):
 
 def build_pipelines(preset: str = "fmnist", *, aux_preset: str | None = None, device="cpu",
                     dtype: torch.dtype | None = None, compile: bool | str | None = False, seed: int = 0):
+    """(CTF pipeline, baseline pipeline, the preset's dict) of a PRESETS entry, random weights."""
     if preset not in PRESETS:
         raise CtfgenError(f"bench speed: unknown preset {preset!r}; known: {sorted(PRESETS)}")
     cfg = dict(PRESETS[preset], **({"aux": aux_preset} if aux_preset else {}))
+    (ctf,), base = pipelines_for(cfg, device=device, dtype=dtype, compile=compile, seed=seed)
+    return ctf, base, cfg
+
+
+def pipelines_for(cfg: dict, *, stage2_layers: Sequence[int | None] = (None,), device="cpu",
+                  dtype: torch.dtype | None = None, compile: bool | str | None = False,
+                  seed: int = 0) -> tuple[list[CTFPipeline], BaselinePipeline]:
+    """CTF pipelines (one per entry of `stage2_layers`: the stage-2 depth, None for the aux preset's
+    own, all sharing one stage-1 model) and the baseline, random weights, for `cfg` (a PRESETS-like
+    dict: model, aux, vocab, k, grid, num_classes)."""
     g = torch.Generator().manual_seed(seed)
     c2c = torch.randperm(cfg["vocab"], generator=g) % cfg["k"]  # balanced random clusters
     with torch.device(device):  # initialised where they run: XL-size weights are slow to fill on a CPU
         ar = _model("ar", cfg["model"], cfg, seed)
-        aux = _model("aux", cfg["aux"], cfg, seed + 1, code_to_coarse=c2c)
+        auxes = [_model("aux", cfg["aux"], cfg, seed + 1, code_to_coarse=c2c, **({"n_layer": n} if n else {}))
+                 for n in stage2_layers]
         baseline = _model("baseline", cfg["model"], cfg, seed + 2)
     kw = dict(dtype=dtype, compile=compile)
-    ctf = CTFPipeline(None, ar=ar.to(device), aux=aux.to(device), **kw)
-    base = BaselinePipeline(None, baseline=baseline.to(device), **kw)
-    return ctf, base, cfg
+    ctfs = [CTFPipeline(None, ar=ar.to(device), aux=aux.to(device), **kw) for aux in auxes]
+    return ctfs, BaselinePipeline(None, baseline=baseline.to(device), **kw)
 
 
 def bench_speed(preset: str = "fmnist", *, batch_size: int = 64, runs: int = 3, warmup: int = 1,
@@ -95,17 +107,34 @@ def bench_speed(preset: str = "fmnist", *, batch_size: int = 64, runs: int = 3, 
     results = {name: SpeedResult(name, {r: m.num_params() for r, m in p.models.items()})
                for name, p in pipes.items()}
     labels_B = torch.arange(batch_size) % cfg["num_classes"]
+    time_interleaved(pipes, results, settings, labels_B, runs=runs, warmup=warmup, seed=seed,
+                     desc=f"bench speed {preset}" if progress else None)
+    if profile:  # after the timed runs, so the profiler's overhead never reaches the timed figures
+        profile_each(pipes, results, settings, labels_B, seed=seed + warmup + runs)
+    info = {"preset": preset, **cfg, "batch_size": batch_size, "runs": runs, "warmup": warmup,
+            "guidance_scale": guidance_scale, "device": device_name(device),
+            "dtype": str(dtype or torch.float32).replace("torch.", ""), "compile": compile,
+            "sampling": {n: vars(s) for n, s in settings.items()}}
+    return [results["baseline"], results["ctf"]], info
+
+
+def time_interleaved(pipes: dict, results: dict[str, SpeedResult], settings: dict, labels_B: torch.Tensor, *,
+                     runs: int, warmup: int, seed: int = 0, desc: str | None = None) -> None:
+    """Sample `warmup + runs` rounds of one batch (labels_B) from every pipeline, in `pipes`' order on
+    even rounds and reversed on odd ones (so no sampler always runs just after the same other one);
+    each timed batch's seconds, stage timings and peak memory go into results[name]."""
+    device = next(iter(pipes.values())).device
     rounds = range(warmup + runs)
-    if progress:
+    if desc is not None:
         from tqdm import tqdm
 
         from ..progress import bar_off
 
-        rounds = tqdm(rounds, desc=f"bench speed {preset}", disable=bar_off())
+        rounds = tqdm(rounds, desc=desc, disable=bar_off())
     for r in rounds:
-        for name in (("baseline", "ctf") if r % 2 == 0 else ("ctf", "baseline")):
+        for name in (list(pipes) if r % 2 == 0 else list(pipes)[::-1]):
             pipe, res = pipes[name], results[name]
-            seeds = [sample_seed(seed + r, i) for i in range(batch_size)]
+            seeds = [sample_seed(seed + r, i) for i in range(len(labels_B))]
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
@@ -115,25 +144,27 @@ def bench_speed(preset: str = "fmnist", *, batch_size: int = 64, runs: int = 3, 
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 dt = time.perf_counter() - t0
-                for m in pipe.models.values():  # each call sets up its cache, as a real call does
-                    if hasattr(m, "clear_cache"):
-                        m.clear_cache()
+                _clear_caches(pipe)  # each call sets up its cache, as a real call does
             peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else mem.peak
             res.peak_mem_mb = max(res.peak_mem_mb, peak / 2**20)
             if r >= warmup:
                 res.seconds.append(dt)
                 for k, v in getattr(pipe, "last_timings", {}).items():
                     res.stage_s.setdefault(k, []).append(v)
-    if profile:  # after the timed runs, so the profiler's overhead never reaches the timed figures
-        for name, pipe in pipes.items():
-            seeds = [sample_seed(seed + warmup + runs, i) for i in range(batch_size)]
-            results[name].profile_s, results[name].profile_wall_s = profile_batch(
-                pipe, labels_B, seeds, settings[name])
-    info = {"preset": preset, **cfg, "batch_size": batch_size, "runs": runs, "warmup": warmup,
-            "guidance_scale": guidance_scale, "device": device_name(device),
-            "dtype": str(dtype or torch.float32).replace("torch.", ""), "compile": compile,
-            "sampling": {n: vars(s) for n, s in settings.items()}}
-    return [results["baseline"], results["ctf"]], info
+
+
+def profile_each(pipes: dict, results: dict[str, SpeedResult], settings: dict, labels_B: torch.Tensor, *,
+                 seed: int) -> None:
+    """One more batch of every pipeline under the profiler (`profile_batch`) into results[name]."""
+    for name, pipe in pipes.items():
+        seeds = [sample_seed(seed, i) for i in range(len(labels_B))]
+        results[name].profile_s, results[name].profile_wall_s = profile_batch(pipe, labels_B, seeds, settings[name])
+
+
+def _clear_caches(pipe) -> None:
+    for m in pipe.models.values():
+        if hasattr(m, "clear_cache"):
+            m.clear_cache()
 
 
 # ---------------------------------------------------------------- --profile: where a batch's time goes
@@ -257,9 +288,7 @@ def profile_batch(pipe, labels_B: torch.Tensor, seeds: list[int], settings) -> t
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         wall = time.perf_counter() - t0
-    for m in pipe.models.values():
-        if hasattr(m, "clear_cache"):
-            m.clear_cache()
+    _clear_caches(pipe)
     seconds = dict.fromkeys(CATEGORIES, 0.0)
     for ev in prof.events():
         key = _category(ev)

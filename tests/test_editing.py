@@ -288,6 +288,10 @@ def test_cli_edits_write_figures_pngs_and_a_record(pipelines, ctf, tmp_path, cap
                      "--out", str(tmp_path / "png")]) == 0
     assert json.loads((tmp_path / "png" / "edit.json").read_text())["source_labels"] == [1]
     capsys.readouterr()
+    # the baseline's Gibbs sweeps score the whole codebook per position: the user is told before it starts
+    assert cli_main(["edit", "inpaint", *both, "--image", str(png), "--class", "1", "--region", "0,0,1,2",
+                     "--mode", "layout", "--gibbs-sweeps", "1", "--out", str(tmp_path / "gibbs")]) == 0
+    assert "the baseline's Gibbs sweeps score all" in capsys.readouterr().err
 
     # bad input: exit 2, the message names the value, nothing written
     Image.fromarray(np.zeros((RES, RES, 4), np.uint8), "RGBA").save(tmp_path / "rgba.png")

@@ -3,6 +3,7 @@ baseline side by side)."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..errors import CtfgenError
 from ._util import add_device_args, comma_list, int_range, nonneg_int, positive_int, seed_int
@@ -126,6 +127,10 @@ def _run(args) -> int:
         kw.update(keep_tokens=keep, gibbs_sweeps=args.gibbs_sweeps)
     elif args.edit_kind == "inpaint":
         kw.update(region=args.region, gibbs_sweeps=args.gibbs_sweeps)
+    if base is not None and kw.get("gibbs_sweeps"):  # a user waiting on a silent run deserves to know why
+        print(f"note: the baseline's Gibbs sweeps score all {base.models['baseline'].config.vocab_size} codes at each "
+              f"redrawn position (CTF's stage 1: its coarse labels only); expect it to take far longer than CTF's",
+              file=sys.stderr, flush=True)
     edits = {}
     if args.edit_kind == "inpaint":
         edits[pipe.type] = pipe.inpaint(source, mode=args.mode, **kw)

@@ -92,9 +92,7 @@ def measure_redundancy(
     Cost: one decode of every image per map, plus one; with the fmnist tokenizer preset that is
     ~30 s per 512 images on one busy CPU core, so prefer a GPU tokenizer or a smaller N there.
     """
-    from tqdm import tqdm
-
-    from .progress import bar_off
+    from .progress import progress_bar
 
     num_codes = tokenizer.config.codebook_size
     for cmap in coarse_maps:
@@ -110,7 +108,7 @@ def measure_redundancy(
 
     clean_feats = _features(feature_fn, clean) if feature_fn else None
     examples = {"input": images_NCHW[:n_show].clamp(-1, 1), "clean": clean_N[:n_show]}
-    bar = tqdm(total=len(coarse_maps) + 1, desc="token swaps", disable=bar_off(progress))
+    bar = progress_bar(total=len(coarse_maps) + 1, desc="token swaps", show=progress)
 
     def evaluate(swap: str, method: str, k: int, swap_fn) -> RedundancyRow:
         # Every condition draws from the same seed, so conditions differ only by the grouping.

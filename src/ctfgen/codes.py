@@ -22,7 +22,6 @@ from typing import ClassVar, Iterable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .artifacts import (MANIFEST, Artifact, artifact_dir, atomic_write_json, check_made_from, disk_full_error,
                         fingerprint_tensors, is_disk_full, recover_interrupted_write, write_manifest)
@@ -30,7 +29,7 @@ from .config import check_class_ids, to_dict
 from .dist import joined_group
 from .errors import ArtifactError, CtfgenError
 from .filecheck import verify_file
-from .progress import bar_off
+from .progress import progress_bar
 
 KIND = "codes"
 CHUNK = 4096  # images per saved piece of an encoding run: what a kill can lose
@@ -193,8 +192,8 @@ def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "non
     t0 = time.time()
     starts = list(range(0, n, chunk))
     mine = [c for i, c in enumerate(starts) if i % world == rank and not _chunk_path(work, c).is_file()]
-    bar = tqdm(total=sum(min(n, c + chunk) - c for c in mine), desc=f"encode {dataset.split}"
-               + (f" [rank {rank}]" if world > 1 else ""), disable=bar_off(progress and rank == 0), unit="img")
+    bar = progress_bar(total=sum(min(n, c + chunk) - c for c in mine), desc=f"encode {dataset.split}"
+               + (f" [rank {rank}]" if world > 1 else ""), show=(progress and rank == 0), unit="img")
     try:
         tokenizer = tokenizer.to(device).eval()
         for c in mine:

@@ -1,8 +1,9 @@
 """Progress bars: drawn only when stderr is a terminal, and off everywhere after `--no-progress`.
 
-Every tqdm bar in the package passes `disable=bar_off(show)`: True (off) when the caller's own
-switch `show` is off or the command line said --no-progress, else None, with which tqdm draws only
-on a terminal, so output redirected to a log file gets no bars (issue 22: they flooded such logs).
+Every bar in the package is made by `progress_bar`, so none can miss the switch: it is off when the
+caller's own `show` is off or the command line said --no-progress, and otherwise tqdm's
+`disable=None` draws it only on a terminal, so output redirected to a log file gets no bars
+(issue 22: they flooded such logs).
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ def set_progress(enabled: bool) -> None:
     _OFF = not enabled
 
 
-def bar_off(show: bool = True) -> bool | None:
-    """tqdm's `disable` for a bar its caller wants shown when `show` is true."""
-    return True if _OFF or not show else None
+def progress_bar(iterable=None, *, show: bool = True, **kwargs):
+    """A tqdm bar over `iterable` (keyword arguments as tqdm's), shown when `show` is true, the
+    process's switch is on and stderr is a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, disable=True if _OFF or not show else None, **kwargs)

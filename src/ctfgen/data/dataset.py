@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..errors import CtfgenError
-from ..progress import bar_off
+from ..progress import progress_bar
 from . import PAD_FRACTION
 from .preprocess import center_crop_arr, convert_channels, make_views, pad_to, to_tensor
 
@@ -71,8 +70,8 @@ class ImageDataset(torch.utils.data.Dataset):
         """Preprocessed images `indices` (default: all) stacked as uint8 (N, H, W, C)."""
         idx = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
         out = np.empty((len(idx), self.resolution, self.resolution, self.channels), np.uint8)
-        for k, i in enumerate(tqdm(idx, desc=f"loading {self.split}", unit="img", leave=False,
-                                         mininterval=1.0, disable=bar_off())):
+        for k, i in enumerate(progress_bar(idx, desc=f"loading {self.split}", unit="img", leave=False,
+                                         mininterval=1.0)):
             out[k] = self.uint8_image(int(i))
         return out
 

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from ..errors import CtfgenError
-from ..progress import bar_off
+from ..progress import progress_bar
 from .classes import ALLOW_HINT, natural_key
 from .dataset import ImageDataset, data_fingerprint
 from .modes import GREY_MODES, WHITE, has_transparency, to_8bit
@@ -176,8 +175,7 @@ class FolderImageDataset(ImageDataset):
         h = hashlib.sha256()
         h.update(("\0".join(class_dirs) + "\n").encode())  # the id of each class is part of the data
         h.update(f"background {self.background}\n".encode())  # it changes the pixels of transparent images
-        for label, name in enumerate(tqdm(class_dirs, desc=f"indexing {root}", unit="class", leave=False,
-                                                 disable=bar_off())):
+        for label, name in enumerate(progress_bar(class_dirs, desc=f"indexing {root}", unit="class", leave=False)):
             entries = _list_images(root / name) if (root / name).is_dir() else []
             if not entries and not allow_empty_classes:
                 if (root / name).is_dir():
@@ -204,8 +202,7 @@ class FolderImageDataset(ImageDataset):
         paths = [str(self.root / f) for f in files]
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             checks = pool.map(_readable, paths, chunksize=64)
-            keep = list(tqdm(checks, total=len(paths), desc=f"checking images in {self.root}", unit="img", leave=False,
-                             disable=bar_off()))
+            keep = list(progress_bar(checks, total=len(paths), desc=f"checking images in {self.root}", unit="img", leave=False))
         self.skipped = keep.count(False)
         self.skipped_files = [f for f, k in zip(files, keep) if not k]
         # a class left without readable images is refused by load_dataset's class check

@@ -15,12 +15,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..artifacts import WEIGHTS, ModuleArtifact, fingerprint_tensors
 from ..config import to_dict
 from ..errors import CtfgenError
-from ..progress import bar_off
+from ..progress import progress_bar
 
 KIND = "classifier"
 
@@ -126,7 +125,7 @@ def train_classifier(
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     steps_per_epoch = (len(x_all) + tc.batch_size - 1) // tc.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.epochs * steps_per_epoch)
-    bar = tqdm(total=tc.epochs * steps_per_epoch, desc="classifier", disable=bar_off(progress), unit="step")
+    bar = progress_bar(total=tc.epochs * steps_per_epoch, desc="classifier", show=progress, unit="step")
     for epoch in range(tc.epochs):
         model.train()
         order = torch.randperm(len(x_all), generator=gen)
@@ -204,7 +203,7 @@ def classifier_outputs(
         raise CtfgenError("no images to classify")
     model.eval()
     feats, probs = [], []
-    for i in tqdm(range(0, len(images_uint8), batch_size), desc="classifier features", disable=bar_off(progress)):
+    for i in progress_bar(range(0, len(images_uint8), batch_size), desc="classifier features", show=progress):
         x = to_input(images_uint8[i : i + batch_size], model.cfg.resolution, model.cfg.channels).to(device)
         f = model.features(x)
         feats.append(f.float().cpu())

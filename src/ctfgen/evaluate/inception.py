@@ -30,11 +30,10 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..artifacts import file_sha256
 from ..errors import CtfgenError
-from ..progress import bar_off
+from ..progress import progress_bar
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
@@ -297,7 +296,7 @@ class InceptionFeatures:
     @torch.inference_mode()
     def features(self, images_uint8: np.ndarray, *, batch_size: int = 50, progress: bool = False, desc: str = "inception") -> np.ndarray:
         out = []
-        for i in tqdm(range(0, len(images_uint8), batch_size), desc=desc, disable=bar_off(progress), unit="batch"):
+        for i in progress_bar(range(0, len(images_uint8), batch_size), desc=desc, show=progress, unit="batch"):
             out.append(self._run(to_inception_input(images_uint8[i : i + batch_size])))
         if not out:
             raise CtfgenError("no images to run through Inception")

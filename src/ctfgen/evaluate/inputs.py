@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from ..artifacts import MANIFEST
 from ..data.modes import GREY_MODES, WHITE, to_8bit
 from ..errors import CtfgenError
-from ..progress import bar_off
+from ..progress import progress_bar
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 _LABEL_PART = re.compile(r"^(?:class|label|c|y)(\d+)$", re.IGNORECASE)
@@ -130,7 +129,7 @@ def load_folder_samples(folder: Path, *, limit: int | None = None, progress: boo
     files = files[:limit]
     rel = [p.relative_to(folder).as_posix() for p in files]
     arrays = []
-    for p in tqdm(files, desc="reading samples", disable=bar_off(progress and len(files) >= 1000), unit="img"):
+    for p in progress_bar(files, desc="reading samples", show=(progress and len(files) >= 1000), unit="img"):
         try:
             with Image.open(p) as im:
                 # 16-bit grey scaled, transparency composited onto white: the data loader's rules

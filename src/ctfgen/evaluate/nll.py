@@ -36,11 +36,9 @@ MAX_ROWS = 256
 def _batches(n: int, rows: int, progress: bool, desc: str):
     starts = range(0, n, rows)
     if progress and len(starts) > 1:
-        from tqdm import tqdm
+        from ..progress import progress_bar
 
-        from ..progress import bar_off
-
-        return tqdm(starts, desc=desc, leave=False, disable=bar_off())
+        return progress_bar(starts, desc=desc, leave=False)
     return starts
 
 

@@ -126,11 +126,9 @@ def time_interleaved(pipes: dict, results: dict[str, SpeedResult], settings: dic
     device = next(iter(pipes.values())).device
     rounds = range(warmup + runs)
     if desc is not None:
-        from tqdm import tqdm
+        from ..progress import progress_bar
 
-        from ..progress import bar_off
-
-        rounds = tqdm(rounds, desc=desc, disable=bar_off())
+        rounds = progress_bar(rounds, desc=desc)
     for r in rounds:
         for name in (list(pipes) if r % 2 == 0 else list(pipes)[::-1]):
             pipe, res = pipes[name], results[name]

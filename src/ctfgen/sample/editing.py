@@ -152,11 +152,9 @@ def edit(pipe, source, *, kind: str, n: int = 1, labels=None, keep_tokens: int |
     codes, coarse, images = [], [], []
     starts = range(0, len(source_index), batch_size)
     if progress and len(starts) > 1:
-        from tqdm import tqdm
+        from ..progress import progress_bar
 
-        from ..progress import bar_off
-
-        starts = tqdm(starts, desc=f"{kind} ({pipe.type})", disable=bar_off())
+        starts = progress_bar(starts, desc=f"{kind} ({pipe.type})")
     try:
         for b in starts:
             idx = source_index[b:b + batch_size]

@@ -232,11 +232,9 @@ class Pipeline:
         codes, coarse, images = [], [], []
         batches = range(0, len(mine), batch_size)
         if progress and len(batches) > 1:
-            from tqdm import tqdm
+            from ..progress import progress_bar
 
-            from ..progress import bar_off
-
-            batches = tqdm(batches, desc=f"{self.type} batches", disable=bar_off(rank == 0))
+            batches = progress_bar(batches, desc=f"{self.type} batches", show=(rank == 0))
         try:
             for b in batches:
                 idx = mine[b:b + batch_size]

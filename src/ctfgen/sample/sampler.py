@@ -186,11 +186,9 @@ def broken_rows(logits_NV: torch.Tensor) -> torch.Tensor:
 def _steps(n: int, progress: bool, start: int = 0):
     if not progress:
         return range(start, start + n)
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
-    from ..progress import bar_off
-
-    return tqdm(range(start, start + n), desc="tokens", leave=False, disable=bar_off())
+    return progress_bar(range(start, start + n), desc="tokens", leave=False)
 
 
 # ---------------------------------------------------------------- stage 2

@@ -7,9 +7,7 @@ import math
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
-
-from ..progress import bar_off
+from ..progress import progress_bar
 from .model import VQModel
 
 
@@ -27,7 +25,7 @@ def reconstruction_report(model: VQModel, dataset, *, batch_size: int = 256, lim
     V = model.config.codebook_size
     counts = torch.zeros(V, dtype=torch.long)
     psnr_sum, mse_sum = 0.0, 0.0
-    for start in tqdm(range(0, n, batch_size), desc="eval tokenizer", disable=bar_off(progress), leave=False):
+    for start in progress_bar(range(0, n, batch_size), desc="eval tokenizer", show=progress, leave=False):
         x = torch.stack([dataset[i][0] for i in range(start, min(n, start + batch_size))]).to(device)
         codes = model.encode_codes(x)
         rec = model.decode_codes(codes).clamp(-1, 1)

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..artifacts import recover_interrupted_write
 from ..config import to_dict
@@ -27,7 +26,7 @@ from ..data import CLASSES_FILE, DataConfig, dataset_class_table, describe_class
 from ..data.classes import classes_json
 from ..errors import CtfgenError, TrainingDiverged
 from .. import run_state
-from ..progress import bar_off
+from ..progress import progress_bar
 from .artifact import save_tokenizer
 from .lpips import LPIPS
 from .losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss
@@ -192,7 +191,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | Path, *, device: s
 
     t0 = time.time()
     step = start - 1
-    bar = tqdm(range(start, cfg.steps), desc="train tokenizer", disable=bar_off(progress), initial=start, total=cfg.steps)
+    bar = progress_bar(range(start, cfg.steps), desc="train tokenizer", show=progress, initial=start, total=cfg.steps)
     for step in bar:
         if cfg.minutes and seconds_before + time.time() - t0 > 60 * cfg.minutes:
             step -= 1

@@ -84,9 +84,7 @@ def bench_train(*, preset: str = "tiny", vocab: int = 4096, k: int = 128, grid: 
                 steps: int = 20, warmup: int = 3, num_classes: int = 1000, device: str | torch.device = "cpu",
                 seed: int = 0, progress: bool = True) -> list[BenchRow]:
     """Alternate training steps of the ar, aux and baseline models; one BenchRow each, in that order."""
-    from tqdm import tqdm
-
-    from ..progress import bar_off
+    from ..progress import progress_bar
 
     device = torch.device(device)
     torch.manual_seed(seed)
@@ -97,7 +95,7 @@ def bench_train(*, preset: str = "tiny", vocab: int = 4096, k: int = 128, grid: 
     codes = torch.randint(0, vocab, (batch_size, L), generator=g)
     batch = {"codes": codes.to(device), "coarse": (codes % k).to(device),
              "label": torch.randint(0, num_classes, (batch_size,), generator=g).to(device)}
-    for i in tqdm(range(warmup + steps), desc="bench train", disable=bar_off(progress)):
+    for i in progress_bar(range(warmup + steps), desc="bench train", show=progress):
         # swap the order every round so neither model always runs right after the other's step
         for r in (runners if i % 2 == 0 else runners[::-1]):
             r.step(batch, record=i >= warmup)

@@ -34,7 +34,7 @@ from ..errors import CtfgenError, TrainingDiverged
 from ..memory import lifetime_peak_rss_bytes
 from ..models.artifact import model_config_dict
 from ..models.config import KINDS
-from ..progress import bar_off
+from ..progress import progress_bar
 from .checkpoint_manager import CheckpointManager
 from .config import RunOptions, TrainConfig, auto_ckpt_every
 from .data import BatchOrder, TokenDataset, check_inputs
@@ -200,7 +200,7 @@ class Trainer:
             return TrainResult(self.out, self.start, total, True, self.start, self.log.records)
         stop = min(total, run.stop_after) if run.stop_after else total
         ckpt_every = auto_ckpt_every(total) if run.ckpt_every is None else run.ckpt_every
-        bar = tqdm(total=stop, initial=self.start, disable=bar_off(run.progress and self.dist.is_main),
+        bar = progress_bar(total=stop, initial=self.start, show=(run.progress and self.dist.is_main),
                    desc=f"train {self.cfg.kind}", unit="step", dynamic_ncols=True)
         self.window.reset()
         done = self.start

@@ -6,46 +6,14 @@ the rolling `codebook_used` statistics buffer is left out: it records usage, not
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import CtfgenError
-
-
-@dataclass
-class VQConfig:
-    codebook_size: int = 16384
-    codebook_dim: int = 8
-    channels: int = 3  # image channels in and out (1 for grayscale data)
-    ch: int = 128
-    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # one level per entry; each but the last halves H and W
-    num_res_blocks: int = 2  # the decoder uses one more per level, as LlamaGen does
-    z_channels: int = 256
-    norm_groups: int = 32
-    dropout: float = 0.0
-    commit_beta: float = 0.25
-    resolution: int = 256  # the image size it is meant for (tokens = (resolution / downsample)^2)
-
-    @property
-    def downsample(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
-    @property
-    def grid(self) -> int:
-        return self.resolution // self.downsample
-
-    def validate(self) -> "VQConfig":
-        if self.resolution % self.downsample:
-            raise CtfgenError(f"tokenizer config: resolution {self.resolution} is not divisible by the downsample factor {self.downsample}")
-        for c in {self.ch * m for m in self.ch_mult} | {self.z_channels}:
-            if c % self.norm_groups:
-                raise CtfgenError(f"tokenizer config: channel count {c} is not divisible by norm_groups {self.norm_groups}")
-        if self.codebook_size < 2 or self.codebook_dim < 1:
-            raise CtfgenError(f"tokenizer config: codebook_size {self.codebook_size} / codebook_dim {self.codebook_dim} out of range")
-        return self
+from .config import VQConfig
 
 
 PRESETS = {

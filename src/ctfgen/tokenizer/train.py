@@ -13,7 +13,6 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 
 from ..artifacts import recover_interrupted_write
 from ..config import to_dict
-from ..data import CLASSES_FILE, DataConfig, dataset_class_table, describe_classes, load_dataset
+from ..data import CLASSES_FILE, dataset_class_table, describe_classes, load_dataset
 from ..data.classes import classes_json
 from ..errors import CtfgenError, TrainingDiverged
 from .. import run_state
@@ -30,31 +29,10 @@ from ..progress import progress_bar
 from .artifact import save_tokenizer
 from .lpips import LPIPS
 from .losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss
-from .model import VQConfig, VQModel
+from .config import TokenizerTrainConfig
+from .model import VQModel
 from .report import reconstruction_grid, reconstruction_report
 from .resume import load_training_checkpoint, read_resumable, save_training_checkpoint
-
-
-@dataclass
-class TokenizerTrainConfig:
-    vq: VQConfig = field(default_factory=VQConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    steps: int = 3000
-    minutes: float = 0.0  # stop early when this much wall time has passed (0: no limit)
-    batch_size: int = 32  # small batches: more updates per image seen, which is what a CPU budget limits
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.05  # cosine decay from lr to lr * this, reached at the last step
-    flip: bool = True  # random horizontal flips
-    restart_every: int = 50  # steps between dead-code restarts (0: off)
-    gan_weight: float = 0.0  # adversarial loss weight (0: off)
-    gan_start: int = 2000  # step at which the adversary starts
-    lpips_weight: float = 0.0  # perceptual loss weight (0: off); needs local weights, see lpips.py
-    lpips_vgg: str | None = None  # VGG16 weights, torchvision layout
-    lpips_lin: str | None = None  # LPIPS linear heads (LlamaGen's / taming's vgg.pth)
-    seed: int = 0
-    eval_limit: int = 0  # test images used for the final report (0: the whole split)
 
 
 def _seed_all(seed: int) -> None:

@@ -85,8 +85,8 @@ class AuxTransformer(Stage2, Trunk):
         return self.config.kind
 
     @property
-    def renormalised(self) -> bool:
-        return not self.config.mask_to_cluster
+    def members_only(self) -> bool:
+        return self.config.mask_to_cluster
 
     def check_length(self, L: int) -> None:
         if L != self.config.seq_len:

@@ -43,10 +43,16 @@ class Stage2(MemberTables):
         raise NotImplementedError
 
     @property
+    def members_only(self) -> bool:
+        """Whether the sampler draws only members of each position's cluster (the codes then give
+        back the coarse labels). False for a learned stage 2 trained without the cluster mask, whose
+        `stage2_log_probs` renormalise over the members a distribution over the whole codebook."""
+        return True
+
+    @property
     def renormalised(self) -> bool:
-        """True when `stage2_log_probs` renormalises over the members a distribution that the model
-        spreads over the whole codebook (a learned stage 2 trained without the cluster mask)."""
-        return False
+        """True when `stage2_log_probs` renormalise (see `members_only`)."""
+        return not self.members_only
 
     def check_length(self, L: int) -> None:
         """Refuse sequences of L tokens when the stage 2 has a fixed length (CtfgenError)."""

@@ -185,7 +185,7 @@ def _run_sample(args) -> int:
             dirs = _model_dirs(args)
             cls = CTFPipeline if "ar" in dirs else BaselinePipeline
             pipe = cls.from_folders(tokenizer=args.tokenizer, **common, **dirs)
-        if args.coarse_grid and pipe.type != "ctf":
+        if args.coarse_grid and not pipe.coarse_to_fine:
             raise CtfgenError("--coarse-grid shows stage 1 and stage 2 of CTF; this is a baseline pipeline")
         classes = list(range(pipe.num_classes)) if args.classes == "all" else args.classes
         pipe.check_labels(classes, where="--classes")

@@ -23,7 +23,7 @@ import torch
 from ..dist import device_name
 from ..errors import CtfgenError
 from ..memory import PeakRSS
-from ..models import build_model
+from ..models import KINDS, build_model
 from .pipeline import RANGE, BaselinePipeline, CTFPipeline
 from .sampler import sample_seed
 
@@ -55,7 +55,7 @@ class SpeedResult:
 def _model(kind: str, preset: str, cfg: dict, seed: int, **extra):
     torch.manual_seed(seed)
     m = build_model(kind, preset, vocab_size=cfg["vocab"], num_classes=cfg["num_classes"], grid=cfg["grid"],
-                    coarse_vocab=None if kind == "baseline" else cfg["k"], **extra)
+                    coarse_vocab=cfg["k"] if KINDS[kind].needs_coarse_map else None, **extra)
     with torch.no_grad():  # the head starts at zero; random values give realistic, non-uniform choices
         m.output.weight.normal_(0.0, 0.02)
     return m.eval()

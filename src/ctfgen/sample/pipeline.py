@@ -116,6 +116,11 @@ class Pipeline:
         return SamplingConfig()
 
     @property
+    def coarse_to_fine(self) -> bool:
+        """Whether the pipeline has a stage 2 (CTF: coarse labels, then codes) or not (the baseline)."""
+        return STAGE2_ROLE in ROLES[self.type]
+
+    @property
     def device(self) -> torch.device:
         return next(iter(self.models.values())).tok_embeddings.weight.device
 
@@ -158,7 +163,7 @@ class Pipeline:
     def _from_folder(cls, folder: PipelineFolder, **kwargs):
         if folder.config.type != cls.type:
             raise ArtifactError(f"{folder.folder} is a '{folder.config.type}' pipeline; load it with "
-                                f"{'CTFPipeline' if folder.config.type == 'ctf' else 'BaselinePipeline'}")
+                                f"{PIPELINES[folder.config.type].__name__}")
         return cls.from_folders(tokenizer=folder.component("tokenizer"), sampling=folder.config.sampling,
                                 **{r: folder.component(r) for r in ROLES[cls.type]}, **kwargs)
 
@@ -275,7 +280,7 @@ class Pipeline:
             self.clear_caches()
         L = self.seq_len
         codes_np = torch.cat(codes).numpy() if codes else np.zeros((0, L), np.int64)
-        coarse_np = (torch.cat(coarse).numpy() if coarse else np.zeros((0, L), np.int64)) if self.type == "ctf" else None
+        coarse_np = (torch.cat(coarse).numpy() if coarse else np.zeros((0, L), np.int64)) if self.coarse_to_fine else None
         images_np = np.concatenate(images) if images else None
         if world > 1:
             codes_np, coarse_np, images_np = _in_index_order(
@@ -398,6 +403,9 @@ class BaselinePipeline(Pipeline):
             return generate_tokens(m, labels_B, u_BL, s, step_fn=self._decode_step(m), progress=progress), None
 
 
+PIPELINES = {cls.type: cls for cls in (CTFPipeline, BaselinePipeline)}  # by pipeline type (PipelineFolderConfig.type)
+
+
 def _fresh(art: Artifact, made_from: dict | None = None) -> Artifact:
     """A copy of a module artifact to write again (its current weights): `made_from` (default: its
     own) and the info its folder recorded."""
@@ -409,7 +417,7 @@ def _fresh(art: Artifact, made_from: dict | None = None) -> Artifact:
 def load_pipeline(path: str | Path, **kwargs) -> Pipeline:
     """CTFPipeline or BaselinePipeline, whichever the folder (or cached Hub repository "user/name") holds."""
     folder = PipelineFolder.load(path)  # read once: the class it names loads from it
-    return {"ctf": CTFPipeline, "baseline": BaselinePipeline}[folder.config.type]._from_folder(folder, **kwargs)
+    return PIPELINES[folder.config.type]._from_folder(folder, **kwargs)
 
 
 def to_pil(images_NHWC: np.ndarray) -> list:

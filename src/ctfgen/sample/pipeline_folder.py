@@ -30,6 +30,8 @@ from .settings import SamplingConfig
 KIND = "pipeline"
 ROLES = {"ctf": ("ar", "aux"), "baseline": ("baseline",)}
 STAGE2_ROLE = "aux"  # the role a stage 2 of any kind fills (its folder kind: models/config.py STAGE2_FOLDERS)
+# the sampling settings a new pipeline folder of each type starts from (the paper's, LlamaGen's)
+DEFAULT_SAMPLING = {"ctf": SamplingConfig, "baseline": SamplingConfig.baseline}
 # classes.json (data/classes.py's CLASSES_FILE, written by `tokenizer train`) names the classes on the
 # serve page; imported tokenizers have none, which copy_files allows.
 TOKENIZER_FILES = (MANIFEST, TokenizerArtifact.WEIGHTS, "classes.json")
@@ -64,6 +66,11 @@ class PipelineFolder(Artifact):
     @property
     def made_from(self) -> dict[str, Any]:
         return dict(self.fingerprints)
+
+    @property
+    def coarse_to_fine(self) -> bool:
+        """Whether the pipeline has a stage 2 (CTF) or not (the baseline)."""
+        return STAGE2_ROLE in ROLES[self.config.type]
 
     def write(self, tmp: Path, *, name: str, evaluations: Sequence[Any] = (), license: str | None = None) -> dict:
         """The model card (model_card.py: README.md named `name`, with `evaluations` and `license`),
@@ -211,7 +218,8 @@ def make_pipeline(out: str | Path, *, tokenizer: str | Path | ModuleArtifact,
     if (ar is None) != (aux is None) or (ar is None) == (baseline is None):
         raise CtfgenError("a pipeline is either CTF (both ar and aux folders) or the baseline (a baseline folder)")
     kind = "ctf" if ar is not None else "baseline"
-    given = {"tokenizer": tokenizer, **({"ar": ar, "aux": aux} if kind == "ctf" else {"baseline": baseline})}
+    models = {"ar": ar, "aux": aux, "baseline": baseline}
+    given = {"tokenizer": tokenizer, **{role: models[role] for role in ROLES[kind]}}
     sources = {role: src if isinstance(src, Artifact) else Path(src) for role, src in given.items()}
     manifests = {role: src.pending_manifest() if isinstance(src, Artifact) else
                  (TokenizerArtifact.read_manifest(src) if role == "tokenizer" else read_component_manifest(role, src))
@@ -220,7 +228,7 @@ def make_pipeline(out: str | Path, *, tokenizer: str | Path | ModuleArtifact,
     for role, src in sources.items():
         if isinstance(src, Path):  # a damaged weights file must not go into a pipeline that looks fine
             _verify(src, manifests[role], component_class(role, manifests[role]))
-    sampling = (sampling or (SamplingConfig() if kind == "ctf" else SamplingConfig.baseline())).check()
+    sampling = (sampling or DEFAULT_SAMPLING[kind]()).check()
     with artifact_dir(out, overwrite=overwrite) as tmp:
         refs = {}
         for role, src in sources.items():

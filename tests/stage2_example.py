@@ -7,15 +7,12 @@ it and `ctfgen eval nll` scores it exactly.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ctfgen.artifacts import ModuleArtifact, fingerprint_tensors
-from ctfgen.models.stage2 import Stage2
+from ctfgen.models.stage2 import Stage2, Stage2Artifact
 
 KIND = "stage2_class_table"
 REGISTRY_LINE = {KIND: "stage2_example:ClassTableArtifact"}  # the one line of STAGE2_FOLDERS
@@ -33,16 +30,18 @@ class ClassTable(Stage2, nn.Module):
     """log p(code | cluster, class) from free scores (C, V), normalised within each cluster."""
 
     ARTIFACT = "stage2_example:ClassTableArtifact"
-
-    def __init__(self, cfg: ClassTableConfig, code_to_coarse_V: torch.Tensor, scores_CV: torch.Tensor):
-        super().__init__()
-        self.config = cfg
-        self.register_buffer("code_to_coarse", torch.as_tensor(code_to_coarse_V).long().clone())
-        self.register_buffer("scores_CV", torch.as_tensor(scores_CV).float().clone())
+    CONFIG = ClassTableConfig
 
     @property
     def stage2_name(self) -> str:
         return "class-table"
+
+    def __init__(self, cfg: ClassTableConfig, code_to_coarse_V: torch.Tensor, scores_CV: torch.Tensor | None = None):
+        super().__init__()
+        self.keep_map(cfg, code_to_coarse_V)
+        if scores_CV is None:  # filled by the folder's weights
+            scores_CV = torch.zeros(cfg.num_classes, cfg.vocab_size)
+        self.register_buffer("scores_CV", torch.as_tensor(scores_CV).float().clone())
 
     def log_prob_CV(self) -> torch.Tensor:
         """(C, V) log p(code | its cluster, class)."""
@@ -59,26 +58,7 @@ class ClassTable(Stage2, nn.Module):
         return out_BLM.masked_fill(t.padding(coarse_BL.flatten()).view(B, L, M), float("-inf"))
 
 
-class ClassTableArtifact(ModuleArtifact):
+class ClassTableArtifact(Stage2Artifact):
     KIND = KIND
-
-    @classmethod
-    def config_of(cls, module: ClassTable) -> dict[str, Any]:
-        return {"table": asdict(module.config)}
-
-    @classmethod
-    def fingerprint_of(cls, state: Mapping[str, torch.Tensor], module: ClassTable) -> str:
-        return fingerprint_tensors(state, extra=cls.config_of(module))
-
-    @classmethod
-    def stage2_config(cls, manifest: dict, folder: str | Path = "stage 2") -> ClassTableConfig:
-        return cls.typed_config(folder, manifest, ClassTableConfig, key="table")
-
-    @classmethod
-    def build(cls, folder: Path, manifest: dict) -> ClassTable:
-        cfg = cls.stage2_config(manifest, folder)
-        return ClassTable(cfg, torch.zeros(cfg.vocab_size, dtype=torch.long), torch.zeros(cfg.num_classes, cfg.vocab_size))
-
-    @classmethod
-    def load(cls, folder, device="cpu", *, ema=None, **kwargs) -> "ClassTableArtifact":
-        return super().load(folder, device, **kwargs)
+    CONFIG_KEY = "table"
+    MODULE = "stage2_example:ClassTable"

@@ -176,7 +176,7 @@ def load_nll_models(store, device: str | torch.device = "cpu", *, pipeline=None,
     the store's, or a model whose codebook, grid or classes do not fit the store.
     """
     from ..artifacts import check_made_from
-    from ..models.artifact import TrainedModel, load_model
+    from ..models.artifact import TrainedModel
     from ..sample.pipeline_folder import check_stages
 
     if sum(bool(x) for x in (pipeline, ar, baseline)) != 1:
@@ -199,8 +199,8 @@ def load_nll_models(store, device: str | torch.device = "cpu", *, pipeline=None,
         check_stages(manifests, store.tokenizer_fingerprint, folders=folders, tokenizer_name=codes_tokenizer)
         models, source = {}, {}
         for role, folder in folders.items():
-            models[role], m = load_model(folder, device, ema=ema, expect_kind=role)
-            source[role] = {"folder": str(folder), "fingerprint": m["fingerprint"]}
+            art = TrainedModel.load(folder, device, ema=ema, expect_kind=role)
+            models[role], source[role] = art.module, {"folder": str(folder), "fingerprint": art.fingerprint}
         stage1 = f"stage 1 ({ar})"
         stage1_map = manifests["ar"].get("made_from", {}).get("coarse_map") if ar else None
     cmap = None

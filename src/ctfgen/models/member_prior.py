@@ -16,18 +16,15 @@ the training code store).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..artifacts import ModuleArtifact, fingerprint_tensors
 from ..errors import CtfgenError
 from .config import PRIOR_RULES as RULES
-from .stage2 import Stage2
+from .stage2 import Stage2, Stage2Artifact
 
 
 @dataclass
@@ -47,11 +44,12 @@ class MemberPrior(Stage2, nn.Module):
 
     sees_class = False
     ARTIFACT = "ctfgen.models.member_prior:MemberPriorArtifact"
+    CONFIG = MemberPriorConfig
 
-    def __init__(self, cfg: MemberPriorConfig, code_to_coarse_V: torch.Tensor, log_prob_V: torch.Tensor):
+    def __init__(self, cfg: MemberPriorConfig, code_to_coarse_V: torch.Tensor, log_prob_V: torch.Tensor | None = None):
         super().__init__()
-        self.config = cfg
-        self.register_buffer("code_to_coarse", torch.as_tensor(code_to_coarse_V).long().clone())
+        self.keep_map(cfg, code_to_coarse_V)
+        log_prob_V = torch.zeros(cfg.vocab_size) if log_prob_V is None else log_prob_V  # None: a folder fills it
         self.register_buffer("log_prob_V", torch.as_tensor(log_prob_V).float().clone())
     @classmethod
     def build(cls, rule: str, code_to_coarse_V: torch.Tensor, *, k: int,
@@ -92,19 +90,22 @@ class MemberPrior(Stage2, nn.Module):
         return self.member_table_log_probs(self.log_prob_V, coarse_BL)
 
 
-class MemberPriorArtifact(ModuleArtifact):
+class MemberPriorArtifact(Stage2Artifact):
     """A parameter-free stage 2's folder (kind "stage2_prior"): config.prior (MemberPriorConfig),
     the weights file holding code_to_coarse and log_prob_V; made_from the tokenizer, the coarse map
     and, for "frequency", the training codes."""
 
     KIND = "stage2_prior"
     REDO = "make it again (`ctfgen pipeline make --stage2 RULE`)"
+    CONFIG_KEY = "prior"
+    MODULE = "ctfgen.models.member_prior:MemberPrior"
 
     @classmethod
     def from_map(cls, rule: str, coarse_map, *, train_codes=None, smoothing: float = 1.0) -> "MemberPriorArtifact":
         """The prior `rule` of a coarse map (cluster/coarse_map.py: CoarseMap), counting the codes
-        of `train_codes` (a CodeStore) for "frequency". CtfgenError for an unknown rule, "frequency"
-        without training codes, or codes of another tokenizer than the map's."""
+        of `train_codes` (a CodeStore) for "frequency" (the other rules leave them unread).
+        CtfgenError for an unknown rule, "frequency" without training codes, or codes of another
+        tokenizer than the map's."""
         made_from = {"tokenizer": coarse_map.tokenizer_fingerprint, "coarse_map": coarse_map.fingerprint}
         codes = None
         if rule == "frequency" and train_codes is not None:
@@ -113,27 +114,3 @@ class MemberPriorArtifact(ModuleArtifact):
         prior = MemberPrior.build(rule, coarse_map.code_to_coarse, k=coarse_map.k, train_codes=codes,
                                   smoothing=smoothing)
         return cls(prior, made_from=made_from)
-
-    @classmethod
-    def config_of(cls, module: MemberPrior) -> dict[str, Any]:
-        return {"prior": asdict(module.config)}
-
-    @classmethod
-    def fingerprint_of(cls, state: Mapping[str, torch.Tensor], module: MemberPrior) -> str:
-        return fingerprint_tensors(state, extra=cls.config_of(module))
-
-    @classmethod
-    def stage2_config(cls, manifest: dict, folder: str | Path = "stage 2") -> MemberPriorConfig:
-        return cls.typed_config(folder, manifest, MemberPriorConfig, key="prior")
-
-    @classmethod
-    def build(cls, folder: Path, manifest: dict) -> MemberPrior:
-        cfg = cls.stage2_config(manifest, folder)
-        return MemberPrior(cfg, torch.zeros(cfg.vocab_size, dtype=torch.long), torch.zeros(cfg.vocab_size))
-
-    @classmethod
-    def load(cls, folder: str | Path, device: str | torch.device = "cpu", *, ema: bool | None = None,
-             **kwargs: Any) -> "MemberPriorArtifact":
-        """The prior on `device`, its folder checked (weights file, finite values). `ema` is ignored:
-        a prior has no training run."""
-        return super().load(folder, device, **kwargs)

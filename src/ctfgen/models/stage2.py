@@ -20,12 +20,13 @@ line in STAGE2_FOLDERS (docs/ARCHITECTURE.md; tests/test_stage2.py does it).
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 import torch
 
-from ..artifacts import read_manifest
+from ..artifacts import ModuleArtifact, fingerprint_tensors, read_manifest
 from ..errors import ArtifactError
 from .config import STAGE2_FOLDERS, resolve
 from .members import MemberTables
@@ -36,6 +37,18 @@ class Stage2(MemberTables):
 
     # whether the class changes the distribution: only then does stage-2 guidance mean anything
     sees_class: bool = True
+    CONFIG: ClassVar[type]  # its config dataclass (for a `Stage2Artifact` folder)
+
+    def keep_map(self, cfg: Any, code_to_coarse_V: torch.Tensor) -> None:
+        """Keep `cfg` as the config and code_to_coarse (V,) as a buffer (after nn.Module.__init__)."""
+        self.config = cfg
+        self.register_buffer("code_to_coarse", torch.as_tensor(code_to_coarse_V).long().clone())
+
+    @classmethod
+    def empty(cls, cfg: Any) -> "Stage2":
+        """A module of `cfg` whose tensors a folder's weights then fill (`Stage2Artifact.build`):
+        by default `cls(cfg, code_to_coarse)` with its other tensors left to their defaults."""
+        return cls(cfg, torch.zeros(cfg.vocab_size, dtype=torch.long))
 
     @property
     def stage2_name(self) -> str:
@@ -85,6 +98,42 @@ class Stage2(MemberTables):
     @property
     def stage2_device(self) -> torch.device:
         return self.code_to_coarse.device
+
+
+class Stage2Artifact(ModuleArtifact):
+    """The folder of a stage 2 that its config and tensors make (a prior, tests/stage2_example.py):
+    manifest config[CONFIG_KEY] holds the module's config (`MODULE.CONFIG`), the weights file its
+    tensors; MODULE ("package.module:Class") is the `Stage2` class, rebuilt with `empty(cfg)`."""
+
+    CONFIG_KEY: ClassVar[str] = "stage2"
+    MODULE: ClassVar[str] = ""
+
+    @classmethod
+    def module_class(cls) -> type:
+        return resolve(cls.MODULE)
+
+    @classmethod
+    def config_of(cls, module: torch.nn.Module) -> dict[str, Any]:
+        return {cls.CONFIG_KEY: asdict(module.config)}
+
+    @classmethod
+    def fingerprint_of(cls, state: Mapping[str, torch.Tensor], module: torch.nn.Module) -> str:
+        return fingerprint_tensors(state, extra=cls.config_of(module))
+
+    @classmethod
+    def stage2_config(cls, manifest: dict, folder: str | Path = "stage 2") -> Any:
+        return cls.typed_config(folder, manifest, cls.module_class().CONFIG, key=cls.CONFIG_KEY)
+
+    @classmethod
+    def build(cls, folder: Path, manifest: dict) -> torch.nn.Module:
+        return cls.module_class().empty(cls.stage2_config(manifest, folder))
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu", *, ema: bool | None = None,
+             **kwargs: Any) -> "Stage2Artifact":
+        """The stage 2 on `device`, its folder checked (weights file, finite values). `ema` is
+        ignored: such a stage 2 has no training run."""
+        return super().load(folder, device, **kwargs)
 
 
 def stage2_folder_class(kind: str, where: str | Path = "stage 2") -> type:

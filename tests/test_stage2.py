@@ -50,6 +50,9 @@ def test_pipeline_make_with_a_prior_stage2_samples_and_scores_like_the_folders(o
 
     pipe = load_pipeline(tmp_path / "pipe")
     assert isinstance(pipe.models["aux"], MemberPrior)
+    half = load_pipeline(tmp_path / "pipe", dtype=torch.bfloat16)  # the prior's table keeps float32
+    assert half.models["aux"].log_prob_V.dtype == torch.float32 and torch.equal(half.models["aux"].log_prob_V,
+                                                                               pipe.models["aux"].log_prob_V)
     samples = pipe.generate([0, 1, 2, 1], seed=5, stage2_temperature=1.3)
     c2c = pipe.models["aux"].code_to_coarse
     assert np.array_equal(c2c[torch.as_tensor(samples.codes)].numpy(), samples.coarse)  # members of stage 1's clusters

@@ -125,10 +125,11 @@ class Pipeline:
         return next(iter(self.models.values())).tok_embeddings.weight.device
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Pipeline":
-        """Move the models and the tokenizer to `device`; cast the models' floating-point weights to
-        `dtype` (the tokenizer stays in float32). Returns self."""
+        """Move the models and the tokenizer to `device`; cast the floating-point tensors of the models
+        with weights to `dtype` (the tokenizer, and a stage 2 of fixed tables such as a prior's
+        log-probabilities, stay in float32). Returns self."""
         for m in self.models.values():
-            m.to(device=device, dtype=dtype)
+            m.to(device=device, dtype=dtype if any(True for _ in m.parameters()) else None)
         if device is not None and self.tokenizer is not None:
             self.tokenizer.to(device)
         self._step_fn = None  # a compiled step belongs to the old weights

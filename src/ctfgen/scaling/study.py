@@ -253,11 +253,12 @@ class ScalingStudy:
                                                              device=self.device)
             rule = _prior_rule(n)
             if rule:
-                def make():
-                    from ..tokenizer import load_tokenizer
+                def make():  # the pipeline's artifacts, as `ctfgen pipeline make --stage2 RULE` would hold them
+                    from ..models.artifact import TrainedModel
+                    from ..tokenizer.artifact import TokenizerArtifact
 
-                    ar = load_model(folders["ar"], self.device)[0]
-                    return CTFPipeline(load_tokenizer(tok, self.device), ar=ar, aux=prior(rule))
+                    return CTFPipeline(TokenizerArtifact.load(tok, self.device),
+                                       ar=TrainedModel.load(folders["ar"], self.device), aux=prior(rule))
                 return make
             return lambda: CTFPipeline.from_folders(tokenizer=tok, ar=folders["ar"], aux=folders["aux"],
                                                     device=self.device)

@@ -287,7 +287,7 @@ def test_refuses_missing_or_foreign_coarse_map(inputs, tmp_path):
 def test_each_kind_is_built_from_what_it_reads(inputs):
     # build_for passes the coarse map's K to the kinds that need the map, and its code_to_coarse to stage 2
     from ctfgen.train.data import check_inputs
-    from ctfgen.train.trainer import build_for
+    from ctfgen.train.model_task import build_for
 
     codes, coarse = CodeStore.open(inputs["codes"]), CoarseMap.load(inputs["coarse"])
     seen = {}
@@ -403,13 +403,18 @@ def test_trainer_methods_are_the_run(inputs, tmp_path):
     """The Trainer's steps, driven by hand (train_step, log_metrics, save), give train()'s weights,
     optimizer, EMA and records: the loop holds no work of its own besides calling them."""
     from ctfgen.dist import init_distributed, joined_group
+    from ctfgen.train.model_task import ModelTask
     from ctfgen.train.trainer import Trainer
+
+    def trainer(run):
+        dist = init_distributed("cpu")
+        return Trainer(ModelTask(c, run, dist, codes_dir=inputs["codes"], coarse_map_dir=inputs["coarse"]), run, dist,
+                       tmp_path / "hand")
 
     assert (joined_group().rank, joined_group().world_size) == (0, 1)  # outside torchrun: one process
     c = cfg(steps=4)
     ref = run_train(inputs, tmp_path / "ref", c, log_every=2, ckpt_every=4)
-    t = Trainer(c, quiet(log_every=2, ckpt_every=4), init_distributed("cpu"), tmp_path / "hand",
-                codes_dir=inputs["codes"], coarse_map_dir=inputs["coarse"])
+    t = trainer(quiet(log_every=2, ckpt_every=4))
     assert (t.start, t.total) == (0, 4)
     records = []
     for step in range(t.total):
@@ -421,8 +426,7 @@ def test_trainer_methods_are_the_run(inputs, tmp_path):
     timing = ("tokens_per_s", "max_rss_gb")
     assert [{k: v for k, v in r.items() if k not in timing} for r in records] == \
            [{k: v for k, v in r.items() if k not in timing} for r in ref.records]
-    again = Trainer(c, quiet(), init_distributed("cpu"), tmp_path / "hand", codes_dir=inputs["codes"],
-                    coarse_map_dir=inputs["coarse"])
+    again = trainer(quiet())
     assert again.start == 4 and again.checkpoints.last_saved == 4  # the folder it saved resumes
 
 

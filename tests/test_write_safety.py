@@ -204,7 +204,9 @@ def test_tokenizer_training_resumes_exactly(tmp_path, tiny_data, capsys):
     from ctfgen.tokenizer.train import train_tokenizer
 
     c = tokenizer_config(tiny_data)  # 96 images / 16: an epoch is 6 steps, so the resume crosses into the next
-    straight = train_tokenizer(c, tmp_path / "straight", progress=False)
+    # a metrics record every 2 steps: each covers the same steps in both runs (a record's window
+    # starts again at a resume, here after step 4)
+    straight = train_tokenizer(c, tmp_path / "straight", progress=False, log_every=2)
 
     def crash(done):
         if done == 5:
@@ -212,20 +214,21 @@ def test_tokenizer_training_resumes_exactly(tmp_path, tiny_data, capsys):
 
     out = tmp_path / "tok"
     with pytest.raises(Kill):
-        train_tokenizer(c, out, progress=False, ckpt_every=2, on_step=crash)
+        train_tokenizer(c, out, progress=False, ckpt_every=2, log_every=2, on_step=crash)
     with pytest.raises(ArtifactError, match="tokenizer training stopped at step 4 of 8: rerun the same"):
         load_tokenizer(out)
     other = tokenizer_config(tiny_data, steps=9)
     with pytest.raises(ArtifactError, match="cannot resume .*'steps'"):
         train_tokenizer(other, out, progress=False)
-    resumed = train_tokenizer(c, out, progress=True, ckpt_every=2)
+    resumed = train_tokenizer(c, out, progress=True, ckpt_every=2, log_every=2)
     assert "resuming" in capsys.readouterr().err
     assert resumed["fingerprint"] == straight["fingerprint"] and resumed["psnr_db"] == straight["psnr_db"]
     assert load_tokenizer(out).manifest["kind"] == "tokenizer"
     def history(folder):
-        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+        return [{k: v for k, v in json.loads(line).items() if k not in ("tokens_per_s", "max_rss_gb", "max_mem_gb")}
                 for line in (folder / "train_log.jsonl").read_text().splitlines()]
 
+    assert [r["step"] for r in history(out)] == [2, 4, 6, 8]
     assert history(out) == history(tmp_path / "straight")
 
 

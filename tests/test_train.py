@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -370,6 +371,36 @@ def test_bench_train_cli(tmp_path, capsys):
     assert [r["kind"] for r in rows] == ["ar", "aux", "baseline"]
     assert [r["vocab_out"] for r in rows] == [16, 512, 512]
     assert rows[0]["params"] < rows[2]["params"] and all(r["tokens_per_s"] > 0 for r in rows)
+
+
+def test_the_benches_time_the_trainers_own_step(monkeypatch):
+    """`bench train`, `bench aux-loss` (whole step) and the GPU check's training section run
+    Trainer.train_step, each step they time: the step `ctfgen train` runs, not a copy of it."""
+    from ctfgen.gpucheck.training import time_training
+    from ctfgen.train.aux_loss_bench import bench_aux_loss
+    from ctfgen.train.bench import bench_train
+    from ctfgen.train.trainer import Trainer
+
+    steps, real = [], Trainer.train_step
+
+    def counted(self, step):
+        steps.append((self.task.name, step))
+        return real(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", counted)
+    rows = bench_train(preset="tiny", vocab=64, k=8, grid=4, batch_size=2, steps=2, warmup=1, num_classes=4,
+                       progress=False)
+    assert sorted(steps) == sorted((kind, i) for kind in ("ar", "aux", "baseline") for i in range(3))
+    assert all(r.step_ms > 0 for r in rows)
+    steps.clear()
+    rows = bench_aux_loss(preset="tiny", vocab=64, k=8, grid=4, batch_size=2, steps=1, warmup=1, num_classes=4)
+    assert len(steps) == 2 * 3 and all(r.step_ms > 0 for r in rows)  # (warm-up + timed) x the three formulations
+    steps.clear()
+    out = time_training("aux", "tiny", vocab=64, k=8, grid=4, num_classes=4, batch_size=2, steps=2, warmup=1,
+                        device=torch.device("cpu"), peak_tflops=None, precision="fp32", aux_loss="gather")
+    assert steps == [("aux", 0), ("aux", 1), ("aux", 2)] and out["aux_loss"] == "gather"
+    # stage 2 scores each position's cluster members: a new head guesses uniformly among 64 / 8 codes
+    assert out["loss"] == pytest.approx(math.log(64 // 8), abs=0.5)
 
 
 def test_tokens_per_second_leaves_out_checkpoint_time(inputs, tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ import contextlib
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from typing import Any, Callable
 
 import torch
 
@@ -47,6 +48,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed(device: torch.device, call: Callable[[], Any]) -> tuple[float, Any]:
+    """(seconds, result) of call(), the device synchronised before and after."""
+    _sync(device)
+    t0 = time.perf_counter()
+    out = call()
+    _sync(device)
+    return time.perf_counter() - t0, out
+
+
 def bench_aux_loss(*, preset: str = "aux-L", vocab: int = 16384, k: int = 512, grid: int = 16,
                    batch_size: int = 2, steps: int = 3, warmup: int = 1, whole_step: bool = True,
                    num_classes: int = 1000, device: str | torch.device = "cpu", seed: int = 0,
@@ -68,12 +78,19 @@ def bench_aux_loss(*, preset: str = "aux-L", vocab: int = 16384, k: int = 512, g
     torch.nn.init.normal_(model.output.weight, std=0.02)
     L = grid * grid
     codes = torch.randint(0, vocab, (batch_size, L), generator=g).to(device)
-    batch = {"codes": codes, "coarse": model.code_to_coarse[codes], "label": torch.randint(0, num_classes, (batch_size,), generator=g).to(device)}
+    batch = {"codes": codes, "coarse": model.code_to_coarse[codes],
+             "label": torch.randint(0, num_classes, (batch_size,), generator=g).to(device)}
     trainer = Trainer.for_bench(model, batch, device=device, lr=1e-6) if whole_step else None
     D = model.config.dim
     h_ND = torch.randn(batch_size * L, D, generator=g).to(device).requires_grad_()
     coarse_N, codes_N = batch["coarse"].flatten(), codes.flatten()
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
+
+    def head_pass(impl: str) -> torch.Tensor:
+        with autocast:
+            loss, _ = model.member_loss(h_ND, coarse_N, codes_N, impl=impl)
+        loss.backward()
+        return loss
 
     head = {i: [] for i in impls}
     step = {i: [] for i in impls}
@@ -83,13 +100,7 @@ def bench_aux_loss(*, preset: str = "aux-L", vocab: int = 16384, k: int = 512, g
         for impl in (impls if r % 2 == 0 else impls[::-1]):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            _sync(device)
-            t0 = time.perf_counter()
-            with autocast:
-                loss, _ = model.member_loss(h_ND, coarse_N, codes_N, impl=impl)
-            loss.backward()
-            _sync(device)
-            dt = time.perf_counter() - t0
+            dt, loss = _timed(device, lambda: head_pass(impl))
             h_ND.grad = None
             model.zero_grad(set_to_none=True)
             first_loss.setdefault(impl, float(loss.detach()))
@@ -97,15 +108,11 @@ def bench_aux_loss(*, preset: str = "aux-L", vocab: int = 16384, k: int = 512, g
                 peak[impl] = torch.cuda.max_memory_allocated(device) / 2**20
             if r >= warmup:
                 head[impl].append(dt)
-            if not whole_step:
-                continue
-            model.loss_impl = impl  # over the trainer's --aux-loss
-            _sync(device)
-            t0 = time.perf_counter()
-            trainer.train_step(r)
-            _sync(device)
-            if r >= warmup:
-                step[impl].append(time.perf_counter() - t0)
+            if whole_step:
+                model.loss_impl = impl  # over the trainer's --aux-loss
+                dt, _ = _timed(device, lambda: trainer.train_step(r))
+                if r >= warmup:
+                    step[impl].append(dt)
     M = int(torch.bincount(c2c, minlength=k).max())
     return [AuxLossRow(i, 1e3 * statistics.median(head[i]),
                        1e3 * statistics.median(step[i]) if step[i] else float("nan"), peak[i], first_loss[i], M)

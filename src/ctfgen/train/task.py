@@ -8,7 +8,7 @@ learning-rate schedule, the batch of each step, the loss, the updates that follo
 (a discriminator, dead-code restarts), the state those keep, and the checkpoint folder's format.
 
 Two tasks exist: `train/model_task.py: ModelTask` (baseline, stage 1 and stage 2 over a code store;
-`BenchTask` is it over one fixed batch, for the benchmarks) and `tokenizer/train.py: TokenizerTask`.
+`BenchTask` is it over one fixed batch, for the benchmarks) and `train/tokenizer_task.py: TokenizerTask`.
 A new kind of run is a class with these members, passed to `Trainer(task, run, dist, out)`.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The one training loop: the baseline, stage 1 (ar) and stage 2 (aux) (train/model_task.py) and the
-tokenizer (tokenizer/train.py), each a task (train/task.py) that the Trainer runs.
+tokenizer (train/tokenizer_task.py), each a task (train/task.py) that the Trainer runs.
 
 Runs as one process (CPU or GPU) or under torchrun (DDP, or FSDP with `fsdp=True`). Running the same
 call again with the same out_dir resumes from the last checkpoint, exactly: model, optimizer, EMA,

@@ -71,6 +71,7 @@ class ModelTask:
 
     what = "training"
     extra_check = ""
+    loss_label = "training loss (cross-entropy)"
 
     def __init__(self, cfg: TrainConfig, run: RunOptions, dist: DistInfo, *, codes_dir: Path,
                  coarse_map_dir: str | Path | None = None, build_model: Callable[..., torch.nn.Module] | None = None):

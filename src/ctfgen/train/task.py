@@ -48,6 +48,7 @@ class TrainTask(Protocol):
 
     what: str  # the run in messages: "training", "tokenizer training"
     name: str  # the progress bar's and loss curve's label
+    loss_label: str  # what the loss is, on the loss curve's axis
     total: int  # optimizer steps of the whole run
     steps_per_epoch: int
     tokens_per_step: int  # for the records' tokens_per_s
@@ -56,6 +57,7 @@ class TrainTask(Protocol):
     uniform_loss: float  # a record's loss above this + 1 warns of divergence (math.inf: never)
     extra_check: str  # what the value after_step returns is, in a divergence message ("" if none)
     advice: str  # what to change after a divergence
+    # the next three may be set by build(), the first call
     config: dict  # recorded in every checkpoint manifest; a resume must match it
     made_from: dict  # fingerprints of the inputs, likewise
     format: CheckpointFormat

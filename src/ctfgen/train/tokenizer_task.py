@@ -48,7 +48,7 @@ class TokenizerTask:
     grad_clip = 1.0
     ema = 0.0
     uniform_loss = math.inf
-    extra_check = "discriminator loss"
+    loss_label = "training loss (reconstruction + VQ, + LPIPS / adversary when on)"
     advice = "use a lower --lr"
 
     def __init__(self, cfg: TokenizerTrainConfig, train_ds, device: torch.device, *, made_from: Mapping[str, Any],
@@ -76,6 +76,7 @@ class TokenizerTask:
             if not cfg.lpips_vgg:
                 raise CtfgenError("lpips_weight > 0 needs lpips_vgg (and usually lpips_lin): local weight files")
             self.lpips = LPIPS.from_files(cfg.lpips_vgg, cfg.lpips_lin).to(device)
+        self.extra_check = "discriminator loss" if cfg.gan_weight > 0 else ""
         if cfg.gan_weight > 0:
             self.disc = PatchDiscriminator(cfg.vq.channels).to(device).train()
             self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr, betas=cfg.betas)

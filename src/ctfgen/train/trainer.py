@@ -305,5 +305,5 @@ class Trainer:
         self.checkpoints.save(
             done, self.opt_model, self.optimizer, self.ema, ema_init=self.ema_init, state=state, info=info,
             task_state=task.state(),
-            extra_files=lambda tmp: self.log.plot(tmp / "loss_curve.png", title=task.name),
+            extra_files=lambda tmp: self.log.plot(tmp / "loss_curve.png", title=task.name, loss_label=task.loss_label),
             before_commit=self.log.close)

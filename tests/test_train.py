@@ -461,6 +461,85 @@ def test_trainer_methods_are_the_run(inputs, tmp_path):
     assert again.start == 4 and again.checkpoints.last_saved == 4  # the folder it saved resumes
 
 
+class LineFormat:
+    """A run folder of kind "line_checkpoint": weights and manifest (the training state beside them
+    is the Trainer's)."""
+
+    def open(self, out):
+        from ctfgen.train import checkpoint
+
+        return checkpoint.read_checkpoint_manifest(out, "line_checkpoint", what="a line checkpoint")
+
+    def write_folder(self, tmp, model_state, *, info, also):
+        from safetensors.torch import save_file
+
+        save_file(dict(model_state), str(tmp / "model.safetensors"))
+        also(tmp)
+        write_manifest(tmp, kind="line_checkpoint", fingerprint=fingerprint_tensors(model_state), info=info)
+
+    def load(self, out, manifest, param_names):
+        return None
+
+
+def test_a_new_task_is_one_class(tmp_path):
+    """ARCHITECTURE.md's recipe "adding a kind of training run": a task (here fitting y = x1 + x2 with
+    a linear layer) and its folder format run on the Trainer with its checkpoints, exact resume,
+    records and the task's own state (a step counter)."""
+    from ctfgen.dist import DistInfo
+    from ctfgen.train.task import Task
+    from ctfgen.train.trainer import Trainer
+
+    class LineTask(Task):
+        what, name, total, steps_per_epoch, tokens_per_step, grad_clip = "line training", "line", 6, 3, 8, 1.0
+        config, made_from, format = {"lr": 0.1}, {}, LineFormat()
+
+        def build(self):
+            torch.manual_seed(0)
+            self.updates = 0
+            return torch.nn.Linear(2, 1)
+
+        def optimizer(self, model):
+            return torch.optim.Adam(model.parameters(), lr=0.1)
+
+        def lr_at(self, step):
+            return 0.1 * (1 - step / self.total)
+
+        def batches(self, step, dist, grad_accum):
+            x = torch.randn(8, 2, generator=torch.Generator().manual_seed(step))
+            return [{"x": x, "y": x.sum(1, keepdim=True)}]
+
+        def loss(self, model, batch):
+            return (model(batch["x"]) - batch["y"]).pow(2).mean(), {}
+
+        def after_step(self, step):
+            self.updates += 1
+
+        def state(self):
+            return {}, {"updates": self.updates}
+
+        def load_state(self, tensors, meta):
+            self.updates = meta["updates"]
+
+    def run(out, **kw):
+        task = LineTask()
+        options = RunOptions(device="cpu", progress=False, log_every=2, ckpt_every=2)
+        return task, Trainer(task, options, DistInfo(), out).fit(**kw)
+
+    def kill(done):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    _, straight = run(tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "line", on_step=kill)
+    task, resumed = run(tmp_path / "line")
+    assert (resumed.resumed_from, resumed.step, task.updates) == (2, 6, 6)
+    assert_same(*(load_file(tmp_path / name / "model.safetensors") for name in ("line", "straight")))
+    assert [r["step"] for r in resumed.records] == [2, 4, 6]
+    assert resumed.records[-1]["loss"] < straight.records[0]["loss"]
+    assert json.loads((tmp_path / "line" / "manifest.json").read_text())["kind"] == "line_checkpoint"
+
+
 def test_library_code_under_torchrun_without_a_group_is_refused(monkeypatch):
     # each process would encode (or sample) everything and write the same folder at once
     from ctfgen.dist import joined_group

@@ -21,6 +21,7 @@ from . import checkpoint as ckpt
 from .config import RunOptions, TrainConfig
 from .data import BatchOrder, TokenDataset, check_inputs
 from .parallel import param_groups
+from .task import Task
 
 
 def build_for(cfg: TrainConfig, codes, coarse, build_model: Callable | None = None) -> torch.nn.Module:
@@ -62,7 +63,7 @@ def configure(model: torch.nn.Module, run: RunOptions) -> None:
         model.loss_impl = run.aux_loss
 
 
-class ModelTask:
+class ModelTask(Task):
     """Train model `cfg.kind` on the code store `codes_dir` (and coarse map): TrainTask (train/task.py).
 
     Each step takes one global batch of the epoch's permutation (data.py BatchOrder), split into
@@ -134,17 +135,8 @@ class ModelTask:
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         return model.loss_sum(batch)
 
-    def after_step(self, step: int) -> None:
-        return None
-
     def log_fields(self) -> dict[str, Any]:
         return {}  # a validation loss, measured at log time, would go here
-
-    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        return {}, {}
-
-    def load_state(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
-        pass
 
 
 class BenchTask(ModelTask):

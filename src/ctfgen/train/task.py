@@ -9,10 +9,12 @@ learning-rate schedule, the batch of each step, the loss, the updates that follo
 
 Two tasks exist: `train/model_task.py: ModelTask` (baseline, stage 1 and stage 2 over a code store;
 `BenchTask` is it over one fixed batch, for the benchmarks) and `train/tokenizer_task.py: TokenizerTask`.
-A new kind of run is a class with these members, passed to `Trainer(task, run, dist, out)`.
+A new kind of run is a class with these members (deriving from `Task` gives the optional ones),
+passed to `Trainer(task, run, dist, out)`; tests/test_train.py trains a line through one.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
@@ -99,3 +101,39 @@ class TrainTask(Protocol):
 
     def load_state(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
         """Restore what `state` returned."""
+
+
+class Task:
+    """Defaults for a TrainTask's optional members: no EMA, no uniform-guess warning, no extra
+    check, no time limit, the loss a mean per micro-batch, nothing after the step, no state of its
+    own, no extra record entries. A new task derives from it and gives the rest (`what`, `name`,
+    `total`, `steps_per_epoch`, `tokens_per_step`, `grad_clip`, `config`, `made_from`, `format`,
+    `build`, `optimizer`, `lr_at`, `batches`, `loss`)."""
+
+    loss_label = "training loss"
+    ema = 0.0
+    uniform_loss = math.inf
+    extra_check = ""
+    advice = "use a lower learning rate"
+    time_limit_s = 0.0
+
+    def seed(self, rank: int, start: int) -> None:
+        pass
+
+    def count(self, model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        import torch
+
+        device = next(iter(batches[0].values())).device
+        return torch.tensor(float(len(batches)), dtype=torch.float64, device=device)  # each loss is a mean
+
+    def after_step(self, step: int) -> torch.Tensor | None:
+        return None
+
+    def log_fields(self) -> dict[str, Any]:
+        return {}
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return {}, {}
+
+    def load_state(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        pass

@@ -33,12 +33,13 @@ from ..tokenizer.report import reconstruction_grid, reconstruction_report
 from ..tokenizer.resume import TokenizerFormat
 from ..tokenizer.train import BatchStream, _lr_factor, restart_dead_codes, seed_all
 from .config import RunOptions
+from .task import Task
 from .trainer import Trainer
 
 LOG_EVERY = 10  # steps per metrics record
 
 
-class TokenizerTask:
+class TokenizerTask(Task):
     """Train a VQ tokenizer on the images of `train_ds` (TrainTask, train/task.py): Adam, linear
     warm-up then cosine decay (tokenizer/train.py _lr_factor), gradients clipped at norm 1, one
     process, no gradient accumulation."""
@@ -46,8 +47,6 @@ class TokenizerTask:
     what = "tokenizer training"
     name = "tokenizer"
     grad_clip = 1.0
-    ema = 0.0
-    uniform_loss = math.inf
     loss_label = "training loss (reconstruction + VQ, + LPIPS / adversary when on)"
     advice = "use a lower --lr"
 
@@ -88,8 +87,7 @@ class TokenizerTask:
     def lr_at(self, step: int) -> float:
         return self.cfg.lr * _lr_factor(step, self.cfg)
 
-    def seed(self, rank: int, start: int) -> None:
-        pass  # torch's RNG goes on from the initial weights' draws, as it always has
+    # seed(): none of its own; torch's RNG goes on from the initial weights' draws, as it always has
 
     def batches(self, step: int, dist: DistInfo, grad_accum: int) -> list[dict[str, torch.Tensor]]:
         if dist.world_size != 1 or grad_accum != 1:
@@ -102,9 +100,6 @@ class TokenizerTask:
             flip_B = torch.rand(len(x), generator=self.gen) < 0.5
             x[flip_B.to(self.device)] = x[flip_B.to(self.device)].flip(-1)
         return [{"image": x}]
-
-    def count(self, model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-        return torch.tensor(float(len(batches)), dtype=torch.float64, device=self.device)  # the loss is a mean
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         cfg, x = self.cfg, batch["image"]

@@ -36,7 +36,7 @@ from ..progress import progress_bar
 from .checkpoint_manager import CheckpointManager
 from .config import RunOptions, TrainConfig, auto_ckpt_every
 from .logs import MetricsLog, MetricsWindow
-from .model_task import BenchTask, ModelTask, build_for  # noqa: F401  (build_for: older imports)
+from .model_task import BenchTask, ModelTask
 from .parallel import EMA, wrap
 from .task import TrainTask
 

@@ -90,7 +90,7 @@ def test_tokenizer_training_stops_on_a_non_finite_loss(tmp_path, tiny_data):
 
 def test_tokenizer_with_nan_psnr_is_not_saved(tmp_path, tiny_data, monkeypatch):
     from ctfgen.tokenizer import load_tokenizer, vq_preset
-    from ctfgen.tokenizer import train as tok_train
+    from ctfgen.train import tokenizer_task as tok_train
 
     real = tok_train.reconstruction_report
     monkeypatch.setattr(tok_train, "reconstruction_report", lambda *a, **k: {**real(*a, **k), "psnr_db": math.nan})

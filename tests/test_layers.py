@@ -29,7 +29,7 @@ ALLOWED = {
     "llamagen_gpt": BASE | {"artifacts", "llamagen_files", "models", "tokenizer"},
     "codes": BASE | {"artifacts", "data", "dist"},
     "sample": BASE | {"artifacts", "cluster", "data", "dist", "models", "tokenizer"},
-    "train": BASE | {"artifacts", "cluster", "codes", "dist", "models", "run_state"},
+    "train": BASE | {"artifacts", "cluster", "codes", "data", "dist", "models", "run_state", "tokenizer"},
     "evaluate": BASE | {"artifacts", "cluster", "codes", "data", "models", "sample"},
     "analyze": BASE | {"cluster"},
     "reporting": BASE | {"artifacts"},

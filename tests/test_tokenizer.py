@@ -172,6 +172,79 @@ def test_training_learns_and_reports(trained):
     assert tok.manifest["made_from"]["data"]
 
 
+def _loop_before_the_trainer(cfg: TokenizerTrainConfig) -> dict[str, torch.Tensor]:
+    """The tokenizer's own training loop as it was before it ran on the Trainer (tokenizer/train.py at
+    a2a3a3f), less its checkpoints and log, with flips, the adversary and dead-code restarts: the
+    weights the tokenizer task must reproduce bit for bit."""
+    import torch.nn.functional as F
+
+    from ctfgen.tokenizer.losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss
+    from ctfgen.tokenizer.train import BatchStream, _lr_factor, restart_dead_codes, seed_all
+
+    seed_all(cfg.seed)
+    train_ds = load_dataset(cfg.data, "train")
+    model = VQModel(cfg.vq).train()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
+    disc = PatchDiscriminator(cfg.vq.channels).train()
+    d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=cfg.betas)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    usage_V = torch.zeros(cfg.vq.codebook_size, dtype=torch.long)
+    batches = BatchStream(len(train_ds), cfg.batch_size, gen)
+    for step in range(cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * _lr_factor(step, cfg)
+        x = torch.stack([train_ds[int(i)][0] for i in batches.next()])
+        flip_B = torch.rand(len(x), generator=gen) < 0.5
+        x[flip_B] = x[flip_B].flip(-1)
+        z = model.encode_latent(x)
+        zq, codes, cb_loss, commit_loss = model.quantize(z)
+        rec = model.decode_latent(zq)
+        loss = F.mse_loss(rec, x) + cb_loss + commit_loss
+        if step >= cfg.gan_start:
+            loss = loss + cfg.gan_weight * hinge_g_loss(disc(rec))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step >= cfg.gan_start:
+            d_loss = hinge_d_loss(disc(x), disc(rec.detach()))
+            d_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            d_opt.step()
+        usage_V += torch.bincount(codes.flatten(), minlength=cfg.vq.codebook_size)
+        if (step + 1) % cfg.restart_every == 0:
+            restart_dead_codes(model, usage_V, z.detach(), gen)
+            usage_V.zero_()
+    return model.state_dict()
+
+
+def test_the_trainer_trains_the_tokenizer_as_its_own_loop_did(npz_data, tmp_path):
+    """Same config and seed, same machine: the Trainer's tokenizer task ends at exactly the weights
+    of the loop it replaced, also across a resume (checkpoint after step 4, killed after step 5);
+    the run folder is the Trainer's (training state, live metrics records)."""
+    from safetensors.torch import load_file
+
+    cfg = TokenizerTrainConfig(vq=vq_preset("fmnist", **TINY), data=npz_data, steps=8, batch_size=8, warmup_steps=2,
+                               restart_every=3, gan_weight=0.1, gan_start=2, eval_limit=8, seed=5)
+    want = _loop_before_the_trainer(cfg)
+
+    def kill(done):
+        if done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_tokenizer(cfg, tmp_path / "tok", progress=False, ckpt_every=4, log_every=2, on_step=kill)
+    state = tmp_path / "tok" / "training_state"
+    assert (state / "task.safetensors").is_file() and (state / "rng.safetensors").is_file()
+    assert [json.loads(line)["step"] for line in (tmp_path / "tok" / "metrics.jsonl").read_text().splitlines()] == [2, 4]
+    train_tokenizer(cfg, tmp_path / "tok", progress=False, ckpt_every=4, log_every=2)
+    records = [json.loads(line) for line in (tmp_path / "tok" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6, 8] and {"lr", "grad_norm", "batch_psnr_db"} <= set(records[0])
+    got = load_file(tmp_path / "tok" / "model.safetensors")
+    assert got.keys() <= want.keys() and len(got) > 10
+    assert all(torch.equal(got[k], want[k]) for k in got)
+
+
 def test_dead_code_restart_moves_unused_codes():
     from ctfgen.tokenizer.train import restart_dead_codes
     m = tiny_model()

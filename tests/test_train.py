@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -287,7 +288,7 @@ def test_refuses_missing_or_foreign_coarse_map(inputs, tmp_path):
 def test_each_kind_is_built_from_what_it_reads(inputs):
     # build_for passes the coarse map's K to the kinds that need the map, and its code_to_coarse to stage 2
     from ctfgen.train.data import check_inputs
-    from ctfgen.train.trainer import build_for
+    from ctfgen.train.model_task import build_for
 
     codes, coarse = CodeStore.open(inputs["codes"]), CoarseMap.load(inputs["coarse"])
     seen = {}
@@ -372,6 +373,36 @@ def test_bench_train_cli(tmp_path, capsys):
     assert rows[0]["params"] < rows[2]["params"] and all(r["tokens_per_s"] > 0 for r in rows)
 
 
+def test_the_benches_time_the_trainers_own_step(monkeypatch):
+    """`bench train`, `bench aux-loss` (whole step) and the GPU check's training section run
+    Trainer.train_step, each step they time: the step `ctfgen train` runs, not a copy of it."""
+    from ctfgen.gpucheck.training import time_training
+    from ctfgen.train.aux_loss_bench import bench_aux_loss
+    from ctfgen.train.bench import bench_train
+    from ctfgen.train.trainer import Trainer
+
+    steps, real = [], Trainer.train_step
+
+    def counted(self, step):
+        steps.append((self.task.name, step))
+        return real(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", counted)
+    rows = bench_train(preset="tiny", vocab=64, k=8, grid=4, batch_size=2, steps=2, warmup=1, num_classes=4,
+                       progress=False)
+    assert sorted(steps) == sorted((kind, i) for kind in ("ar", "aux", "baseline") for i in range(3))
+    assert all(r.step_ms > 0 for r in rows)
+    steps.clear()
+    rows = bench_aux_loss(preset="tiny", vocab=64, k=8, grid=4, batch_size=2, steps=1, warmup=1, num_classes=4)
+    assert len(steps) == 2 * 3 and all(r.step_ms > 0 for r in rows)  # (warm-up + timed) x the three formulations
+    steps.clear()
+    out = time_training("aux", "tiny", vocab=64, k=8, grid=4, num_classes=4, batch_size=2, steps=2, warmup=1,
+                        device=torch.device("cpu"), peak_tflops=None, precision="fp32", aux_loss="gather")
+    assert steps == [("aux", 0), ("aux", 1), ("aux", 2)] and out["aux_loss"] == "gather"
+    # stage 2 scores each position's cluster members: a new head guesses uniformly among 64 / 8 codes
+    assert out["loss"] == pytest.approx(math.log(64 // 8), abs=0.5)
+
+
 def test_tokens_per_second_leaves_out_checkpoint_time(inputs, tmp_path, monkeypatch):
     """A fake clock: each optimizer step takes 1 s, each checkpoint 100 s. A log window of 2 steps
     must report 2 steps of tokens over 2 s, whatever checkpoints fell inside it."""
@@ -403,13 +434,18 @@ def test_trainer_methods_are_the_run(inputs, tmp_path):
     """The Trainer's steps, driven by hand (train_step, log_metrics, save), give train()'s weights,
     optimizer, EMA and records: the loop holds no work of its own besides calling them."""
     from ctfgen.dist import init_distributed, joined_group
+    from ctfgen.train.model_task import ModelTask
     from ctfgen.train.trainer import Trainer
+
+    def trainer(run):
+        dist = init_distributed("cpu")
+        return Trainer(ModelTask(c, run, dist, codes_dir=inputs["codes"], coarse_map_dir=inputs["coarse"]), run, dist,
+                       tmp_path / "hand")
 
     assert (joined_group().rank, joined_group().world_size) == (0, 1)  # outside torchrun: one process
     c = cfg(steps=4)
     ref = run_train(inputs, tmp_path / "ref", c, log_every=2, ckpt_every=4)
-    t = Trainer(c, quiet(log_every=2, ckpt_every=4), init_distributed("cpu"), tmp_path / "hand",
-                codes_dir=inputs["codes"], coarse_map_dir=inputs["coarse"])
+    t = trainer(quiet(log_every=2, ckpt_every=4))
     assert (t.start, t.total) == (0, 4)
     records = []
     for step in range(t.total):
@@ -421,9 +457,87 @@ def test_trainer_methods_are_the_run(inputs, tmp_path):
     timing = ("tokens_per_s", "max_rss_gb")
     assert [{k: v for k, v in r.items() if k not in timing} for r in records] == \
            [{k: v for k, v in r.items() if k not in timing} for r in ref.records]
-    again = Trainer(c, quiet(), init_distributed("cpu"), tmp_path / "hand", codes_dir=inputs["codes"],
-                    coarse_map_dir=inputs["coarse"])
+    again = trainer(quiet())
     assert again.start == 4 and again.checkpoints.last_saved == 4  # the folder it saved resumes
+
+
+class LineFormat:
+    """A run folder of kind "line_checkpoint": weights and manifest (the training state beside them
+    is the Trainer's)."""
+
+    def open(self, out):
+        from ctfgen.train import checkpoint
+
+        return checkpoint.read_checkpoint_manifest(out, "line_checkpoint", what="a line checkpoint")
+
+    def write_folder(self, tmp, model_state, *, info, also):
+        from safetensors.torch import save_file
+
+        save_file(dict(model_state), str(tmp / "model.safetensors"))
+        also(tmp)
+        write_manifest(tmp, kind="line_checkpoint", fingerprint=fingerprint_tensors(model_state), info=info)
+
+    def load(self, out, manifest, param_names):
+        return None
+
+
+def test_a_new_task_is_one_class(tmp_path):
+    """ARCHITECTURE.md's recipe "adding a kind of training run": a task (here fitting y = x1 + x2 with
+    a linear layer) and its folder format run on the Trainer with its checkpoints, exact resume,
+    records and the task's own state (a step counter)."""
+    from ctfgen.dist import DistInfo
+    from ctfgen.train.task import Task
+    from ctfgen.train.trainer import Trainer
+
+    class LineTask(Task):
+        what, name, total, steps_per_epoch, tokens_per_step, grad_clip = "line training", "line", 6, 3, 8, 1.0
+        config, made_from, format = {"lr": 0.1}, {}, LineFormat()
+
+        def build(self):
+            torch.manual_seed(0)
+            self.updates = 0
+            return torch.nn.Linear(2, 1)
+
+        def optimizer(self, model):
+            return torch.optim.Adam(model.parameters(), lr=0.1)
+
+        def lr_at(self, step):
+            return 0.1 * (1 - step / self.total)
+
+        def batches(self, step, dist, grad_accum):
+            x = torch.randn(8, 2, generator=torch.Generator().manual_seed(step))
+            return [{"x": x, "y": x.sum(1, keepdim=True)}]
+
+        def loss(self, model, batch):
+            return (model(batch["x"]) - batch["y"]).pow(2).mean(), {}
+
+        def after_step(self, step):
+            self.updates += 1
+
+        def state(self):
+            return {}, {"updates": self.updates}
+
+        def load_state(self, tensors, meta):
+            self.updates = meta["updates"]
+
+    def run(out, **kw):
+        task = LineTask()
+        options = RunOptions(device="cpu", progress=False, log_every=2, ckpt_every=2)
+        return task, Trainer(task, options, DistInfo(), out).fit(**kw)
+
+    def kill(done):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    _, straight = run(tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "line", on_step=kill)
+    task, resumed = run(tmp_path / "line")
+    assert (resumed.resumed_from, resumed.step, task.updates) == (2, 6, 6)
+    assert_same(*(load_file(tmp_path / name / "model.safetensors") for name in ("line", "straight")))
+    assert [r["step"] for r in resumed.records] == [2, 4, 6]
+    assert resumed.records[-1]["loss"] < straight.records[0]["loss"]
+    assert json.loads((tmp_path / "line" / "manifest.json").read_text())["kind"] == "line_checkpoint"
 
 
 def test_library_code_under_torchrun_without_a_group_is_refused(monkeypatch):

@@ -204,7 +204,9 @@ def test_tokenizer_training_resumes_exactly(tmp_path, tiny_data, capsys):
     from ctfgen.tokenizer.train import train_tokenizer
 
     c = tokenizer_config(tiny_data)  # 96 images / 16: an epoch is 6 steps, so the resume crosses into the next
-    straight = train_tokenizer(c, tmp_path / "straight", progress=False)
+    # a metrics record every 2 steps: each covers the same steps in both runs (a record's window
+    # starts again at a resume, here after step 4)
+    straight = train_tokenizer(c, tmp_path / "straight", progress=False, log_every=2)
 
     def crash(done):
         if done == 5:
@@ -212,20 +214,21 @@ def test_tokenizer_training_resumes_exactly(tmp_path, tiny_data, capsys):
 
     out = tmp_path / "tok"
     with pytest.raises(Kill):
-        train_tokenizer(c, out, progress=False, ckpt_every=2, on_step=crash)
+        train_tokenizer(c, out, progress=False, ckpt_every=2, log_every=2, on_step=crash)
     with pytest.raises(ArtifactError, match="tokenizer training stopped at step 4 of 8: rerun the same"):
         load_tokenizer(out)
     other = tokenizer_config(tiny_data, steps=9)
     with pytest.raises(ArtifactError, match="cannot resume .*'steps'"):
         train_tokenizer(other, out, progress=False)
-    resumed = train_tokenizer(c, out, progress=True, ckpt_every=2)
+    resumed = train_tokenizer(c, out, progress=True, ckpt_every=2, log_every=2)
     assert "resuming" in capsys.readouterr().err
     assert resumed["fingerprint"] == straight["fingerprint"] and resumed["psnr_db"] == straight["psnr_db"]
     assert load_tokenizer(out).manifest["kind"] == "tokenizer"
     def history(folder):
-        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+        return [{k: v for k, v in json.loads(line).items() if k not in ("tokens_per_s", "max_rss_gb", "max_mem_gb")}
                 for line in (folder / "train_log.jsonl").read_text().splitlines()]
 
+    assert [r["step"] for r in history(out)] == [2, 4, 6, 8]
     assert history(out) == history(tmp_path / "straight")
 
 
@@ -282,6 +285,95 @@ def test_encode_full_disk_names_the_folder(tmp_path, tiny_data, monkeypatch):
     monkeypatch.setattr(codes.np, "save", full)
     with pytest.raises(ArtifactError, match=r"disk full while writing .*\.codes\.parts"):
         codes.encode_dataset(tok, load_dataset(tiny_data, "test"), tmp_path / "codes", progress=False)
+
+
+def as_release_0_1(folder):
+    """Rewrite a tokenizer checkpoint in the layout release 0.1.0 wrote (its tokenizer/resume.py):
+    optimizer state by position, RNG and task tensors in training_state/state.safetensors, the
+    discriminator and its optimizer in files of their own, no rng.safetensors."""
+    from safetensors.torch import load_file, save_file
+
+    from ctfgen.artifacts import read_manifest, write_manifest
+
+    sdir = folder / "training_state"
+    state = json.loads((sdir / "state.json").read_text())
+    opt_meta, task = state["optimizer"], load_file(sdir / "task.safetensors")
+    position = {name: i for i, name in enumerate(opt_meta["param_groups"][0]["params"])}
+    opt_meta["keys"] = [position[n] for n in opt_meta["keys"]]
+    opt_meta["param_groups"][0]["params"] = list(range(len(position)))
+    rng = {f"rng.{k.removeprefix('rank0.')}": v for k, v in load_file(sdir / "rng.safetensors").items()}
+    save_file({**rng, **{k: v for k, v in task.items() if k in ("usage", "generator", "perm")}},
+              sdir / "state.safetensors")
+    save_file({k[5:]: v for k, v in task.items() if k.startswith("disc.")}, sdir / "discriminator.safetensors")
+    save_file({k[6:]: v for k, v in task.items() if k.startswith("d_opt.")}, sdir / "d_optimizer.safetensors")
+    for name in ("rng.safetensors", "task.safetensors"):
+        (sdir / name).unlink()
+    (folder / "metrics.jsonl").unlink(missing_ok=True)
+    old = {"step": state["step"], "history": [], "restarted": state["task"]["restarted"],
+           "batch_pos": state["task"]["batch_pos"], "seconds": state["seconds"], "optimizer": opt_meta,
+           "d_optimizer": state["task"]["d_optimizer"], "rng": state["rng"][0]}
+    (sdir / "state.json").write_text(json.dumps(old))
+    m = read_manifest(folder)
+    write_manifest(folder, kind=m["kind"], fingerprint=m["fingerprint"], config=m["config"], made_from=m["made_from"],
+                   info=m["info"])
+
+
+def test_a_release_0_1_tokenizer_checkpoint_with_its_adversary_resumes_exactly(tmp_path, tiny_data):
+    """0.1.0's layout (the release fixture has no adversary: this one has one) resumes on the
+    Trainer to the weights of an uninterrupted run."""
+    import dataclasses
+
+    from ctfgen.tokenizer.train import train_tokenizer
+
+    c = dataclasses.replace(tokenizer_config(tiny_data, steps=6), gan_weight=0.1, gan_start=2)
+    straight = train_tokenizer(c, tmp_path / "straight", progress=False)
+
+    def crash(done):
+        if done == 3:
+            raise Kill
+
+    with pytest.raises(Kill):
+        train_tokenizer(c, tmp_path / "tok", progress=False, ckpt_every=3, on_step=crash)
+    as_release_0_1(tmp_path / "tok")
+    steps = []
+    resumed = train_tokenizer(c, tmp_path / "tok", progress=False, ckpt_every=3, on_step=steps.append)
+    assert steps == [4, 5, 6] and resumed["fingerprint"] == straight["fingerprint"]
+    assert (tmp_path / "tok" / "train_log.jsonl").is_file()
+
+
+def test_the_tokenizer_time_budget_counts_earlier_runs(tmp_path, tiny_data, monkeypatch):
+    """--minutes on the Trainer: with a fake clock (40 s a step) and 1.5 minutes, a run stops after
+    3 of its 8 steps, checkpointed and evaluated, also when it was killed after step 2 and resumed
+    (the checkpoint carries the 80 s already spent)."""
+    import dataclasses
+    import types
+
+    from ctfgen.tokenizer.train import train_tokenizer
+    from ctfgen.train import trainer as trainer_module
+
+    clock = [0.0]
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    real = trainer_module.Trainer.train_step
+
+    def step_of_40_s(self, step):
+        clock[0] += 40.0
+        return real(self, step)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", step_of_40_s)
+    c = dataclasses.replace(tokenizer_config(tiny_data), minutes=1.5)
+    straight = train_tokenizer(c, tmp_path / "straight", progress=False, ckpt_every=0)
+    assert straight["train_steps"] == 3 and straight["train_seconds"] == 120.0
+
+    def crash(done):
+        if done == 2:
+            raise Kill
+
+    clock[0] = 0.0
+    with pytest.raises(Kill):
+        train_tokenizer(c, tmp_path / "tok", progress=False, ckpt_every=1, on_step=crash)
+    clock[0] = 1000.0  # another process, later: only the training time counts
+    resumed = train_tokenizer(c, tmp_path / "tok", progress=False, ckpt_every=1)
+    assert resumed["train_steps"] == 3 and resumed["fingerprint"] == straight["fingerprint"]
 
 
 def test_the_demo_resumes_an_unfinished_tokenizer_instead_of_reusing_it(tmp_path, tiny_data):

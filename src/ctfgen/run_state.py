@@ -1,8 +1,8 @@
-"""A training run's resumable state in safetensors + JSON, shared by the model trainer (train/) and the
-tokenizer's (tokenizer/train.py): optimizer state dicts split into tensors and JSON, every RNG of a
-process, the default checkpoint cadence, the cosine schedule's progress, and the comparison that names
-the setting a resume would change. Nothing here is pickled. torch and numpy load on first use: the command line reads the cadence
-at parse time.
+"""A training run's resumable state in safetensors + JSON, for the one Trainer (train/) and its tasks,
+the models' and the tokenizer's: optimizer state dicts split into tensors and JSON, every RNG of a
+process, the default checkpoint cadence, the cosine schedule's progress, and the comparison that
+names the setting a resume would change. Nothing here is pickled. torch and numpy load on first
+use: the command line reads the cadence at parse time.
 """
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def cosine_progress(step: int, warmup_steps: int, total: int) -> float:
     """How far step `step` (0-based) is through a cosine decay that starts after `warmup_steps` and
     ends at the run's last step, total - 1: 0 at the first decay step, 1 at the last (and after).
     A decay of a single step stays at 0 (the peak), so that step is not lost to a floor of 0. Shared
-    by the model trainer (train/config.py) and the tokenizer trainer (tokenizer/train.py)."""
+    by the models' schedule (train/config.py) and the tokenizer's (tokenizer/train.py)."""
     span = total - 1 - warmup_steps
     if span <= 0:
         return 0.0 if step - warmup_steps <= 0 else 1.0

@@ -1,8 +1,8 @@
 """Training-step speed of stage 1, stage 2 and the baseline: tokens/s, step time, peak memory, MFU.
 
-Each model is built on the device with random codes as data and runs the trainer's step (bf16
-autocast, AdamW with LlamaGen's betas, gradient clipping) for `warmup` untimed and `steps` timed
-steps, one model after another (a GPU has no neighbours to share load with).
+Each model is built on the device with random codes as data and runs the trainer's own step
+(`Trainer.train_step`: bf16 autocast, AdamW with LlamaGen's betas, gradient clipping) for `warmup`
+untimed and `steps` timed steps, one model after another (a GPU has no neighbours to share load with).
 """
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import time
 
 import torch
 
-from ..train.config import RunOptions
-from ..train.parallel import param_groups
+from ..models.config import KINDS
 from .flops import mfu, train_flops_per_token
 
 IMAGENET_TRAIN = 1_281_167  # images in ImageNet-1k's train split: an epoch is one view of each
@@ -30,37 +29,30 @@ def time_training(kind: str, preset: str, *, vocab: int, k: int, grid: int, num_
     torch.profiler (gpucheck.sampling.profile_call: device-busy share and the top ops)."""
     from ..models import build_model
     from ..memory import peak_rss_bytes, reset_peak_rss
+    from ..train.trainer import Trainer
 
+    spec = KINDS[kind]
     g = torch.Generator().manual_seed(seed)
     kwargs = dict(vocab_size=vocab, num_classes=num_classes, grid=grid)
-    if kind != "baseline":
+    if spec.needs_coarse_map:
         kwargs["coarse_vocab"] = k
-    if kind == "aux":
+    if spec.member_head:
         kwargs["code_to_coarse"] = torch.randperm(vocab, generator=g) % k
     torch.manual_seed(seed)
     with torch.device(device):
         model = build_model(kind, preset, **kwargs)
-    if kind == "aux":
-        model.loss_impl = aux_loss
     model.train()
-    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95))
-    autocast = RunOptions(device=str(device), precision=precision, progress=False).autocast(device)
     L = grid * grid
     codes = torch.randint(0, vocab, (batch_size, L), generator=g)
     batch = {"codes": codes.to(device), "label": torch.randint(0, num_classes, (batch_size,), generator=g).to(device)}
-    if kind != "baseline":
-        c2c = model.code_to_coarse.cpu() if kind == "aux" else torch.arange(vocab) % k
+    if spec.needs_coarse_map:
+        c2c = model.code_to_coarse.cpu() if spec.member_head else torch.arange(vocab) % k
         batch["coarse"] = c2c[codes].to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
+    trainer = Trainer.for_bench(model, batch, device=device, precision=precision, aux_loss=aux_loss)
+    steps_done = iter(range(10**9))
 
     def step():
-        with autocast:
-            loss, _ = model.compute_loss(batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
+        return trainer.train_step(next(steps_done))
 
     times = []
     for i in range(warmup + steps):
@@ -96,7 +88,7 @@ def time_training(kind: str, preset: str, *, vocab: int, k: int, grid: int, num_
         from .sampling import profile_call
 
         out["profile"] = profile_call(step, device)
-    del model, opt
+    del model, trainer
     return out
 
 
@@ -104,7 +96,7 @@ def format_training(rows: list[dict]) -> list[str]:
     lines = ["| model | preset | params | batch x tokens | step ms | tokens/s | peak memory GiB | TFLOP/s | MFU | "
              "ImageNet epoch, h |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        name = r["kind"] + (f" ({r['aux_loss']} loss)" if r["kind"] == "aux" else "")
+        name = r["kind"] + (f" ({r['aux_loss']} loss)" if KINDS[r["kind"]].member_head else "")
         mfu_s = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         lines.append(f"| {name} | {r['preset']} | {r['params'] / 1e6:.1f}M | {r['batch_size']} x "
                      f"{r['tokens_per_step'] // r['batch_size']} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | "

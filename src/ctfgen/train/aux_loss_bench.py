@@ -2,7 +2,8 @@
 model, for the head alone and for a whole training step (`ctfgen bench aux-loss`, cli/bench.py).
 
 Head alone: random final hidden states (N = batch * tokens, D) with gradients, the loss forward and
-backward. Whole step: compute_loss, backward and an AdamW step of the model. Formulations alternate
+backward. Whole step: the trainer's step (`Trainer.train_step`: the loss, backward, gradient
+clipping, an AdamW step) on one fixed batch. Formulations alternate
 within each round so that drifts in machine load hit all alike; the median is reported.
 """
 from __future__ import annotations
@@ -11,11 +12,12 @@ import contextlib
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from typing import Any, Callable
 
 import torch
 
 from ..models.member_loss import IMPLS
-from .parallel import param_groups
+from .trainer import Trainer
 
 
 @dataclass
@@ -28,14 +30,14 @@ class AuxLossRow:
     max_cluster: int  # M, the largest cluster (gather's block width); the mean is vocab / k
 
 
-def cluster_labels(vocab: int, k: int, kind: str, g: torch.Generator) -> torch.Tensor:
+def cluster_labels(vocab: int, k: int, shape: str, g: torch.Generator) -> torch.Tensor:
     """(vocab,) random cluster labels, every cluster non-empty."""
-    if kind == "balanced":
+    if shape == "balanced":
         return torch.randperm(vocab, generator=g) % k
-    if kind != "skewed":
+    if shape != "skewed":
         from ..errors import CtfgenError
 
-        raise CtfgenError(f"clusters must be 'balanced' or 'skewed', got {kind!r}")
+        raise CtfgenError(f"clusters must be 'balanced' or 'skewed', got {shape!r}")
     weights_K = torch.exp(0.35 * torch.randn(k, generator=g))  # log-normal cluster popularity
     labels = torch.cat([torch.arange(k), torch.multinomial(weights_K, vocab - k, replacement=True, generator=g)])
     return labels[torch.randperm(vocab, generator=g)]
@@ -44,6 +46,15 @@ def cluster_labels(vocab: int, k: int, kind: str, g: torch.Generator) -> torch.T
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _timed(device: torch.device, call: Callable[[], Any]) -> tuple[float, Any]:
+    """(seconds, result) of call(), the device synchronised before and after."""
+    _sync(device)
+    t0 = time.perf_counter()
+    out = call()
+    _sync(device)
+    return time.perf_counter() - t0, out
 
 
 def bench_aux_loss(*, preset: str = "aux-L", vocab: int = 16384, k: int = 512, grid: int = 16,
@@ -65,14 +76,21 @@ def bench_aux_loss(*, preset: str = "aux-L", vocab: int = 16384, k: int = 512, g
                             code_to_coarse=c2c)
     model.train()
     torch.nn.init.normal_(model.output.weight, std=0.02)
-    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-6, betas=(0.9, 0.95))
     L = grid * grid
     codes = torch.randint(0, vocab, (batch_size, L), generator=g).to(device)
-    batch = {"codes": codes, "coarse": model.code_to_coarse[codes], "label": torch.randint(0, num_classes, (batch_size,), generator=g).to(device)}
+    batch = {"codes": codes, "coarse": model.code_to_coarse[codes],
+             "label": torch.randint(0, num_classes, (batch_size,), generator=g).to(device)}
+    trainer = Trainer.for_bench(model, batch, device=device, lr=1e-6) if whole_step else None
     D = model.config.dim
     h_ND = torch.randn(batch_size * L, D, generator=g).to(device).requires_grad_()
     coarse_N, codes_N = batch["coarse"].flatten(), codes.flatten()
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
+
+    def head_pass(impl: str) -> torch.Tensor:
+        with autocast:
+            loss, _ = model.member_loss(h_ND, coarse_N, codes_N, impl=impl)
+        loss.backward()
+        return loss
 
     head = {i: [] for i in impls}
     step = {i: [] for i in impls}
@@ -82,13 +100,7 @@ def bench_aux_loss(*, preset: str = "aux-L", vocab: int = 16384, k: int = 512, g
         for impl in (impls if r % 2 == 0 else impls[::-1]):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            _sync(device)
-            t0 = time.perf_counter()
-            with autocast:
-                loss, _ = model.member_loss(h_ND, coarse_N, codes_N, impl=impl)
-            loss.backward()
-            _sync(device)
-            dt = time.perf_counter() - t0
+            dt, loss = _timed(device, lambda: head_pass(impl))
             h_ND.grad = None
             model.zero_grad(set_to_none=True)
             first_loss.setdefault(impl, float(loss.detach()))
@@ -96,19 +108,11 @@ def bench_aux_loss(*, preset: str = "aux-L", vocab: int = 16384, k: int = 512, g
                 peak[impl] = torch.cuda.max_memory_allocated(device) / 2**20
             if r >= warmup:
                 head[impl].append(dt)
-            if not whole_step:
-                continue
-            model.loss_impl = impl
-            _sync(device)
-            t0 = time.perf_counter()
-            with autocast:
-                loss, _ = model.compute_loss(batch)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            _sync(device)
-            if r >= warmup:
-                step[impl].append(time.perf_counter() - t0)
+            if whole_step:
+                model.loss_impl = impl  # over the trainer's --aux-loss
+                dt, _ = _timed(device, lambda: trainer.train_step(r))
+                if r >= warmup:
+                    step[impl].append(dt)
     M = int(torch.bincount(c2c, minlength=k).max())
     return [AuxLossRow(i, 1e3 * statistics.median(head[i]),
                        1e3 * statistics.median(step[i]) if step[i] else float("nan"), peak[i], first_loss[i], M)

@@ -1,21 +1,21 @@
 """Training throughput of stage 1 (ar, K coarse labels) and stage 2 (aux) against the baseline.
 
 The three models are built at the same preset and trained on random codes in one process, one step
-of each in turn, so drifts in machine load hit all alike. Stage 1 and the baseline differ only in
-the vocabulary of the input embedding and the output head (K vs V), which is where CTF saves
-compute; stage 2 (bidirectional, scoring only each position's cluster members) is CTF's second
-model, so CTF's training cost is the sum of the first two rows.
+of each in turn (`Trainer.train_step`, the step `ctfgen train` runs, over a fixed batch), so drifts
+in machine load hit all alike. Stage 1 and the baseline differ only in the vocabulary of the input
+embedding and the output head (K vs V), which is where CTF saves compute; stage 2 (bidirectional,
+scoring only each position's cluster members) is CTF's second model, so CTF's training cost is the
+sum of the first two rows.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, asdict
 
 import torch
 
 from ..memory import peak_rss_bytes, reset_peak_rss, rss_bytes
-from .parallel import param_groups
+from .trainer import Trainer
 
 
 @dataclass
@@ -32,24 +32,26 @@ class BenchRow:
 
 class _Runner:
     def __init__(self, kind: str, preset: str, *, vocab: int, k: int, grid: int, num_classes: int,
-                 device: torch.device, lr: float = 1e-4):
+                 device: torch.device, batch: dict[str, torch.Tensor], lr: float = 1e-4):
         from ..models import build_model
+        from ..models.config import KINDS
 
         self.kind, self.device = kind, device
         kwargs = dict(vocab_size=vocab, num_classes=num_classes, grid=grid)
-        if kind != "baseline":
+        if KINDS[kind].needs_coarse_map:
             kwargs["coarse_vocab"] = k
-        if kind == "aux":  # the clustering the batches use: code % k
+        if KINDS[kind].member_head:  # the clustering the batches use: code % k
             kwargs["code_to_coarse"] = torch.arange(vocab) % k
         self.model = build_model(kind, preset, **kwargs).to(device).train()
-        self.opt = torch.optim.AdamW(param_groups(self.model, 0.05), lr=lr, betas=(0.9, 0.95))
+        # the step `ctfgen train` runs (bf16 autocast on CUDA, AdamW, clipping), on the fixed batch
+        self.trainer = Trainer.for_bench(self.model, batch, device=device, lr=lr)
         self.times: list[float] = []
         self.peaks: list[float] = []
         cfg = self.model.config
         self.vocab_in, self.vocab_out = cfg.in_vocab, cfg.out_vocab
         self.params = sum(p.numel() for p in self.model.parameters())
 
-    def step(self, batch: dict[str, torch.Tensor], *, record: bool) -> None:
+    def step(self, step: int, *, record: bool) -> None:
         cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.synchronize(self.device)
@@ -58,14 +60,8 @@ class _Runner:
         else:
             rss_ok = reset_peak_rss()
             before = rss_bytes()
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
         t0 = time.perf_counter()
-        with autocast:
-            loss, _ = self.model.compute_loss(batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        self.trainer.train_step(step)
         if cuda:
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - t0
@@ -88,17 +84,17 @@ def bench_train(*, preset: str = "tiny", vocab: int = 4096, k: int = 128, grid: 
 
     device = torch.device(device)
     torch.manual_seed(seed)
-    runners = [_Runner(kind, preset, vocab=vocab, k=k, grid=grid, num_classes=num_classes, device=device)
-               for kind in ("ar", "aux", "baseline")]
     L = grid * grid
     g = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, vocab, (batch_size, L), generator=g)
     batch = {"codes": codes.to(device), "coarse": (codes % k).to(device),
              "label": torch.randint(0, num_classes, (batch_size,), generator=g).to(device)}
+    runners = [_Runner(kind, preset, vocab=vocab, k=k, grid=grid, num_classes=num_classes, device=device, batch=batch)
+               for kind in ("ar", "aux", "baseline")]
     for i in progress_bar(range(warmup + steps), desc="bench train", show=progress):
         # swap the order every round so neither model always runs right after the other's step
         for r in (runners if i % 2 == 0 else runners[::-1]):
-            r.step(batch, record=i >= warmup)
+            r.step(i, record=i >= warmup)
     rows = []
     for r in runners:
         times = sorted(r.times)

@@ -1,10 +1,11 @@
 """The trainer's side of checkpoints: whether a run resumes, what it restores, what it saves.
 
-The folder format and the atomic write are train/checkpoint.py's; this class adds the decisions
-around them for one run under any number of ranks: rank 0 alone reads the folder and decides
-(fresh start, resume, or refusal naming the setting that differs), every rank then reads the same
-checkpoint (so multi-node runs need the folder on a shared filesystem), and on saving every rank
-takes part in gathering the full (unsharded) state while rank 0 alone writes it.
+The folder format and the atomic write are train/checkpoint.py's, the weights' and the manifest's
+the task's (its CheckpointFormat); this class adds the decisions around them for one run under any
+number of ranks: rank 0 alone reads the folder and decides (fresh start, resume, or refusal naming
+the setting that differs), every rank then reads the same checkpoint (so multi-node runs need the
+folder on a shared filesystem), and on saving every rank takes part in gathering the full
+(unsharded) state while rank 0 alone writes it.
 """
 from __future__ import annotations
 
@@ -16,32 +17,31 @@ import torch
 
 from ..dist import DistInfo, all_gather_objects, barrier, broadcast_object
 from .. import run_state
+from ..artifacts import read_manifest
 from ..errors import ArtifactError, CtfgenError
 from . import checkpoint as ckpt
 from ..models.artifact import untrusted_ema_note
+from .task import CheckpointFormat
 from .parallel import EMA, ema_movement, full_model_state, full_optimizer_state, load_full_optimizer_state
 
 
 class CheckpointManager:
-    """Checkpoints of one run folder `out`: `config` ({"model", "train", "model_kind"}) and
-    `made_from` (fingerprints of the inputs) go into every manifest and must match on resume;
-    `fsdp`: the model is sharded (its full state is gathered to save it)."""
+    """Checkpoints of one run folder `out` in the task's `format` (train/task.py CheckpointFormat:
+    what the folder must hold to resume, how its weights and manifest are written); `fsdp`: the
+    model is sharded (its full state is gathered to save it)."""
 
-    def __init__(self, out: Path, dist: DistInfo, *, config: Mapping[str, Any], made_from: Mapping[str, str],
-                 fsdp: bool = False):
-        self.out, self.dist, self.fsdp = Path(out), dist, fsdp
-        self.config, self.made_from = dict(config), dict(made_from)
+    def __init__(self, out: Path, dist: DistInfo, *, format: CheckpointFormat, fsdp: bool = False):
+        self.out, self.dist, self.fsdp, self.format = Path(out), dist, fsdp, format
         self.last_saved = 0  # step of the newest checkpoint in the folder (0: none)
 
-    def read(self) -> dict | None:
-        """The training state to resume from (checkpoint.load_training_state), None for a fresh
+    def read(self, param_names: list[str]) -> dict | None:
+        """The training state to resume from (checkpoint.load_training_state, or the format's reading
+        of an earlier release's folder, optimizer states keyed by `param_names`), None for a fresh
         start. Raises ArtifactError on every rank when the folder holds another run or other inputs."""
         decision: Any = None
         if self.dist.is_main:
             try:
-                manifest = ckpt.read_checkpoint_manifest(self.out)
-                if manifest is not None:
-                    self._check_resume(manifest)
+                manifest = self.format.open(self.out)
                 decision = ("resume" if manifest is not None else "fresh", None)
             except CtfgenError as e:
                 decision = ("error", str(e))
@@ -50,10 +50,12 @@ class CheckpointManager:
             raise ArtifactError(decision[1])
         if decision[0] != "resume":
             return None
-        resume = ckpt.load_training_state(self.out)
+        manifest = read_manifest(self.out)
+        resume = self.format.load(self.out, manifest, param_names)
+        if resume is None:
+            resume = ckpt.load_training_state(self.out, manifest["kind"])
         self.last_saved = int(resume["state"]["step"])
         return resume
-
     def restore(self, resume: Mapping[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 ema: EMA | None) -> bool:
         """Load the optimizer, the EMA and this rank's RNG states from `resume` (the model's weights
@@ -75,12 +77,12 @@ class CheckpointManager:
 
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None, *,
              state: Mapping[str, Any], info: Mapping[str, Any], extra_files: Callable[[Path], None] | None = None,
-             before_commit: Callable[[], None] | None = None,
-             ema_init: Mapping[str, torch.Tensor] | None = None) -> None:
+             before_commit: Callable[[], None] | None = None, ema_init: Mapping[str, torch.Tensor] | None = None,
+             task_state: tuple[Mapping[str, torch.Tensor], Mapping[str, Any]] = ({}, {})) -> None:
         """Write the checkpoint of `step` (called on every rank; see checkpoint.save_checkpoint for
-        `state`, `info`, `extra_files` and `before_commit`). With an EMA and the run's initial
-        weights `ema_init`, info gets "ema_moved" (parallel.ema_movement), and the last checkpoint
-        of a run (info["finished"]) a warning when the EMA is not trusted (models/artifact.py)."""
+        `state`, `info`, `task_state`, `extra_files` and `before_commit`). With an EMA and the run's
+        initial weights `ema_init`, info gets "ema_moved" (parallel.ema_movement), and the last
+        checkpoint of a run (info["finished"]) a warning when the EMA is not trusted (models/artifact.py)."""
         full = full_model_state(model, fsdp=self.fsdp)
         ema_full = ema.full_state(full) if ema is not None else None
         opt_state = full_optimizer_state(model, optimizer, fsdp=self.fsdp)
@@ -93,37 +95,7 @@ class CheckpointManager:
                     info["warnings"] = [*info.get("warnings", []), note]
                     print(f"warning: {self.out}: {note}", file=sys.stderr)
             ckpt.save_checkpoint(self.out, model_state=full, ema_state=ema_full, optimizer_state=opt_state,
-                                 rng_per_rank=rng, state=state, config=self.config, made_from=self.made_from,
-                                 info=info, extra_files=extra_files, before_commit=before_commit)
+                                 rng_per_rank=rng, state=state, info=info, write_folder=self.format.write_folder,
+                                 task_state=task_state, extra_files=extra_files, before_commit=before_commit)
         self.last_saved = step
         barrier(self.dist)
-
-    def _check_resume(self, manifest: dict) -> None:
-        saved = dict(manifest.get("config", {}))
-        if isinstance(saved.get("train"), dict):  # a field added since counts as its default (the run's schedule)
-            from ..config import from_dict, to_dict
-            from .config import TrainConfig
-
-            try:
-                saved["train"] = to_dict(from_dict(TrainConfig, saved["train"]))
-            except CtfgenError:
-                pass  # a field that no longer exists: compared as it is, and reported
-        for section in ("train", "model"):
-            diff = run_state.first_difference(saved.get(section), self.config[section])
-            if diff is not None:
-                old, new = _lookup(saved.get(section), diff), _lookup(self.config[section], diff)
-                raise ArtifactError(f"cannot resume {self.out}: {section} config field '{diff}' is {old!r} in the "
-                                    f"checkpoint but {new!r} now; rerun with the original settings or use another --out")
-        diff = run_state.first_difference(manifest.get("made_from", {}), self.made_from)
-        if diff is not None:
-            raise ArtifactError(f"cannot resume {self.out}: it was made from {diff} "
-                                f"{manifest.get('made_from', {}).get(diff)!r}, this command gives "
-                                f"{self.made_from.get(diff)!r}; use the same --codes/--coarse-map or another --out")
-
-
-def _lookup(d: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d

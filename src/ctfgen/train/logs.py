@@ -153,7 +153,7 @@ class MetricsLog:
             self._wandb.finish()
             self._wandb = None
 
-    def plot(self, path: str | Path, title: str = "") -> None:
+    def plot(self, path: str | Path, title: str = "", loss_label: str = "training loss (cross-entropy)") -> None:
         if not self.records:
             return
         import matplotlib
@@ -164,7 +164,7 @@ class MetricsLog:
         steps = [r["step"] for r in self.records]
         fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[3, 1])
         ax1.plot(steps, [r["loss"] for r in self.records], label="loss")
-        ax1.set_ylabel("training loss (cross-entropy)")
+        ax1.set_ylabel(loss_label)
         if any("acc" in r for r in self.records):
             acc_ax = ax1.twinx()
             acc_ax.plot(steps, [r.get("acc", float("nan")) for r in self.records], color="tab:orange", alpha=0.7)

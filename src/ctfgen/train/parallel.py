@@ -5,7 +5,7 @@ whether it was written by a plain, a DDP or an FSDP run, and can be resumed unde
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -14,21 +14,22 @@ from ..dist import DistInfo
 
 
 class LossModule(nn.Module):
-    """forward(batch) = model.loss_sum(batch) (the loss summed over the positions it counts, and
-    metrics): DDP and FSDP hook into forward(), so the loss computation must go through it for
+    """forward(batch) = loss(model, batch) (a task's loss, train/task.py: summed over what it counts,
+    and metrics): DDP and FSDP hook into forward(), so the loss computation must go through it for
     gradients to be synchronised."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, loss: Callable[[nn.Module, dict], Any]):
         super().__init__()
         self.model = model
+        self.loss = loss
 
     def forward(self, batch: dict[str, torch.Tensor]):
-        return self.model.loss_sum(batch)
+        return self.loss(self.model, batch)
 
 
-def wrap(model: nn.Module, info: DistInfo, *, fsdp: bool = False) -> nn.Module:
+def wrap(model: nn.Module, info: DistInfo, *, loss: Callable[[nn.Module, dict], Any], fsdp: bool = False) -> nn.Module:
     """The module to call for the loss: plain, DDP or FSDP (fully_shard on every block, then the root)."""
-    root = LossModule(model)
+    root = LossModule(model, loss)
     if fsdp:
         from torch.distributed.fsdp import fully_shard
 

@@ -13,9 +13,6 @@ from ctfgen.models.config import KINDS, Kind
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "ctfgen"
 TABLES = {"models/config.py"}  # the modules that hold the tables themselves
-# TEMPORARY: files of the trainer's branch (issue 21, h21trainer) that still compare kind names; the
-# coordinator empties this list when the branches merge. Nothing may be added to it.
-NOT_YET = {"train/trainer.py", "train/bench.py", "gpucheck/training.py"}
 
 NAMES = "|".join(sorted({*KINDS, "prior", "ctf"}))
 SUBJECT = r"(?:\b\w*kind|\btype|\brole)\b(?:['\"]\])?"  # also r["kind"]
@@ -44,15 +41,9 @@ def offenders() -> dict[str, list[str]]:
 
 def test_no_kind_or_pipeline_type_is_compared_by_name_outside_the_tables():
     found = offenders()
-    bad = [line for rel, lines in found.items() if rel not in NOT_YET for line in lines]
+    bad = [line for lines in found.values() for line in lines]
     assert not bad, "compare the table's row (KINDS[kind].member_head, spec.needs_coarse_map, " \
                     "pipe.coarse_to_fine, the stage-2 contract), not the name:\n" + "\n".join(bad)
-
-
-def test_the_temporary_allowlist_only_shrinks():
-    found = offenders()
-    stale = sorted(NOT_YET - set(found))
-    assert not stale, f"{stale} no longer compare kind names: drop them from NOT_YET"
 
 
 @pytest.mark.parametrize("line, hit", [

@@ -64,3 +64,23 @@ def test_every_command_keeps_its_flags_and_defaults():
 if __name__ == "__main__":
     json.dump(_current(), sys.stdout, indent=1, sort_keys=True)
     print()
+
+
+SETTINGS = Path(__file__).parent / "fixtures" / "settings_defaults.json"
+
+
+def test_settings_files_keep_their_form():
+    """The settings an experiment records (demo_config.json, ...) and the configs in manifests read
+    as before the settings were declared with `option` (fixture made from the configs of then), so
+    folders made before are reused and keep their fingerprints."""
+    from ctfgen.config import to_dict
+    from ctfgen.demo import DemoConfig
+    from ctfgen.quality import QualityConfig
+    from ctfgen.scaling import ScalingConfig
+    from ctfgen.scaling.lasting import LastingConfig
+    from ctfgen.tokenizer.config import TokenizerTrainConfig
+    from ctfgen.train.config import RunOptions, TrainConfig
+
+    now = {c.__name__: to_dict(c()) for c in (DemoConfig, QualityConfig, ScalingConfig, LastingConfig, TrainConfig,
+                                             RunOptions, TokenizerTrainConfig)}
+    assert json.loads(json.dumps(now)) == json.loads(SETTINGS.read_text())

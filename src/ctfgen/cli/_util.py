@@ -11,14 +11,16 @@ import argparse
 import math
 import re
 
-# Preset names, kept here so that parsing needs no torch import; tests/test_cli.py checks each
-# against the registry it mirrors.
-MODEL_PRESETS = ("tiny", "small", "B", "L", "XL", "XXL", "3B", "aux-B", "aux-L",
-                 "GPT-B", "GPT-L", "GPT-XL", "GPT-XXL", "GPT-3B")  # fmt: skip
-TOKENIZER_PRESETS = ("fmnist", "vq16", "vq8", "VQ-16", "VQ-8")
-DATA_SOURCES = ("fashion-mnist", "idx", "folder", "npz")
-CLUSTER_METHODS = ("kmeans", "balanced", "random", "agglomerative", "average")
-VIEWS = ("none", "flip", "tencrop")
+from ..cluster import METHODS as CLUSTER_METHODS
+from ..data import SOURCES as DATA_SOURCES
+from ..data import VIEW_MODES as VIEWS
+from ..models.preset_table import LLAMAGEN_NAMES, PRESETS
+from ..tokenizer.config import LLAMAGEN_NAMES as VQ_NAMES
+from ..tokenizer.config import PRESETS as VQ_PRESETS
+
+# the registries, read from their torch-free modules (a name given in LlamaGen's spelling too)
+MODEL_PRESETS = (*PRESETS, *LLAMAGEN_NAMES)
+TOKENIZER_PRESETS = (*VQ_PRESETS, *VQ_NAMES)
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -266,18 +268,6 @@ def data_config(args, *, default_resolution: int = 32, default_channels: int = 1
                       allow_empty_classes=args.allow_empty_classes, background=args.background)
 
 
-# Parse-time checks and choices by field name, for fields whose `option` (config.py) gives none:
-# DemoConfig's and QualityConfig's, and what needs more than bounds (a device name, a preset).
-CONFIG_TYPES = {
-    "tokenizer_steps": positive_int, "tokenizer_batch": positive_int, "code_images": nonneg_int,
-    "k": int_range(2), "steps": positive_int, "checkpoints": positive_int, "batch_size": positive_int,
-    "lr": positive_float, "warmup": nonneg_int, "samples_per_class": positive_int,
-    "classifier_epochs": positive_int, "reference_images": nonneg_int, "ablation_steps": positive_int,
-    "ablation_samples_per_class": positive_int, "seed": seed_int, "device": device,
-}  # fmt: skip
-CONFIG_CHOICES = {"views": VIEWS, "cluster_method": CLUSTER_METHODS, "preset": MODEL_PRESETS}
-
-
 def add_config_flags(p, cls, helps: dict[str, str] | None = None, *, skip: tuple[str, ...] = ("data",),
                      only: tuple[str, ...] | None = None, types: dict | None = None, choices: dict | None = None,
                      names: dict[str, tuple[str, ...]] | None = None, metavars: dict[str, str] | None = None,
@@ -287,9 +277,9 @@ def add_config_flags(p, cls, helps: dict[str, str] | None = None, *, skip: tuple
     p: a parser or argument group; only: these fields, in this order (else every field not in skip).
     Everything below comes from the field's `option` (config.py) unless an argument gives it by field
     name. Help: `helps[name]`, else the option's help, with its bounds and note, then "(default: X)"
-    unless the help states its default. Parse-time check: `types[name]`, else the option's bounds,
-    else CONFIG_TYPES, else the type of the default; allowed values: `choices`, else the option's,
-    else CONFIG_CHOICES. names: option strings (else the option's `flag` or --field-name, and its
+    unless the help states its default. Parse-time check: `types[name]`, else the option's bounds
+    (each item's, for a list field: comma-separated text), else the type of the default; allowed
+    values: `choices`, else the option's. names: option strings (else the option's `flag` or --field-name, and its
     `flags`); metavars: the value's name in the help (else the option's `metavar`); switches: bool
     fields become store_true flags (else --flag BOOL); unset: every flag defaults to None, so that
     only the flags given override (the help still shows the class's default, or `shown[name]`).
@@ -322,10 +312,14 @@ def add_config_flags(p, cls, helps: dict[str, str] | None = None, *, skip: tuple
             else:
                 p.add_argument(*flags, type=boolean, **{"metavar": "BOOL", **kw})
             continue
-        allowed = (choices or {}).get(name) or meta.get("choices") or CONFIG_CHOICES.get(name)
+        if meta.get("items"):  # comma-separated values, each checked by the option's rules
+            item = one_of(*meta["choices"]) if meta.get("choices") else _bounded_type(cls, f) or meta["items"]
+            p.add_argument(*flags, type=(types or {}).get(name) or comma_list(item, allow_empty=meta.get("allow_empty", False)), **kw)
+            continue
+        allowed = (choices or {}).get(name) or meta.get("choices")
         if allowed is not None:
             kw["choices"] = allowed
-        check = (types or {}).get(name) or _bounded_type(cls, f) or CONFIG_TYPES.get(name)
+        check = (types or {}).get(name) or _bounded_type(cls, f)
         p.add_argument(*flags, type=check or type(value), **kw)
 
 
@@ -348,7 +342,7 @@ def _bounded_type(cls, f):
     lo, hi = meta.get("min"), meta.get("max")
     if lo is None and hi is None:
         return None
-    hint = typing.get_type_hints(cls)[f.name]
+    hint = meta.get("items") or typing.get_type_hints(cls)[f.name]
     if int in (typing.get_args(hint) or (hint,)):
         return int_range(None if lo is None else int(lo) + bool(meta.get("min_open")),
                          None if hi is None else int(hi) - bool(meta.get("max_open")))

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .dataset import ArrayImageDataset, ImageDataset
 
 SOURCES = ("fashion-mnist", "idx", "folder", "npz")
+# views encoded per image (preprocess.py: make_views)
+VIEW_MODES = ("none", "flip", "tencrop")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 # Lets a machine keep Fashion-MNIST elsewhere without every config naming the path.
 FASHION_MNIST_ENV = "CTFGEN_FASHION_MNIST"
@@ -189,7 +191,7 @@ def _load_npz(cfg: DataConfig, path: str, split: str) -> ArrayImageDataset:
 # command line answers --help and bad options at once.
 _LAZY = {
     "ArrayImageDataset": "dataset", "ImageDataset": "dataset", "data_fingerprint": "dataset",
-    "FolderImageDataset": "folder", "VIEW_MODES": "preprocess", "center_crop_arr": "preprocess",
+    "FolderImageDataset": "folder", "center_crop_arr": "preprocess",
     "convert_channels": "preprocess", "make_views": "preprocess", "pad_to": "preprocess", "to_tensor": "preprocess",
 }  # fmt: skip
 

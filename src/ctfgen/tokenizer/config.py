@@ -2,7 +2,7 @@
 training run (`TokenizerTrainConfig`). Torch-free, so the command line reads them without torch."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..data import DataConfig
 from ..errors import CtfgenError
@@ -39,6 +39,29 @@ class VQConfig:
         if self.codebook_size < 2 or self.codebook_dim < 1:
             raise CtfgenError(f"tokenizer config: codebook_size {self.codebook_size} / codebook_dim {self.codebook_dim} out of range")
         return self
+
+
+PRESETS = {
+    # Fashion-MNIST at 32x32 -> 8x8 = 64 tokens; the codebook is deliberately large for the data,
+    # as 16384 is for ImageNet, so that clustering it into coarse labels is meaningful. Channels are
+    # few at 32x32 and grow towards 8x8, where convolutions are cheap: it trains on a 2-core CPU.
+    "fmnist": VQConfig(codebook_size=4096, codebook_dim=8, channels=1, ch=16, ch_mult=(1, 2, 4),
+                       num_res_blocks=1, z_channels=64, norm_groups=16, resolution=32),
+    # LlamaGen VQ-16 exactly: 256x256 -> 16x16 tokens, codebook 16384 x 8.
+    "vq16": VQConfig(),
+    # LlamaGen VQ-8: the same with one level less, 256x256 -> 32x32 tokens.
+    "vq8": VQConfig(ch_mult=(1, 2, 2, 4)),
+}
+# LlamaGen's own names (its VQ_models registry, the `vq_model` its checkpoints record)
+LLAMAGEN_NAMES = {"VQ-16": "vq16", "VQ-8": "vq8"}
+
+
+def vq_preset(name: str, **overrides) -> VQConfig:
+    name = LLAMAGEN_NAMES.get(name, name)
+    if name not in PRESETS:
+        raise CtfgenError(f"unknown tokenizer preset '{name}'; choose one of {sorted(PRESETS)} "
+                          f"(or LlamaGen's {sorted(LLAMAGEN_NAMES)})")
+    return replace(PRESETS[name], **overrides).validate()
 
 
 @dataclass

@@ -93,6 +93,8 @@ def option(default: Any, help: str, *, label: str | None = None, min: float | No
     means ("1 = off"), shown in the error; hint: what to do instead; flag: the option string
     instead of the one made from the name ("--warmup"); flags: further option strings beside it
     ("--cfg"); metavar: the name of the value in the help ("DECAY").
+    A field typed as a list or tuple of values (tuple[int, ...]) takes them comma-separated on the command
+    line, and min/max/choices bound each one.
     items: the field is a list of values of this type (int, float, str), kept as their comma-separated
     text (so the settings files and results that record it read as they always have; `item_list`
     gives the values); min/max/choices then bound each value, and allow_empty accepts no value.
@@ -165,8 +167,9 @@ def field_problem(f: dataclasses.Field, value: Any) -> str | None:
             return str(e).removeprefix(f"{f.name}: ")
         if not values and not meta.get("allow_empty"):
             return "needs at least one value"
-        single = dataclasses.field(metadata={k: v for k, v in meta.items() if k != "items"})
-        return next((f"item {problem}" for v in values if (problem := field_problem(single, v))), None)
+        return _item_problem(meta, values)
+    if isinstance(value, (list, tuple)) and ("min" in meta or "max" in meta or "choices" in meta):
+        return _item_problem(meta, value)  # a typed list field (tuple[int, ...]): its rules bound each item
     if meta.get("choices") is not None and value not in meta["choices"]:
         return f"must be one of {meta['choices']}, got {value!r}"
     lo, hi = meta.get("min"), meta.get("max")
@@ -180,6 +183,11 @@ def field_problem(f: dataclasses.Field, value: Any) -> str | None:
     note = f" ({meta['note']})" if meta.get("note") else ""
     hint = f"; {meta['hint']}" if meta.get("hint") else ""
     return f"must be {bound_text(meta)}{note}, got {_number(value)}{hint}"
+
+
+def _item_problem(meta: typing.Mapping, values: typing.Iterable) -> str | None:
+    single = dataclasses.field(metadata={k: v for k, v in meta.items() if k != "items"})
+    return next((f"item {problem}" for v in values if (problem := field_problem(single, v))), None)
 
 
 def check_fields(cfg: Any, *, where: str | None = None) -> Any:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 
 from ._bench_edit import add_edit
+from ..models.preset_table import PRESET_NAMES as MODEL_PRESETS
 from ._util import (
-    MODEL_PRESETS,
     add_command,
     add_group,
     comma_list,

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 import time
 
-from ._util import CLUSTER_METHODS, int_range, positive_int, seed_int
+from ..cluster import METHODS as CLUSTER_METHODS
+from ._util import int_range, positive_int, seed_int
 
 ORDER = 40
 # The paper clusters LlamaGen's 16384 codes into 512 coarse labels; a default K keeps that ratio, so a
@@ -16,19 +18,13 @@ label (predicted by stage 1); its codebook index is its fine label (predicted by
 Writes a folder with coarse_map.safetensors and manifest.json recording the tokenizer it was
 made from, so later steps refuse codes of another tokenizer."""
 
-METHOD_HELP = """kmeans: k-means++ then Lloyd (faiss), the paper's choice (default).
-balanced: equal-size clusters (sizes differ by at most 1), as in IAR.
-random: random equal-size groups, the control the paper reports as failing.
-agglomerative: ward merging over a k-nearest-neighbour graph of codewords (DCPE-style
-neighbourhood grouping instead of centroid distance)."""
-
-
 def register(sub) -> None:
     p = sub.add_parser(
         "cluster",
         help="cluster the codebook into K coarse labels",
         description=DESCRIPTION,
-        epilog=METHOD_HELP,
+        epilog="\n".join(textwrap.fill(f"{name}: {m.help}.", 100, subsequent_indent="  ")
+                         for name, m in CLUSTER_METHODS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer artifact folder (from `ctfgen tokenizer`)")

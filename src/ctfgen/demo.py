@@ -36,7 +36,7 @@ class Demo:
     def __init__(self, cfg: DemoConfig, out: str | Path, *, device="cpu", progress: bool = True,
                  log: Callable[[str], None] = print):
         self.cfg = cfg
-        self.ws = Workspace(cfg, out, name="demo", device=device, progress=progress, log=log)
+        self.ws = Workspace(cfg, out, name="demo", seed=cfg.seed, device=device, progress=progress, log=log)
         self.out = self.ws.out
 
     def sample_and_evaluate(self, pipes: dict[str, Path], clf_dir: Path) -> dict[str, dict]:
@@ -79,8 +79,8 @@ class Demo:
         ws = self.ws
         t0 = ws.begin()
         tok = ws.tokenizer()
-        codes = ws.codes(tok)
-        coarse = ws.coarse_map(tok)
+        codes = ws.codes(tok, views=self.cfg.views)
+        coarse = ws.coarse_map(tok, method=self.cfg.cluster_method, k=self.cfg.k)
         runs = {kind: ws.train(kind, codes, coarse) for kind in ("ar", "aux", "baseline")}
         pipes = ws.pipelines(tok, runs)
         clf = ws.classifier()

@@ -6,10 +6,11 @@ An experiment holds a `Workspace` and calls its steps; each step writes its own 
 JSON file) and is reused when that folder is finished, so an interrupted experiment picks up where
 it stopped and a rerun of a finished one makes nothing. Logs carry the experiment's name.
 
-The settings object `cfg` is the experiment's own dataclass; the steps read these fields of it (a
-field an experiment lacks is passed to the step instead): data, tokenizer_steps, tokenizer_batch,
-views, code_images, k, cluster_method, preset, steps, batch_size, lr, warmup, classifier_epochs,
-reference_images, seed.
+The settings `cfg` are the experiment's own dataclass, a `Recipe` (recipe.py): the steps read its
+fields (the data, the tokenizer's steps and batch, the codes' images, the models' preset, steps,
+batch, rate and warm-up, the classifier's epochs, the reference images) and record all of it; what
+varies within an experiment (the seed, the views, the clustering) is given to the workspace and its
+steps.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Any, Callable
 from .artifacts import MANIFEST, atomic_write_bytes, atomic_write_json, read_manifest
 from .config import to_dict
 from .errors import CtfgenError
+from .recipe import Recipe
 
 # the two totals of timings.json: every step (whenever it ran), and this invocation alone
 TOTALS = ("all steps (total)", "this run (total)")
@@ -42,15 +44,16 @@ def finished(folder: Path) -> bool:
 
 
 class Workspace:
-    """One experiment's folder `out`, its settings, device, log prefix `name` and step timings.
+    """One experiment's folder `out`, its settings (a `Recipe`, recorded as `<name>_config.json`), the
+    seed of its steps, device, log prefix `name` and step timings.
 
     `make=False` makes nothing: a step or evaluation not done yet raises `NotMade` (gathering what a
     study has measured). `log_reuse=False` keeps quiet about reused steps (a study reuses hundreds)."""
 
-    def __init__(self, cfg, out: str | Path, *, name: str, device="cpu", progress: bool = True,
-                 log: Callable[[str], None] = print, seed: int | None = None, log_reuse: bool = True):
+    def __init__(self, cfg: Recipe, out: str | Path, *, name: str, seed: int, device="cpu", progress: bool = True,
+                 log: Callable[[str], None] = print, log_reuse: bool = True):
         self.cfg, self.out, self.name, self.device, self.progress = cfg, Path(out), name, device, progress
-        self.seed = cfg.seed if seed is None else seed
+        self.seed = seed  # of every step not given its own
         self._log, self.log_reuse, self.make = log, log_reuse, True
         # seconds per step, kept across reruns so a report shows what each step cost when it ran
         self.timings: dict[str, float] = {}
@@ -137,10 +140,10 @@ class Workspace:
         return self.step(f"tokenizer{where}", folder,
                          lambda: train_tokenizer(tc, folder, device=self.device, progress=self.progress))
 
-    def codes(self, tok: Path, *, root: Path | None = None, split: str = "train", views: str | None = None,
+    def codes(self, tok: Path, *, root: Path | None = None, split: str = "train", views: str = "none",
               limit: int | None = None, images: tuple[int, int] | None = None, name: str = "") -> Path:
-        """root/codes-<name or split>: the split encoded by `tok` (training split: the first `code_images`),
-        or its images images[0]..images[1]-1 alone (a held-out range)."""
+        """root/codes-<name or split>: the split encoded by `tok` with `views` (training split: the first
+        `code_images`), or its images images[0]..images[1]-1 alone (a held-out range)."""
         from .codes import encode_dataset
         from .data import load_dataset
         from .tokenizer import load_tokenizer
@@ -148,7 +151,6 @@ class Workspace:
         root, where = self._where(root)
         name = name or split
         folder = root / f"codes-{name}"
-        views = self.cfg.views if views is None else views
         limit = (self.cfg.code_images if split == "train" and not images else 0) if limit is None else limit
         label = "codes" + ("" if name == "train" else f" {name}") + where
 
@@ -159,13 +161,11 @@ class Workspace:
             load_tokenizer(tok, self.device), data(), folder, views=views, limit=limit, device=self.device,
             progress=self.progress))
 
-    def coarse_map(self, tok: Path, *, root: Path | None = None, method: str | None = None,
-                   k: int | None = None, seed: int | None = None) -> Path:
-        """root/coarse-<method>-k<K>: the codebook of `tok` clustered into K coarse labels (`seed`: the
-        clustering's initialisation, default the workspace's)."""
+    def coarse_map(self, tok: Path, *, method: str, k: int, root: Path | None = None, seed: int | None = None) -> Path:
+        """root/coarse-<method>-k<K>: the codebook of `tok` clustered into K coarse labels by `method`
+        (`seed`: the clustering's initialisation, default the workspace's)."""
         from .cluster import build_coarse_map, load_codebook
 
-        method, k = method or self.cfg.cluster_method, k or self.cfg.k
         root, where = self._where(root)
         folder = root / f"coarse-{method}-k{k}"
 

@@ -50,3 +50,15 @@ class SingleRecipe(Recipe):
     k: int = option(128, "number of coarse labels (clusters of the codebook)", min=2)
     cluster_method: str = option("kmeans", f"clustering of the codebook: {', '.join(METHODS)}", choices=METHODS)
     seed: int = option(0, "seed of every step", min=0, max=SEED_MAX)
+
+
+
+@dataclass
+class GivenClassifier:
+    """An experiment that can reuse a domain classifier instead of training one (the quality bench,
+    the scaling study); its `classifier_epochs` help says so (`GIVEN_EPOCHS`)."""
+
+    classifier: str = option("", "existing domain-classifier folder to use instead of training one ('' trains one)")
+
+
+GIVEN_EPOCHS = "domain-classifier epochs (when no --classifier)"

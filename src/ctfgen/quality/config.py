@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 from ..config import check_fields, option, option_of
 from ..errors import CtfgenError
-from ..recipe import Recipe, SingleRecipe
+from ..recipe import GIVEN_EPOCHS, GivenClassifier, Recipe, SingleRecipe
 
 INCEPTION_WHEN = ("last", "all", "none")
 
 
 @dataclass
-class QualityConfig(SingleRecipe):
+class QualityConfig(SingleRecipe, GivenClassifier):
     tokenizer: str = option("", "existing tokenizer folder to use instead of training one ('' trains one with the "
                                 "settings below)")
     tokenizer_steps: int = option_of(Recipe, "tokenizer_steps", 2400,
@@ -26,9 +26,7 @@ class QualityConfig(SingleRecipe):
     warmup: int = option_of(Recipe, "warmup", 100)
     # 5000 on Fashion-MNIST
     samples_per_class: int = option(500, "samples per class for each model at each checkpoint", min=1)
-    classifier: str = option("", "existing domain-classifier folder to use instead of training one")
-    classifier_epochs: int = option_of(Recipe, "classifier_epochs", 6,
-                                       help="domain-classifier epochs (when no --classifier)")
+    classifier_epochs: int = option_of(Recipe, "classifier_epochs", 6, help=GIVEN_EPOCHS)
     inception: str = option("last", "Inception FID at the last checkpoint, all, or none", choices=INCEPTION_WHEN)
     # ablations: shorter training and fewer samples, classifier metrics only (see ablations.py)
     ablation_steps: int = option(300, "training steps of each ablation model", min=1)

@@ -39,7 +39,7 @@ from ..artifacts import MANIFEST, atomic_write_json
 from ..config import check_fields, item_list, option, option_of, to_dict
 from ..errors import CtfgenError
 from ..experiment import NotMade, Workspace
-from ..recipe import Recipe
+from ..recipe import GIVEN_EPOCHS, GivenClassifier, Recipe
 from . import sweep as sweeping
 from .sweep import DEFAULTS, PRIOR_ARMS, tag_of
 
@@ -52,7 +52,7 @@ EXTENDABLE = {"seeds", "vocabs", "arms", "arm_seeds", "inception"}
 
 
 @dataclass
-class ScalingConfig(Recipe):
+class ScalingConfig(Recipe, GivenClassifier):
     vocabs: str = option("1024,4096,16384", "codebook sizes V, comma-separated (one tokenizer each)", items=int,
                          min=2, max=65536)
     k_ratio: int = option(32, "K = V / this many codes per coarse label (the paper: 16384 / 512)", min=1)
@@ -80,9 +80,7 @@ class ScalingConfig(Recipe):
     sweep_seeds: int = option(1, "training seeds with a sweep of their own (later seeds reuse seed 0's picks)",
                               min=1)
     final_samples_per_class: int = option(200, "samples per class of the best and default settings", min=1)
-    classifier: str = option("", "existing domain-classifier folder ('' trains one)")
-    classifier_epochs: int = option_of(Recipe, "classifier_epochs", 3,
-                                       help="domain-classifier epochs (when no --classifier)")
+    classifier_epochs: int = option_of(Recipe, "classifier_epochs", 3, help=GIVEN_EPOCHS)
     inception: str = option("none", "Inception FID of the best-setting sets: none or best", choices=INCEPTION)
     sample_batch: int = option(250, "images per sampling batch (results do not depend on it)", min=1)
 

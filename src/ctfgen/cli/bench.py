@@ -21,6 +21,7 @@ from ._util import (
     nonempty,
     nonneg_int,
     one_of,
+    typed_list,
     positive_float,
     positive_int,
 )
@@ -351,14 +352,8 @@ def _run_quality(args) -> int:
 
 # ---------------------------------------------------------------- bench scaling
 
-def _seed_list(text: str) -> list[int]:
-    try:
-        seeds = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"expected comma-separated seeds >= 0, e.g. 1,2; got {text!r}")
-    return seeds
+# --only-seeds: the seeds a process runs (e.g. 1,2 in a second process)
+_seed_list = typed_list(nonneg_int, list)
 
 
 def _add_scaling(group) -> None:

@@ -25,6 +25,8 @@ METHODS: dict[str, Method] = {
     "average": Method("average linkage (UPGMA) over the whole codebook, no graph: MASC's choice; sizes unbalanced",
                       {}),
 }
+# the agglomerative method's merge criteria (scikit-learn's)
+LINKAGES = ("ward", "average", "complete", "single")
 # each method's options with their defaults (read from METHODS)
 METHOD_OPTIONS: dict[str, dict[str, Any]] = {name: m.options for name, m in METHODS.items()}
 
@@ -41,6 +43,6 @@ def resolve_options(method: str, opts: dict[str, Any]) -> dict[str, Any]:
     for name in ("max_iter", "n_neighbors"):
         if name in resolved and (not isinstance(resolved[name], int) or resolved[name] < 1):
             raise CtfgenError(f"option {name} for method '{method}' must be a positive integer, got {resolved[name]!r}")
-    if method == "agglomerative" and resolved["linkage"] not in ("ward", "average", "complete", "single"):
-        raise CtfgenError(f"option linkage must be ward, average, complete or single, got {resolved['linkage']!r}")
+    if method == "agglomerative" and resolved["linkage"] not in LINKAGES:
+        raise CtfgenError(f"option linkage must be one of {', '.join(LINKAGES)}, got {resolved['linkage']!r}")
     return resolved

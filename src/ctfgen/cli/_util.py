@@ -232,12 +232,12 @@ def setup_device(args) -> "torch.device":  # noqa: F821
 
 def add_data_args(p: argparse.ArgumentParser, *, sized: bool = True, size_default: str = "the tokenizer's") -> None:
     """--data, --data-path, [--resolution, --channels,] --skip-bad, --allow-empty-classes."""
-    from ..data import DataConfig
+    from ..data import FASHION_MNIST_DIR, DataConfig
 
     g = p.add_argument_group("data (docs/DATA.md)")
     sizes = ("resolution", "channels") if sized else ()
     add_config_flags(g, DataConfig, only=("source", "path"), dests={"source": "data", "path": "data_path"}, shown={
-        "source": "the embedded Fashion-MNIST", "path": "none; fashion-mnist: /usr/share/datasets/fashion-mnist"})
+        "source": "the embedded Fashion-MNIST", "path": f"none; fashion-mnist: {FASHION_MNIST_DIR}"})
     if sized:
         add_config_flags(g, DataConfig, only=sizes, unset=True, shown=dict.fromkeys(sizes, size_default))
     add_config_flags(g, DataConfig, only=("skip_bad", "allow_empty_classes"), switches=True)

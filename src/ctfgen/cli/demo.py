@@ -32,7 +32,9 @@ def add_experiment(group, name: str, cls, run, *, out: str, out_help: str, help:
     and the device flags. Returns the parser, for the command's own flags."""
     p = add_command(group, name, run, help=help, description=description)
     p.add_argument("--out", default=out, help=f"{out_help} (default: {out})")
-    p.add_argument("--data-path", default=None, help="Fashion-MNIST idx folder (default: /usr/share/datasets/fashion-mnist)")
+    from ..data import FASHION_MNIST_DIR
+
+    p.add_argument("--data-path", default=None, help=f"Fashion-MNIST idx folder (default: {FASHION_MNIST_DIR})")
     add_config_flags(p, cls, **flag_options)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_args(p)

@@ -36,7 +36,8 @@ class Demo:
     def __init__(self, cfg: DemoConfig, out: str | Path, *, device="cpu", progress: bool = True,
                  log: Callable[[str], None] = print):
         self.cfg = cfg
-        self.ws = Workspace(cfg, out, name="demo", seed=cfg.seed, device=device, progress=progress, log=log)
+        self.ws = Workspace(cfg, out, name="demo", seed=cfg.seed, preset=cfg.preset, device=device, progress=progress,
+                            log=log)
         self.out = self.ws.out
 
     def sample_and_evaluate(self, pipes: dict[str, Path], clf_dir: Path) -> dict[str, dict]:

@@ -9,8 +9,8 @@ it stopped and a rerun of a finished one makes nothing. Logs carry the experimen
 The settings `cfg` are the experiment's own dataclass, a `Recipe` (recipe.py): the steps read its
 fields (the data, the tokenizer's steps and batch, the codes' images, the models' preset, steps,
 batch, rate and warm-up, the classifier's epochs, the reference images) and record all of it; what
-varies within an experiment (the seed, the views, the clustering) is given to the workspace and its
-steps.
+varies within an experiment (the seed, the model size, the views, the clustering) is given to the
+workspace or its steps.
 """
 from __future__ import annotations
 
@@ -45,15 +45,17 @@ def finished(folder: Path) -> bool:
 
 class Workspace:
     """One experiment's folder `out`, its settings (a `Recipe`, recorded as `<name>_config.json`), the
-    seed of its steps, device, log prefix `name` and step timings.
+    seed of its steps and the model size of its trainings (else given to each), device, log prefix
+    `name` and step timings.
 
     `make=False` makes nothing: a step or evaluation not done yet raises `NotMade` (gathering what a
     study has measured). `log_reuse=False` keeps quiet about reused steps (a study reuses hundreds)."""
 
-    def __init__(self, cfg: Recipe, out: str | Path, *, name: str, seed: int, device="cpu", progress: bool = True,
-                 log: Callable[[str], None] = print, log_reuse: bool = True):
+    def __init__(self, cfg: Recipe, out: str | Path, *, name: str, seed: int, preset: str | None = None, device="cpu",
+                 progress: bool = True, log: Callable[[str], None] = print, log_reuse: bool = True):
         self.cfg, self.out, self.name, self.device, self.progress = cfg, Path(out), name, device, progress
-        self.seed = seed  # of every step not given its own
+        # of every step not given its own
+        self.seed, self.preset = seed, preset
         self._log, self.log_reuse, self.make = log, log_reuse, True
         # seconds per step, kept across reruns so a report shows what each step cost when it ran
         self.timings: dict[str, float] = {}
@@ -189,8 +191,10 @@ class Workspace:
         c = self.cfg
         key = f"train {kind}" if folder is None else f"train {folder.name}"
         folder = folder or self.out / {"ar": "stage1", "aux": "stage2", "baseline": "baseline"}[kind]
-        steps = steps or c.steps
-        fields = dict(kind=kind, preset=preset or c.preset, steps=steps, batch_size=c.batch_size, lr=c.lr,
+        steps, preset = steps or c.steps, preset or self.preset
+        if not preset:
+            raise CtfgenError(f"train {kind}: no model preset (give one to the workspace or to the step)")
+        fields = dict(kind=kind, preset=preset, steps=steps, batch_size=c.batch_size, lr=c.lr,
                       warmup_steps=c.warmup, cosine=True, seed=self.seed if seed is None else seed,
                       model_overrides=dict(overrides or {}))
         tc = TrainConfig(**{**fields, **(recipe or {})})

@@ -17,8 +17,10 @@ SEED_MAX = 2**63 - 1
 
 @dataclass
 class Recipe:
-    """What every experiment trains. `data` is the dataset (the commands set its path, not a flag).
-    The defaults are the demo's, sized for a 2-core CPU; the other experiments give their own."""
+    """What every experiment trains (the demo, the quality bench, the scaling and the lasting study).
+    `data` is the dataset (the commands set its path, not a flag). The defaults are the demo's, sized
+    for a 2-core CPU; the other experiments give their own. The model size is the workspace's
+    (`OnePreset`) or each unit's."""
 
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer_steps: int = option(400, "tokenizer training steps", min=1)
@@ -27,7 +29,6 @@ class Recipe:
     # at a third of the encoding time of all 60,000
     code_images: int = option(20000, "training images encoded into codes, the first N of the split", min=0,
                               note="0 = all")
-    preset: str = option("tiny", "size of stage 1, stage 2 and the baseline", choices=PRESET_NAMES)
     steps: int = option(200, "optimizer steps of each of stage 1, stage 2 and the baseline", min=1)
     batch_size: int = option(64, "training batch size", min=1)
     # 200 steps want a high rate: in a sweep on one set of codes (docs/RESULTS.md, "The demo")
@@ -40,7 +41,14 @@ class Recipe:
 
 
 @dataclass
-class SingleRecipe(Recipe):
+class OnePreset:
+    """An experiment whose models all have one size (not the lasting study, which has several)."""
+
+    preset: str = option("tiny", "size of stage 1, stage 2 and the baseline", choices=PRESET_NAMES)
+
+
+@dataclass
+class SingleRecipe(Recipe, OnePreset):
     """A recipe with one view of the images, one clustering and one seed (the demo, the quality bench;
     the scaling study sets these per unit)."""
 

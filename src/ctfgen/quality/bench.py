@@ -26,8 +26,8 @@ class QualityBench:
     def __init__(self, cfg: QualityConfig, out: str | Path, *, device="cpu", progress: bool = True,
                  log: Callable[[str], None] = print):
         self.cfg = cfg.check()
-        self.ws = Workspace(self.cfg, out, name="quality", seed=self.cfg.seed, device=device, progress=progress,
-                            log=log)
+        self.ws = Workspace(self.cfg, out, name="quality", seed=self.cfg.seed, preset=self.cfg.preset, device=device,
+                            progress=progress, log=log)
         self.out = self.ws.out
 
     # ---- the comparison

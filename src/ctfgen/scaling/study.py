@@ -39,20 +39,20 @@ from ..artifacts import MANIFEST, atomic_write_json
 from ..config import check_fields, item_list, option, option_of, to_dict
 from ..errors import CtfgenError
 from ..experiment import NotMade, Workspace
-from ..recipe import GIVEN_EPOCHS, GivenClassifier, Recipe
+from ..recipe import GIVEN_EPOCHS, GivenClassifier, OnePreset, Recipe
 from . import sweep as sweeping
 from .sweep import DEFAULTS, PRIOR_ARMS, tag_of
+from .sweep_settings import SweepSettings
 
 CLUSTER_ARMS = ("balanced", "average", "random")  # beside the main arm, k-means
 ARMS = CLUSTER_ARMS + PRIOR_ARMS
-INCEPTION = ("none", "best")
 PARTS = ("all", "main", "arms", "report")
 # more seeds, vocabs or arms extend a study; any other changed setting would mix two recipes
 EXTENDABLE = {"seeds", "vocabs", "arms", "arm_seeds", "inception"}
 
 
 @dataclass
-class ScalingConfig(Recipe, GivenClassifier):
+class ScalingConfig(Recipe, OnePreset, GivenClassifier, SweepSettings):
     vocabs: str = option("1024,4096,16384", "codebook sizes V, comma-separated (one tokenizer each)", items=int,
                          min=2, max=65536)
     k_ratio: int = option(32, "K = V / this many codes per coarse label (the paper: 16384 / 512)", min=1)
@@ -71,18 +71,9 @@ class ScalingConfig(Recipe, GivenClassifier):
     lr: float = option_of(Recipe, "lr", 8e-3, help="learning rate per 256 samples (the quality bench's tuned rate)")
     nll_every: int = option(50, "held-out NLL every this many steps (and at the end)", min=1)
     nll_images: int = option(2000, "test images of the NLL curve (the last checkpoint scores all)", min=1)
-    guidance: str = option("1.5,2.0,3.0", "the sweep's guidance scales", items=float, min=1.0)
-    temperatures: str = option("0.9,1.0,1.1", "the sweep's temperatures (stage 1 / baseline)", items=float, min=0.0,
-                               min_open=True)
-    stage2_temperatures: str = option("0.9,1.0,1.1", "CTF's stage-2 temperatures, tried at its best scale and "
-                                                     "temperature", items=float, min=0.0, min_open=True)
-    sweep_samples_per_class: int = option(50, "samples per class of each sweep setting", min=1)
-    sweep_seeds: int = option(1, "training seeds with a sweep of their own (later seeds reuse seed 0's picks)",
-                              min=1)
-    final_samples_per_class: int = option(200, "samples per class of the best and default settings", min=1)
+    sweep_seeds: int = option_of(SweepSettings, "sweep_seeds", 1, help="training seeds with a sweep of their own "
+                                                                       "(later seeds reuse seed 0's picks)")
     classifier_epochs: int = option_of(Recipe, "classifier_epochs", 3, help=GIVEN_EPOCHS)
-    inception: str = option("none", "Inception FID of the best-setting sets: none or best", choices=INCEPTION)
-    sample_batch: int = option(250, "images per sampling batch (results do not depend on it)", min=1)
 
     def check(self) -> "ScalingConfig":
         bad = [a for a in self.arm_list() if a not in ARMS]
@@ -114,7 +105,7 @@ class ScalingStudy:
                  log: Callable[[str], None] = print):
         self.cfg = cfg.check()
         self.ws = Workspace(self.cfg, out, name="scaling", device=device, progress=progress, log=log, seed=0,
-                            log_reuse=False)
+                            preset=self.cfg.preset, log_reuse=False)
         self.out, self.device = self.ws.out, device
 
     # ------------------------------------------------------------ artifacts

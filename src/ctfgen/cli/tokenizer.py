@@ -6,6 +6,8 @@ from dataclasses import replace
 
 from ..data import VIEW_MODES
 from ..tokenizer.config import PRESET_NAMES as TOKENIZER_PRESETS
+from ..tokenizer.config import LLAMAGEN_NAMES as VQ_NAMES
+from ..tokenizer.config import PRESETS
 from ._util import (
     add_command,
     add_config_flags,
@@ -38,7 +40,10 @@ def register(sub) -> None:
     set_option_help(p, "--resolution", "image size; other sizes are centre-cropped and resized (default: the preset's)")
     p.add_argument("--out", required=True, help="tokenizer folder to write")
     p.add_argument("--preset", default="fmnist", choices=TOKENIZER_PRESETS,
-                   help="architecture preset: fmnist (32x32 -> 8x8, codebook 4096), vq16 (LlamaGen VQ-16) or vq8 (VQ-8)")
+                   help="architecture preset: " + ", ".join(
+                       f"{name} ({c.resolution}x{c.resolution} -> {c.grid}x{c.grid}, codebook {c.codebook_size})"
+                       for name, c in PRESETS.items()) + "; LlamaGen's names: "
+                   + ", ".join(f"{theirs} = {ours}" for theirs, ours in VQ_NAMES.items()))
     # the preset's fields it may override, and the run's settings (None: the preset's, or the config's)
     add_config_flags(p, VQConfig, only=("codebook_size", "codebook_dim", "ch"), unset=True,
                      shown=dict.fromkeys(("codebook_size", "codebook_dim", "ch"), "the preset's"))

@@ -2,6 +2,8 @@
 stage 2), the label-map / coarse-image / final-image triplets and `ctfgen sample --coarse-grid`."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -65,12 +67,16 @@ def test_stage1_labels_are_what_stage1_drew(masked, monkeypatch):
     drawn = _record_stage1(monkeypatch)
     samples = pipe.generate([0, 1, 2, 2, 1], seed=3, batch_size=2, temperature=1.5, stage2_temperature=3.0)
     truth = torch.cat(drawn).numpy()
-    assert np.array_equal(stage1_labels(pipe, samples, batch_size=2), truth)
+    assert np.array_equal(stage1_labels(pipe, samples), truth)
     in_cluster = c2c[torch.as_tensor(samples.codes)].numpy() == truth
+    by_hand = dataclasses.replace(samples, coarse=None)  # samples without their coarse labels
     if masked:
         assert in_cluster.all()
-    else:  # a random unmasked head at a high temperature leaves the clusters: the rerun is needed
+        assert np.array_equal(stage1_labels(pipe, by_hand), truth)
+    else:  # a random unmasked head at a high temperature leaves the clusters: only Samples.coarse knows
         assert not in_cluster.all()
+        with pytest.raises(CtfgenError, match="no coarse labels"):
+            stage1_labels(pipe, by_hand)
 
 
 def test_triplets_show_labels_coarse_and_final(folders):

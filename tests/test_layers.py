@@ -36,7 +36,7 @@ ALLOWED = {
     "report": BASE | {"artifacts", "reporting"},
     "recipe": BASE | {"cluster", "data", "models"},
     "experiment_scores": BASE | {"artifacts", "evaluate", "sample"},
-    "experiment": BASE | {"artifacts", "cluster", "codes", "data", "evaluate", "experiment_scores", "recipe",
+    "experiment": BASE | {"artifacts", "cluster", "codes", "data", "evaluate", "experiment_scores", "models", "recipe",
                           "reporting", "sample", "tokenizer", "train"},
     "demo": BASE | {"artifacts", "data", "evaluate", "experiment", "recipe", "report", "sample"},
     "quality": BASE | {"artifacts", "data", "evaluate", "experiment", "models", "recipe", "reporting", "sample"},

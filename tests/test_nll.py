@@ -83,7 +83,10 @@ def test_frequency_prior_counts_training_codes_with_smoothing():
 
 def test_member_prior_samples_only_cluster_members():
     from ctfgen.sample import SamplingConfig
-    from ctfgen.sample.sampler import sample_from_prior
+    from ctfgen.sample.sampler import sample_fine
+
+    def sample_from_prior(prior, coarse, u, settings):  # the one stage-2 sampler; a prior ignores the class
+        return sample_fine(prior, coarse, None, u, settings)
 
     p = MemberPrior.build("frequency", CODE_TO_COARSE, k=2, train_codes=np.array([1] * 50 + [3]))
     coarse = torch.tensor([[0, 1] * 200])

@@ -246,6 +246,9 @@ class ModuleArtifact(Artifact):
 
     WEIGHTS: ClassVar[str] = WEIGHTS
     REDO: ClassVar[str] = "make it again"
+    FILES: ClassVar[tuple[str, ...]] = (MANIFEST, WEIGHTS)  # what a copy of the folder (a pipeline's) takes
+    folder: Path | None = None  # the folder it was loaded from; None when made in memory
+    info: Mapping[str, Any] | None = None  # what `save` records as the manifest's info when given none
 
     def __init__(self, module: torch.nn.Module, *, made_from: Mapping[str, Any] | None = None,
                  manifest: dict | None = None):
@@ -337,7 +340,8 @@ class ModuleArtifact(Artifact):
                 (tmp / name).write_bytes(data)
 
         with artifact_dir(folder, overwrite=overwrite) as tmp:
-            manifest = self.write_folder(tmp, state, fingerprint=fp, made_from=self.made_from, info=info,
+            manifest = self.write_folder(tmp, state, fingerprint=fp, made_from=self.made_from,
+                                         info=self.info if info is None else info,
                                          config=self.config_of(self.module) if config is None else config,
                                          also=write_extra)
         self.manifest = manifest
@@ -354,7 +358,9 @@ class ModuleArtifact(Artifact):
         check_state_dict(module, state, where=str(folder / (weights or cls.WEIGHTS)))
         module.load_state_dict(state, strict=True)
         cls.check_weights(folder, manifest, state)
-        return cls(module.to(device).eval(), manifest=manifest)
+        art = cls(module.to(device).eval(), manifest=manifest)
+        art.folder = folder
+        return art
 
     @classmethod
     def check_weights(cls, folder: Path, manifest: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> None:

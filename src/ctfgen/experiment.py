@@ -202,8 +202,10 @@ class Workspace(SampleScores):
         # A finished run folder is reused by the trainer itself (it resumes, or does nothing if done).
         self.log(f"train {kind} -> {folder}" + (f" (to step {stop_after})" if stop_after else ""))
         t0 = time.time()
-        result = train(tc, codes_dir=codes_dir, out_dir=folder, coarse_map_dir=coarse_dir if kind != "baseline" else None,
-                       run=run)
+        from .models.config import KINDS
+
+        result = train(tc, codes_dir=codes_dir, out_dir=folder, run=run,
+                       coarse_map_dir=coarse_dir if KINDS[kind].needs_coarse_map else None)
         if stop_after and result.step != min(stop_after, result.total_steps):
             raise CtfgenError(f"{folder} is at step {result.step}, not {stop_after}: it was trained past this "
                               "checkpoint outside this command; delete it to start over")

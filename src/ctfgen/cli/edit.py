@@ -106,10 +106,10 @@ def _run(args) -> int:
     pipe = load_pipeline(args.pipeline, device=device, ema=ema)
     base = None
     if getattr(args, "baseline_pipeline", None):
-        if pipe.type != "ctf":
+        if not pipe.coarse_to_fine:
             raise CtfgenError("--baseline-pipeline goes with a CTF --pipeline; this one is a baseline pipeline")
         base = load_pipeline(args.baseline_pipeline, device=device, ema=ema)
-        if base.type != "baseline":
+        if base.coarse_to_fine:
             raise CtfgenError(f"--baseline-pipeline: {args.baseline_pipeline} is a {base.type!r} pipeline")
     if args.sample:
         index = [int(t) for t in args.index.split(",") if t.strip()]
@@ -140,9 +140,9 @@ def _run(args) -> int:
         edits[pipe.type] = getattr(pipe, args.edit_kind)(source, **kw)
         if base is not None:
             edits["baseline"] = base.complete(source, **kw)
-    models = {name: p.fingerprints for name, p in (("ctf" if pipe.type == "ctf" else "baseline", pipe),
+    models = {name: p.fingerprints for name, p in ((pipe.type, pipe),
                                                     ("baseline", base)) if p is not None}
-    out = save_edits(args.out, ctf_pipe=pipe if pipe.type == "ctf" else None, ctf=edits.get("ctf"),
+    out = save_edits(args.out, ctf_pipe=pipe if pipe.coarse_to_fine else None, ctf=edits.get("ctf"),
                      baseline=edits.get("baseline"), models=models, scale=args.scale, overwrite=args.overwrite)
     for name, e in edits.items():
         print(f"{name}: {len(e.samples.codes)} edits ({e.record['kept_tokens']} of {pipe.seq_len} tokens kept) "

@@ -277,7 +277,9 @@ def register_nll(sub) -> None:
     p.add_argument("--ar", metavar="DIR", help="stage-1 model folder (with --aux, --coarse-map or --stage2 uniform/frequency)")
     p.add_argument("--aux", metavar="DIR", help="stage-2 model folder")
     p.add_argument("--baseline", metavar="DIR", help="baseline model folder")
-    p.add_argument("--stage2", default="model", choices=("model", "uniform", "frequency"),
+    from ..models.config import PRIOR_RULES
+
+    p.add_argument("--stage2", default="model", choices=("model", *PRIOR_RULES),
                    help="stage 2: the trained model (default), or a parameter-free one: a uniformly random "
                         "member of the cluster, or members by their training frequency (needs --train-codes)")
     p.add_argument("--coarse-map", metavar="DIR", help="coarse map for a parameter-free stage 2 without --aux")

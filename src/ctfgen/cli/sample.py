@@ -51,6 +51,7 @@ def register(sub) -> None:
                                      "same coarse map for both stages) and write a pipeline folder.")
     m.add_argument("--out", required=True, metavar="DIR", help="the pipeline folder to write")
     _add_model_args(m, pipeline=False)
+    _add_stage2_args(m.add_argument_group("a parameter-free stage 2 (instead of --aux)"))
     m.add_argument("--reference", action="store_true",
                    help="record the folders' paths instead of copying their weights")
     m.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -81,6 +82,34 @@ def _add_model_args(p, *, pipeline: bool = True) -> None:
     g.add_argument("--no-ema", action="store_true", help="use the raw weights even when the run kept an EMA")
 
 
+def _add_stage2_args(g) -> None:
+    """--stage2 RULE with the coarse map and training codes it is made from (models/member_prior.py)."""
+    from ..models.config import PRIOR_RULES
+
+    g.add_argument("--stage2", default="model", choices=("model", *PRIOR_RULES),
+                   help="CTF's stage 2: 'model' (default: the trained --aux folder), or a parameter-free prior: "
+                        "'uniform' (every member of the cluster equally likely) or 'frequency' (members by their "
+                        "count in --train-codes), made from --coarse-map and written into the pipeline")
+    g.add_argument("--coarse-map", metavar="DIR", help="the coarse map (`ctfgen cluster`) of --stage2 uniform/frequency")
+    g.add_argument("--train-codes", metavar="DIR", help="the training code store whose counts --stage2 frequency uses")
+
+
+def _prior_stage2(args):
+    """The MemberPriorArtifact of `--stage2 RULE --coarse-map DIR [--train-codes DIR]`."""
+    from ..cluster import CoarseMap
+    from ..codes import CodeStore
+    from ..models.member_prior import MemberPriorArtifact
+
+    if args.aux:
+        raise CtfgenError(f"--stage2 {args.stage2} replaces --aux: give one of them")
+    if not args.coarse_map:
+        raise CtfgenError(f"--stage2 {args.stage2} needs --coarse-map DIR (the map stage 1 was trained with)")
+    if args.stage2 == "frequency" and not args.train_codes:
+        raise CtfgenError("--stage2 frequency needs --train-codes DIR (the training code store)")
+    train = CodeStore.open(args.train_codes) if args.stage2 == "frequency" else None
+    return MemberPriorArtifact.from_map(args.stage2, CoarseMap.load(args.coarse_map), train_codes=train)
+
+
 def _add_sampling_args(p, title: str = "sampling (defaults: the paper's for CTF, LlamaGen's for the baseline)") -> None:
     """A flag per SamplingConfig field (sample/settings.py holds each one's help and allowed values).
     They default to None: a flag overrides the pipeline's stored settings only when given."""
@@ -108,7 +137,9 @@ def _run_make(args) -> int:
 
     if not args.tokenizer:
         raise CtfgenError("--tokenizer DIR is required")
-    dirs = _model_dirs(args)
+    if args.stage2 != "model" and (args.baseline or not args.ar):
+        raise CtfgenError(f"--stage2 {args.stage2} is CTF's stage 2: give --ar DIR (stage 1) and no --baseline")
+    dirs = _model_dirs(args) if args.stage2 == "model" else {"ar": args.ar, "aux": _prior_stage2(args)}
     overrides = given_flags(SamplingConfig, args)
     sampling = SamplingConfig(**overrides) if "ar" in dirs else SamplingConfig.baseline(**overrides)
     out = make_pipeline(args.out, tokenizer=args.tokenizer, copy=not args.reference, overwrite=args.overwrite,
@@ -154,7 +185,7 @@ def _run_sample(args) -> int:
             dirs = _model_dirs(args)
             cls = CTFPipeline if "ar" in dirs else BaselinePipeline
             pipe = cls.from_folders(tokenizer=args.tokenizer, **common, **dirs)
-        if args.coarse_grid and pipe.type != "ctf":
+        if args.coarse_grid and not pipe.coarse_to_fine:
             raise CtfgenError("--coarse-grid shows stage 1 and stage 2 of CTF; this is a baseline pipeline")
         classes = list(range(pipe.num_classes)) if args.classes == "all" else args.classes
         pipe.check_labels(classes, where="--classes")

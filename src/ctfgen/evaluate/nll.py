@@ -71,27 +71,22 @@ def gpt_nll(model, targets_NL: torch.Tensor, labels_N: torch.Tensor, *, batch_si
 @torch.inference_mode()
 def stage2_nll(stage2, fine_NL: torch.Tensor, labels_N: torch.Tensor, *, batch_size: int = 0,
                progress: bool = False) -> torch.Tensor:
-    """(N,) nats: -sum_i log p_stage2(x_i | coarse(x), class) for a learned stage 2 (AuxTransformer)
-    or a parameter-free one (MemberPrior)."""
+    """(N,) nats: -sum_i log p_stage2(x_i | coarse(x), class) for any stage 2 (models/stage2.py: the
+    learned one or a parameter-free prior), from its member log-probabilities `stage2_log_probs`."""
     c2c_V = stage2.code_to_coarse
     if int(c2c_V.min()) < 0:
         raise CtfgenError("stage 2 has no coarse map (code_to_coarse unset)")
     fine_NL = fine_NL.long()
     N, L = fine_NL.shape
-    if getattr(stage2.config, "kind", "") == "prior":
-        return -stage2.log_prob(fine_NL).sum(1).cpu()
-    c = stage2.config
-    if L != c.seq_len:
-        raise CtfgenError(f"sequences of {L} tokens, but stage 2 makes {c.seq_len}")
-    device = stage2.tok_embeddings.weight.device
+    stage2.check_length(L)
+    device = stage2.stage2_device
     tables = stage2.member_tables()
     out_N = torch.empty(N, dtype=torch.float64)
     rows = _rows(L, tables.members_KM.shape[1], batch_size)
     for s in _batches(N, rows, progress, "nll stage 2"):
         x_BL = fine_NL[s:s + rows].to(device)
         coarse_BL = c2c_V[x_BL]
-        h_BLD = stage2.features(coarse_BL, labels_N[s:s + rows].to(device))
-        logp_NM = torch.log_softmax(stage2.member_logits(h_BLD.flatten(0, 1), coarse_BL.flatten()), dim=-1)
+        logp_NM = stage2.stage2_log_probs(coarse_BL, labels_N[s:s + rows].to(device)).flatten(0, 1)
         nll_n = -logp_NM.gather(1, tables.col_V[x_BL.flatten()][:, None]).squeeze(1)
         out_N[s:s + rows] = nll_n.view(x_BL.shape).double().sum(1).cpu()
     return out_N
@@ -127,7 +122,7 @@ def heldout_nll(models: dict[str, Any], fine_NL: torch.Tensor, labels_N: torch.T
 
     Returns {"bits_per_token", "nats_per_image", "images", "tokens_per_image", "seconds"} and, for
     CTF, "stage1_bits_per_token" / "stage2_bits_per_token" (per image token; they add up) and
-    "stage2": the kind of stage 2 ("aux" or a MemberPrior rule). `stage1_N` reuses stage 1's nats of
+    "stage2": its `stage2_name` ("aux" or a MemberPrior rule). `stage1_N` reuses stage 1's nats of
     an earlier call on the same sequences; `keep`, a dict, receives them as keep["stage1_N"].
     """
     t0 = time.perf_counter()
@@ -148,9 +143,8 @@ def heldout_nll(models: dict[str, Any], fine_NL: torch.Tensor, labels_N: torch.T
             keep["stage1_N"] = s1_N
         total_N = s1_N + s2_N
         aux = models["aux"]
-        out.update(stage1_bits_per_token=bits(s1_N, L), stage2_bits_per_token=bits(s2_N, L),
-                   stage2=aux.config.rule if aux.config.kind == "prior" else "aux")
-        if aux.config.kind == "aux" and not aux.config.mask_to_cluster:
+        out.update(stage1_bits_per_token=bits(s1_N, L), stage2_bits_per_token=bits(s2_N, L), stage2=aux.stage2_name)
+        if aux.renormalised:
             out["stage2_renormalised"] = True  # an unmasked model, scored over the cluster members
     if not bool(torch.isfinite(total_N).all()):
         raise CtfgenError("the likelihood is not finite: a model gives probability 0 (or NaN) to a held-out sequence")
@@ -182,7 +176,7 @@ def load_nll_models(store, device: str | torch.device = "cpu", *, pipeline=None,
     the store's, or a model whose codebook, grid or classes do not fit the store.
     """
     from ..artifacts import check_made_from
-    from ..models.artifact import TrainedModel, load_model
+    from ..models.artifact import TrainedModel
     from ..sample.pipeline_folder import check_stages
 
     if sum(bool(x) for x in (pipeline, ar, baseline)) != 1:
@@ -205,8 +199,8 @@ def load_nll_models(store, device: str | torch.device = "cpu", *, pipeline=None,
         check_stages(manifests, store.tokenizer_fingerprint, folders=folders, tokenizer_name=codes_tokenizer)
         models, source = {}, {}
         for role, folder in folders.items():
-            models[role], m = load_model(folder, device, ema=ema, expect_kind=role)
-            source[role] = {"folder": str(folder), "fingerprint": m["fingerprint"]}
+            art = TrainedModel.load(folder, device, ema=ema, expect_kind=role)
+            models[role], source[role] = art.module, {"folder": str(folder), "fingerprint": art.fingerprint}
         stage1 = f"stage 1 ({ar})"
         stage1_map = manifests["ar"].get("made_from", {}).get("coarse_map") if ar else None
     cmap = None
@@ -220,34 +214,40 @@ def load_nll_models(store, device: str | torch.device = "cpu", *, pipeline=None,
                         hint="stage 1 was trained with another `ctfgen cluster` output")
     if "ar" in models:
         if stage2 != "model":
-            from ..models.member_prior import MemberPrior
-
-            if "aux" in models:
-                c2c = models["aux"].code_to_coarse.cpu()
-            elif cmap is not None:
-                c2c = cmap.code_to_coarse
-            else:
-                raise CtfgenError(f"--stage2 {stage2} needs the coarse map: --coarse-map DIR (or --aux DIR)")
-            train = None
-            if stage2 == "frequency":
-                if not train_codes:
-                    raise CtfgenError("--stage2 frequency needs --train-codes DIR (the training code store)")
-                from ..codes import CodeStore
-
-                train_store = CodeStore.open(train_codes)
-                train_store.check_tokenizer(store.tokenizer_fingerprint)
-                train, source["train_codes"] = train_store.codes, str(train_codes)
-            models["aux"] = MemberPrior.build(stage2, c2c, k=models["ar"].config.coarse_vocab,
-                                              train_codes=train).to(device)
+            models["aux"] = _prior_stage2(stage2, models, cmap, train_codes, store, source).module.to(device)
         elif "aux" not in models:
             raise CtfgenError("CTF needs a stage 2: --aux DIR, or --stage2 uniform/frequency with --coarse-map DIR")
     for role, m in models.items():
         c = m.config
         if c.vocab_size != store.vocab_size:
             raise CtfgenError(f"{role}: codebook of {c.vocab_size} codes, but {store.folder} has {store.vocab_size}")
-        if role != "aux" or c.kind == "aux":
+        if c.grid is not None:  # a prior stage 2 reads no grid and no class
             if c.grid != store.grid[0]:
                 raise CtfgenError(f"{role}: a {c.grid}x{c.grid} grid, but {store.folder} holds {store.grid}")
             if c.num_classes < store.num_classes:
                 raise CtfgenError(f"{role}: {c.num_classes} classes, but {store.folder} has {store.num_classes}")
     return models, source
+
+
+def _prior_stage2(rule: str, models: dict, cmap, train_codes, store, source: dict):
+    """The parameter-free stage 2 `rule` (models/member_prior.py) of stage 2's clusters (when given)
+    or of the coarse map `cmap`, counting the training codes of `train_codes` (a folder) for "frequency"."""
+    from ..cluster import CoarseMap
+    from ..models.member_prior import MemberPriorArtifact
+
+    if "aux" in models:
+        aux = models["aux"]
+        cmap = CoarseMap.from_labels(aux.code_to_coarse.cpu(), k=aux.config.coarse_vocab,
+                                     tokenizer_fingerprint=store.tokenizer_fingerprint)
+    elif cmap is None:
+        raise CtfgenError(f"--stage2 {rule} needs the coarse map: --coarse-map DIR (or --aux DIR)")
+    train = None
+    if rule == "frequency":
+        if not train_codes:
+            raise CtfgenError("--stage2 frequency needs --train-codes DIR (the training code store)")
+        from ..codes import CodeStore
+
+        train = CodeStore.open(train_codes)
+        train.check_tokenizer(store.tokenizer_fingerprint)
+        source["train_codes"] = str(train_codes)
+    return MemberPriorArtifact.from_map(rule, cmap, train_codes=train)

@@ -43,7 +43,7 @@ def train_flops_per_token(cfg) -> float:
     d, h, n = cfg.dim, cfg.ffn_hidden, cfg.n_layer
     block_weights = n * (4 * d * d + 3 * d * h)  # wqkv + wo, w1 + w3 + w2
     head_rows = cfg.out_vocab
-    if cfg.kind == "aux" and cfg.mask_to_cluster:
+    if cfg.spec.member_head and cfg.mask_to_cluster:
         head_rows = cfg.vocab_size / cfg.coarse_vocab  # the members of one cluster
     seq = cfg.seq_len + cfg.n_prefix
     return 6.0 * (block_weights + head_rows * d) + 12.0 * n * d * seq

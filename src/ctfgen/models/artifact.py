@@ -62,6 +62,19 @@ class TrainedModel(ModuleArtifact):
 
     KIND = KIND
     REDO = "retrain it, or copy the run folder again"
+    FILES = MODEL_FILES
+
+    @classmethod
+    def stage2_config(cls, manifest: dict, folder: str | Path = "stage 2"):
+        """The ModelConfig of a stage-2 model folder (models/stage2.py: stage2_config); ArtifactError
+        for a model of another kind."""
+        from .config import ModelConfig
+
+        kind = manifest.get("config", {}).get("model", {}).get("kind")
+        cfg = cls.typed_config(folder, manifest, ModelConfig, key="model")
+        if not cfg.spec.member_head:
+            raise ArtifactError(f"{folder}: expected a stage-2 ('aux') model, got kind {kind!r}")
+        return cfg
 
     @classmethod
     def config_of(cls, module: torch.nn.Module) -> dict[str, Any]:

@@ -19,19 +19,19 @@ from ..errors import CtfgenError
 from . import member_loss as _loss
 from . import members as _members
 from .config import ModelConfig
-from .members import MemberTables
+from .stage2 import Stage2
 from .transformer import Trunk
 
 
-class AuxTransformer(MemberTables, Trunk):
+class AuxTransformer(Stage2, Trunk):
     is_causal = False
     # how member_loss computes the cluster-masked loss: "auto", "loop", "gather" or "masked" (same
     # loss and gradients; see models/member_loss.py). A run setting, not part of the config.
     loss_impl = "auto"
 
     def __init__(self, cfg: ModelConfig, code_to_coarse: torch.Tensor | None = None):
-        if cfg.kind != "aux":
-            raise CtfgenError(f"AuxTransformer is the stage-2 model (kind 'aux'), not {cfg.kind!r}")
+        if not cfg.spec.member_head:
+            raise CtfgenError(f"AuxTransformer is the stage-2 model (a member head), not kind {cfg.kind!r}")
         super().__init__(cfg)
         # Saved in the state_dict: a checkpoint then carries the clustering it was trained with.
         # -1 marks "not set yet" (filled by load_state_dict when built from a config alone).
@@ -73,6 +73,68 @@ class AuxTransformer(MemberTables, Trunk):
             raise CtfgenError(f"member logits: impl {impl!r} is not one of {_members.LOGIT_IMPLS}")
         fn = _members.logits_gather if impl == "gather" else _members.logits_loop
         return fn(h_ND, coarse_N, self.output.weight, self.member_tables())
+
+    # ---- the stage-2 contract (models/stage2.py)
+
+    @property
+    def sees_class(self) -> bool:
+        return self.config.use_class
+
+    @property
+    def stage2_name(self) -> str:
+        return self.config.kind
+
+    @property
+    def members_only(self) -> bool:
+        return self.config.mask_to_cluster
+
+    def check_length(self, L: int) -> None:
+        if L != self.config.seq_len:
+            raise CtfgenError(f"sequences of {L} tokens, but stage 2 makes {self.config.seq_len}")
+
+    def stage2_log_probs(self, coarse_BL: torch.Tensor, class_B: torch.Tensor | None) -> torch.Tensor:
+        """(B, L, M) log-softmax of the member logits; an unmasked model's renormalised over the members."""
+        h_BLD = self.features(coarse_BL, class_B)
+        logits_NM = self.member_logits(h_BLD.flatten(0, 1), coarse_BL.flatten())
+        return torch.log_softmax(logits_NM, dim=-1).view(*coarse_BL.shape, -1)
+
+    def stage2_logits(self, coarse_BL: torch.Tensor, class_B: torch.Tensor | None,
+                      guidance_scale: float = 1.0) -> torch.Tensor:
+        """(B, L, C) logits: the members' (C = M) when masked to the cluster, else the whole codebook's
+        (C = V). guidance_scale != 1 runs the batch doubled, [cond, null class], and takes
+        uncond + scale * (cond - uncond)."""
+        c = self.config
+        guided = guidance_scale != 1.0
+        if guided and not c.use_class:
+            raise CtfgenError("stage2_guidance_scale: this stage-2 model does not see the class (use_class=False), "
+                              "so it cannot be guided; use 1.0")
+        n, L = coarse_BL.shape
+        if guided:
+            coarse_BL = torch.cat([coarse_BL, coarse_BL])
+            class_B = torch.cat([class_B, torch.full_like(class_B, c.num_classes)])
+        h_BLD = self.features(coarse_BL, class_B)
+        if c.mask_to_cluster:
+            logits_NC = self.member_logits(h_BLD.flatten(0, 1), coarse_BL.flatten())
+        else:
+            logits_NC = self.output(h_BLD).float().flatten(0, 1)
+        if guided:
+            uncond_NC, cond_NC = logits_NC[n * L:], logits_NC[:n * L]
+            logits_NC = torch.lerp(uncond_NC, cond_NC, guidance_scale)
+            # -inf - -inf is nan at the padding of masked rows (both halves pad the same columns); only
+            # there: a NaN elsewhere comes from the model and must stay visible to the sampler's check
+            logits_NC = logits_NC.masked_fill(torch.isneginf(uncond_NC) & torch.isneginf(cond_NC), float("-inf"))
+        return logits_NC.view(n, L, -1)
+
+    def stage2_codes(self, coarse_N: torch.Tensor, col_N: torch.Tensor) -> torch.Tensor:
+        return self.member_tables().codes(coarse_N, col_N) if self.config.mask_to_cluster else col_N
+
+    def stage2_rows(self, B: int, L: int, guidance_scale: float, max_logits: int) -> int:
+        """All B when masked; an unmasked model's (B, L, V) logits in chunks of at most `max_logits`."""
+        if self.config.mask_to_cluster:
+            return max(1, B)
+        return max(1, max_logits // (L * self.config.vocab_size * (2 if guidance_scale != 1.0 else 1)))
+
+    # ---- training
 
     def prepare_batch(self, batch: dict) -> dict:
         """The batch with its coarse-noise draws, "coarse_draws" (B, 2, L) uniforms in [0, 1), when

@@ -3,9 +3,16 @@ checkpoints (to_dict/from_dict). Torch-free: the command line reads both to make
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass
 
 from ..errors import CtfgenError
+
+
+def resolve(path: str):
+    """The object named by "package.module:Name", imported on first use (this module stays torch-free)."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 @dataclass(frozen=True)
@@ -17,6 +24,17 @@ class Kind:
     about: str  # what the model is, in a few words
     reads: str  # the batch entry the model takes as input tokens
     predicts: str  # the batch entry its head predicts
+    model: str  # its nn.Module class, "package.module:Class" (imported on first use: this table is torch-free)
+
+    @property
+    def model_class(self) -> type:
+        """The class that builds and runs models of this kind: `model_class(cfg, code_to_coarse=None)`."""
+        return resolve(self.model)
+
+    @property
+    def batch_keys(self) -> tuple[str, ...]:
+        """The batch entries a training step of this kind reads: its tokens, its targets, the class."""
+        return tuple(dict.fromkeys((self.reads, self.predicts, "label")))
 
     @property
     def help(self) -> str:
@@ -36,13 +54,23 @@ class Kind:
         return self.reads == "coarse" and self.predicts == "codes"
 
 
-# The one list of model kinds, in this order in error messages. A new kind is a row here, its model
-# class in this package (built by presets.model_from_config) and its sampler.
+# The one list of model kinds, in this order in error messages. A new kind is a row here and its model
+# class (docs/ARCHITECTURE.md, "Adding a model"); code elsewhere asks the row, never the kind's name.
 KINDS: dict[str, Kind] = {
-    "baseline": Kind("LlamaGen's class-conditional GPT over the full codebook", reads="codes", predicts="codes"),
-    "ar": Kind("stage 1: causal transformer over the K coarse labels", reads="coarse", predicts="coarse"),
+    "baseline": Kind("LlamaGen's class-conditional GPT over the full codebook", reads="codes", predicts="codes",
+                     model="ctfgen.models.gpt:GPT"),
+    "ar": Kind("stage 1: causal transformer over the K coarse labels", reads="coarse", predicts="coarse",
+               model="ctfgen.models.gpt:GPT"),
     "aux": Kind("stage 2: bidirectional transformer, coarse labels in, codebook indices out", reads="coarse",
-                predicts="codes"),
+                predicts="codes", model="ctfgen.models.aux:AuxTransformer"),
+}
+# The parameter-free stage 2s (models/member_prior.py), by rule: `ctfgen pipeline make --stage2 RULE`.
+PRIOR_RULES = ("uniform", "frequency")
+# The folder kinds that can be a CTF pipeline's stage 2 ("aux" role), and the artifact class that loads
+# each (models/stage2.py: load_stage2). A new stage 2 is its module and one line here.
+STAGE2_FOLDERS: dict[str, str] = {
+    "model": "ctfgen.models.artifact:TrainedModel",  # a trained stage 2, `ctfgen train aux`
+    "stage2_prior": "ctfgen.models.member_prior:MemberPriorArtifact",  # `ctfgen pipeline make --stage2 RULE`
 }
 CLS_ROPE = ("zero", "identity")
 

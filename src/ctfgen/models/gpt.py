@@ -17,15 +17,15 @@ class GPT(Trunk):
     is_causal = True
 
     def __init__(self, cfg: ModelConfig):
-        if cfg.kind not in ("baseline", "ar"):
-            raise CtfgenError(f"GPT is the causal model (kind 'baseline' or 'ar'), not {cfg.kind!r}")
+        if cfg.spec.member_head:
+            raise CtfgenError(f"GPT is the causal model, not the stage-2 member head (kind {cfg.kind!r})")
         super().__init__(cfg)
         self._cache_len = 0
 
     @property
     def target_key(self) -> str:
         """The batch entry this model learns: codebook indices or coarse labels."""
-        return "codes" if self.config.kind == "baseline" else "coarse"
+        return self.config.spec.predicts
 
     def forward(self, tokens_BT: torch.Tensor, cond_B: torch.Tensor) -> torch.Tensor:
         """Logits (B, T+1, V): position i predicts token i given the class and tokens < i.

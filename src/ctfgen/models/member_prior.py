@@ -9,8 +9,10 @@ class; each is still a proper stage 2, so CTF with it has an exact likelihood an
                add-one (Laplace) smoothing so that a code never seen in training keeps a non-zero
                probability (otherwise one unseen test code makes the held-out likelihood infinite).
 
-The sampler reads `member_logits` (sample/sampler.py: sample_from_prior), the likelihood code
-`log_prob`; both work on codebook indices.
+Both implement the stage-2 contract (models/stage2.py), so the one sampler and the one likelihood
+path use them as they use the learned stage 2; `MemberPriorArtifact` is their folder (kind
+"stage2_prior", `ctfgen pipeline make --stage2 RULE`), made from a coarse map (and, for "frequency",
+the training code store).
 """
 from __future__ import annotations
 
@@ -21,9 +23,8 @@ import torch
 from torch import nn
 
 from ..errors import CtfgenError
-from .members import MemberTables
-
-RULES = ("uniform", "frequency")
+from .config import PRIOR_RULES as RULES
+from .stage2 import Stage2, Stage2Artifact
 
 
 @dataclass
@@ -31,19 +32,25 @@ class MemberPriorConfig:
     rule: str
     vocab_size: int  # codebook size V
     coarse_vocab: int  # K
-    kind: str = "prior"  # not a trained model kind: pipelines and reports tell it from "aux" by this
     smoothing: float = 1.0  # pseudo-count added to every code (rule "frequency")
 
+    # a prior reads neither the class nor the position: any grid and any classes fit it
+    grid = None
+    num_classes = None
 
-class MemberPrior(MemberTables, nn.Module):
+
+class MemberPrior(Stage2, nn.Module):
     """log p(code | its coarse label), fixed; buffers only, so `.to(device)` moves it like a model."""
 
-    def __init__(self, cfg: MemberPriorConfig, code_to_coarse_V: torch.Tensor, log_prob_V: torch.Tensor):
-        super().__init__()
-        self.config = cfg
-        self.register_buffer("code_to_coarse", torch.as_tensor(code_to_coarse_V).long().clone())
-        self.register_buffer("log_prob_V", torch.as_tensor(log_prob_V).float().clone())
+    sees_class = False
+    ARTIFACT = "ctfgen.models.member_prior:MemberPriorArtifact"
+    CONFIG = MemberPriorConfig
 
+    def __init__(self, cfg: MemberPriorConfig, code_to_coarse_V: torch.Tensor, log_prob_V: torch.Tensor | None = None):
+        super().__init__()
+        self.keep_map(cfg, code_to_coarse_V)
+        log_prob_V = torch.zeros(cfg.vocab_size) if log_prob_V is None else log_prob_V  # None: a folder fills it
+        self.register_buffer("log_prob_V", torch.as_tensor(log_prob_V).float().clone())
     @classmethod
     def build(cls, rule: str, code_to_coarse_V: torch.Tensor, *, k: int,
               train_codes: np.ndarray | None = None, smoothing: float = 1.0) -> "MemberPrior":
@@ -70,14 +77,40 @@ class MemberPrior(MemberTables, nn.Module):
         log_prob_V = (mass_V / total_K[c2c_V]).log()
         return cls(MemberPriorConfig(rule=rule, vocab_size=V, coarse_vocab=k, smoothing=smoothing), c2c_V, log_prob_V)
 
+    @property
+    def stage2_name(self) -> str:
+        return self.config.rule
+
     def log_prob(self, fine_BL: torch.Tensor) -> torch.Tensor:
         """(B, L) natural-log probability of each code given its own coarse label."""
         return self.log_prob_V.double()[fine_BL.to(self.log_prob_V.device)]
 
-    def member_logits(self, coarse_N: torch.Tensor) -> torch.Tensor:
-        """(N, M) log-probabilities of each position's cluster members (column j = members[coarse, j]),
-        -inf past the cluster's size: the layout of AuxTransformer.member_logits, which the stage-2
-        sampler (sample/sampler.py: sample_from_prior) draws from."""
-        t = self.member_tables()
-        coarse_N = coarse_N.to(t.members_KM.device)
-        return self.log_prob_V.float()[t.members_KM[coarse_N]].masked_fill(t.padding(coarse_N), float("-inf"))
+    def stage2_log_probs(self, coarse_BL: torch.Tensor, class_B: torch.Tensor | None) -> torch.Tensor:
+        """(B, L, M) log-probabilities of each position's cluster members (the class is not read)."""
+        return self.member_table_log_probs(self.log_prob_V, coarse_BL)
+
+
+class MemberPriorArtifact(Stage2Artifact):
+    """A parameter-free stage 2's folder (kind "stage2_prior"): config.prior (MemberPriorConfig),
+    the weights file holding code_to_coarse and log_prob_V; made_from the tokenizer, the coarse map
+    and, for "frequency", the training codes."""
+
+    KIND = "stage2_prior"
+    REDO = "make it again (`ctfgen pipeline make --stage2 RULE`)"
+    CONFIG_KEY = "prior"
+    MODULE = "ctfgen.models.member_prior:MemberPrior"
+
+    @classmethod
+    def from_map(cls, rule: str, coarse_map, *, train_codes=None, smoothing: float = 1.0) -> "MemberPriorArtifact":
+        """The prior `rule` of a coarse map (cluster/coarse_map.py: CoarseMap), counting the codes
+        of `train_codes` (a CodeStore) for "frequency" (the other rules leave them unread).
+        CtfgenError for an unknown rule, "frequency" without training codes, or codes of another
+        tokenizer than the map's."""
+        made_from = {"tokenizer": coarse_map.tokenizer_fingerprint, "coarse_map": coarse_map.fingerprint}
+        codes = None
+        if rule == "frequency" and train_codes is not None:
+            train_codes.check_tokenizer(coarse_map.tokenizer_fingerprint)
+            codes, made_from["codes"] = train_codes.codes, train_codes.fingerprint
+        prior = MemberPrior.build(rule, coarse_map.code_to_coarse, k=coarse_map.k, train_codes=codes,
+                                  smoothing=smoothing)
+        return cls(prior, made_from=made_from)

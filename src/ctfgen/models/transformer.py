@@ -153,6 +153,8 @@ class LabelEmbedding(nn.Module):
 class Trunk(nn.Module):
     """Everything the models share: [class prefix] + token embeddings -> blocks -> norm -> head."""
 
+    ARTIFACT = "ctfgen.models.artifact:TrainedModel"  # its folder kind's class (pipelines save it with it)
+
     is_causal = True
 
     def __init__(self, cfg: ModelConfig):

@@ -23,9 +23,8 @@ import torch
 from ..dist import device_name
 from ..errors import CtfgenError
 from ..memory import PeakRSS
-from ..models import build_model
-from . import pipeline as _pipeline_module
-from .pipeline import BaselinePipeline, CTFPipeline
+from ..models import KINDS, build_model
+from .pipeline import RANGE, BaselinePipeline, CTFPipeline
 from .sampler import sample_seed
 
 # stage-1 / baseline size, stage-2 size, codebook V, clusters K, tokens per side, classes
@@ -56,7 +55,7 @@ class SpeedResult:
 def _model(kind: str, preset: str, cfg: dict, seed: int, **extra):
     torch.manual_seed(seed)
     m = build_model(kind, preset, vocab_size=cfg["vocab"], num_classes=cfg["num_classes"], grid=cfg["grid"],
-                    coarse_vocab=None if kind == "baseline" else cfg["k"], **extra)
+                    coarse_vocab=cfg["k"] if KINDS[kind].needs_coarse_map else None, **extra)
     with torch.no_grad():  # the head starts at zero; random values give realistic, non-uniform choices
         m.output.weight.normal_(0.0, 0.02)
     return m.eval()
@@ -136,9 +135,10 @@ def time_interleaved(pipes: dict, results: dict[str, SpeedResult], settings: dic
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
+            timings: dict[str, float] = {}
             with PeakRSS() as mem:
                 t0 = time.perf_counter()
-                pipe.sample_codes(labels_B, seeds, settings[name])
+                pipe.sample_tokens(labels_B, seeds, settings[name], timings=timings)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 dt = time.perf_counter() - t0
@@ -147,7 +147,7 @@ def time_interleaved(pipes: dict, results: dict[str, SpeedResult], settings: dic
             res.peak_mem_mb = max(res.peak_mem_mb, peak / 2**20)
             if r >= warmup:
                 res.seconds.append(dt)
-                for k, v in getattr(pipe, "last_timings", {}).items():
+                for k, v in timings.items():
                     res.stage_s.setdefault(k, []).append(v)
 
 
@@ -167,9 +167,9 @@ def _clear_caches(pipe) -> None:
 
 # ---------------------------------------------------------------- --profile: where a batch's time goes
 
-# Table rows, in order. The samplers' code is not instrumented, so the bench opens its own
-# record_function ranges around the pieces it can see from outside (`_profile_ranges`) and
-# `_category` names an op by the innermost of them plus the op's own name.
+# Table rows, in order. The pipeline opens a record_function range per stage (pipeline.RANGE +
+# "stage1", "stage2", "tokens"); the bench adds ranges around the models' pieces (`_profile_ranges`)
+# and `_category` names an op by the innermost of them plus the op's own name.
 CATEGORIES = {
     "linear": "blocks: linear layers",  # q/k/v, out and MLP projections (aten::linear and its mm)
     "attention": "blocks: attention (sdpa)",  # scaled_dot_product_attention over the KV cache
@@ -183,7 +183,7 @@ CATEGORIES = {
     "python": "Python between ops",
     "stage2": "stage 2 (whole pass)",  # everything under the stage-2 call: trunk, member logits, picks
 }
-_RANGE = "ctfgen/"  # prefix of the bench's own ranges
+_RANGE = RANGE  # prefix of the pipeline's ranges and the bench's own
 _LINEAR_OPS = {"aten::linear", "aten::addmm", "aten::mm", "aten::matmul", "aten::bmm"}
 
 
@@ -199,10 +199,9 @@ def _in_range(name: str, fn):
 @contextlib.contextmanager
 def _profile_ranges(pipe):
     """Open record_function ranges around every model's blocks, head, embeddings and final norm
-    (forward hooks), its KV-cache setup, and the stage-2 call. The last two are not module calls:
-    the cache setup is wrapped on the model instance (shadowing the method), and the pipeline
-    looks `sample_fine` up in its module at call time, so a wrapper put there sees exactly that
-    call. Everything is undone on exit."""
+    (forward hooks) and its KV-cache setup, which is not a module call: it is wrapped on the model
+    instance (shadowing the method). The stage-2 range is the pipeline's own. Everything is undone
+    on exit."""
     from torch.profiler import record_function
 
     open_ranges: list = []
@@ -227,12 +226,9 @@ def _profile_ranges(pipe):
         if hasattr(model, "setup_cache"):
             model.setup_cache = _in_range("cache", model.setup_cache)
             cached.append(model)
-    original = _pipeline_module.sample_fine
-    _pipeline_module.sample_fine = _in_range("stage2", original)
     try:
         yield
     finally:
-        _pipeline_module.sample_fine = original
         for model in cached:
             del model.setup_cache  # the class's method again
         for h in handles:

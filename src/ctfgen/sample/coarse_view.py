@@ -16,7 +16,7 @@ import torch
 
 from ..errors import CtfgenError
 from .pipeline import CTFPipeline, Samples
-from .sampler import generate_tokens, sample_uniforms
+from .pipeline_folder import STAGE2_ROLE
 
 
 @dataclass
@@ -60,30 +60,17 @@ def cluster_colors(k: int) -> np.ndarray:
     return (hsv_to_rgb(hsv) * 255).round().astype(np.uint8)
 
 
-def stage1_labels(pipe: CTFPipeline, samples: Samples, *, batch_size: int = 64) -> np.ndarray:
-    """(N, L) the coarse labels stage 1 drew for `samples` (made by `pipe.generate`).
-
-    `generate` keeps them in `samples.coarse`; for samples without them (built by hand) a cluster-masked stage 2 (the default) only picks codes inside the drawn cluster, so the labels
-    are the clusters of the codes. An unmasked one may leave it: stage 1 is then drawn again from
-    the same per-sample uniforms, which gives the same labels.
-    """
-    if samples.coarse is not None:  # generate() keeps them
+def stage1_labels(pipe: CTFPipeline, samples: Samples) -> np.ndarray:
+    """(N, L) the coarse labels stage 1 drew for `samples`: `samples.coarse`, which `pipe.generate`
+    fills. Samples without them (built by hand) give the clusters of their codes when the pipeline's
+    stage 2 draws only cluster members (`members_only`, the default); otherwise CtfgenError."""
+    if samples.coarse is not None:
         return np.asarray(samples.coarse)
-    aux = pipe.models["aux"]
-    codes_NL = torch.as_tensor(samples.codes, dtype=torch.long)
-    if aux.config.mask_to_cluster:
-        return aux.code_to_coarse.cpu()[codes_NL].numpy()
-    ar, s, L = pipe.models["ar"], samples.settings, pipe.seq_len
-    out = []
-    try:
-        for b in range(0, len(codes_NL), batch_size):
-            seeds = list(samples.seeds[b:b + batch_size])
-            u_BL = sample_uniforms(seeds, 2 * L)[:, :L]  # CTFPipeline: stage 1 uses the first L
-            labels_B = torch.as_tensor(samples.labels[b:b + batch_size], dtype=torch.long)
-            out.append(generate_tokens(ar, labels_B, u_BL, s).cpu())
-    finally:
-        ar.clear_cache()
-    return torch.cat(out).numpy() if out else np.zeros((0, L), np.int64)
+    stage2 = pipe.models[STAGE2_ROLE]
+    if not stage2.members_only:
+        raise CtfgenError("these samples carry no coarse labels (Samples.coarse) and this stage 2 may draw codes "
+                          "outside their clusters: make them with the pipeline's generate()")
+    return stage2.code_to_coarse.cpu()[torch.as_tensor(samples.codes, dtype=torch.long)].numpy()
 
 
 def _rgb(images_NHWC: np.ndarray) -> np.ndarray:
@@ -92,14 +79,14 @@ def _rgb(images_NHWC: np.ndarray) -> np.ndarray:
 
 def coarse_views(pipe: CTFPipeline, samples: Samples, *, batch_size: int = 64) -> CoarseViews:
     """Label map, coarse image and final image of every sample in `samples` (from `pipe.generate`)."""
-    if getattr(pipe, "type", None) != "ctf":
+    if not isinstance(pipe, CTFPipeline):
         raise CtfgenError("coarse-to-fine views need a CTF pipeline (stage 1 + stage 2), not the baseline")
     if pipe.tokenizer is None:
         raise CtfgenError("coarse-to-fine views need the pipeline's tokenizer to decode images")
-    aux = pipe.models["aux"]
-    K = aux.config.coarse_vocab
-    coarse_NL = stage1_labels(pipe, samples, batch_size=batch_size)
-    reps_K = cluster_representatives(pipe.tokenizer.codebook(), aux.code_to_coarse, K)
+    stage2 = pipe.models[STAGE2_ROLE]
+    K = stage2.config.coarse_vocab
+    coarse_NL = stage1_labels(pipe, samples)
+    reps_K = cluster_representatives(pipe.tokenizer.codebook(), stage2.code_to_coarse, K)
     coarse_images = pipe.decode(reps_K[torch.as_tensor(coarse_NL, dtype=torch.long)], batch_size=batch_size)
     final = samples.images
     maps = label_maps(coarse_NL, K, final.shape[1], final.shape[2])

@@ -97,7 +97,7 @@ def edit(pipe, source, *, kind: str, n: int = 1, labels=None, keep_tokens: int |
     and `Pipeline.vary` / `complete` / `inpaint`. Checks every argument before drawing anything."""
     if kind not in EDITS:
         raise CtfgenError(f"edit: {kind!r} is not one of {EDITS}")
-    ctf = pipe.type == "ctf"
+    ctf = pipe.coarse_to_fine
     if kind == "vary" and not ctf:
         raise CtfgenError("vary: detail variations redraw CTF's stage 2 under a fixed coarse map; the baseline has "
                           "no such stage (use inpaint or complete)")

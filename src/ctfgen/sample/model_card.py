@@ -136,7 +136,7 @@ def card_data(pf: "PipelineFolder", manifests: dict[str, dict], evaluations: Seq
                   for role, m in manifests.items()}
     return ModelCardData(
         library_name="ctfgen", pipeline_tag=PIPELINE_TAG, license=license, model_name=name if results else None,
-        tags=["ctfgen", "class-conditional", "autoregressive", "vq", "coarse-to-fine" if pf.config.type == "ctf" else "llamagen"],
+        tags=["ctfgen", "class-conditional", "autoregressive", "vq", "coarse-to-fine" if pf.coarse_to_fine else "llamagen"],
         datasets=[hub_data] if hub_data else None, eval_results=results or None,
         ctfgen={"type": pf.config.type, "fingerprint": pf.fingerprint, "made_from": parents(pf, manifests),
                 "components": components, "evaluations": [e.to_dict() for e in evaluations]})
@@ -177,7 +177,7 @@ def card_text(pf: "PipelineFolder", manifests: dict[str, dict], evaluations: Seq
     desc = data_description(manifests["tokenizer"])
     kind = ("It is CTF (coarse-to-fine token prediction): stage 1 predicts a coarse label per token in raster "
             "order, stage 2 predicts every token's code from the whole coarse map in one pass, and the tokenizer "
-            "decodes the codes." if pf.config.type == "ctf" else
+            "decodes the codes." if pf.coarse_to_fine else
             "It is the LlamaGen baseline: one autoregressive model predicts every token's code over the full "
             "codebook, and the tokenizer decodes the codes.")
     colour = {1: "grey", 3: "RGB"}.get(tok.get("channels"), f"{tok.get('channels')}-channel")

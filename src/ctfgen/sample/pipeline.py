@@ -13,24 +13,29 @@ from its modules, so it loads back like any other:
 """
 from __future__ import annotations
 
+import contextlib
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ..artifacts import artifact_dir
+from ..artifacts import Artifact
 from ..config import check_class_ids
 from ..dist import all_gather_objects, joined_group
 from ..errors import ArtifactError, CtfgenError
-from ..models.artifact import TrainedModel
+from ..models.config import resolve
 from ..tokenizer.artifact import TokenizerArtifact
-from .pipeline_folder import ROLES, PipelineFolder, PipelineFolderConfig, check_components, make_pipeline
-from .sampler import generate_tokens, sample_fine, sample_from_prior, sample_seed, sample_uniforms
+from .pipeline_folder import (ROLES, STAGE2_ROLE, PipelineFolder, check_components, load_component,
+                              make_pipeline, read_component_manifest)
+from .sampler import generate_tokens, sample_fine, sample_seed, sample_uniforms
 from .settings import SamplingConfig
 
+# torch.profiler ranges the pipeline opens around its stages ("ctfgen/stage1", "ctfgen/stage2",
+# "ctfgen/decode"); their seconds come back in `Samples.timings` (sample/bench.py reads both)
+RANGE = "ctfgen/"
 
 
 @dataclass
@@ -43,6 +48,36 @@ class Samples:
     seeds: list[int]  # per-sample seeds (sample_seed(seed, index))
     settings: SamplingConfig
     coarse: np.ndarray | None = None  # (N, L) CTF: stage 1's coarse labels (the baseline has none)
+    # seconds per stage of this process's share of the run, summed over batches ("stage1_s",
+    # "stage2_s" for CTF, "decode_s"): the `RANGE` ranges, synchronised on a GPU
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def artifact_of(module, cls: type | None = None) -> Artifact:
+    """An artifact itself, or a module as an artifact of `cls` (default: its class's ARTIFACT,
+    "package.module:Class") made in memory, keeping the parents and info that the loader of a bare
+    module recorded on it."""
+    if isinstance(module, Artifact):
+        return module
+    recorded = getattr(module, "manifest", None) or {}
+    art = (cls or resolve(type(module).ARTIFACT))(module, made_from=recorded.get("made_from"))
+    art.info = recorded.get("info")
+    return art
+
+
+@contextlib.contextmanager
+def timed(stage: str, timings: dict[str, float] | None, device: torch.device | None = None):
+    """A torch.profiler range RANGE + stage; with `timings`, add its seconds to timings[stage + "_s"]
+    (after synchronising `device` when it is a GPU: the kernels' time, not their launches')."""
+    from torch.profiler import record_function
+
+    with record_function(RANGE + stage):
+        t0 = time.perf_counter()
+        yield
+        if timings is not None:
+            if device is not None:
+                _sync(device)
+            timings[stage + "_s"] = timings.get(stage + "_s", 0.0) + time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------- pipelines
@@ -53,16 +88,21 @@ class Pipeline:
 
     type = ""
 
-    def __init__(self, tokenizer, models: dict[str, torch.nn.Module], *, sampling: SamplingConfig | None = None,
+    def __init__(self, tokenizer, models: dict[str, Any], *, sampling: SamplingConfig | None = None,
                  fingerprints: dict[str, str] | None = None, folders: dict[str, Path] | None = None,
                  dtype: torch.dtype | None = None, compile: bool | str = False):
-        self.tokenizer = tokenizer.eval() if tokenizer is not None else None  # None: codes only (bench)
-        self.models = {role: m.eval() for role, m in models.items()}
+        """tokenizer and models (by role): modules, or their artifacts (TokenizerArtifact, TrainedModel,
+        a stage-2 prior's, ...) as loaded from folders; `artifacts` keeps them, `models` their modules."""
+        self.artifacts: dict[str, Artifact] = {role: artifact_of(m) for role, m in models.items()}
+        if tokenizer is not None:
+            self.artifacts = {"tokenizer": artifact_of(tokenizer, TokenizerArtifact), **self.artifacts}
+        self.tokenizer = self.artifacts["tokenizer"].module.eval() if tokenizer is not None else None  # None: codes only
+        self.models = {role: self.artifacts[role].module.eval() for role in models}
         if dtype is not None:
             self.to(dtype=dtype)
         self.sampling = (sampling or self.default_sampling()).check()
         self.fingerprints = dict(fingerprints or {})
-        self.folders = dict(folders or {})
+        self.folders = {**{r: a.folder for r, a in self.artifacts.items() if a.folder is not None}, **(folders or {})}
         from .decoding import resolve_mode
 
         resolve_mode(compile)  # a bad value is refused here, not at the first batch
@@ -76,14 +116,20 @@ class Pipeline:
         return SamplingConfig()
 
     @property
+    def coarse_to_fine(self) -> bool:
+        """Whether the pipeline has a stage 2 (CTF: coarse labels, then codes) or not (the baseline)."""
+        return STAGE2_ROLE in ROLES[self.type]
+
+    @property
     def device(self) -> torch.device:
         return next(iter(self.models.values())).tok_embeddings.weight.device
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Pipeline":
-        """Move the models and the tokenizer to `device`; cast the models' floating-point weights to
-        `dtype` (the tokenizer stays in float32). Returns self."""
+        """Move the models and the tokenizer to `device`; cast the floating-point tensors of the models
+        with weights to `dtype` (the tokenizer, and a stage 2 of fixed tables such as a prior's
+        log-probabilities, stay in float32). Returns self."""
         for m in self.models.values():
-            m.to(device=device, dtype=dtype)
+            m.to(device=device, dtype=dtype if any(True for _ in m.parameters()) else None)
         if device is not None and self.tokenizer is not None:
             self.tokenizer.to(device)
         self._step_fn = None  # a compiled step belongs to the old weights
@@ -95,17 +141,17 @@ class Pipeline:
     def from_folders(cls, *, tokenizer: str | Path, device: str | torch.device = "cpu", ema: bool | None = None,
                      dtype: torch.dtype | None = None, compile: bool = False,
                      sampling: SamplingConfig | None = None, **model_dirs: str | Path):
-        """Load the tokenizer and model folders directly (ar= and aux=, or baseline=)."""
+        """Load the tokenizer and model folders directly (ar= and aux=, or baseline=); aux= may be a
+        stage-2 folder of any kind (a trained model, a prior: models/config.py STAGE2_FOLDERS)."""
         roles = ROLES[cls.type]
         if sorted(model_dirs) != sorted(roles):
             raise CtfgenError(f"{cls.__name__}.from_folders needs the folders {list(roles)}, got {sorted(model_dirs)}")
         dirs = {role: Path(model_dirs[role]) for role in roles}
-        manifests = {role: TrainedModel.read_manifest(d) for role, d in dirs.items()}
+        manifests = {role: read_component_manifest(role, d) for role, d in dirs.items()}
         fps = check_components(TokenizerArtifact.read_manifest(tokenizer), manifests)
-        models = {role: TrainedModel.load(d, device, ema=ema, expect_kind=role).module for role, d in dirs.items()}
-        tok = TokenizerArtifact.load(tokenizer, device).module
-        return cls(tok, models=models, sampling=sampling, fingerprints=fps, dtype=dtype, compile=compile,
-                   folders={"tokenizer": Path(tokenizer), **dirs})
+        models = {role: load_component(role, d, device, ema=ema) for role, d in dirs.items()}
+        return cls(TokenizerArtifact.load(tokenizer, device), models=models, sampling=sampling, fingerprints=fps,
+                   dtype=dtype, compile=compile)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu", ema: bool | None = None,
@@ -118,7 +164,7 @@ class Pipeline:
     def _from_folder(cls, folder: PipelineFolder, **kwargs):
         if folder.config.type != cls.type:
             raise ArtifactError(f"{folder.folder} is a '{folder.config.type}' pipeline; load it with "
-                                f"{'CTFPipeline' if folder.config.type == 'ctf' else 'BaselinePipeline'}")
+                                f"{PIPELINES[folder.config.type].__name__}")
         return cls.from_folders(tokenizer=folder.component("tokenizer"), sampling=folder.config.sampling,
                                 **{r: folder.component(r) for r in ROLES[cls.type]}, **kwargs)
 
@@ -126,35 +172,20 @@ class Pipeline:
                         evaluations: Sequence[Any] = (), license: str | None = None) -> Path:
         """Write a pipeline folder. Loaded from folders: copies (copy=True) or references them, as
         `ctfgen pipeline make` does. Built in memory: writes the tokenizer and model folders from the
-        modules (weights in their current dtype), each with its manifest and fingerprint. Either way
+        artifacts (weights in their current dtype), each with its manifest and fingerprint. Either way
         with a model card, README.md (model_card.py): `evaluations` are `ctfgen eval` result files of
         this pipeline's samples, `license` a Hub license id."""
         needed = ("tokenizer", *ROLES[self.type])
-        card = dict(evaluations=evaluations, license=license)
+        card = dict(copy=copy, sampling=self.sampling, overwrite=overwrite, evaluations=evaluations, license=license)
         if all(r in self.folders for r in needed):
-            return make_pipeline(path, copy=copy, sampling=self.sampling, overwrite=overwrite, **card,
-                                 **{r: self.folders[r] for r in needed})
+            return make_pipeline(path, **card, **{r: self.folders[r] for r in needed})
         if self.tokenizer is None:
             raise CtfgenError("save_pretrained: this pipeline has no tokenizer, so it cannot make a pipeline folder")
-
-        def recorded(module, field: str) -> dict:  # what a module loaded from a folder brought with it
-            return dict((getattr(module, "manifest", None) or {}).get(field) or {})
-
-        tok = TokenizerArtifact(self.tokenizer, made_from=recorded(self.tokenizer, "made_from"))
-        made = {"tokenizer": tok.fingerprint, **self._made_from()}
-        # recorded parents win, so that a model of another tokenizer is refused below, not relabelled
-        arts = {role: TrainedModel(m, made_from={**{k: v for k, v in made.items() if role != "baseline" or k != "coarse_map"},
-                                                 **recorded(m, "made_from")})
-                for role, m in self.models.items()}
-        # the manifests the folders will have, checked before anything is written
-        fps = check_components(tok.pending_manifest(), {role: a.pending_manifest() for role, a in arts.items()})
-        with artifact_dir(path, overwrite=overwrite) as tmp:
-            tok.save(tmp / "tokenizer", info=recorded(self.tokenizer, "info"))
-            for role, art in arts.items():
-                art.save(tmp / role, info=recorded(art.module, "info"))
-            PipelineFolder(PipelineFolderConfig(self.type, {r: r for r in needed}, self.sampling), fps,
-                           copied=True).write(tmp, name=Path(path).name, **card)
-        return Path(path)
+        tok = _fresh(self.artifacts["tokenizer"])
+        parents = {"tokenizer": tok.fingerprint, **self._made_from()}
+        # recorded parents win, so that a model of another tokenizer is refused, not relabelled
+        arts = {role: _fresh(self.artifacts[role], {**parents, **self.artifacts[role].made_from}) for role in self.models}
+        return make_pipeline(path, tokenizer=tok, **arts, **card)
 
     def _made_from(self) -> dict[str, str]:
         """What the models were made from besides the tokenizer (CTF: the coarse map)."""
@@ -180,9 +211,10 @@ class Pipeline:
         """One batch of (B, L) codes; sample b draws its randomness from seeds[b] only."""
         return self.sample_tokens(labels_B, seeds, s, progress)[0]
 
-    def sample_tokens(self, labels_B: torch.Tensor, seeds: list[int], s: SamplingConfig,
-                      progress: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(codes (B, L), CTF's coarse labels (B, L) or None): `sample_codes` with stage 1's output."""
+    def sample_tokens(self, labels_B: torch.Tensor, seeds: list[int], s: SamplingConfig, progress: bool = False,
+                      timings: dict[str, float] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(codes (B, L), CTF's coarse labels (B, L) or None): `sample_codes` with stage 1's output.
+        `timings`: a dict that receives each stage's seconds (added to what it holds; see `timed`)."""
         raise NotImplementedError
 
     def clear_caches(self) -> None:
@@ -229,7 +261,7 @@ class Pipeline:
         rank, world = group.rank, group.world_size
         mine = list(range(rank, N, world))
         seeds = [sample_seed(seed, i) for i in range(N)]
-        codes, coarse, images = [], [], []
+        codes, coarse, images, timings = [], [], [], {}
         batches = range(0, len(mine), batch_size)
         if progress and len(batches) > 1:
             from ..progress import progress_bar
@@ -239,16 +271,17 @@ class Pipeline:
             for b in batches:
                 idx = mine[b:b + batch_size]
                 codes_BL, coarse_BL = self.sample_tokens(labels_N[idx], [seeds[i] for i in idx], s,
-                                                         progress and rank == 0)
+                                                         progress and rank == 0, timings=timings)
                 codes.append(codes_BL.cpu())
                 if coarse_BL is not None:
                     coarse.append(coarse_BL.cpu())
-                images.append(self.decode(codes_BL))
+                with timed("decode", timings, self.device):
+                    images.append(self.decode(codes_BL))
         finally:
             self.clear_caches()
         L = self.seq_len
         codes_np = torch.cat(codes).numpy() if codes else np.zeros((0, L), np.int64)
-        coarse_np = (torch.cat(coarse).numpy() if coarse else np.zeros((0, L), np.int64)) if self.type == "ctf" else None
+        coarse_np = (torch.cat(coarse).numpy() if coarse else np.zeros((0, L), np.int64)) if self.coarse_to_fine else None
         images_np = np.concatenate(images) if images else None
         if world > 1:
             codes_np, coarse_np, images_np = _in_index_order(
@@ -256,7 +289,7 @@ class Pipeline:
         if images_np is None:
             images_np = np.zeros((0, 1, 1, 1), np.uint8)
         return Samples(images=images_np, codes=codes_np, labels=labels_N.numpy(), seeds=seeds, settings=s,
-                       coarse=coarse_np)
+                       coarse=coarse_np, timings=timings)
 
     # ---- editing (sample/editing.py: what each edit keeps, and what the causal model cannot see)
 
@@ -328,33 +361,27 @@ class CTFPipeline(Pipeline):
         # stage 2's own table (code_to_coarse), which is what ties the two stages together
         from ..cluster import CoarseMap
 
-        recorded = {(getattr(m, "manifest", None) or {}).get("made_from", {}).get("coarse_map")
-                     for m in self.models.values()}
+        recorded = {self.artifacts[role].made_from.get("coarse_map") for role in ROLES[self.type]}
         if len(recorded) == 1 and None not in recorded:
             return {"coarse_map": recorded.pop()}
-        aux = self.models["aux"]
-        return {"coarse_map": CoarseMap.from_labels(aux.code_to_coarse.cpu(), k=aux.config.coarse_vocab).fingerprint}
+        stage2 = self.models[STAGE2_ROLE]
+        return {"coarse_map": CoarseMap.from_labels(stage2.code_to_coarse.cpu(), k=stage2.config.coarse_vocab).fingerprint}
 
-    def sample_tokens(self, labels_B, seeds, s, progress=False):
+    def sample_tokens(self, labels_B, seeds, s, progress=False, timings=None):
         ar = self.models["ar"]
         L = self.seq_len
         u_BN = sample_uniforms(seeds, 2 * L)  # stage 1 uses the first L, stage 2 the rest
-        t0 = time.perf_counter()
-        coarse_BL = generate_tokens(ar, labels_B, u_BN[:, :L], s, step_fn=self._decode_step(ar), progress=progress)
-        _sync(coarse_BL.device)  # on a GPU the stage times must not be the launch times
-        t1 = time.perf_counter()
-        codes_BL = self.stage2(coarse_BL, labels_B, u_BN[:, L:], s)
-        _sync(codes_BL.device)
-        self.last_timings = {"stage1_s": t1 - t0, "stage2_s": time.perf_counter() - t1}  # for the bench
+        with timed("stage1", timings, self.device):
+            coarse_BL = generate_tokens(ar, labels_B, u_BN[:, :L], s, step_fn=self._decode_step(ar), progress=progress)
+        with timed("stage2", timings, self.device):
+            codes_BL = self.stage2(coarse_BL, labels_B, u_BN[:, L:], s)
         return codes_BL, coarse_BL
 
     def stage2(self, coarse_BL: torch.Tensor, labels_B: torch.Tensor, u_BL: torch.Tensor,
                s: SamplingConfig) -> torch.Tensor:
-        """Codes (B, L) for coarse labels (B, L), position i drawn with the uniform u_BL[:, i]."""
-        aux = self.models["aux"]
-        if getattr(aux.config, "kind", "") == "prior":  # a stage 2 with no parameters (models/member_prior.py)
-            return sample_from_prior(aux, coarse_BL, u_BL, s)
-        return sample_fine(aux, coarse_BL, labels_B, u_BL, s)
+        """Codes (B, L) for coarse labels (B, L), position i drawn with the uniform u_BL[:, i], by
+        whichever stage 2 the pipeline holds (models/stage2.py)."""
+        return sample_fine(self.models[STAGE2_ROLE], coarse_BL, labels_B, u_BL, s)
 
 
 class BaselinePipeline(Pipeline):
@@ -370,16 +397,28 @@ class BaselinePipeline(Pipeline):
     def default_sampling() -> SamplingConfig:
         return SamplingConfig.baseline()
 
-    def sample_tokens(self, labels_B, seeds, s, progress=False):
+    def sample_tokens(self, labels_B, seeds, s, progress=False, timings=None):
         m = self.models["baseline"]
         u_BL = sample_uniforms(seeds, self.seq_len)
-        return generate_tokens(m, labels_B, u_BL, s, step_fn=self._decode_step(m), progress=progress), None
+        with timed("tokens", None):  # one stage: a profiler range, no separate timing
+            return generate_tokens(m, labels_B, u_BL, s, step_fn=self._decode_step(m), progress=progress), None
+
+
+PIPELINES = {cls.type: cls for cls in (CTFPipeline, BaselinePipeline)}  # by pipeline type (PipelineFolderConfig.type)
+
+
+def _fresh(art: Artifact, made_from: dict | None = None) -> Artifact:
+    """A copy of a module artifact to write again (its current weights): `made_from` (default: its
+    own) and the info its folder recorded."""
+    fresh = type(art)(art.module, made_from=art.made_from if made_from is None else made_from)
+    fresh.info = (art.manifest or {}).get("info") if art.manifest is not None else art.info
+    return fresh
 
 
 def load_pipeline(path: str | Path, **kwargs) -> Pipeline:
     """CTFPipeline or BaselinePipeline, whichever the folder (or cached Hub repository "user/name") holds."""
     folder = PipelineFolder.load(path)  # read once: the class it names loads from it
-    return {"ctf": CTFPipeline, "baseline": BaselinePipeline}[folder.config.type]._from_folder(folder, **kwargs)
+    return PIPELINES[folder.config.type]._from_folder(folder, **kwargs)
 
 
 def to_pil(images_NHWC: np.ndarray) -> list:

@@ -6,6 +6,9 @@ components that do not belong together; pipeline.py's classes load and save them
     out/manifest.json    config {type: "ctf" | "baseline", components: {role: folder}, sampling},
                          made_from {tokenizer, ar, aux | baseline, coarse_map}: fingerprints
     out/tokenizer/, out/ar/, out/aux/ | out/baseline/   the copied folders (weights, no training state)
+
+A CTF pipeline's stage 2 ("aux" role) is a folder of any kind in models/config.py: STAGE2_FOLDERS:
+a trained stage-2 model, or a parameter-free prior that `make_pipeline` writes from its artifact.
     out/README.md        the model card (model_card.py): Hub front matter, provenance, measured metrics
 """
 from __future__ import annotations
@@ -15,16 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from ..artifacts import MANIFEST, Artifact, artifact_dir, check_made_from, fingerprint_tensors, read_manifest
+from ..artifacts import MANIFEST, Artifact, ModuleArtifact, artifact_dir, check_made_from, fingerprint_tensors, read_manifest
 from ..config import from_dict, to_dict
 from ..errors import ArtifactError, CtfgenError
 from ..filecheck import verify_file
-from ..models.artifact import MODEL_FILES, TrainedModel
+from ..models.artifact import TrainedModel
+from ..models.stage2 import load_stage2, read_stage2_manifest, stage2_config, stage2_folder_class
 from ..tokenizer.artifact import TokenizerArtifact
 from .settings import SamplingConfig
 
 KIND = "pipeline"
 ROLES = {"ctf": ("ar", "aux"), "baseline": ("baseline",)}
+STAGE2_ROLE = "aux"  # the role a stage 2 of any kind fills (its folder kind: models/config.py STAGE2_FOLDERS)
+# the sampling settings a new pipeline folder of each type starts from (the paper's, LlamaGen's)
+DEFAULT_SAMPLING = {"ctf": SamplingConfig, "baseline": SamplingConfig.baseline}
 # classes.json (data/classes.py's CLASSES_FILE, written by `tokenizer train`) names the classes on the
 # serve page; imported tokenizers have none, which copy_files allows.
 TOKENIZER_FILES = (MANIFEST, TokenizerArtifact.WEIGHTS, "classes.json")
@@ -59,6 +66,11 @@ class PipelineFolder(Artifact):
     @property
     def made_from(self) -> dict[str, Any]:
         return dict(self.fingerprints)
+
+    @property
+    def coarse_to_fine(self) -> bool:
+        """Whether the pipeline has a stage 2 (CTF) or not (the baseline)."""
+        return STAGE2_ROLE in ROLES[self.config.type]
 
     def write(self, tmp: Path, *, name: str, evaluations: Sequence[Any] = (), license: str | None = None) -> dict:
         """The model card (model_card.py: README.md named `name`, with `evaluations` and `license`),
@@ -107,20 +119,45 @@ def check_components(tokenizer: dict, models: dict[str, dict]) -> dict[str, str]
         mcfg = model_config(role, m)
         if mcfg.vocab_size != tcfg.codebook_size:
             raise ArtifactError(f"{role}: vocab_size {mcfg.vocab_size} != the tokenizer's codebook_size {tcfg.codebook_size}")
-        if mcfg.grid != tcfg.grid:
+        if mcfg.grid is not None and mcfg.grid != tcfg.grid:
             raise ArtifactError(f"{role}: grid {mcfg.grid} != the tokenizer's {tcfg.grid} tokens per side")
     return check_stages(models, tokenizer["fingerprint"])
 
 
 def model_config(role: str, manifest: dict, folder: str | Path | None = None):
-    """The ModelConfig of a model manifest that must be of kind `role`; ArtifactError otherwise."""
+    """The config of a component manifest of role `role`: the stage 2's (any folder kind of
+    STAGE2_FOLDERS, models/stage2.py: stage2_config), else a ModelConfig of kind `role`.
+    ArtifactError otherwise."""
     from ..models.config import ModelConfig
 
     where = role if folder is None else f"{role} {folder}"
+    if role == STAGE2_ROLE:
+        return stage2_config(manifest, where)
     kind = manifest.get("config", {}).get("model", {}).get("kind")
     if kind != role:
         raise ArtifactError(f"{where}: expected a '{role}' model, got kind {kind!r}")
     return from_dict(ModelConfig, manifest["config"]["model"], where=f"{where} manifest: config.model")
+
+
+def component_class(role: str, manifest: dict | None = None) -> type:
+    """The artifact class of a pipeline component: the tokenizer's, the stage 2's folder kind, or TrainedModel."""
+    if role == "tokenizer":
+        return TokenizerArtifact
+    if role == STAGE2_ROLE and manifest is not None:
+        return stage2_folder_class(manifest.get("kind", ""), role)
+    return TrainedModel
+
+
+def read_component_manifest(role: str, folder: str | Path) -> dict:
+    """A model component's manifest: a stage-2 folder of any registered kind, else a model folder."""
+    return read_stage2_manifest(folder) if role == STAGE2_ROLE else TrainedModel.read_manifest(folder)
+
+
+def load_component(role: str, folder: str | Path, device, *, ema: bool | None = None):
+    """The artifact of a model component folder (`Kind.load(folder)`), refusing another role's kind."""
+    if role == STAGE2_ROLE:
+        return load_stage2(folder, device, ema=ema)
+    return TrainedModel.load(folder, device, ema=ema, expect_kind=role)
 
 
 def check_stages(models: dict[str, dict], tokenizer_fingerprint: str, *, folders: dict[str, str | Path] | None = None,
@@ -146,7 +183,7 @@ def check_stages(models: dict[str, dict], tokenizer_fingerprint: str, *, folders
         pair = f"stage 1{at['ar']} / stage 2{at['aux']}"
         for key in ("coarse_vocab", "num_classes"):
             a, b = getattr(mcfgs["ar"], key), getattr(mcfgs["aux"], key)
-            if a != b:
+            if b is not None and a != b:  # None: a stage 2 that does not read the class
                 raise ArtifactError(f"stage 1{at['ar']} and stage 2{at['aux']} disagree on {key}: {a} vs {b}")
         cm = [models[r].get("made_from", {}).get("coarse_map") for r in ("ar", "aux")]
         if None in cm:
@@ -164,40 +201,50 @@ def copy_files(src: Path, dst: Path, names: Sequence[str]) -> None:
             shutil.copy2(src / name, dst / name)
 
 
-def make_pipeline(out: str | Path, *, tokenizer: str | Path, ar: str | Path | None = None,
-                  aux: str | Path | None = None, baseline: str | Path | None = None, copy: bool = True,
+def make_pipeline(out: str | Path, *, tokenizer: str | Path | ModuleArtifact,
+                  ar: str | Path | ModuleArtifact | None = None, aux: str | Path | ModuleArtifact | None = None,
+                  baseline: str | Path | ModuleArtifact | None = None, copy: bool = True,
                   sampling: SamplingConfig | None = None, overwrite: bool = False,
                   evaluations: Sequence[Any] = (), license: str | None = None) -> Path:
     """Write a pipeline folder: CTF (ar + aux) or the baseline, plus the tokenizer, and its model card
     (README.md, model_card.py) with `evaluations` (`ctfgen eval` result files of its samples) and
     `license` (a Hub license id; left out when None).
 
-    copy=True copies the weights (not the training state) into the folder; copy=False records the
-    absolute paths of the folders instead, and loading checks they still hold the same fingerprints.
+    Each component is a folder or an artifact in memory (e.g. aux = a `MemberPriorArtifact`, or the
+    models of a pipeline built in memory), which is written into the pipeline folder. copy=True
+    copies the folders' weights (not the training state) into the folder; copy=False records their
+    absolute paths instead, and loading checks they still hold the same fingerprints.
     """
     if (ar is None) != (aux is None) or (ar is None) == (baseline is None):
         raise CtfgenError("a pipeline is either CTF (both ar and aux folders) or the baseline (a baseline folder)")
     kind = "ctf" if ar is not None else "baseline"
-    sources = {"ar": ar, "aux": aux} if kind == "ctf" else {"baseline": baseline}
-    sources = {role: Path(p) for role, p in sources.items()}
-    tok_dir = Path(tokenizer)
-    tok_m = TokenizerArtifact.read_manifest(tok_dir)
-    manifests = {role: TrainedModel.read_manifest(p) for role, p in sources.items()}
-    fps = check_components(tok_m, manifests)
-    # a damaged weights file must not be copied into (or referenced by) a pipeline that looks fine
-    for role, src, m in (("tokenizer", tok_dir, tok_m), *((r, sources[r], manifests[r]) for r in sources)):
-        for name in (TOKENIZER_FILES if role == "tokenizer" else MODEL_FILES):
-            if name.endswith(".safetensors") and (src / name).is_file():
-                verify_file(src, m, name, redo=f"repair or remake {src} before making the pipeline")
-    sampling = (sampling or (SamplingConfig() if kind == "ctf" else SamplingConfig.baseline())).check()
+    models = {"ar": ar, "aux": aux, "baseline": baseline}
+    given = {"tokenizer": tokenizer, **{role: models[role] for role in ROLES[kind]}}
+    sources = {role: src if isinstance(src, Artifact) else Path(src) for role, src in given.items()}
+    manifests = {role: src.pending_manifest() if isinstance(src, Artifact) else
+                 (TokenizerArtifact.read_manifest(src) if role == "tokenizer" else read_component_manifest(role, src))
+                 for role, src in sources.items()}
+    fps = check_components(manifests["tokenizer"], {r: m for r, m in manifests.items() if r != "tokenizer"})
+    for role, src in sources.items():
+        if isinstance(src, Path):  # a damaged weights file must not go into a pipeline that looks fine
+            _verify(src, manifests[role], component_class(role, manifests[role]))
+    sampling = (sampling or DEFAULT_SAMPLING[kind]()).check()
     with artifact_dir(out, overwrite=overwrite) as tmp:
         refs = {}
-        for role, src in {"tokenizer": tok_dir, **sources}.items():
-            if copy:
-                copy_files(src, tmp / role, TOKENIZER_FILES if role == "tokenizer" else MODEL_FILES)
-                refs[role] = role
-            else:
-                refs[role] = str(src.resolve())
-        PipelineFolder(PipelineFolderConfig(kind, refs, sampling), fps, copied=copy).write(
+        for role, src in sources.items():
+            if isinstance(src, Artifact):
+                src.save(tmp / role)
+            elif copy:
+                copy_files(src, tmp / role, TOKENIZER_FILES if role == "tokenizer" else
+                           component_class(role, manifests[role]).FILES)
+            refs[role] = role if copy or isinstance(src, Artifact) else str(src.resolve())
+        inside = copy or all(isinstance(src, Artifact) for src in sources.values())
+        PipelineFolder(PipelineFolderConfig(kind, refs, sampling), fps, copied=inside).write(
             tmp, name=Path(out).name, evaluations=evaluations, license=license)
     return Path(out)
+
+
+def _verify(src: Path, manifest: dict, cls: type) -> None:
+    for name in (TOKENIZER_FILES if cls is TokenizerArtifact else cls.FILES):
+        if name.endswith(".safetensors") and (src / name).is_file():
+            verify_file(src, manifest, name, redo=f"repair or remake {src} before making the pipeline")

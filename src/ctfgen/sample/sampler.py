@@ -194,64 +194,28 @@ def _steps(n: int, progress: bool, start: int = 0):
 # ---------------------------------------------------------------- stage 2
 
 @torch.inference_mode()
-def sample_fine(aux, coarse_BL: torch.Tensor, labels_B: torch.Tensor, u_BL: torch.Tensor,
+def sample_fine(stage2, coarse_BL: torch.Tensor, labels_B: torch.Tensor | None, u_BL: torch.Tensor,
                 settings: SamplingConfig | None = None, *, max_logits: int = 1 << 26) -> torch.Tensor:
-    """Codes (B, L) from coarse labels: one forward pass, each position sampled with its own uniform.
+    """Codes (B, L) from coarse labels through any stage 2 (models/stage2.py: the learned one or a
+    parameter-free prior): one `stage2_logits` pass, each position sampled with its own uniform.
 
     `settings` (default: SamplingConfig()): its stage-2 fields stage2_temperature, stage2_top_k,
-    stage2_argmax and stage2_guidance_scale. With a cluster-masked model only the members' logits
-    are computed (`aux.member_logits`). An unmasked model's full (B, L, V) logits are made in chunks
-    of samples of at most `max_logits` values.
+    stage2_argmax and stage2_guidance_scale. A cluster-masked stage 2 gives only the members'
+    logits; an unmasked model's full (B, L, V) logits are made in chunks of samples of at most
+    `max_logits` values (`stage2_rows`). labels_B may be None for a stage 2 that does not see the class.
     """
     s = (settings or SamplingConfig()).check()
-    c = aux.config
-    device = aux.tok_embeddings.weight.device
-    guided = s.stage2_guidance_scale != 1.0
-    if guided and not c.use_class:
-        raise CtfgenError("stage2_guidance_scale: this stage-2 model does not see the class (use_class=False), "
-                          "so it cannot be guided; use 1.0")
-    coarse_BL, labels_B, u_BL = coarse_BL.to(device), labels_B.to(device), u_BL.to(device)
+    device = stage2.stage2_device
+    coarse_BL, u_BL = coarse_BL.to(device), u_BL.to(device)
+    labels_B = labels_B.to(device) if labels_B is not None else None
     B, L = coarse_BL.shape
-    masked = c.mask_to_cluster
-    tables = aux.member_tables() if masked else None
-    chunk = B if masked else max(1, max_logits // (L * c.vocab_size * (2 if guided else 1)))
+    chunk = stage2.stage2_rows(B, L, s.stage2_guidance_scale, max_logits)
     codes_BL = torch.empty(B, L, dtype=torch.long, device=device)
     for b in range(0, B, chunk):
-        coarse, labels = coarse_BL[b:b + chunk], labels_B[b:b + chunk]
-        n = coarse.shape[0]
-        if guided:
-            coarse = torch.cat([coarse, coarse])
-            labels = torch.cat([labels, torch.full_like(labels, c.num_classes)])
-        h_BLD = aux.features(coarse, labels)
-        if masked:
-            logits_NV = aux.member_logits(h_BLD.flatten(0, 1), coarse.flatten())
-        else:
-            logits_NV = aux.output(h_BLD).float().flatten(0, 1)
-        if guided:
-            half = n * L
-            uncond_NV, cond_NV = logits_NV[half:], logits_NV[:half]
-            logits_NV = torch.lerp(uncond_NV, cond_NV, s.stage2_guidance_scale)
-            # -inf - -inf is nan at the padding of masked rows (both halves pad the same columns); only
-            # there: a NaN elsewhere comes from the model and must stay visible to pick's check
-            padding_NV = torch.isneginf(uncond_NV) & torch.isneginf(cond_NV)
-            logits_NV = logits_NV.masked_fill(padding_NV, float("-inf"))
-        col_N = pick(logits_NV, u_BL[b:b + chunk].flatten(), temperature=s.stage2_temperature, top_k=s.stage2_top_k,
+        coarse = coarse_BL[b:b + chunk]
+        labels = labels_B[b:b + chunk] if labels_B is not None else None
+        logits_NC = stage2.stage2_logits(coarse, labels, s.stage2_guidance_scale).flatten(0, 1)
+        col_N = pick(logits_NC, u_BL[b:b + chunk].flatten(), temperature=s.stage2_temperature, top_k=s.stage2_top_k,
                      argmax=s.stage2_argmax)
-        codes_BL[b:b + chunk] = (tables.codes(coarse[:n].flatten(), col_N) if masked else col_N).view(n, L)
+        codes_BL[b:b + chunk] = stage2.stage2_codes(coarse.flatten(), col_N).view(coarse.shape)
     return codes_BL
-
-
-@torch.inference_mode()
-def sample_from_prior(prior, coarse_BL: torch.Tensor, u_BL: torch.Tensor,
-                      settings: SamplingConfig | None = None) -> torch.Tensor:
-    """Codes (B, L) from a parameter-free stage 2 (models/member_prior.py): each position drawn from
-    its cluster's members with its own uniform. `settings` (default: SamplingConfig()): its fields
-    stage2_temperature, stage2_top_k and stage2_argmax; stage-2 guidance does not apply, since the
-    prior does not see the class."""
-    s = (settings or SamplingConfig()).check()
-    t = prior.member_tables()
-    coarse_N = coarse_BL.flatten().to(t.members_KM.device)
-    logits_NM = prior.member_logits(coarse_N)
-    col_N = pick(logits_NM, u_BL.flatten().to(logits_NM.device), temperature=s.stage2_temperature,
-                 top_k=s.stage2_top_k, argmax=s.stage2_argmax)
-    return t.codes(coarse_N, col_N).view(coarse_BL.shape)

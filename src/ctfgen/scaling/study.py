@@ -171,7 +171,7 @@ class ScalingStudy:
 
     def unit(self, V: int, seed: int, method: str, tok: Path, codes: dict[str, Path], clf: Path,
              with_baseline: bool, priors: list[str], picks: dict) -> dict:
-        from ..models.member_prior import MemberPrior
+        from ..models.member_prior import MemberPriorArtifact
         from ..sample import BaselinePipeline, CTFPipeline
         from ..models.artifact import load_model
 
@@ -185,15 +185,16 @@ class ScalingStudy:
         priors_built: dict[str, Any] = {}
 
         def prior(rule: str):
-            """The parameter-free stage 2 of this unit's coarse map, built once per rule."""
+            """The parameter-free stage 2 of this unit's coarse map (its artifact, `pipeline make
+            --stage2`'s), built once per rule; the training codes count for the rules that use them."""
             if rule not in priors_built:
                 from ..cluster import CoarseMap
                 from ..codes import CodeStore
 
-                cmap = CoarseMap.load(coarse)
-                train_codes = CodeStore.open(codes["train"]).codes if rule == "frequency" else None
-                priors_built[rule] = MemberPrior.build(rule, cmap.code_to_coarse, k=cmap.k, train_codes=train_codes)
-            return priors_built[rule].to(self.device)
+                priors_built[rule] = MemberPriorArtifact.from_map(rule, CoarseMap.load(coarse),
+                                                                  train_codes=CodeStore.open(codes["train"]))
+                priors_built[rule].module.to(self.device)
+            return priors_built[rule]
 
         curves: dict[str, list] = {}
         for step in c.nll_steps():
@@ -219,7 +220,7 @@ class ScalingStudy:
                         return {"baseline": load_model(folders["baseline"], self.device)[0]}
                     ar = load_model(folders["ar"], self.device)[0]
                     rule = _prior_rule(n)
-                    return {"ar": ar, "aux": prior(rule) if rule else load_model(folders["aux"], self.device)[0]}
+                    return {"ar": ar, "aux": prior(rule).module if rule else load_model(folders["aux"], self.device)[0]}
                 try:
                     r = self.nll(f"{unit}-{n}-step{step}", models, codes["test"], images=images,
                                  stage1=None if n == "baseline" else shared_stage1)
@@ -233,11 +234,12 @@ class ScalingStudy:
                                                              device=self.device)
             rule = _prior_rule(n)
             if rule:
-                def make():
-                    from ..tokenizer import load_tokenizer
+                def make():  # the pipeline's artifacts, as `ctfgen pipeline make --stage2 RULE` would hold them
+                    from ..models.artifact import TrainedModel
+                    from ..tokenizer.artifact import TokenizerArtifact
 
-                    ar = load_model(folders["ar"], self.device)[0]
-                    return CTFPipeline(load_tokenizer(tok, self.device), ar=ar, aux=prior(rule))
+                    return CTFPipeline(TokenizerArtifact.load(tok, self.device),
+                                       ar=TrainedModel.load(folders["ar"], self.device), aux=prior(rule))
                 return make
             return lambda: CTFPipeline.from_folders(tokenizer=tok, ar=folders["ar"], aux=folders["aux"],
                                                     device=self.device)

@@ -110,10 +110,12 @@ class PageService:
 
     def __init__(self, ctf: Pipeline, baseline: Pipeline | None = None, *, class_names: Sequence[str] | None = None,
                  max_images: int = 8, batch_size: int = 64):
-        if ctf.type != "ctf":
+        from ..sample.pipeline import BaselinePipeline, CTFPipeline
+
+        if not isinstance(ctf, CTFPipeline):
             raise CtfgenError(f"--pipeline must be a CTF pipeline (stage 1 + stage 2), got a {ctf.type!r} pipeline")
         if baseline is not None:
-            if baseline.type != "baseline":
+            if not isinstance(baseline, BaselinePipeline):
                 raise CtfgenError(f"--baseline-pipeline must be a baseline pipeline, got a {baseline.type!r} one")
             if baseline.num_classes != ctf.num_classes:
                 raise CtfgenError(f"the baseline has {baseline.num_classes} classes, CTF {ctf.num_classes}: "

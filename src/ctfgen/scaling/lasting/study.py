@@ -217,10 +217,9 @@ class LastingStudy:
     def prior(self, pipe: dict):
         """The uniform member prior of the pipeline's coarse map: the parameter-free stage 2."""
         from ...cluster import CoarseMap
-        from ...models.member_prior import MemberPrior
+        from ...models.member_prior import MemberPriorArtifact
 
-        cmap = CoarseMap.load(pipe["coarse"])
-        return MemberPrior.build("uniform", cmap.code_to_coarse, k=cmap.k).to(self.device)
+        return MemberPriorArtifact.from_map("uniform", CoarseMap.load(pipe["coarse"])).module.to(self.device)
 
     def _flops(self, folders: dict[str, Path], batch: int) -> dict[str, float]:
         """Training FLOPs per step of each method, from its models' saved configs."""

@@ -1,0 +1,163 @@
+"""The stage-2 contract (models/stage2.py): the parameter-free priors as a pipeline role
+(`ctfgen pipeline make --stage2`), and a third stage 2 added with its own module and one registry
+line (tests/stage2_example.py) that samples and is scored exactly through the pipeline."""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctfgen.cli import main as cli_main
+from ctfgen.models.config import STAGE2_FOLDERS
+
+RELEASE = Path(__file__).resolve().parent / "fixtures" / "release-0.1.0"
+
+
+@pytest.fixture(scope="module")
+def old(tmp_path_factory) -> Path:
+    """A copy of the 0.1.0 folders: tokenizer, codes, coarse map, stage 1 (3 classes, 4x4 grid, V=64, K=8)."""
+    dst = tmp_path_factory.mktemp("stage2") / "old"
+    shutil.copytree(RELEASE, dst)
+    return dst
+
+
+def nll(capsys, *args) -> dict:
+    out = Path(args[args.index("--out") + 1]) if "--out" in args else None
+    assert cli_main(["eval", "nll", "--quiet", *map(str, args)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("rule", ["uniform", "frequency"])
+def test_pipeline_make_with_a_prior_stage2_samples_and_scores_like_the_folders(old, tmp_path, capsys, rule):
+    from ctfgen.models.member_prior import MemberPrior
+    from ctfgen.sample import load_pipeline
+    from ctfgen.web.service import PageService
+
+    train = ["--train-codes", old / "codes"] if rule == "frequency" else []
+    make = ["pipeline", "make", "--tokenizer", old / "tokenizer", "--ar", old / "stage1", "--stage2", rule,
+            "--coarse-map", old / "coarse", *train]
+    assert cli_main([str(a) for a in make + ["--out", tmp_path / "pipe", "--reference"]]) == 0
+    manifest = json.loads((tmp_path / "pipe" / "aux" / "manifest.json").read_text())
+    assert manifest["kind"] == "stage2_prior" and manifest["config"]["prior"]["rule"] == rule
+    assert set(manifest["made_from"]) == {"tokenizer", "coarse_map", *(["codes"] if train else [])}
+
+    pipe = load_pipeline(tmp_path / "pipe")
+    assert isinstance(pipe.models["aux"], MemberPrior)
+    half = load_pipeline(tmp_path / "pipe", dtype=torch.bfloat16)  # the prior's table keeps float32
+    assert half.models["aux"].log_prob_V.dtype == torch.float32 and torch.equal(half.models["aux"].log_prob_V,
+                                                                               pipe.models["aux"].log_prob_V)
+    samples = pipe.generate([0, 1, 2, 1], seed=5, stage2_temperature=1.3)
+    c2c = pipe.models["aux"].code_to_coarse
+    assert np.array_equal(c2c[torch.as_tensor(samples.codes)].numpy(), samples.coarse)  # members of stage 1's clusters
+    assert set(samples.timings) == {"stage1_s", "stage2_s", "decode_s"}
+    assert PageService(pipe).generate(PageService(pipe).defaults()).ctf_images.shape[0] > 0  # `ctfgen serve` takes it
+
+    by_pipeline = nll(capsys, "--codes", old / "codes", "--pipeline", tmp_path / "pipe", "--out", tmp_path / "p.json")
+    by_folders = nll(capsys, "--codes", old / "codes", "--ar", old / "stage1", "--stage2", rule, "--coarse-map",
+                     old / "coarse", *train, "--out", tmp_path / "f.json")
+    assert by_pipeline["stage2"] == rule
+    for key in ("bits_per_token", "stage1_bits_per_token", "stage2_bits_per_token"):
+        assert by_pipeline[key] == by_folders[key]
+
+
+def test_pipeline_make_refuses_a_prior_of_another_map_or_without_its_inputs(old, tmp_path, capsys):
+    from ctfgen.cluster import CoarseMap
+
+    cmap = CoarseMap.load(old / "coarse")
+    other = CoarseMap.from_labels(cmap.code_to_coarse.roll(1), k=cmap.k, tokenizer_fingerprint=cmap.tokenizer_fingerprint)
+    other.save(tmp_path / "other-map")
+    base = ["pipeline", "make", "--tokenizer", old / "tokenizer", "--ar", old / "stage1", "--out", tmp_path / "p"]
+
+    def refused(*more, match):
+        assert cli_main([str(a) for a in base + list(more)]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and re.search(match, err), err
+
+    refused("--stage2", "uniform", "--coarse-map", tmp_path / "other-map", match="coarse map mismatch")
+    refused("--stage2", "uniform", match="needs --coarse-map")
+    refused("--stage2", "frequency", "--coarse-map", old / "coarse", match="needs --train-codes")
+    refused("--stage2", "uniform", "--coarse-map", old / "coarse", "--aux", old / "stage2", match="replaces --aux")
+    assert not (tmp_path / "p").exists()
+
+
+# ---------------------------------------------------------------- a third stage 2
+
+def class_table(old):
+    from stage2_example import ClassTable, ClassTableArtifact, ClassTableConfig
+
+    from ctfgen.cluster import CoarseMap
+
+    cmap = CoarseMap.load(old / "coarse")
+    cfg = ClassTableConfig(vocab_size=cmap.num_codes, coarse_vocab=cmap.k, num_classes=3)
+    scores = torch.randn(3, cmap.num_codes, generator=torch.Generator().manual_seed(0)) * 3
+    table = ClassTable(cfg, cmap.code_to_coarse, scores)
+    return ClassTableArtifact(table, made_from={"tokenizer": cmap.tokenizer_fingerprint, "coarse_map": cmap.fingerprint})
+
+
+@pytest.fixture
+def registered(monkeypatch):
+    from stage2_example import REGISTRY_LINE
+
+    for kind, path in REGISTRY_LINE.items():
+        monkeypatch.setitem(STAGE2_FOLDERS, kind, path)
+
+
+def test_a_third_stage2_is_its_module_and_one_registry_line(old, tmp_path, capsys, registered):
+    from ctfgen.codes import CodeStore
+    from ctfgen.evaluate.nll import store_sequences
+    from ctfgen.sample import load_pipeline, make_pipeline
+
+    art = class_table(old)
+    make_pipeline(tmp_path / "pipe", tokenizer=old / "tokenizer", ar=old / "stage1", aux=art)
+    pipe = load_pipeline(tmp_path / "pipe")
+    table = pipe.models["aux"]
+    assert type(table).__name__ == "ClassTable" and torch.equal(table.scores_CV, art.module.scores_CV)
+
+    # sampling: members of stage 1's clusters; at argmax, each class's most likely member
+    samples = pipe.generate([0, 1, 2] * 2, seed=1, stage2_argmax=True)
+    coarse = torch.as_tensor(samples.coarse)
+    assert torch.equal(table.code_to_coarse[torch.as_tensor(samples.codes)], coarse)
+    logp_CV = table.log_prob_CV()
+    for i, y in enumerate(samples.labels):
+        best = [int(torch.where(table.code_to_coarse == c, logp_CV[y], -torch.inf).argmax()) for c in coarse[i]]
+        assert samples.codes[i].tolist() == best
+
+    # the exact likelihood through the pipeline: stage 2's nats are the table's log-probabilities
+    result = nll(capsys, "--codes", old / "codes", "--pipeline", tmp_path / "pipe", "--out", tmp_path / "n.json")
+    x, y = store_sequences(CodeStore.open(old / "codes"))
+    expected = -logp_CV[y[:, None], x].double().sum() / (x.numel() * np.log(2))
+    assert result["stage2"] == "class-table"
+    assert result["stage2_bits_per_token"] == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_the_third_stage2_is_a_distribution(registered):
+    """Over every sequence of a 2x2 grid of 4 codes, its probabilities sum to 1 for each class."""
+    from stage2_example import ClassTable, ClassTableConfig
+
+    from ctfgen.evaluate.nll import stage2_nll
+
+    c2c = torch.tensor([0, 1, 1, 1])
+    table = ClassTable(ClassTableConfig(vocab_size=4, coarse_vocab=2, num_classes=2), c2c, torch.randn(2, 4))
+    x = torch.tensor(list(itertools.product(range(4), repeat=4)))
+    for label in (0, 1):
+        nats = stage2_nll(table, x, torch.full((len(x),), label))
+        # p(x | c) summed over the x of each coarse sequence c is 1, and there are 2^4 coarse sequences
+        assert float(torch.exp(-nats).sum()) == pytest.approx(16.0, rel=1e-5)
+
+
+def test_an_unregistered_stage2_folder_is_refused(old, tmp_path):
+    from stage2_example import KIND
+
+    from ctfgen.errors import ArtifactError
+    from ctfgen.sample import make_pipeline
+
+    with pytest.raises(ArtifactError, match=f"'{KIND}' folder cannot be a stage 2"):
+        make_pipeline(tmp_path / "pipe", tokenizer=old / "tokenizer", ar=old / "stage1", aux=class_table(old))
+    assert not (tmp_path / "pipe").exists()

@@ -83,7 +83,7 @@ def test_workspace_steps_reuse_finished_folders_log_their_experiment_and_make_no
             (folder / "manifest.json").write_text(json.dumps({"info": info or {}}))
         return run
 
-    ws = Workspace(DemoConfig(steps=3), tmp_path / "x", name="probe", log=logs.append)
+    ws = Workspace(DemoConfig(steps=3), tmp_path / "x", name="probe", seed=0, log=logs.append)
     ws.begin()
     assert json.loads((tmp_path / "x" / "probe_config.json").read_text())["steps"] == 3
     ws.step("thing", tmp_path / "x" / "a", make(tmp_path / "x" / "a"))
@@ -104,5 +104,5 @@ def test_workspace_steps_reuse_finished_folders_log_their_experiment_and_make_no
     assert ws.step("thing", tmp_path / "x" / "a", make(tmp_path / "x" / "a")) == tmp_path / "x" / "a"
     assert made == ["a", "b", "b"]
     with pytest.raises(CtfgenError, match="other probe settings .steps: 3 there, 4 now"):
-        Workspace(replace(DemoConfig(), steps=4), tmp_path / "x", name="probe").begin()
-    Workspace(replace(DemoConfig(), steps=3, seed=5), tmp_path / "x", name="probe").begin(extendable={"seed"})
+        Workspace(replace(DemoConfig(), steps=4), tmp_path / "x", name="probe", seed=0).begin()
+    Workspace(replace(DemoConfig(), steps=3, seed=5), tmp_path / "x", name="probe", seed=5).begin(extendable={"seed"})

@@ -82,7 +82,7 @@ def changed_settings(cfg: Any, saved: dict, *, ignore: frozenset[str] | set[str]
 def option(default: Any, help: str, *, label: str | None = None, min: float | None = None, min_open: bool = False,
            max: float | None = None, max_open: bool = False, choices: tuple | None = None, note: str | None = None,
            hint: str | None = None, flag: str | None = None, flags: tuple[str, ...] = (),
-           metavar: str | None = None) -> Any:
+           metavar: str | None = None, items: type | None = None, allow_empty: bool = False) -> Any:
     """A dataclass field that carries its documentation and allowed values, in one place for the
     config's own check (`field_problem`), the command line (cli/_util.py `add_config_flags`: the
     flag, its help, its parse-time check) and forms (a page names the field by `label`).
@@ -93,14 +93,28 @@ def option(default: Any, help: str, *, label: str | None = None, min: float | No
     means ("1 = off"), shown in the error; hint: what to do instead; flag: the option string
     instead of the one made from the name ("--warmup"); flags: further option strings beside it
     ("--cfg"); metavar: the name of the value in the help ("DECAY").
+    A field typed as a list or tuple of values (tuple[int, ...]) takes them comma-separated on the command
+    line, and min/max/choices bound each one.
+    items: the field is a list of values of this type (int, float, str), kept as their comma-separated
+    text (so the settings files and results that record it read as they always have; `item_list`
+    gives the values); min/max/choices then bound each value, and allow_empty accepts no value.
     """
     meta = {"help": help, "label": label, "min": min, "min_open": min_open, "max": max, "max_open": max_open,
-            "choices": choices, "note": note, "hint": hint, "flag": flag, "flags": tuple(flags), "metavar": metavar}
+            "choices": choices, "note": note, "hint": hint, "flag": flag, "flags": tuple(flags), "metavar": metavar,
+            "items": items, "allow_empty": allow_empty}
     # 0 is a bound, not an absence: keep every value but None, False and ()
     kept = {k: v for k, v in meta.items() if v is not None and v is not False and v != ()}
     if isinstance(default, (dict, list)):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=kept)
     return dataclasses.field(default=default, metadata=kept)
+
+
+def option_of(cls: type, name: str, default: Any, **changes: Any) -> Any:
+    """Field `name` of dataclass `cls` again (its help, bounds, flag) with another default, and any
+    `option` argument in `changes` ("help"): how a config that derives from another gives one of the
+    shared settings its own default without declaring it twice."""
+    meta = {**{f.name: f for f in dataclasses.fields(cls)}[name].metadata, **changes}
+    return option(default, **meta)
 
 
 def bound_text(meta: typing.Mapping) -> str:
@@ -118,10 +132,44 @@ def _number(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:g}"  # an int bound exactly, however large
 
 
+def item_list(cfg: Any, name: str) -> list:
+    """The values of field `name` of dataclass `cfg`, declared `option(..., items=T)`: its comma-separated
+    text split and read as T; CtfgenError naming the field when an item is not a T."""
+    f = {f.name: f for f in dataclasses.fields(cfg)}[name]
+    return _items(f, getattr(cfg, name))
+
+
+def _items(f: dataclasses.Field, text: Any) -> list:
+    kind = f.metadata["items"]
+    if not isinstance(text, str):
+        raise CtfgenError(f"{f.name}: expected comma-separated {kind.__name__} values as text, got {text!r}")
+    out = []
+    for part in (t.strip() for t in text.split(",")):
+        if not part:
+            continue
+        try:
+            out.append(kind(part))
+        except ValueError:
+            what = {int: "integers", float: "numbers"}.get(kind, kind.__name__)
+            raise CtfgenError(f"{f.name}: expected comma-separated {what}, got {text!r}") from None
+    return out
+
+
 def field_problem(f: dataclasses.Field, value: Any) -> str | None:
     """What is wrong with `value` for field `f` by the rules its `option` gave, as the end of a
-    sentence that begins with the field's name ("must be > 0, got 0"), or None."""
+    sentence that begins with the field's name ("must be > 0, got 0"), or None. A list field
+    (`items`) is checked item by item."""
     meta = f.metadata
+    if meta.get("items"):
+        try:
+            values = _items(f, value)
+        except CtfgenError as e:
+            return str(e).removeprefix(f"{f.name}: ")
+        if not values and not meta.get("allow_empty"):
+            return "needs at least one value"
+        return _item_problem(meta, values)
+    if isinstance(value, (list, tuple)) and ("min" in meta or "max" in meta or "choices" in meta):
+        return _item_problem(meta, value)  # a typed list field (tuple[int, ...]): its rules bound each item
     if meta.get("choices") is not None and value not in meta["choices"]:
         return f"must be one of {meta['choices']}, got {value!r}"
     lo, hi = meta.get("min"), meta.get("max")
@@ -137,10 +185,20 @@ def field_problem(f: dataclasses.Field, value: Any) -> str | None:
     return f"must be {bound_text(meta)}{note}, got {_number(value)}{hint}"
 
 
+def _item_problem(meta: typing.Mapping, values: typing.Iterable) -> str | None:
+    single = dataclasses.field(metadata={k: v for k, v in meta.items() if k != "items"})
+    return next((f"item {problem}" for v in values if (problem := field_problem(single, v))), None)
+
+
 def check_fields(cfg: Any, *, where: str | None = None) -> Any:
     """Raise CtfgenError naming the first field of dataclass `cfg` that breaks its `option`'s rules
     ("where: field must be ..." when `where` names the config)."""
     for f in dataclasses.fields(cfg):
+        if f.metadata.get("items"):
+            try:
+                _items(f, getattr(cfg, f.name))
+            except CtfgenError as e:
+                raise CtfgenError(f"{where + ': ' if where else ''}{e}") from None
         problem = field_problem(f, getattr(cfg, f.name))
         if problem:
             raise CtfgenError(f"{where + ': ' if where else ''}{f.name} {problem}")

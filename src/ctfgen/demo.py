@@ -9,42 +9,25 @@ where it stopped.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .data import DataConfig
+from .config import option
 from .experiment import Workspace
+from .recipe import SingleRecipe
 from .report import COARSE_FIGURE, COARSE_FIGURE_COMMAND  # noqa: F401  (the figure the report shows)
 
 
 @dataclass
-class DemoConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    tokenizer_steps: int = 400
-    tokenizer_batch: int = 32
-    views: str = "none"  # one view per image keeps encoding quick; "flip" doubles the codes
-    # training images encoded (0: all): 200 steps of 64 draw 12,800 sequences per model, so 20,000
-    # codes are more than each model sees, at a third of the encoding time of all 60,000
-    code_images: int = 20000
-    k: int = 128  # the paper's 32 codes per coarse label for a 4096-entry codebook
-    cluster_method: str = "kmeans"
-    preset: str = "tiny"
-    steps: int = 200  # optimizer steps for each of stage 1, stage 2 and the baseline
-    batch_size: int = 64
-    # per 256 samples (4e-3 at batch 64). 200 steps want a high rate: in a sweep on one set of codes
-    # (docs/RESULTS.md, "The demo") classifier-FID fell for CTF and the baseline alike from 2e-3 up to 1.6e-2
-    lr: float = 1.6e-2
-    warmup: int = 30
-    samples_per_class: int = 50
-    classifier_epochs: int = 1
+class DemoConfig(SingleRecipe):
+    """The demo: the recipe's defaults (recipe.py), sized for a 2-core CPU, and how much it samples."""
+
+    samples_per_class: int = option(50, "samples per class for each of CTF and the baseline", min=1)
     # FID with the standard Inception network: off by default, since on a 2-core CPU its features
     # cost ~0.15 s per image (reference included); `ctfgen eval` computes it for any samples folder.
-    inception: bool = False
-    reference_images: int = 5000  # test-split images the samples are compared with
-    seed: int = 0
-
-
+    inception: bool = option(False, "also compute FID with the standard Inception network (when its weights are "
+                                    "installed)")
 
 
 class Demo:
@@ -53,7 +36,8 @@ class Demo:
     def __init__(self, cfg: DemoConfig, out: str | Path, *, device="cpu", progress: bool = True,
                  log: Callable[[str], None] = print):
         self.cfg = cfg
-        self.ws = Workspace(cfg, out, name="demo", device=device, progress=progress, log=log)
+        self.ws = Workspace(cfg, out, name="demo", seed=cfg.seed, preset=cfg.preset, device=device, progress=progress,
+                            log=log)
         self.out = self.ws.out
 
     def sample_and_evaluate(self, pipes: dict[str, Path], clf_dir: Path) -> dict[str, dict]:
@@ -96,8 +80,8 @@ class Demo:
         ws = self.ws
         t0 = ws.begin()
         tok = ws.tokenizer()
-        codes = ws.codes(tok)
-        coarse = ws.coarse_map(tok)
+        codes = ws.codes(tok, views=self.cfg.views)
+        coarse = ws.coarse_map(tok, method=self.cfg.cluster_method, k=self.cfg.k)
         runs = {kind: ws.train(kind, codes, coarse) for kind in ("ar", "aux", "baseline")}
         pipes = ws.pipelines(tok, runs)
         clf = ws.classifier()

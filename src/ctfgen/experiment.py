@@ -1,15 +1,17 @@
-"""The steps every experiment (`ctfgen demo`, `bench quality`, `bench scaling`) is made of, cached in
-one folder: tokenizer -> codes -> coarse labels -> trained models -> pipelines, the domain classifier,
-and `sample_and_score` (class-balanced samples, their grid and npz, the evaluation JSON).
+"""The steps every experiment (`ctfgen demo`, `bench quality`, `bench scaling`, `bench lasting`) is
+made of, cached in one folder: tokenizer -> codes -> coarse labels -> trained models -> pipelines,
+the domain classifier, and (experiment_scores.py) `sample_and_score`: class-balanced samples, their
+grid and npz, the evaluation JSON.
 
 An experiment holds a `Workspace` and calls its steps; each step writes its own artifact folder (or
 JSON file) and is reused when that folder is finished, so an interrupted experiment picks up where
 it stopped and a rerun of a finished one makes nothing. Logs carry the experiment's name.
 
-The settings object `cfg` is the experiment's own dataclass; the steps read these fields of it (a
-field an experiment lacks is passed to the step instead): data, tokenizer_steps, tokenizer_batch,
-views, code_images, k, cluster_method, preset, steps, batch_size, lr, warmup, classifier_epochs,
-reference_images, seed.
+The settings `cfg` are the experiment's own dataclass, a `Recipe` (recipe.py): the steps read its
+fields (the data, the tokenizer's steps and batch, the codes' images, the models' preset, steps,
+batch, rate and warm-up, the classifier's epochs, the reference images) and record all of it; what
+varies within an experiment (the seed, the model size, the views, the clustering) is given to the
+workspace or its steps.
 """
 from __future__ import annotations
 
@@ -18,18 +20,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .artifacts import MANIFEST, atomic_write_bytes, atomic_write_json, read_manifest
+from .artifacts import MANIFEST, atomic_write_json, read_manifest
 from .config import to_dict
 from .errors import CtfgenError
+from .experiment_scores import NotMade, SampleScores
+from .recipe import Recipe
 
 # the two totals of timings.json: every step (whenever it ran), and this invocation alone
 TOTALS = ("all steps (total)", "this run (total)")
-# metrics whose computation changed since evaluation format 1 (classifier-IS splits)
-STALE_METRICS = ("is_classifier", "is_classifier_std")
-
-
-class NotMade(Exception):
-    """A step or measurement not made yet, met by a workspace told to make nothing (`make=False`)."""
 
 
 def finished(folder: Path) -> bool:
@@ -41,22 +39,25 @@ def finished(folder: Path) -> bool:
     return not (manifest.get("info") or {}).get("unfinished")
 
 
-class Workspace:
-    """One experiment's folder `out`, its settings, device, log prefix `name` and step timings.
+class Workspace(SampleScores):
+    """One experiment's folder `out`, its settings (a `Recipe`, recorded as `<name>_config.json`), the
+    seed of its steps and the model size of its trainings (else given to each), device, log prefix
+    `name` and step timings.
 
     `make=False` makes nothing: a step or evaluation not done yet raises `NotMade` (gathering what a
     study has measured). `log_reuse=False` keeps quiet about reused steps (a study reuses hundreds)."""
 
-    def __init__(self, cfg, out: str | Path, *, name: str, device="cpu", progress: bool = True,
-                 log: Callable[[str], None] = print, seed: int | None = None, log_reuse: bool = True):
+    def __init__(self, cfg: Recipe, out: str | Path, *, name: str, seed: int, preset: str | None = None, device="cpu",
+                 progress: bool = True, log: Callable[[str], None] = print, log_reuse: bool = True):
         self.cfg, self.out, self.name, self.device, self.progress = cfg, Path(out), name, device, progress
-        self.seed = cfg.seed if seed is None else seed
+        # of every step not given its own
+        self.seed, self.preset = seed, preset
         self._log, self.log_reuse, self.make = log, log_reuse, True
         # seconds per step, kept across reruns so a report shows what each step cost when it ran
         self.timings: dict[str, float] = {}
         if (self.out / "timings.json").is_file():
             self.timings = json.loads((self.out / "timings.json").read_text())
-        self._tools: dict[str, Any] | None = None
+        self._tools: dict[str, Any] | None = None  # the evaluation's networks and reference, loaded once
 
     def log(self, message: str) -> None:
         self._log(f"[{self.name}] {message}")
@@ -137,10 +138,10 @@ class Workspace:
         return self.step(f"tokenizer{where}", folder,
                          lambda: train_tokenizer(tc, folder, device=self.device, progress=self.progress))
 
-    def codes(self, tok: Path, *, root: Path | None = None, split: str = "train", views: str | None = None,
+    def codes(self, tok: Path, *, root: Path | None = None, split: str = "train", views: str = "none",
               limit: int | None = None, images: tuple[int, int] | None = None, name: str = "") -> Path:
-        """root/codes-<name or split>: the split encoded by `tok` (training split: the first `code_images`),
-        or its images images[0]..images[1]-1 alone (a held-out range)."""
+        """root/codes-<name or split>: the split encoded by `tok` with `views` (training split: the first
+        `code_images`), or its images images[0]..images[1]-1 alone (a held-out range)."""
         from .codes import encode_dataset
         from .data import load_dataset
         from .tokenizer import load_tokenizer
@@ -148,7 +149,6 @@ class Workspace:
         root, where = self._where(root)
         name = name or split
         folder = root / f"codes-{name}"
-        views = self.cfg.views if views is None else views
         limit = (self.cfg.code_images if split == "train" and not images else 0) if limit is None else limit
         label = "codes" + ("" if name == "train" else f" {name}") + where
 
@@ -159,13 +159,11 @@ class Workspace:
             load_tokenizer(tok, self.device), data(), folder, views=views, limit=limit, device=self.device,
             progress=self.progress))
 
-    def coarse_map(self, tok: Path, *, root: Path | None = None, method: str | None = None,
-                   k: int | None = None, seed: int | None = None) -> Path:
-        """root/coarse-<method>-k<K>: the codebook of `tok` clustered into K coarse labels (`seed`: the
-        clustering's initialisation, default the workspace's)."""
+    def coarse_map(self, tok: Path, *, method: str, k: int, root: Path | None = None, seed: int | None = None) -> Path:
+        """root/coarse-<method>-k<K>: the codebook of `tok` clustered into K coarse labels by `method`
+        (`seed`: the clustering's initialisation, default the workspace's)."""
         from .cluster import build_coarse_map, load_codebook
 
-        method, k = method or self.cfg.cluster_method, k or self.cfg.k
         root, where = self._where(root)
         folder = root / f"coarse-{method}-k{k}"
 
@@ -189,8 +187,10 @@ class Workspace:
         c = self.cfg
         key = f"train {kind}" if folder is None else f"train {folder.name}"
         folder = folder or self.out / {"ar": "stage1", "aux": "stage2", "baseline": "baseline"}[kind]
-        steps = steps or c.steps
-        fields = dict(kind=kind, preset=preset or c.preset, steps=steps, batch_size=c.batch_size, lr=c.lr,
+        steps, preset = steps or c.steps, preset or self.preset
+        if not preset:
+            raise CtfgenError(f"train {kind}: no model preset (give one to the workspace or to the step)")
+        fields = dict(kind=kind, preset=preset, steps=steps, batch_size=c.batch_size, lr=c.lr,
                       warmup_steps=c.warmup, cosine=True, seed=self.seed if seed is None else seed,
                       model_overrides=dict(overrides or {}))
         tc = TrainConfig(**{**fields, **(recipe or {})})
@@ -246,119 +246,3 @@ class Workspace:
             save_classifier(model, folder, train_cfg=tc, data=train_ds.describe(), info={"test_accuracy": acc},
                             extra_files={CLASSES_FILE: classes})
         return self.step("domain classifier", folder, run)
-
-    # ------------------------------------------------------------------ samples and their scores
-
-    def eval_tools(self, clf_dir: Path) -> dict[str, Any]:
-        """Classifier, reference (`reference_images` of the test split) and (lazily, see `inception`)
-        the Inception network, loaded once for every evaluation of this workspace."""
-        if self._tools is None:
-            from .evaluate import classifier_info, load_classifier, reference_from_dataset
-
-            clf, manifest = load_classifier(clf_dir)
-            ref = reference_from_dataset(self.cfg.data, "test", max_images=self.cfg.reference_images or None)
-            self._tools = {"classifier": clf, "classifier_info": classifier_info(manifest, str(clf_dir)),
-                           "reference": ref, "inception": None}
-        return self._tools
-
-    def inception(self):
-        from .evaluate import InceptionFeatures
-
-        if self._tools["inception"] is None:
-            self._tools["inception"] = InceptionFeatures()
-        return self._tools["inception"]
-
-    def sample_and_score(self, tag: str, make_pipe: Callable[[], Any], clf_dir: Path, *, samples_per_class: int,
-                         path: Path | None = None, seed: int | None = None, batch_size: int = 64,
-                         settings: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None,
-                         inception: bool = False, grid: bool = False, keep_samples: bool = True,
-                         timing: str | None = None) -> dict:
-        """`samples_per_class` images of every class from the pipeline `make_pipe()` (built only when
-        needed), sampled with `settings` (SamplingConfig fields) and sampling `seed` (default: the
-        workspace's), evaluated against the reference; the result JSON is cached at `path` (default
-        evals/<tag>.json) and returned. `grid`: report/samples-<tag>.png, 10 per class; `keep_samples`:
-        samples/<tag>.npz (ADM format, re-scorable). `timing`: the timings key of the seconds taken.
-
-        A cached result of an older evaluation format is rescored from its kept samples (or, without
-        them, the metrics the format fixed are withdrawn); without `keep_samples` it is sampled again."""
-        from .evaluate import cache_dir, evaluate_images
-        from .evaluate.core import RESULT_FORMAT
-
-        path = path or self.out / "evals" / f"{tag}.json"
-        if path.is_file():
-            result = json.loads(path.read_text())
-            if result.get("format") == RESULT_FORMAT or not self.make:
-                if self.log_reuse:
-                    self.log(f"evaluate {tag}: reusing {path}")
-                return result
-            if keep_samples:
-                return self.update_stale(tag, path, result, clf_dir)
-        if not self.make:
-            raise NotMade(tag)
-        seed = self.seed if seed is None else seed
-        tools = self.eval_tools(clf_dir)
-        t0 = time.time()
-        pipe = make_pipe()
-        labels = [k for k in range(pipe.num_classes) for _ in range(samples_per_class)]
-        self.log(f"sample + evaluate {tag}: {len(labels)} images")
-        t_s = time.time()
-        samples = pipe.generate(labels, seed=seed, batch_size=batch_size, progress=self.progress, **(settings or {}))
-        sample_s = time.time() - t_s
-        if grid:
-            self._save_grid(tag, samples, samples_per_class, pipe.num_classes)
-        if keep_samples:
-            from .sample.outputs import save_npz
-
-            save_npz(self.out / "samples" / f"{tag}.npz", samples, tokenizer=pipe.fingerprints.get("tokenizer"))
-        meta = {"pipeline": pipe.type, "models": pipe.fingerprints, "folders": {k: str(v) for k, v in pipe.folders.items()},
-                "seed": seed, "samples_per_class": samples_per_class, "sampling": to_dict(samples.settings),
-                "sample_seconds": round(sample_s, 1), "images_per_second": round(len(labels) / sample_s, 2),
-                **(metadata or {})}
-        result = evaluate_images(samples.images, samples.labels, reference=tools["reference"],
-                                 classifier=tools["classifier"], classifier_info=tools["classifier_info"],
-                                 inception=self.inception() if inception else None, cache=cache_dir(),
-                                 metadata=meta, progress=self.progress)
-        for warning in result.get("warnings", []):
-            self.log(f"warning: {warning}")
-        atomic_write_json(path, result)
-        if timing:
-            self.timings[timing] = round(time.time() - t0, 1)
-        return result
-
-    def _save_grid(self, tag: str, samples, samples_per_class: int, num_classes: int) -> None:
-        import numpy as np
-
-        from .sample.outputs import grid_image, png_bytes
-
-        per_class = min(10, samples_per_class)  # samples are class by class
-        show = np.concatenate([np.arange(per_class) + k * samples_per_class for k in range(num_classes)])
-        atomic_write_bytes(self.out / "report" / f"samples-{tag}.png",
-                           png_bytes(grid_image(samples.images[show], samples.labels[show], scale=2)))
-
-    def update_stale(self, tag: str, path: Path, result: dict, clf_dir: Path) -> dict:
-        """A result of an older evaluation format: its classifier metrics are recomputed from the
-        saved samples when they exist (Inception FID, unaffected, is kept); otherwise the metrics
-        the format change fixed are withdrawn, their old values kept under `withdrawn`."""
-        from .evaluate import evaluate_images
-        from .evaluate.core import RESULT_FORMAT
-        from .evaluate.inputs import load_samples
-
-        old = {k: result["metrics"].pop(k) for k in STALE_METRICS if k in result["metrics"]}
-        npz = self.out / "samples" / f"{tag}.npz"
-        if npz.is_file():
-            tools = self.eval_tools(clf_dir)
-            s = load_samples(npz)
-            images = s.images[..., :1] if self.cfg.data.channels == 1 else s.images  # npz holds RGB
-            new = evaluate_images(images, s.labels, reference=tools["reference"], classifier=tools["classifier"],
-                                  classifier_info=tools["classifier_info"], progress=self.progress)
-            result["metrics"].update(new["metrics"])
-            result["rescored"] = {"from": str(npz), "format_was": result.get("format"), "old_values": old}
-            self.log(f"{path.name}: classifier metrics recomputed from {npz.name} (format {RESULT_FORMAT})")
-        else:
-            result["withdrawn"] = {"format_was": result.get("format"), "old_values": old,
-                                   "why": "classifier-IS of evaluation format 1 split the samples in order; "
-                                          "these samples were not kept, so it cannot be recomputed"}
-            self.log(f"{path.name}: classifier-IS withdrawn (older format, samples not kept)")
-        result["format"] = RESULT_FORMAT
-        atomic_write_json(path, result)
-        return result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ._util import add_command, add_data_args, add_device_args, comma_list, nonneg_int, positive_int, seed_int
+from ._util import add_command, add_data_args, add_device_args, nonneg_int, positive_int, seed_int, typed_list
 
 
 def add_edit(group) -> None:
@@ -21,7 +21,7 @@ def add_edit(group) -> None:
     p.add_argument("--baseline-pipeline", required=True, metavar="DIR", help="the baseline pipeline folder")
     p.add_argument("--classifier", required=True, metavar="DIR", help="the domain classifier (`ctfgen eval classifier`)")
     p.add_argument("--images", type=positive_int, default=1000, help="test images edited (default: 1000)")
-    p.add_argument("--seeds", type=comma_list(seed_int), default="0,1", help="sampling seeds (default: 0,1)")
+    p.add_argument("--seeds", type=typed_list(seed_int), default=(0, 1), help="sampling seeds (default: 0,1)")
     p.add_argument("--gibbs-images", type=nonneg_int, default=100, help="images that also get Gibbs sweeps (default: 100)")
     p.add_argument("--gibbs-sweeps", type=nonneg_int, default=1, help="sweeps on them (default: 1)")
     p.add_argument("--vary-images", type=positive_int, default=200, help="sources of detail variations (default: 200)")
@@ -55,7 +55,7 @@ def _run_edit(args) -> int:
     data = load_dataset(DataConfig(source=args.data, path=args.data_path, resolution=tok.resolution,
                                    channels=tok.channels, skip_bad=args.skip_bad,
                                    allow_empty_classes=args.allow_empty_classes), "test")
-    cfg = EditBenchConfig(images=args.images, seeds=tuple(int(s) for s in args.seeds.split(",") if s.strip()),
+    cfg = EditBenchConfig(images=args.images, seeds=args.seeds,
                           batch_size=args.batch_size, gibbs_images=args.gibbs_images, gibbs_sweeps=args.gibbs_sweeps,
                           vary_images=args.vary_images, vary_n=args.vary_n,
                           settings=given_flags(SamplingConfig, args))

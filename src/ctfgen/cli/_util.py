@@ -11,14 +11,6 @@ import argparse
 import math
 import re
 
-# Preset names, kept here so that parsing needs no torch import; tests/test_cli.py checks each
-# against the registry it mirrors.
-MODEL_PRESETS = ("tiny", "small", "B", "L", "XL", "XXL", "3B", "aux-B", "aux-L",
-                 "GPT-B", "GPT-L", "GPT-XL", "GPT-XXL", "GPT-3B")  # fmt: skip
-TOKENIZER_PRESETS = ("fmnist", "vq16", "vq8", "VQ-16", "VQ-8")
-DATA_SOURCES = ("fashion-mnist", "idx", "folder", "npz")
-CLUSTER_METHODS = ("kmeans", "balanced", "random", "agglomerative", "average")
-VIEWS = ("none", "flip", "tencrop")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -89,6 +81,17 @@ def comma_list(item, *, allow_empty: bool = False):
             except argparse.ArgumentTypeError as e:
                 raise argparse.ArgumentTypeError(f"{e} in {text!r}") from None
         return text
+
+    return parse
+
+
+def typed_list(item, kind=tuple):
+    """An argparse type: comma-separated values, each read and checked by `item`, as a `kind` (tuple or list)."""
+    check = comma_list(item)
+
+    def parse(text: str):
+        check(text)
+        return kind(item(t.strip()) for t in text.split(",") if t.strip())
 
     return parse
 
@@ -229,20 +232,15 @@ def setup_device(args) -> "torch.device":  # noqa: F821
 
 def add_data_args(p: argparse.ArgumentParser, *, sized: bool = True, size_default: str = "the tokenizer's") -> None:
     """--data, --data-path, [--resolution, --channels,] --skip-bad, --allow-empty-classes."""
+    from ..data import FASHION_MNIST_DIR, DataConfig
+
     g = p.add_argument_group("data (docs/DATA.md)")
-    g.add_argument("--data", default="fashion-mnist", choices=DATA_SOURCES,
-                   help="data source (default: the embedded Fashion-MNIST)")
-    g.add_argument("--data-path", default=None, help="folder or file of the data (default: none; fashion-mnist: "
-                                                     "/usr/share/datasets/fashion-mnist)")
+    sizes = ("resolution", "channels") if sized else ()
+    add_config_flags(g, DataConfig, only=("source", "path"), dests={"source": "data", "path": "data_path"}, shown={
+        "source": "the embedded Fashion-MNIST", "path": f"none; fashion-mnist: {FASHION_MNIST_DIR}"})
     if sized:
-        g.add_argument("--resolution", type=positive_int, default=None,
-                       help=f"image size; other sizes are centre-cropped and resized (default: {size_default})")
-        g.add_argument("--channels", type=int, default=None, choices=[1, 3],
-                       help=f"1 grey, 3 RGB; images are converted (default: {size_default})")
-    g.add_argument("--skip-bad", action="store_true",
-                   help="folder data: leave out unreadable images (counted and listed in classes.json) instead of failing")
-    g.add_argument("--allow-empty-classes", action="store_true",
-                   help="keep class ids without images in a split (gaps in the labels, empty class folders) instead of refusing them")
+        add_config_flags(g, DataConfig, only=sizes, unset=True, shown=dict.fromkeys(sizes, size_default))
+    add_config_flags(g, DataConfig, only=("skip_bad", "allow_empty_classes"), switches=True)
     add_background_arg(g)
 
 
@@ -252,9 +250,9 @@ def set_option_help(p: argparse.ArgumentParser, flag: str, text: str) -> None:
 
 
 def add_background_arg(p) -> None:
-    p.add_argument("--background", default="white", type=background_colour, metavar="white|black|R,G,B",
-                   help="folder data: colour that transparent pixels (RGBA, LA, palette transparency) are composited "
-                        "onto; recorded in the manifests")
+    from ..data import DataConfig
+
+    add_config_flags(p, DataConfig, only=("background",), types={"background": background_colour})
 
 
 def data_config(args, *, default_resolution: int = 32, default_channels: int = 1):
@@ -266,33 +264,23 @@ def data_config(args, *, default_resolution: int = 32, default_channels: int = 1
                       allow_empty_classes=args.allow_empty_classes, background=args.background)
 
 
-# Parse-time checks and choices by field name, for fields whose `option` (config.py) gives none:
-# DemoConfig's and QualityConfig's, and what needs more than bounds (a device name, a preset).
-CONFIG_TYPES = {
-    "tokenizer_steps": positive_int, "tokenizer_batch": positive_int, "code_images": nonneg_int,
-    "k": int_range(2), "steps": positive_int, "checkpoints": positive_int, "batch_size": positive_int,
-    "lr": positive_float, "warmup": nonneg_int, "samples_per_class": positive_int,
-    "classifier_epochs": positive_int, "reference_images": nonneg_int, "ablation_steps": positive_int,
-    "ablation_samples_per_class": positive_int, "seed": seed_int, "device": device,
-}  # fmt: skip
-CONFIG_CHOICES = {"views": VIEWS, "cluster_method": CLUSTER_METHODS, "preset": MODEL_PRESETS}
-
-
 def add_config_flags(p, cls, helps: dict[str, str] | None = None, *, skip: tuple[str, ...] = ("data",),
                      only: tuple[str, ...] | None = None, types: dict | None = None, choices: dict | None = None,
                      names: dict[str, tuple[str, ...]] | None = None, metavars: dict[str, str] | None = None,
-                     switches: bool = False, unset: bool = False, shown: dict[str, str] | None = None) -> None:
+                     switches: bool = False, unset: bool = False, shown: dict[str, str] | None = None,
+                     dests: dict[str, str] | None = None) -> None:
     """One --flag per field of the dataclass `cls` (its defaults, read from the class: nothing is built).
 
     p: a parser or argument group; only: these fields, in this order (else every field not in skip).
     Everything below comes from the field's `option` (config.py) unless an argument gives it by field
     name. Help: `helps[name]`, else the option's help, with its bounds and note, then "(default: X)"
-    unless the help states its default. Parse-time check: `types[name]`, else the option's bounds,
-    else CONFIG_TYPES, else the type of the default; allowed values: `choices`, else the option's,
-    else CONFIG_CHOICES. names: option strings (else the option's `flag` or --field-name, and its
+    unless the help states its default. Parse-time check: `types[name]`, else the option's bounds
+    (each item's, for a list field: comma-separated text), else the type of the default; allowed
+    values: `choices`, else the option's. names: option strings (else the option's `flag` or --field-name, and its
     `flags`); metavars: the value's name in the help (else the option's `metavar`); switches: bool
     fields become store_true flags (else --flag BOOL); unset: every flag defaults to None, so that
-    only the flags given override (the help still shows the class's default, or `shown[name]`).
+    only the flags given override (the help still shows the class's default, or `shown[name]`);
+    dests: the attribute of the parsed flags (else the field's name).
     """
     from dataclasses import fields
 
@@ -312,7 +300,7 @@ def add_config_flags(p, cls, helps: dict[str, str] | None = None, *, skip: tuple
             switch = isinstance(value, bool) and (switches or unset)
             default_text = (shown or {}).get(name) or (("on" if value else "off") if switch else _shown(value))
             text = f"{text} (default: {default_text})"
-        kw = {"dest": name, "help": text, "default": None if unset else value}
+        kw = {"dest": (dests or {}).get(name, name), "help": text, "default": None if unset else value}
         metavar = (metavars or {}).get(name) or meta.get("metavar")
         if metavar:
             kw["metavar"] = metavar
@@ -322,11 +310,20 @@ def add_config_flags(p, cls, helps: dict[str, str] | None = None, *, skip: tuple
             else:
                 p.add_argument(*flags, type=boolean, **{"metavar": "BOOL", **kw})
             continue
-        allowed = (choices or {}).get(name) or meta.get("choices") or CONFIG_CHOICES.get(name)
+        if meta.get("items"):  # comma-separated values, each checked by the option's rules
+            item = one_of(*meta["choices"]) if meta.get("choices") else _bounded_type(cls, f) or meta["items"]
+            p.add_argument(*flags, type=(types or {}).get(name) or comma_list(item, allow_empty=meta.get("allow_empty", False)), **kw)
+            continue
+        seq = _sequence_type(cls, f)
+        if seq is not None:  # a typed list field: comma-separated values, each checked by the option's rules
+            item = one_of(*meta["choices"]) if meta.get("choices") else _bounded_type(cls, f) or seq[1]
+            p.add_argument(*flags, type=(types or {}).get(name) or typed_list(item, seq[0]), **kw)
+            continue
+        allowed = (choices or {}).get(name) or meta.get("choices")
         if allowed is not None:
             kw["choices"] = allowed
-        check = (types or {}).get(name) or _bounded_type(cls, f) or CONFIG_TYPES.get(name)
-        p.add_argument(*flags, type=check or type(value), **kw)
+        check = (types or {}).get(name) or _bounded_type(cls, f) or _plain_type(cls, f)
+        p.add_argument(*flags, type=check, **kw)
 
 
 def _field_default(f):
@@ -336,7 +333,27 @@ def _field_default(f):
 
 
 def _shown(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "none"  # as the flag takes it
     return "none" if value is None or value == "" else str(value)
+
+
+def _plain_type(cls, f):
+    """The type a flag's text is read as: the field's (X of `X | None`)."""
+    import typing
+
+    hint = typing.get_type_hints(cls)[f.name]
+    plain = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return plain[0] if plain[0] in (int, float, str) else type(_field_default(f))
+
+
+def _sequence_type(cls, f):
+    """(tuple or list, item type) of a field typed tuple[T, ...] or list[T], else None."""
+    import typing
+
+    hint = typing.get_type_hints(cls)[f.name]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    return (origin, args[0]) if origin in (tuple, list) and args else None
 
 
 def _bounded_type(cls, f):
@@ -348,7 +365,9 @@ def _bounded_type(cls, f):
     lo, hi = meta.get("min"), meta.get("max")
     if lo is None and hi is None:
         return None
-    hint = typing.get_type_hints(cls)[f.name]
+    hint = meta.get("items") or typing.get_type_hints(cls)[f.name]
+    if typing.get_origin(hint) in (tuple, list):
+        hint = typing.get_args(hint)[0]
     if int in (typing.get_args(hint) or (hint,)):
         return int_range(None if lo is None else int(lo) + bool(meta.get("min_open")),
                          None if hi is None else int(hi) - bool(meta.get("max_open")))
@@ -363,8 +382,10 @@ def config_from_args(cls, args, *, skip: tuple[str, ...] = ("data",), **extra):
     return cls(**{**given, **extra})
 
 
-def given_flags(cls, args) -> dict:
-    """The fields of `cls` whose flag was given (flags made with unset=True): overrides of another default."""
+def given_flags(cls, args, *, only: tuple[str, ...] | None = None) -> dict:
+    """The fields of `cls` (`only` these) whose flag was given (flags made with unset=True): overrides of
+    another default."""
     from dataclasses import fields
 
-    return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+    return {f.name: getattr(args, f.name) for f in fields(cls)
+            if (only is None or f.name in only) and getattr(args, f.name, None) is not None}

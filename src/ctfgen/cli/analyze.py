@@ -5,7 +5,8 @@ import argparse
 import json
 import time
 
-from ._util import (CLUSTER_METHODS, DATA_SOURCES, add_background_arg, add_group, int_range, nonempty, nonneg_int,
+from ..cluster import METHODS as CLUSTER_METHODS
+from ._util import (add_background_arg, add_config_flags, add_group, int_range, nonempty, nonneg_int,
                     positive_int, seed_int)
 
 ORDER = 45
@@ -25,11 +26,12 @@ def register(sub) -> None:
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer artifact folder")
-    p.add_argument("--data", default="fashion-mnist", choices=DATA_SOURCES,
-                   help="data source of the real images (default fashion-mnist)")
-    p.add_argument("--data-path", default=None, help="folder or file of the data (default: none; fashion-mnist has its own)")
-    p.add_argument("--allow-empty-classes", action="store_true",
-                   help="accept class ids without images in the split (docs/DATA.md)")
+    from ..data import DataConfig
+
+    add_config_flags(p, DataConfig, only=("source", "path"), dests={"source": "data", "path": "data_path"},
+                     helps={"source": "data source of the real images"},
+                     shown={"path": "none; fashion-mnist has its own"})
+    add_config_flags(p, DataConfig, only=("allow_empty_classes",), switches=True)
     add_background_arg(p)
     p.add_argument("--split", default="test", type=nonempty, help="data split to draw the images from (default test)")
     p.add_argument("--n", type=positive_int, default=512, help="number of images, drawn at random with --seed (default 512)")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._util import MODEL_PRESETS, add_group, positive_int
+from ..models.preset_table import PRESET_NAMES as MODEL_PRESETS
+from ._util import add_group, positive_int
 
 ORDER = 55
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 
 from ._bench_edit import add_edit
+from ..models.preset_table import PRESET_NAMES as MODEL_PRESETS
 from ._util import (
-    MODEL_PRESETS,
     add_command,
     add_group,
     comma_list,
@@ -21,6 +21,7 @@ from ._util import (
     nonempty,
     nonneg_int,
     one_of,
+    typed_list,
     positive_float,
     positive_int,
 )
@@ -324,30 +325,12 @@ def _run_gpu(args) -> int:
 
 # ---------------------------------------------------------------- bench quality
 
-def _quality_help() -> dict[str, str]:
-    from .demo import HELP
-
-    return {**HELP,
-            "tokenizer": "existing tokenizer folder to use instead of training one",
-            "tokenizer_steps": "tokenizer training steps (when no --tokenizer)",
-            "steps": "optimizer steps of each model's schedule",
-            "checkpoints": "evaluations along the schedule, evenly spaced",
-            "samples_per_class": "samples per class for each model at each checkpoint",
-            "classifier": "existing domain-classifier folder to use instead of training one",
-            "classifier_epochs": "domain-classifier epochs (when no --classifier)",
-            "inception": "Inception FID at the last checkpoint, all, or none",
-            "ablation_steps": "training steps of each ablation model",
-            "ablation_samples_per_class": "samples per class of each ablation row"}
-
-
 def _add_quality(group) -> None:
     from ..quality import ABLATIONS, QualityConfig
-    from ..quality.config import INCEPTION_WHEN
     from .demo import add_experiment
 
     p = add_experiment(
-        group, "quality", QualityConfig, _quality_help(), _run_quality, out="runs/quality", out_help="bench folder",
-        choices={"inception": INCEPTION_WHEN},
+        group, "quality", QualityConfig, _run_quality, out="runs/quality", out_help="bench folder",
         help="CTF vs the baseline at equal training steps, at several checkpoints, and ablations",
         description="Train CTF (stage 1 + stage 2) and the baseline with the same stage-1 architecture on the same "
                     "codes, evaluate both on class-balanced samples at several checkpoints (FID, IS, precision, "
@@ -369,66 +352,17 @@ def _run_quality(args) -> int:
 
 # ---------------------------------------------------------------- bench scaling
 
-SCALING_HELP = {
-    "vocabs": "codebook sizes V, comma-separated (one tokenizer each)",
-    "k_ratio": "K = V / this many codes per coarse label",
-    "seeds": "seeds per arm (training seeds, or whole-pipeline seeds with --pipeline-seeds)",
-    "pipeline_seeds": "whole-pipeline seeds: seed s also trains its own tokenizer (initial weights, batch order) "
-                      "and clustering (k-means++ initialisation), so the intervals include them (default: one "
-                      "tokenizer and clustering per V, seed 0)",
-    "arms": "rows beyond CTF (k-means) and the baseline: balanced, average, random (clusterings), "
-            "uniform, frequency (stage 2 without parameters); '' for none",
-    "arms_vocab": "codebook size at which the clustering arms are trained",
-    "arm_seeds": "training seeds of the clustering arms",
-    "tokenizer_steps": "training steps of each tokenizer",
-    "tokenizer_batch": "tokenizer batch size",
-    "code_images": "training images encoded (0: all)",
-    "preset": "model size of stage 1, stage 2 and the baseline",
-    "steps": "optimizer steps of every model",
-    "batch_size": "training batch size",
-    "lr": "learning rate per 256 samples",
-    "warmup": "warm-up steps (then cosine)",
-    "nll_every": "held-out NLL every this many steps",
-    "nll_images": "test images of the NLL curve (the last checkpoint scores all)",
-    "guidance": "the sweep's guidance scales",
-    "temperatures": "the sweep's temperatures (stage 1 / baseline)",
-    "stage2_temperatures": "CTF's stage-2 temperatures, tried at its best scale and temperature",
-    "sweep_samples_per_class": "samples per class of each sweep setting",
-    "sweep_seeds": "training seeds with a sweep of their own (later seeds reuse seed 0's picks)",
-    "final_samples_per_class": "samples per class of the best and default settings",
-    "classifier": "existing domain-classifier folder ('' trains one)",
-    "classifier_epochs": "domain-classifier epochs (when no --classifier)",
-    "inception": "Inception FID of the best-setting sets: none or best",
-    "reference_images": "test images the samples are compared with",
-    "sample_batch": "images per sampling batch",
-}
-
-
-def _seed_list(text: str) -> list[int]:
-    try:
-        seeds = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"expected comma-separated seeds >= 0, e.g. 1,2; got {text!r}")
-    return seeds
+# --only-seeds: the seeds a process runs (e.g. 1,2 in a second process)
+_seed_list = typed_list(nonneg_int, list)
 
 
 def _add_scaling(group) -> None:
     from ..scaling import ScalingConfig
-    from ..scaling.study import ARMS, INCEPTION
-    from ._util import float_range
     from .demo import add_experiment
 
-    types = {"vocabs": comma_list(int_range(2, 65536)), "arms": comma_list(one_of(*ARMS), allow_empty=True),
-             "guidance": comma_list(float_range(1.0)), "temperatures": comma_list(float_range(0.0, lo_open=True)),
-             "stage2_temperatures": comma_list(float_range(0.0, lo_open=True)),
-             **dict.fromkeys(("k_ratio", "seeds", "arms_vocab", "arm_seeds", "nll_every", "nll_images",
-                              "sweep_samples_per_class", "sweep_seeds", "final_samples_per_class", "sample_batch"),
-                             positive_int)}
     p = add_experiment(
-        group, "scaling", ScalingConfig, SCALING_HELP, _run_scaling, out="runs/scaling", out_help="study folder",
-        types=types, choices={"inception": INCEPTION}, switches=True, help="CTF vs the baseline as the codebook grows: held-out NLL, best-vs-best FID, seeds",
+        group, "scaling", ScalingConfig, _run_scaling, out="runs/scaling", out_help="study folder",
+        switches=True, help="CTF vs the baseline as the codebook grows: held-out NLL, best-vs-best FID, seeds",
         description="For each codebook size V: a tokenizer, K = V/32 coarse labels, CTF and the baseline trained "
                     "with several seeds; held-out bits per token along training, a sampling sweep picking each "
                     "method's best classifier-FID settings, and arms (clusterings, parameter-free stage 2). "
@@ -460,18 +394,11 @@ def _run_scaling(args) -> int:
 # ---------------------------------------------------------------- bench lasting
 
 def _add_lasting(group) -> None:
-    from ..scaling.lasting.config import ARMS
-    from ._util import comma_list, float_range, int_range, one_of
+    from ..scaling.lasting import LastingConfig
     from .demo import add_experiment
 
-    types = {"vocabs": comma_list(int_range(2, 65536)), "grids": comma_list(int_range(1)),
-             "arms": comma_list(one_of(*ARMS)), "presets": comma_list(one_of(*MODEL_PRESETS)),
-             "guidance": comma_list(float_range(1.0)), "temperatures": comma_list(float_range(0.0, lo_open=True)),
-             "stage2_temperatures": comma_list(float_range(0.0, lo_open=True))}
-    from ..scaling.lasting import LastingConfig
-
     p = add_experiment(
-        group, "lasting", LastingConfig, {}, _run_lasting, out="runs/lasting", out_help="study folder", types=types,
+        group, "lasting", LastingConfig, _run_lasting, out="runs/lasting", out_help="study folder",
         help="does CTF's advantage last? long WSD runs, early stopping, model size and sequence length, pipeline seeds",
         description="For each unit (V x grid x preset x pipeline seed): a tokenizer, codes (train, a validation split "
                     "held out of the training images, test) and k-means coarse labels made with the seed; CTF "

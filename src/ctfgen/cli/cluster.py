@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 import time
 
-from ._util import CLUSTER_METHODS, int_range, positive_int, seed_int
+from ..cluster import METHODS as CLUSTER_METHODS
+from ..cluster.options import LINKAGES
+from ._util import int_range, positive_int, seed_int
 
 ORDER = 40
 # The paper clusters LlamaGen's 16384 codes into 512 coarse labels; a default K keeps that ratio, so a
@@ -16,19 +19,13 @@ label (predicted by stage 1); its codebook index is its fine label (predicted by
 Writes a folder with coarse_map.safetensors and manifest.json recording the tokenizer it was
 made from, so later steps refuse codes of another tokenizer."""
 
-METHOD_HELP = """kmeans: k-means++ then Lloyd (faiss), the paper's choice (default).
-balanced: equal-size clusters (sizes differ by at most 1), as in IAR.
-random: random equal-size groups, the control the paper reports as failing.
-agglomerative: ward merging over a k-nearest-neighbour graph of codewords (DCPE-style
-neighbourhood grouping instead of centroid distance)."""
-
-
 def register(sub) -> None:
     p = sub.add_parser(
         "cluster",
         help="cluster the codebook into K coarse labels",
         description=DESCRIPTION,
-        epilog=METHOD_HELP,
+        epilog="\n".join(textwrap.fill(f"{name}: {m.help}.", 100, subsequent_indent="  ")
+                         for name, m in CLUSTER_METHODS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer artifact folder (from `ctfgen tokenizer`)")
@@ -41,12 +38,12 @@ def register(sub) -> None:
     )
     p.add_argument("--raw", action="store_true", help="cluster the raw codewords instead of L2-normalised ones")
     p.add_argument("--seed", type=seed_int, default=0, help="random seed; the same seed gives the same map (default 0)")
-    p.add_argument("--max-iter", type=positive_int, default=None, help="Lloyd iterations for kmeans (default 50) or balanced (default 20)")
-    p.add_argument("--neighbors", type=positive_int, default=None, help="agglomerative: neighbours per codeword in the graph (default 5)")
-    p.add_argument(
-        "--linkage", default=None, choices=("ward", "average", "complete", "single"),
-        help="agglomerative: merge criterion (default ward; the others tend to chain into one giant cluster)",
-    )
+    p.add_argument("--max-iter", type=positive_int, default=None, help=_option_help("max_iter", "Lloyd iterations"))
+    p.add_argument("--neighbors", type=positive_int, default=None,
+                   help=_option_help("n_neighbors", "neighbours per codeword in the graph"))
+    p.add_argument("--linkage", default=None, choices=LINKAGES,
+                   help=_option_help("linkage", "merge criterion (the others than ward tend to chain into one giant "
+                                                "cluster)"))
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the coarse map to")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     p.set_defaults(func=run)
@@ -57,18 +54,30 @@ def default_k(codebook_size: int) -> int:
     return max(2, codebook_size // CODES_PER_CLUSTER)
 
 
+# the flags of the methods' options (cluster/options.py METHODS)
+OPTION_FLAGS = {"max_iter": "--max-iter", "n_neighbors": "--neighbors", "linkage": "--linkage"}
+
+
+def _users(option: str) -> dict:
+    """{method: its default} of the methods that take `option`."""
+    return {name: m.options[option] for name, m in CLUSTER_METHODS.items() if option in m.options}
+
+
+def _option_help(option: str, what: str) -> str:
+    return f"{what}, for " + " or ".join(f"{m} (default {v})" for m, v in _users(option).items())
+
+
 def _method_options(args) -> dict:
     from ..errors import CtfgenError
 
     opts = {}
-    if args.max_iter is not None:
-        if args.method not in ("kmeans", "balanced"):
-            raise CtfgenError(f"--max-iter applies to kmeans and balanced, not {args.method}")
-        opts["max_iter"] = args.max_iter
-    for flag, name, value in (("--neighbors", "n_neighbors", args.neighbors), ("--linkage", "linkage", args.linkage)):
+    for name, flag in OPTION_FLAGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
         if value is not None:
-            if args.method != "agglomerative":
-                raise CtfgenError(f"{flag} applies to the agglomerative method, not {args.method}")
+            if args.method not in _users(name):
+                users = " and ".join(_users(name))
+                raise CtfgenError(f"{flag} applies to the {users} method{'s' if len(_users(name)) > 1 else ''}, "
+                                  f"not {args.method}")
             opts[name] = value
     return opts
 

@@ -4,21 +4,21 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+from ..data import VIEW_MODES
+from ..tokenizer.config import PRESET_NAMES as TOKENIZER_PRESETS
+from ..tokenizer.config import LLAMAGEN_NAMES as VQ_NAMES
+from ..tokenizer.config import PRESETS
 from ._util import (
-    TOKENIZER_PRESETS,
-    VIEWS,
     add_command,
+    add_config_flags,
     add_group,
-    boolean,
+    config_from_args,
     data_config,
     float_range,
-    int_range,
+    given_flags,
     nonempty,
-    nonneg_float,
     nonneg_int,
-    positive_float,
     positive_int,
-    seed_int,
     set_option_help,
     setup_device,
 )
@@ -27,6 +27,8 @@ ORDER = 10
 
 
 def register(sub) -> None:
+    from ..tokenizer.config import TokenizerTrainConfig, VQConfig
+
     tok = add_group(sub, "tokenizer", "train, import or inspect a VQ tokenizer (images <-> token grids)")
 
     p = add_command(tok, "train", _train, data=True, device=True, help="train a VQ tokenizer on a dataset",
@@ -38,27 +40,21 @@ def register(sub) -> None:
     set_option_help(p, "--resolution", "image size; other sizes are centre-cropped and resized (default: the preset's)")
     p.add_argument("--out", required=True, help="tokenizer folder to write")
     p.add_argument("--preset", default="fmnist", choices=TOKENIZER_PRESETS,
-                   help="architecture preset: fmnist (32x32 -> 8x8, codebook 4096), vq16 (LlamaGen VQ-16) or vq8 (VQ-8)")
-    p.add_argument("--codebook-size", type=int_range(2, 65536), help="override the preset's codebook size (default: the preset's)")
-    p.add_argument("--codebook-dim", type=positive_int, help="override the preset's code dimension (default: the preset's)")
-    p.add_argument("--ch", type=positive_int, help="override the preset's base channel count (default: the preset's)")
-    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 3000)")
-    p.add_argument("--minutes", type=nonneg_float, default=0.0, help="stop after this much wall time (0: no limit)")
+                   help="architecture preset: " + ", ".join(
+                       f"{name} ({c.resolution}x{c.resolution} -> {c.grid}x{c.grid}, codebook {c.codebook_size})"
+                       for name, c in PRESETS.items()) + "; LlamaGen's names: "
+                   + ", ".join(f"{theirs} = {ours}" for theirs, ours in VQ_NAMES.items()))
+    # the preset's fields it may override, and the run's settings (None: the preset's, or the config's)
+    add_config_flags(p, VQConfig, only=("codebook_size", "codebook_dim", "ch"), unset=True,
+                     shown=dict.fromkeys(("codebook_size", "codebook_dim", "ch"), "the preset's"))
+    add_config_flags(p, TokenizerTrainConfig, only=("steps",), unset=True)
+    add_config_flags(p, TokenizerTrainConfig, only=("minutes",))
     p.add_argument("--ckpt-every", type=nonneg_int, default=None,
                    help="steps between checkpoints in --out; rerun the same command to resume (0: none; "
                         "default: a tenth of the run, at most 1000)")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="images per step (default: 32)")
-    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate, Adam (default: 1e-3)")
-    p.add_argument("--gan-weight", type=nonneg_float, default=0.0, help="adversarial (PatchGAN hinge) loss weight; 0 turns it off")
-    p.add_argument("--gan-start", type=nonneg_int, default=2000, help="step at which the adversarial loss starts")
-    p.add_argument("--lpips-weight", type=nonneg_float, default=0.0, help="perceptual (LPIPS) loss weight; 0 turns it off")
-    p.add_argument("--lpips-vgg", default=None, help="local VGG16 weights in torchvision's layout (e.g. vgg16-397923af.pth)")
-    p.add_argument("--lpips-lin", default=None, help="local LPIPS linear heads (LlamaGen's/taming's vgg.pth)")
-    p.add_argument("--flip", type=boolean, default=True, metavar="BOOL",
-                   help="random horizontal flips while training (the tokenizer learns to reconstruct mirrored "
-                        "images too; what the generator learns is set by `encode --views`)")
-    p.add_argument("--eval-limit", type=nonneg_int, default=0, help="test images for the final report (0: all)")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of the weights, batches and flips")
+    add_config_flags(p, TokenizerTrainConfig, only=("batch_size", "lr"), unset=True)
+    add_config_flags(p, TokenizerTrainConfig, only=("gan_weight", "gan_start", "lpips_weight", "lpips_vgg",
+                                                    "lpips_lin", "flip", "eval_limit", "seed"))
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder (and start a stopped run again)")
 
     p = add_command(tok, "import", _import,
@@ -95,7 +91,7 @@ def register(sub) -> None:
     p.add_argument("--tokenizer", required=True, help="tokenizer folder")
     p.add_argument("--out", required=True, help="code store folder to write")
     p.add_argument("--split", default="train", type=nonempty, help="data split")
-    p.add_argument("--views", default="none", choices=VIEWS,
+    p.add_argument("--views", default="none", choices=VIEW_MODES,
                    help="augmented views per image: none (the image only; right for digits, text and anything with "
                         "a handedness), flip (image + mirror), tencrop (LlamaGen's ImageNet recipe: ten crops with "
                         "their mirrors) (default: none)")
@@ -107,11 +103,10 @@ def register(sub) -> None:
 
 
 def _train(args) -> int:
-    from ..tokenizer import vq_preset
-    from ..tokenizer.train import TokenizerTrainConfig, train_tokenizer
+    from ..tokenizer.config import TokenizerTrainConfig, VQConfig, vq_preset
+    from ..tokenizer.train import train_tokenizer
 
-    overrides = {k: v for k, v in (("codebook_size", args.codebook_size), ("codebook_dim", args.codebook_dim), ("ch", args.ch)) if v}
-    vq = vq_preset(args.preset, **overrides)
+    vq = vq_preset(args.preset, **given_flags(VQConfig, args, only=("codebook_size", "codebook_dim", "ch")))
     data = data_config(args, default_resolution=vq.resolution, default_channels=vq.channels)
     if args.channels is None:
         from ..data import stored_format
@@ -122,13 +117,8 @@ def _train(args) -> int:
             print(f"channels: {channels}, the data's, not the {args.preset} preset's {vq.channels} ({what}); "
                   "--channels chooses")
     vq = replace(vq, resolution=data.resolution, channels=data.channels).validate()
-    cfg = TokenizerTrainConfig(vq=vq, data=data, minutes=args.minutes, gan_weight=args.gan_weight,
-                               gan_start=args.gan_start, lpips_weight=args.lpips_weight,
-                               lpips_vgg=args.lpips_vgg, lpips_lin=args.lpips_lin, seed=args.seed, eval_limit=args.eval_limit,
-                               flip=args.flip)
-    for name in ("steps", "batch_size", "lr"):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
+    cfg = config_from_args(TokenizerTrainConfig, args, skip=("vq", "data", "steps", "batch_size", "lr", "betas"),
+                           vq=vq, data=data, **given_flags(TokenizerTrainConfig, args, only=("steps", "batch_size", "lr")))
     device = setup_device(args)
     report = train_tokenizer(cfg, args.out, device=device, overwrite=args.overwrite, ckpt_every=args.ckpt_every)
     print(json.dumps({"tokenizer": args.out, **report}, indent=2))

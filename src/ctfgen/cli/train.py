@@ -7,7 +7,7 @@ import json
 
 from ..errors import CtfgenError
 from ..models.config import KINDS, ModelConfig
-from ._util import add_config_flags, add_group, config_from_args, nonneg_int
+from ._util import add_config_flags, add_group, config_from_args, device, nonneg_int
 
 ORDER = 50
 
@@ -66,7 +66,8 @@ def _add_args(p: argparse.ArgumentParser, kind: str) -> None:
     p.set_defaults(lr=None)  # None: default_lr(--preset), decided when the preset is known
 
     r = p.add_argument_group("execution")
-    add_config_flags(r, RunOptions, only=("grad_accum", "log_every", "ckpt_every", "stop_after", "device"), **FLAG_OPTS)
+    add_config_flags(r, RunOptions, only=("grad_accum", "log_every", "ckpt_every", "stop_after", "device"),
+                     types={"device": device}, **FLAG_OPTS)
     r.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
     add_config_flags(r, RunOptions, only=("fsdp", "compile"), **FLAG_OPTS)
     add_config_flags(r, RunOptions, only=("precision", *(("aux_loss",) if spec.member_head else ())), **FLAG_OPTS)

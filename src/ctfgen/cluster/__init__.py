@@ -6,7 +6,13 @@
     cmap.save("runs/coarse_k512")
     cmap = CoarseMap.load("runs/coarse_k512"); cmap.check_tokenizer(tok_fp)
 """
-from .coarse_map import CoarseMap, build_coarse_map, load_codebook
-from .methods import METHOD_OPTIONS, METHODS, cluster_codebook
+from ..lazy import lazy_attributes
+from .options import METHOD_OPTIONS, METHODS
+
+# the methods need numpy and torch; the registry (options.py) does not, so the command line reads it at once
+_LAZY = {"CoarseMap": "coarse_map", "build_coarse_map": "coarse_map", "load_codebook": "coarse_map",
+         "cluster_codebook": "methods"}
 
 __all__ = ["CoarseMap", "build_coarse_map", "load_codebook", "cluster_codebook", "METHODS", "METHOD_OPTIONS"]
+
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..config import check_fields, option
 from ..errors import CtfgenError
 from .classes import CLASSES_FILE, check_classes, class_counts, dataset_class_table, describe_classes, natural_key
 
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from .dataset import ArrayImageDataset, ImageDataset
 
 SOURCES = ("fashion-mnist", "idx", "folder", "npz")
+# views encoded per image (preprocess.py: make_views)
+VIEW_MODES = ("none", "flip", "tencrop")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 # Lets a machine keep Fashion-MNIST elsewhere without every config naming the path.
 FASHION_MNIST_ENV = "CTFGEN_FASHION_MNIST"
@@ -58,21 +61,30 @@ def parse_background(text: str) -> tuple[int, int, int]:
 
 @dataclass
 class DataConfig:
-    source: str = "fashion-mnist"  # "fashion-mnist" | "idx" | "folder" | "npz"
-    path: str | None = None  # None -> the source's default (only fashion-mnist has one)
-    resolution: int = 32
-    channels: int = 1  # 1: grey, 3: RGB; images are converted as needed
-    skip_bad: bool = False  # folder source: leave out unreadable images (decodes all at load)
-    allow_empty_classes: bool = False  # keep class ids that have no image in a split (else refused)
-    background: str = "white"  # folder source: colour under transparent pixels: white, black or R,G,B
+    """Which images, and how they are served (docs/DATA.md); every field is a data flag of the commands
+    (cli/_util.py add_data_args)."""
+
+    source: str = option("fashion-mnist", "data source", choices=SOURCES, flag="--data")
+    # None -> the source's default (only fashion-mnist has one)
+    path: str | None = option(None, "folder or file of the data", flag="--data-path")
+    resolution: int = option(32, "image size; other sizes are centre-cropped and resized", min=1)
+    channels: int = option(1, "1 grey, 3 RGB; images are converted", choices=(1, 3))
+    # decodes all images at load
+    skip_bad: bool = option(False, "folder data: leave out unreadable images (counted and listed in classes.json) "
+                                   "instead of failing")
+    allow_empty_classes: bool = option(False, "keep class ids without images in a split (gaps in the labels, empty "
+                                              "class folders) instead of refusing them")
+    background: str = option("white", "folder data: colour that transparent pixels (RGBA, LA, palette transparency) "
+                                      "are composited onto; recorded in the manifests", metavar="white|black|R,G,B")
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise CtfgenError(f"data.source: unknown source {self.source!r}; expected one of {list(SOURCES)}")
-        if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or self.resolution < 1:
+        if isinstance(self.resolution, bool) or not isinstance(self.resolution, int):
             raise CtfgenError(f"data.resolution: expected a positive integer, got {self.resolution!r}")
-        if self.channels not in (1, 3) or isinstance(self.channels, bool):
+        if isinstance(self.channels, bool):
             raise CtfgenError(f"data.channels: expected 1 (grey) or 3 (RGB), got {self.channels!r}")
+        check_fields(self, where="data")
         if self.path is None and self.source != "fashion-mnist":
             raise CtfgenError(f"data.path: source {self.source!r} needs a path (only fashion-mnist has a default)")
         parse_background(self.background)
@@ -189,7 +201,7 @@ def _load_npz(cfg: DataConfig, path: str, split: str) -> ArrayImageDataset:
 # command line answers --help and bad options at once.
 _LAZY = {
     "ArrayImageDataset": "dataset", "ImageDataset": "dataset", "data_fingerprint": "dataset",
-    "FolderImageDataset": "folder", "VIEW_MODES": "preprocess", "center_crop_arr": "preprocess",
+    "FolderImageDataset": "folder", "center_crop_arr": "preprocess",
     "convert_channels": "preprocess", "make_views": "preprocess", "pad_to": "preprocess", "to_tensor": "preprocess",
 }  # fmt: skip
 

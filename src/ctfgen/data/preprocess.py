@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from ..errors import CtfgenError
+from . import VIEW_MODES
 from .modes import WHITE, to_8bit
 
 ImageLike = Union[np.ndarray, Image.Image]
-VIEW_MODES = ("none", "flip", "tencrop")
 
 
 def to_pil(img: ImageLike) -> Image.Image:

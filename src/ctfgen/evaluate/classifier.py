@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..artifacts import WEIGHTS, ModuleArtifact, fingerprint_tensors
-from ..config import to_dict
+from ..config import option, to_dict
 from ..errors import CtfgenError
 from ..progress import progress_bar
 
@@ -35,12 +35,13 @@ class ClassifierConfig:
 
 @dataclass
 class ClassifierTrainConfig:
-    epochs: int = 6
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
-    hflip: bool = True  # clothes are left/right symmetric enough; flipping halves overfitting
-    seed: int = 0
+    epochs: int = option(6, "passes over the training split", min=1)
+    batch_size: int = option(128, "images per step", min=1)
+    lr: float = option(3e-3, "peak learning rate", min=0.0, min_open=True)
+    weight_decay: float = option(5e-4, "AdamW weight decay", min=0.0)
+    # clothes are left/right symmetric enough; flipping halves overfitting
+    hflip: bool = option(True, "random horizontal flips")
+    seed: int = option(0, "seed of the weights and batches", min=0, max=2**63 - 1)
 
 
 class DomainClassifier(nn.Module):

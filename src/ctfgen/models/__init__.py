@@ -4,7 +4,7 @@ from .config import KINDS, Kind, ModelConfig
 
 # The models need torch; loading them on first use lets the command line read KINDS and ModelConfig
 # at once.
-_LAZY = {"AuxTransformer": "aux", "GPT": "gpt", "LLAMAGEN_NAMES": "presets", "PRESETS": "presets",
+_LAZY = {"AuxTransformer": "aux", "GPT": "gpt", "LLAMAGEN_NAMES": "preset_table", "PRESETS": "preset_table",
          "build_model": "presets", "canonical_preset": "presets", "count_params": "presets", "make_config": "presets",
          "model_from_config": "presets"}
 

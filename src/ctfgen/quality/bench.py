@@ -26,7 +26,8 @@ class QualityBench:
     def __init__(self, cfg: QualityConfig, out: str | Path, *, device="cpu", progress: bool = True,
                  log: Callable[[str], None] = print):
         self.cfg = cfg.check()
-        self.ws = Workspace(self.cfg, out, name="quality", device=device, progress=progress, log=log)
+        self.ws = Workspace(self.cfg, out, name="quality", seed=self.cfg.seed, preset=self.cfg.preset, device=device,
+                            progress=progress, log=log)
         self.out = self.ws.out
 
     # ---- the comparison
@@ -59,8 +60,8 @@ class QualityBench:
         c, ws = self.cfg, self.ws
         t0 = ws.begin()
         tok = ws.tokenizer(existing=c.tokenizer)
-        codes = ws.codes(tok)
-        coarse = ws.coarse_map(tok)
+        codes = ws.codes(tok, views=c.views)
+        coarse = ws.coarse_map(tok, method=c.cluster_method, k=c.k)
         clf = ws.classifier(existing=c.classifier)
         curves = self.compare(tok, codes, coarse, clf)
         tables = {name: run_ablation(ws, name, tok=tok, codes=codes, clf=clf) for name in ablations}

@@ -2,48 +2,38 @@
 read them without importing torch)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ..data import DataConfig
+from ..config import check_fields, option, option_of
 from ..errors import CtfgenError
+from ..recipe import GIVEN_EPOCHS, GivenClassifier, Recipe, SingleRecipe
 
 INCEPTION_WHEN = ("last", "all", "none")
 
 
 @dataclass
-class QualityConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    tokenizer: str = ""  # an existing tokenizer folder ("" trains one with the settings below)
-    tokenizer_steps: int = 2400
-    tokenizer_batch: int = 32
-    views: str = "none"
-    code_images: int = 0  # every training image is encoded
-    k: int = 128
-    cluster_method: str = "kmeans"
-    preset: str = "tiny"  # stage 1, stage 2 and the baseline
-    steps: int = 1000  # optimizer steps of each model's schedule
-    checkpoints: int = 4  # evaluations, evenly spaced; the last one at `steps`
-    batch_size: int = 64
+class QualityConfig(SingleRecipe, GivenClassifier):
+    tokenizer: str = option("", "existing tokenizer folder to use instead of training one ('' trains one with the "
+                                "settings below)")
+    tokenizer_steps: int = option_of(Recipe, "tokenizer_steps", 2400,
+                                     help="tokenizer training steps (when no --tokenizer)")
+    code_images: int = option_of(Recipe, "code_images", 0)  # every training image is encoded
+    steps: int = option_of(Recipe, "steps", 1000, help="optimizer steps of each model's schedule")
+    checkpoints: int = option(4, "evaluations along the schedule, evenly spaced; the last one at --steps", min=1)
     # per 256 samples. 8e-3: at 2e-3 the baseline lagged mostly for want of a higher rate, which made
     # CTF look better than it is (docs/RESULTS.md, "The same comparison at a tuned learning rate")
-    lr: float = 8e-3
-    warmup: int = 100
-    samples_per_class: int = 500  # for each model at each checkpoint (5000 on Fashion-MNIST)
-    classifier: str = ""  # an existing domain-classifier folder ("" trains one)
-    classifier_epochs: int = 6
-    inception: str = "last"  # FID with the Inception network at: the last checkpoint, all, or none
-    reference_images: int = 5000  # test-split images the samples are compared with
+    lr: float = option_of(Recipe, "lr", 8e-3)
+    warmup: int = option_of(Recipe, "warmup", 100)
+    # 5000 on Fashion-MNIST
+    samples_per_class: int = option(500, "samples per class for each model at each checkpoint", min=1)
+    classifier_epochs: int = option_of(Recipe, "classifier_epochs", 6, help=GIVEN_EPOCHS)
+    inception: str = option("last", "Inception FID at the last checkpoint, all, or none", choices=INCEPTION_WHEN)
     # ablations: shorter training and fewer samples, classifier metrics only (see ablations.py)
-    ablation_steps: int = 300
-    ablation_samples_per_class: int = 100
-    seed: int = 0
+    ablation_steps: int = option(300, "training steps of each ablation model", min=1)
+    ablation_samples_per_class: int = option(100, "samples per class of each ablation row", min=1)
 
     def check(self) -> "QualityConfig":
-        if self.inception not in INCEPTION_WHEN:
-            raise CtfgenError(f"inception must be one of {INCEPTION_WHEN}, got {self.inception!r}")
-        for name in ("steps", "checkpoints", "samples_per_class", "ablation_steps", "ablation_samples_per_class"):
-            if getattr(self, name) < 1:
-                raise CtfgenError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_fields(self)
         if self.checkpoints > self.steps:
             raise CtfgenError(f"checkpoints ({self.checkpoints}) cannot exceed steps ({self.steps})")
         return self

@@ -31,86 +31,67 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ..artifacts import MANIFEST, atomic_write_json
-from ..config import to_dict
-from ..data import DataConfig
+from ..config import check_fields, item_list, option, option_of, to_dict
 from ..errors import CtfgenError
 from ..experiment import NotMade, Workspace
+from ..recipe import GIVEN_EPOCHS, GivenClassifier, OnePreset, Recipe
 from . import sweep as sweeping
-from .sweep import DEFAULTS, PRIOR_ARMS, floats, tag_of
+from .sweep import DEFAULTS, PRIOR_ARMS, tag_of
+from .sweep_settings import SweepSettings
 
 CLUSTER_ARMS = ("balanced", "average", "random")  # beside the main arm, k-means
 ARMS = CLUSTER_ARMS + PRIOR_ARMS
-INCEPTION = ("none", "best")
 PARTS = ("all", "main", "arms", "report")
 # more seeds, vocabs or arms extend a study; any other changed setting would mix two recipes
 EXTENDABLE = {"seeds", "vocabs", "arms", "arm_seeds", "inception"}
 
 
 @dataclass
-class ScalingConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    vocabs: str = "1024,4096,16384"  # codebook sizes V, one tokenizer each
-    k_ratio: int = 32  # K = V / k_ratio coarse labels (the paper: 16384 / 512)
-    seeds: int = 3  # seeds per arm (0 .. seeds-1)
-    # whole-pipeline seeds: seed s also trains its own tokenizer and clustering (else one of each per V)
-    pipeline_seeds: bool = False
-    arms: str = ",".join(ARMS)  # rows beyond CTF (k-means) and the baseline; "" for none
-    arms_vocab: int = 4096  # the V at which the clustering arms are trained
-    arm_seeds: int = 1  # training seeds of the clustering arms
-    tokenizer_steps: int = 500
-    tokenizer_batch: int = 32
-    code_images: int = 20000  # training images encoded (0: all)
-    preset: str = "tiny"  # stage 1, stage 2 and the baseline
-    steps: int = 300  # optimizer steps of every model
-    batch_size: int = 32
-    lr: float = 8e-3  # per 256 samples (the quality bench's tuned rate)
-    warmup: int = 30
-    nll_every: int = 50  # held-out NLL every this many steps (and at the end)
-    nll_images: int = 2000  # test images of the NLL curve; the last checkpoint scores them all
-    guidance: str = "1.5,2.0,3.0"  # the sweep's guidance scales
-    temperatures: str = "0.9,1.0,1.1"  # the sweep's stage-1 / baseline temperatures
-    stage2_temperatures: str = "0.9,1.0,1.1"  # CTF's stage-2 temperatures, at its best (scale, temperature)
-    sweep_samples_per_class: int = 50
-    sweep_seeds: int = 1  # training seeds with their own sweep; later seeds reuse seed 0's picks
-    final_samples_per_class: int = 200
-    classifier: str = ""  # an existing domain-classifier folder ("" trains one)
-    classifier_epochs: int = 3
-    inception: str = "none"  # Inception FID of the final best-setting sets: none, or best
-    reference_images: int = 5000
-    sample_batch: int = 250  # images per sampling batch (results do not depend on it)
+class ScalingConfig(Recipe, OnePreset, GivenClassifier, SweepSettings):
+    vocabs: str = option("1024,4096,16384", "codebook sizes V, comma-separated (one tokenizer each)", items=int,
+                         min=2, max=65536)
+    k_ratio: int = option(32, "K = V / this many codes per coarse label (the paper: 16384 / 512)", min=1)
+    seeds: int = option(3, "seeds per arm (training seeds, or whole-pipeline seeds with --pipeline-seeds)", min=1)
+    pipeline_seeds: bool = option(False, "whole-pipeline seeds: seed s also trains its own tokenizer (initial "
+                                         "weights, batch order) and clustering (k-means++ initialisation), so the "
+                                         "intervals include them (default: one tokenizer and clustering per V, seed 0)")
+    arms: str = option(",".join(ARMS), "rows beyond CTF (k-means) and the baseline: balanced, average, random "
+                                       "(clusterings), uniform, frequency (stage 2 without parameters); '' for none",
+                       items=str, choices=ARMS, allow_empty=True)
+    arms_vocab: int = option(4096, "codebook size at which the clustering arms are trained", min=1)
+    arm_seeds: int = option(1, "training seeds of the clustering arms", min=1)
+    tokenizer_steps: int = option_of(Recipe, "tokenizer_steps", 500, help="training steps of each tokenizer")
+    steps: int = option_of(Recipe, "steps", 300, help="optimizer steps of every model")
+    batch_size: int = option_of(Recipe, "batch_size", 32)
+    lr: float = option_of(Recipe, "lr", 8e-3, help="learning rate per 256 samples (the quality bench's tuned rate)")
+    nll_every: int = option(50, "held-out NLL every this many steps (and at the end)", min=1)
+    nll_images: int = option(2000, "test images of the NLL curve (the last checkpoint scores all)", min=1)
+    sweep_seeds: int = option_of(SweepSettings, "sweep_seeds", 1, help="training seeds with a sweep of their own "
+                                                                       "(later seeds reuse seed 0's picks)")
+    classifier_epochs: int = option_of(Recipe, "classifier_epochs", 3, help=GIVEN_EPOCHS)
 
     def check(self) -> "ScalingConfig":
-        for v in self.vocab_list():
-            if v % self.k_ratio or v // self.k_ratio < 2:
-                raise CtfgenError(f"vocabs: V={v} is not a multiple of k_ratio={self.k_ratio} giving K >= 2")
-        for name in ("seeds", "steps", "batch_size", "nll_every", "sweep_samples_per_class",
-                     "final_samples_per_class", "tokenizer_steps", "sample_batch", "k_ratio"):
-            if getattr(self, name) < 1:
-                raise CtfgenError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.inception not in INCEPTION:
-            raise CtfgenError(f"inception must be one of {INCEPTION}, got {self.inception!r}")
         bad = [a for a in self.arm_list() if a not in ARMS]
         if bad:
             raise CtfgenError(f"arms: unknown {bad}; choose from {', '.join(ARMS)}")
+        check_fields(self)
+        for v in self.vocab_list():
+            if v % self.k_ratio or v // self.k_ratio < 2:
+                raise CtfgenError(f"vocabs: V={v} is not a multiple of k_ratio={self.k_ratio} giving K >= 2")
         if any(a in CLUSTER_ARMS for a in self.arm_list()) and self.arms_vocab not in self.vocab_list():
             raise CtfgenError(f"arms_vocab {self.arms_vocab} is not one of the vocabs {self.vocab_list()}")
-        floats(self.guidance, "guidance"), floats(self.temperatures, "temperatures")
-        floats(self.stage2_temperatures, "stage2_temperatures")
         return self
 
     def vocab_list(self) -> list[int]:
-        try:
-            return [int(v) for v in self.vocabs.split(",") if v.strip()]
-        except ValueError:
-            raise CtfgenError(f"vocabs: expected comma-separated integers, got {self.vocabs!r}") from None
+        return item_list(self, "vocabs")
 
     def arm_list(self) -> list[str]:
-        return [a.strip() for a in self.arms.split(",") if a.strip()]
+        return item_list(self, "arms")
 
     def nll_steps(self) -> list[int]:
         return sorted({*range(self.nll_every, self.steps, self.nll_every), self.steps})
@@ -124,7 +105,7 @@ class ScalingStudy:
                  log: Callable[[str], None] = print):
         self.cfg = cfg.check()
         self.ws = Workspace(self.cfg, out, name="scaling", device=device, progress=progress, log=log, seed=0,
-                            log_reuse=False)
+                            preset=self.cfg.preset, log_reuse=False)
         self.out, self.device = self.ws.out, device
 
     # ------------------------------------------------------------ artifacts

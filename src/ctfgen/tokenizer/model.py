@@ -6,37 +6,13 @@ the rolling `codebook_used` statistics buffer is left out: it records usage, not
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import CtfgenError
-from .config import VQConfig
-
-
-PRESETS = {
-    # LlamaGen VQ-16 exactly: 256x256 -> 16x16 tokens, codebook 16384 x 8.
-    "vq16": VQConfig(),
-    # Fashion-MNIST at 32x32 -> 8x8 = 64 tokens; the codebook is deliberately large for the data,
-    # as 16384 is for ImageNet, so that clustering it into coarse labels is meaningful. Channels are
-    # few at 32x32 and grow towards 8x8, where convolutions are cheap: it trains on a 2-core CPU.
-    "fmnist": VQConfig(codebook_size=4096, codebook_dim=8, channels=1, ch=16, ch_mult=(1, 2, 4),
-                       num_res_blocks=1, z_channels=64, norm_groups=16, resolution=32),
-    # LlamaGen VQ-8: the same with one level less, 256x256 -> 32x32 tokens.
-    "vq8": VQConfig(ch_mult=(1, 2, 2, 4)),
-}
-# LlamaGen's own names (its VQ_models registry, the `vq_model` its checkpoints record)
-LLAMAGEN_NAMES = {"VQ-16": "vq16", "VQ-8": "vq8"}
-
-
-def vq_preset(name: str, **overrides) -> VQConfig:
-    name = LLAMAGEN_NAMES.get(name, name)
-    if name not in PRESETS:
-        raise CtfgenError(f"unknown tokenizer preset '{name}'; choose one of {sorted(PRESETS)} "
-                          f"(or LlamaGen's {sorted(LLAMAGEN_NAMES)})")
-    return replace(PRESETS[name], **overrides).validate()
+# the presets live with VQConfig (torch-free), so that the command line offers them at once
+from .config import LLAMAGEN_NAMES, PRESETS, VQConfig, vq_preset  # noqa: F401
 
 
 def _norm(cfg: VQConfig, c: int) -> nn.GroupNorm:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import check_fields, option
 from ..errors import CtfgenError
 from ..models.config import KINDS
+from ..models.preset_table import PRESET_NAMES
 from ..run_state import auto_ckpt_every  # noqa: F401  (older imports)
 from ..run_state import cosine_progress
 
@@ -47,7 +48,7 @@ class TrainConfig:
 
     kind: str = option("ar", "model kind: " + " | ".join(KINDS), choices=tuple(KINDS))  # models/config.py
     preset: str = option("tiny", "model size: tiny/small (Fashion-MNIST), B, L, XL, XXL, 3B (LlamaGen's GPT sizes, also "
-                                 "spelled GPT-B, ...), aux-B, aux-L", metavar="PRESET")
+                                 "spelled GPT-B, ...), aux-B, aux-L", metavar="PRESET", choices=PRESET_NAMES)
     # the length of the run: steps, or (steps == 0) epochs, each one view of every image
     steps: int = option(0, "optimizer steps to train (or --epochs)", min=0)
     epochs: float = option(0.0, "passes over the codes (one random view per image), when --steps is not given", min=0.0)

@@ -7,25 +7,21 @@ study is a comma-separated field, so one folder and one results directory hold e
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ...config import check_fields, option
-from ...data import DataConfig
+from ...config import check_fields, item_list, option, option_of
 from ...errors import CtfgenError
-from ..sweep import floats, values
+from ...models.preset_table import PRESET_NAMES
+from ...recipe import GIVEN_EPOCHS, GivenClassifier, Recipe
+from ..sweep_settings import SweepSettings
 
 ARMS = ("learned", "uniform")  # CTF's stage 2: the trained one, and the uniform member prior
 # tokenizer levels by downsampling factor: 4x is the fmnist preset's (1, 2, 4) (32 px -> 8x8 tokens);
 # 2x has one level less, its 16 channels at full size and 64 at the grid (32 px -> 16x16 = 256 tokens)
 LEVELS = {4: {}, 2: {"ch_mult": (1, 4)}}
 CPU_BATCH, GPU_BATCH = 32, 256
-INCEPTION = ("none", "best")
 # axes: a folder made with other values of these is extended, not refused (units are keyed by them)
 AXES = {"vocabs", "pipeline_seeds", "grids", "presets", "arms", "steps", "batch_size", "inception", "dtype"}
-
-
-def ints(text: str, name: str) -> list[int]:
-    return values(text, name, int)
 
 
 @dataclass(frozen=True)
@@ -58,49 +54,49 @@ class Unit:
 
 
 @dataclass
-class LastingConfig:
+class LastingConfig(Recipe, GivenClassifier, SweepSettings):
     """`ctfgen bench lasting`: every field is a flag (cli/bench.py)."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    vocabs: str = option("4096,16384", "codebook sizes V, comma-separated (a tokenizer per V, grid and seed)")
+    vocabs: str = option("4096,16384", "codebook sizes V, comma-separated (a tokenizer per V, grid and seed)",
+                         items=int, min=2, max=65536)
     k_ratio: int = option(32, "K = V / this many codes per coarse label", min=1)
     pipeline_seeds: int = option(2, "whole-pipeline seeds 0..N-1: each trains its own tokenizer, clustering and models",
                                  min=1)
     grids: str = option("8", "tokens per side, comma-separated: 8 (the fmnist tokenizer, 4x downsampling of 32 px) "
-                             "or 16 (2x, one level less: 256 tokens)")
-    presets: str = option("tiny", "model sizes of stage 1, stage 2 and the baseline, comma-separated (e.g. tiny,small)")
+                             "or 16 (2x, one level less: 256 tokens)", items=int, min=1)
+    presets: str = option("tiny", "model sizes of stage 1, stage 2 and the baseline, comma-separated (e.g. tiny,small)",
+                          items=str, choices=PRESET_NAMES)
     arms: str = option("learned,uniform", "CTF's stage 2s: learned (trained) and uniform (the parameter-free member "
-                                          "prior on the same stage 1)")
-    steps: int = option(3000, "optimizer steps of every model", min=1)
-    batch_size: int = option(0, f"training batch (0: {CPU_BATCH} on a CPU, {GPU_BATCH} on a GPU)", min=0)
-    lr: float = option(8e-3, "learning rate per 256 samples", min=0.0, min_open=True)
-    warmup: int = option(100, "warm-up steps", min=0)
+                                          "prior on the same stage 1)", items=str, choices=ARMS)
+    steps: int = option_of(Recipe, "steps", 3000, help="optimizer steps of every model")
+    batch_size: int = option_of(Recipe, "batch_size", 0, help=f"training batch (0: {CPU_BATCH} on a CPU, {GPU_BATCH} "
+                                                              "on a GPU)", min=0)
+    lr: float = option_of(Recipe, "lr", 8e-3, help="learning rate per 256 samples")
+    warmup: int = option_of(Recipe, "warmup", 100, help="warm-up steps")
     wsd_decay: float = option(0.1, "the schedule: constant lr after warm-up, then a linear decay to 0 over this "
                                    "fraction of the run (warm-up, stable, decay)", min=0.0, max=1.0, note="0 = constant")
     eval_every: int = option(250, "held-out bits per token on the validation images every this many steps (and at "
                                   "the end); the best of them picks each method's checkpoint", min=1)
     val_images: int = option(2000, "validation images, held out from the end of the training split", min=1)
-    code_images: int = option(20000, "training images encoded, from the start of the training split (0: all but "
-                                     "the validation images)", min=0)
+    code_images: int = option_of(Recipe, "code_images", 20000, help="training images encoded, from the start of the "
+                                 "training split (0: all but the validation images)", note=None)
     test_images: int = option(0, "test images of the test-split NLL at each method's best checkpoint (0: all)", min=0)
-    tokenizer_steps: int = option(500, "training steps of each tokenizer", min=1)
-    tokenizer_batch: int = option(32, "tokenizer batch size", min=1)
-    guidance: str = option("1.5,2.0,3.0", "the sampling sweep's guidance scales")
-    temperatures: str = option("0.9,1.0,1.1", "the sweep's temperatures (stage 1 / baseline)")
-    stage2_temperatures: str = option("0.9,1.0,1.1", "CTF's stage-2 temperatures, tried at its best pair")
-    sweep_samples_per_class: int = option(50, "samples per class of each sweep setting", min=1)
-    sweep_seeds: int = option(1, "pipeline seeds with a sweep of their own; later seeds reuse seed 0's picks", min=1)
-    final_samples_per_class: int = option(200, "samples per class at each method's best and default settings", min=1)
+    tokenizer_steps: int = option_of(Recipe, "tokenizer_steps", 500, help="training steps of each tokenizer")
+    sweep_seeds: int = option_of(SweepSettings, "sweep_seeds", 1, help="pipeline seeds with a sweep of their own; "
+                                                                       "later seeds reuse seed 0's picks")
     sampling: bool = option(True, "sample and score (classifier-FID); off: likelihood only")
-    classifier: str = option("", "an existing domain-classifier folder ('' trains one)")
-    classifier_epochs: int = option(3, "domain-classifier epochs (when no --classifier)", min=1)
-    inception: str = option("none", "Inception FID of the best-setting sets: none or best", choices=INCEPTION)
-    reference_images: int = option(5000, "test images the samples are compared with", min=0)
-    sample_batch: int = option(250, "images per sampling batch (results do not depend on it)", min=1)
+    classifier_epochs: int = option_of(Recipe, "classifier_epochs", 3, help=GIVEN_EPOCHS)
     dtype: str = option("auto", "training precision: auto (bf16 autocast on a GPU, fp32 on a CPU), bf16 or fp32",
                         choices=("auto", "bf16", "fp32"))
 
     def check(self) -> "LastingConfig":
+        from ...models.presets import canonical_preset
+
+        for p in self.preset_list():
+            canonical_preset(p)
+        bad = [a for a in self.arm_list() if a not in ARMS]
+        if bad or not self.arm_list():
+            raise CtfgenError(f"arms: expected some of {', '.join(ARMS)}, got {self.arms!r}")
         check_fields(self, where="lasting config")
         for V in self.vocab_list():
             if V % self.k_ratio or V // self.k_ratio < 2 or V > 65536:
@@ -111,31 +107,22 @@ class LastingConfig:
         if bad:
             raise CtfgenError(f"grids: {bad} not supported at {r} px; choose tokens per side "
                               f"{sorted(r // d for d in LEVELS)} (the tokenizer downsamples {sorted(LEVELS)}x)")
-        bad = [a for a in self.arm_list() if a not in ARMS]
-        if bad or not self.arm_list():
-            raise CtfgenError(f"arms: expected some of {', '.join(ARMS)}, got {self.arms!r}")
         if "uniform" in self.arm_list() and self.sampling and "learned" not in self.arm_list():
             raise CtfgenError("arms: the uniform stage 2 samples at the learned CTF's settings; add learned, or "
                               "turn sampling off")
-        from ...models.presets import canonical_preset
-
-        for p in self.preset_list():
-            canonical_preset(p)
-        floats(self.guidance, "guidance"), floats(self.temperatures, "temperatures")
-        floats(self.stage2_temperatures, "stage2_temperatures")
         return self
 
     def vocab_list(self) -> list[int]:
-        return ints(self.vocabs, "vocabs")
+        return item_list(self, "vocabs")
 
     def grid_list(self) -> list[int]:
-        return ints(self.grids, "grids")
+        return item_list(self, "grids")
 
     def preset_list(self) -> list[str]:
-        return [p.strip() for p in self.presets.split(",") if p.strip()] or [""]
+        return item_list(self, "presets") or [""]
 
     def arm_list(self) -> list[str]:
-        return [a.strip() for a in self.arms.split(",") if a.strip()]
+        return item_list(self, "arms")
 
     def tokenizer_levels(self, grid: int) -> dict:
         """VQConfig fields over the fmnist preset that give `grid` tokens per side."""

@@ -7,10 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from ctfgen.analyze import markdown_table, measure_redundancy, psnr_per_image, save_figure, same_cluster_swap
-from ctfgen.cli import main
+from ctfgen.apps.cli import main
 from ctfgen.cluster import CoarseMap, build_coarse_map
 from ctfgen.errors import ArtifactError
+from ctfgen.experiments.analyze import (
+    markdown_table,
+    measure_redundancy,
+    psnr_per_image,
+    save_figure,
+    same_cluster_swap,
+)
 
 pytest.importorskip("ctfgen.tokenizer")
 from ctfgen.tokenizer import VQModel, save_tokenizer, vq_preset  # noqa: E402

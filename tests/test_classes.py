@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctfgen.cli import main as cli_main
+from ctfgen.apps.cli import main as cli_main
 from ctfgen.data import DataConfig, dataset_class_table, describe_classes, load_dataset, natural_key
 from ctfgen.errors import CtfgenError
 

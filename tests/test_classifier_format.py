@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctfgen.cli import main
+from ctfgen.apps.cli import main
 from ctfgen.data import DataConfig
 from ctfgen.evaluate import ClassifierConfig, ClassifierTrainConfig, DomainClassifier, Reference, evaluate_images
 from ctfgen.evaluate.classifier import save_classifier

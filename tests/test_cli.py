@@ -13,8 +13,8 @@ import textwrap
 
 import pytest
 
-from ctfgen.cli import _util, build_parser
-from ctfgen.cli import main as cli_main
+from ctfgen.apps.cli import _util, build_parser
+from ctfgen.apps.cli import main as cli_main
 
 HEAVY = ("torch", "numpy", "sklearn", "faiss", "matplotlib", "scipy", "PIL", "safetensors")
 
@@ -35,8 +35,8 @@ COMMANDS = [path for path, _ in _subparsers(build_parser())]
 def test_parsing_imports_nothing_heavy():
     code = textwrap.dedent(f"""
         import sys
-        import ctfgen.cli
-        parser = ctfgen.cli.build_parser()
+        import ctfgen.apps.cli
+        parser = ctfgen.apps.cli.build_parser()
         for argv in (["sample", "--classes", "a"], ["train", "ar", "--lr", "-1"], ["sample", "--help"],
                      ["train", "aux", "--help"], ["train", "ar", "--model-opt", "foo=1"]):
             try:
@@ -167,12 +167,12 @@ def test_parser_constants_match_the_registries():
     # the model, tokenizer, data and clustering registries are imported by the parser from their
     # torch-free modules (test_parsing_imports_nothing_heavy); what is left are copies of values
     # that live beside torch code
-    from ctfgen.cli import bench as cli_bench
-    from ctfgen.cli import eval as cli_eval
-    from ctfgen.cli import train as cli_train
+    from ctfgen.apps.cli import bench as cli_bench
+    from ctfgen.apps.cli import eval as cli_eval
+    from ctfgen.apps.cli import train as cli_train
+    from ctfgen.benchmarks.speed import PRESETS as SPEED_PRESETS
     from ctfgen.evaluate.core import MIN_CLASSIFIER_ACCURACY
     from ctfgen.models import ModelConfig
-    from ctfgen.sample.bench import PRESETS as SPEED_PRESETS
 
     assert set(cli_bench.SPEED_PRESETS) == set(SPEED_PRESETS)
     assert cli_train.MODEL_FIELDS == tuple(f.name for f in dataclasses.fields(ModelConfig))
@@ -206,7 +206,7 @@ def test_registries_are_read_not_copied():
 
 def test_train_commands_follow_the_kinds_table():
     # one subcommand per model kind, its flags decided by the kind's properties (models/config.py KINDS)
-    from ctfgen.cli import train as cli_train
+    from ctfgen.apps.cli import train as cli_train
     from ctfgen.models import KINDS
 
     parsers = dict(_subparsers(build_parser()))

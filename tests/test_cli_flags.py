@@ -40,7 +40,7 @@ def flag_table(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> d
 
 
 def _current() -> dict:
-    from ctfgen.cli import build_parser
+    from ctfgen.apps.cli import build_parser
 
     return json.loads(json.dumps(flag_table(build_parser())))
 
@@ -74,10 +74,10 @@ def test_settings_files_keep_their_form():
     as before the settings were declared with `option` (fixture made from the configs of then), so
     folders made before are reused and keep their fingerprints."""
     from ctfgen.config import to_dict
-    from ctfgen.demo import DemoConfig
-    from ctfgen.quality import QualityConfig
-    from ctfgen.scaling import ScalingConfig
-    from ctfgen.scaling.lasting import LastingConfig
+    from ctfgen.experiments.demo import DemoConfig
+    from ctfgen.experiments.quality import QualityConfig
+    from ctfgen.experiments.scaling import ScalingConfig
+    from ctfgen.experiments.scaling.lasting import LastingConfig
     from ctfgen.tokenizer.config import TokenizerTrainConfig
     from ctfgen.train.config import RunOptions, TrainConfig
 

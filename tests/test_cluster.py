@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+from ctfgen.apps.cli import main
 from ctfgen.artifacts import write_manifest
-from ctfgen.cli import main
 from ctfgen.cluster import METHODS, CoarseMap, build_coarse_map, cluster_codebook, load_codebook
 from ctfgen.errors import ArtifactError, CtfgenError
 

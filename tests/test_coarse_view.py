@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import ctfgen.sample.pipeline as pipeline_mod
-from ctfgen.cli import main as cli_main
+from ctfgen.apps.cli import main as cli_main
 from ctfgen.errors import CtfgenError
 from ctfgen.models import build_model
 from ctfgen.sample import BaselinePipeline, CTFPipeline

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ctfgen.cli import _util, build_parser
+from ctfgen.apps.cli import _util, build_parser
 from ctfgen.config import check_fields, item_list, option
 from ctfgen.errors import CtfgenError
 
@@ -22,7 +22,7 @@ def _parser_of(cls, **flag_options) -> argparse.ArgumentParser:
 def test_adding_a_setting_is_one_field():
     """A field with `option` in a config that derives from the experiments' Recipe: its flag, help with
     bounds and default, parse-time check and the config's own check all follow."""
-    from ctfgen.demo import DemoConfig
+    from ctfgen.experiments.demo import DemoConfig
 
     @dataclasses.dataclass
     class Extended(DemoConfig):
@@ -52,8 +52,8 @@ def test_adding_a_setting_is_one_field():
 
 def test_a_default_of_an_experiment_is_the_recipes_field_again():
     from ctfgen.config import option_of
-    from ctfgen.quality import QualityConfig
-    from ctfgen.recipe import Recipe
+    from ctfgen.experiments.quality import QualityConfig
+    from ctfgen.experiments.recipe import Recipe
 
     steps = {f.name: f for f in dataclasses.fields(QualityConfig)}["steps"]
     assert steps.default == 1000 and steps.metadata["min"] == 1

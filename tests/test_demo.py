@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from ctfgen.demo import Demo, DemoConfig
+from ctfgen.experiments.demo import Demo, DemoConfig
 
 
 def test_demo_end_to_end_and_rerun(tmp_path, tiny_data, monkeypatch):
@@ -19,7 +19,7 @@ def test_demo_end_to_end_and_rerun(tmp_path, tiny_data, monkeypatch):
     import re
     import shlex
 
-    from ctfgen.cli import main as cli_main
+    from ctfgen.apps.cli import main as cli_main
 
     command = re.search(r"`(ctfgen sample [^`]+)`", text).group(1)
     monkeypatch.chdir(tmp_path)
@@ -53,7 +53,7 @@ def test_a_folder_made_before_a_settings_field_existed_still_matches(tmp_path):
     import json
 
     from ctfgen.config import changed_settings
-    from ctfgen.demo import DemoConfig
+    from ctfgen.experiments.demo import DemoConfig
 
     saved = json.loads(json.dumps(dataclasses.asdict(DemoConfig())))
     del saved["data"]["skip_bad"]  # as if written before the field existed
@@ -66,13 +66,13 @@ def test_a_folder_made_before_a_settings_field_existed_still_matches(tmp_path):
 
 
 def test_workspace_steps_reuse_finished_folders_log_their_experiment_and_make_nothing_when_told(tmp_path):
-    """The shared steps of demo, quality bench and scaling study (experiment.py)."""
+    """The shared steps of demo, quality bench and scaling study (experiments/workspace.py)."""
     import json
     from dataclasses import replace
 
     from ctfgen import CtfgenError
-    from ctfgen.demo import DemoConfig
-    from ctfgen.experiment import NotMade, Workspace
+    from ctfgen.experiments.demo import DemoConfig
+    from ctfgen.experiments.workspace import NotMade, Workspace
 
     logs, made = [], []
 

@@ -259,7 +259,7 @@ def pipelines(folders):
 def test_cli_edits_write_figures_pngs_and_a_record(pipelines, ctf, tmp_path, capsys):
     import json
 
-    from ctfgen.cli import main as cli_main
+    from ctfgen.apps.cli import main as cli_main
 
     npz = tmp_path / "s.npz"
     assert cli_main(["sample", "--pipeline", str(pipelines["ctf"]), "--per-class", "1", "--npz", str(npz),
@@ -317,7 +317,7 @@ def test_bench_edit_runs_and_keeps_every_kept_code(pipelines, tiny_data, tmp_pat
     import json
 
     from ctfgen import evaluate
-    from ctfgen.cli import main as cli_main
+    from ctfgen.apps.cli import main as cli_main
     from ctfgen.evaluate.classifier import ClassifierConfig, DomainClassifier
 
     clf = DomainClassifier(ClassifierConfig(resolution=RES, channels=1, num_classes=CLASSES, width=4)).eval()

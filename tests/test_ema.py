@@ -112,8 +112,8 @@ def test_the_suggested_ema_decay_suits_the_presets_run_lengths(capsys):
     """`train --help` suggests a decay whose averaging window, about 1 / (1 - decay) steps, is at
     most half of the demo's run (the tiny preset's typical length); 0.9999 (10,000 steps) was
     suggested for runs of 200."""
-    from ctfgen.cli import main
-    from ctfgen.demo import DemoConfig
+    from ctfgen.apps.cli import main
+    from ctfgen.experiments.demo import DemoConfig
 
     with pytest.raises(SystemExit):
         main(["train", "ar", "--help"])

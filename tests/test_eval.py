@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ctfgen.cli import main as cli_main
+from ctfgen.apps.cli import main as cli_main
 from ctfgen.evaluate import (
     ClassifierConfig,
     ClassifierTrainConfig,

@@ -12,8 +12,8 @@ import torch
 from test_sample import folders  # noqa: F401  (fixture)
 from test_train import cfg, make_coarse, make_codes, run_train
 
+from ctfgen.apps.cli import main as cli_main
 from ctfgen.artifacts import file_sha256
-from ctfgen.cli import main as cli_main
 from ctfgen.errors import ArtifactError
 from ctfgen.train import load_model
 

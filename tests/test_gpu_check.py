@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ctfgen.gpucheck.flops import gpu_peak_tflops, mfu, train_flops_per_token
-from ctfgen.gpucheck.report import evaluate_targets
+from ctfgen.benchmarks.gpucheck.flops import gpu_peak_tflops, mfu, train_flops_per_token
+from ctfgen.benchmarks.gpucheck.report import evaluate_targets
 from ctfgen.models import make_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def test_peak_table_and_model_flops():
 
 
 def _sampling(size, base_ips, ctf_ips, compile="cudagraph"):
-    from ctfgen.gpucheck.sampling import PAPER_A100
+    from ctfgen.benchmarks.gpucheck.sampling import PAPER_A100
 
     rows = {n: {"images_per_s": v, "x_paper": v / PAPER_A100[n][size]} for n, v in (("baseline", base_ips),
                                                                                    ("ctf", ctf_ips))}
@@ -97,9 +97,9 @@ def test_profiles_of_missed_targets_render(tmp_path):
     Markdown: where the time goes, op by op."""
     import torch
 
-    from ctfgen.gpucheck.report import to_markdown
-    from ctfgen.gpucheck.sampling import profile_sampling
-    from ctfgen.gpucheck.training import time_training
+    from ctfgen.benchmarks.gpucheck.report import to_markdown
+    from ctfgen.benchmarks.gpucheck.sampling import profile_sampling
+    from ctfgen.benchmarks.gpucheck.training import time_training
 
     cpu = torch.device("cpu")
     sampled = profile_sampling("tiny", dtype="fp32", compile=None, batch_size=2, device=cpu, top=5)

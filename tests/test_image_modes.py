@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ctfgen.cli import main
+from ctfgen.apps.cli import main
 from ctfgen.codes import encode_dataset
 from ctfgen.data import DataConfig, load_dataset
 from ctfgen.errors import CtfgenError

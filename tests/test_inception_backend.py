@@ -203,7 +203,7 @@ def test_unwritable_cache_still_uses_onnxruntime(net_file, tmp_path):
 
 
 def test_cli_eval_keeps_the_onnx_copy_in_its_cache(net_file, tmp_path, monkeypatch):
-    from ctfgen.cli import main as cli_main
+    from ctfgen.apps.cli import main as cli_main
 
     monkeypatch.setenv("CTFGEN_REF_CACHE", str(tmp_path / "default"))
     np.savez(tmp_path / "ref.npz", arr_0=images(40, seed=2), labels=np.arange(40) % 4)

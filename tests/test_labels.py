@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from ctfgen.apps.cli import main as cli_main
 from ctfgen.artifacts import fingerprint_tensors, write_manifest
-from ctfgen.cli import main as cli_main
 from ctfgen.errors import CtfgenError
 from test_sample import CLASSES, GRID, TINY_VQ, VOCAB, make_folders
 

@@ -7,10 +7,10 @@ import shutil
 import pytest
 
 from ctfgen import CtfgenError
-from ctfgen.scaling.lasting import LastingConfig, LastingStudy
-from ctfgen.scaling.lasting.report import write_report
-from ctfgen.scaling.lasting.study import gpu_section
-from ctfgen.scaling.lasting.curves import at_equal_compute, first_match, fit_asymptote, fit_window
+from ctfgen.experiments.scaling.lasting import LastingConfig, LastingStudy
+from ctfgen.experiments.scaling.lasting.report import write_report
+from ctfgen.experiments.scaling.lasting.study import gpu_section
+from ctfgen.experiments.scaling.lasting.curves import at_equal_compute, first_match, fit_asymptote, fit_window
 
 
 def tiny_cfg(data, **kw):
@@ -122,7 +122,7 @@ def test_lasting_study_end_to_end_resume_and_results_dir(tmp_path, tiny_data):
 
 
 def _plan(study):
-    from ctfgen.scaling.lasting.plan import plan_rows
+    from ctfgen.experiments.scaling.lasting.plan import plan_rows
 
     return plan_rows(study)
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "ctfgen"
 
-# What each top-level module or package may import from ctfgen (besides itself). Lower layers first;
+# What each top-level module or package, and each module or package of experiments/, benchmarks/
+# and apps/, may import from ctfgen (besides itself). Lower layers first;
 # docs/ARCHITECTURE.md explains the order.
 BASE = {"errors", "config", "filecheck", "lazy", "memory", "progress", "__version__"}
 ALLOWED = {
@@ -31,50 +32,83 @@ ALLOWED = {
     "sample": BASE | {"artifacts", "cluster", "data", "dist", "models", "tokenizer"},
     "train": BASE | {"artifacts", "cluster", "codes", "data", "dist", "models", "run_state", "tokenizer"},
     "evaluate": BASE | {"artifacts", "cluster", "codes", "data", "models", "sample"},
-    "analyze": BASE | {"cluster"},
-    "reporting": BASE | {"artifacts"},
-    "report": BASE | {"artifacts", "reporting"},
-    "recipe": BASE | {"cluster", "data", "models"},
-    "experiment_scores": BASE | {"artifacts", "evaluate", "sample"},
-    "experiment": BASE | {"artifacts", "cluster", "codes", "data", "evaluate", "experiment_scores", "models", "recipe",
-                          "reporting", "sample", "tokenizer", "train"},
-    "demo": BASE | {"artifacts", "data", "evaluate", "experiment", "recipe", "report", "sample"},
-    "quality": BASE | {"artifacts", "data", "evaluate", "experiment", "models", "recipe", "reporting", "sample"},
-    "scaling": BASE | {"artifacts", "cluster", "codes", "data", "evaluate", "experiment", "gpucheck", "models",
-                       "recipe", "reporting", "sample", "tokenizer", "train"},
-    "gpucheck": BASE | {"artifacts", "cluster", "codes", "dist", "models", "sample", "train"},
-    "web": BASE | {"artifacts", "data", "sample"},
-    "cli": None,  # the top: anything
-    "__main__": {"cli"},
+    # benchmarks: measure the stages (speed, memory, a loss's cost, edit quality, the GPU check)
+    "benchmarks": set(),
+    "benchmarks.aux_loss": BASE | {"artifacts", "cluster", "codes", "data", "dist", "models", "run_state", "tokenizer",
+                                   "train"},
+    "benchmarks.edit": BASE | {"artifacts", "cluster", "codes", "data", "evaluate", "models", "sample"},
+    "benchmarks.gpucheck": BASE | {"artifacts", "benchmarks.aux_loss", "benchmarks.speed", "cluster", "codes", "dist",
+                                   "models", "sample", "train"},
+    "benchmarks.speed": BASE | {"artifacts", "cluster", "data", "dist", "models", "sample", "tokenizer"},
+    "benchmarks.speed_sweep": BASE | {"artifacts", "benchmarks.speed", "cluster", "data", "dist", "models", "sample",
+                                      "tokenizer"},
+    "benchmarks.train_speed": BASE | {"artifacts", "cluster", "codes", "data", "dist", "models", "run_state",
+                                      "tokenizer", "train"},
+    # experiments: run the line end to end for a result; they may use the benchmarks' tools
+    "experiments": set(),
+    "experiments.analyze": BASE | {"cluster"},
+    "experiments.demo": BASE | {"artifacts", "data", "evaluate", "experiments.demo_report", "experiments.recipe",
+                                "experiments.workspace", "sample"},
+    "experiments.demo_report": BASE | {"artifacts", "experiments.reporting"},
+    "experiments.quality": BASE | {"artifacts", "data", "evaluate", "experiments.recipe", "experiments.reporting",
+                                   "experiments.workspace", "models", "sample"},
+    "experiments.recipe": BASE | {"cluster", "data", "models"},
+    "experiments.reporting": BASE | {"artifacts"},
+    "experiments.sample_scores": BASE | {"artifacts", "evaluate", "sample"},
+    "experiments.scaling": BASE | {"artifacts", "benchmarks.gpucheck", "cluster", "codes", "data", "evaluate",
+                                   "experiments.recipe", "experiments.reporting", "experiments.workspace", "models",
+                                   "sample", "tokenizer", "train"},
+    "experiments.workspace": BASE | {"artifacts", "cluster", "codes", "data", "evaluate", "experiments.recipe",
+                                     "experiments.reporting", "experiments.sample_scores", "models", "sample",
+                                     "tokenizer", "train"},
+    # apps: the command line and the web page
+    "apps": set(),
+    "apps.cli": None,  # the top: anything
+    "apps.web": BASE | {"artifacts", "data", "sample"},
+    "__main__": {"apps.cli"},
     "__init__": {"errors"},
 }
 
 
+# The packages that hold one layer's units: each module or sub-package of these is a row of ALLOWED of
+# its own ("experiments.demo"), so that the table can say, e.g., that the experiments do not import
+# each other.
+GROUPS = {"experiments", "benchmarks", "apps"}
+
+
+def unit(parts: list[str]) -> str:
+    """The row of ALLOWED of a module given by its path or dotted parts below ctfgen."""
+    names = [p.removesuffix(".py") for p in parts]
+    if names[0] in GROUPS and len(names) > 1 and names[1] != "__init__":
+        return f"{names[0]}.{names[1]}"
+    return names[0]
+
+
 def top_level(path: Path) -> str:
-    rel = path.relative_to(SRC)
-    return rel.parts[0].removesuffix(".py")
+    return unit(list(path.relative_to(SRC).parts))
 
 
 def ctfgen_imports(path: Path, root: Path = SRC) -> set[str]:
-    """The top-level ctfgen modules a file imports (relative or absolute imports, anywhere in it)."""
+    """The units of ctfgen (rows of ALLOWED) a file imports (relative or absolute imports, anywhere in it)."""
     rel = path.relative_to(root)
     package = list(rel.parts[:-1])
-    found = set()
+    found = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.level:
             base = package[:len(package) - (node.level - 1)]
             parts = base + (node.module.split(".") if node.module else [])
-            if parts:
-                found.add(parts[0])
-            else:  # `from . import x` at the top of the package
-                found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "ctfgen":
-            parts = node.module.split(".")
-            found.add(parts[1] if len(parts) > 1 else node.names[0].name)
+            parts = node.module.split(".")[1:]
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names
-                         if a.name.startswith("ctfgen.") and len(a.name.split(".")) > 1)
-    return {m.removesuffix(".py") for m in found}
+            found += [a.name.split(".")[1:] for a in node.names if a.name.startswith("ctfgen.")]
+            continue
+        else:
+            continue
+        if not parts or (len(parts) == 1 and parts[0] in GROUPS):
+            found += [parts + [alias.name] for alias in node.names]  # `from . import x`: x is the module
+        else:
+            found.append(parts)
+    return {unit(parts) for parts in found}
 
 
 def test_every_module_imports_only_its_layers():
@@ -105,9 +139,13 @@ def test_the_layers_have_no_cycle():
 
 
 def test_the_checker_sees_imports_anywhere(tmp_path):
-    # the test above must be able to fail: imports inside functions, relative and absolute, are seen
+    # the test above must be able to fail: imports inside functions, relative and absolute, are seen,
+    # and a module inside a group package counts as its own unit
     (tmp_path / "models").mkdir()
     f = tmp_path / "models" / "x.py"
     f.write_text("from ..errors import CtfgenError\n\n\ndef g():\n    from ..sample.sampler import pick\n"
-                 "    import ctfgen.train.checkpoint\n    from ctfgen import demo\n    from . import gpt\n")
-    assert ctfgen_imports(f, root=tmp_path) == {"errors", "sample", "train", "demo", "models"}
+                 "    import ctfgen.train.checkpoint\n    from ctfgen import demo\n    from . import gpt\n"
+                 "    from ..experiments.scaling.study import ARMS\n    from ctfgen.benchmarks import speed\n"
+                 "    from ..apps import cli\n")
+    assert ctfgen_imports(f, root=tmp_path) == {"errors", "sample", "train", "demo", "models", "experiments.scaling",
+                                                "benchmarks.speed", "apps.cli"}

@@ -121,7 +121,7 @@ def test_log_flag_passes_through_torchrun():
 
 def test_cli_log_to_and_precision(inputs, tmp_path):
     pytest.importorskip("tensorboard")
-    from ctfgen.cli import main
+    from ctfgen.apps.cli import main
 
     codes, coarse = inputs
     assert main(["train", "aux", "--codes", str(codes), "--coarse-map", str(coarse), "--out", str(tmp_path / "run"),

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctfgen.cli import main as cli_main
+from ctfgen.apps.cli import main as cli_main
 from ctfgen.errors import ArtifactError, CtfgenError
 from ctfgen.llamagen_files import ForeignWeights, strip_wrappers
 from ctfgen.llamagen_gpt import import_llamagen_gpt, load_llamagen_gpt

@@ -19,7 +19,7 @@ from huggingface_hub import ModelCard, constants
 
 from test_sample import CLASSES, ctf, folders  # noqa: F401  (fixtures)
 
-from ctfgen.cli import main as cli_main
+from ctfgen.apps.cli import main as cli_main
 from ctfgen.errors import ArtifactError, CtfgenError
 from ctfgen.evaluate.classifier import ClassifierConfig, DomainClassifier, ClassifierTrainConfig, save_classifier
 from ctfgen.sample import BaselinePipeline, CTFPipeline, load_pipeline, make_pipeline

@@ -127,7 +127,7 @@ def test_command_refuses_stages_and_maps_that_do_not_belong_together(tmp_path, c
     """`ctfgen eval nll` checks every input against the others: both stages against the code store's
     tokenizer (not only the last one given), the stages' coarse maps against each other, and
     --coarse-map against stage 1's; each refusal names the folders."""
-    from ctfgen.cli import main as cli_main
+    from ctfgen.apps.cli import main as cli_main
     from ctfgen.cluster import CoarseMap
     from ctfgen.codes import CodesConfig, CodeStore
     from ctfgen.models.artifact import TrainedModel

@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 
 from ctfgen import CtfgenError
-from ctfgen.quality import ABLATIONS, QualityBench, QualityConfig, resolve_ablations
+from ctfgen.experiments.quality import ABLATIONS, QualityBench, QualityConfig, resolve_ablations
 
 
 def test_quality_bench_checkpoints_ablations_and_rerun(tmp_path, tiny_data):
@@ -73,7 +73,7 @@ def test_quality_config_and_ablation_names_are_checked():
 
 
 def test_quality_cli_names_a_bad_ablation(capsys):
-    from ctfgen.cli import main
+    from ctfgen.apps.cli import main
 
     with pytest.raises(SystemExit) as e:  # refused while parsing, before anything runs
         main(["bench", "quality", "--ablate", "temperatures", "--out", "unused"])

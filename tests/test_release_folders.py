@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctfgen.cli import main as cli_main
+from ctfgen.apps.cli import main as cli_main
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 RELEASES = sorted(p.name for p in FIXTURES.glob("release-*") if p.is_dir())

@@ -1,5 +1,5 @@
-"""The report pages every experiment writes (reporting.py)."""
-from ctfgen.reporting import html_page
+"""The report pages every experiment writes (experiments/reporting.py)."""
+from ctfgen.experiments.reporting import html_page
 
 
 def test_html_page_is_titled_by_its_first_heading_and_escapes_text():

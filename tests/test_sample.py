@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from ctfgen.cli import bench as cli_bench
-from ctfgen.cli import main as cli_main
+from ctfgen.apps.cli import bench as cli_bench
+from ctfgen.apps.cli import main as cli_main
 from ctfgen.cluster import CoarseMap
 from ctfgen.errors import CtfgenError
 from ctfgen.models import build_model
@@ -323,7 +323,7 @@ def test_two_processes_make_the_same_images(folders, tmp_path):
 
 
 def test_bench_speed_runs(monkeypatch, capsys, tmp_path):
-    from ctfgen.sample import bench
+    from ctfgen.benchmarks import speed as bench
 
     monkeypatch.setattr(cli_bench, "SPEED_PRESETS", (*cli_bench.SPEED_PRESETS, "test"))
     monkeypatch.setitem(bench.PRESETS, "test", dict(model="tiny", aux="tiny", vocab=64, k=8, grid=4, num_classes=3))

@@ -5,10 +5,10 @@ import json
 import pytest
 
 from ctfgen import CtfgenError
-from ctfgen.cli import main as cli_main
-from ctfgen.scaling import ScalingConfig, ScalingStudy
-from ctfgen.scaling.noise import noise_components
-from ctfgen.scaling.report import mean_std, paired, verdict
+from ctfgen.apps.cli import main as cli_main
+from ctfgen.experiments.scaling import ScalingConfig, ScalingStudy
+from ctfgen.experiments.scaling.noise import noise_components
+from ctfgen.experiments.scaling.report import mean_std, paired, verdict
 
 
 def tiny_cfg(data, **kw):

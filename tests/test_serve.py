@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ctfgen.apps.web import PageRequest, PageService, class_names_for
 from ctfgen.errors import CtfgenError
 from ctfgen.sample import BaselinePipeline, CTFPipeline, make_pipeline
 from ctfgen.tokenizer import VQModel
 from ctfgen.tokenizer.artifact import save_tokenizer
 from ctfgen.tokenizer.model import vq_preset
-from ctfgen.web import PageRequest, PageService, class_names_for
 from test_sample import CLASSES, TINY_VQ, free_port, make_folders
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +124,7 @@ def test_class_names_come_from_the_tokenizer_s_classes_json(tmp_path):
                    made_from={"data_description": {"source": "folder"}})
     pipe = make_pipeline(tmp_path / "pipe", tokenizer=f["tokenizer"], ar=f["ar"], aux=f["aux"])
     assert PageService(CTFPipeline.from_pretrained(pipe)).class_names == ["cat", "dog", "bird"]
-    from ctfgen.cli.serve import _class_names
+    from ctfgen.apps.cli.serve import _class_names
 
     (tmp_path / "codes-classes.json").write_bytes(table)
     assert _class_names(str(tmp_path / "codes-classes.json")) == ["cat", "dog", "bird"]
@@ -144,7 +144,7 @@ def test_service_refuses_mismatched_pipelines(service):
 
 
 def test_page_outputs_turn_errors_into_a_message(service, tmp_path):
-    from ctfgen.web.app import ImageFiles, page_outputs  # the handler itself needs no Gradio
+    from ctfgen.apps.web.app import ImageFiles, page_outputs  # the handler itself needs no Gradio
 
     files = ImageFiles(tmp_path / "png")
     bad = PageRequest(**{**vars(service.defaults()), "guidance_scale": 0.2})
@@ -171,8 +171,8 @@ def test_page_outputs_turn_errors_into_a_message(service, tmp_path):
 def test_edit_service_each_edit_and_its_source(service, tmp_path):
     from PIL import Image
 
+    from ctfgen.apps.web.edit_service import EditRequest, run_edit
     from ctfgen.sample.edit_sources import samples_source
-    from ctfgen.web.edit_service import EditRequest, run_edit
 
     sampling = PageRequest(**{**vars(service.defaults()), "class_id": "1", "seed": 4})
     drawn = service.ctf.generate([1, 1], seed=4)
@@ -204,7 +204,7 @@ def test_edit_service_each_edit_and_its_source(service, tmp_path):
     ("index", 7, "generated image #: 7 is outside 1..4"),
 ])
 def test_edit_bad_input_names_the_field(service, field, value, message):
-    from ctfgen.web.edit_service import EditRequest, run_edit
+    from ctfgen.apps.web.edit_service import EditRequest, run_edit
 
     base = dict(kind="inpaint" if field in ("height", "top") else "complete", top=0, left=0, height=4, width=4)
     with pytest.raises(CtfgenError) as e:

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ctfgen.cli import bench as cli_bench
-from ctfgen.cli import main as cli_main
-from ctfgen.sample import bench, sampler
+from ctfgen.apps.cli import bench as cli_bench
+from ctfgen.apps.cli import main as cli_main
+from ctfgen.benchmarks import speed as bench
+from ctfgen.sample import sampler
 from ctfgen.sample import pipeline as pipeline_module
 from ctfgen.sample.sampler import sample_seed
 

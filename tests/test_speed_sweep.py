@@ -7,10 +7,10 @@ import statistics
 
 import pytest
 
-from ctfgen.cli import main as cli_main
+from ctfgen.apps.cli import main as cli_main
+from ctfgen.benchmarks.speed_sweep import speed_sweep, stage2_layers
 from ctfgen.errors import CtfgenError
-from ctfgen.quality.speed_plot import plot_quality_vs_speed, quality_speed_points
-from ctfgen.sample.speed_sweep import speed_sweep, stage2_layers
+from ctfgen.experiments.quality.speed_plot import plot_quality_vs_speed, quality_speed_points
 
 # tiny width (4 layers), 2x2 tokens, a small codebook: the whole sweep in a few seconds
 SMALL = ["--widths", "tiny", "--grids", "2", "--vocab", "64", "--k", "8", "--num-classes", "3",

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctfgen.cli import main as cli_main
+from ctfgen.apps.cli import main as cli_main
 from ctfgen.models.config import STAGE2_FOLDERS
 
 RELEASE = Path(__file__).resolve().parent / "fixtures" / "release-0.1.0"
@@ -36,9 +36,9 @@ def nll(capsys, *args) -> dict:
 
 @pytest.mark.parametrize("rule", ["uniform", "frequency"])
 def test_pipeline_make_with_a_prior_stage2_samples_and_scores_like_the_folders(old, tmp_path, capsys, rule):
+    from ctfgen.apps.web.service import PageService
     from ctfgen.models.member_prior import MemberPrior
     from ctfgen.sample import load_pipeline
-    from ctfgen.web.service import PageService
 
     train = ["--train-codes", old / "codes"] if rule == "frequency" else []
     make = ["pipeline", "make", "--tokenizer", old / "tokenizer", "--ar", old / "stage1", "--stage2", rule,

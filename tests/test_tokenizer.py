@@ -298,7 +298,7 @@ def test_codes_from_another_tokenizer_are_refused(trained, npz_data, tmp_path):
 
 
 def test_cli_train_encode(tmp_path, npz_data, capsys):
-    from ctfgen.cli import main
+    from ctfgen.apps.cli import main
     common = ["--data", "npz", "--data-path", npz_data.path, "--resolution", "16"]
     rc = main(["tokenizer", "train", "--out", str(tmp_path / "tok"), "--ch", "32", "--codebook-size", "32",
                "--steps", "3", "--batch-size", "8", *common])

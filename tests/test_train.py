@@ -342,7 +342,7 @@ def test_train_configs_check_their_options():
 
 
 def test_cli_train_and_errors(inputs, tmp_path, capsys):
-    from ctfgen.cli import main
+    from ctfgen.apps.cli import main
 
     out = tmp_path / "run"
     args = ["train", "aux", "--codes", str(inputs["codes"]), "--coarse-map", str(inputs["coarse"]), "--out", str(out),
@@ -360,7 +360,7 @@ def test_cli_train_and_errors(inputs, tmp_path, capsys):
 
 
 def test_bench_train_cli(tmp_path, capsys):
-    from ctfgen.cli import main
+    from ctfgen.apps.cli import main
 
     path = tmp_path / "bench.json"
     assert main(["bench", "train", "--preset", "tiny", "--vocab", "512", "--k", "16", "--grid", "4",
@@ -376,9 +376,9 @@ def test_bench_train_cli(tmp_path, capsys):
 def test_the_benches_time_the_trainers_own_step(monkeypatch):
     """`bench train`, `bench aux-loss` (whole step) and the GPU check's training section run
     Trainer.train_step, each step they time: the step `ctfgen train` runs, not a copy of it."""
-    from ctfgen.gpucheck.training import time_training
-    from ctfgen.train.aux_loss_bench import bench_aux_loss
-    from ctfgen.train.bench import bench_train
+    from ctfgen.benchmarks.aux_loss import bench_aux_loss
+    from ctfgen.benchmarks.gpucheck.training import time_training
+    from ctfgen.benchmarks.train_speed import bench_train
     from ctfgen.train.trainer import Trainer
 
     steps, real = [], Trainer.train_step

@@ -18,8 +18,8 @@ from safetensors import SafetensorError
 from test_train import assert_same, cfg, make_coarse, make_codes, quiet, run_train, tensors
 
 from ctfgen import artifacts, safe_write
+from ctfgen.apps.cli import main as cli_main
 from ctfgen.artifacts import interrupted_writes
-from ctfgen.cli import main as cli_main
 from ctfgen.errors import ArtifactError, CtfgenError
 from ctfgen.train import checkpoint, train
 
@@ -377,7 +377,7 @@ def test_the_tokenizer_time_budget_counts_earlier_runs(tmp_path, tiny_data, monk
 
 
 def test_the_demo_resumes_an_unfinished_tokenizer_instead_of_reusing_it(tmp_path, tiny_data):
-    from ctfgen.experiment import finished as _done
+    from ctfgen.experiments.workspace import finished as _done
     from ctfgen.tokenizer.train import train_tokenizer
 
     def crash(done):

@@ -84,7 +84,7 @@ def option(default: Any, help: str, *, label: str | None = None, min: float | No
            hint: str | None = None, flag: str | None = None, flags: tuple[str, ...] = (),
            metavar: str | None = None, items: type | None = None, allow_empty: bool = False) -> Any:
     """A dataclass field that carries its documentation and allowed values, in one place for the
-    config's own check (`field_problem`), the command line (cli/_util.py `add_config_flags`: the
+    config's own check (`field_problem`), the command line (apps/cli/_util.py `add_config_flags`: the
     flag, its help, its parse-time check) and forms (a page names the field by `label`).
 
     default: a dict or list default is copied for each instance (a default_factory);

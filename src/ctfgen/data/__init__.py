@@ -62,7 +62,7 @@ def parse_background(text: str) -> tuple[int, int, int]:
 @dataclass
 class DataConfig:
     """Which images, and how they are served (docs/DATA.md); every field is a data flag of the commands
-    (cli/_util.py add_data_args)."""
+    (apps/cli/_util.py add_data_args)."""
 
     source: str = option("fashion-mnist", "data source", choices=SOURCES, flag="--data")
     # None -> the source's default (only fashion-mnist has one)

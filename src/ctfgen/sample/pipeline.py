@@ -34,7 +34,7 @@ from .sampler import generate_tokens, sample_fine, sample_seed, sample_uniforms
 from .settings import SamplingConfig
 
 # torch.profiler ranges the pipeline opens around its stages ("ctfgen/stage1", "ctfgen/stage2",
-# "ctfgen/decode"); their seconds come back in `Samples.timings` (sample/bench.py reads both)
+# "ctfgen/decode"); their seconds come back in `Samples.timings` (benchmarks/speed.py reads both)
 RANGE = "ctfgen/"
 
 

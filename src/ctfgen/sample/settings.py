@@ -3,7 +3,7 @@ folder, page, bench) to the samplers unchanged. Kept free of torch so that the c
 its flags from it at once.
 
 Each field is documented once, in its `option`: the help, the allowed values and what a special
-value means. `ctfgen sample` and `ctfgen pipeline make` make a flag of every field (cli/sample.py),
+value means. `ctfgen sample` and `ctfgen pipeline make` make a flag of every field (apps/cli/sample.py),
 the page of `ctfgen serve` names its inputs by `label`, and `check` refuses what the options refuse.
 Adding a setting: a field here, and its use in sample/sampler.py.
 """

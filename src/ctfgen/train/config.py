@@ -44,7 +44,7 @@ def default_lr(preset: str) -> float:
 class TrainConfig:
     """What a training run is; recorded in the checkpoint, and every field must match on resume.
     Each field's help, bounds and choices are in its `option` (config.py): `ctfgen train` makes its
-    flags from them (cli/train.py) and `check` refuses what they refuse."""
+    flags from them (apps/cli/train.py) and `check` refuses what they refuse."""
 
     kind: str = option("ar", "model kind: " + " | ".join(KINDS), choices=tuple(KINDS))  # models/config.py
     preset: str = option("tiny", "model size: tiny/small (Fashion-MNIST), B, L, XL, XXL, 3B (LlamaGen's GPT sizes, also "

@@ -1,0 +1,445 @@
+"""`ctfgen bench ...`: measurements of the implementation itself (training throughput, ...).
+
+A group: each measurement is one sub-command, registered by its own `_add_*` function below. The
+benchmarks and experiments live in their own modules (benchmarks/train_speed.py,
+benchmarks/aux_loss.py, benchmarks/speed.py, experiments/quality/, experiments/scaling/,
+benchmarks/gpucheck/); this module parses the arguments, runs them and prints their tables
+(_bench_tables.py).
+"""
+from __future__ import annotations
+
+import argparse
+
+from ._bench_edit import add_edit
+from ...models.preset_table import PRESET_NAMES as MODEL_PRESETS
+from ._util import (
+    add_command,
+    add_group,
+    comma_list,
+    device,
+    guidance,
+    int_range,
+    nonempty,
+    nonneg_int,
+    one_of,
+    typed_list,
+    positive_float,
+    positive_int,
+)
+
+ORDER = 95
+# the presets of `bench speed` (benchmarks/speed.py PRESETS; tests/test_cli.py keeps them equal)
+SPEED_PRESETS = ("B", "L", "XL", "fmnist", "tiny")
+
+
+def register(sub) -> None:
+    group = add_group(sub, "bench", help="benchmarks: training throughput, sampling speed, CTF vs baseline quality")
+    _add_train(group)
+    _add_aux_loss(group)
+    _add_gpu(group)
+    _add_speed(group)
+    _add_quality_speed(group)
+    _add_quality(group)
+    _add_scaling(group)
+    _add_lasting(group)
+    add_edit(group)
+
+
+# ---------------------------------------------------------------- bench train
+
+
+def _add_train(group) -> None:
+    p = add_command(
+        group, "train", _run_train, help="training tokens/s and memory of stage 1 and stage 2 vs the baseline (full vocab)",
+        description="Train stage 1 (ar, vocabulary K), stage 2 (aux) and the baseline (vocabulary V) at the same "
+                    "preset on random codes, alternating one step of each, and print tokens/s, memory and the "
+                    "ratios.")
+    p.add_argument("--preset", default="tiny", choices=MODEL_PRESETS, metavar="PRESET",
+                   help="model size for both models: a `ctfgen train --preset` (default: tiny)")
+    p.add_argument("--vocab", type=int_range(2), default=4096, help="codebook size V of the baseline (default: 4096)")
+    p.add_argument("--k", type=int_range(2), default=128, help="coarse vocabulary K of stage 1 (default: 128)")
+    p.add_argument("--grid", type=positive_int, default=8, help="tokens per side: sequences of grid*grid (default: 8)")
+    p.add_argument("--num-classes", type=positive_int, default=1000, help="class labels (default: 1000)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="samples per step (default: 32)")
+    _add_rounds(p, steps=(20, "timed steps per model"), warmup=(3, "untimed steps per model first"))
+    _add_device_and_json(p)
+
+
+def _add_rounds(p, *, steps: tuple[int, str], warmup: tuple[int, str]) -> None:
+    p.add_argument("--steps", type=positive_int, default=steps[0], help=f"{steps[1]} (default: {steps[0]})")
+    p.add_argument("--warmup", type=nonneg_int, default=warmup[0], help=f"{warmup[1]} (default: {warmup[0]})")
+
+
+def _add_device_and_json(p) -> None:
+    p.add_argument("--device", default="auto", type=device, help="cpu, cuda, cuda:N or auto (bf16 autocast on CUDA)")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+
+def _run_train(args) -> int:
+    from ...dist import device_name
+    from ...benchmarks.train_speed import bench_train, rows_to_json
+    from ._bench_tables import train_table
+
+    device = _bench_device(args)
+    rows = bench_train(preset=args.preset, vocab=args.vocab, k=args.k, grid=args.grid, batch_size=args.batch_size,
+                       steps=args.steps, warmup=args.warmup, num_classes=args.num_classes, device=device)
+    name = device_name(device)
+    print(train_table(rows, device=name, preset=args.preset, batch_size=args.batch_size, grid=args.grid))
+    _write_rows(args, name, ("preset", "vocab", "k", "grid", "num_classes", "batch_size", "steps"), rows_to_json(rows))
+    return 0
+
+
+def _bench_device(args):
+    """The device of a measurement, with torch's CPU threads set first (--threads)."""
+    import torch
+
+    from ...dist import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return resolve_device(args.device)
+
+
+def _write_rows(args, device: str, keys: tuple[str, ...], rows: list[dict]) -> None:
+    """--json: the device, the arguments named by `keys` and the rows."""
+    if args.json:
+        from ...artifacts import atomic_write_json
+
+        atomic_write_json(args.json, {"device": device, "args": {k: getattr(args, k) for k in keys}, "rows": rows})
+
+
+# ---------------------------------------------------------------- bench speed (the bench: benchmarks/speed.py)
+
+def _speed_preset(text: str) -> str:
+    if text not in SPEED_PRESETS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(SPEED_PRESETS)}, got {text!r}")
+    return text
+
+
+def _add_speed(group) -> None:
+    p = add_command(
+        group, "speed", _run_speed, help="sampling images/s and memory of CTF vs the baseline at the same stage-1 size",
+        description="Sample batches with CTF (stage 1 + stage 2) and the baseline, random weights, guidance on, "
+                    "interleaved after a warm-up; print the median images/s, peak memory and their ratio.")
+    p.add_argument("--preset", default=None, type=_speed_preset,
+                   help="fmnist: small GPT, V 4096, K 128, 8x8 tokens; B / L / XL: GPT-B / L / XL, V 16384, K 512, 16x16, "
+                        "stage 2 aux-B (B) or aux-L (default: fmnist)")
+    p.add_argument("--aux-preset", choices=MODEL_PRESETS, metavar="PRESET",
+                   help="stage-2 size (default: fmnist small, B aux-B)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default: 64)")
+    p.add_argument("--runs", type=positive_int, default=3, help="timed batches per sampler (default: 3)")
+    p.add_argument("--warmup", type=nonneg_int, default=1, help="untimed rounds first (default: 1)")
+    p.add_argument("--guidance-scale", "--cfg", type=guidance, default=2.0, help="guidance of both (default: 2.0)")
+    p.add_argument("--device", default="auto", type=device, help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="model dtype (bf16: for GPUs)")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, choices=["inductor", "cudagraph"],
+                   help="compiled decoding (GPUs; sample/decoding.py): inductor (a bare --compile) or cudagraph "
+                        "(default: off)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--profile", action="store_true",
+                   help="then profile one more batch of each (torch.profiler) and print where the time goes")
+    sweep = p.add_argument_group(
+        "sweep", "--sweep: instead of one preset, every (token grid, width) cell at one codebook: the baseline and "
+                 "CTF with stage 2 at several depths, timed side by side in each cell (fp32, eager)")
+    sweep.add_argument("--sweep", action="store_true", help="run the sweep (flags below; --json gets every cell)")
+    sweep.add_argument("--widths", type=comma_list(one_of(*MODEL_PRESETS)), default=None, metavar="P,P",
+                       help="stage-1 / baseline presets, comma-separated (default: tiny,small,B)")
+    sweep.add_argument("--stage2-depths", type=comma_list(nonempty), default=None, metavar="F,F",
+                       help="stage-2 layers as fractions of stage 1's, same width; each must give whole layers at "
+                            "every width (default: 1/4,1/2,1)")
+    sweep.add_argument("--grids", type=comma_list(positive_int), default=None, metavar="G,G",
+                       help="tokens per side: 8 is this data's 8x8, 16 the paper's 16x16 (default: 8)")
+    sweep.add_argument("--vocab", type=int_range(3, 65536), default=None, help="codebook size V (default: 16384)")
+    sweep.add_argument("--k", type=int_range(2, 65535), default=None, help="coarse vocabulary K (default: 512)")
+    sweep.add_argument("--num-classes", type=positive_int, default=None, help="class labels (default: 10)")
+
+
+SWEEP_FLAGS = {"widths": "tiny,small,B", "stage2_depths": "1/4,1/2,1", "grids": "8", "vocab": 16384, "k": 512,
+               "num_classes": 10}
+
+
+def _run_speed(args) -> int:
+    import torch
+
+    from ...artifacts import atomic_write_json
+    from ...errors import CtfgenError
+    from ...benchmarks.speed import bench_speed, results_to_json
+    from ._bench_tables import speed_table
+
+    given = [f"--{k.replace('_', '-')}" for k in SWEEP_FLAGS if getattr(args, k) is not None]
+    if args.sweep:
+        single = [flag for flag, on in (("--preset", args.preset), ("--aux-preset", args.aux_preset),
+                                        ("--dtype bf16", args.dtype != "fp32"), ("--compile", args.compile)) if on]
+        if single:
+            raise CtfgenError(f"bench speed --sweep: {', '.join(single)}: for a single preset, not the sweep "
+                              "(its sizes: --widths, --stage2-depths, --grids, --vocab, --k; it runs fp32 eager)")
+        return _run_speed_sweep(args)
+    if given:
+        raise CtfgenError(f"bench speed: {', '.join(given)}: for --sweep only")
+    device = _bench_device(args)
+    results, info = bench_speed(args.preset or "fmnist", batch_size=args.batch_size, runs=args.runs,
+                                warmup=args.warmup, guidance_scale=args.guidance_scale, aux_preset=args.aux_preset,
+                                device=device, dtype=torch.bfloat16 if args.dtype == "bf16" else None,
+                                compile=args.compile, profile=args.profile)
+    print(speed_table(results, info))
+    if args.json:
+        atomic_write_json(args.json, results_to_json(results, info))
+    return 0
+
+
+def _run_speed_sweep(args) -> int:
+    from ...artifacts import atomic_write_json
+    from ...benchmarks.speed_sweep import speed_sweep, stage2_layers, sweep_to_json
+    from ._bench_tables import sweep_cell_table, sweep_table
+
+    axes = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in SWEEP_FLAGS.items()}
+    widths, depths = (axes[k].split(",") for k in ("widths", "stage2_depths"))
+    stage2_layers(widths, depths)  # a depth that gives no whole layer count is refused before any timing
+    done = []
+
+    def on_cell(cell, info):  # a long sweep shows and keeps every finished cell
+        done.append(cell)
+        print(sweep_cell_table(cell, info), flush=True)
+        if args.json:
+            atomic_write_json(args.json, sweep_to_json(done, info))
+
+    cells, info = speed_sweep(widths=widths, depths=depths, grids=[int(g) for g in axes["grids"].split(",")],
+                              vocab=axes["vocab"], k=axes["k"], num_classes=axes["num_classes"],
+                              batch_size=args.batch_size, runs=args.runs, warmup=args.warmup,
+                              guidance_scale=args.guidance_scale, device=_bench_device(args), profile=args.profile,
+                              on_cell=on_cell)
+    print(sweep_table(cells, info))
+    return 0
+
+
+# ---------------------------------------------------------------- bench quality-speed
+# (experiments/quality/speed_plot.py)
+
+def _add_quality_speed(group) -> None:
+    p = add_command(
+        group, "quality-speed", _run_quality_speed, help="plot measured classifier-FID against measured images/s",
+        description="Match the scaling study's best-setting classifier-FID per method, V, width and token grid "
+                    "with the images/s of the same sampler in `bench speed --sweep` JSONs; print the matched "
+                    "points (and what has no match), and draw FID against images/s. Nothing is estimated.")
+    p.add_argument("--quality", required=True, metavar="PATH", help="the study's results JSON (results.json)")
+    p.add_argument("--speed", required=True, nargs="+", metavar="PATH", help="`bench speed --sweep --json` files")
+    p.add_argument("--out", required=True, metavar="PNG", help="where to write the plot")
+    p.add_argument("--grid", type=positive_int, default=None,
+                   help="tokens per side of study units that record none (the 8x8 study of docs/results: 8)")
+
+
+def _run_quality_speed(args) -> int:
+    from ...experiments.quality.speed_plot import plot_quality_vs_speed, points_table, quality_speed_points
+
+    points, left_out = quality_speed_points(args.quality, args.speed, default_grid=args.grid)
+    print(points_table(points))
+    for line in left_out:
+        print(f"left out: {line}")
+    print(f"plot: {plot_quality_vs_speed(points, args.out)}")
+    return 0
+
+
+# ---------------------------------------------------------------- bench aux-loss
+
+
+def _add_aux_loss(group) -> None:
+    p = add_command(
+        group, "aux-loss", _run_aux_loss, help="stage 2's loss formulations (loop, gather, masked) timed against each other",
+        description="Time the three formulations of stage 2's cluster-masked loss (the same loss and gradients) "
+                    "on one model: the head alone and a whole training step, median of --steps after --warmup.")
+    p.add_argument("--preset", default="aux-L", choices=MODEL_PRESETS, metavar="PRESET", help="stage-2 size (default: aux-L, the paper's)")
+    p.add_argument("--vocab", type=int_range(2, 65536), default=16384, help="codebook size V (default: 16384)")
+    p.add_argument("--k", type=int_range(2, 65536), default=512, help="clusters K, balanced random (default: 512)")
+    p.add_argument("--grid", type=positive_int, default=16, help="tokens per side (default: 16)")
+    p.add_argument("--batch-size", type=positive_int, default=2, help="samples per step (default: 2)")
+    _add_rounds(p, steps=(3, "timed rounds"), warmup=(1, "untimed rounds first"))
+    p.add_argument("--clusters", default="balanced", choices=["balanced", "skewed"],
+                   help="cluster sizes: equal, or uneven like k-means (largest ~3x the mean) (default: balanced)")
+    p.add_argument("--head-only", action="store_true", help="time the loss alone, not whole training steps")
+    _add_device_and_json(p)
+
+
+def _run_aux_loss(args) -> int:
+    from ...dist import device_name
+    from ...benchmarks.aux_loss import aux_rows_to_json, bench_aux_loss
+    from ._bench_tables import aux_loss_table
+
+    device = _bench_device(args)
+    rows = bench_aux_loss(preset=args.preset, vocab=args.vocab, k=args.k, grid=args.grid,
+                          batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+                          whole_step=not args.head_only, device=device, clusters=args.clusters)
+    name = device_name(device)
+    print(aux_loss_table(rows, device=name, preset=args.preset, vocab=args.vocab, k=args.k,
+                         batch_size=args.batch_size, grid=args.grid, clusters=args.clusters))
+    _write_rows(args, name, ("preset", "vocab", "k", "grid", "batch_size", "steps", "warmup", "clusters", "head_only"),
+                aux_rows_to_json(rows))
+    return 0
+
+
+# ---------------------------------------------------------------- bench gpu
+
+
+def _add_gpu(group) -> None:
+    p = add_command(
+        group, "gpu", _run_gpu, help="the prepared GPU check: CUDA tests, training MFU, sampling speed vs the paper, torchrun",
+        description="Run the paper-scale check on one GPU (scripts/gpu_check.sh calls this): the tests marked cuda, "
+                    "training steps of stage 1 / stage 2 / the baseline at B and L (tokens/s, memory, MFU), "
+                    "sampling at B / L / XL in fp32 / bf16, eager and compiled, beside the paper's A100 images/s, "
+                    "a one-process torchrun DDP / FSDP run and resume, stage 2's loss formulations; OUT/gpu_check.json "
+                    "and OUT/gpu_check.md are rewritten after every section. No downloads.",
+        epilog="docs/GPU.md explains each figure and the targets.")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for gpu_check.json, gpu_check.md, logs")
+    p.add_argument("--device", default="auto", type=device, help="cuda, cuda:N, cpu or auto (default: auto)")
+    p.add_argument("--quick", action="store_true", help="every section at tiny sizes (seconds; the CPU test runs it)")
+    p.add_argument("--budget", type=positive_float, default=420.0, metavar="SECONDS",
+                   help="skip the remaining optional sections once this much time is spent (default: 420)")
+    p.add_argument("--peak-tflops", type=positive_float, default=None,
+                   help="the GPU's dense bf16 peak for MFU, when it is not in the built-in table")
+    p.add_argument("--skip", default="", metavar="A,B",
+                   help="sections to leave out, comma-separated names as in the report (e.g. tests,smoke)")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--lasting", action="store_true",
+                   help="then run `ctfgen bench lasting`'s default plan on the device (batch 256, bf16 autocast; "
+                        "OUT/lasting/, one JSON per unit in OUT/lasting/results/, whatever --budget says; needs "
+                        "Fashion-MNIST, $CTFGEN_FASHION_MNIST; not in --quick)")
+
+
+def _run_gpu(args) -> int:
+    from ...benchmarks.gpucheck import GpuCheck
+
+    device = _bench_device(args)
+    extra = {}
+    if args.lasting:
+        from ...experiments.scaling.lasting.study import gpu_section
+
+        extra["lasting"] = gpu_section
+    check = GpuCheck(args.out, device=device, quick=args.quick, budget_s=args.budget, peak_tflops=args.peak_tflops,
+                     skip=tuple(s.strip() for s in args.skip.split(",") if s.strip()), extra=extra)
+    result = check.run()
+    print((check.out / "gpu_check.md").read_text())
+    failed = [n for n, s in result["sections"].items() if s.get("status") == "error"]
+    if failed:
+        print(f"sections that raised: {', '.join(failed)} (tracebacks in {check.out / 'gpu_check.json'})")
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- bench quality
+
+def _add_quality(group) -> None:
+    from ...experiments.quality import ABLATIONS, QualityConfig
+    from .demo import add_experiment
+
+    p = add_experiment(
+        group, "quality", QualityConfig, _run_quality, out="runs/quality", out_help="bench folder",
+        help="CTF vs the baseline at equal training steps, at several checkpoints, and ablations",
+        description="Train CTF (stage 1 + stage 2) and the baseline with the same stage-1 architecture on the same "
+                    "codes, evaluate both on class-balanced samples at several checkpoints (FID, IS, precision, "
+                    "recall), and write OUT/report/README.md with a table and metric-vs-step plots. --ablate adds "
+                    "one table per ablation. Rerunning reuses every finished step.")
+    p.add_argument("--ablate", nargs="+", default=[], metavar="NAME", choices=[*ABLATIONS, "all"],
+                   help=f"ablations to run after the comparison: {', '.join(ABLATIONS)}, or all (default: none)")
+
+
+def _run_quality(args) -> int:
+    from ...experiments.quality import QualityBench, QualityConfig, resolve_ablations
+    from .demo import experiment_setup
+
+    ablations = resolve_ablations(args.ablate)
+    cfg, device = experiment_setup(QualityConfig, args)
+    QualityBench(cfg, args.out, device=device, progress=not args.quiet).run(ablations)
+    return 0
+
+
+# ---------------------------------------------------------------- bench scaling
+
+# --only-seeds: the seeds a process runs (e.g. 1,2 in a second process)
+_seed_list = typed_list(nonneg_int, list)
+
+
+def _add_scaling(group) -> None:
+    from ...experiments.scaling import ScalingConfig
+    from .demo import add_experiment
+
+    p = add_experiment(
+        group, "scaling", ScalingConfig, _run_scaling, out="runs/scaling", out_help="study folder",
+        switches=True, help="CTF vs the baseline as the codebook grows: held-out NLL, best-vs-best FID, seeds",
+        description="For each codebook size V: a tokenizer, K = V/32 coarse labels, CTF and the baseline trained "
+                    "with several seeds; held-out bits per token along training, a sampling sweep picking each "
+                    "method's best classifier-FID settings, and arms (clusterings, parameter-free stage 2). "
+                    "Writes OUT/report/README.md (tables with mean ± std, plots) and OUT/results.json. Rerunning "
+                    "continues an interrupted study at the model, checkpoint or evaluation where it stopped.")
+    p.add_argument("--parts", default="all", choices=("all", "main", "arms", "report"),
+                   help="run all, or only the main comparison (k-means CTF, baseline, parameter-free stage 2s) or "
+                        "only the clustering arms; parts may run at once in separate processes on one --out, "
+                        "then a run of all gathers them; report: make nothing, report what is measured (default: all)")
+    p.add_argument("--only-seeds", type=_seed_list, default=None, metavar="S,S",
+                   help="run only these training seeds (e.g. 1,2 in a second process); later seeds take seed 0's "
+                        "sampling settings once its sweep is saved (default: every seed)")
+    p.add_argument("--noise-reference", default=None, metavar="RESULTS_JSON",
+                   help="results.json of a study of the same recipe with the other kind of seeds (e.g. "
+                        "docs/results/scaling-results.json, training seeds): the report compares the spread of the "
+                        "paired gap across the two and states what the tokenizer and clustering add")
+
+
+def _run_scaling(args) -> int:
+    from ...experiments.scaling import ScalingConfig, ScalingStudy
+    from .demo import experiment_setup
+
+    cfg, device = experiment_setup(ScalingConfig, args)
+    ScalingStudy(cfg, args.out, device=device, progress=not args.quiet).run(
+        parts=args.parts, only_seeds=args.only_seeds, noise_reference=args.noise_reference)
+    return 0
+
+
+# ---------------------------------------------------------------- bench lasting
+
+def _add_lasting(group) -> None:
+    from ...experiments.scaling.lasting import LastingConfig
+    from .demo import add_experiment
+
+    p = add_experiment(
+        group, "lasting", LastingConfig, _run_lasting, out="runs/lasting", out_help="study folder",
+        help="does CTF's advantage last? long WSD runs, early stopping, model size and sequence length, pipeline seeds",
+        description="For each unit (V x grid x preset x pipeline seed): a tokenizer, codes (train, a validation split "
+                    "held out of the training images, test) and k-means coarse labels made with the seed; CTF "
+                    "(learned and uniform stage 2) and the baseline trained with a warm-up, stable, decay schedule; "
+                    "validation bits per token every --eval-every steps, each method's best checkpoint kept; there "
+                    "the test-split NLL and best-against-best classifier-FID; FLOPs per step, where the baseline "
+                    "matches CTF, a fitted asymptote. Each finished unit is written to --results-dir at once and "
+                    "skipped by any later run that finds it there; every model, checkpoint and evaluation is reused "
+                    "on rerun. RESULTS_DIR/report/README.md: tables (mean ± std, paired 95% intervals), plots, "
+                    "and what did not run.")
+    p.add_argument("--results-dir", default="docs/results/lasting", metavar="DIR",
+                   help="one JSON per finished unit, and report/ (default: docs/results/lasting)")
+    p.add_argument("--only-seeds", type=_seed_list, default=None, metavar="S,S",
+                   help="run only these pipeline seeds (e.g. 1 in a second process on the same --out); later seeds "
+                        "take seed 0's sampling settings once its sweep is saved (default: every seed)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--plan", action="store_true",
+                      help="make nothing: list the plan's units, which have results, and a rough CPU cost of the rest")
+    mode.add_argument("--report", action="store_true", help="make nothing: rewrite the report from --results-dir")
+    p.add_argument("--plan-gflops", type=positive_float, default=None, metavar="GFLOPS",
+                   help="--plan's effective model FLOP rate of one process (default: 12, measured on the project's "
+                        "loaded 2-core CPU)")
+
+
+def _run_lasting(args) -> int:
+    from ...experiments.scaling.lasting import LastingConfig, LastingStudy
+    from .demo import experiment_setup
+
+    cfg, device = experiment_setup(LastingConfig, args)
+    study = LastingStudy(cfg, args.out, results_dir=args.results_dir, device=device, progress=not args.quiet)
+    if args.plan:
+        from ...experiments.scaling.lasting.plan import plan_rows, plan_table
+
+        print(plan_table(plan_rows(study, **({"gflops": args.plan_gflops} if args.plan_gflops else {}))))
+        return 0
+    if args.report:
+        from ...experiments.scaling.lasting.report import write_report
+
+        print(write_report(args.results_dir, cfg, study.units()))
+        return 0
+    print(study.run(only_seeds=args.only_seeds))
+    return 0

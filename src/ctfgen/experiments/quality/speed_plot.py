@@ -1,0 +1,137 @@
+"""Quality against sampling speed: measured classifier-FID of trained models (the scaling study's
+results JSON) beside measured images/s of the same sizes (`ctfgen bench speed --sweep --json`).
+
+Nothing here is estimated: a point needs both a quality figure and a speed figure for the same
+method, codebook size V, width and token grid; everything else is listed as left out, with why.
+Quality: each unit of the study's `units` list gives `V`, `seed` and, per method,
+samples[method]["best"]["metrics"]["fid_classifier"] (best-against-best settings); the width is
+the unit's `preset` or the study config's, the grid the unit's `grid`, the config's, or
+`default_grid`, and CTF's stage-2 depth the unit's `stage2_depth` or "1" (the study trains stage 2
+at the same preset as stage 1). Methods with a learned stage 2 ("ctf", and "ctf-<clustering>" in a
+clustering arm's unit) take the sweep's CTF speed; a parameter-free stage 2 ("ctf-uniform",
+"ctf-frequency") has no speed figure in the sweep and is left out. Speed: each row of a sweep JSON gives `width`, `grid` and per
+sampler `name` ("baseline", "ctf-<depth>") and `images_per_s`, at `info.vocab`.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...artifacts import read_json
+from ...errors import CtfgenError
+from ..reporting import markdown_table, pyplot, save_figure
+
+@dataclass
+class QualitySpeedPoint:
+    method: str  # the study's name: baseline, ctf (k-means), ctf-<clustering> (a clustering arm)
+    vocab: int
+    width: str
+    grid: int
+    sampler: str  # the sweep's sampler the speed comes from
+    fid: list[float] = field(default_factory=list)  # one per seed
+    images_per_s: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}, V {self.vocab}, {self.width}, {self.grid}x{self.grid}"
+
+
+def _field(obj, key: str, where: str):
+    if not isinstance(obj, dict) or key not in obj:
+        raise CtfgenError(f"{where}: missing field {key!r}")
+    return obj[key]
+
+
+def speed_table_of(speed_files: list[str | Path]) -> dict[tuple[int, str, int, str], float]:
+    """images/s per (V, width, grid, sampler name) from sweep JSONs (a later file wins a repeat)."""
+    out = {}
+    for path in speed_files:
+        data = read_json(path, what="speed sweep JSON")
+        vocab = _field(_field(data, "info", str(path)), "vocab", f"{path}: info")
+        for i, row in enumerate(_field(data, "rows", str(path))):
+            where = f"{path}: rows[{i}]"
+            width, grid = _field(row, "width", where), _field(row, "grid", where)
+            for j, s in enumerate(_field(row, "samplers", where)):
+                out[(vocab, width, grid, _field(s, "name", f"{where}.samplers[{j}]"))] = float(
+                    _field(s, "images_per_s", f"{where}.samplers[{j}]"))
+    return out
+
+
+def quality_speed_points(quality_file: str | Path, speed_files: list[str | Path], *,
+                         default_grid: int | None = None) -> tuple[list[QualitySpeedPoint], list[str]]:
+    """The points that have both figures (FID of every seed, images/s), and a line per (method, V,
+    width, grid) left out and why. Errors (CtfgenError) name the file and field that is missing."""
+    data = read_json(quality_file, what="study results JSON")
+    config = data.get("config", {}) if isinstance(data, dict) else {}
+    speed = speed_table_of(speed_files)
+    points: dict[tuple, QualitySpeedPoint] = {}
+    left_out: dict[tuple, str] = {}
+    for i, unit in enumerate(_field(data, "units", str(quality_file))):
+        where = f"{quality_file}: units[{i}]"
+        vocab = _field(unit, "V", where)
+        width = unit.get("preset", config.get("preset"))
+        grid = unit.get("grid", config.get("grid", default_grid))
+        if width is None:
+            raise CtfgenError(f"{where}: no 'preset' in the unit or in the study's config")
+        if grid is None:
+            raise CtfgenError(f"{where}: no 'grid' in the unit or in the study's config; give the token grid of "
+                              "units that record none (default_grid, --grid)")
+        learned = ("ctf", f"ctf-{unit.get('clustering', 'kmeans')}")  # k-means, or a clustering arm's unit
+        for method, result in _field(unit, "samples", where).items():
+            fid = result.get("best", {}).get("metrics", {}).get("fid_classifier")
+            key = (method, vocab, width, grid)
+            if fid is None:
+                left_out[key] = "no best-setting classifier-FID in the study"
+                continue
+            if method != "baseline" and method not in learned:
+                left_out[key] = "no speed figure: the sweep times the baseline and CTF with a learned stage 2 only"
+                continue
+            sampler = "baseline" if method == "baseline" else f"ctf-{unit.get('stage2_depth', '1')}"
+            if (vocab, width, grid, sampler) not in speed:
+                left_out[key] = f"no speed figure for {sampler} at V {vocab}, {width}, {grid}x{grid} in the sweep JSON"
+                continue
+            point = points.setdefault(key, QualitySpeedPoint(method, vocab, width, grid, sampler))
+            point.fid.append(float(fid))
+            point.images_per_s = speed[(vocab, width, grid, sampler)]
+    lines = [f"{m}, V {v}, {w}, {g}x{g}: {why}" for (m, v, w, g), why in left_out.items()]
+    return list(points.values()), lines
+
+
+def points_table(points: list[QualitySpeedPoint]) -> str:
+    """A Markdown table of the points: method, sizes, FID mean ± std (seeds), images/s."""
+    rows = [["method", "V", "width", "tokens", "classifier-FID (best)", "seeds", "speed from", "images/s"]]
+    for p in points:
+        std = f" ± {statistics.stdev(p.fid):.2f}" if len(p.fid) > 1 else ""
+        rows.append([p.method, str(p.vocab), p.width, f"{p.grid}x{p.grid}", f"{statistics.fmean(p.fid):.2f}{std}",
+                     str(len(p.fid)), p.sampler, f"{p.images_per_s:.2f}"])
+    return markdown_table(rows)
+
+
+def plot_quality_vs_speed(points: list[QualitySpeedPoint], path: str | Path, *, title: str = "") -> Path:
+    """classifier-FID (mean, std over seeds as error bars; lower is better) against images/s (right is
+    faster; a log axis when the speeds span 10x or more), one marker per method, each point labelled
+    with its sizes; a PNG at `path`."""
+    if not points:
+        raise CtfgenError("quality vs speed: no point has both a classifier-FID and an images/s figure; "
+                          "nothing to plot (see the left-out list)")
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    markers = {}
+    for p in points:
+        marker = markers.setdefault(p.method, "osD^v<>"[len(markers) % 7])
+        std = statistics.stdev(p.fid) if len(p.fid) > 1 else 0.0
+        ax.errorbar(p.images_per_s, statistics.fmean(p.fid), yerr=std, fmt=marker, capsize=3,
+                    color=f"C{list(markers).index(p.method)}",
+                    label=p.method if p.method not in ax.get_legend_handles_labels()[1] else None)
+        ax.annotate(f"V {p.vocab}, {p.width}, {p.grid}x{p.grid}", (p.images_per_s, statistics.fmean(p.fid)),
+                    textcoords="offset points", xytext=(4, 4), fontsize=7)
+    speeds = [p.images_per_s for p in points]
+    if max(speeds) >= 10 * min(speeds):  # widths far apart; a narrow range reads better on a linear axis
+        ax.set_xscale("log")
+    ax.margins(x=0.25, y=0.15)  # room for the labels
+    ax.set_xlabel("images/s (bench speed --sweep; higher is faster)")
+    ax.set_ylabel("classifier-FID, best settings (lower is better)")
+    ax.set_title(title or "quality against sampling speed")
+    ax.legend(fontsize=8)
+    return save_figure(fig, Path(path))

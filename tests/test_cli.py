@@ -1,10 +1,9 @@
 """The command line itself: nothing heavy imported to parse, every option checked at parse time
-with a message naming it, every default shown in --help, and the constants the parser keeps
-(so that it needs no torch) equal to the registries they mirror."""
+with a message naming it, every default shown in --help, and the registries the parser checks
+against read from the library's torch-free modules, not copied."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import io
 import json
 import subprocess
@@ -163,24 +162,30 @@ def test_train_lr_defaults_to_the_preset(monkeypatch):
         assert e.value.code == 2
 
 
-def test_parser_constants_match_the_registries():
-    # the model, tokenizer, data and clustering registries are imported by the parser from their
-    # torch-free modules (test_parsing_imports_nothing_heavy); what is left are copies of values
-    # that live beside torch code
-    from ctfgen.apps.cli import bench as cli_bench
+def test_registries_beside_torch_code_are_read_not_copied(monkeypatch):
+    """The registries whose users need torch (the speed bench's sizes, the classifier's accuracy
+    threshold, stage 2's loss formulations) live in torch-free modules that the parser imports."""
     from ctfgen.apps.cli import eval as cli_eval
-    from ctfgen.apps.cli import train as cli_train
-    from ctfgen.benchmarks.speed import PRESETS as SPEED_PRESETS
-    from ctfgen.evaluate.core import MIN_CLASSIFIER_ACCURACY
-    from ctfgen.models import ModelConfig
-
-    assert set(cli_bench.SPEED_PRESETS) == set(SPEED_PRESETS)
-    assert cli_train.MODEL_FIELDS == tuple(f.name for f in dataclasses.fields(ModelConfig))
+    from ctfgen.benchmarks import speed, speed_presets
+    from ctfgen.evaluate import core
     from ctfgen.models.member_loss import IMPLS
     from ctfgen.train.config import AUX_LOSSES
 
+    monkeypatch.setitem(speed_presets.PRESETS, "added", dict(speed.PRESETS["tiny"]))
+    assert build_parser().parse_args(["bench", "speed", "--preset", "added"]).preset == "added"
+    parsers = dict(_subparsers(build_parser()))
+    assert parsers[("eval",)].get_default("min_classifier_accuracy") is core.MIN_CLASSIFIER_ACCURACY
+    assert cli_eval.MIN_CLASSIFIER_ACCURACY is core.MIN_CLASSIFIER_ACCURACY
     assert AUX_LOSSES == ("auto",) + IMPLS
-    assert cli_eval.MIN_CLASSIFIER_ACCURACY == MIN_CLASSIFIER_ACCURACY
+
+
+def test_the_tokenizer_checkpoints_as_the_model_trainer_does():
+    # the tokenizer trains on the one Trainer, so --ckpt-every is RunOptions' setting, help and all
+    # (0 = only at the end: train/trainer.py saves when the run is done or out of time)
+    parsers = dict(_subparsers(build_parser()))
+    tok, ar = (parsers[p]._option_string_actions["--ckpt-every"] for p in (("tokenizer", "train"), ("train", "ar")))
+    assert tok.help == ar.help and "0 = only at the end" in tok.help
+    assert tok.type("0") == 0 and tok.default is None
 
 
 def test_registries_are_read_not_copied():

@@ -36,10 +36,14 @@ ALLOWED = {
     "benchmarks": set(),
     "benchmarks.aux_loss": BASE | {"artifacts", "cluster", "codes", "data", "dist", "models", "run_state", "tokenizer",
                                    "train"},
-    "benchmarks.edit": BASE | {"artifacts", "cluster", "codes", "data", "evaluate", "models", "sample"},
+    "benchmarks.edit": BASE | {"artifacts", "benchmarks.edit_config", "cluster", "codes", "data", "evaluate", "models",
+                               "sample"},
+    "benchmarks.edit_config": BASE,  # torch-free settings: the command line reads them
     "benchmarks.gpucheck": BASE | {"artifacts", "benchmarks.aux_loss", "benchmarks.speed", "cluster", "codes", "dist",
                                    "models", "sample", "train"},
-    "benchmarks.speed": BASE | {"artifacts", "cluster", "data", "dist", "models", "sample", "tokenizer"},
+    "benchmarks.speed": BASE | {"artifacts", "benchmarks.speed_presets", "cluster", "data", "dist", "models", "sample",
+                                "tokenizer"},
+    "benchmarks.speed_presets": set(),  # torch-free: the command line checks --preset against it
     "benchmarks.speed_sweep": BASE | {"artifacts", "benchmarks.speed", "cluster", "data", "dist", "models", "sample",
                                       "tokenizer"},
     "benchmarks.train_speed": BASE | {"artifacts", "cluster", "codes", "data", "dist", "models", "run_state",

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from ctfgen.apps.cli import bench as cli_bench
 from ctfgen.apps.cli import main as cli_main
 from ctfgen.cluster import CoarseMap
 from ctfgen.errors import CtfgenError
@@ -325,7 +324,6 @@ def test_two_processes_make_the_same_images(folders, tmp_path):
 def test_bench_speed_runs(monkeypatch, capsys, tmp_path):
     from ctfgen.benchmarks import speed as bench
 
-    monkeypatch.setattr(cli_bench, "SPEED_PRESETS", (*cli_bench.SPEED_PRESETS, "test"))
     monkeypatch.setitem(bench.PRESETS, "test", dict(model="tiny", aux="tiny", vocab=64, k=8, grid=4, num_classes=3))
     assert cli_main(["bench", "speed", "--preset", "test", "--batch-size", "4", "--runs", "2", "--warmup", "1",
                      "--device", "cpu", "--json", str(tmp_path / "b.json")]) == 0

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ctfgen.apps.cli import bench as cli_bench
 from ctfgen.apps.cli import main as cli_main
 from ctfgen.benchmarks import speed as bench
 from ctfgen.sample import sampler
@@ -101,7 +100,6 @@ def test_category_rules():
 
 
 def test_cli_profile_table_and_json(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(cli_bench, "SPEED_PRESETS", (*cli_bench.SPEED_PRESETS, "tiny-profile"))
     monkeypatch.setitem(bench.PRESETS, "tiny-profile", TINY)
     path = tmp_path / "speed.json"
     assert cli_main(["bench", "speed", "--preset", "tiny-profile", "--batch-size", "2", "--runs", "1",

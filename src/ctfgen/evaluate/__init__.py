@@ -10,20 +10,17 @@
 The core API takes uint8 (N, H, W, C) arrays, so it needs no dataset or model objects; see
 docs/EVALUATION.md for the protocol and the sanity table.
 """
-from .classifier import (
-    ClassifierConfig,
-    ClassifierTrainConfig,
-    DomainClassifier,
-    classifier_outputs,
-    load_classifier,
-    save_classifier,
-    train_classifier,
-)
-from .core import evaluate_images, library_versions
-from .inception import InceptionFeatures, default_inception_path
-from .inputs import SampleSet, load_samples
-from .metrics import frechet_distance, gaussian_stats, inception_score, precision_recall
-from .reference import Reference, cache_dir, reference_from_dataset, reference_from_npz
+from ..lazy import lazy_attributes
+from .config import MIN_CLASSIFIER_ACCURACY, ClassifierConfig, ClassifierTrainConfig
+
+# The metrics and networks need torch; loading them on first use lets the command line read the
+# classifier's settings at once.
+_LAZY = {"DomainClassifier": "classifier", "classifier_outputs": "classifier", "load_classifier": "classifier",
+         "save_classifier": "classifier", "train_classifier": "classifier", "evaluate_images": "core",
+         "library_versions": "core", "InceptionFeatures": "inception", "default_inception_path": "inception",
+         "SampleSet": "inputs", "load_samples": "inputs", "frechet_distance": "metrics", "gaussian_stats": "metrics",
+         "inception_score": "metrics", "precision_recall": "metrics", "Reference": "reference",
+         "cache_dir": "reference", "reference_from_dataset": "reference", "reference_from_npz": "reference"}
 
 
 def classifier_info(manifest: dict, folder: str | None = None) -> dict:
@@ -37,10 +34,6 @@ def classifier_info(manifest: dict, folder: str | None = None) -> dict:
     }
 
 
-__all__ = [
-    "ClassifierConfig", "ClassifierTrainConfig", "DomainClassifier", "InceptionFeatures", "Reference",
-    "SampleSet", "cache_dir", "classifier_info", "classifier_outputs", "default_inception_path",
-    "evaluate_images", "frechet_distance", "gaussian_stats", "inception_score", "library_versions",
-    "load_classifier", "load_samples", "precision_recall", "reference_from_dataset", "reference_from_npz",
-    "save_classifier", "train_classifier",
-]  # fmt: skip
+__all__ = ["MIN_CLASSIFIER_ACCURACY", "ClassifierConfig", "ClassifierTrainConfig", "classifier_info", *_LAZY]
+
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -7,7 +7,6 @@ Saved as an artifact folder: `model.safetensors` + manifest (config, data finger
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -17,31 +16,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..artifacts import WEIGHTS, ModuleArtifact, fingerprint_tensors
-from ..config import option, to_dict
+from ..config import to_dict
 from ..errors import CtfgenError
 from ..progress import progress_bar
+from .config import ClassifierConfig, ClassifierTrainConfig
 
 KIND = "classifier"
-
-
-@dataclass
-class ClassifierConfig:
-    resolution: int = 32
-    channels: int = 1
-    num_classes: int = 10
-    width: int = 16  # channels of the first block; doubled at each of the three blocks
-    dropout: float = 0.2
-
-
-@dataclass
-class ClassifierTrainConfig:
-    epochs: int = option(6, "passes over the training split", min=1)
-    batch_size: int = option(128, "images per step", min=1)
-    lr: float = option(3e-3, "peak learning rate", min=0.0, min_open=True)
-    weight_decay: float = option(5e-4, "AdamW weight decay", min=0.0)
-    # clothes are left/right symmetric enough; flipping halves overfitting
-    hflip: bool = option(True, "random horizontal flips")
-    seed: int = option(0, "seed of the weights and batches", min=0, max=2**63 - 1)
 
 
 class DomainClassifier(nn.Module):

@@ -15,16 +15,13 @@ import torch
 
 from ..errors import CtfgenError
 from .classifier import DomainClassifier, classifier_outputs
+from .config import MIN_CLASSIFIER_ACCURACY
 from .inception import InceptionFeatures
 from .inputs import as_uint8_nhwc
 from .metrics import frechet_distance, gaussian_stats, inception_score, precision_recall
 from .reference import Reference, cached_arrays
 
 RESULT_FORMAT = 2  # 2: classifier-IS splits from a seeded permutation (1: splits in sample order)
-# A domain classifier below this test accuracy hardly tells the classes (or good images from bad)
-# apart, so the metrics on its features mean little (issue 15: one at 13% on ten classes gave
-# classifier-FID 0.07 and precision 0.92 without a word). Results record a warning instead.
-MIN_CLASSIFIER_ACCURACY = 0.5
 
 
 def classifier_warnings(info: dict, min_accuracy: float = MIN_CLASSIFIER_ACCURACY) -> list[str]:

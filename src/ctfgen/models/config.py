@@ -73,6 +73,8 @@ STAGE2_FOLDERS: dict[str, str] = {
     "stage2_prior": "ctfgen.models.member_prior:MemberPriorArtifact",  # `ctfgen pipeline make --stage2 RULE`
 }
 CLS_ROPE = ("zero", "identity")
+# stage 2's loss formulations (models/member_loss.py; `--aux-loss` offers them and "auto")
+AUX_LOSS_IMPLS = ("loop", "gather", "masked")
 
 
 def find_multiple(n: int, k: int) -> int:

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CtfgenError
+from .config import AUX_LOSS_IMPLS as IMPLS
 from .members import ClusterTables
 
-IMPLS = ("loop", "gather", "masked")
 # What "auto" picks (docs/GPU.md has the measurements). CPU, measured with `ctfgen bench aux-loss`:
 # gather wins when every cluster is about the same size (M close to V/K), loop when they are
 # uneven as k-means makes them (M a few times V/K). CUDA: not measured yet; one large matmul is

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import check_fields, option
 from ..errors import CtfgenError
-from ..models.config import KINDS
+from ..models.config import AUX_LOSS_IMPLS, KINDS
 from ..models.preset_table import PRESET_NAMES
 from ..run_state import auto_ckpt_every  # noqa: F401  (older imports)
 from ..run_state import cosine_progress
@@ -24,8 +24,7 @@ if TYPE_CHECKING:  # the command line reads these configs without importing torc
     import torch
 
 PRECISIONS = ("auto", "bf16", "fp32")
-# stage 2's loss formulations: "auto" and models/member_loss.py IMPLS (tests/test_cli.py keeps them equal)
-AUX_LOSSES = ("auto", "loop", "gather", "masked")
+AUX_LOSSES = ("auto", *AUX_LOSS_IMPLS)  # stage 2's loss formulations (models/member_loss.py)
 REFERENCE_BATCH = 256  # learning rates are given per this many samples (LlamaGen: 1e-4 at 256)
 # Default rates per REFERENCE_BATCH by preset. LlamaGen's 1e-4 is for its long ImageNet runs; the
 # tiny and small presets train for hundreds of steps, where 8e-3 was the best rate measured

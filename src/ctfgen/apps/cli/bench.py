@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from ._bench_edit import add_edit
+from ...benchmarks.speed_presets import PRESETS as SPEED_PRESETS
 from ...models.preset_table import PRESET_NAMES as MODEL_PRESETS
 from ._util import (
     add_command,
@@ -28,8 +29,6 @@ from ._util import (
 )
 
 ORDER = 95
-# the presets of `bench speed` (benchmarks/speed.py PRESETS; tests/test_cli.py keeps them equal)
-SPEED_PRESETS = ("B", "L", "XL", "fmnist", "tiny")
 
 
 def register(sub) -> None:
@@ -113,7 +112,7 @@ def _write_rows(args, device: str, keys: tuple[str, ...], rows: list[dict]) -> N
 
 def _speed_preset(text: str) -> str:
     if text not in SPEED_PRESETS:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(SPEED_PRESETS)}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(sorted(SPEED_PRESETS))}, got {text!r}")
     return text
 
 

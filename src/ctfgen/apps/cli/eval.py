@@ -7,25 +7,20 @@ import time
 from pathlib import Path
 
 from ...errors import CtfgenError
+from ...evaluate.config import MIN_CLASSIFIER_ACCURACY, ClassifierConfig, ClassifierTrainConfig
 from ._util import (
+    add_config_flags,
     add_data_args,
     add_device_args,
     add_group,
     data_config,
     nonneg_int,
-    positive_float,
     positive_int,
     probability,
-    seed_int,
     setup_device,
 )
 
 ORDER = 90
-# Below this test accuracy a domain classifier's features say little about the images (issue 15:
-# one at 13% on ten classes gave classifier-FID 0.07 and precision 0.92). Same value as
-# evaluate.core.MIN_CLASSIFIER_ACCURACY (kept here so that parsing imports nothing heavy).
-MIN_CLASSIFIER_ACCURACY = 0.5
-
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -66,11 +61,8 @@ def register(sub) -> None:
     add_data_args(t, size_default="the data's: read from the images, printed; the samples to evaluate must have "
                                   "this size and channel count")
     t.add_argument("--out", required=True, help="artifact folder to write")
-    t.add_argument("--epochs", type=positive_int, default=6, help="passes over the training split")
-    t.add_argument("--width", type=positive_int, default=16, help="channels of the first conv block")
-    t.add_argument("--batch-size", type=positive_int, default=128, help="images per step")
-    t.add_argument("--lr", type=positive_float, default=3e-3, help="peak learning rate")
-    t.add_argument("--seed", type=seed_int, default=0, help="seed of the weights and batches")
+    add_config_flags(t, ClassifierTrainConfig, only=("epochs", "batch_size", "lr", "seed"))
+    add_config_flags(t, ClassifierConfig, only=("width",))  # the rest of the network's format is the data's
     t.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     add_device_args(t)
     t.set_defaults(func=run_classifier_train)
@@ -95,13 +87,8 @@ def _dataset_arrays(ds):
 def run_classifier_train(args) -> int:
     from ...data import CLASSES_FILE, dataset_class_table, describe_classes, load_dataset
     from ...data.classes import classes_json
-    from ...evaluate.classifier import (
-        ClassifierConfig,
-        ClassifierTrainConfig,
-        accuracy,
-        save_classifier,
-        train_classifier,
-    )
+    from ...evaluate.classifier import accuracy, save_classifier, train_classifier
+    from ._util import config_from_args
 
     device = setup_device(args)
     data_cfg = _classifier_data(args)
@@ -112,7 +99,7 @@ def run_classifier_train(args) -> int:
     x_test, y_test = _dataset_arrays(test_ds)
     cfg = ClassifierConfig(resolution=data_cfg.resolution, channels=data_cfg.channels, num_classes=train_ds.num_classes,
                            width=args.width)
-    tc = ClassifierTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    tc = config_from_args(ClassifierTrainConfig, args)
     t0 = time.perf_counter()
     model = train_classifier(x_train, y_train, cfg=cfg, train_cfg=tc, device=device)
     seconds = time.perf_counter() - t0

@@ -28,13 +28,15 @@ ORDER = 10
 
 def register(sub) -> None:
     from ...tokenizer.config import TokenizerTrainConfig, VQConfig
+    from ...train.config import RunOptions
 
     tok = add_group(sub, "tokenizer", "train, import or inspect a VQ tokenizer (images <-> token grids)")
 
     p = add_command(tok, "train", _train, data=True, device=True, help="train a VQ tokenizer on a dataset",
                     description="Train a VQ tokenizer (LlamaGen's architecture family) with reconstruction, "
                                 "codebook and commitment losses and dead-code restarts; report test-split PSNR, "
-                                "codebook usage and perplexity; save a tokenizer folder with a reconstruction grid.")
+                                "codebook usage and perplexity; save a tokenizer folder with a reconstruction grid. "
+                                "Checkpoints go to --out: rerun the same command to resume.")
     set_option_help(p, "--channels", "1 grey, 3 RGB; images are converted (default: the data's: 3 when its images "
                                      "are in colour, printed when it differs from the preset's)")
     set_option_help(p, "--resolution", "image size; other sizes are centre-cropped and resized (default: the preset's)")
@@ -49,9 +51,8 @@ def register(sub) -> None:
                      shown=dict.fromkeys(("codebook_size", "codebook_dim", "ch"), "the preset's"))
     add_config_flags(p, TokenizerTrainConfig, only=("steps",), unset=True)
     add_config_flags(p, TokenizerTrainConfig, only=("minutes",))
-    p.add_argument("--ckpt-every", type=nonneg_int, default=None,
-                   help="steps between checkpoints in --out; rerun the same command to resume (0: none; "
-                        "default: a tenth of the run, at most 1000)")
+    # the run's cadence is the model trainer's (the tokenizer trains on the same Trainer)
+    add_config_flags(p, RunOptions, only=("ckpt_every",))
     add_config_flags(p, TokenizerTrainConfig, only=("batch_size", "lr"), unset=True)
     add_config_flags(p, TokenizerTrainConfig, only=("gan_weight", "gan_start", "lpips_weight", "lpips_vgg",
                                                     "lpips_lin", "flip", "eval_limit", "seed"))

@@ -60,6 +60,7 @@ def test_card_front_matter_matches_the_manifests(ctf, folders, tmp_path):
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "ctfgen" and "## How it was made" in card.text
     assert "No metrics yet" in card.text
+    assert "stage 2 predicts every token's code from the whole coarse map in one pass" in card.text
 
     base = make_pipeline(tmp_path / "pipe-base", tokenizer=folders["tokenizer"], baseline=folders["baseline"])
     meta = front_matter(base / "README.md")
@@ -180,3 +181,22 @@ def test_repo_id_errors_and_local_folders_first(ctf, folders, tmp_path, hub_cach
     lay_out_cache(hub_cache, "someone/by-reference", ctf.save_pretrained(tmp_path / "ref", copy=False))
     with pytest.raises(ArtifactError, match="references to component folders"):
         load_pipeline("someone/by-reference")
+
+
+RELEASE = ROOT / "tests" / "fixtures" / "release-0.1.0"
+
+
+@pytest.mark.parametrize("rule, how", [("uniform", "uniformly at random among the members"),
+                                       ("frequency", "among the members of its coarse cluster in proportion to its count in the training codes plus 1")])
+def test_card_of_a_prior_pipeline_says_what_its_stage2_is(tmp_path, rule, how):
+    """A pipeline whose stage 2 is a parameter-free prior (`pipeline make --stage2 RULE`) is described
+    by that stage 2 (its class's `describe`, read from the stage-2 folder), not as a learned one."""
+    train = ["--train-codes", RELEASE / "codes"] if rule == "frequency" else []
+    assert cli_main([str(a) for a in ["pipeline", "make", "--tokenizer", RELEASE / "tokenizer", "--ar",
+                                      RELEASE / "stage1", "--stage2", rule, "--coarse-map", RELEASE / "coarse",
+                                      *train, "--out", tmp_path / "pipe", "--reference"]]) == 0
+    text = ModelCard.load(tmp_path / "pipe" / "README.md").text
+    assert "whole coarse map" not in text
+    assert f"stage 2, parameter-free, draws each token's code {how}" in text and f'the "{rule}" prior' in text
+    assert "A class-conditional image generator made with ctfgen: 16x16 grey images of 3 classes, each made of " \
+           "4x4 tokens (a codebook of 64 codes)" in text

@@ -29,6 +29,10 @@ class AuxTransformer(Stage2, Trunk):
     # loss and gradients; see models/member_loss.py). A run setting, not part of the config.
     loss_impl = "auto"
 
+    @classmethod
+    def describe(cls, cfg: ModelConfig) -> str:
+        return "stage 2 predicts every token's code from the whole coarse map in one pass"
+
     def __init__(self, cfg: ModelConfig, code_to_coarse: torch.Tensor | None = None):
         if not cfg.spec.member_head:
             raise CtfgenError(f"AuxTransformer is the stage-2 model (a member head), not kind {cfg.kind!r}")

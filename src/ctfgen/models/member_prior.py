@@ -81,6 +81,14 @@ class MemberPrior(Stage2, nn.Module):
     def stage2_name(self) -> str:
         return self.config.rule
 
+    @classmethod
+    def describe(cls, cfg: MemberPriorConfig) -> str:
+        how = {"uniform": "uniformly at random among the members of its coarse cluster",
+               "frequency": "among the members of its coarse cluster in proportion to its count in the training "
+                            f"codes plus {cfg.smoothing:g}"}
+        return (f"stage 2, parameter-free, draws each token's code {how[cfg.rule]} (the \"{cfg.rule}\" prior: it "
+                "reads neither the image, the position nor the class)")
+
     def log_prob(self, fine_BL: torch.Tensor) -> torch.Tensor:
         """(B, L) natural-log probability of each code given its own coarse label."""
         return self.log_prob_V.double()[fine_BL.to(self.log_prob_V.device)]

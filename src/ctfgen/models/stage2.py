@@ -55,6 +55,11 @@ class Stage2(MemberTables):
         """What a likelihood result records as its stage 2 ("aux", "uniform", ...)."""
         raise NotImplementedError
 
+    @classmethod
+    def describe(cls, cfg: Any) -> str:
+        """What this stage 2 of config `cfg` does, as a clause of a model card's sentence ("stage 2 ...")."""
+        return f"stage 2 ({cls.__name__}) draws each token's code among the members of its coarse cluster"
+
     @property
     def members_only(self) -> bool:
         """Whether the sampler draws only members of each position's cluster (the codes then give
@@ -152,6 +157,16 @@ def stage2_config(manifest: dict, folder: str | Path = "stage 2") -> Any:
     """The config of a stage-2 manifest: `vocab_size`, `coarse_vocab`, and `grid` / `num_classes`
     (None for a stage 2 that does not depend on them), read by its artifact class's `stage2_config`."""
     return stage2_folder_class(manifest.get("kind", ""), folder).stage2_config(manifest, folder)
+
+
+def stage2_description(manifest: dict, folder: str | Path = "stage 2") -> str:
+    """What the stage 2 of a stage-2 manifest does, in its class's words (`Stage2.describe`), read
+    without loading its weights: a model card's line (sample/model_card.py)."""
+    art = stage2_folder_class(manifest.get("kind", ""), folder)
+    cfg = art.stage2_config(manifest, folder)
+    # a Stage2Artifact names its module; a trained model's class is its kind's (models/config.py: KINDS)
+    module = art.module_class() if issubclass(art, Stage2Artifact) else resolve(cfg.spec.model)
+    return module.describe(cfg)
 
 
 def load_stage2(folder: str | Path, device: str | torch.device = "cpu", *, ema: bool | None = None):

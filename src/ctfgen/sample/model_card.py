@@ -169,15 +169,17 @@ def card_text(pf: "PipelineFolder", manifests: dict[str, dict], evaluations: Seq
     """The whole README.md: front matter, then what it is, how to load it, how it was made and what
     was measured."""
     from ..config import to_dict
+    from ..models.stage2 import stage2_description
+    from .pipeline_folder import STAGE2_ROLE
 
     data = card_data(pf, manifests, evaluations, name=name, license=license)
     tok = manifests["tokenizer"].get("config", {})
-    first = next(m for role, m in manifests.items() if role != "tokenizer")["config"]["model"]
+    first = next(m["config"]["model"] for m in manifests.values() if "model" in m.get("config", {}))
     side = tok.get("resolution", "?")
     desc = data_description(manifests["tokenizer"])
     kind = ("It is CTF (coarse-to-fine token prediction): stage 1 predicts a coarse label per token in raster "
-            "order, stage 2 predicts every token's code from the whole coarse map in one pass, and the tokenizer "
-            "decodes the codes." if pf.coarse_to_fine else
+            f"order, {stage2_description(manifests[STAGE2_ROLE])}, and the tokenizer decodes the codes."
+            if pf.coarse_to_fine else
             "It is the LlamaGen baseline: one autoregressive model predicts every token's code over the full "
             "codebook, and the tokenizer decodes the codes.")
     colour = {1: "grey", 3: "RGB"}.get(tok.get("channels"), f"{tok.get('channels')}-channel")

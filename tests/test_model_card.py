@@ -186,8 +186,9 @@ def test_repo_id_errors_and_local_folders_first(ctf, folders, tmp_path, hub_cach
 RELEASE = ROOT / "tests" / "fixtures" / "release-0.1.0"
 
 
-@pytest.mark.parametrize("rule, how", [("uniform", "uniformly at random among the members"),
-                                       ("frequency", "among the members of its coarse cluster in proportion to its count in the training codes plus 1")])
+@pytest.mark.parametrize("rule, how", [
+    ("uniform", "uniformly at random among the members"),
+    ("frequency", "among the members of its coarse cluster in proportion to its count in the training codes plus 1")])
 def test_card_of_a_prior_pipeline_says_what_its_stage2_is(tmp_path, rule, how):
     """A pipeline whose stage 2 is a parameter-free prior (`pipeline make --stage2 RULE`) is described
     by that stage 2 (its class's `describe`, read from the stage-2 folder), not as a learned one."""

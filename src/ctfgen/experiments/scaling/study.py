@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ...artifacts import MANIFEST, atomic_write_json
-from ...config import check_fields, item_list, option, option_of, to_dict
+from ...config import check_fields, option, option_of, to_dict
 from ...errors import CtfgenError
 from ..workspace import NotMade, Workspace
 from ..recipe import GIVEN_EPOCHS, GivenClassifier, OnePreset, Recipe
 from . import sweep as sweeping
 from .sweep import DEFAULTS, PRIOR_ARMS, tag_of
-from .sweep_settings import SweepSettings
+from .sweep_settings import StudyAxes, SweepSettings
 
 CLUSTER_ARMS = ("balanced", "average", "random")  # beside the main arm, k-means
 ARMS = CLUSTER_ARMS + PRIOR_ARMS
@@ -52,7 +52,7 @@ EXTENDABLE = {"seeds", "vocabs", "arms", "arm_seeds", "inception"}
 
 
 @dataclass
-class ScalingConfig(Recipe, OnePreset, GivenClassifier, SweepSettings):
+class ScalingConfig(Recipe, OnePreset, GivenClassifier, SweepSettings, StudyAxes):
     vocabs: str = option("1024,4096,16384", "codebook sizes V, comma-separated (one tokenizer each)", items=int,
                          min=2, max=65536)
     k_ratio: int = option(32, "K = V / this many codes per coarse label (the paper: 16384 / 512)", min=1)
@@ -86,12 +86,6 @@ class ScalingConfig(Recipe, OnePreset, GivenClassifier, SweepSettings):
         if any(a in CLUSTER_ARMS for a in self.arm_list()) and self.arms_vocab not in self.vocab_list():
             raise CtfgenError(f"arms_vocab {self.arms_vocab} is not one of the vocabs {self.vocab_list()}")
         return self
-
-    def vocab_list(self) -> list[int]:
-        return item_list(self, "vocabs")
-
-    def arm_list(self) -> list[str]:
-        return item_list(self, "arms")
 
     def nll_steps(self) -> list[int]:
         return sorted({*range(self.nll_every, self.steps, self.nll_every), self.steps})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import option
+from ...config import item_list, option
 
 INCEPTION = ("none", "best")  # Inception FID of the final best-setting sets: none, or those
 
@@ -22,3 +22,14 @@ class SweepSettings:
     final_samples_per_class: int = option(200, "samples per class at each method's best and default settings", min=1)
     inception: str = option("none", "Inception FID of the best-setting sets: none or best", choices=INCEPTION)
     sample_batch: int = option(250, "images per sampling batch (results do not depend on it)", min=1)
+
+
+class StudyAxes:
+    """The axes both studies read as lists: their comma-text fields `vocabs` and `arms` (declared by
+    each study with its own defaults and choices; kept as text because results files compare it)."""
+
+    def vocab_list(self) -> list[int]:
+        return item_list(self, "vocabs")
+
+    def arm_list(self) -> list[str]:
+        return item_list(self, "arms")

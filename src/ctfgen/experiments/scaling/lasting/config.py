@@ -13,7 +13,7 @@ from ....config import check_fields, item_list, option, option_of
 from ....errors import CtfgenError
 from ....models.preset_table import PRESET_NAMES
 from ...recipe import GIVEN_EPOCHS, GivenClassifier, Recipe
-from ..sweep_settings import SweepSettings
+from ..sweep_settings import StudyAxes, SweepSettings
 
 ARMS = ("learned", "uniform")  # CTF's stage 2: the trained one, and the uniform member prior
 # tokenizer levels by downsampling factor: 4x is the fmnist preset's (1, 2, 4) (32 px -> 8x8 tokens);
@@ -54,7 +54,7 @@ class Unit:
 
 
 @dataclass
-class LastingConfig(Recipe, GivenClassifier, SweepSettings):
+class LastingConfig(Recipe, GivenClassifier, SweepSettings, StudyAxes):
     """`ctfgen bench lasting`: every field is a flag (apps/cli/bench.py)."""
 
     vocabs: str = option("4096,16384", "codebook sizes V, comma-separated (a tokenizer per V, grid and seed)",
@@ -112,17 +112,11 @@ class LastingConfig(Recipe, GivenClassifier, SweepSettings):
                               "turn sampling off")
         return self
 
-    def vocab_list(self) -> list[int]:
-        return item_list(self, "vocabs")
-
     def grid_list(self) -> list[int]:
         return item_list(self, "grids")
 
     def preset_list(self) -> list[str]:
         return item_list(self, "presets") or [""]
-
-    def arm_list(self) -> list[str]:
-        return item_list(self, "arms")
 
     def tokenizer_levels(self, grid: int) -> dict:
         """VQConfig fields over the fmnist preset that give `grid` tokens per side."""

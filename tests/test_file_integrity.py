@@ -122,7 +122,7 @@ def test_tokenizer_coarse_map_codes_and_classifier_are_checked(folders, tmp_path
     from ctfgen.cluster import CoarseMap, load_codebook
     from ctfgen.codes import CodeStore
     from ctfgen.evaluate.classifier import (ClassifierConfig, ClassifierTrainConfig, DomainClassifier,
-                                            load_classifier, save_classifier)
+                                            ClassifierArtifact, save_classifier)
     from ctfgen.tokenizer import load_tokenizer
 
     tok = copy(folders["tokenizer"], tmp_path / "tok")
@@ -141,10 +141,10 @@ def test_tokenizer_coarse_map_codes_and_classifier_are_checked(folders, tmp_path
         CodeStore.open(codes)
     save_classifier(DomainClassifier(ClassifierConfig(resolution=8, width=4)), tmp_path / "clf",
                     train_cfg=ClassifierTrainConfig(), data={}, info={})
-    load_classifier(tmp_path / "clf")
+    ClassifierArtifact.load(tmp_path / "clf")
     truncate(tmp_path / "clf" / "model.safetensors")
     with pytest.raises(ArtifactError, match="model.safetensors is .*truncated.*train the classifier again"):
-        load_classifier(tmp_path / "clf")
+        ClassifierArtifact.load(tmp_path / "clf")
 
 
 def test_nan_weights_written_by_an_older_release_are_refused(run, tmp_path):

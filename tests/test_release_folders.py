@@ -38,7 +38,7 @@ def test_every_artifact_kind_has_a_fixture(old):
 def test_old_components_load(old):
     from ctfgen.cluster import CoarseMap
     from ctfgen.codes import CodeStore
-    from ctfgen.evaluate import load_classifier
+    from ctfgen.evaluate import ClassifierArtifact
     from ctfgen.models.artifact import TrainedModel
     from ctfgen.tokenizer.artifact import TokenizerArtifact
 
@@ -54,7 +54,7 @@ def test_old_components_load(old):
         assert model.config.kind == kind and manifest["made_from"]["tokenizer"] == tok.fingerprint
     aux = TrainedModel.load(old / "stage2").module
     assert torch.equal(aux.code_to_coarse, cmap.code_to_coarse)
-    clf, _ = load_classifier(old / "classifier")
+    clf = ClassifierArtifact.load(old / "classifier").module
     assert clf(torch.zeros(2, 1, 16, 16)).shape == (2, 3)
 
 

@@ -1,21 +1,21 @@
 """Evaluation: FID (standard Inception), classifier-FID / -IS, precision/recall, recorded as JSON.
 
-    from ctfgen.evaluate import evaluate_images, load_classifier, InceptionFeatures, reference_from_dataset
+    from ctfgen.evaluate import ClassifierArtifact, evaluate_images, InceptionFeatures, reference_from_dataset
     ref = reference_from_dataset(DataConfig(), "test")
-    clf, manifest = load_classifier("runs/classifier")
-    result = evaluate_images(images_uint8, labels, reference=ref, classifier=clf,
-                             classifier_info=classifier_info(manifest), inception=InceptionFeatures(),
+    clf = ClassifierArtifact.load("runs/classifier")
+    result = evaluate_images(images_uint8, labels, reference=ref, classifier=clf.module,
+                             classifier_info=classifier_info(clf.manifest), inception=InceptionFeatures(),
                              cache=cache_dir(), metadata={"seed": 0})
 
 The core API takes uint8 (N, H, W, C) arrays, so it needs no dataset or model objects; see
 docs/EVALUATION.md for the protocol and the sanity table.
 """
 from .classifier import (
+    ClassifierArtifact,
     ClassifierConfig,
     ClassifierTrainConfig,
     DomainClassifier,
     classifier_outputs,
-    load_classifier,
     save_classifier,
     train_classifier,
 )
@@ -38,9 +38,9 @@ def classifier_info(manifest: dict, folder: str | None = None) -> dict:
 
 
 __all__ = [
-    "ClassifierConfig", "ClassifierTrainConfig", "DomainClassifier", "InceptionFeatures", "Reference",
+    "ClassifierArtifact", "ClassifierConfig", "ClassifierTrainConfig", "DomainClassifier", "InceptionFeatures", "Reference",
     "SampleSet", "cache_dir", "classifier_info", "classifier_outputs", "default_inception_path",
     "evaluate_images", "frechet_distance", "gaussian_stats", "inception_score", "library_versions",
-    "load_classifier", "load_samples", "precision_recall", "reference_from_dataset", "reference_from_npz",
+    "load_samples", "precision_recall", "reference_from_dataset", "reference_from_npz",
     "save_classifier", "train_classifier",
 ]  # fmt: skip

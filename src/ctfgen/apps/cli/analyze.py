@@ -72,13 +72,13 @@ def classifier_feature_fn(folder: str):
     import torch
 
     try:
-        from ...evaluate import load_classifier
+        from ...evaluate import ClassifierArtifact
         from ...evaluate.classifier import to_input
     except ImportError as e:  # the evaluation package is optional for this command
         from ...errors import CtfgenError
 
         raise CtfgenError(f"--classifier needs ctfgen.evaluate, which cannot be imported: {e}") from None
-    model, _ = load_classifier(folder)
+    model = ClassifierArtifact.load(folder).module
 
     @torch.no_grad()
     def features(x_BCHW):

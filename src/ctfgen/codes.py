@@ -146,9 +146,9 @@ def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "non
     """Encode every image (and its augmented views) of `dataset`, or its first `limit` images; returns
     the store on rank 0. `tokenizer`: a TokenizerArtifact (`TokenizerArtifact.load(folder)`: the
     store records its fingerprint) or a bare VQModel (the store records the hash of its weights,
-    which is what saving it writes as its fingerprint). `views`: "none" (the image alone, the default), "flip" (and its mirror) or
-    "tencrop" (LlamaGen's ImageNet recipe). Writes classes.json: the class ids, names and the
-    number of images encoded per class.
+    which is what saving it writes as its fingerprint). `views`: "none" (the image alone, the
+    default), "flip" (and its mirror) or "tencrop" (LlamaGen's ImageNet recipe). Writes
+    classes.json: the class ids, names and the number of images encoded per class.
 
     Resumable: images are encoded in chunks of `chunk` images, each saved as soon as it is done in
     the work folder `.<out>.parts` beside `out_dir`; running the same call again (same tokenizer,

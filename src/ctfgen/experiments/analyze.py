@@ -90,7 +90,7 @@ def measure_redundancy(
     progress: bool = False,
 ) -> RedundancyResult:
     """Distortion of same-cluster and random-code swaps for every map (see the module doc).
-    `tokenizer`: a loaded TokenizerArtifact, whose fingerprint the maps must record (ArtifactError
+    `tokenizer`: a TokenizerArtifact, whose fingerprint the maps must record (ArtifactError
     otherwise), or a bare VQModel (maps not checked).
 
     Cost: one decode of every image per map, plus one; with the fmnist tokenizer preset that is

@@ -20,6 +20,7 @@ from ctfgen.experiments.analyze import (
 
 pytest.importorskip("ctfgen.tokenizer")
 from ctfgen.tokenizer import VQModel, save_tokenizer, vq_preset  # noqa: E402
+from ctfgen.tokenizer.artifact import TokenizerArtifact  # noqa: E402
 
 
 def tiny_tokenizer(seed: int = 0) -> VQModel:
@@ -85,10 +86,9 @@ def test_measure_redundancy_rows_and_examples(tmp_path):
 
 
 def test_maps_from_another_tokenizer_are_refused():
-    tok = tiny_tokenizer()
-    tok.fingerprint = "tok-A"
+    tok = TokenizerArtifact(tiny_tokenizer())  # its fingerprint: the hash of its weights
     cmap = CoarseMap.from_labels(torch.arange(64) % 4, tokenizer_fingerprint="tok-B")
-    with pytest.raises(ArtifactError, match="tok-B.*tok-A"):
+    with pytest.raises(ArtifactError, match=f"tok-B.*{tok.fingerprint}"):
         measure_redundancy(tok, tiny_images(2), [cmap])
 
 

@@ -59,7 +59,8 @@ def test_trained_model_checks_kind_parents_and_ema(tmp_path):
     model = tiny_models()["ar"]
     TrainedModel(model, made_from={"tokenizer": "t0", "coarse_map": "c0"}).save(tmp_path / "ar")
     art = TrainedModel.load(tmp_path / "ar", expect_kind="ar", made_from={"coarse_map": "c0"})
-    assert art.kind == "ar" and art.module.manifest == art.manifest and same_state(art.module, model)
+    assert art.kind == "ar" and art.made_from == {"tokenizer": "t0", "coarse_map": "c0"} and same_state(art.module, model)
+    assert not hasattr(art.module, "manifest")  # provenance is the artifact's, never stuck onto the module
     with pytest.raises(ArtifactError, match="holds a 'ar' model, expected 'aux'"):
         TrainedModel.load(tmp_path / "ar", expect_kind="aux")
     with pytest.raises(ArtifactError, match="coarse_map of model .* mismatch"):
@@ -125,7 +126,7 @@ def test_pipeline_built_in_memory_saves_and_loads_back(folders, tmp_path):
         assert np.array_equal(got.codes, want.codes) and np.array_equal(got.images, want.images)
         assert same_state(back.tokenizer, tok) and all(same_state(back.models[r], m) for r, m in pipe.models.items())
         m = json.loads((path / "manifest.json").read_text())
-        assert m["info"]["copied"] and m["made_from"]["tokenizer"] == back.tokenizer.fingerprint
+        assert m["info"]["copied"] and m["made_from"]["tokenizer"] == back.artifacts["tokenizer"].fingerprint
     # loaded from folders, then saved without them: the parents recorded in the folders are kept
     loaded = CTFPipeline.from_folders(tokenizer=folders["tokenizer"], ar=folders["ar"], aux=folders["aux"])
     loaded.folders = {}
@@ -135,7 +136,7 @@ def test_pipeline_built_in_memory_saves_and_loads_back(folders, tmp_path):
         now = json.loads((saved / role / "manifest.json").read_text())["made_from"]
         assert now == was
     # a model of another tokenizer is refused, and nothing is written
-    mixed = CTFPipeline(tok, ar=loaded.models["ar"], aux=loaded.models["aux"])
+    mixed = CTFPipeline(tok, ar=loaded.artifacts["ar"], aux=loaded.artifacts["aux"])
     with pytest.raises(ArtifactError, match="another tokenizer"):
         mixed.save_pretrained(tmp_path / "mixed")
     assert not (tmp_path / "mixed").exists()
@@ -168,7 +169,9 @@ def test_release_modules_saved_from_memory_sample_what_that_release_sampled(rele
     expected = np.load(old / "expected.npz")
     for name, cls in (("ctf", CTFPipeline), ("baseline", BaselinePipeline)):
         loaded = load_pipeline(old / f"pipeline-{name}")
-        rebuilt = cls(loaded.tokenizer, models=dict(loaded.models), sampling=loaded.sampling)
+        rebuilt = cls(loaded.artifacts["tokenizer"], models={r: loaded.artifacts[r] for r in loaded.models},
+                      sampling=loaded.sampling)
+        rebuilt.folders = {}  # saved from memory: written from the modules, with the artifacts' parents
         back = load_pipeline(rebuilt.save_pretrained(tmp_path / name))
         np.testing.assert_array_equal(back.generate(expected["labels"].tolist(), seed=0).codes, expected[f"{name}_codes"])
         for role in loaded.models:  # the parents the old folders recorded are kept

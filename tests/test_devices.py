@@ -117,7 +117,8 @@ def test_pipelines_sample_on_device(tmp_path, device, dtype):
 def test_trainer_runs_bf16_autocast(tmp_path, device, kind):
     from safetensors.torch import load_file
 
-    from ctfgen.train import RunOptions, TrainConfig, load_model, train
+    from ctfgen.models.artifact import TrainedModel
+    from ctfgen.train import RunOptions, TrainConfig, train
     from test_train import SMALL, make_codes, make_coarse
 
     codes, coarse = make_codes(tmp_path / "codes"), make_coarse(tmp_path / "coarse")
@@ -129,7 +130,7 @@ def test_trainer_runs_bf16_autocast(tmp_path, device, kind):
     assert all(r[memory] > 0 for r in res.records)
     weights = load_file(str(tmp_path / "run" / "model.safetensors"))
     assert all(t.dtype in (torch.float32, torch.int64) for t in weights.values())  # master weights stay fp32
-    model, _ = load_model(tmp_path / "run", device)
+    model = TrainedModel.load(tmp_path / "run", device).module
     _assert_follows(model, device, torch.float32)
 
 

@@ -13,10 +13,10 @@ from test_sample import TINY_VQ, VOCAB, tiny_models
 from test_train import cfg, make_coarse, make_codes, run_train
 
 from ctfgen.errors import CtfgenError, TrainingDiverged
+from ctfgen.models.artifact import TrainedModel
 from ctfgen.sample import BaselinePipeline, generate_tokens, pick
 from ctfgen.sample import SamplingConfig
 from ctfgen.sample.sampler import inverse_cdf, sample_fine
-from ctfgen.train import load_model
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_huge_lr_stops_at_the_first_non_finite_step_and_keeps_the_good_checkpoin
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["info"]["step"] == 2  # nothing was written after the divergence
     assert finite_file(out / "model.safetensors") and finite_file(out / "training_state/optimizer.safetensors")
-    load_model(out)
+    TrainedModel.load(out)
     with pytest.raises(TrainingDiverged, match="at step 3"):  # a rerun resumes from step 2, and says so again
         run_train(inputs, out, c, ckpt_every=1, log_every=50)
     assert json.loads((out / "manifest.json").read_text())["info"]["step"] == 2

@@ -61,15 +61,15 @@ def test_a_100_step_run_at_ema_0_9999_loads_weights_that_learned(codes, tmp_path
     """Without the warm-up this EMA was 99% the initial weights and predicted near-uniformly (NLL
     1.38 nats against ln 4 = 1.386), and samplers loaded it. With it the EMA follows the run: it is
     loaded, and scores far from uniform, like the raw weights."""
-    from ctfgen.train import load_model
+    from ctfgen.models.artifact import TrainedModel
 
     train_100_steps(codes, tmp_path / "run")
     info = json.loads((tmp_path / "run" / "manifest.json").read_text())["info"]
     assert info["ema_moved"] >= 0.5 and "warnings" not in info
-    model, _ = load_model(tmp_path / "run")
-    assert model.loaded_weights == "ema.safetensors"
-    raw, _ = load_model(tmp_path / "run", ema=False)
-    assert raw.loaded_weights == "model.safetensors"
+    loaded, loaded_raw = TrainedModel.load(tmp_path / "run"), TrainedModel.load(tmp_path / "run", ema=False)
+    assert loaded.loaded_weights == "ema.safetensors"
+    assert loaded_raw.loaded_weights == "model.safetensors"
+    model, raw = loaded.module, loaded_raw.module
     nll_default, nll_raw = nats_per_token(model, codes), nats_per_token(raw, codes)
     # measured: raw 0.192 nats, EMA 0.245 (it averages the last ~10 steps of a run still improving)
     assert nll_raw < 0.25 * math.log(VOCAB)  # the run learned
@@ -80,7 +80,7 @@ def test_an_ema_that_barely_moved_warns_and_is_not_loaded_by_default(codes, tmp_
     """The same run with the decay not warmed up (as in 0.1.0): the run ends with a warning in the
     manifest and on stderr, and the loader takes the raw weights and says so."""
     import ctfgen.train.parallel as parallel
-    from ctfgen.train import load_model
+    from ctfgen.models.artifact import TrainedModel
 
     monkeypatch.setattr(parallel, "ema_decay", lambda decay, step: decay)
     train_100_steps(codes, tmp_path / "run")
@@ -88,24 +88,24 @@ def test_an_ema_that_barely_moved_warns_and_is_not_loaded_by_default(codes, tmp_
     assert info["ema_moved"] < 0.05
     assert any("EMA moved only" in w for w in info["warnings"])
     assert "EMA moved only" in capsys.readouterr().err
-    model, _ = load_model(tmp_path / "run")
-    assert model.loaded_weights == "model.safetensors"
+    loaded = TrainedModel.load(tmp_path / "run")
+    assert loaded.loaded_weights == "model.safetensors"
     assert "loading the raw weights" in capsys.readouterr().err
-    ema, _ = load_model(tmp_path / "run", ema=True)  # asked for: loaded, and it is still near uniform
+    model, ema = loaded.module, TrainedModel.load(tmp_path / "run", ema=True).module  # asked for: loaded, and it is still near uniform
     assert nats_per_token(ema, codes) > 0.95 * math.log(VOCAB) > 2 * nats_per_token(model, codes)
 
 
 def test_a_folder_without_the_measure_loads_its_ema_as_before(codes, tmp_path):
     """Folders of 0.1.0 record no "ema_moved": their EMA stays the default, as it was."""
     from ctfgen.artifacts import MANIFEST
-    from ctfgen.train import load_model
+    from ctfgen.models.artifact import TrainedModel
 
     train_100_steps(codes, tmp_path / "run")
     path = tmp_path / "run" / MANIFEST
     manifest = json.loads(path.read_text())
     del manifest["info"]["ema_moved"]
     path.write_text(json.dumps(manifest))
-    assert load_model(tmp_path / "run")[0].loaded_weights == "ema.safetensors"
+    assert TrainedModel.load(tmp_path / "run").loaded_weights == "ema.safetensors"
 
 
 def test_the_suggested_ema_decay_suits_the_presets_run_lengths(capsys):

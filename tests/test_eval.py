@@ -13,6 +13,7 @@ from PIL import Image
 
 from ctfgen.apps.cli import main as cli_main
 from ctfgen.evaluate import (
+    ClassifierArtifact,
     ClassifierConfig,
     ClassifierTrainConfig,
     InceptionFeatures,
@@ -21,7 +22,6 @@ from ctfgen.evaluate import (
     evaluate_images,
     frechet_distance,
     inception_score,
-    load_classifier,
     load_samples,
     precision_recall,
     save_classifier,
@@ -184,7 +184,8 @@ def test_classifier_learns_and_round_trips(fmnist, tiny_classifier, tmp_path):
     assert acc > 0.6  # a 2-epoch, 4k-image toy; the real one reaches >= 92% (docs/EVALUATION.md)
     save_classifier(tiny_classifier, tmp_path / "clf", train_cfg=ClassifierTrainConfig(), data={"train": {"fingerprint": "d"}},
                     info={"test_accuracy": acc})
-    loaded, manifest = load_classifier(tmp_path / "clf")
+    art = ClassifierArtifact.load(tmp_path / "clf")
+    loaded, manifest = art.module, art.manifest
     assert manifest["kind"] == "classifier" and manifest["made_from"]["data"] == "d"
     assert accuracy(loaded, x, y) == pytest.approx(acc)
 

@@ -15,7 +15,7 @@ from test_train import cfg, make_coarse, make_codes, run_train
 from ctfgen.apps.cli import main as cli_main
 from ctfgen.artifacts import file_sha256
 from ctfgen.errors import ArtifactError
-from ctfgen.train import load_model
+from ctfgen.models.artifact import TrainedModel
 
 
 def truncate(path: Path) -> None:
@@ -68,7 +68,7 @@ def test_damaged_model_is_refused_by_name_when_loading_and_resuming(run, tmp_pat
     bad = copy(out, tmp_path / "run")
     damage(bad / "ema.safetensors")
     with pytest.raises(ArtifactError, match=f"{bad / 'ema.safetensors'} {match}"):
-        load_model(bad)
+        TrainedModel.load(bad)
     with pytest.raises(ArtifactError, match=f"{bad / 'ema.safetensors'} {match}.*cannot be resumed"):
         run_train(inputs, bad, cfg(steps=4))
 
@@ -78,23 +78,23 @@ def test_check_modes_and_files_of_the_previous_release(run, tmp_path, monkeypatc
     bad = copy(out, tmp_path / "run")
     flip_byte(bad / "model.safetensors")
     monkeypatch.setenv("CTFGEN_CHECK_FILES", "size")  # size only: the same size passes
-    load_model(bad, ema=False)
+    TrainedModel.load(bad, ema=False)
     truncate(bad / "model.safetensors")
     with pytest.raises(ArtifactError, match="truncated"):
-        load_model(bad, ema=False)
+        TrainedModel.load(bad, ema=False)
     monkeypatch.setenv("CTFGEN_CHECK_FILES", "off")  # no check: still an error naming the file, not a traceback
     with pytest.raises(ArtifactError, match=f"cannot read {bad / 'model.safetensors'} .*damaged"):
-        load_model(bad, ema=False)
+        TrainedModel.load(bad, ema=False)
     monkeypatch.setenv("CTFGEN_CHECK_FILES", "quick")
     with pytest.raises(ArtifactError, match="CTFGEN_CHECK_FILES='quick'"):
-        load_model(out)
+        TrainedModel.load(out)
     monkeypatch.delenv("CTFGEN_CHECK_FILES")
     old = copy(out, tmp_path / "old")
     drop_file_records(old)
-    load_model(old)  # no records: loads unchecked
+    TrainedModel.load(old)  # no records: loads unchecked
     truncate(old / "model.safetensors")
     with pytest.raises(ArtifactError, match=f"cannot read {old / 'model.safetensors'}"):
-        load_model(old, ema=False)
+        TrainedModel.load(old, ema=False)
 
 
 def test_pipeline_make_and_sample_refuse_a_truncated_model(folders, tmp_path, capsys):  # noqa: F811
@@ -122,7 +122,7 @@ def test_tokenizer_coarse_map_codes_and_classifier_are_checked(folders, tmp_path
     from ctfgen.cluster import CoarseMap, load_codebook
     from ctfgen.codes import CodeStore
     from ctfgen.evaluate.classifier import (ClassifierConfig, ClassifierTrainConfig, DomainClassifier,
-                                            load_classifier, save_classifier)
+                                            ClassifierArtifact, save_classifier)
     from ctfgen.tokenizer import load_tokenizer
 
     tok = copy(folders["tokenizer"], tmp_path / "tok")
@@ -141,10 +141,10 @@ def test_tokenizer_coarse_map_codes_and_classifier_are_checked(folders, tmp_path
         CodeStore.open(codes)
     save_classifier(DomainClassifier(ClassifierConfig(resolution=8, width=4)), tmp_path / "clf",
                     train_cfg=ClassifierTrainConfig(), data={}, info={})
-    load_classifier(tmp_path / "clf")
+    ClassifierArtifact.load(tmp_path / "clf")
     truncate(tmp_path / "clf" / "model.safetensors")
     with pytest.raises(ArtifactError, match="model.safetensors is .*truncated.*train the classifier again"):
-        load_classifier(tmp_path / "clf")
+        ClassifierArtifact.load(tmp_path / "clf")
 
 
 def test_nan_weights_written_by_an_older_release_are_refused(run, tmp_path):
@@ -157,7 +157,7 @@ def test_nan_weights_written_by_an_older_release_are_refused(run, tmp_path):
     next(iter(state.values())).fill_(float("nan"))
     save_file(state, str(old / "ema.safetensors"))
     with pytest.raises(ArtifactError, match="NaN or infinite values.*diverged run"):
-        load_model(old)
+        TrainedModel.load(old)
 
 
 def test_hashing_is_cached_per_file_version(tmp_path, monkeypatch):

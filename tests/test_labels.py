@@ -95,9 +95,9 @@ def test_eval_nll_on_one_based_labels_exits_non_zero(tmp_path, capsys, folders, 
 def test_heldout_nll_refuses_labels_of_more_classes_than_the_model_has(tmp_path, folders):
     """A valid store of 4 classes scored by a model of 3: class 3 is that model's null class."""
     from ctfgen.evaluate.nll import heldout_nll
-    from ctfgen.train import load_model
+    from ctfgen.models.artifact import TrainedModel
 
-    model, _ = load_model(folders["baseline"])
+    model = TrainedModel.load(folders["baseline"]).module
     with pytest.raises(CtfgenError, match=r"store/labels.npy \(scored by the baseline model, 3 classes\): class id 3"):
         heldout_nll({"baseline": model}, torch.zeros(4, GRID * GRID, dtype=torch.long), torch.tensor([0, 1, 2, 3]),
                     where="store/labels.npy")

@@ -50,7 +50,7 @@ ALLOWED = {
                                       "tokenizer", "train"},
     # experiments: run the line end to end for a result; they may use the benchmarks' tools
     "experiments": set(),
-    "experiments.analyze": BASE | {"cluster"},
+    "experiments.analyze": BASE | {"cluster", "tokenizer"},
     "experiments.demo": BASE | {"artifacts", "data", "evaluate", "experiments.demo_report", "experiments.recipe",
                                 "experiments.workspace", "sample"},
     "experiments.demo_report": BASE | {"artifacts", "experiments.reporting"},

@@ -19,6 +19,7 @@ from ctfgen.llamagen_gpt import import_llamagen_gpt, load_llamagen_gpt
 from ctfgen.models import build_model, count_params
 from ctfgen.sample import BaselinePipeline
 from ctfgen.tokenizer import VQModel, import_llamagen_vq, load_tokenizer, save_tokenizer, vq_preset
+from ctfgen.tokenizer.artifact import TokenizerArtifact
 from ctfgen.tokenizer.llamagen import _config as vq_config_from_file
 from ctfgen.tokenizer.llamagen import infer_vq_preset
 
@@ -198,7 +199,8 @@ def test_vq_import_prefixes_containers_and_ema_choice(tmp_path):
         path = tmp_path / f"{container}.pt"
         torch.save({container: {**prefixed(model.state_dict(), "module._orig_mod."), **used}}, path)
         tok = import_llamagen_vq(path, tmp_path / container, config=vq_preset("fmnist", **TINY_VQ))
-        assert any("'module.'" in n for n in tok.import_notes) and any("'_orig_mod.'" in n for n in tok.import_notes)
+        notes = tok.manifest["info"]["notes"]
+        assert any("'module.'" in n for n in notes) and any("'_orig_mod.'" in n for n in notes)
         assert torch.equal(load_tokenizer(tmp_path / container).quantize.embedding.weight,
                            model.quantize.embedding.weight)
     both = tmp_path / "both.pt"
@@ -228,7 +230,7 @@ def test_baseline_import_pipeline_and_sample(tmp_path, tokenizer_dir, capsys):
     out = capsys.readouterr().out
     assert "removed the key prefix 'module.'" in out and "4x4 tokens" in out
     m = json.loads((tmp_path / "gpt" / "manifest.json").read_text())
-    assert m["kind"] == "model" and m["made_from"]["tokenizer"] == load_tokenizer(tokenizer_dir).fingerprint
+    assert m["kind"] == "model" and m["made_from"]["tokenizer"] == TokenizerArtifact.load(tokenizer_dir).fingerprint
     assert m["made_from"]["llamagen_checkpoint"] == ckpt.name and len(m["made_from"]["sha256"]) == 64
     assert cli_main(["pipeline", "make", "--out", str(tmp_path / "pipe"), "--tokenizer", str(tokenizer_dir),
                      "--baseline", str(tmp_path / "gpt")]) == 0

@@ -38,22 +38,23 @@ def test_every_artifact_kind_has_a_fixture(old):
 def test_old_components_load(old):
     from ctfgen.cluster import CoarseMap
     from ctfgen.codes import CodeStore
-    from ctfgen.evaluate import load_classifier
-    from ctfgen.tokenizer import load_tokenizer
-    from ctfgen.train import load_model
+    from ctfgen.evaluate import ClassifierArtifact
+    from ctfgen.models.artifact import TrainedModel
+    from ctfgen.tokenizer.artifact import TokenizerArtifact
 
-    tok = load_tokenizer(old / "tokenizer")
+    tok = TokenizerArtifact.load(old / "tokenizer")
     store = CodeStore.open(old / "codes")
     store.check_tokenizer(tok.fingerprint)
     cmap = CoarseMap.load(old / "coarse")
     cmap.check_tokenizer(tok.fingerprint)
-    assert (store.vocab_size, cmap.num_codes) == (tok.config.codebook_size,) * 2
+    assert (store.vocab_size, cmap.num_codes) == (tok.module.config.codebook_size,) * 2
     for folder, kind in (("stage1", "ar"), ("stage2", "aux"), ("baseline", "baseline")):
-        model, manifest = load_model(old / folder, expect_kind=kind)
+        art = TrainedModel.load(old / folder, expect_kind=kind)
+        model, manifest = art.module, art.manifest
         assert model.config.kind == kind and manifest["made_from"]["tokenizer"] == tok.fingerprint
-    aux, _ = load_model(old / "stage2")
+    aux = TrainedModel.load(old / "stage2").module
     assert torch.equal(aux.code_to_coarse, cmap.code_to_coarse)
-    clf, _ = load_classifier(old / "classifier")
+    clf = ClassifierArtifact.load(old / "classifier").module
     assert clf(torch.zeros(2, 1, 16, 16)).shape == (2, 3)
 
 
@@ -71,13 +72,13 @@ def test_old_pipelines_sample_what_that_release_sampled(old, name):
 def test_old_models_have_the_same_heldout_likelihood(old):
     from ctfgen.codes import CodeStore
     from ctfgen.evaluate.nll import heldout_nll
-    from ctfgen.train import load_model
+    from ctfgen.models.artifact import TrainedModel
 
     expected = np.load(old / "expected.npz")
     store = CodeStore.open(old / "codes")
     fine_NL, labels_N = torch.from_numpy(store.codes[:, 0].astype(np.int64)), torch.from_numpy(store.labels)
     for name, roles in (("ctf", {"ar": "stage1", "aux": "stage2"}), ("baseline", {"baseline": "baseline"})):
-        models = {role: load_model(old / folder)[0] for role, folder in roles.items()}
+        models = {role: TrainedModel.load(old / folder).module for role, folder in roles.items()}
         bits = heldout_nll(models, fine_NL, labels_N)["bits_per_token"]
         # measured: equal on the fixture's code path, 2.2e-9 (relative) off on the forced-AVX2 one
         # (.ci/run); a change to the model maths moves it by far more than the 1e-6 allowed

@@ -28,7 +28,7 @@ from ctfgen.apps.web import PageRequest, PageService, class_names_for
 from ctfgen.errors import CtfgenError
 from ctfgen.sample import BaselinePipeline, CTFPipeline, make_pipeline
 from ctfgen.tokenizer import VQModel
-from ctfgen.tokenizer.artifact import save_tokenizer
+from ctfgen.tokenizer.artifact import TokenizerArtifact, save_tokenizer
 from ctfgen.tokenizer.model import vq_preset
 from test_sample import CLASSES, TINY_VQ, free_port, make_folders
 
@@ -107,9 +107,10 @@ def test_class_names(service, tmp_path):
     tok = tmp_path / "tok"
     save_tokenizer(VQModel(vq_preset("fmnist", **TINY_VQ)), tok,
                    made_from={"data_description": {"source": "fashion-mnist"}})
-    fake = types.SimpleNamespace(num_classes=10, folders={"tokenizer": tok})
+    parts = {"folders": {"tokenizer": tok}, "artifacts": {"tokenizer": TokenizerArtifact.load(tok)}}
+    fake = types.SimpleNamespace(num_classes=10, **parts)
     assert class_names_for(fake)[9] == "Ankle boot"
-    assert class_names_for(types.SimpleNamespace(num_classes=CLASSES, folders={"tokenizer": tok})) == ["0", "1", "2"]
+    assert class_names_for(types.SimpleNamespace(num_classes=CLASSES, **parts)) == ["0", "1", "2"]
 
 
 def test_class_names_come_from_the_tokenizer_s_classes_json(tmp_path):

@@ -9,6 +9,7 @@ from ctfgen import ArtifactError, CtfgenError
 from ctfgen.codes import CodeStore, encode_dataset
 from ctfgen.data import DataConfig, load_dataset
 from ctfgen.tokenizer import VQModel, import_llamagen_vq, load_tokenizer, save_tokenizer, vq_preset
+from ctfgen.tokenizer.artifact import TokenizerArtifact
 from ctfgen.tokenizer.train import TokenizerTrainConfig, train_tokenizer
 
 TINY = dict(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=32, codebook_size=64, codebook_dim=4, resolution=16)
@@ -73,9 +74,9 @@ def test_import_llamagen_checkpoint_strict_prefers_ema(tmp_path):
     path = tmp_path / "vq_ds16_c2i.pt"
     torch.save(ckpt, path)
     imported = import_llamagen_vq(path, tmp_path / "tok")
-    loaded = load_tokenizer(tmp_path / "tok")
+    loaded = TokenizerArtifact.load(tmp_path / "tok")
     w = "encoder.conv_in.weight"
-    assert torch.equal(loaded.state_dict()[w], ema_sd[w])
+    assert torch.equal(loaded.module.state_dict()[w], ema_sd[w])
     assert loaded.fingerprint == imported.fingerprint
     assert loaded.manifest["made_from"]["weights"] == "ema"
 
@@ -107,10 +108,10 @@ def test_import_names_missing_and_misshapen_keys(tmp_path):
 def test_save_load_roundtrip_and_tamper_detection(tmp_path):
     m = tiny_model()
     fp = save_tokenizer(m, tmp_path / "tok")
-    back = load_tokenizer(tmp_path / "tok")
+    back = TokenizerArtifact.load(tmp_path / "tok")
     assert back.fingerprint == fp
     x = torch.rand(2, 1, 16, 16) * 2 - 1
-    assert torch.equal(back.encode_codes(x), m.eval().encode_codes(x))
+    assert torch.equal(back.module.encode_codes(x), m.eval().encode_codes(x))
     with pytest.raises(ArtifactError, match="already exists"):
         save_tokenizer(m, tmp_path / "tok")
     from safetensors.torch import load_file, save_file
@@ -167,7 +168,7 @@ def test_training_learns_and_reports(trained):
     assert report["psnr_db"] > 18, report  # random init sits near 6-8 dB on these blobs
     assert 0 < report["codebook_usage"] <= 1 and report["perplexity"] >= 1
     assert (out / "reconstructions.png").stat().st_size > 100
-    tok = load_tokenizer(out)
+    tok = TokenizerArtifact.load(out)
     assert tok.manifest["info"]["report"]["psnr_db"] == report["psnr_db"]
     assert tok.manifest["made_from"]["data"]
 
@@ -259,14 +260,14 @@ def test_dead_code_restart_moves_unused_codes():
 
 def test_encode_store_roundtrip(trained, npz_data, tmp_path):
     out, _ = trained
-    tok = load_tokenizer(out)
-    ds = load_dataset(npz_data, "test")
-    store = encode_dataset(tok, ds, tmp_path / "codes", views="flip", batch_size=7, progress=False)
+    loaded = TokenizerArtifact.load(out)
+    tok, ds = loaded.module, load_dataset(npz_data, "test")
+    store = encode_dataset(loaded, ds, tmp_path / "codes", views="flip", batch_size=7, progress=False)
     assert store.codes.dtype == np.uint16 and store.codes.shape == (24, 2, 16)
     assert np.array_equal(store.labels, ds.labels)
     reopened = CodeStore.open(tmp_path / "codes")
     assert reopened.fingerprint == store.fingerprint and reopened.grid == (4, 4)
-    reopened.check_tokenizer(tok.fingerprint)
+    reopened.check_tokenizer(loaded.fingerprint)
     x = torch.stack([ds[i][0] for i in range(4)])
     direct = tok.decode_codes(tok.encode_codes(x))
     from_disk = tok.decode_codes(torch.from_numpy(reopened.codes[:4, 0].astype(np.int64)))
@@ -294,7 +295,7 @@ def test_codes_from_another_tokenizer_are_refused(trained, npz_data, tmp_path):
     other = tiny_model(seed=1)
     save_tokenizer(other, tmp_path / "other")
     with pytest.raises(ArtifactError, match="made with another tokenizer"):
-        store.check_tokenizer(load_tokenizer(tmp_path / "other").fingerprint)
+        store.check_tokenizer(TokenizerArtifact.load(tmp_path / "other").fingerprint)
 
 
 def test_cli_train_encode(tmp_path, npz_data, capsys):

@@ -14,7 +14,8 @@ from ctfgen.artifacts import fingerprint_tensors, write_manifest
 from ctfgen.cluster import CoarseMap
 from ctfgen.codes import CodeStore
 from ctfgen.errors import ArtifactError, CtfgenError
-from ctfgen.train import BatchOrder, RunOptions, TokenDataset, TrainConfig, load_model, train
+from ctfgen.models.artifact import TrainedModel
+from ctfgen.train import BatchOrder, RunOptions, TokenDataset, TrainConfig, train
 
 VOCAB, K, GRID, CLASSES = 32, 4, 4, 3
 SMALL = dict(n_layer=1, n_head=2, dim=32)  # a real model, small enough for many CPU steps
@@ -204,19 +205,20 @@ def test_train_writes_a_loadable_model(inputs, tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4, 6]
     assert {"step", "epoch", "loss", "acc", "lr", "grad_norm", "tokens_per_s"} <= set(records[0])
-    model, manifest = load_model(out, "cpu", expect_kind="ar")
+    loaded = TrainedModel.load(out, "cpu", expect_kind="ar")
+    model, manifest = loaded.module, loaded.manifest
     assert manifest["kind"] == "model" and manifest["info"]["finished"]
     assert set(manifest["made_from"]) == {"codes", "coarse_map", "tokenizer"}
     assert manifest["config"]["train"]["ema"] == 0.9 and manifest["config"]["model"]["kind"] == "ar"
     ema = load_file(str(out / "ema.safetensors"))
     for k, v in model.state_dict().items():
         assert torch.equal(v, ema[k]), k  # the EMA weights are the default
-    raw, _ = load_model(out, ema=False)
+    raw = TrainedModel.load(out, ema=False).module
     assert not torch.equal(raw.tok_embeddings.weight, model.tok_embeddings.weight)
     with pytest.raises(ArtifactError, match="expected 'aux'"):
-        load_model(out, expect_kind="aux")
+        TrainedModel.load(out, expect_kind="aux")
     with pytest.raises(ArtifactError, match="coarse_map"):
-        load_model(out, made_from={"coarse_map": "0123"})
+        TrainedModel.load(out, made_from={"coarse_map": "0123"})
     # a second identical command finds the run finished and changes nothing
     before = tensors(out)
     assert run_train(inputs, out).resumed_from == 6
@@ -306,7 +308,7 @@ def test_each_kind_is_built_from_what_it_reads(inputs):
 def test_epochs_and_aux_coarse_noise(inputs, tmp_path):
     res = run_train(inputs, tmp_path / "run", cfg("aux", steps=0, epochs=1.5, aux_coarse_noise=0.2, ema=0.0))
     assert res.total_steps == 5  # ceil(1.5 * 48 // 16)
-    _, manifest = load_model(tmp_path / "run")
+    manifest = TrainedModel.load(tmp_path / "run").manifest
     assert manifest["config"]["model"]["coarse_noise"] == 0.2
     with pytest.raises(CtfgenError, match="aux_coarse_noise"):
         cfg("ar", aux_coarse_noise=0.1)
@@ -350,7 +352,8 @@ def test_cli_train_and_errors(inputs, tmp_path, capsys):
             "--aux-coarse-noise", "0.1", "--model-opt", "n_layer=1", "--model-opt", "dim=32", "--model-opt", "n_head=2"]
     assert main(args) == 0
     assert "finished at step 2/2" in capsys.readouterr().out
-    model, manifest = load_model(out, expect_kind="aux")
+    loaded = TrainedModel.load(out, expect_kind="aux")
+    model, manifest = loaded.module, loaded.manifest
     assert manifest["config"]["train"]["batch_size"] == 8 and model.config.coarse_noise == 0.1
     assert main(["train", "ar", "--codes", str(inputs["codes"]), "--out", str(tmp_path / "x"), "--steps", "1",
                  "--device", "cpu"]) == 2

@@ -201,6 +201,7 @@ def tokenizer_config(data, steps=8):
 
 def test_tokenizer_training_resumes_exactly(tmp_path, tiny_data, capsys):
     from ctfgen.tokenizer import load_tokenizer
+    from ctfgen.tokenizer.artifact import TokenizerArtifact
     from ctfgen.tokenizer.train import train_tokenizer
 
     c = tokenizer_config(tiny_data)  # 96 images / 16: an epoch is 6 steps, so the resume crosses into the next
@@ -223,7 +224,7 @@ def test_tokenizer_training_resumes_exactly(tmp_path, tiny_data, capsys):
     resumed = train_tokenizer(c, out, progress=True, ckpt_every=2, log_every=2)
     assert "resuming" in capsys.readouterr().err
     assert resumed["fingerprint"] == straight["fingerprint"] and resumed["psnr_db"] == straight["psnr_db"]
-    assert load_tokenizer(out).manifest["kind"] == "tokenizer"
+    assert TokenizerArtifact.load(out).manifest["kind"] == "tokenizer"
     def history(folder):
         return [{k: v for k, v in json.loads(line).items() if k not in ("tokens_per_s", "max_rss_gb", "max_mem_gb")}
                 for line in (folder / "train_log.jsonl").read_text().splitlines()]
@@ -277,7 +278,6 @@ def test_encode_full_disk_names_the_folder(tmp_path, tiny_data, monkeypatch):
     from ctfgen.tokenizer import VQModel, vq_preset
 
     tok = VQModel(vq_preset("fmnist", **TINY_VQ))
-    tok.fingerprint = "t"
 
     def full(path, arr):
         raise OSError(f"{arr.nbytes} requested and 8176 written")  # numpy's words for ENOSPC
@@ -409,7 +409,6 @@ def test_a_failed_encode_leaves_no_hidden_folder_without_chunks(tmp_path, capsys
     (data / "b" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"broken" * 8)  # image 9 of 12
     torch.manual_seed(0)
     tok = VQModel(vq_preset("fmnist", **TINY_VQ))
-    tok.fingerprint = "t"
     ds = load_dataset(DataConfig(source="folder", path=str(data), resolution=16, channels=1))
     out = tmp_path / "runs"
     out.mkdir()

@@ -284,6 +284,13 @@ class ModuleArtifact(Artifact):
         return cpu_tensors(self.module.state_dict())
 
     @classmethod
+    def of(cls, module: "torch.nn.Module | ModuleArtifact") -> "ModuleArtifact":
+        """`module` itself when it is already an artifact, else a bare module as one made in memory:
+        no parents, and the fingerprint of its weights as saving would write it. Provenance lives on
+        the artifact (what `load` returns), never on the module."""
+        return module if isinstance(module, ModuleArtifact) else cls(module)
+
+    @classmethod
     def config_of(cls, module: torch.nn.Module) -> dict[str, Any]:
         raise NotImplementedError
 

@@ -23,8 +23,8 @@ from typing import ClassVar, Iterable
 import numpy as np
 import torch
 
-from .artifacts import (MANIFEST, Artifact, artifact_dir, atomic_write_json, check_made_from, disk_full_error,
-                        fingerprint_tensors, is_disk_full, recover_interrupted_write, write_manifest)
+from .artifacts import (MANIFEST, Artifact, ModuleArtifact, artifact_dir, atomic_write_json, check_made_from,
+                        disk_full_error, fingerprint_tensors, is_disk_full, recover_interrupted_write, write_manifest)
 from .config import check_class_ids, to_dict
 from .dist import joined_group
 from .errors import ArtifactError, CtfgenError
@@ -144,15 +144,21 @@ def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "non
                    batch_size: int = 256, limit: int = 0, device: str | torch.device = "cpu", overwrite: bool = False,
                    progress: bool = True, chunk: int = CHUNK, on_chunk=None) -> CodeStore | None:
     """Encode every image (and its augmented views) of `dataset`, or its first `limit` images; returns
-    the store on rank 0. `views`: "none" (the image alone, the default), "flip" (and its mirror) or
-    "tencrop" (LlamaGen's ImageNet recipe). Writes classes.json: the class ids, names and the
-    number of images encoded per class.
+    the store on rank 0. `tokenizer`: a TokenizerArtifact (`TokenizerArtifact.load(folder)`: the
+    store records its fingerprint) or a bare VQModel (the store records the hash of its weights,
+    which is what saving it writes as its fingerprint). `views`: "none" (the image alone, the
+    default), "flip" (and its mirror) or "tencrop" (LlamaGen's ImageNet recipe). Writes
+    classes.json: the class ids, names and the number of images encoded per class.
 
     Resumable: images are encoded in chunks of `chunk` images, each saved as soon as it is done in
     the work folder `.<out>.parts` beside `out_dir`; running the same call again (same tokenizer,
     data, views, limit) encodes only the missing chunks, with any number of processes.
     `on_chunk(start)` runs after each saved chunk (tests).
     """
+    if isinstance(tokenizer, ModuleArtifact):
+        tokenizer_fp, tokenizer = tokenizer.fingerprint, tokenizer.module
+    else:  # a tokenizer's fingerprint is the hash of its weights (tokenizer/artifact.py: TokenizerArtifact)
+        tokenizer_fp = fingerprint_tensors(tokenizer.state_dict())
     V = tokenizer.config.codebook_size
     if V > 65536:
         raise CtfgenError(f"codebook of {V} entries does not fit the uint16 code store")
@@ -180,7 +186,7 @@ def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "non
     if chunk < 1:
         raise CtfgenError(f"chunk: expected a number of images >= 1, got {chunk!r}")
     labels = np.asarray(dataset.labels, dtype=np.int64)[:n]
-    job = {"tokenizer": tokenizer.fingerprint, "data": dataset.fingerprint, "split": dataset.split, "images": n,
+    job = {"tokenizer": tokenizer_fp, "data": dataset.fingerprint, "split": dataset.split, "images": n,
            "views": views, "crop_range": crop_range, "n_views": n_views, "grid": g, "chunk": chunk}
     work = out_dir.with_name(f".{out_dir.name}.parts")
     if rank == 0:
@@ -230,7 +236,7 @@ def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "non
         config=CodesConfig(split=dataset.split, limit=limit, views=views, crop_range=crop_range, n_views=n_views,
                            grid=[g, g], vocab_size=V, num_classes=dataset.num_classes,
                            class_names=list(dataset.class_names)),
-        made_from={"tokenizer": tokenizer.fingerprint, "data": dataset.fingerprint, "data_description": description},
+        made_from={"tokenizer": tokenizer_fp, "data": dataset.fingerprint, "data_description": description},
         info={"images": n, "seconds": round(time.time() - t0, 1), "processes": world,
               **({"composited_images": composited} if "background" in description else {}),
               **({"resumed_images": resumed} if resumed else {})},

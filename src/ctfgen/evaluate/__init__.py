@@ -1,10 +1,10 @@
 """Evaluation: FID (standard Inception), classifier-FID / -IS, precision/recall, recorded as JSON.
 
-    from ctfgen.evaluate import evaluate_images, load_classifier, InceptionFeatures, reference_from_dataset
+    from ctfgen.evaluate import ClassifierArtifact, evaluate_images, InceptionFeatures, reference_from_dataset
     ref = reference_from_dataset(DataConfig(), "test")
-    clf, manifest = load_classifier("runs/classifier")
-    result = evaluate_images(images_uint8, labels, reference=ref, classifier=clf,
-                             classifier_info=classifier_info(manifest), inception=InceptionFeatures(),
+    clf = ClassifierArtifact.load("runs/classifier")
+    result = evaluate_images(images_uint8, labels, reference=ref, classifier=clf.module,
+                             classifier_info=classifier_info(clf.manifest), inception=InceptionFeatures(),
                              cache=cache_dir(), metadata={"seed": 0})
 
 The core API takes uint8 (N, H, W, C) arrays, so it needs no dataset or model objects; see
@@ -15,7 +15,7 @@ from .config import MIN_CLASSIFIER_ACCURACY, ClassifierConfig, ClassifierTrainCo
 
 # The metrics and networks need torch; loading them on first use lets the command line read the
 # classifier's settings at once.
-_LAZY = {"DomainClassifier": "classifier", "classifier_outputs": "classifier", "load_classifier": "classifier",
+_LAZY = {"ClassifierArtifact": "classifier", "DomainClassifier": "classifier", "classifier_outputs": "classifier",
          "save_classifier": "classifier", "train_classifier": "classifier", "evaluate_images": "core",
          "library_versions": "core", "InceptionFeatures": "inception", "default_inception_path": "inception",
          "SampleSet": "inputs", "load_samples": "inputs", "frechet_distance": "metrics", "gaussian_stats": "metrics",

@@ -165,11 +165,6 @@ def save_classifier(
                     config={**art.config_of(model), "train": to_dict(train_cfg)})
 
 
-def load_classifier(folder: str | Path, *, device: torch.device | str = "cpu") -> tuple[DomainClassifier, dict]:
-    art = ClassifierArtifact.load(folder, device)
-    return art.module, art.manifest
-
-
 @torch.inference_mode()
 def classifier_outputs(
     model: DomainClassifier,

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import DataConfig, load_dataset
-from . import InceptionFeatures, Reference, classifier_info, evaluate_images, load_classifier
+from . import ClassifierArtifact, InceptionFeatures, Reference, classifier_info, evaluate_images
 
 
 def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     train_ds, test_ds = load_dataset(DataConfig(), "train"), load_dataset(DataConfig(), "test")
     train, test = train_ds.uint8_images(), test_ds.uint8_images()
-    clf, manifest = load_classifier(args.classifier)
-    info = classifier_info(manifest, args.classifier)
+    loaded = ClassifierArtifact.load(args.classifier)
+    clf, info = loaded.module, classifier_info(loaded.manifest, args.classifier)
     ref, rows = sanity_sets(train, test, args.n)
     reference = Reference(ref, None, f"sanity-train-{args.n}", {"split": "train", "used": args.n})
     table = {}

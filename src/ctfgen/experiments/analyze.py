@@ -28,6 +28,8 @@ import torch
 
 from ..cluster import CoarseMap
 from ..errors import CtfgenError
+from ..tokenizer.artifact import TokenizerArtifact
+from ..tokenizer.model import VQModel
 
 # (B, C, H, W) in [-1, 1] -> features (B, F), or (features, logits)
 FeatureFn = Callable[[torch.Tensor], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
@@ -77,7 +79,7 @@ def random_code_swap(codes: torch.Tensor, num_codes: int, *, generator: torch.Ge
 
 @torch.no_grad()
 def measure_redundancy(
-    tokenizer,
+    tokenizer: VQModel | TokenizerArtifact,
     images_NCHW: torch.Tensor,
     coarse_maps: Sequence[CoarseMap],
     *,
@@ -88,18 +90,22 @@ def measure_redundancy(
     progress: bool = False,
 ) -> RedundancyResult:
     """Distortion of same-cluster and random-code swaps for every map (see the module doc).
+    `tokenizer`: a TokenizerArtifact, whose fingerprint the maps must record (ArtifactError
+    otherwise), or a bare VQModel (maps not checked).
 
     Cost: one decode of every image per map, plus one; with the fmnist tokenizer preset that is
     ~30 s per 512 images on one busy CPU core, so prefer a GPU tokenizer or a smaller N there.
     """
     from ..progress import progress_bar
 
+    loaded = tokenizer if isinstance(tokenizer, TokenizerArtifact) else None
+    tokenizer = loaded.module if loaded else tokenizer
     num_codes = tokenizer.config.codebook_size
     for cmap in coarse_maps:
         if cmap.num_codes != num_codes:
             raise CtfgenError(f"coarse map has {cmap.num_codes} codes, tokenizer codebook has {num_codes}")
-        if tokenizer.fingerprint is not None:
-            cmap.check_tokenizer(tokenizer.fingerprint)
+        if loaded is not None:  # a loaded tokenizer: refuse maps of another one (a bare module has no record)
+            cmap.check_tokenizer(loaded.fingerprint)
     batches = list(torch.split(images_NCHW, batch_size))
     codes = [tokenizer.encode_codes(x) for x in batches]
     clean = [tokenizer.decode_codes(c).clamp(-1, 1) for c in codes]

@@ -29,11 +29,11 @@ class SampleScores:
         """Classifier, reference (`reference_images` of the test split) and (lazily, see `inception`)
         the Inception network, loaded once for every evaluation of this workspace."""
         if self._tools is None:
-            from ..evaluate import classifier_info, load_classifier, reference_from_dataset
+            from ..evaluate import ClassifierArtifact, classifier_info, reference_from_dataset
 
-            clf, manifest = load_classifier(clf_dir)
+            clf = ClassifierArtifact.load(clf_dir)
             ref = reference_from_dataset(self.cfg.data, "test", max_images=self.cfg.reference_images or None)
-            self._tools = {"classifier": clf, "classifier_info": classifier_info(manifest, str(clf_dir)),
+            self._tools = {"classifier": clf.module, "classifier_info": classifier_info(clf.manifest, str(clf_dir)),
                            "reference": ref, "inception": None}
         return self._tools
 

@@ -144,7 +144,7 @@ class Workspace(SampleScores):
         `code_images`), or its images images[0]..images[1]-1 alone (a held-out range)."""
         from ..codes import encode_dataset
         from ..data import load_dataset
-        from ..tokenizer import load_tokenizer
+        from ..tokenizer.artifact import TokenizerArtifact
 
         root, where = self._where(root)
         name = name or split
@@ -156,7 +156,7 @@ class Workspace(SampleScores):
             ds = load_dataset(self.cfg.data, split)
             return ds.images_range(*images) if images else ds
         return self.step(label, folder, lambda: encode_dataset(
-            load_tokenizer(tok, self.device), data(), folder, views=views, limit=limit, device=self.device,
+            TokenizerArtifact.load(tok, self.device), data(), folder, views=views, limit=limit, device=self.device,
             progress=self.progress))
 
     def coarse_map(self, tok: Path, *, method: str, k: int, root: Path | None = None, seed: int | None = None) -> Path:

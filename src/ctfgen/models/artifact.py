@@ -63,6 +63,7 @@ class TrainedModel(ModuleArtifact):
     KIND = KIND
     REDO = "retrain it, or copy the run folder again"
     FILES = MODEL_FILES
+    loaded_weights: str | None = None  # WEIGHTS or EMA_WEIGHTS: the file `load` read; None in memory
 
     @classmethod
     def stage2_config(cls, manifest: dict, folder: str | Path = "stage 2"):
@@ -114,8 +115,8 @@ class TrainedModel(ModuleArtifact):
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu", *, ema: bool | None = None,
              expect_kind: str | None = None, made_from: Mapping[str, str] | None = None) -> "TrainedModel":
-        """The model in eval mode on `device`, with its manifest; `module.loaded_weights` names the
-        file its weights came from (also logged).
+        """The artifact: `.module` the model in eval mode on `device`, `.manifest` what it was made
+        from; `.loaded_weights` names the file its weights came from (also logged).
 
         ema: load the EMA weights (True), the raw ones (False), or (None) the EMA when the folder has
         one that is trusted: one whose manifest says it moved at least EMA_TRUSTED of the way to the
@@ -137,14 +138,6 @@ class TrainedModel(ModuleArtifact):
         if use_ema and not (folder / name).is_file():
             raise ArtifactError(f"{folder / name} not found (this run kept no EMA; pass ema=False)")
         art = super().load(folder, device, weights=name, manifest=manifest)
-        art.module.manifest = manifest  # what it was made from travels with it (pipelines save it again)
-        art.module.loaded_weights = name
+        art.loaded_weights = name
         log.info("%s: loaded %s", folder, name)
         return art
-
-
-def load_model(folder: str | Path, device: str | torch.device = "cpu", *, ema: bool | None = None,
-               expect_kind: str | None = None, made_from: Mapping[str, str] | None = None) -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode, manifest) of a model folder; see TrainedModel.load."""
-    art = TrainedModel.load(folder, device, ema=ema, expect_kind=expect_kind, made_from=made_from)
-    return art.module, art.manifest

@@ -54,15 +54,12 @@ class Samples:
 
 
 def artifact_of(module, cls: type | None = None) -> Artifact:
-    """An artifact itself, or a module as an artifact of `cls` (default: its class's ARTIFACT,
-    "package.module:Class") made in memory, keeping the parents and info that the loader of a bare
-    module recorded on it."""
+    """An artifact itself, or a bare module as an artifact of `cls` (default: its class's ARTIFACT,
+    "package.module:Class") made in memory, with no parents: provenance comes only with artifacts
+    (what `Kind.load` returns), so pass those to keep what a folder was made from."""
     if isinstance(module, Artifact):
         return module
-    recorded = getattr(module, "manifest", None) or {}
-    art = (cls or resolve(type(module).ARTIFACT))(module, made_from=recorded.get("made_from"))
-    art.info = recorded.get("info")
-    return art
+    return (cls or resolve(type(module).ARTIFACT)).of(module)
 
 
 @contextlib.contextmanager

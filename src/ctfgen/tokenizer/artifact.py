@@ -45,11 +45,9 @@ class TokenizerArtifact(ModuleArtifact):
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "TokenizerArtifact":
-        """Load strictly; the weights must hash to the manifest's fingerprint. The module comes back
-        in eval mode with `.fingerprint` and `.manifest` set."""
-        art = super().load(folder, device)
-        art.module.fingerprint, art.module.manifest = art.fingerprint, art.manifest
-        return art
+        """Load strictly; the weights must hash to the manifest's fingerprint. `.module` comes back in
+        eval mode; `.fingerprint` and `.manifest` are the artifact's."""
+        return super().load(folder, device)
 
     @classmethod
     def read_codebook(cls, folder: str | Path) -> tuple[torch.Tensor, str]:
@@ -92,15 +90,16 @@ def save_tokenizer(
     extra_files: Mapping[str, bytes] | None = None,
     overwrite: bool = False,
 ) -> str:
-    """Write the tokenizer folder atomically; returns its fingerprint (also set as model.fingerprint)."""
+    """Write the tokenizer folder atomically; returns its fingerprint (`TokenizerArtifact(model).save`
+    without the artifact: nothing is set on `model`)."""
     art = TokenizerArtifact(model, made_from=made_from)
     art.save(out_dir, overwrite=overwrite, info=info, extra_files=extra_files)
-    model.fingerprint = art.fingerprint
     return art.fingerprint
 
 
 def load_tokenizer(folder: str | Path, device: str | torch.device = "cpu") -> VQModel:
-    """Load a tokenizer folder (strictly); the model comes back in eval mode with `.fingerprint` set."""
+    """`TokenizerArtifact.load(folder, device).module`: the bare VQModel in eval mode, for code that
+    only encodes and decodes. Its fingerprint and manifest are the artifact's; load that when you need them."""
     return TokenizerArtifact.load(folder, device).module
 
 

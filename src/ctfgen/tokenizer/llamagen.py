@@ -15,7 +15,7 @@ from pathlib import Path
 from ..artifacts import file_sha256
 from ..errors import ArtifactError, CtfgenError
 from ..llamagen_files import ForeignWeights, read_llamagen_file, size_from_name
-from .artifact import load_state_strict, save_tokenizer
+from .artifact import TokenizerArtifact, load_state_strict
 from .model import LLAMAGEN_NAMES, PRESETS, VQConfig, VQModel, vq_preset
 
 # Statistics only (a rolling window of recently used indices); not part of the model.
@@ -86,13 +86,14 @@ def _config(fw: ForeignWeights, preset: str | None, resolution: int | None) -> V
 
 def import_llamagen_vq(path: str | Path, out_dir: str | Path, *, preset: str | None = None,
                        config: VQConfig | None = None, weights: str = "auto", resolution: int | None = None,
-                       overwrite: bool = False) -> VQModel:
-    """Load a LlamaGen VQ checkpoint strictly and save a tokenizer folder.
+                       overwrite: bool = False) -> TokenizerArtifact:
+    """Load a LlamaGen VQ checkpoint strictly and save a tokenizer folder; returns its artifact
+    (`.module` the VQModel in eval mode, `.fingerprint`, `.manifest`).
 
     preset: "vq16"/"VQ-16" or "vq8"/"VQ-8"; None: what the file records (args, file name, layout).
     config: an explicit VQConfig instead (tests, other sizes). weights: "auto" (ema if present),
     "ema" or "model". resolution: image size the tokenizer serves (None: the recorded image_size,
-    else 256). The returned model's `import_notes` say what was read and decided.
+    else 256). The manifest's info "notes" say what was read and decided.
     Errors: ArtifactError (unreadable file, keys or shapes that do not fit), CtfgenError (a
     request that disagrees with the checkpoint).
     """
@@ -105,11 +106,9 @@ def import_llamagen_vq(path: str | Path, out_dir: str | Path, *, preset: str | N
         config = _config(fw, preset, resolution)
     model = VQModel(config)
     load_state_strict(model, state, source=str(path))
-    save_tokenizer(
-        model, out_dir, overwrite=overwrite,
-        made_from={"llamagen_checkpoint": Path(path).name, "sha256": file_sha256(path), "weights": fw.container},
-        info={"imported_from": "LlamaGen", "notes": fw.notes,
-              "recorded_args": json.loads(json.dumps(fw.args, default=str))},
-    )
-    model.import_notes = list(fw.notes)
-    return model.eval()
+    art = TokenizerArtifact(model, made_from={"llamagen_checkpoint": Path(path).name, "sha256": file_sha256(path),
+                                              "weights": fw.container})
+    art.save(out_dir, overwrite=overwrite, info={"imported_from": "LlamaGen", "notes": list(fw.notes),
+                                                 "recorded_args": json.loads(json.dumps(fw.args, default=str))})
+    model.eval()
+    return art

@@ -195,7 +195,6 @@ class VQModel(nn.Module):
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.codebook_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.codebook_dim, cfg.z_channels, 1)
         self.quantize = VectorQuantizer(cfg)
-        self.fingerprint: str | None = None  # set when loaded from an artifact
 
     def encode_latent(self, x_BCHW: torch.Tensor) -> torch.Tensor:
         return self.quant_conv(self.encoder(x_BCHW))

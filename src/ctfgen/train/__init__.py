@@ -6,10 +6,9 @@ from .config import RunOptions, TrainConfig, default_lr
 # The trainer needs torch; loading it on first use lets the command line read the configs at once.
 _LAZY = {"BatchOrder": "data", "TokenDataset": "data", "TrainResult": "trainer", "Trainer": "trainer",
          "train": "trainer", "train_tokenizer": "tokenizer_task", "ModelTask": "model_task",
-         "TokenizerTask": "tokenizer_task",
-         "load_model": ".models.artifact"}  # kept for code written for 0.1.0: models/artifact.py loads model folders
+         "TokenizerTask": "tokenizer_task"}  # model folders load with models/artifact.py: TrainedModel.load
 
 __all__ = ["TrainConfig", "RunOptions", "TrainResult", "Trainer", "train", "train_tokenizer", "ModelTask", "TokenizerTask",
-           "load_model", "TokenDataset", "BatchOrder", "default_lr"]
+           "TokenDataset", "BatchOrder", "default_lr"]
 
 __getattr__ = lazy_attributes(__name__, _LAZY)

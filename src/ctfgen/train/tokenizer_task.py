@@ -216,11 +216,11 @@ def _evaluate_and_save(trainer: Trainer, task: TokenizerTask, test_ds, classes, 
                   train_images_seen=steps_done * cfg.batch_size)
     grid = reconstruction_grid(model, test_ds, device=task.device)
     log = "".join(json.dumps(r) + "\n" for r in trainer.log.records)
-    save_tokenizer(
+    fingerprint = save_tokenizer(
         model.cpu(), out, overwrite=True,  # replaces this run's own checkpoint, or what --overwrite allowed
         made_from=task.made_from,
         info={"report": report, "train_config": task.config},
         extra_files={"reconstructions.png": grid, "train_log.jsonl": log.encode(), CLASSES_FILE: classes_json(classes)},
     )
-    report["fingerprint"] = model.fingerprint
+    report["fingerprint"] = fingerprint
     return report

@@ -37,7 +37,7 @@ def _run_edit(args) -> int:
     from ...artifacts import artifact_dir, atomic_write_json, write_manifest
     from ...benchmarks.edit import markdown, run_edit_bench
     from ...data import DataConfig, load_dataset
-    from ...evaluate import load_classifier
+    from ...evaluate import ClassifierArtifact
     from ...sample import SamplingConfig, load_pipeline
     from ...sample.outputs import png_bytes
     from ._util import config_from_args, given_flags, setup_device
@@ -45,7 +45,7 @@ def _run_edit(args) -> int:
     device = setup_device(args)
     ctf = load_pipeline(args.pipeline, device=device)
     base = load_pipeline(args.baseline_pipeline, device=device)
-    clf, _ = load_classifier(args.classifier, device=device)
+    clf = ClassifierArtifact.load(args.classifier, device).module
     tok = ctf.tokenizer.config
     data = load_dataset(DataConfig(source=args.data, path=args.data_path, resolution=tok.resolution,
                                    channels=tok.channels, skip_bad=args.skip_bad,

@@ -72,13 +72,13 @@ def classifier_feature_fn(folder: str):
     import torch
 
     try:
-        from ...evaluate import load_classifier
+        from ...evaluate import ClassifierArtifact
         from ...evaluate.classifier import to_input
     except ImportError as e:  # the evaluation package is optional for this command
         from ...errors import CtfgenError
 
         raise CtfgenError(f"--classifier needs ctfgen.evaluate, which cannot be imported: {e}") from None
-    model, _ = load_classifier(folder)
+    model = ClassifierArtifact.load(folder).module
 
     @torch.no_grad()
     def features(x_BCHW):
@@ -98,16 +98,17 @@ def run_redundancy(args) -> int:
     from ...cluster import CoarseMap, build_coarse_map
     from ...errors import CtfgenError
     from ...experiments.analyze import markdown_table, measure_redundancy, save_figure
-    from ...tokenizer import load_tokenizer
+    from ...tokenizer.artifact import TokenizerArtifact
 
     if Path(args.out).exists() and not args.overwrite:
         raise CtfgenError(f"{args.out} already exists; choose another folder or pass --overwrite")
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    tok = load_tokenizer(args.tokenizer)
-    images, _ = _load_images(args, tok.config.resolution, tok.config.channels)
-    codebook_VD = tok.quantize.embedding.weight.detach().float()
+    tok = TokenizerArtifact.load(args.tokenizer)
+    tok_cfg = tok.module.config
+    images, _ = _load_images(args, tok_cfg.resolution, tok_cfg.channels)
+    codebook_VD = tok.module.quantize.embedding.weight.detach().float()
 
     maps = []
     for k in args.k:
@@ -123,7 +124,7 @@ def run_redundancy(args) -> int:
     table = markdown_table(result)
     report = {
         **result.to_json(),
-        "tokenizer": {"folder": str(args.tokenizer), "fingerprint": tok.fingerprint, "codebook_size": tok.config.codebook_size},
+        "tokenizer": {"folder": str(args.tokenizer), "fingerprint": tok.fingerprint, "codebook_size": tok_cfg.codebook_size},
         "data": {"source": args.data, "split": args.split, "path": args.data_path},
         "coarse_maps": [{"method": m.method, "k": m.k, "fingerprint": m.fingerprint, "options": m.options} for m in maps],
         "seed": args.seed,

@@ -216,11 +216,11 @@ def run_eval(args) -> int:
     from ...evaluate.core import check_classifier_input
     from ...evaluate.inputs import summarize_metadata
     from ...evaluate import (
+        ClassifierArtifact,
         InceptionFeatures,
         cache_dir,
         classifier_info,
         evaluate_images,
-        load_classifier,
         load_samples,
     )
 
@@ -229,8 +229,8 @@ def run_eval(args) -> int:
     samples = load_samples(args.samples, limit=args.max_samples or None, progress=progress)
     clf, clf_info = None, None
     if args.classifier:
-        clf, manifest = load_classifier(args.classifier, device=device)
-        clf_info = classifier_info(manifest, folder=str(args.classifier))
+        loaded = ClassifierArtifact.load(args.classifier, device)
+        clf, clf_info = loaded.module, classifier_info(loaded.manifest, folder=str(args.classifier))
         check_classifier_input(clf, samples.images, args.classifier)  # before the reference is read
     reference = _reference(args, samples)
     cache = None if args.cache == "none" else cache_dir(args.cache)

@@ -129,13 +129,13 @@ def _train(args) -> int:
 def _import(args) -> int:
     from ...tokenizer import import_llamagen_vq
 
-    model = import_llamagen_vq(args.checkpoint, args.out, preset=args.preset, weights=args.weights,
-                               resolution=args.resolution, overwrite=args.overwrite)
-    for note in model.import_notes:
+    art = import_llamagen_vq(args.checkpoint, args.out, preset=args.preset, weights=args.weights,
+                             resolution=args.resolution, overwrite=args.overwrite)
+    for note in art.manifest["info"]["notes"]:
         print(note)
-    cfg = model.config
+    cfg = art.module.config
     print(f"imported {args.checkpoint} -> {args.out}: codebook {cfg.codebook_size} x {cfg.codebook_dim}, "
-          f"{cfg.resolution}x{cfg.resolution} images -> {cfg.grid}x{cfg.grid} tokens (fingerprint {model.fingerprint})")
+          f"{cfg.resolution}x{cfg.resolution} images -> {cfg.grid}x{cfg.grid} tokens (fingerprint {art.fingerprint})")
     return 0
 
 
@@ -156,13 +156,14 @@ def _encode(args) -> int:
     from ...codes import encode_dataset
     from ...data import dataset_class_table, describe_classes, load_dataset
     from ...dist import init_distributed  # torchrun support shared with training and sampling
-    from ...tokenizer import load_tokenizer
+    from ...tokenizer.artifact import TokenizerArtifact
 
     setup_device(args)  # thread count
     info = init_distributed(args.device)
     device = info.device
-    tok = load_tokenizer(args.tokenizer, device)
-    ds = load_dataset(data_config(args, default_resolution=tok.config.resolution, default_channels=tok.config.channels), args.split)
+    tok = TokenizerArtifact.load(args.tokenizer, device)
+    cfg = tok.module.config
+    ds = load_dataset(data_config(args, default_resolution=cfg.resolution, default_channels=cfg.channels), args.split)
     if info.is_main:
         print(describe_classes(dataset_class_table(ds)))
     store = encode_dataset(tok, ds, args.out, views=args.views, crop_range=args.crop_range,

@@ -62,7 +62,6 @@ def class_names_for(pipe: Pipeline, names: Sequence[str] | None = None) -> list[
     tokenizer folder's classes.json (written by `tokenizer train` from the data's class folders or
     names) when it has as many classes; else Fashion-MNIST's when the tokenizer's manifest records that
     source (tokenizers made before classes.json); else the ids."""
-    from ...artifacts import read_manifest
     from ...data import CLASSES_FILE, FASHION_MNIST_CLASSES
     from ...data.classes import read_class_names
 
@@ -72,15 +71,14 @@ def class_names_for(pipe: Pipeline, names: Sequence[str] | None = None) -> list[
         if len(names) != n:
             raise CtfgenError(f"--class-names: {len(names)} names given, but the pipeline has {n} classes")
         return names
-    source = None
     if "tokenizer" in pipe.folders:
         table = Path(pipe.folders["tokenizer"]) / CLASSES_FILE
         if table.is_file():
             found = read_class_names(table)
             if len(found) == n:
                 return found
-        made = read_manifest(pipe.folders["tokenizer"], "tokenizer").get("made_from", {})
-        source = (made.get("data_description") or {}).get("source")
+    made = pipe.artifacts["tokenizer"].made_from if "tokenizer" in pipe.artifacts else {}
+    source = (made.get("data_description") or {}).get("source")
     if source == "fashion-mnist" and n == len(FASHION_MNIST_CLASSES):
         return list(FASHION_MNIST_CLASSES)
     return [str(c) for c in range(n)]

@@ -167,7 +167,7 @@ class ScalingStudy:
              with_baseline: bool, priors: list[str], picks: dict) -> dict:
         from ...models.member_prior import MemberPriorArtifact
         from ...sample import BaselinePipeline, CTFPipeline
-        from ...models.artifact import load_model
+        from ...models.artifact import TrainedModel
 
         c = self.cfg
         unit = f"V{V}-{'p' if c.pipeline_seeds else 's'}{seed}-{method}"
@@ -211,10 +211,10 @@ class ScalingStudy:
             for n in names:
                 def models(n=n):
                     if n == "baseline":
-                        return {"baseline": load_model(folders["baseline"], self.device)[0]}
-                    ar = load_model(folders["ar"], self.device)[0]
+                        return {"baseline": TrainedModel.load(folders["baseline"], self.device).module}
+                    ar = TrainedModel.load(folders["ar"], self.device).module
                     rule = _prior_rule(n)
-                    return {"ar": ar, "aux": prior(rule).module if rule else load_model(folders["aux"], self.device)[0]}
+                    return {"ar": ar, "aux": (prior(rule) if rule else TrainedModel.load(folders["aux"], self.device)).module}
                 try:
                     r = self.nll(f"{unit}-{n}-step{step}", models, codes["test"], images=images,
                                  stage1=None if n == "baseline" else shared_stage1)

@@ -16,9 +16,9 @@ from .config import Unit
 def best_vs_best(study, unit: Unit, m: str, snap: Path, pipe: dict, clf: Path | None, step: int) -> dict | None:
     """Best-against-best classifier-FID at the best checkpoint: the sweep (or seed 0's pick), then
     fresh sets at the pick and at the paper's defaults; None while seed 0's pick is not made yet."""
-    from ....models.artifact import load_model
+    from ....models.artifact import TrainedModel
     from ....sample import BaselinePipeline, CTFPipeline
-    from ....tokenizer import load_tokenizer
+    from ....tokenizer.artifact import TokenizerArtifact
 
     c, tok = study.cfg, pipe["tokenizer"]
     if m == "baseline":
@@ -26,7 +26,7 @@ def best_vs_best(study, unit: Unit, m: str, snap: Path, pipe: dict, clf: Path | 
             return BaselinePipeline.from_folders(tokenizer=tok, baseline=snap / "baseline", device=study.device)
     elif m == "ctf-uniform":
         def make():
-            return CTFPipeline(load_tokenizer(tok, study.device), ar=load_model(snap / "ar", study.device)[0],
+            return CTFPipeline(TokenizerArtifact.load(tok, study.device), ar=TrainedModel.load(snap / "ar", study.device),
                                aux=study.prior(pipe))
     else:
         def make():

@@ -205,9 +205,9 @@ class LastingStudy:
     def _nll(self, m: str, folders: dict[str, Path], pipe: dict, split: str, images: int, shared: dict) -> dict:
         from ....codes import CodeStore
         from ....evaluate.nll import heldout_nll, store_sequences
-        from ....models.artifact import load_model
+        from ....models.artifact import TrainedModel
 
-        models: dict[str, Any] = {k: load_model(f, self.device)[0] for k, f in folders.items()}
+        models: dict[str, Any] = {k: TrainedModel.load(f, self.device).module for k, f in folders.items()}
         if m == "ctf-uniform":
             models["aux"] = self.prior(pipe)
         codes_NL, labels_N = store_sequences(CodeStore.open(pipe[split]), max_images=images)
@@ -231,12 +231,12 @@ class LastingStudy:
         return {m: train_flops_per_step([cfgs[k] for k in PARTS[m]], batch) for m in self.methods()}
 
     def _params(self, mroot: Path) -> dict[str, int]:
-        from ....models.artifact import load_model
+        from ....models.artifact import TrainedModel
 
         out = {}
         for kind, name in (("ar", "stage1"), ("aux", "stage2"), ("baseline", "baseline")):
             if (mroot / name / MANIFEST).is_file():
-                out[kind] = sum(p.numel() for p in load_model(mroot / name, "cpu")[0].parameters())
+                out[kind] = sum(p.numel() for p in TrainedModel.load(mroot / name, "cpu").module.parameters())
         return out
 
     def _snapshot(self, mroot: Path, m: str, step: int, folders: dict[str, Path]) -> None:

@@ -90,11 +90,8 @@ def region_mask(region: Sequence[int], grid: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- the edits
 
-def edit(pipe, source, *, kind: str, n: int = 1, labels=None, keep_tokens: int | None = None,
-         region: Sequence[int] | None = None, mode: str = "layout", gibbs_sweeps: int = 0, seed: int = 0,
-         batch_size: int = 64, progress: bool = False, **settings: Any) -> Edits:
-    """Run one edit (`kind` in EDITS) on every source image, n times each; see the module docstring
-    and `Pipeline.vary` / `complete` / `inpaint`. Checks every argument before drawing anything."""
+def _check_edit(pipe, kind: str, n, mode: str, gibbs_sweeps, batch_size: int) -> None:
+    """Refuse an edit the pipeline cannot make, or a bad count, before anything is drawn."""
     if kind not in EDITS:
         raise CtfgenError(f"edit: {kind!r} is not one of {EDITS}")
     ctf = pipe.coarse_to_fine
@@ -112,28 +109,29 @@ def edit(pipe, source, *, kind: str, n: int = 1, labels=None, keep_tokens: int |
         raise CtfgenError(f"gibbs_sweeps: a whole number >= 0, got {gibbs_sweeps!r}")
     if batch_size < 1:
         raise CtfgenError(f"batch_size must be >= 1, got {batch_size}")
-    s = pipe.settings(**settings)
-    L, grid = pipe.seq_len, pipe.models[next(iter(pipe.models))].config.grid
-    record: dict[str, Any] = {"edit": kind, "pipeline": pipe.type, "n": int(n), "seed": int(seed)}
+
+
+def _kept_positions(kind: str, L: int, grid: int, keep_tokens, region, mode: str, record: dict):
+    """(keep_codes_L, keep_layout_L) bool: the positions whose code, and whose coarse label, the edit
+    keeps; adds the edit's own arguments to `record`."""
     if kind == "vary":
-        keep_codes, keep_layout = np.zeros(L, bool), np.ones(L, bool)
-    elif kind == "complete":
+        return np.zeros(L, bool), np.ones(L, bool)
+    if kind == "complete":
         if keep_tokens is None:
             raise CtfgenError("complete: give keep_tokens (how many tokens, in raster order, to keep)")
-        keep_codes = keep_layout = prefix_mask(keep_tokens, L)
         record["keep_tokens"] = int(keep_tokens)
-    else:
-        if region is None:
-            raise CtfgenError("inpaint: give region=(top, left, height, width) in token-grid units")
-        inside = region_mask(region, grid)
-        keep_codes = ~inside
-        keep_layout = np.ones(L, bool) if mode == "detail" else ~inside
-        record.update(region=[int(v) for v in region], mode=mode)
-    if gibbs_sweeps and (keep_layout.all() or kind == "vary"):
-        raise CtfgenError("gibbs_sweeps: only edits that redraw the causal model's tokens (complete, inpaint mode "
-                          "'layout') have a full conditional to sweep")
-    if gibbs_sweeps:
-        record["gibbs_sweeps"] = int(gibbs_sweeps)
+        keep = prefix_mask(keep_tokens, L)
+        return keep, keep
+    if region is None:
+        raise CtfgenError("inpaint: give region=(top, left, height, width) in token-grid units")
+    inside = region_mask(region, grid)
+    record.update(region=[int(v) for v in region], mode=mode)
+    return ~inside, (np.ones(L, bool) if mode == "detail" else ~inside)
+
+
+def _checked_source(pipe, source, labels, L: int):
+    """The source as codes (N, L) within the codebook, with its coarse labels (CTF) and images."""
+    ctf = pipe.coarse_to_fine
     src = as_source(pipe, source, labels)
     if src.codes.ndim != 2 or src.codes.shape[1] != L:
         raise CtfgenError(f"codes: expected (N, {L}) codebook indices, got shape {src.codes.shape}")
@@ -142,11 +140,55 @@ def edit(pipe, source, *, kind: str, n: int = 1, labels=None, keep_tokens: int |
         raise CtfgenError(f"codes: values must lie in 0..{V - 1} (the codebook), got {src.codes.min()}..{src.codes.max()}")
     if ctf and src.coarse is None:  # an encoded image: its coarse labels are its codes' clusters
         src = replace(src, coarse=pipe.models["aux"].code_to_coarse.cpu()[torch.as_tensor(src.codes)].numpy())
-    t0 = time.perf_counter()
     if src.images is None:
         src = replace(src, images=pipe.decode(torch.as_tensor(src.codes)))
-    N = len(src.codes)
-    source_index = np.repeat(np.arange(N), n)
+    return src
+
+
+def _edit_batch(pipe, src, idx, seeds_B, keep_codes_L, keep_layout_L, s, gibbs_sweeps: int):
+    """(codes_BL, coarse_BL or None) of one batch of edits: the kept positions teacher-forced, the rest
+    drawn (and swept), then the kept codes put back."""
+    L = pipe.seq_len
+    labels_B = torch.as_tensor(src.labels[idx])
+    codes_src_BL = torch.as_tensor(src.codes[idx])
+    coarse_BL = None
+    if pipe.coarse_to_fine:
+        ar = pipe.models["ar"]
+        u_BN = sample_uniforms(seeds_B, 2 * L)  # as generate: stage 1 the first L, stage 2 the rest
+        coarse_BL = generate_tokens(ar, labels_B, u_BN[:, :L], s, given_BL=torch.as_tensor(src.coarse[idx]),
+                                    keep_L=keep_layout_L, step_fn=pipe._decode_step(ar))
+        if gibbs_sweeps:
+            coarse_BL = run_gibbs(ar, coarse_BL, labels_B, ~keep_layout_L, seeds_B, s, sweeps=gibbs_sweeps)
+        fine_BL = pipe.stage2(coarse_BL, labels_B, u_BN[:, L:], s)
+    else:
+        m = pipe.models["baseline"]
+        fine_BL = generate_tokens(m, labels_B, sample_uniforms(seeds_B, L), s, given_BL=codes_src_BL,
+                                  keep_L=keep_codes_L, step_fn=pipe._decode_step(m))
+        if gibbs_sweeps:
+            fine_BL = run_gibbs(m, fine_BL, labels_B, ~keep_codes_L, seeds_B, s, sweeps=gibbs_sweeps)
+    codes_BL = torch.where(keep_codes_L.to(fine_BL.device), codes_src_BL.to(fine_BL.device), fine_BL)
+    return codes_BL, coarse_BL
+
+
+def edit(pipe, source, *, kind: str, n: int = 1, labels=None, keep_tokens: int | None = None,
+         region: Sequence[int] | None = None, mode: str = "layout", gibbs_sweeps: int = 0, seed: int = 0,
+         batch_size: int = 64, progress: bool = False, **settings: Any) -> Edits:
+    """Run one edit (`kind` in EDITS) on every source image, n times each; see the module docstring
+    and `Pipeline.vary` / `complete` / `inpaint`. Checks every argument before drawing anything."""
+    _check_edit(pipe, kind, n, mode, gibbs_sweeps, batch_size)
+    ctf = pipe.coarse_to_fine
+    s = pipe.settings(**settings)
+    L, grid = pipe.seq_len, pipe.models[next(iter(pipe.models))].config.grid
+    record: dict[str, Any] = {"edit": kind, "pipeline": pipe.type, "n": int(n), "seed": int(seed)}
+    keep_codes, keep_layout = _kept_positions(kind, L, grid, keep_tokens, region, mode, record)
+    if gibbs_sweeps and (keep_layout.all() or kind == "vary"):
+        raise CtfgenError("gibbs_sweeps: only edits that redraw the causal model's tokens (complete, inpaint mode "
+                          "'layout') have a full conditional to sweep")
+    if gibbs_sweeps:
+        record["gibbs_sweeps"] = int(gibbs_sweeps)
+    src = _checked_source(pipe, source, labels, L)
+    t0 = time.perf_counter()
+    source_index = np.repeat(np.arange(len(src.codes)), n)
     seeds = [sample_seed(seed, m) for m in range(len(source_index))]
     keep_codes_L, keep_layout_L = torch.as_tensor(keep_codes), torch.as_tensor(keep_layout)
     codes, coarse, images = [], [], []
@@ -157,26 +199,10 @@ def edit(pipe, source, *, kind: str, n: int = 1, labels=None, keep_tokens: int |
         starts = progress_bar(starts, desc=f"{kind} ({pipe.type})")
     try:
         for b in starts:
-            idx = source_index[b:b + batch_size]
-            labels_B = torch.as_tensor(src.labels[idx])
-            codes_src_BL = torch.as_tensor(src.codes[idx])
-            seeds_B = seeds[b:b + batch_size]
-            if ctf:
-                ar = pipe.models["ar"]
-                u_BN = sample_uniforms(seeds_B, 2 * L)  # as generate: stage 1 the first L, stage 2 the rest
-                coarse_BL = generate_tokens(ar, labels_B, u_BN[:, :L], s, given_BL=torch.as_tensor(src.coarse[idx]),
-                                            keep_L=keep_layout_L, step_fn=pipe._decode_step(ar))
-                if gibbs_sweeps:
-                    coarse_BL = run_gibbs(ar, coarse_BL, labels_B, ~keep_layout_L, seeds_B, s, sweeps=gibbs_sweeps)
-                fine_BL = pipe.stage2(coarse_BL, labels_B, u_BN[:, L:], s)
+            codes_BL, coarse_BL = _edit_batch(pipe, src, source_index[b:b + batch_size], seeds[b:b + batch_size],
+                                              keep_codes_L, keep_layout_L, s, gibbs_sweeps)
+            if coarse_BL is not None:
                 coarse.append(coarse_BL.cpu())
-            else:
-                m = pipe.models["baseline"]
-                fine_BL = generate_tokens(m, labels_B, sample_uniforms(seeds_B, L), s, given_BL=codes_src_BL,
-                                          keep_L=keep_codes_L, step_fn=pipe._decode_step(m))
-                if gibbs_sweeps:
-                    fine_BL = run_gibbs(m, fine_BL, labels_B, ~keep_codes_L, seeds_B, s, sweeps=gibbs_sweeps)
-            codes_BL = torch.where(keep_codes_L.to(fine_BL.device), codes_src_BL.to(fine_BL.device), fine_BL)
             codes.append(codes_BL.cpu())
             images.append(pipe.decode(codes_BL))
     finally:

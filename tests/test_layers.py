@@ -43,6 +43,7 @@ ALLOWED = {
                                    "models", "sample", "train"},
     "benchmarks.speed": BASE | {"artifacts", "benchmarks.speed_presets", "cluster", "data", "dist", "models", "sample",
                                 "tokenizer"},
+    "benchmarks.settings": BASE | {"models"},  # torch-free settings of the benches: the command line reads them
     "benchmarks.speed_presets": set(),  # torch-free: the command line checks --preset against it
     "benchmarks.speed_sweep": BASE | {"artifacts", "benchmarks.speed", "cluster", "data", "dist", "models", "sample",
                                       "tokenizer"},

@@ -11,11 +11,16 @@ from __future__ import annotations
 import argparse
 
 from ._bench_edit import add_edit
+from .demo import add_experiment, experiment_setup
+from ...benchmarks.settings import AuxLossBenchConfig, QualitySpeedConfig, TrainBenchConfig
+from ...config import check_fields, to_dict
 from ...benchmarks.speed_presets import PRESETS as SPEED_PRESETS
 from ...models.preset_table import PRESET_NAMES as MODEL_PRESETS
 from ._util import (
     add_command,
+    add_config_flags,
     add_group,
+    config_from_args,
     comma_list,
     device,
     guidance,
@@ -48,25 +53,20 @@ def register(sub) -> None:
 
 
 def _add_train(group) -> None:
-    p = add_command(
-        group, "train", _run_train, help="training tokens/s and memory of stage 1 and stage 2 vs the baseline (full vocab)",
+    _add_device_and_json(_add_bench(
+        group, "train", _run_train, TrainBenchConfig,
+        help="training tokens/s and memory of stage 1 and stage 2 vs the baseline (full vocab)",
         description="Train stage 1 (ar, vocabulary K), stage 2 (aux) and the baseline (vocabulary V) at the same "
                     "preset on random codes, alternating one step of each, and print tokens/s, memory and the "
-                    "ratios.")
-    p.add_argument("--preset", default="tiny", choices=MODEL_PRESETS, metavar="PRESET",
-                   help="model size for both models: a `ctfgen train --preset` (default: tiny)")
-    p.add_argument("--vocab", type=int_range(2), default=4096, help="codebook size V of the baseline (default: 4096)")
-    p.add_argument("--k", type=int_range(2), default=128, help="coarse vocabulary K of stage 1 (default: 128)")
-    p.add_argument("--grid", type=positive_int, default=8, help="tokens per side: sequences of grid*grid (default: 8)")
-    p.add_argument("--num-classes", type=positive_int, default=1000, help="class labels (default: 1000)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="samples per step (default: 32)")
-    _add_rounds(p, steps=(20, "timed steps per model"), warmup=(3, "untimed steps per model first"))
-    _add_device_and_json(p)
+                    "ratios."))
 
 
-def _add_rounds(p, *, steps: tuple[int, str], warmup: tuple[int, str]) -> None:
-    p.add_argument("--steps", type=positive_int, default=steps[0], help=f"{steps[1]} (default: {steps[0]})")
-    p.add_argument("--warmup", type=nonneg_int, default=warmup[0], help=f"{warmup[1]} (default: {warmup[0]})")
+def _add_bench(group, name: str, run, settings: type, **parser_options):
+    """A bench command with a flag per field of its `settings` (benchmarks/settings.py; a bool field is a
+    switch); returns its parser for the flags that are not settings (paths, --device, --json)."""
+    p = add_command(group, name, run, **parser_options)
+    add_config_flags(p, settings, switches=True)
+    return p
 
 
 def _add_device_and_json(p) -> None:
@@ -80,9 +80,9 @@ def _run_train(args) -> int:
     from ...benchmarks.train_speed import bench_train, rows_to_json
     from ._bench_tables import train_table
 
+    cfg = check_fields(config_from_args(TrainBenchConfig, args))
     device = _bench_device(args)
-    rows = bench_train(preset=args.preset, vocab=args.vocab, k=args.k, grid=args.grid, batch_size=args.batch_size,
-                       steps=args.steps, warmup=args.warmup, num_classes=args.num_classes, device=device)
+    rows = bench_train(**to_dict(cfg), device=device)
     name = device_name(device)
     print(train_table(rows, device=name, preset=args.preset, batch_size=args.batch_size, grid=args.grid))
     _write_rows(args, name, ("preset", "vocab", "k", "grid", "num_classes", "batch_size", "steps"), rows_to_json(rows))
@@ -217,22 +217,22 @@ def _run_speed_sweep(args) -> int:
 # (experiments/quality/speed_plot.py)
 
 def _add_quality_speed(group) -> None:
-    p = add_command(
-        group, "quality-speed", _run_quality_speed, help="plot measured classifier-FID against measured images/s",
+    p = _add_bench(
+        group, "quality-speed", _run_quality_speed, QualitySpeedConfig,
+        help="plot measured classifier-FID against measured images/s",
         description="Match the scaling study's best-setting classifier-FID per method, V, width and token grid "
                     "with the images/s of the same sampler in `bench speed --sweep` JSONs; print the matched "
                     "points (and what has no match), and draw FID against images/s. Nothing is estimated.")
     p.add_argument("--quality", required=True, metavar="PATH", help="the study's results JSON (results.json)")
     p.add_argument("--speed", required=True, nargs="+", metavar="PATH", help="`bench speed --sweep --json` files")
     p.add_argument("--out", required=True, metavar="PNG", help="where to write the plot")
-    p.add_argument("--grid", type=positive_int, default=None,
-                   help="tokens per side of study units that record none (the 8x8 study of docs/results: 8)")
 
 
 def _run_quality_speed(args) -> int:
     from ...experiments.quality.speed_plot import plot_quality_vs_speed, points_table, quality_speed_points
 
-    points, left_out = quality_speed_points(args.quality, args.speed, default_grid=args.grid)
+    cfg = check_fields(config_from_args(QualitySpeedConfig, args))
+    points, left_out = quality_speed_points(args.quality, args.speed, default_grid=cfg.grid)
     print(points_table(points))
     for line in left_out:
         print(f"left out: {line}")
@@ -244,20 +244,11 @@ def _run_quality_speed(args) -> int:
 
 
 def _add_aux_loss(group) -> None:
-    p = add_command(
-        group, "aux-loss", _run_aux_loss, help="stage 2's loss formulations (loop, gather, masked) timed against each other",
+    _add_device_and_json(_add_bench(
+        group, "aux-loss", _run_aux_loss, AuxLossBenchConfig,
+        help="stage 2's loss formulations (loop, gather, masked) timed against each other",
         description="Time the three formulations of stage 2's cluster-masked loss (the same loss and gradients) "
-                    "on one model: the head alone and a whole training step, median of --steps after --warmup.")
-    p.add_argument("--preset", default="aux-L", choices=MODEL_PRESETS, metavar="PRESET", help="stage-2 size (default: aux-L, the paper's)")
-    p.add_argument("--vocab", type=int_range(2, 65536), default=16384, help="codebook size V (default: 16384)")
-    p.add_argument("--k", type=int_range(2, 65536), default=512, help="clusters K, balanced random (default: 512)")
-    p.add_argument("--grid", type=positive_int, default=16, help="tokens per side (default: 16)")
-    p.add_argument("--batch-size", type=positive_int, default=2, help="samples per step (default: 2)")
-    _add_rounds(p, steps=(3, "timed rounds"), warmup=(1, "untimed rounds first"))
-    p.add_argument("--clusters", default="balanced", choices=["balanced", "skewed"],
-                   help="cluster sizes: equal, or uneven like k-means (largest ~3x the mean) (default: balanced)")
-    p.add_argument("--head-only", action="store_true", help="time the loss alone, not whole training steps")
-    _add_device_and_json(p)
+                    "on one model: the head alone and a whole training step, median of --steps after --warmup."))
 
 
 def _run_aux_loss(args) -> int:
@@ -265,10 +256,11 @@ def _run_aux_loss(args) -> int:
     from ...benchmarks.aux_loss import aux_rows_to_json, bench_aux_loss
     from ._bench_tables import aux_loss_table
 
+    cfg = check_fields(config_from_args(AuxLossBenchConfig, args))
     device = _bench_device(args)
-    rows = bench_aux_loss(preset=args.preset, vocab=args.vocab, k=args.k, grid=args.grid,
-                          batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
-                          whole_step=not args.head_only, device=device, clusters=args.clusters)
+    settings = to_dict(cfg)
+    whole_step = not settings.pop("head_only")
+    rows = bench_aux_loss(**settings, whole_step=whole_step, device=device)
     name = device_name(device)
     print(aux_loss_table(rows, device=name, preset=args.preset, vocab=args.vocab, k=args.k,
                          batch_size=args.batch_size, grid=args.grid, clusters=args.clusters))
@@ -328,7 +320,6 @@ def _run_gpu(args) -> int:
 
 def _add_quality(group) -> None:
     from ...experiments.quality import ABLATIONS, QualityConfig
-    from .demo import add_experiment
 
     p = add_experiment(
         group, "quality", QualityConfig, _run_quality, out="runs/quality", out_help="bench folder",
@@ -343,7 +334,6 @@ def _add_quality(group) -> None:
 
 def _run_quality(args) -> int:
     from ...experiments.quality import QualityBench, QualityConfig, resolve_ablations
-    from .demo import experiment_setup
 
     ablations = resolve_ablations(args.ablate)
     cfg, device = experiment_setup(QualityConfig, args)
@@ -359,7 +349,6 @@ _seed_list = typed_list(nonneg_int, list)
 
 def _add_scaling(group) -> None:
     from ...experiments.scaling import ScalingConfig
-    from .demo import add_experiment
 
     p = add_experiment(
         group, "scaling", ScalingConfig, _run_scaling, out="runs/scaling", out_help="study folder",
@@ -384,7 +373,6 @@ def _add_scaling(group) -> None:
 
 def _run_scaling(args) -> int:
     from ...experiments.scaling import ScalingConfig, ScalingStudy
-    from .demo import experiment_setup
 
     cfg, device = experiment_setup(ScalingConfig, args)
     ScalingStudy(cfg, args.out, device=device, progress=not args.quiet).run(
@@ -396,7 +384,6 @@ def _run_scaling(args) -> int:
 
 def _add_lasting(group) -> None:
     from ...experiments.scaling.lasting import LastingConfig
-    from .demo import add_experiment
 
     p = add_experiment(
         group, "lasting", LastingConfig, _run_lasting, out="runs/lasting", out_help="study folder",
@@ -426,7 +413,6 @@ def _add_lasting(group) -> None:
 
 def _run_lasting(args) -> int:
     from ...experiments.scaling.lasting import LastingConfig, LastingStudy
-    from .demo import experiment_setup
 
     cfg, device = experiment_setup(LastingConfig, args)
     study = LastingStudy(cfg, args.out, results_dir=args.results_dir, device=device, progress=not args.quiet)

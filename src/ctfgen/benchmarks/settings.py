@@ -1,0 +1,49 @@
+"""The settings of `ctfgen bench train`, `aux-loss`, `quality-speed`, `speed` and `gpu`, each declared
+once (`config.option`): the command line makes their flags from them (apps/cli/bench.py). Torch-free,
+so that `--help` and a bad flag answer without loading a bench. Paths, --out, --json, --device and
+--threads are how a run is carried out, not settings, and stay with the command."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import option
+from ..models.preset_table import PRESET_NAMES
+
+
+@dataclass
+class TrainBenchConfig:
+    """`ctfgen bench train` (benchmarks/train_speed.py: bench_train)."""
+
+    preset: str = option("tiny", "model size for both models: a `ctfgen train --preset`", choices=PRESET_NAMES,
+                         metavar="PRESET")
+    vocab: int = option(4096, "codebook size V of the baseline", min=2)
+    k: int = option(128, "coarse vocabulary K of stage 1", min=2)
+    grid: int = option(8, "tokens per side: sequences of grid*grid", min=1)
+    num_classes: int = option(1000, "class labels", min=1)
+    batch_size: int = option(32, "samples per step", min=1)
+    steps: int = option(20, "timed steps per model", min=1)
+    warmup: int = option(3, "untimed steps per model first", min=0)
+
+
+@dataclass
+class AuxLossBenchConfig:
+    """`ctfgen bench aux-loss` (benchmarks/aux_loss.py: bench_aux_loss)."""
+
+    preset: str = option("aux-L", "stage-2 size (aux-L is the paper's)", choices=PRESET_NAMES, metavar="PRESET")
+    vocab: int = option(16384, "codebook size V", min=2, max=65536)
+    k: int = option(512, "clusters K, balanced random", min=2, max=65536)
+    grid: int = option(16, "tokens per side", min=1)
+    batch_size: int = option(2, "samples per step", min=1)
+    steps: int = option(3, "timed rounds", min=1)
+    warmup: int = option(1, "untimed rounds first", min=0)
+    clusters: str = option("balanced", "cluster sizes: equal, or uneven like k-means (largest ~3x the mean)",
+                           choices=("balanced", "skewed"))
+    head_only: bool = option(False, "time the loss alone, not whole training steps")
+
+
+@dataclass
+class QualitySpeedConfig:
+    """`ctfgen bench quality-speed` (experiments/quality/speed_plot.py: quality_speed_points)."""
+
+    grid: int | None = option(None, "tokens per side of study units that record none (the 8x8 study of "
+                                    "docs/results: 8)", min=1)

@@ -47,3 +47,19 @@ class QualitySpeedConfig:
 
     grid: int | None = option(None, "tokens per side of study units that record none (the 8x8 study of "
                                     "docs/results: 8)", min=1)
+
+
+@dataclass
+class GpuCheckConfig:
+    """`ctfgen bench gpu` (benchmarks/gpucheck: GpuCheck)."""
+
+    quick: bool = option(False, "every section at tiny sizes (seconds; the CPU test runs it)")
+    budget: float = option(420.0, "skip the remaining optional sections once this much time is spent", min=0.0,
+                           min_open=True, metavar="SECONDS")
+    peak_tflops: float | None = option(None, "the GPU's dense bf16 peak for MFU, when it is not in the built-in table",
+                                       min=0.0, min_open=True)
+    skip: str = option("", "sections to leave out, comma-separated names as in the report (e.g. tests,smoke)",
+                       items=str, allow_empty=True, metavar="A,B")
+    lasting: bool = option(False, "then run `ctfgen bench lasting`'s default plan on the device (batch 256, bf16 "
+                                  "autocast; OUT/lasting/, one JSON per unit in OUT/lasting/results/, whatever "
+                                  "--budget says; needs Fashion-MNIST, $CTFGEN_FASHION_MNIST; not in --quick)")

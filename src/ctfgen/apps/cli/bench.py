@@ -12,13 +12,14 @@ import argparse
 
 from ._bench_edit import add_edit
 from .demo import add_experiment, experiment_setup
-from ...benchmarks.settings import AuxLossBenchConfig, QualitySpeedConfig, TrainBenchConfig
-from ...config import check_fields, to_dict
+from ...benchmarks.settings import AuxLossBenchConfig, GpuCheckConfig, QualitySpeedConfig, TrainBenchConfig
+from ...config import check_fields, item_list, to_dict
 from ...benchmarks.speed_presets import PRESETS as SPEED_PRESETS
 from ...models.preset_table import PRESET_NAMES as MODEL_PRESETS
 from ._util import (
     add_command,
     add_config_flags,
+    add_device_args,
     add_group,
     config_from_args,
     comma_list,
@@ -273,8 +274,9 @@ def _run_aux_loss(args) -> int:
 
 
 def _add_gpu(group) -> None:
-    p = add_command(
-        group, "gpu", _run_gpu, help="the prepared GPU check: CUDA tests, training MFU, sampling speed vs the paper, torchrun",
+    p = _add_bench(
+        group, "gpu", _run_gpu, GpuCheckConfig,
+        help="the prepared GPU check: CUDA tests, training MFU, sampling speed vs the paper, torchrun",
         description="Run the paper-scale check on one GPU (scripts/gpu_check.sh calls this): the tests marked cuda, "
                     "training steps of stage 1 / stage 2 / the baseline at B and L (tokens/s, memory, MFU), "
                     "sampling at B / L / XL in fp32 / bf16, eager and compiled, beside the paper's A100 images/s, "
@@ -282,32 +284,21 @@ def _add_gpu(group) -> None:
                     "and OUT/gpu_check.md are rewritten after every section. No downloads.",
         epilog="docs/GPU.md explains each figure and the targets.")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for gpu_check.json, gpu_check.md, logs")
-    p.add_argument("--device", default="auto", type=device, help="cuda, cuda:N, cpu or auto (default: auto)")
-    p.add_argument("--quick", action="store_true", help="every section at tiny sizes (seconds; the CPU test runs it)")
-    p.add_argument("--budget", type=positive_float, default=420.0, metavar="SECONDS",
-                   help="skip the remaining optional sections once this much time is spent (default: 420)")
-    p.add_argument("--peak-tflops", type=positive_float, default=None,
-                   help="the GPU's dense bf16 peak for MFU, when it is not in the built-in table")
-    p.add_argument("--skip", default="", metavar="A,B",
-                   help="sections to leave out, comma-separated names as in the report (e.g. tests,smoke)")
-    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
-    p.add_argument("--lasting", action="store_true",
-                   help="then run `ctfgen bench lasting`'s default plan on the device (batch 256, bf16 autocast; "
-                        "OUT/lasting/, one JSON per unit in OUT/lasting/results/, whatever --budget says; needs "
-                        "Fashion-MNIST, $CTFGEN_FASHION_MNIST; not in --quick)")
+    add_device_args(p)
 
 
 def _run_gpu(args) -> int:
     from ...benchmarks.gpucheck import GpuCheck
 
+    cfg = check_fields(config_from_args(GpuCheckConfig, args))
     device = _bench_device(args)
     extra = {}
-    if args.lasting:
+    if cfg.lasting:
         from ...experiments.scaling.lasting.study import gpu_section
 
         extra["lasting"] = gpu_section
-    check = GpuCheck(args.out, device=device, quick=args.quick, budget_s=args.budget, peak_tflops=args.peak_tflops,
-                     skip=tuple(s.strip() for s in args.skip.split(",") if s.strip()), extra=extra)
+    check = GpuCheck(args.out, device=device, quick=cfg.quick, budget_s=cfg.budget, peak_tflops=cfg.peak_tflops,
+                     skip=tuple(item_list(cfg, "skip")), extra=extra)
     result = check.run()
     print((check.out / "gpu_check.md").read_text())
     failed = [n for n, s in result["sections"].items() if s.get("status") == "error"]

@@ -1,7 +1,8 @@
 """The settings of `ctfgen bench train`, `aux-loss`, `quality-speed`, `speed` and `gpu`, each declared
 once (`config.option`): the command line makes their flags from them (apps/cli/bench.py). Torch-free,
 so that `--help` and a bad flag answer without loading a bench. Paths, --out, --json, --device and
---threads are how a run is carried out, not settings, and stay with the command."""
+--threads are how a run is carried out, not settings, and stay with the command. The first paragraph of
+each class's docstring is its command's description."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,7 +13,11 @@ from ..models.preset_table import PRESET_NAMES
 
 @dataclass
 class TrainBenchConfig:
-    """`ctfgen bench train` (benchmarks/train_speed.py: bench_train)."""
+    """Train stage 1 (ar, vocabulary K), stage 2 (aux) and the baseline (vocabulary V) at the same preset on
+    random codes, alternating one step of each, and print tokens/s, memory and the ratios.
+
+    `ctfgen bench train`'s settings (benchmarks/train_speed.py: bench_train); the first paragraph is the
+    command's description."""
 
     preset: str = option("tiny", "model size for both models: a `ctfgen train --preset`", choices=PRESET_NAMES,
                          metavar="PRESET")
@@ -27,7 +32,10 @@ class TrainBenchConfig:
 
 @dataclass
 class AuxLossBenchConfig:
-    """`ctfgen bench aux-loss` (benchmarks/aux_loss.py: bench_aux_loss)."""
+    """Time the three formulations of stage 2's cluster-masked loss (the same loss and gradients) on one
+    model: the head alone and a whole training step, median of --steps after --warmup.
+
+    `ctfgen bench aux-loss`'s settings (benchmarks/aux_loss.py: bench_aux_loss)."""
 
     preset: str = option("aux-L", "stage-2 size (aux-L is the paper's)", choices=PRESET_NAMES, metavar="PRESET")
     vocab: int = option(16384, "codebook size V", min=2, max=65536)
@@ -43,7 +51,11 @@ class AuxLossBenchConfig:
 
 @dataclass
 class QualitySpeedConfig:
-    """`ctfgen bench quality-speed` (experiments/quality/speed_plot.py: quality_speed_points)."""
+    """Match the scaling study's best-setting classifier-FID per method, V, width and token grid with the
+    images/s of the same sampler in `bench speed --sweep` JSONs; print the matched points (and what has no
+    match), and draw FID against images/s. Nothing is estimated.
+
+    `ctfgen bench quality-speed`'s settings (experiments/quality/speed_plot.py: quality_speed_points)."""
 
     grid: int | None = option(None, "tokens per side of study units that record none (the 8x8 study of "
                                     "docs/results: 8)", min=1)
@@ -51,7 +63,13 @@ class QualitySpeedConfig:
 
 @dataclass
 class GpuCheckConfig:
-    """`ctfgen bench gpu` (benchmarks/gpucheck: GpuCheck)."""
+    """Run the paper-scale check on one GPU (scripts/gpu_check.sh calls this): the tests marked cuda,
+    training steps of stage 1 / stage 2 / the baseline at B and L (tokens/s, memory, MFU), sampling at
+    B / L / XL in fp32 / bf16, eager and compiled, beside the paper's A100 images/s, a one-process torchrun
+    DDP / FSDP run and resume, stage 2's loss formulations; OUT/gpu_check.json and OUT/gpu_check.md are
+    rewritten after every section. No downloads.
+
+    `ctfgen bench gpu`'s settings (benchmarks/gpucheck: GpuCheck)."""
 
     quick: bool = option(False, "every section at tiny sizes (seconds; the CPU test runs it)")
     budget: float = option(420.0, "skip the remaining optional sections once this much time is spent", min=0.0,

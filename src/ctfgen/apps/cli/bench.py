@@ -9,6 +9,7 @@ benchmarks/gpucheck/); this module parses the arguments, runs them and prints th
 from __future__ import annotations
 
 import argparse
+import inspect
 
 from ._bench_edit import add_edit
 from .demo import add_experiment, experiment_setup
@@ -56,16 +57,15 @@ def register(sub) -> None:
 def _add_train(group) -> None:
     _add_device_and_json(_add_bench(
         group, "train", _run_train, TrainBenchConfig,
-        help="training tokens/s and memory of stage 1 and stage 2 vs the baseline (full vocab)",
-        description="Train stage 1 (ar, vocabulary K), stage 2 (aux) and the baseline (vocabulary V) at the same "
-                    "preset on random codes, alternating one step of each, and print tokens/s, memory and the "
-                    "ratios."))
+        help="training tokens/s and memory of stage 1 and stage 2 vs the baseline (full vocab)"))
 
 
 def _add_bench(group, name: str, run, settings: type, **parser_options):
     """A bench command with a flag per field of its `settings` (benchmarks/settings.py; a bool field is a
-    switch); returns its parser for the flags that are not settings (paths, --device, --json)."""
-    p = add_command(group, name, run, **parser_options)
+    switch) and the first paragraph of their docstring as its description; returns its parser for the
+    flags that are not settings (paths, --device, --json)."""
+    description = inspect.cleandoc(settings.__doc__).split("\n\n")[0]
+    p = add_command(group, name, run, description=description, **parser_options)
     add_config_flags(p, settings, switches=True)
     return p
 
@@ -220,10 +220,7 @@ def _run_speed_sweep(args) -> int:
 def _add_quality_speed(group) -> None:
     p = _add_bench(
         group, "quality-speed", _run_quality_speed, QualitySpeedConfig,
-        help="plot measured classifier-FID against measured images/s",
-        description="Match the scaling study's best-setting classifier-FID per method, V, width and token grid "
-                    "with the images/s of the same sampler in `bench speed --sweep` JSONs; print the matched "
-                    "points (and what has no match), and draw FID against images/s. Nothing is estimated.")
+        help="plot measured classifier-FID against measured images/s")
     p.add_argument("--quality", required=True, metavar="PATH", help="the study's results JSON (results.json)")
     p.add_argument("--speed", required=True, nargs="+", metavar="PATH", help="`bench speed --sweep --json` files")
     p.add_argument("--out", required=True, metavar="PNG", help="where to write the plot")
@@ -247,9 +244,7 @@ def _run_quality_speed(args) -> int:
 def _add_aux_loss(group) -> None:
     _add_device_and_json(_add_bench(
         group, "aux-loss", _run_aux_loss, AuxLossBenchConfig,
-        help="stage 2's loss formulations (loop, gather, masked) timed against each other",
-        description="Time the three formulations of stage 2's cluster-masked loss (the same loss and gradients) "
-                    "on one model: the head alone and a whole training step, median of --steps after --warmup."))
+        help="stage 2's loss formulations (loop, gather, masked) timed against each other"))
 
 
 def _run_aux_loss(args) -> int:
@@ -277,11 +272,6 @@ def _add_gpu(group) -> None:
     p = _add_bench(
         group, "gpu", _run_gpu, GpuCheckConfig,
         help="the prepared GPU check: CUDA tests, training MFU, sampling speed vs the paper, torchrun",
-        description="Run the paper-scale check on one GPU (scripts/gpu_check.sh calls this): the tests marked cuda, "
-                    "training steps of stage 1 / stage 2 / the baseline at B and L (tokens/s, memory, MFU), "
-                    "sampling at B / L / XL in fp32 / bf16, eager and compiled, beside the paper's A100 images/s, "
-                    "a one-process torchrun DDP / FSDP run and resume, stage 2's loss formulations; OUT/gpu_check.json "
-                    "and OUT/gpu_check.md are rewritten after every section. No downloads.",
         epilog="docs/GPU.md explains each figure and the targets.")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for gpu_check.json, gpu_check.md, logs")
     add_device_args(p)

@@ -305,10 +305,10 @@ def _add_quality(group) -> None:
     p = add_experiment(
         group, "quality", QualityConfig, _run_quality, out="runs/quality", out_help="bench folder",
         help="CTF vs the baseline at equal training steps, at several checkpoints, and ablations",
-        description="Train CTF (stage 1 + stage 2) and the baseline with the same stage-1 architecture on the same "
-                    "codes, evaluate both on class-balanced samples at several checkpoints (FID, IS, precision, "
-                    "recall), and write OUT/report/README.md with a table and metric-vs-step plots. --ablate adds "
-                    "one table per ablation. Rerunning reuses every finished step.")
+        description="""Train CTF (stage 1 + stage 2) and the baseline with the same stage-1 architecture on the
+            same codes, evaluate both on class-balanced samples at several checkpoints (FID, IS, precision, recall),
+            and write OUT/report/README.md with a table and metric-vs-step plots. --ablate adds one table per
+            ablation. Rerunning reuses every finished step.""")
     p.add_argument("--ablate", nargs="+", default=[], metavar="NAME", choices=[*ABLATIONS, "all"],
                    help=f"ablations to run after the comparison: {', '.join(ABLATIONS)}, or all (default: none)")
 

@@ -170,10 +170,11 @@ def field_problem(f: dataclasses.Field, value: Any) -> str | None:
         return _item_problem(meta, values)
     if isinstance(value, (list, tuple)) and ("min" in meta or "max" in meta or "choices" in meta):
         return _item_problem(meta, value)  # a typed list field (tuple[int, ...]): its rules bound each item
-    if meta.get("choices") is not None and value not in meta["choices"]:
-        return f"must be one of {meta['choices']}, got {value!r}"
+    unset = value is None and f.default is None  # "unset" passes the choices and bounds
+    if meta.get("choices") is not None and value not in meta["choices"] and not unset:
+        return f"must be one of {tuple(meta['choices'])}, got {value!r}"
     lo, hi = meta.get("min"), meta.get("max")
-    if (lo is None and hi is None) or (value is None and f.default is None):
+    if (lo is None and hi is None) or unset:
         return None
     ok = value == value  # NaN fails every bound
     ok &= lo is None or (value > lo if meta.get("min_open") else value >= lo)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ..config import option
 from ..models.preset_table import PRESET_NAMES
+from .speed_presets import PRESETS as SPEED_PRESETS
 
 
 @dataclass
@@ -81,3 +82,43 @@ class GpuCheckConfig:
     lasting: bool = option(False, "then run `ctfgen bench lasting`'s default plan on the device (batch 256, bf16 "
                                   "autocast; OUT/lasting/, one JSON per unit in OUT/lasting/results/, whatever "
                                   "--budget says; needs Fashion-MNIST, $CTFGEN_FASHION_MNIST; not in --quick)")
+
+
+@dataclass
+class SpeedBenchConfig:
+    """Sample batches with CTF (stage 1 + stage 2) and the baseline, random weights, guidance on,
+    interleaved after a warm-up; print the median images/s, peak memory and their ratio.
+
+    `ctfgen bench speed`'s settings (benchmarks/speed.py: bench_speed); its --sweep's: SpeedSweepConfig."""
+
+    # choices: a live view of the table, so that a size added to it is offered
+    preset: str = option("fmnist", "fmnist: small GPT, V 4096, K 128, 8x8 tokens; B / L / XL: GPT-B / L / XL, "
+                                   "V 16384, K 512, 16x16, stage 2 aux-B (B) or aux-L", choices=SPEED_PRESETS.keys())
+    aux_preset: str | None = option(None, "stage-2 size (none: the preset's: fmnist small, B aux-B)",
+                                    choices=PRESET_NAMES, metavar="PRESET")
+    batch_size: int = option(64, "images per batch", min=1)
+    runs: int = option(3, "timed batches per sampler", min=1)
+    warmup: int = option(1, "untimed rounds first", min=0)
+    guidance_scale: float = option(2.0, "guidance of both", min=1.0, note="1 = off", flags=("--cfg",))
+    dtype: str = option("fp32", "model dtype (bf16: for GPUs)", choices=("fp32", "bf16"))
+    compile: str | None = option(None, "compiled decoding (GPUs; sample/decoding.py): inductor (a bare --compile) "
+                                       "or cudagraph", choices=("inductor", "cudagraph"))
+    profile: bool = option(False, "then profile one more batch of each (torch.profiler) and print where the time goes")
+
+
+@dataclass
+class SpeedSweepConfig:
+    """`ctfgen bench speed --sweep`: instead of one preset, every (token grid, width) cell at one codebook:
+    the baseline and CTF with stage 2 at several depths, timed side by side in each cell (fp32, eager).
+
+    Its flags are for --sweep only (benchmarks/speed_sweep.py: speed_sweep)."""
+
+    widths: str = option("tiny,small,B", "stage-1 / baseline presets, comma-separated", items=str,
+                         choices=PRESET_NAMES, metavar="P,P")
+    stage2_depths: str = option("1/4,1/2,1", "stage-2 layers as fractions of stage 1's, same width; each must give "
+                                             "whole layers at every width", items=str, metavar="F,F")
+    grids: str = option("8", "tokens per side: 8 is this data's 8x8, 16 the paper's 16x16", items=int, min=1,
+                        metavar="G,G")
+    vocab: int = option(16384, "codebook size V", min=3, max=65536)
+    k: int = option(512, "coarse vocabulary K", min=2, max=65535)
+    num_classes: int = option(10, "class labels", min=1)

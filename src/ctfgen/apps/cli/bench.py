@@ -13,26 +13,20 @@ import inspect
 
 from ._bench_edit import add_edit
 from .demo import add_experiment, experiment_setup
-from ...benchmarks.settings import AuxLossBenchConfig, GpuCheckConfig, QualitySpeedConfig, TrainBenchConfig
+from ...benchmarks.settings import (AuxLossBenchConfig, GpuCheckConfig, QualitySpeedConfig, SpeedBenchConfig,
+                                     SpeedSweepConfig, TrainBenchConfig)
 from ...config import check_fields, item_list, to_dict
-from ...benchmarks.speed_presets import PRESETS as SPEED_PRESETS
-from ...models.preset_table import PRESET_NAMES as MODEL_PRESETS
 from ._util import (
     add_command,
     add_config_flags,
     add_device_args,
     add_group,
     config_from_args,
-    comma_list,
+    given_flags,
     device,
-    guidance,
-    int_range,
-    nonempty,
     nonneg_int,
-    one_of,
     typed_list,
     positive_float,
-    positive_int,
 )
 
 ORDER = 95
@@ -60,14 +54,17 @@ def _add_train(group) -> None:
         help="training tokens/s and memory of stage 1 and stage 2 vs the baseline (full vocab)"))
 
 
-def _add_bench(group, name: str, run, settings: type, **parser_options):
+def _add_bench(group, name: str, run, settings: type, only: tuple[str, ...] | None = None, **parser_options):
     """A bench command with a flag per field of its `settings` (benchmarks/settings.py; a bool field is a
     switch) and the first paragraph of their docstring as its description; returns its parser for the
     flags that are not settings (paths, --device, --json)."""
-    description = inspect.cleandoc(settings.__doc__).split("\n\n")[0]
-    p = add_command(group, name, run, description=description, **parser_options)
-    add_config_flags(p, settings, switches=True)
+    p = add_command(group, name, run, description=_first_paragraph(settings), **parser_options)
+    add_config_flags(p, settings, only=only, switches=True)
     return p
+
+
+def _first_paragraph(settings: type) -> str:
+    return inspect.cleandoc(settings.__doc__).split("\n\n")[0]
 
 
 def _add_device_and_json(p) -> None:
@@ -111,53 +108,22 @@ def _write_rows(args, device: str, keys: tuple[str, ...], rows: list[dict]) -> N
 
 # ---------------------------------------------------------------- bench speed (the bench: benchmarks/speed.py)
 
-def _speed_preset(text: str) -> str:
-    if text not in SPEED_PRESETS:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(sorted(SPEED_PRESETS))}, got {text!r}")
-    return text
-
-
 def _add_speed(group) -> None:
-    p = add_command(
-        group, "speed", _run_speed, help="sampling images/s and memory of CTF vs the baseline at the same stage-1 size",
-        description="Sample batches with CTF (stage 1 + stage 2) and the baseline, random weights, guidance on, "
-                    "interleaved after a warm-up; print the median images/s, peak memory and their ratio.")
-    p.add_argument("--preset", default=None, type=_speed_preset,
-                   help="fmnist: small GPT, V 4096, K 128, 8x8 tokens; B / L / XL: GPT-B / L / XL, V 16384, K 512, 16x16, "
-                        "stage 2 aux-B (B) or aux-L (default: fmnist)")
-    p.add_argument("--aux-preset", choices=MODEL_PRESETS, metavar="PRESET",
-                   help="stage-2 size (default: fmnist small, B aux-B)")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default: 64)")
-    p.add_argument("--runs", type=positive_int, default=3, help="timed batches per sampler (default: 3)")
-    p.add_argument("--warmup", type=nonneg_int, default=1, help="untimed rounds first (default: 1)")
-    p.add_argument("--guidance-scale", "--cfg", type=guidance, default=2.0, help="guidance of both (default: 2.0)")
+    p = _add_bench(
+        group, "speed", _run_speed, SpeedBenchConfig, only=_SPEED_FLAGS,
+        help="sampling images/s and memory of CTF vs the baseline at the same stage-1 size")
+    # unset: `--preset` names a single preset (refused with --sweep), else fmnist
+    add_config_flags(p, SpeedBenchConfig, only=("preset",), unset=True, choices={"preset": None})
+    add_config_flags(p, SpeedBenchConfig, only=("compile",), bare={"compile": "inductor"}, shown={"compile": "off"})
     p.add_argument("--device", default="auto", type=device, help="cpu, cuda, cuda:N or auto")
     p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="model dtype (bf16: for GPUs)")
-    p.add_argument("--compile", nargs="?", const="inductor", default=None, choices=["inductor", "cudagraph"],
-                   help="compiled decoding (GPUs; sample/decoding.py): inductor (a bare --compile) or cudagraph "
-                        "(default: off)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--profile", action="store_true",
-                   help="then profile one more batch of each (torch.profiler) and print where the time goes")
-    sweep = p.add_argument_group(
-        "sweep", "--sweep: instead of one preset, every (token grid, width) cell at one codebook: the baseline and "
-                 "CTF with stage 2 at several depths, timed side by side in each cell (fp32, eager)")
+    sweep = p.add_argument_group("sweep", "--sweep: " + _first_paragraph(SpeedSweepConfig).partition(": ")[2])
     sweep.add_argument("--sweep", action="store_true", help="run the sweep (flags below; --json gets every cell)")
-    sweep.add_argument("--widths", type=comma_list(one_of(*MODEL_PRESETS)), default=None, metavar="P,P",
-                       help="stage-1 / baseline presets, comma-separated (default: tiny,small,B)")
-    sweep.add_argument("--stage2-depths", type=comma_list(nonempty), default=None, metavar="F,F",
-                       help="stage-2 layers as fractions of stage 1's, same width; each must give whole layers at "
-                            "every width (default: 1/4,1/2,1)")
-    sweep.add_argument("--grids", type=comma_list(positive_int), default=None, metavar="G,G",
-                       help="tokens per side: 8 is this data's 8x8, 16 the paper's 16x16 (default: 8)")
-    sweep.add_argument("--vocab", type=int_range(3, 65536), default=None, help="codebook size V (default: 16384)")
-    sweep.add_argument("--k", type=int_range(2, 65535), default=None, help="coarse vocabulary K (default: 512)")
-    sweep.add_argument("--num-classes", type=positive_int, default=None, help="class labels (default: 10)")
+    add_config_flags(sweep, SpeedSweepConfig, unset=True)  # unset: a sweep flag without --sweep is refused
 
 
-SWEEP_FLAGS = {"widths": "tiny,small,B", "stage2_depths": "1/4,1/2,1", "grids": "8", "vocab": 16384, "k": 512,
-               "num_classes": 10}
+_SPEED_FLAGS = ("aux_preset", "batch_size", "runs", "warmup", "guidance_scale", "dtype", "profile")
 
 
 def _run_speed(args) -> int:
@@ -168,34 +134,34 @@ def _run_speed(args) -> int:
     from ...benchmarks.speed import bench_speed, results_to_json
     from ._bench_tables import speed_table
 
-    given = [f"--{k.replace('_', '-')}" for k in SWEEP_FLAGS if getattr(args, k) is not None]
+    sweep = given_flags(SpeedSweepConfig, args)
     if args.sweep:
         single = [flag for flag, on in (("--preset", args.preset), ("--aux-preset", args.aux_preset),
                                         ("--dtype bf16", args.dtype != "fp32"), ("--compile", args.compile)) if on]
         if single:
             raise CtfgenError(f"bench speed --sweep: {', '.join(single)}: for a single preset, not the sweep "
                               "(its sizes: --widths, --stage2-depths, --grids, --vocab, --k; it runs fp32 eager)")
-        return _run_speed_sweep(args)
-    if given:
-        raise CtfgenError(f"bench speed: {', '.join(given)}: for --sweep only")
+        return _run_speed_sweep(args, check_fields(SpeedSweepConfig(**sweep)))
+    if sweep:
+        raise CtfgenError(f"bench speed: {', '.join('--' + k.replace('_', '-') for k in sweep)}: for --sweep only")
+    cfg = check_fields(config_from_args(SpeedBenchConfig, args, preset=args.preset or "fmnist"))
     device = _bench_device(args)
-    results, info = bench_speed(args.preset or "fmnist", batch_size=args.batch_size, runs=args.runs,
-                                warmup=args.warmup, guidance_scale=args.guidance_scale, aux_preset=args.aux_preset,
-                                device=device, dtype=torch.bfloat16 if args.dtype == "bf16" else None,
-                                compile=args.compile, profile=args.profile)
+    results, info = bench_speed(cfg.preset, batch_size=cfg.batch_size, runs=cfg.runs, warmup=cfg.warmup,
+                                guidance_scale=cfg.guidance_scale, aux_preset=cfg.aux_preset, device=device,
+                                dtype=torch.bfloat16 if cfg.dtype == "bf16" else None, compile=cfg.compile,
+                                profile=cfg.profile)
     print(speed_table(results, info))
     if args.json:
         atomic_write_json(args.json, results_to_json(results, info))
     return 0
 
 
-def _run_speed_sweep(args) -> int:
+def _run_speed_sweep(args, cfg) -> int:
     from ...artifacts import atomic_write_json
     from ...benchmarks.speed_sweep import speed_sweep, stage2_layers, sweep_to_json
     from ._bench_tables import sweep_cell_table, sweep_table
 
-    axes = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in SWEEP_FLAGS.items()}
-    widths, depths = (axes[k].split(",") for k in ("widths", "stage2_depths"))
+    widths, depths = item_list(cfg, "widths"), item_list(cfg, "stage2_depths")
     stage2_layers(widths, depths)  # a depth that gives no whole layer count is refused before any timing
     done = []
 
@@ -205,8 +171,8 @@ def _run_speed_sweep(args) -> int:
         if args.json:
             atomic_write_json(args.json, sweep_to_json(done, info))
 
-    cells, info = speed_sweep(widths=widths, depths=depths, grids=[int(g) for g in axes["grids"].split(",")],
-                              vocab=axes["vocab"], k=axes["k"], num_classes=axes["num_classes"],
+    cells, info = speed_sweep(widths=widths, depths=depths, grids=item_list(cfg, "grids"), vocab=cfg.vocab, k=cfg.k,
+                              num_classes=cfg.num_classes,
                               batch_size=args.batch_size, runs=args.runs, warmup=args.warmup,
                               guidance_scale=args.guidance_scale, device=_bench_device(args), profile=args.profile,
                               on_cell=on_cell)

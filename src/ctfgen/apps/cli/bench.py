@@ -3,7 +3,8 @@
 A group: each measurement is one sub-command, registered by its own `_add_*` function below. The
 benchmarks and experiments live in their own modules (benchmarks/train_speed.py,
 benchmarks/aux_loss.py, benchmarks/speed.py, experiments/quality/, experiments/scaling/,
-benchmarks/gpucheck/); this module parses the arguments, runs them and prints their tables
+benchmarks/gpucheck/); the benches' settings are declared once in benchmarks/settings.py (their flags
+are made from it); this module adds the flags that are not settings, runs them and prints their tables
 (_bench_tables.py).
 """
 from __future__ import annotations
@@ -112,11 +113,11 @@ def _add_speed(group) -> None:
     p = _add_bench(
         group, "speed", _run_speed, SpeedBenchConfig, only=_SPEED_FLAGS,
         help="sampling images/s and memory of CTF vs the baseline at the same stage-1 size")
-    # unset: `--preset` names a single preset (refused with --sweep), else fmnist
+    # unset: `--preset` names a single preset (refused with --sweep), else fmnist; its choices are checked
+    # by the flag's type (the usage says PRESET, not the table)
     add_config_flags(p, SpeedBenchConfig, only=("preset",), unset=True, choices={"preset": None})
     add_config_flags(p, SpeedBenchConfig, only=("compile",), bare={"compile": "inductor"}, shown={"compile": "off"})
-    p.add_argument("--device", default="auto", type=device, help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
+    add_device_args(p)
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     sweep = p.add_argument_group("sweep", "--sweep: " + _first_paragraph(SpeedSweepConfig).partition(": ")[2])
     sweep.add_argument("--sweep", action="store_true", help="run the sweep (flags below; --json gets every cell)")

@@ -88,8 +88,8 @@ def option(default: Any, help: str, *, label: str | None = None, min: float | No
     flag, its help, its parse-time check) and forms (a page names the field by `label`).
 
     default: a dict or list default is copied for each instance (a default_factory);
-    min/max: bounds (min_open/max_open: that bound itself is refused); a None value passes them
-    when the default is None ("unset"); choices: the allowed values; note: what a special value
+    min/max: bounds (min_open/max_open: that bound itself is refused); a None value passes them,
+    and the choices, when the default is None ("unset"); choices: the allowed values; note: what a special value
     means ("1 = off"), shown in the error; hint: what to do instead; flag: the option string
     instead of the one made from the name ("--warmup"); flags: further option strings beside it
     ("--cfg"); metavar: the name of the value in the help ("DECAY").

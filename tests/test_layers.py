@@ -43,6 +43,8 @@ ALLOWED = {
                                    "models", "sample", "train"},
     "benchmarks.speed": BASE | {"artifacts", "benchmarks.speed_presets", "cluster", "data", "dist", "models", "sample",
                                 "tokenizer"},
+    # torch-free settings of the benches: the command line makes their flags from them
+    "benchmarks.settings": BASE | {"benchmarks.speed_presets", "models"},
     "benchmarks.speed_presets": set(),  # torch-free: the command line checks --preset against it
     "benchmarks.speed_sweep": BASE | {"artifacts", "benchmarks.speed", "cluster", "data", "dist", "models", "sample",
                                       "tokenizer"},

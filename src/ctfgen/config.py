@@ -88,8 +88,8 @@ def option(default: Any, help: str, *, label: str | None = None, min: float | No
     flag, its help, its parse-time check) and forms (a page names the field by `label`).
 
     default: a dict or list default is copied for each instance (a default_factory);
-    min/max: bounds (min_open/max_open: that bound itself is refused); a None value passes them
-    when the default is None ("unset"); choices: the allowed values; note: what a special value
+    min/max: bounds (min_open/max_open: that bound itself is refused); a None value passes them,
+    and the choices, when the default is None ("unset"); choices: the allowed values; note: what a special value
     means ("1 = off"), shown in the error; hint: what to do instead; flag: the option string
     instead of the one made from the name ("--warmup"); flags: further option strings beside it
     ("--cfg"); metavar: the name of the value in the help ("DECAY").
@@ -170,10 +170,11 @@ def field_problem(f: dataclasses.Field, value: Any) -> str | None:
         return _item_problem(meta, values)
     if isinstance(value, (list, tuple)) and ("min" in meta or "max" in meta or "choices" in meta):
         return _item_problem(meta, value)  # a typed list field (tuple[int, ...]): its rules bound each item
-    if meta.get("choices") is not None and value not in meta["choices"]:
-        return f"must be one of {meta['choices']}, got {value!r}"
+    unset = value is None and f.default is None  # "unset" passes the choices and bounds
+    if meta.get("choices") is not None and value not in meta["choices"] and not unset:
+        return f"must be one of {tuple(meta['choices'])}, got {value!r}"
     lo, hi = meta.get("min"), meta.get("max")
-    if (lo is None and hi is None) or (value is None and f.default is None):
+    if (lo is None and hi is None) or unset:
         return None
     ok = value == value  # NaN fails every bound
     ok &= lo is None or (value > lo if meta.get("min_open") else value >= lo)

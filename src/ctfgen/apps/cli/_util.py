@@ -268,7 +268,7 @@ def add_config_flags(p, cls, helps: dict[str, str] | None = None, *, skip: tuple
                      only: tuple[str, ...] | None = None, types: dict | None = None, choices: dict | None = None,
                      names: dict[str, tuple[str, ...]] | None = None, metavars: dict[str, str] | None = None,
                      switches: bool = False, unset: bool = False, shown: dict[str, str] | None = None,
-                     dests: dict[str, str] | None = None) -> None:
+                     dests: dict[str, str] | None = None, bare: dict | None = None) -> None:
     """One --flag per field of the dataclass `cls` (its defaults, read from the class: nothing is built).
 
     p: a parser or argument group; only: these fields, in this order (else every field not in skip).
@@ -280,7 +280,9 @@ def add_config_flags(p, cls, helps: dict[str, str] | None = None, *, skip: tuple
     `flags`); metavars: the value's name in the help (else the option's `metavar`); switches: bool
     fields become store_true flags (else --flag BOOL); unset: every flag defaults to None, so that
     only the flags given override (the help still shows the class's default, or `shown[name]`);
-    dests: the attribute of the parsed flags (else the field's name).
+    dests: the attribute of the parsed flags (else the field's name); bare: the value of a flag given
+    without one (`--compile` alone: `bare={"compile": "inductor"}`). `choices={name: None}` checks the
+    option's choices in the flag's type instead of argparse's (no {a,b,...} in the usage).
     """
     from dataclasses import fields
 
@@ -319,9 +321,13 @@ def add_config_flags(p, cls, helps: dict[str, str] | None = None, *, skip: tuple
             item = one_of(*meta["choices"]) if meta.get("choices") else _bounded_type(cls, f) or seq[1]
             p.add_argument(*flags, type=(types or {}).get(name) or typed_list(item, seq[0]), **kw)
             continue
-        allowed = (choices or {}).get(name) or meta.get("choices")
+        if name in (bare or {}):
+            kw.update(nargs="?", const=bare[name])
+        allowed = (choices or {}).get(name, meta.get("choices"))
         if allowed is not None:
             kw["choices"] = allowed
+        elif meta.get("choices"):
+            types = {name: one_of(*meta["choices"]), **(types or {})}
         check = (types or {}).get(name) or _bounded_type(cls, f) or _plain_type(cls, f)
         p.add_argument(*flags, type=check, **kw)
 

@@ -3,29 +3,31 @@
 A group: each measurement is one sub-command, registered by its own `_add_*` function below. The
 benchmarks and experiments live in their own modules (benchmarks/train_speed.py,
 benchmarks/aux_loss.py, benchmarks/speed.py, experiments/quality/, experiments/scaling/,
-benchmarks/gpucheck/); this module parses the arguments, runs them and prints their tables
+benchmarks/gpucheck/); the benches' settings are declared once in benchmarks/settings.py (their flags
+are made from it); this module adds the flags that are not settings, runs them and prints their tables
 (_bench_tables.py).
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 
 from ._bench_edit import add_edit
-from ...benchmarks.speed_presets import PRESETS as SPEED_PRESETS
-from ...models.preset_table import PRESET_NAMES as MODEL_PRESETS
+from .demo import add_experiment, experiment_setup
+from ...benchmarks.settings import (AuxLossBenchConfig, GpuCheckConfig, QualitySpeedConfig, SpeedBenchConfig,
+                                     SpeedSweepConfig, TrainBenchConfig)
+from ...config import check_fields, item_list, to_dict
 from ._util import (
     add_command,
+    add_config_flags,
+    add_device_args,
     add_group,
-    comma_list,
+    config_from_args,
+    given_flags,
     device,
-    guidance,
-    int_range,
-    nonempty,
     nonneg_int,
-    one_of,
     typed_list,
     positive_float,
-    positive_int,
 )
 
 ORDER = 95
@@ -48,25 +50,22 @@ def register(sub) -> None:
 
 
 def _add_train(group) -> None:
-    p = add_command(
-        group, "train", _run_train, help="training tokens/s and memory of stage 1 and stage 2 vs the baseline (full vocab)",
-        description="Train stage 1 (ar, vocabulary K), stage 2 (aux) and the baseline (vocabulary V) at the same "
-                    "preset on random codes, alternating one step of each, and print tokens/s, memory and the "
-                    "ratios.")
-    p.add_argument("--preset", default="tiny", choices=MODEL_PRESETS, metavar="PRESET",
-                   help="model size for both models: a `ctfgen train --preset` (default: tiny)")
-    p.add_argument("--vocab", type=int_range(2), default=4096, help="codebook size V of the baseline (default: 4096)")
-    p.add_argument("--k", type=int_range(2), default=128, help="coarse vocabulary K of stage 1 (default: 128)")
-    p.add_argument("--grid", type=positive_int, default=8, help="tokens per side: sequences of grid*grid (default: 8)")
-    p.add_argument("--num-classes", type=positive_int, default=1000, help="class labels (default: 1000)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="samples per step (default: 32)")
-    _add_rounds(p, steps=(20, "timed steps per model"), warmup=(3, "untimed steps per model first"))
-    _add_device_and_json(p)
+    _add_device_and_json(_add_bench(
+        group, "train", _run_train, TrainBenchConfig,
+        help="training tokens/s and memory of stage 1 and stage 2 vs the baseline (full vocab)"))
 
 
-def _add_rounds(p, *, steps: tuple[int, str], warmup: tuple[int, str]) -> None:
-    p.add_argument("--steps", type=positive_int, default=steps[0], help=f"{steps[1]} (default: {steps[0]})")
-    p.add_argument("--warmup", type=nonneg_int, default=warmup[0], help=f"{warmup[1]} (default: {warmup[0]})")
+def _add_bench(group, name: str, run, settings: type, only: tuple[str, ...] | None = None, **parser_options):
+    """A bench command with a flag per field of its `settings` (benchmarks/settings.py; a bool field is a
+    switch) and the first paragraph of their docstring as its description; returns its parser for the
+    flags that are not settings (paths, --device, --json)."""
+    p = add_command(group, name, run, description=_first_paragraph(settings), **parser_options)
+    add_config_flags(p, settings, only=only, switches=True)
+    return p
+
+
+def _first_paragraph(settings: type) -> str:
+    return inspect.cleandoc(settings.__doc__).split("\n\n")[0]
 
 
 def _add_device_and_json(p) -> None:
@@ -80,9 +79,9 @@ def _run_train(args) -> int:
     from ...benchmarks.train_speed import bench_train, rows_to_json
     from ._bench_tables import train_table
 
+    cfg = check_fields(config_from_args(TrainBenchConfig, args))
     device = _bench_device(args)
-    rows = bench_train(preset=args.preset, vocab=args.vocab, k=args.k, grid=args.grid, batch_size=args.batch_size,
-                       steps=args.steps, warmup=args.warmup, num_classes=args.num_classes, device=device)
+    rows = bench_train(**to_dict(cfg), device=device)
     name = device_name(device)
     print(train_table(rows, device=name, preset=args.preset, batch_size=args.batch_size, grid=args.grid))
     _write_rows(args, name, ("preset", "vocab", "k", "grid", "num_classes", "batch_size", "steps"), rows_to_json(rows))
@@ -110,53 +109,22 @@ def _write_rows(args, device: str, keys: tuple[str, ...], rows: list[dict]) -> N
 
 # ---------------------------------------------------------------- bench speed (the bench: benchmarks/speed.py)
 
-def _speed_preset(text: str) -> str:
-    if text not in SPEED_PRESETS:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(sorted(SPEED_PRESETS))}, got {text!r}")
-    return text
-
-
 def _add_speed(group) -> None:
-    p = add_command(
-        group, "speed", _run_speed, help="sampling images/s and memory of CTF vs the baseline at the same stage-1 size",
-        description="Sample batches with CTF (stage 1 + stage 2) and the baseline, random weights, guidance on, "
-                    "interleaved after a warm-up; print the median images/s, peak memory and their ratio.")
-    p.add_argument("--preset", default=None, type=_speed_preset,
-                   help="fmnist: small GPT, V 4096, K 128, 8x8 tokens; B / L / XL: GPT-B / L / XL, V 16384, K 512, 16x16, "
-                        "stage 2 aux-B (B) or aux-L (default: fmnist)")
-    p.add_argument("--aux-preset", choices=MODEL_PRESETS, metavar="PRESET",
-                   help="stage-2 size (default: fmnist small, B aux-B)")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default: 64)")
-    p.add_argument("--runs", type=positive_int, default=3, help="timed batches per sampler (default: 3)")
-    p.add_argument("--warmup", type=nonneg_int, default=1, help="untimed rounds first (default: 1)")
-    p.add_argument("--guidance-scale", "--cfg", type=guidance, default=2.0, help="guidance of both (default: 2.0)")
-    p.add_argument("--device", default="auto", type=device, help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="model dtype (bf16: for GPUs)")
-    p.add_argument("--compile", nargs="?", const="inductor", default=None, choices=["inductor", "cudagraph"],
-                   help="compiled decoding (GPUs; sample/decoding.py): inductor (a bare --compile) or cudagraph "
-                        "(default: off)")
+    p = _add_bench(
+        group, "speed", _run_speed, SpeedBenchConfig, only=_SPEED_FLAGS,
+        help="sampling images/s and memory of CTF vs the baseline at the same stage-1 size")
+    # unset: `--preset` names a single preset (refused with --sweep), else fmnist; its choices are checked
+    # by the flag's type (the usage says PRESET, not the table)
+    add_config_flags(p, SpeedBenchConfig, only=("preset",), unset=True, choices={"preset": None})
+    add_config_flags(p, SpeedBenchConfig, only=("compile",), bare={"compile": "inductor"}, shown={"compile": "off"})
+    add_device_args(p)
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--profile", action="store_true",
-                   help="then profile one more batch of each (torch.profiler) and print where the time goes")
-    sweep = p.add_argument_group(
-        "sweep", "--sweep: instead of one preset, every (token grid, width) cell at one codebook: the baseline and "
-                 "CTF with stage 2 at several depths, timed side by side in each cell (fp32, eager)")
+    sweep = p.add_argument_group("sweep", "--sweep: " + _first_paragraph(SpeedSweepConfig).partition(": ")[2])
     sweep.add_argument("--sweep", action="store_true", help="run the sweep (flags below; --json gets every cell)")
-    sweep.add_argument("--widths", type=comma_list(one_of(*MODEL_PRESETS)), default=None, metavar="P,P",
-                       help="stage-1 / baseline presets, comma-separated (default: tiny,small,B)")
-    sweep.add_argument("--stage2-depths", type=comma_list(nonempty), default=None, metavar="F,F",
-                       help="stage-2 layers as fractions of stage 1's, same width; each must give whole layers at "
-                            "every width (default: 1/4,1/2,1)")
-    sweep.add_argument("--grids", type=comma_list(positive_int), default=None, metavar="G,G",
-                       help="tokens per side: 8 is this data's 8x8, 16 the paper's 16x16 (default: 8)")
-    sweep.add_argument("--vocab", type=int_range(3, 65536), default=None, help="codebook size V (default: 16384)")
-    sweep.add_argument("--k", type=int_range(2, 65535), default=None, help="coarse vocabulary K (default: 512)")
-    sweep.add_argument("--num-classes", type=positive_int, default=None, help="class labels (default: 10)")
+    add_config_flags(sweep, SpeedSweepConfig, unset=True)  # unset: a sweep flag without --sweep is refused
 
 
-SWEEP_FLAGS = {"widths": "tiny,small,B", "stage2_depths": "1/4,1/2,1", "grids": "8", "vocab": 16384, "k": 512,
-               "num_classes": 10}
+_SPEED_FLAGS = ("aux_preset", "batch_size", "runs", "warmup", "guidance_scale", "dtype", "profile")
 
 
 def _run_speed(args) -> int:
@@ -167,34 +135,34 @@ def _run_speed(args) -> int:
     from ...benchmarks.speed import bench_speed, results_to_json
     from ._bench_tables import speed_table
 
-    given = [f"--{k.replace('_', '-')}" for k in SWEEP_FLAGS if getattr(args, k) is not None]
+    sweep = given_flags(SpeedSweepConfig, args)
     if args.sweep:
         single = [flag for flag, on in (("--preset", args.preset), ("--aux-preset", args.aux_preset),
                                         ("--dtype bf16", args.dtype != "fp32"), ("--compile", args.compile)) if on]
         if single:
             raise CtfgenError(f"bench speed --sweep: {', '.join(single)}: for a single preset, not the sweep "
                               "(its sizes: --widths, --stage2-depths, --grids, --vocab, --k; it runs fp32 eager)")
-        return _run_speed_sweep(args)
-    if given:
-        raise CtfgenError(f"bench speed: {', '.join(given)}: for --sweep only")
+        return _run_speed_sweep(args, check_fields(SpeedSweepConfig(**sweep)))
+    if sweep:
+        raise CtfgenError(f"bench speed: {', '.join('--' + k.replace('_', '-') for k in sweep)}: for --sweep only")
+    cfg = check_fields(config_from_args(SpeedBenchConfig, args, preset=args.preset or "fmnist"))
     device = _bench_device(args)
-    results, info = bench_speed(args.preset or "fmnist", batch_size=args.batch_size, runs=args.runs,
-                                warmup=args.warmup, guidance_scale=args.guidance_scale, aux_preset=args.aux_preset,
-                                device=device, dtype=torch.bfloat16 if args.dtype == "bf16" else None,
-                                compile=args.compile, profile=args.profile)
+    results, info = bench_speed(cfg.preset, batch_size=cfg.batch_size, runs=cfg.runs, warmup=cfg.warmup,
+                                guidance_scale=cfg.guidance_scale, aux_preset=cfg.aux_preset, device=device,
+                                dtype=torch.bfloat16 if cfg.dtype == "bf16" else None, compile=cfg.compile,
+                                profile=cfg.profile)
     print(speed_table(results, info))
     if args.json:
         atomic_write_json(args.json, results_to_json(results, info))
     return 0
 
 
-def _run_speed_sweep(args) -> int:
+def _run_speed_sweep(args, cfg) -> int:
     from ...artifacts import atomic_write_json
     from ...benchmarks.speed_sweep import speed_sweep, stage2_layers, sweep_to_json
     from ._bench_tables import sweep_cell_table, sweep_table
 
-    axes = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in SWEEP_FLAGS.items()}
-    widths, depths = (axes[k].split(",") for k in ("widths", "stage2_depths"))
+    widths, depths = item_list(cfg, "widths"), item_list(cfg, "stage2_depths")
     stage2_layers(widths, depths)  # a depth that gives no whole layer count is refused before any timing
     done = []
 
@@ -204,8 +172,8 @@ def _run_speed_sweep(args) -> int:
         if args.json:
             atomic_write_json(args.json, sweep_to_json(done, info))
 
-    cells, info = speed_sweep(widths=widths, depths=depths, grids=[int(g) for g in axes["grids"].split(",")],
-                              vocab=axes["vocab"], k=axes["k"], num_classes=axes["num_classes"],
+    cells, info = speed_sweep(widths=widths, depths=depths, grids=item_list(cfg, "grids"), vocab=cfg.vocab, k=cfg.k,
+                              num_classes=cfg.num_classes,
                               batch_size=args.batch_size, runs=args.runs, warmup=args.warmup,
                               guidance_scale=args.guidance_scale, device=_bench_device(args), profile=args.profile,
                               on_cell=on_cell)
@@ -217,22 +185,19 @@ def _run_speed_sweep(args) -> int:
 # (experiments/quality/speed_plot.py)
 
 def _add_quality_speed(group) -> None:
-    p = add_command(
-        group, "quality-speed", _run_quality_speed, help="plot measured classifier-FID against measured images/s",
-        description="Match the scaling study's best-setting classifier-FID per method, V, width and token grid "
-                    "with the images/s of the same sampler in `bench speed --sweep` JSONs; print the matched "
-                    "points (and what has no match), and draw FID against images/s. Nothing is estimated.")
+    p = _add_bench(
+        group, "quality-speed", _run_quality_speed, QualitySpeedConfig,
+        help="plot measured classifier-FID against measured images/s")
     p.add_argument("--quality", required=True, metavar="PATH", help="the study's results JSON (results.json)")
     p.add_argument("--speed", required=True, nargs="+", metavar="PATH", help="`bench speed --sweep --json` files")
     p.add_argument("--out", required=True, metavar="PNG", help="where to write the plot")
-    p.add_argument("--grid", type=positive_int, default=None,
-                   help="tokens per side of study units that record none (the 8x8 study of docs/results: 8)")
 
 
 def _run_quality_speed(args) -> int:
     from ...experiments.quality.speed_plot import plot_quality_vs_speed, points_table, quality_speed_points
 
-    points, left_out = quality_speed_points(args.quality, args.speed, default_grid=args.grid)
+    cfg = check_fields(config_from_args(QualitySpeedConfig, args))
+    points, left_out = quality_speed_points(args.quality, args.speed, default_grid=cfg.grid)
     print(points_table(points))
     for line in left_out:
         print(f"left out: {line}")
@@ -244,20 +209,9 @@ def _run_quality_speed(args) -> int:
 
 
 def _add_aux_loss(group) -> None:
-    p = add_command(
-        group, "aux-loss", _run_aux_loss, help="stage 2's loss formulations (loop, gather, masked) timed against each other",
-        description="Time the three formulations of stage 2's cluster-masked loss (the same loss and gradients) "
-                    "on one model: the head alone and a whole training step, median of --steps after --warmup.")
-    p.add_argument("--preset", default="aux-L", choices=MODEL_PRESETS, metavar="PRESET", help="stage-2 size (default: aux-L, the paper's)")
-    p.add_argument("--vocab", type=int_range(2, 65536), default=16384, help="codebook size V (default: 16384)")
-    p.add_argument("--k", type=int_range(2, 65536), default=512, help="clusters K, balanced random (default: 512)")
-    p.add_argument("--grid", type=positive_int, default=16, help="tokens per side (default: 16)")
-    p.add_argument("--batch-size", type=positive_int, default=2, help="samples per step (default: 2)")
-    _add_rounds(p, steps=(3, "timed rounds"), warmup=(1, "untimed rounds first"))
-    p.add_argument("--clusters", default="balanced", choices=["balanced", "skewed"],
-                   help="cluster sizes: equal, or uneven like k-means (largest ~3x the mean) (default: balanced)")
-    p.add_argument("--head-only", action="store_true", help="time the loss alone, not whole training steps")
-    _add_device_and_json(p)
+    _add_device_and_json(_add_bench(
+        group, "aux-loss", _run_aux_loss, AuxLossBenchConfig,
+        help="stage 2's loss formulations (loop, gather, masked) timed against each other"))
 
 
 def _run_aux_loss(args) -> int:
@@ -265,10 +219,11 @@ def _run_aux_loss(args) -> int:
     from ...benchmarks.aux_loss import aux_rows_to_json, bench_aux_loss
     from ._bench_tables import aux_loss_table
 
+    cfg = check_fields(config_from_args(AuxLossBenchConfig, args))
     device = _bench_device(args)
-    rows = bench_aux_loss(preset=args.preset, vocab=args.vocab, k=args.k, grid=args.grid,
-                          batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
-                          whole_step=not args.head_only, device=device, clusters=args.clusters)
+    settings = to_dict(cfg)
+    whole_step = not settings.pop("head_only")
+    rows = bench_aux_loss(**settings, whole_step=whole_step, device=device)
     name = device_name(device)
     print(aux_loss_table(rows, device=name, preset=args.preset, vocab=args.vocab, k=args.k,
                          batch_size=args.batch_size, grid=args.grid, clusters=args.clusters))
@@ -281,41 +236,26 @@ def _run_aux_loss(args) -> int:
 
 
 def _add_gpu(group) -> None:
-    p = add_command(
-        group, "gpu", _run_gpu, help="the prepared GPU check: CUDA tests, training MFU, sampling speed vs the paper, torchrun",
-        description="Run the paper-scale check on one GPU (scripts/gpu_check.sh calls this): the tests marked cuda, "
-                    "training steps of stage 1 / stage 2 / the baseline at B and L (tokens/s, memory, MFU), "
-                    "sampling at B / L / XL in fp32 / bf16, eager and compiled, beside the paper's A100 images/s, "
-                    "a one-process torchrun DDP / FSDP run and resume, stage 2's loss formulations; OUT/gpu_check.json "
-                    "and OUT/gpu_check.md are rewritten after every section. No downloads.",
+    p = _add_bench(
+        group, "gpu", _run_gpu, GpuCheckConfig,
+        help="the prepared GPU check: CUDA tests, training MFU, sampling speed vs the paper, torchrun",
         epilog="docs/GPU.md explains each figure and the targets.")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for gpu_check.json, gpu_check.md, logs")
-    p.add_argument("--device", default="auto", type=device, help="cuda, cuda:N, cpu or auto (default: auto)")
-    p.add_argument("--quick", action="store_true", help="every section at tiny sizes (seconds; the CPU test runs it)")
-    p.add_argument("--budget", type=positive_float, default=420.0, metavar="SECONDS",
-                   help="skip the remaining optional sections once this much time is spent (default: 420)")
-    p.add_argument("--peak-tflops", type=positive_float, default=None,
-                   help="the GPU's dense bf16 peak for MFU, when it is not in the built-in table")
-    p.add_argument("--skip", default="", metavar="A,B",
-                   help="sections to leave out, comma-separated names as in the report (e.g. tests,smoke)")
-    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
-    p.add_argument("--lasting", action="store_true",
-                   help="then run `ctfgen bench lasting`'s default plan on the device (batch 256, bf16 autocast; "
-                        "OUT/lasting/, one JSON per unit in OUT/lasting/results/, whatever --budget says; needs "
-                        "Fashion-MNIST, $CTFGEN_FASHION_MNIST; not in --quick)")
+    add_device_args(p)
 
 
 def _run_gpu(args) -> int:
     from ...benchmarks.gpucheck import GpuCheck
 
+    cfg = check_fields(config_from_args(GpuCheckConfig, args))
     device = _bench_device(args)
     extra = {}
-    if args.lasting:
+    if cfg.lasting:
         from ...experiments.scaling.lasting.study import gpu_section
 
         extra["lasting"] = gpu_section
-    check = GpuCheck(args.out, device=device, quick=args.quick, budget_s=args.budget, peak_tflops=args.peak_tflops,
-                     skip=tuple(s.strip() for s in args.skip.split(",") if s.strip()), extra=extra)
+    check = GpuCheck(args.out, device=device, quick=cfg.quick, budget_s=cfg.budget, peak_tflops=cfg.peak_tflops,
+                     skip=tuple(item_list(cfg, "skip")), extra=extra)
     result = check.run()
     print((check.out / "gpu_check.md").read_text())
     failed = [n for n, s in result["sections"].items() if s.get("status") == "error"]
@@ -328,22 +268,20 @@ def _run_gpu(args) -> int:
 
 def _add_quality(group) -> None:
     from ...experiments.quality import ABLATIONS, QualityConfig
-    from .demo import add_experiment
 
     p = add_experiment(
         group, "quality", QualityConfig, _run_quality, out="runs/quality", out_help="bench folder",
         help="CTF vs the baseline at equal training steps, at several checkpoints, and ablations",
-        description="Train CTF (stage 1 + stage 2) and the baseline with the same stage-1 architecture on the same "
-                    "codes, evaluate both on class-balanced samples at several checkpoints (FID, IS, precision, "
-                    "recall), and write OUT/report/README.md with a table and metric-vs-step plots. --ablate adds "
-                    "one table per ablation. Rerunning reuses every finished step.")
+        description="""Train CTF (stage 1 + stage 2) and the baseline with the same stage-1 architecture on the
+            same codes, evaluate both on class-balanced samples at several checkpoints (FID, IS, precision, recall),
+            and write OUT/report/README.md with a table and metric-vs-step plots. --ablate adds one table per
+            ablation. Rerunning reuses every finished step.""")
     p.add_argument("--ablate", nargs="+", default=[], metavar="NAME", choices=[*ABLATIONS, "all"],
                    help=f"ablations to run after the comparison: {', '.join(ABLATIONS)}, or all (default: none)")
 
 
 def _run_quality(args) -> int:
     from ...experiments.quality import QualityBench, QualityConfig, resolve_ablations
-    from .demo import experiment_setup
 
     ablations = resolve_ablations(args.ablate)
     cfg, device = experiment_setup(QualityConfig, args)
@@ -359,7 +297,6 @@ _seed_list = typed_list(nonneg_int, list)
 
 def _add_scaling(group) -> None:
     from ...experiments.scaling import ScalingConfig
-    from .demo import add_experiment
 
     p = add_experiment(
         group, "scaling", ScalingConfig, _run_scaling, out="runs/scaling", out_help="study folder",
@@ -384,7 +321,6 @@ def _add_scaling(group) -> None:
 
 def _run_scaling(args) -> int:
     from ...experiments.scaling import ScalingConfig, ScalingStudy
-    from .demo import experiment_setup
 
     cfg, device = experiment_setup(ScalingConfig, args)
     ScalingStudy(cfg, args.out, device=device, progress=not args.quiet).run(
@@ -396,7 +332,6 @@ def _run_scaling(args) -> int:
 
 def _add_lasting(group) -> None:
     from ...experiments.scaling.lasting import LastingConfig
-    from .demo import add_experiment
 
     p = add_experiment(
         group, "lasting", LastingConfig, _run_lasting, out="runs/lasting", out_help="study folder",
@@ -426,7 +361,6 @@ def _add_lasting(group) -> None:
 
 def _run_lasting(args) -> int:
     from ...experiments.scaling.lasting import LastingConfig, LastingStudy
-    from .demo import experiment_setup
 
     cfg, device = experiment_setup(LastingConfig, args)
     study = LastingStudy(cfg, args.out, results_dir=args.results_dir, device=device, progress=not args.quiet)

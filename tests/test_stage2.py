@@ -161,3 +161,41 @@ def test_an_unregistered_stage2_folder_is_refused(old, tmp_path):
     with pytest.raises(ArtifactError, match=f"'{KIND}' folder cannot be a stage 2"):
         make_pipeline(tmp_path / "pipe", tokenizer=old / "tokenizer", ar=old / "stage1", aux=class_table(old))
     assert not (tmp_path / "pipe").exists()
+
+
+# ---------------------------------------------------------------- issue 21: a newcomer's stage 2s
+
+def position_table(old):
+    from stage2_example import PositionTable, PositionTableArtifact, PositionTableConfig
+
+    from ctfgen.cluster import CoarseMap
+
+    cmap = CoarseMap.load(old / "coarse")
+    cfg = PositionTableConfig(vocab_size=cmap.num_codes, coarse_vocab=cmap.k, grid=4)
+    scores = torch.randn(16, cmap.num_codes, generator=torch.Generator().manual_seed(1)) * 3
+    table = PositionTable(cfg, cmap.code_to_coarse, scores)
+    return PositionTableArtifact(table, made_from={"tokenizer": cmap.tokenizer_fingerprint,
+                                                   "coarse_map": cmap.fingerprint})
+
+
+@pytest.fixture
+def position_registered(monkeypatch):
+    from stage2_example import POSITION_REGISTRY_LINE
+
+    for kind, path in POSITION_REGISTRY_LINE.items():
+        monkeypatch.setitem(STAGE2_FOLDERS, kind, path)
+
+
+def test_a_stage2_with_a_grid_and_no_classes_is_scored(old, tmp_path, capsys, position_registered):
+    """grid and num_classes are each None or not on their own (a position table reads no class)."""
+    from ctfgen.codes import CodeStore
+    from ctfgen.evaluate.nll import store_sequences
+    from ctfgen.sample import make_pipeline
+
+    art = position_table(old)
+    make_pipeline(tmp_path / "pipe", tokenizer=old / "tokenizer", ar=old / "stage1", aux=art)
+    result = nll(capsys, "--codes", old / "codes", "--pipeline", tmp_path / "pipe", "--out", tmp_path / "n.json")
+    x, _ = store_sequences(CodeStore.open(old / "codes"))
+    expected = -art.module.log_prob_LV().gather(1, x.T).T.double().sum() / (x.numel() * np.log(2))
+    assert result["stage2"] == "position-table"
+    assert result["stage2_bits_per_token"] == pytest.approx(float(expected), rel=1e-6)

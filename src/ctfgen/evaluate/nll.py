@@ -221,11 +221,11 @@ def load_nll_models(store, device: str | torch.device = "cpu", *, pipeline=None,
         c = m.config
         if c.vocab_size != store.vocab_size:
             raise CtfgenError(f"{role}: codebook of {c.vocab_size} codes, but {store.folder} has {store.vocab_size}")
-        if c.grid is not None:  # a prior stage 2 reads no grid and no class
-            if c.grid != store.grid[0]:
-                raise CtfgenError(f"{role}: a {c.grid}x{c.grid} grid, but {store.folder} holds {store.grid}")
-            if c.num_classes < store.num_classes:
-                raise CtfgenError(f"{role}: {c.num_classes} classes, but {store.folder} has {store.num_classes}")
+        # a stage 2 that reads no grid or no class has None there (models/stage2.py: stage2_config)
+        if c.grid is not None and c.grid != store.grid[0]:
+            raise CtfgenError(f"{role}: a {c.grid}x{c.grid} grid, but {store.folder} holds {store.grid}")
+        if c.num_classes is not None and c.num_classes < store.num_classes:
+            raise CtfgenError(f"{role}: {c.num_classes} classes, but {store.folder} has {store.num_classes}")
     return models, source
 
 

@@ -199,3 +199,20 @@ def test_a_stage2_with_a_grid_and_no_classes_is_scored(old, tmp_path, capsys, po
     expected = -art.module.log_prob_LV().gather(1, x.T).T.double().sum() / (x.numel() * np.log(2))
     assert result["stage2"] == "position-table"
     assert result["stage2_bits_per_token"] == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_eval_nll_takes_any_stage2_folder_with_ar(old, tmp_path, capsys, registered):
+    """--ar with --aux loads the stage-2 role through the registry, as a pipeline does."""
+    from ctfgen.cluster import CoarseMap
+    from ctfgen.models.member_prior import MemberPriorArtifact
+
+    MemberPriorArtifact.from_map("uniform", CoarseMap.load(old / "coarse")).save(tmp_path / "uniform")
+    class_table(old).save(tmp_path / "table")
+    by_folder = nll(capsys, "--codes", old / "codes", "--ar", old / "stage1", "--aux", tmp_path / "uniform",
+                    "--out", tmp_path / "u.json")
+    by_rule = nll(capsys, "--codes", old / "codes", "--ar", old / "stage1", "--stage2", "uniform", "--coarse-map",
+                  old / "coarse", "--out", tmp_path / "r.json")
+    assert by_folder["stage2"] == "uniform" and by_folder["bits_per_token"] == by_rule["bits_per_token"]
+    table = nll(capsys, "--codes", old / "codes", "--ar", old / "stage1", "--aux", tmp_path / "table",
+                "--out", tmp_path / "t.json")
+    assert table["stage2"] == "class-table" and table["source"]["aux"]["folder"] == str(tmp_path / "table")

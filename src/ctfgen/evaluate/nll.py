@@ -176,8 +176,7 @@ def load_nll_models(store, device: str | torch.device = "cpu", *, pipeline=None,
     the store's, or a model whose codebook, grid or classes do not fit the store.
     """
     from ..artifacts import check_made_from
-    from ..models.artifact import TrainedModel
-    from ..sample.pipeline_folder import check_stages
+    from ..sample.pipeline_folder import check_stages, load_component, read_component_manifest
 
     if sum(bool(x) for x in (pipeline, ar, baseline)) != 1:
         raise CtfgenError("give exactly one of --pipeline, --ar (CTF) or --baseline")
@@ -195,11 +194,12 @@ def load_nll_models(store, device: str | torch.device = "cpu", *, pipeline=None,
         folders = {"baseline": baseline} if baseline else {"ar": ar}
         if aux:
             folders["aux"] = aux
-        manifests = {role: TrainedModel.read_manifest(folder) for role, folder in folders.items()}
+        # the stage-2 role is any registered stage-2 folder kind, as in a pipeline (models/stage2.py)
+        manifests = {role: read_component_manifest(role, folder) for role, folder in folders.items()}
         check_stages(manifests, store.tokenizer_fingerprint, folders=folders, tokenizer_name=codes_tokenizer)
         models, source = {}, {}
         for role, folder in folders.items():
-            art = TrainedModel.load(folder, device, ema=ema, expect_kind=role)
+            art = load_component(role, folder, device, ema=ema)
             models[role], source[role] = art.module, {"folder": str(folder), "fingerprint": art.fingerprint}
         stage1 = f"stage 1 ({ar})"
         stage1_map = manifests["ar"].get("made_from", {}).get("coarse_map") if ar else None

@@ -275,7 +275,8 @@ def register_nll(sub) -> None:
     p.add_argument("--pipeline", metavar="DIR", help="a CTF or baseline pipeline folder (ctfgen pipeline make), or a "
                    "Hub repository id user/name in the local Hugging Face cache")
     p.add_argument("--ar", metavar="DIR", help="stage-1 model folder (with --aux, --coarse-map or --stage2 uniform/frequency)")
-    p.add_argument("--aux", metavar="DIR", help="stage-2 model folder")
+    p.add_argument("--aux", metavar="DIR", help="stage-2 folder: a trained model or any stage-2 folder kind (e.g. the "
+                   "aux folder of a `pipeline make --stage2` pipeline)")
     p.add_argument("--baseline", metavar="DIR", help="baseline model folder")
     from ...models.config import PRIOR_RULES
 

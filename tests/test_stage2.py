@@ -216,3 +216,19 @@ def test_eval_nll_takes_any_stage2_folder_with_ar(old, tmp_path, capsys, registe
     table = nll(capsys, "--codes", old / "codes", "--ar", old / "stage1", "--aux", tmp_path / "table",
                 "--out", tmp_path / "t.json")
     assert table["stage2"] == "class-table" and table["source"]["aux"]["folder"] == str(tmp_path / "table")
+
+
+def test_stage2_guidance_is_refused_by_a_class_stage2_without_it(old, tmp_path, registered, position_registered):
+    """A stage 2 that sees the class but has no guidance of its own refuses the setting; one that
+    does not see the class samples the same with any scale."""
+    from ctfgen.errors import CtfgenError
+    from ctfgen.sample import load_pipeline, make_pipeline
+
+    make_pipeline(tmp_path / "table", tokenizer=old / "tokenizer", ar=old / "stage1", aux=class_table(old))
+    pipe = load_pipeline(tmp_path / "table")
+    with pytest.raises(CtfgenError, match="stage2_guidance_scale 2: stage 2 'class-table'.*sees the class"):
+        pipe.generate([0, 1], seed=0, stage2_guidance_scale=2.0)
+    make_pipeline(tmp_path / "pos", tokenizer=old / "tokenizer", ar=old / "stage1", aux=position_table(old))
+    pos = load_pipeline(tmp_path / "pos")
+    plain, guided = (pos.generate([0, 1], seed=0, stage2_guidance_scale=g) for g in (1.0, 2.0))
+    assert np.array_equal(plain.codes, guided.codes)

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 
 from ..artifacts import ModuleArtifact, fingerprint_tensors, read_manifest
-from ..errors import ArtifactError
+from ..errors import ArtifactError, CtfgenError
 from .config import STAGE2_FOLDERS, resolve
 from .members import MemberTables
 
@@ -35,7 +35,8 @@ from .members import MemberTables
 class Stage2(MemberTables):
     """The contract (see the module's docstring). Subclasses are nn.Modules."""
 
-    # whether the class changes the distribution: only then does stage-2 guidance mean anything
+    # whether the class changes the distribution: only then does stage-2 guidance mean anything,
+    # and then the stage 2 must implement it (`stage2_logits`) or refuse the setting
     sees_class: bool = True
     CONFIG: ClassVar[type]  # its config dataclass (for a `Stage2Artifact` folder)
 
@@ -80,8 +81,17 @@ class Stage2(MemberTables):
 
     def stage2_logits(self, coarse_BL: torch.Tensor, class_B: torch.Tensor | None,
                       guidance_scale: float = 1.0) -> torch.Tensor:
-        """(B, L, C) float32 sampling logits; default: the member log-probabilities (C = M), which
-        guidance leaves unchanged for a stage 2 that does not see the class."""
+        """(B, L, C) float32 sampling logits; default: the member log-probabilities (C = M).
+
+        Guidance (`guidance_scale` != 1, the setting stage2_guidance_scale) needs the null class's
+        distribution, which the contract does not give: the default ignores the scale for a stage 2
+        that does not see the class (`sees_class` False: guidance would change nothing) and raises
+        CtfgenError for one that does; such a stage 2 implements guidance by overriding this method
+        (as models/aux.py: AuxTransformer does)."""
+        if guidance_scale != 1.0 and self.sees_class:
+            raise CtfgenError(f"stage2_guidance_scale {guidance_scale:g}: stage 2 '{self.stage2_name}' "
+                              f"({type(self).__name__}) sees the class but implements no guidance "
+                              "(no stage2_logits of its own); use stage2_guidance_scale 1")
         return self.stage2_log_probs(coarse_BL, class_B)
 
     def stage2_codes(self, coarse_N: torch.Tensor, col_N: torch.Tensor) -> torch.Tensor:

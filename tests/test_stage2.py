@@ -232,3 +232,30 @@ def test_stage2_guidance_is_refused_by_a_class_stage2_without_it(old, tmp_path, 
     pos = load_pipeline(tmp_path / "pos")
     plain, guided = (pos.generate([0, 1], seed=0, stage2_guidance_scale=g) for g in (1.0, 2.0))
     assert np.array_equal(plain.codes, guided.codes)
+
+
+def test_an_edited_prior_config_is_refused(old, tmp_path, capsys):
+    """A hand-edited stage2_prior manifest: a bad field is named on load (and by `pipeline card`);
+    a valid but other rule no longer matches the fingerprint of config + weights."""
+    make = ["pipeline", "make", "--tokenizer", old / "tokenizer", "--ar", old / "stage1", "--stage2", "uniform",
+            "--coarse-map", old / "coarse", "--out", tmp_path / "pipe"]
+    assert cli_main([str(a) for a in make]) == 0
+    capsys.readouterr()
+    path = tmp_path / "pipe" / "aux" / "manifest.json"
+    manifest = json.loads(path.read_text())
+
+    def refused(*args, match):
+        assert cli_main([str(a) for a in args]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and re.search(match, err), err
+
+    score = ("eval", "nll", "--quiet", "--codes", old / "codes", "--pipeline", tmp_path / "pipe")
+    for field, value, match in (("rule", "bogus", r"config\.prior: rule must be one of \('uniform', 'frequency'\)"),
+                                ("smoothing", 0.0, r"config\.prior: smoothing must be > 0"),
+                                ("rule", "frequency", r"config\.prior and .*model\.safetensors do not match")):
+        path.write_text(json.dumps({**manifest, "config": {"prior": {**manifest["config"]["prior"], field: value}}}))
+        refused(*score, match=match)
+        refused("sample", "--pipeline", tmp_path / "pipe", "--npz", tmp_path / "s.npz", match=match)
+        if field != "rule" or value == "bogus":  # the card reads the config only
+            refused("pipeline", "card", tmp_path / "pipe", match=match)
+    assert not (tmp_path / "s.npz").exists()

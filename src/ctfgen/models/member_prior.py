@@ -16,12 +16,13 @@ the training code store).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..config import option
 from ..errors import CtfgenError
 from .config import PRIOR_RULES as RULES
 from .stage2 import Stage2, Stage2Artifact
@@ -29,10 +30,12 @@ from .stage2 import Stage2, Stage2Artifact
 
 @dataclass
 class MemberPriorConfig:
-    rule: str
-    vocab_size: int  # codebook size V
-    coarse_vocab: int  # K
-    smoothing: float = 1.0  # pseudo-count added to every code (rule "frequency")
+    # required fields with the rules of an `option` (config.py: check_fields reads them on load)
+    rule: str = field(metadata={"help": "how members are weighted within a cluster", "choices": RULES})
+    vocab_size: int = field(metadata={"help": "codebook size V", "min": 1})
+    coarse_vocab: int = field(metadata={"help": "number of coarse clusters K", "min": 1})
+    smoothing: float = option(1.0, "pseudo-count added to every code (rule \"frequency\"): an unseen code "
+                                   "keeps probability > 0", min=0, min_open=True)
 
     # a prior reads neither the class nor the position: any grid and any classes fit it
     grid = None

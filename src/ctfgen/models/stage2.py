@@ -26,7 +26,8 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 
-from ..artifacts import ModuleArtifact, fingerprint_tensors, read_manifest
+from ..artifacts import MANIFEST, ModuleArtifact, fingerprint_tensors, read_manifest
+from ..config import check_fields
 from ..errors import ArtifactError, CtfgenError
 from .config import STAGE2_FOLDERS, resolve
 from .members import MemberTables
@@ -137,7 +138,19 @@ class Stage2Artifact(ModuleArtifact):
 
     @classmethod
     def stage2_config(cls, manifest: dict, folder: str | Path = "stage 2") -> Any:
-        return cls.typed_config(folder, manifest, cls.module_class().CONFIG, key=cls.CONFIG_KEY)
+        """The manifest's config as `MODULE.CONFIG`, its fields checked by their rules (config.py:
+        check_fields): CtfgenError naming the manifest file and the field."""
+        cfg = cls.typed_config(folder, manifest, cls.module_class().CONFIG, key=cls.CONFIG_KEY)
+        return check_fields(cfg, where=f"{Path(folder) / MANIFEST}: config.{cls.CONFIG_KEY}")
+
+    @classmethod
+    def check_weights(cls, folder: Path, manifest: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> None:
+        """The fingerprint of the config and weights as written must be the manifest's: an edited
+        config (another rule) would otherwise pass for the folder it was made as (ArtifactError)."""
+        config = {cls.CONFIG_KEY: asdict(cls.stage2_config(manifest, folder))}
+        if fingerprint_tensors(state, extra=config) != manifest["fingerprint"]:
+            raise ArtifactError(f"{folder / MANIFEST}: config.{cls.CONFIG_KEY} and {folder / cls.WEIGHTS} do not "
+                                f"match the manifest's fingerprint (config or weights edited); {cls.REDO}")
 
     @classmethod
     def build(cls, folder: Path, manifest: dict) -> torch.nn.Module:

@@ -259,3 +259,39 @@ def test_an_edited_prior_config_is_refused(old, tmp_path, capsys):
         if field != "rule" or value == "bogus":  # the card reads the config only
             refused("pipeline", "card", tmp_path / "pipe", match=match)
     assert not (tmp_path / "s.npz").exists()
+
+
+def test_prior_flags_that_would_be_ignored_are_refused(old, tmp_path, capsys):
+    make = ["pipeline", "make", "--tokenizer", old / "tokenizer", "--ar", old / "stage1", "--out", tmp_path / "p"]
+    score = ["eval", "nll", "--quiet", "--codes", old / "codes"]
+
+    def refused(*args, match):
+        assert cli_main([str(a) for a in args]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and re.search(match, err), err
+
+    refused(*make, "--stage2", "uniform", "--coarse-map", old / "coarse", "--train-codes", old / "codes",
+            match="--train-codes is read only by --stage2 frequency")
+    refused(*make, "--aux", old / "stage2", "--coarse-map", old / "coarse", match="--coarse-map is read only by")
+    assert not (tmp_path / "p").exists()
+    refused(*score, "--baseline", old / "stage1", "--stage2", "uniform", "--coarse-map", old / "coarse",
+            match="--stage2 uniform with --coarse-map is CTF's stage 2")
+    refused(*score, "--ar", old / "stage1", "--aux", old / "stage2", "--stage2", "uniform", "--coarse-map",
+            old / "coarse", match="--coarse-map: --stage2 uniform takes the clusters of the stage 2 of --aux")
+
+
+def test_eval_nll_records_the_stage2_it_scored(old, tmp_path, capsys):
+    """--pipeline with --stage2 RULE scores the prior: the result's source names it, not the pipeline's."""
+    make = ["pipeline", "make", "--tokenizer", old / "tokenizer", "--ar", old / "stage1", "--stage2", "uniform",
+            "--coarse-map", old / "coarse", "--out", tmp_path / "pipe"]
+    assert cli_main([str(a) for a in make]) == 0
+    pipeline_prior = json.loads((tmp_path / "pipe" / "aux" / "manifest.json").read_text())["fingerprint"]
+    result = nll(capsys, "--codes", old / "codes", "--pipeline", tmp_path / "pipe", "--stage2", "frequency",
+                 "--train-codes", old / "codes", "--out", tmp_path / "n.json")
+    scored = result["source"]["models"]["aux"]
+    assert result["stage2"] == "frequency" and scored != pipeline_prior
+    assert result["source"]["aux"] == {"stage2": "frequency", "fingerprint": scored,
+                                       "made_from": {"tokenizer": result["source"]["models"]["tokenizer"],
+                                                     "coarse_map": result["source"]["models"]["coarse_map"],
+                                                     "codes": json.loads((old / "codes" / "manifest.json")
+                                                                         .read_text())["fingerprint"]}}

@@ -173,15 +173,26 @@ def load_nll_models(store, device: str | torch.device = "cpu", *, pipeline=None,
     {"baseline"}: modules on `device`, source: folders and fingerprints). Raises CtfgenError
     (ArtifactError) naming the folders when they do not belong together: stages of other tokenizers
     or coarse maps, a stage, the coarse map or the training codes made from a tokenizer other than
-    the store's, or a model whose codebook, grid or classes do not fit the store.
+    the store's, or a model whose codebook, grid or classes do not fit the store; and an input the
+    choice would not read (`coarse_map` beside a stage 2 that has its clusters, `train_codes` without
+    "frequency", a `stage2` rule for the baseline). With a `stage2` rule, source["aux"] (and a
+    pipeline's source["models"]["aux"]) records the prior scored, not the stage 2 it replaced.
     """
     from ..artifacts import check_made_from
     from ..sample.pipeline_folder import check_stages, load_component, read_component_manifest
+
+    from ..models.member_prior import check_prior_flags
 
     if sum(bool(x) for x in (pipeline, ar, baseline)) != 1:
         raise CtfgenError("give exactly one of --pipeline, --ar (CTF) or --baseline")
     if aux and not ar:
         raise CtfgenError("--aux (a stage-2 folder) goes with --ar (its stage 1)")
+    check_prior_flags(stage2, coarse_map=coarse_map, train_codes=train_codes)
+    if baseline and stage2 != "model":
+        _no_stage2(stage2, coarse_map)
+    if coarse_map and (pipeline or aux):
+        raise CtfgenError(f"--coarse-map: --stage2 {stage2} takes the clusters of the stage 2 of "
+                          f"{'--pipeline' if pipeline else '--aux'}; give one of them")
     codes_tokenizer = f"tokenizer of codes {store.folder}"
     if pipeline:
         from ..sample import load_pipeline
@@ -212,9 +223,19 @@ def load_nll_models(store, device: str | torch.device = "cpu", *, pipeline=None,
                         cmap.tokenizer_fingerprint, hint="the map was made for another tokenizer")
         check_made_from(f"coarse map {coarse_map} / {stage1}", str(stage1_map), cmap.fingerprint,
                         hint="stage 1 was trained with another `ctfgen cluster` output")
+    if stage2 != "model" and "ar" not in models:
+        _no_stage2(stage2, coarse_map)
     if "ar" in models:
         if stage2 != "model":
-            models["aux"] = _prior_stage2(stage2, models, cmap, train_codes, store, source).module.to(device)
+            art = _prior_stage2(stage2, models, cmap, train_codes, store, source)
+            made_from = art.made_from
+            if "aux" in models and stage1_map:  # its clusters are the replaced stage 2's: that map's
+                made_from["coarse_map"] = stage1_map
+            models["aux"] = art.module.to(device)
+            # the result records the stage 2 scored, not the one of --aux / the pipeline it replaced
+            source["aux"] = {"stage2": stage2, "fingerprint": art.fingerprint, "made_from": made_from}
+            if "models" in source:
+                source["models"] = {**source["models"], "aux": art.fingerprint}
         elif "aux" not in models:
             raise CtfgenError("CTF needs a stage 2: --aux DIR, or --stage2 uniform/frequency with --coarse-map DIR")
     for role, m in models.items():
@@ -227,6 +248,11 @@ def load_nll_models(store, device: str | torch.device = "cpu", *, pipeline=None,
         if c.num_classes is not None and c.num_classes < store.num_classes:
             raise CtfgenError(f"{role}: {c.num_classes} classes, but {store.folder} has {store.num_classes}")
     return models, source
+
+
+def _no_stage2(rule: str, coarse_map) -> None:
+    given = " with --coarse-map" if coarse_map else ""
+    raise CtfgenError(f"--stage2 {rule}{given} is CTF's stage 2; the baseline has none")
 
 
 def _prior_stage2(rule: str, models: dict, cmap, train_codes, store, source: dict):

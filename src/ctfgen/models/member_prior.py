@@ -125,3 +125,15 @@ class MemberPriorArtifact(Stage2Artifact):
         prior = MemberPrior.build(rule, coarse_map.code_to_coarse, k=coarse_map.k, train_codes=codes,
                                   smoothing=smoothing)
         return cls(prior, made_from=made_from)
+
+
+def check_prior_flags(stage2: str, *, coarse_map=None, train_codes=None) -> None:
+    """Refuse the inputs of a parameter-free stage 2 that the chosen `stage2` ("model" or a rule)
+    would not read: --coarse-map only feeds a prior, --train-codes only "frequency" (CtfgenError
+    naming the flag)."""
+    if coarse_map and stage2 == "model":
+        raise CtfgenError("--coarse-map is read only by --stage2 uniform/frequency; the trained stage 2 "
+                          "(--stage2 model) has its own clusters")
+    if train_codes and stage2 != "frequency":
+        raise CtfgenError(f"--train-codes is read only by --stage2 frequency (its counts); --stage2 {stage2} "
+                          "would ignore it")

@@ -137,8 +137,11 @@ def _run_make(args) -> int:
 
     if not args.tokenizer:
         raise CtfgenError("--tokenizer DIR is required")
+    from ...models.member_prior import check_prior_flags
+
     if args.stage2 != "model" and (args.baseline or not args.ar):
         raise CtfgenError(f"--stage2 {args.stage2} is CTF's stage 2: give --ar DIR (stage 1) and no --baseline")
+    check_prior_flags(args.stage2, coarse_map=args.coarse_map, train_codes=args.train_codes)
     dirs = _model_dirs(args) if args.stage2 == "model" else {"ar": args.ar, "aux": _prior_stage2(args)}
     overrides = given_flags(SamplingConfig, args)
     sampling = SamplingConfig(**overrides) if "ar" in dirs else SamplingConfig.baseline(**overrides)

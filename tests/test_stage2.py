@@ -295,3 +295,17 @@ def test_eval_nll_records_the_stage2_it_scored(old, tmp_path, capsys):
                                                      "coarse_map": result["source"]["models"]["coarse_map"],
                                                      "codes": json.loads((old / "codes" / "manifest.json")
                                                                          .read_text())["fingerprint"]}}
+
+
+@pytest.mark.parametrize("codes", [64, 32])
+def test_pipeline_make_names_a_coarse_map_of_another_tokenizer(old, tmp_path, capsys, codes):
+    from ctfgen.cluster import CoarseMap
+
+    cmap = CoarseMap.load(old / "coarse")
+    CoarseMap.from_labels(cmap.code_to_coarse[:codes] % 4, k=4, tokenizer_fingerprint="0" * 16).save(tmp_path / "map")
+    args = ["pipeline", "make", "--tokenizer", old / "tokenizer", "--ar", old / "stage1", "--stage2", "uniform",
+            "--coarse-map", tmp_path / "map", "--out", tmp_path / "p"]
+    assert cli_main([str(a) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"coarse map .*map \(--coarse-map\) / tokenizer .* mismatch.*made for another tokenizer", err), err
+    assert not (tmp_path / "p").exists()

@@ -98,7 +98,9 @@ def _prior_stage2(args):
     """The MemberPriorArtifact of `--stage2 RULE --coarse-map DIR [--train-codes DIR]`."""
     from ...cluster import CoarseMap
     from ...codes import CodeStore
+    from ...artifacts import check_made_from
     from ...models.member_prior import MemberPriorArtifact
+    from ...tokenizer.artifact import TokenizerArtifact
 
     if args.aux:
         raise CtfgenError(f"--stage2 {args.stage2} replaces --aux: give one of them")
@@ -106,8 +108,13 @@ def _prior_stage2(args):
         raise CtfgenError(f"--stage2 {args.stage2} needs --coarse-map DIR (the map stage 1 was trained with)")
     if args.stage2 == "frequency" and not args.train_codes:
         raise CtfgenError("--stage2 frequency needs --train-codes DIR (the training code store)")
+    cmap = CoarseMap.load(args.coarse_map)
+    # before the prior is made from it: a map of another tokenizer is the map's fault, not "the aux model's"
+    check_made_from(f"coarse map {args.coarse_map} (--coarse-map) / tokenizer {args.tokenizer}",
+                    TokenizerArtifact.read_manifest(args.tokenizer)["fingerprint"], cmap.tokenizer_fingerprint,
+                    hint="the coarse map was made for another tokenizer")
     train = CodeStore.open(args.train_codes) if args.stage2 == "frequency" else None
-    return MemberPriorArtifact.from_map(args.stage2, CoarseMap.load(args.coarse_map), train_codes=train)
+    return MemberPriorArtifact.from_map(args.stage2, cmap, train_codes=train)
 
 
 def _add_sampling_args(p, title: str = "sampling (defaults: the paper's for CTF, LlamaGen's for the baseline)") -> None:

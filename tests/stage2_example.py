@@ -1,7 +1,8 @@
-"""A third stage 2, as a newcomer would add one (docs/ARCHITECTURE.md, "Adding a stage 2"): a
-per-class member table, p(code | its cluster, class), with no dependence on the position.
+"""Third stage 2s, as a newcomer would add one (docs/ARCHITECTURE.md, "Adding a stage 2"): a
+per-class member table, p(code | its cluster, class), with no dependence on the position; and a
+per-position one, p(code | its cluster, position), that reads no class (a grid but no num_classes).
 
-This module and one line in `models/config.py: STAGE2_FOLDERS` (tests/test_stage2.py sets it with
+This module and a line each in `models/config.py: STAGE2_FOLDERS` (tests/test_stage2.py sets it with
 monkeypatch.setitem) are all it takes: the pipeline loads its folder, the one sampler draws from
 it and `ctfgen eval nll` scores it exactly.
 """
@@ -27,50 +28,58 @@ class ClassTableConfig:
     grid = None  # reads no position: any grid fits
 
 
-class ClassTable(Stage2, nn.Module):
-    """log p(code | cluster, class) from free scores (C, V), normalised within each cluster."""
+class MemberTable(Stage2, nn.Module):
+    """log p(code | cluster, row) from free scores (R, V), normalised within each cluster; a row is
+    a class (ClassTable) or a position (PositionTable)."""
+
+    def __init__(self, cfg, code_to_coarse_V: torch.Tensor, scores_RV: torch.Tensor | None = None):
+        super().__init__()
+        self.keep_map(cfg, code_to_coarse_V)
+        if scores_RV is None:  # filled by the folder's weights
+            scores_RV = torch.zeros(self.rows(cfg), cfg.vocab_size)
+        self.register_buffer("scores_RV", torch.as_tensor(scores_RV).float().clone())
+
+    @staticmethod
+    def rows(cfg) -> int:
+        raise NotImplementedError
+
+    def log_prob_RV(self) -> torch.Tensor:
+        """(R, V) log p(code | its cluster, row)."""
+        c2c_V, K = self.code_to_coarse, self.config.coarse_vocab
+        lse_RK = torch.stack([torch.logsumexp(self.scores_RV[:, c2c_V == k], dim=1) for k in range(K)], dim=1)
+        return self.scores_RV - lse_RK[:, c2c_V]
+
+    def row_log_probs(self, class_B: torch.Tensor | None) -> torch.Tensor:
+        """(B or 1, L or 1, V) the rows that score each sequence's positions."""
+        raise NotImplementedError
+
+    def stage2_log_probs(self, coarse_BL: torch.Tensor, class_B: torch.Tensor | None) -> torch.Tensor:
+        t = self.member_tables()
+        members_BLM = t.members_KM[coarse_BL]
+        B, L, M = members_BLM.shape
+        out_BLM = self.row_log_probs(class_B).expand(B, L, -1).gather(2, members_BLM)
+        return out_BLM.masked_fill(t.padding(coarse_BL.flatten()).view(B, L, M), float("-inf"))
+
+
+class ClassTable(MemberTable):
+    """log p(code | cluster, class): a row of scores per class."""
 
     ARTIFACT = "stage2_example:ClassTableArtifact"
     CONFIG = ClassTableConfig
+    stage2_name = "class-table"  # a class attribute serves for the contract's property
 
-    @property
-    def stage2_name(self) -> str:
-        return "class-table"
+    @staticmethod
+    def rows(cfg: ClassTableConfig) -> int:
+        return cfg.num_classes
 
-    def __init__(self, cfg: ClassTableConfig, code_to_coarse_V: torch.Tensor, scores_CV: torch.Tensor | None = None):
-        super().__init__()
-        self.keep_map(cfg, code_to_coarse_V)
-        if scores_CV is None:  # filled by the folder's weights
-            scores_CV = torch.zeros(cfg.num_classes, cfg.vocab_size)
-        self.register_buffer("scores_CV", torch.as_tensor(scores_CV).float().clone())
-
-    def log_prob_CV(self) -> torch.Tensor:
-        """(C, V) log p(code | its cluster, class)."""
-        return within_clusters(self.scores_CV, self.code_to_coarse, self.config.coarse_vocab)
-
-    def stage2_log_probs(self, coarse_BL: torch.Tensor, class_B: torch.Tensor | None) -> torch.Tensor:
-        return member_columns(self, self.log_prob_CV()[class_B][:, None, :], coarse_BL)
+    def row_log_probs(self, class_B: torch.Tensor | None) -> torch.Tensor:
+        return self.log_prob_RV()[class_B][:, None]
 
 
 class ClassTableArtifact(Stage2Artifact):
     KIND = KIND
     CONFIG_KEY = "table"
     MODULE = "stage2_example:ClassTable"
-
-
-def within_clusters(scores_RV: torch.Tensor, c2c_V: torch.Tensor, K: int) -> torch.Tensor:
-    """(R, V) scores log-normalised within each code's cluster."""
-    lse_RK = torch.stack([torch.logsumexp(scores_RV[:, c2c_V == k], dim=1) for k in range(K)], dim=1)
-    return scores_RV - lse_RK[:, c2c_V]
-
-
-def member_columns(stage2: Stage2, logp_BLV: torch.Tensor, coarse_BL: torch.Tensor) -> torch.Tensor:
-    """(B, L, M) the members' columns of per-code log-probabilities (B or 1, L or 1, V)."""
-    t = stage2.member_tables()
-    members_BLM = t.members_KM[coarse_BL]
-    B, L, M = members_BLM.shape
-    out_BLM = logp_BLV.expand(B, L, -1).gather(2, members_BLM)
-    return out_BLM.masked_fill(t.padding(coarse_BL.flatten()).view(B, L, M), float("-inf"))
 
 
 # ---- a second one: reads the position and a grid, not the class (num_classes None, grid set)
@@ -87,33 +96,24 @@ class PositionTableConfig:
     num_classes = None  # reads no class: any classes fit
 
 
-class PositionTable(Stage2, nn.Module):
-    """log p(code | cluster, position) from free scores (grid*grid, V), normalised within each cluster."""
+class PositionTable(MemberTable):
+    """log p(code | cluster, position): a row of scores per position of the grid."""
 
     sees_class = False
+    ARTIFACT = "stage2_example:PositionTableArtifact"
     CONFIG = PositionTableConfig
+    stage2_name = "position-table"
 
-    @property
-    def stage2_name(self) -> str:
-        return "position-table"
-
-    def __init__(self, cfg: PositionTableConfig, code_to_coarse_V: torch.Tensor, scores_LV: torch.Tensor | None = None):
-        super().__init__()
-        self.keep_map(cfg, code_to_coarse_V)
-        if scores_LV is None:
-            scores_LV = torch.zeros(cfg.grid * cfg.grid, cfg.vocab_size)
-        self.register_buffer("scores_LV", torch.as_tensor(scores_LV).float().clone())
+    @staticmethod
+    def rows(cfg: PositionTableConfig) -> int:
+        return cfg.grid * cfg.grid
 
     def check_length(self, L: int) -> None:
         if L != self.config.grid ** 2:
             raise CtfgenError(f"position table of a {self.config.grid}x{self.config.grid} grid, got {L} tokens")
 
-    def log_prob_LV(self) -> torch.Tensor:
-        """(L, V) log p(code | its cluster, position)."""
-        return within_clusters(self.scores_LV, self.code_to_coarse, self.config.coarse_vocab)
-
-    def stage2_log_probs(self, coarse_BL: torch.Tensor, class_B: torch.Tensor | None) -> torch.Tensor:
-        return member_columns(self, self.log_prob_LV()[None], coarse_BL)
+    def row_log_probs(self, class_B: torch.Tensor | None) -> torch.Tensor:
+        return self.log_prob_RV()[None]
 
 
 class PositionTableArtifact(Stage2Artifact):

@@ -89,23 +89,29 @@ def test_pipeline_make_refuses_a_prior_of_another_map_or_without_its_inputs(old,
 
 # ---------------------------------------------------------------- a third stage 2
 
-def class_table(old):
-    from stage2_example import ClassTable, ClassTableArtifact, ClassTableConfig
+def member_table(old, name: str, seed: int, **fields):
+    """The artifact of stage2_example's `name` table (its config `fields`) over the 0.1.0 coarse map."""
+    import stage2_example
 
     from ctfgen.cluster import CoarseMap
 
+    module, config, artifact = (getattr(stage2_example, name + end) for end in ("", "Config", "Artifact"))
     cmap = CoarseMap.load(old / "coarse")
-    cfg = ClassTableConfig(vocab_size=cmap.num_codes, coarse_vocab=cmap.k, num_classes=3)
-    scores = torch.randn(3, cmap.num_codes, generator=torch.Generator().manual_seed(0)) * 3
-    table = ClassTable(cfg, cmap.code_to_coarse, scores)
-    return ClassTableArtifact(table, made_from={"tokenizer": cmap.tokenizer_fingerprint, "coarse_map": cmap.fingerprint})
+    cfg = config(vocab_size=cmap.num_codes, coarse_vocab=cmap.k, **fields)
+    scores = torch.randn(module.rows(cfg), cmap.num_codes, generator=torch.Generator().manual_seed(seed)) * 3
+    return artifact(module(cfg, cmap.code_to_coarse, scores),
+                    made_from={"tokenizer": cmap.tokenizer_fingerprint, "coarse_map": cmap.fingerprint})
+
+
+def class_table(old):
+    return member_table(old, "ClassTable", 0, num_classes=3)
 
 
 @pytest.fixture
 def registered(monkeypatch):
-    from stage2_example import REGISTRY_LINE
+    from stage2_example import POSITION_REGISTRY_LINE, REGISTRY_LINE
 
-    for kind, path in REGISTRY_LINE.items():
+    for kind, path in {**REGISTRY_LINE, **POSITION_REGISTRY_LINE}.items():
         monkeypatch.setitem(STAGE2_FOLDERS, kind, path)
 
 
@@ -118,13 +124,13 @@ def test_a_third_stage2_is_its_module_and_one_registry_line(old, tmp_path, capsy
     make_pipeline(tmp_path / "pipe", tokenizer=old / "tokenizer", ar=old / "stage1", aux=art)
     pipe = load_pipeline(tmp_path / "pipe")
     table = pipe.models["aux"]
-    assert type(table).__name__ == "ClassTable" and torch.equal(table.scores_CV, art.module.scores_CV)
+    assert type(table).__name__ == "ClassTable" and torch.equal(table.scores_RV, art.module.scores_RV)
 
     # sampling: members of stage 1's clusters; at argmax, each class's most likely member
     samples = pipe.generate([0, 1, 2] * 2, seed=1, stage2_argmax=True)
     coarse = torch.as_tensor(samples.coarse)
     assert torch.equal(table.code_to_coarse[torch.as_tensor(samples.codes)], coarse)
-    logp_CV = table.log_prob_CV()
+    logp_CV = table.log_prob_RV()
     for i, y in enumerate(samples.labels):
         best = [int(torch.where(table.code_to_coarse == c, logp_CV[y], -torch.inf).argmax()) for c in coarse[i]]
         assert samples.codes[i].tolist() == best
@@ -166,27 +172,10 @@ def test_an_unregistered_stage2_folder_is_refused(old, tmp_path):
 # ---------------------------------------------------------------- issue 21: a newcomer's stage 2s
 
 def position_table(old):
-    from stage2_example import PositionTable, PositionTableArtifact, PositionTableConfig
-
-    from ctfgen.cluster import CoarseMap
-
-    cmap = CoarseMap.load(old / "coarse")
-    cfg = PositionTableConfig(vocab_size=cmap.num_codes, coarse_vocab=cmap.k, grid=4)
-    scores = torch.randn(16, cmap.num_codes, generator=torch.Generator().manual_seed(1)) * 3
-    table = PositionTable(cfg, cmap.code_to_coarse, scores)
-    return PositionTableArtifact(table, made_from={"tokenizer": cmap.tokenizer_fingerprint,
-                                                   "coarse_map": cmap.fingerprint})
+    return member_table(old, "PositionTable", 1, grid=4)
 
 
-@pytest.fixture
-def position_registered(monkeypatch):
-    from stage2_example import POSITION_REGISTRY_LINE
-
-    for kind, path in POSITION_REGISTRY_LINE.items():
-        monkeypatch.setitem(STAGE2_FOLDERS, kind, path)
-
-
-def test_a_stage2_with_a_grid_and_no_classes_is_scored(old, tmp_path, capsys, position_registered):
+def test_a_stage2_with_a_grid_and_no_classes_is_scored(old, tmp_path, capsys, registered):
     """grid and num_classes are each None or not on their own (a position table reads no class)."""
     from ctfgen.codes import CodeStore
     from ctfgen.evaluate.nll import store_sequences
@@ -196,7 +185,7 @@ def test_a_stage2_with_a_grid_and_no_classes_is_scored(old, tmp_path, capsys, po
     make_pipeline(tmp_path / "pipe", tokenizer=old / "tokenizer", ar=old / "stage1", aux=art)
     result = nll(capsys, "--codes", old / "codes", "--pipeline", tmp_path / "pipe", "--out", tmp_path / "n.json")
     x, _ = store_sequences(CodeStore.open(old / "codes"))
-    expected = -art.module.log_prob_LV().gather(1, x.T).T.double().sum() / (x.numel() * np.log(2))
+    expected = -art.module.log_prob_RV().gather(1, x.T).T.double().sum() / (x.numel() * np.log(2))
     assert result["stage2"] == "position-table"
     assert result["stage2_bits_per_token"] == pytest.approx(float(expected), rel=1e-6)
 
@@ -218,7 +207,7 @@ def test_eval_nll_takes_any_stage2_folder_with_ar(old, tmp_path, capsys, registe
     assert table["stage2"] == "class-table" and table["source"]["aux"]["folder"] == str(tmp_path / "table")
 
 
-def test_stage2_guidance_is_refused_by_a_class_stage2_without_it(old, tmp_path, registered, position_registered):
+def test_stage2_guidance_is_refused_by_a_class_stage2_without_it(old, tmp_path, registered):
     """A stage 2 that sees the class but has no guidance of its own refuses the setting; one that
     does not see the class samples the same with any scale."""
     from ctfgen.errors import CtfgenError

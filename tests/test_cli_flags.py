@@ -1,7 +1,10 @@
 """Every command keeps its flags and their defaults (issue 21: the settings flags are now made from
 the config dataclasses' `option` fields, so this pins that the generated parsers equal the
-hand-written ones they replaced). The fixture was produced from the parsers before that change:
-`PYTHONPATH=src python tests/test_cli_flags.py > tests/fixtures/cli_flags.json`."""
+hand-written ones they replaced). The fixtures were first produced from the parsers and configs before
+that change; both are guards against an accidental change. A deliberate one (a new setting, so a new
+flag and a new key in a settings file) rewrites both with
+`PYTHONPATH=src python tests/test_cli_flags.py --write`; review their diff (only additions) before
+committing it. Without --write the flag table is printed."""
 from __future__ import annotations
 
 import argparse
@@ -61,18 +64,15 @@ def test_every_command_keeps_its_flags_and_defaults():
                    for s in gone_or_new), f"{command}: new flags {sorted(gone_or_new)}"
 
 
-if __name__ == "__main__":
-    json.dump(_current(), sys.stdout, indent=1, sort_keys=True)
-    print()
-
-
 SETTINGS = Path(__file__).parent / "fixtures" / "settings_defaults.json"
 
 
-def test_settings_files_keep_their_form():
-    """The settings an experiment records (demo_config.json, ...) and the configs in manifests read
-    as before the settings were declared with `option` (fixture made from the configs of then), so
-    folders made before are reused and keep their fingerprints."""
+def _as_text(table: dict) -> str:
+    return json.dumps(table, indent=1, sort_keys=True) + "\n"
+
+
+def _settings() -> dict:
+    """{config class name: its defaults as a settings file records them} of the configs whose files are kept."""
     from ctfgen.config import to_dict
     from ctfgen.experiments.demo import DemoConfig
     from ctfgen.experiments.quality import QualityConfig
@@ -81,6 +81,21 @@ def test_settings_files_keep_their_form():
     from ctfgen.tokenizer.config import TokenizerTrainConfig
     from ctfgen.train.config import RunOptions, TrainConfig
 
-    now = {c.__name__: to_dict(c()) for c in (DemoConfig, QualityConfig, ScalingConfig, LastingConfig, TrainConfig,
-                                             RunOptions, TokenizerTrainConfig)}
-    assert json.loads(json.dumps(now)) == json.loads(SETTINGS.read_text())
+    return {c.__name__: to_dict(c()) for c in (DemoConfig, QualityConfig, ScalingConfig, LastingConfig, TrainConfig,
+                                              RunOptions, TokenizerTrainConfig)}
+
+
+def test_settings_files_keep_their_form():
+    """The settings an experiment records (demo_config.json, ...) and the configs in manifests read
+    as before the settings were declared with `option` (fixture made from the configs of then), so
+    folders made before are reused and keep their fingerprints."""
+    assert json.loads(json.dumps(_settings())) == json.loads(SETTINGS.read_text())
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write"]:
+        FIXTURE.write_text(_as_text(_current()))
+        SETTINGS.write_text(_as_text(_settings()))
+        print(f"wrote {FIXTURE} and {SETTINGS}")
+    else:
+        sys.stdout.write(_as_text(_current()))

@@ -50,6 +50,44 @@ def test_adding_a_setting_is_one_field():
             check_fields(Extended(**bad))
 
 
+def test_adding_a_training_setting_is_one_field(monkeypatch, capsys):
+    """A field with `option` in TrainConfig: `ctfgen train` gets its flag (help with bounds and default,
+    parse-time check, exit 2 on a bad value) and hands its value to the run's config, with no line in
+    apps/cli/train.py."""
+    import ctfgen.train
+    import ctfgen.train.config
+    from ctfgen.apps.cli import main
+    from ctfgen.train.config import TrainConfig
+
+    @dataclasses.dataclass
+    class WithEps(TrainConfig):
+        adam_eps: float = option(1e-8, "AdamW epsilon", min=0.0, min_open=True)
+
+    monkeypatch.setattr(ctfgen.train.config, "TrainConfig", WithEps)  # what the command line's flags are made from
+    monkeypatch.setattr(ctfgen.train, "TrainConfig", WithEps)  # what `ctfgen train` builds the run's config with
+    ran = []
+    monkeypatch.setattr(ctfgen.train, "train", lambda cfg, **kw: ran.append(cfg) or _no_records())
+    for kind in ("ar", "aux", "baseline"):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(["train", kind, "--help"])
+        assert exit_.value.code == 0
+        assert "--adam-eps ADAM_EPS AdamW epsilon, > 0 (default: 1e-08)" in " ".join(capsys.readouterr().out.split())
+        with pytest.raises(SystemExit) as exit_:
+            main(["train", kind, "--codes", "c", "--out", "o", "--steps", "1", "--adam-eps", "0"])
+        assert exit_.value.code == 2 and "--adam-eps: expected a number > 0, got '0'" in capsys.readouterr().err
+    assert main(["train", "ar", "--codes", "c", "--out", "o", "--steps", "1", "--adam-eps", "1e-6"]) == 0
+    assert len(ran) == 1 and ran[0].adam_eps == 1e-6
+    # TrainConfig's own fields have theirs too (AdamW's betas had none before)
+    assert build_parser().parse_args(["train", "ar", "--codes", "c", "--out", "o", "--steps", "1",
+                                      "--beta2", "0.99"]).beta2 == 0.99
+
+
+def _no_records():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(records=[])
+
+
 def test_a_default_of_an_experiment_is_the_recipes_field_again():
     from ctfgen.config import option_of
     from ctfgen.experiments.quality import QualityConfig

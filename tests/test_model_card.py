@@ -199,5 +199,8 @@ def test_card_of_a_prior_pipeline_says_what_its_stage2_is(tmp_path, rule, how):
     text = ModelCard.load(tmp_path / "pipe" / "README.md").text
     assert "whole coarse map" not in text
     assert f"stage 2, parameter-free, draws each token's code {how}" in text and f'the "{rule}" prior' in text
+    # its row in the components' table: nothing was trained, which is not "not recorded"
+    row = next(line for line in text.splitlines() if line.startswith("| stage 2 "))
+    assert row.endswith("| none (parameter-free) |"), row
     assert "A class-conditional image generator made with ctfgen: 16x16 grey images of 3 classes, each made of " \
            "4x4 tokens (a codebook of 64 codes)" in text

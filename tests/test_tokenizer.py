@@ -1,5 +1,6 @@
 import argparse
 import json
+import re
 
 import numpy as np
 import pytest
@@ -321,6 +322,24 @@ def test_cli_train_encode(tmp_path, npz_data, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["tokenizer", "import", str(tmp_path / "missing.pt"), str(tmp_path / "x")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_encode_with_a_limit_prints_the_counts_it_encodes(trained, npz_data, tmp_path, capsys):
+    """`ctfgen encode --limit N` states the classes of the N images it encodes (as its classes.json
+    does), not the whole split's."""
+    from ctfgen.apps.cli import main
+
+    out, _ = trained
+    assert main(["encode", "--tokenizer", str(out), "--out", str(tmp_path / "codes"), "--split", "test", "--limit", "5",
+                 "--data", "npz", "--data-path", npz_data.path, "--resolution", "16"]) == 0
+    printed = capsys.readouterr().out
+    encoded = json.loads((tmp_path / "codes" / "classes.json").read_text())
+    counts = [c["count"]["test"] for c in encoded["classes"]]
+    assert sum(counts) == 5 < len(load_dataset(npz_data, "test"))
+    assert "encoding the first 5 of the 24 images of split 'test' (--limit)" in printed
+    assert "images per split: test 5" in printed
+    for c in encoded["classes"]:
+        assert re.search(rf"^\s+{c['id']}\s+{re.escape(c['name'])}\s+{c['count']['test']}$", printed, re.M), printed
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")

@@ -223,10 +223,10 @@ def encode_dataset(tokenizer, dataset, out_dir: str | Path, *, views: str = "non
         if rank != 0:
             return None
     resumed = n - sum(min(n, c + chunk) - c for c in mine) if world == 1 else None
-    from .data import CLASSES_FILE, dataset_class_table
+    from .data import CLASSES_FILE, class_counts, dataset_class_table
     from .data.classes import classes_json
 
-    encoded = {dataset.split: np.bincount(labels, minlength=dataset.num_classes).tolist()}
+    encoded = {dataset.split: class_counts(dataset, n).tolist()}
     description = dataset.describe()
     composited, note = dataset.transparency_note(n)
     if note:

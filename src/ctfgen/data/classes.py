@@ -34,11 +34,12 @@ def natural_key(name: str) -> tuple:
     return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
 
 
-def class_counts(ds: "ImageDataset") -> "np.ndarray":
-    """(num_classes,) int64: images per class id in this split."""
+def class_counts(ds: "ImageDataset", limit: int = 0) -> "np.ndarray":
+    """(num_classes,) int64: images per class id in this split, or in its first `limit` images (0: all)."""
     import numpy as np
 
-    return np.bincount(np.asarray(ds.labels, np.int64), minlength=ds.num_classes)[: ds.num_classes]
+    labels = np.asarray(ds.labels, np.int64)
+    return np.bincount(labels[:limit] if limit else labels, minlength=ds.num_classes)[: ds.num_classes]
 
 
 def _ranges(ids: Sequence[int]) -> str:

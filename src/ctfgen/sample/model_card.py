@@ -25,8 +25,11 @@ if TYPE_CHECKING:
     from .pipeline_folder import PipelineFolder
 
 CARD = "README.md"
-# The Hub has no task for class-conditional generation: class-conditional generators there (DiT and
-# the like) take this one, and the "class-conditional" tag says what the input is.
+# The Hub's tasks (huggingface.js, packages/tasks/src/pipelines.ts) generate images from text
+# (text-to-image), from an image (image-to-image) or from nothing (unconditional-image-generation);
+# none takes a class label. Class-conditional generators on the Hub (MAR, PAR: ImageNet classes, tagged
+# by the Hub's own staff) carry this one, so that is where such a model is looked for; the
+# "class-conditional" tag says what the input really is.
 PIPELINE_TAG = "unconditional-image-generation"
 HUB_DATASETS = {"fashion-mnist": "zalando-datasets/fashion_mnist"}  # ctfgen data source -> Hub data set id
 METRIC_NAMES = {"fid_inception": "FID (Inception features)", "fid_classifier": "FID (domain classifier features)",
@@ -230,6 +233,10 @@ def describe_data(desc: dict) -> str:
 
 
 def describe_training(m: dict) -> str:
+    from ..models.member_prior import MemberPriorArtifact
+
+    if m.get("kind") == MemberPriorArtifact.KIND:  # a table made from the coarse map (and counts): nothing trained
+        return "none (parameter-free)"
     train = (m.get("config") or {}).get("train") or (m.get("info") or {}).get("train_config") or {}
     if not train:
         return "not recorded"

@@ -64,8 +64,10 @@ class TrainConfig:
                                    "fraction of the run at its end (warm-up, stable, decay)", min=0.0, max=1.0,
                               note="0 = off", metavar="FRACTION")
     weight_decay: float = option(0.05, "AdamW decay on >=2-D weights", min=0.0)  # matrices and embeddings only
-    beta1: float = option(0.9, "AdamW beta1")
-    beta2: float = option(0.95, "AdamW beta2")
+    beta1: float = option(0.9, "AdamW beta1: decay of its running mean of the gradients", min=0.0, max=1.0,
+                          max_open=True)
+    beta2: float = option(0.95, "AdamW beta2: decay of its running mean of the squared gradients", min=0.0, max=1.0,
+                          max_open=True)
     grad_clip: float = option(1.0, "max gradient norm", min=0.0, note="0 = off")  # global norm over all parameters
     # warmed up (train/parallel.py ema_decay); loaded by default once it has moved (models/artifact.py)
     ema: float = option(0.0, "keep an EMA of the weights with this decay, e.g. 0.99 for runs of hundreds to thousands "

@@ -140,7 +140,7 @@ def _import(args) -> int:
 
 
 def _report(args) -> int:
-    from ...data import dataset_class_table, describe_classes, load_dataset
+    from ...data import class_counts, dataset_class_table, describe_classes, load_dataset
     from ...tokenizer import load_tokenizer
     from ...tokenizer.report import reconstruction_report
 
@@ -154,7 +154,7 @@ def _report(args) -> int:
 
 def _encode(args) -> int:
     from ...codes import encode_dataset
-    from ...data import dataset_class_table, describe_classes, load_dataset
+    from ...data import class_counts, dataset_class_table, describe_classes, load_dataset
     from ...dist import init_distributed  # torchrun support shared with training and sampling
     from ...tokenizer.artifact import TokenizerArtifact
 
@@ -164,8 +164,10 @@ def _encode(args) -> int:
     tok = TokenizerArtifact.load(args.tokenizer, device)
     cfg = tok.module.config
     ds = load_dataset(data_config(args, default_resolution=cfg.resolution, default_channels=cfg.channels), args.split)
-    if info.is_main:
-        print(describe_classes(dataset_class_table(ds)))
+    if info.is_main:  # the images that will be encoded: with --limit, the split's first N
+        if args.limit and args.limit < len(ds):
+            print(f"encoding the first {args.limit} of the {len(ds)} images of split {ds.split!r} (--limit)")
+        print(describe_classes(dataset_class_table(ds, counts={ds.split: class_counts(ds, args.limit).tolist()})))
     store = encode_dataset(tok, ds, args.out, views=args.views, crop_range=args.crop_range,
                            batch_size=args.batch_size, limit=args.limit, device=device, overwrite=args.overwrite)
     if store is not None:

@@ -37,6 +37,28 @@ LR_DEFAULT = ("by --preset: 8e-3 for tiny and small, the best rate measured for 
 FLAG_OPTS = dict(switches=True, shown={"lr": LR_DEFAULT})
 LENGTH_REQUIRED = {name: "none; required: one of --steps and --epochs" for name in ("steps", "epochs")}
 
+# Every field of TrainConfig and RunOptions gets its flag (a new field gets one unasked), except these,
+# which are not command-line settings of their own: field -> what sets it instead.
+NOT_FLAGS = {
+    "kind": "the sub-command (train ar | aux | baseline)",
+    "model_overrides": "--model-opt FIELD=VALUE, repeatable",
+    "progress": "--no-progress",
+    "tensorboard": "--log-to tensorboard",
+    "wandb": "--log-to wandb",
+}
+# stage 2's settings: flags of `train aux` (the kinds with a member head) only
+MEMBER_HEAD_ONLY = ("aux_coarse_noise", "aux_loss")
+# fields with a place of their own in the help (the model group, the required length of the run);
+# the other fields follow in their class's order in "optimisation" (TrainConfig) and "execution" (RunOptions)
+PLACED = ("preset", "aux_coarse_noise", "steps", "epochs")
+
+
+def _rest(cls, spec) -> tuple[str, ...]:
+    """The fields of `cls` whose flags go in its group in class order: all but NOT_FLAGS, PLACED and,
+    for a kind without a member head, stage 2's."""
+    skip = {*NOT_FLAGS, *PLACED, *(() if spec.member_head else MEMBER_HEAD_ONLY)}
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in skip)
+
 
 def _add_args(p: argparse.ArgumentParser, kind: str) -> None:
     from ...train.config import RunOptions, TrainConfig
@@ -61,16 +83,12 @@ def _add_args(p: argparse.ArgumentParser, kind: str) -> None:
     # argparse refuses a command line with neither, and the usage line shows them as required
     add_config_flags(o.add_mutually_exclusive_group(required=True), TrainConfig, only=("steps", "epochs"),
                      **{**FLAG_OPTS, "shown": {**FLAG_OPTS["shown"], **LENGTH_REQUIRED}})
-    add_config_flags(o, TrainConfig, only=("batch_size", "lr", "warmup_steps", "cosine", "wsd_decay",
-                                           "min_lr_ratio", "weight_decay", "grad_clip", "ema", "seed"), **FLAG_OPTS)
+    add_config_flags(o, TrainConfig, only=_rest(TrainConfig, spec), **FLAG_OPTS)
     p.set_defaults(lr=None)  # None: default_lr(--preset), decided when the preset is known
 
     r = p.add_argument_group("execution")
-    add_config_flags(r, RunOptions, only=("grad_accum", "log_every", "ckpt_every", "stop_after", "device"),
-                     types={"device": device}, **FLAG_OPTS)
+    add_config_flags(r, RunOptions, only=_rest(RunOptions, spec), types={"device": device}, **FLAG_OPTS)
     r.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)")
-    add_config_flags(r, RunOptions, only=("fsdp", "compile"), **FLAG_OPTS)
-    add_config_flags(r, RunOptions, only=("precision", *(("aux_loss",) if spec.member_head else ())), **FLAG_OPTS)
     # not "--log": torchrun's own parser would take it for an abbreviation of its --log-dir
     r.add_argument("--log-to", action="append", default=[], choices=["tensorboard", "wandb"],
                    help="also log loss, lr, grad norm, tokens/s and memory live (rank 0): TensorBoard event files "

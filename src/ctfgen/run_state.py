@@ -70,6 +70,17 @@ def capture_rng(device: torch.device | None = None) -> tuple[dict[str, torch.Ten
     return tensors, meta
 
 
+def seed_all(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators from one integer (numpy takes it modulo
+    2**32, its seed range), the start of every training run (models and tokenizer)."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def restore_rng(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], device: torch.device | None = None) -> None:
     """Set this process's RNGs to what `capture_rng` recorded."""
     import numpy as np

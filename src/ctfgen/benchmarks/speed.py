@@ -133,7 +133,7 @@ def time_interleaved(pipes: dict, results: dict[str, SpeedResult], settings: dic
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 dt = time.perf_counter() - t0
-                _clear_caches(pipe)  # each call sets up its cache, as a real call does
+                pipe.clear_caches()  # each call sets up its cache, as a real call does
             peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else mem.peak
             res.peak_mem_mb = max(res.peak_mem_mb, peak / 2**20)
             if r >= warmup:
@@ -148,12 +148,6 @@ def profile_each(pipes: dict, results: dict[str, SpeedResult], settings: dict, l
     for name, pipe in pipes.items():
         seeds = [sample_seed(seed, i) for i in range(len(labels_B))]
         results[name].profile_s, results[name].profile_wall_s = profile_batch(pipe, labels_B, seeds, settings[name])
-
-
-def _clear_caches(pipe) -> None:
-    for m in pipe.models.values():
-        if hasattr(m, "clear_cache"):
-            m.clear_cache()
 
 
 # ---------------------------------------------------------------- --profile: where a batch's time goes
@@ -273,7 +267,7 @@ def profile_batch(pipe, labels_B: torch.Tensor, seeds: list[int], settings) -> t
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         wall = time.perf_counter() - t0
-    _clear_caches(pipe)
+    pipe.clear_caches()
     seconds = dict.fromkeys(CATEGORIES, 0.0)
     for ev in prof.events():
         key = _category(ev)

@@ -44,12 +44,6 @@ class TokenizerArtifact(ModuleArtifact):
             raise ArtifactError(f"{folder / WEIGHTS} does not match the fingerprint in its manifest (file changed or corrupt)")
 
     @classmethod
-    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "TokenizerArtifact":
-        """Load strictly; the weights must hash to the manifest's fingerprint. `.module` comes back in
-        eval mode; `.fingerprint` and `.manifest` are the artifact's."""
-        return super().load(folder, device)
-
-    @classmethod
     def read_codebook(cls, folder: str | Path) -> tuple[torch.Tensor, str]:
         """The raw (V, D) float codebook and the tokenizer's fingerprint, reading only that tensor
         (no model is built, the other weights stay on disk)."""

@@ -10,9 +10,7 @@ whole codebook in play (the coarse-to-fine method needs a large, fully used code
 from __future__ import annotations
 
 import math
-import random
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,15 +19,11 @@ from ..lazy import lazy_attributes
 from .config import TokenizerTrainConfig
 from .model import VQModel
 
+seed_all = run_state.seed_all  # the training run's seeding, named here for the tokenizer's own callers
+
 __all__ = ["TokenizerTrainConfig", "train_tokenizer", "restart_dead_codes", "BatchStream", "seed_all"]
 # the run needs the Trainer, a stage above this package (docs/ARCHITECTURE.md: layers): loaded on first use
 __getattr__ = lazy_attributes(__name__, {"train_tokenizer": "..train.tokenizer_task"})
-
-
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 @torch.no_grad()

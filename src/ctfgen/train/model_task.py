@@ -4,11 +4,9 @@ one fixed batch in memory, which the benchmarks time through `Trainer.for_bench`
 from __future__ import annotations
 
 import math
-import random
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import torch
 
 from .. import run_state
@@ -37,12 +35,6 @@ def build_for(cfg: TrainConfig, codes, coarse, build_model: Callable | None = No
     if cfg.aux_coarse_noise:
         overrides["coarse_noise"] = cfg.aux_coarse_noise
     return build_model(cfg.kind, cfg.preset, **kwargs, **overrides)
-
-
-def seed_all(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 def open_inputs(kind: str, codes_dir: Path, coarse_map_dir: str | Path | None) -> tuple[Any, Any]:
@@ -97,7 +89,7 @@ class ModelTask(Task):
             self.made_from["coarse_map"] = self.coarse.fingerprint
 
     def build(self) -> torch.nn.Module:
-        seed_all(self.cfg.seed)  # identical initial weights on every rank
+        run_state.seed_all(self.cfg.seed)  # identical initial weights on every rank
         model = build_for(self.cfg, self.codes, self.coarse, self.build_model)
         # stage 2's coarse noise (--aux-coarse-noise or --model-opt coarse_noise=P): draws per sample
         self.dataset.coarse_draws = getattr(model.config, "coarse_noise", 0.0) > 0
@@ -117,7 +109,7 @@ class ModelTask(Task):
 
     def seed(self, rank: int, start: int) -> None:
         # different dropout on each rank; a resume on another number of ranks draws from new seeds
-        seed_all(self.cfg.seed + (1000003 * start if start else 0) + rank)
+        run_state.seed_all(self.cfg.seed + (1000003 * start if start else 0) + rank)
 
     def batches(self, step: int, dist: DistInfo, grad_accum: int) -> list[dict[str, torch.Tensor]]:
         epoch, _ = self.order.position(step)

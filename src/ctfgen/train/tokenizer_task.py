@@ -31,7 +31,8 @@ from ..tokenizer.lpips import LPIPS
 from ..tokenizer.model import VQModel
 from ..tokenizer.report import reconstruction_grid, reconstruction_report
 from ..tokenizer.resume import TokenizerFormat
-from ..tokenizer.train import BatchStream, _lr_factor, restart_dead_codes, seed_all
+from ..run_state import seed_all
+from ..tokenizer.train import BatchStream, _lr_factor, restart_dead_codes
 from .config import RunOptions
 from .task import Task
 from .trainer import Trainer

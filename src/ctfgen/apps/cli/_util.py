@@ -8,6 +8,7 @@ and a bad option answer at once.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import re
 
@@ -63,9 +64,7 @@ positive_int = int_range(1)
 nonneg_int = int_range(0)
 seed_int = int_range(0, 2**63 - 1)
 positive_float = float_range(0.0, lo_open=True)
-nonneg_float = float_range(0.0)
 probability = float_range(0.0, 1.0)
-guidance = float_range(1.0)  # classifier-free guidance: 1 = off
 
 
 def comma_list(item, *, allow_empty: bool = False):
@@ -344,11 +343,20 @@ def _shown(value) -> str:
     return "none" if value is None or value == "" else str(value)
 
 
+@functools.cache
+def _type_hints(cls) -> dict:
+    """A config class's resolved field types, once per class: every parser build (`--help` too)
+    asks for them field by field."""
+    import typing
+
+    return typing.get_type_hints(cls)
+
+
 def _plain_type(cls, f):
     """The type a flag's text is read as: the field's (X of `X | None`)."""
     import typing
 
-    hint = typing.get_type_hints(cls)[f.name]
+    hint = _type_hints(cls)[f.name]
     plain = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
     return plain[0] if plain[0] in (int, float, str) else type(_field_default(f))
 
@@ -357,7 +365,7 @@ def _sequence_type(cls, f):
     """(tuple or list, item type) of a field typed tuple[T, ...] or list[T], else None."""
     import typing
 
-    hint = typing.get_type_hints(cls)[f.name]
+    hint = _type_hints(cls)[f.name]
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     return (origin, args[0]) if origin in (tuple, list) and args else None
 
@@ -371,7 +379,7 @@ def _bounded_type(cls, f):
     lo, hi = meta.get("min"), meta.get("max")
     if lo is None and hi is None:
         return None
-    hint = meta.get("items") or typing.get_type_hints(cls)[f.name]
+    hint = meta.get("items") or _type_hints(cls)[f.name]
     if typing.get_origin(hint) in (tuple, list):
         hint = typing.get_args(hint)[0]
     if int in (typing.get_args(hint) or (hint,)):

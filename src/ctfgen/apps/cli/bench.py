@@ -9,7 +9,6 @@ are made from it); this module adds the flags that are not settings, runs them a
 """
 from __future__ import annotations
 
-import argparse
 import inspect
 
 from ._bench_edit import add_edit
@@ -28,6 +27,7 @@ from ._util import (
     nonneg_int,
     typed_list,
     positive_float,
+    setup_device,
 )
 
 ORDER = 95
@@ -80,23 +80,12 @@ def _run_train(args) -> int:
     from ._bench_tables import train_table
 
     cfg = check_fields(config_from_args(TrainBenchConfig, args))
-    device = _bench_device(args)
+    device = setup_device(args)
     rows = bench_train(**to_dict(cfg), device=device)
     name = device_name(device)
     print(train_table(rows, device=name, preset=args.preset, batch_size=args.batch_size, grid=args.grid))
     _write_rows(args, name, ("preset", "vocab", "k", "grid", "num_classes", "batch_size", "steps"), rows_to_json(rows))
     return 0
-
-
-def _bench_device(args):
-    """The device of a measurement, with torch's CPU threads set first (--threads)."""
-    import torch
-
-    from ...dist import resolve_device
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    return resolve_device(args.device)
 
 
 def _write_rows(args, device: str, keys: tuple[str, ...], rows: list[dict]) -> None:
@@ -146,7 +135,7 @@ def _run_speed(args) -> int:
     if sweep:
         raise CtfgenError(f"bench speed: {', '.join('--' + k.replace('_', '-') for k in sweep)}: for --sweep only")
     cfg = check_fields(config_from_args(SpeedBenchConfig, args, preset=args.preset or "fmnist"))
-    device = _bench_device(args)
+    device = setup_device(args)
     results, info = bench_speed(cfg.preset, batch_size=cfg.batch_size, runs=cfg.runs, warmup=cfg.warmup,
                                 guidance_scale=cfg.guidance_scale, aux_preset=cfg.aux_preset, device=device,
                                 dtype=torch.bfloat16 if cfg.dtype == "bf16" else None, compile=cfg.compile,
@@ -175,7 +164,7 @@ def _run_speed_sweep(args, cfg) -> int:
     cells, info = speed_sweep(widths=widths, depths=depths, grids=item_list(cfg, "grids"), vocab=cfg.vocab, k=cfg.k,
                               num_classes=cfg.num_classes,
                               batch_size=args.batch_size, runs=args.runs, warmup=args.warmup,
-                              guidance_scale=args.guidance_scale, device=_bench_device(args), profile=args.profile,
+                              guidance_scale=args.guidance_scale, device=setup_device(args), profile=args.profile,
                               on_cell=on_cell)
     print(sweep_table(cells, info))
     return 0
@@ -220,7 +209,7 @@ def _run_aux_loss(args) -> int:
     from ._bench_tables import aux_loss_table
 
     cfg = check_fields(config_from_args(AuxLossBenchConfig, args))
-    device = _bench_device(args)
+    device = setup_device(args)
     settings = to_dict(cfg)
     whole_step = not settings.pop("head_only")
     rows = bench_aux_loss(**settings, whole_step=whole_step, device=device)
@@ -248,7 +237,7 @@ def _run_gpu(args) -> int:
     from ...benchmarks.gpucheck import GpuCheck
 
     cfg = check_fields(config_from_args(GpuCheckConfig, args))
-    device = _bench_device(args)
+    device = setup_device(args)
     extra = {}
     if cfg.lasting:
         from ...experiments.scaling.lasting.study import gpu_section

@@ -10,7 +10,7 @@ import pytest
 from ctfgen.apps.cli import main as cli_main
 from ctfgen.benchmarks.speed_sweep import speed_sweep, stage2_layers
 from ctfgen.errors import CtfgenError
-from ctfgen.experiments.quality.speed_plot import plot_quality_vs_speed, quality_speed_points
+from ctfgen.experiments.quality.speed_plot import plot_quality_vs_speed, points_table, quality_speed_points
 
 # tiny width (4 layers), 2x2 tokens, a small codebook: the whole sweep in a few seconds
 SMALL = ["--widths", "tiny", "--grids", "2", "--vocab", "64", "--k", "8", "--num-classes", "3",
@@ -108,6 +108,25 @@ def test_quality_speed_points_and_plot(tmp_path, capsys):
                      "--grid", "2", "--out", str(tmp_path / "cli.png")]) == 0
     out = capsys.readouterr().out
     assert "| ctf | 64 | tiny | 2x2 | 21.00 ± 1.41 | 2 | ctf-1 | 8.00 |" in out and (tmp_path / "cli.png").is_file()
+
+
+def test_quality_speed_reads_a_lasting_results_folder(tmp_path):
+    """`bench lasting` writes one JSON per unit; units of other step budgets are other points."""
+    folder = tmp_path / "lasting"
+    (folder / "report").mkdir(parents=True)
+    (folder / "report" / "summary.json").write_text("{}")  # the report is not a unit
+    for steps, seed, fid in ((300, 0, 20.0), (300, 1, 22.0), (3000, 0, 15.0)):
+        unit = {"unit": f"V64-g2-tiny-n{steps}-b32-p{seed}", "V": 64, "grid": 2, "preset": "tiny", "steps": steps,
+                "seed": seed, "samples": {"ctf": {"best": {"metrics": {"fid_classifier": fid}}},
+                                          "ctf-uniform": {"best": {"metrics": {"fid_classifier": fid + 1}}}}}
+        (folder / f"{unit['unit']}.json").write_text(json.dumps(unit))
+    points, left_out = quality_speed_points(folder, [_speed(tmp_path)])
+    assert sorted((p.steps, p.fid) for p in points) == [(300, [20.0, 22.0]), (3000, [15.0])]
+    assert "ctf-uniform, V 64, tiny, 2x2, 3000 steps: no speed figure" in " ".join(left_out)
+    assert "| steps |" in points_table(points) and "| 3000 |" in points_table(points)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CtfgenError, match="empty: no unit JSON"):
+        quality_speed_points(tmp_path / "empty", [_speed(tmp_path)])
 
 
 def test_quality_speed_errors_name_the_field(tmp_path):

@@ -177,7 +177,8 @@ def _add_quality_speed(group) -> None:
     p = _add_bench(
         group, "quality-speed", _run_quality_speed, QualitySpeedConfig,
         help="plot measured classifier-FID against measured images/s")
-    p.add_argument("--quality", required=True, metavar="PATH", help="the study's results JSON (results.json)")
+    p.add_argument("--quality", required=True, metavar="PATH",
+                   help="the study's results JSON (results.json), or a `bench lasting` results folder")
     p.add_argument("--speed", required=True, nargs="+", metavar="PATH", help="`bench speed --sweep --json` files")
     p.add_argument("--out", required=True, metavar="PNG", help="where to write the plot")
 

@@ -1,5 +1,6 @@
 """Quality against sampling speed: measured classifier-FID of trained models (the scaling study's
-results JSON) beside measured images/s of the same sizes (`ctfgen bench speed --sweep --json`).
+results JSON, or the unit JSONs of a `bench lasting` results folder) beside measured images/s of the
+same sizes (`ctfgen bench speed --sweep --json`).
 
 Nothing here is estimated: a point needs both a quality figure and a speed figure for the same
 method, codebook size V, width and token grid; everything else is listed as left out, with why.
@@ -29,12 +30,14 @@ class QualitySpeedPoint:
     width: str
     grid: int
     sampler: str  # the sweep's sampler the speed comes from
+    steps: int | None = None  # the unit's training steps where the study varies them (bench lasting)
     fid: list[float] = field(default_factory=list)  # one per seed
     images_per_s: float = 0.0
 
     @property
     def label(self) -> str:
-        return f"{self.method}, V {self.vocab}, {self.width}, {self.grid}x{self.grid}"
+        trained = f", {self.steps} steps" if self.steps else ""
+        return f"{self.method}, V {self.vocab}, {self.width}, {self.grid}x{self.grid}{trained}"
 
 
 def _field(obj, key: str, where: str):
@@ -58,17 +61,32 @@ def speed_table_of(speed_files: list[str | Path]) -> dict[tuple[int, str, int, s
     return out
 
 
+def study_units(quality: str | Path) -> tuple[list[tuple[str, dict]], dict]:
+    """(where, unit) pairs and the study's config: from a results JSON's `units` list, or from a
+    `bench lasting` results folder (one unit per JSON file; its report/ folder is not a unit)."""
+    quality = Path(quality)
+    if quality.is_dir():
+        files = sorted(quality.glob("*.json"))
+        if not files:
+            raise CtfgenError(f"{quality}: no unit JSON in this results folder (bench lasting writes one per "
+                              "finished unit)")
+        return [(str(f), read_json(f, what="study unit JSON")) for f in files], {}
+    data = read_json(quality, what="study results JSON")
+    config = data.get("config", {}) if isinstance(data, dict) else {}
+    return [(f"{quality}: units[{i}]", u) for i, u in enumerate(_field(data, "units", str(quality)))], config
+
+
 def quality_speed_points(quality_file: str | Path, speed_files: list[str | Path], *,
                          default_grid: int | None = None) -> tuple[list[QualitySpeedPoint], list[str]]:
     """The points that have both figures (FID of every seed, images/s), and a line per (method, V,
-    width, grid) left out and why. Errors (CtfgenError) name the file and field that is missing."""
-    data = read_json(quality_file, what="study results JSON")
-    config = data.get("config", {}) if isinstance(data, dict) else {}
+    width, grid, steps) left out and why. `quality_file`: a results JSON or a `bench lasting` results
+    folder, whose units keep their training steps apart. Errors (CtfgenError) name the file and field
+    that is missing."""
+    units, config = study_units(quality_file)
     speed = speed_table_of(speed_files)
     points: dict[tuple, QualitySpeedPoint] = {}
     left_out: dict[tuple, str] = {}
-    for i, unit in enumerate(_field(data, "units", str(quality_file))):
-        where = f"{quality_file}: units[{i}]"
+    for where, unit in units:
         vocab = _field(unit, "V", where)
         width = unit.get("preset", config.get("preset"))
         grid = unit.get("grid", config.get("grid", default_grid))
@@ -80,7 +98,7 @@ def quality_speed_points(quality_file: str | Path, speed_files: list[str | Path]
         learned = ("ctf", f"ctf-{unit.get('clustering', 'kmeans')}")  # k-means, or a clustering arm's unit
         for method, result in _field(unit, "samples", where).items():
             fid = result.get("best", {}).get("metrics", {}).get("fid_classifier")
-            key = (method, vocab, width, grid)
+            key = (method, vocab, width, grid, unit.get("steps"))
             if fid is None:
                 left_out[key] = "no best-setting classifier-FID in the study"
                 continue
@@ -91,20 +109,23 @@ def quality_speed_points(quality_file: str | Path, speed_files: list[str | Path]
             if (vocab, width, grid, sampler) not in speed:
                 left_out[key] = f"no speed figure for {sampler} at V {vocab}, {width}, {grid}x{grid} in the sweep JSON"
                 continue
-            point = points.setdefault(key, QualitySpeedPoint(method, vocab, width, grid, sampler))
+            point = points.setdefault(key, QualitySpeedPoint(method, vocab, width, grid, sampler, unit.get("steps")))
             point.fid.append(float(fid))
             point.images_per_s = speed[(vocab, width, grid, sampler)]
-    lines = [f"{m}, V {v}, {w}, {g}x{g}: {why}" for (m, v, w, g), why in left_out.items()]
+    lines = [f"{m}, V {v}, {w}, {g}x{g}{f', {n} steps' if n else ''}: {why}"
+             for (m, v, w, g, n), why in left_out.items()]
     return list(points.values()), lines
 
 
 def points_table(points: list[QualitySpeedPoint]) -> str:
     """A Markdown table of the points: method, sizes, FID mean ± std (seeds), images/s."""
-    rows = [["method", "V", "width", "tokens", "classifier-FID (best)", "seeds", "speed from", "images/s"]]
+    trained = any(p.steps for p in points)
+    rows = [["method", "V", "width", "tokens", *(["steps"] if trained else []), "classifier-FID (best)", "seeds",
+             "speed from", "images/s"]]
     for p in points:
         std = f" ± {statistics.stdev(p.fid):.2f}" if len(p.fid) > 1 else ""
-        rows.append([p.method, str(p.vocab), p.width, f"{p.grid}x{p.grid}", f"{statistics.fmean(p.fid):.2f}{std}",
-                     str(len(p.fid)), p.sampler, f"{p.images_per_s:.2f}"])
+        rows.append([p.method, str(p.vocab), p.width, f"{p.grid}x{p.grid}", *([str(p.steps)] if trained else []),
+                     f"{statistics.fmean(p.fid):.2f}{std}", str(len(p.fid)), p.sampler, f"{p.images_per_s:.2f}"])
     return markdown_table(rows)
 
 
@@ -124,7 +145,7 @@ def plot_quality_vs_speed(points: list[QualitySpeedPoint], path: str | Path, *, 
         ax.errorbar(p.images_per_s, statistics.fmean(p.fid), yerr=std, fmt=marker, capsize=3,
                     color=f"C{list(markers).index(p.method)}",
                     label=p.method if p.method not in ax.get_legend_handles_labels()[1] else None)
-        ax.annotate(f"V {p.vocab}, {p.width}, {p.grid}x{p.grid}", (p.images_per_s, statistics.fmean(p.fid)),
+        ax.annotate(p.label.split(", ", 1)[1], (p.images_per_s, statistics.fmean(p.fid)),
                     textcoords="offset points", xytext=(4, 4), fontsize=7)
     speeds = [p.images_per_s for p in points]
     if max(speeds) >= 10 * min(speeds):  # widths far apart; a narrow range reads better on a linear axis

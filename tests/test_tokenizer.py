@@ -342,6 +342,18 @@ def test_encode_with_a_limit_prints_the_counts_it_encodes(trained, npz_data, tmp
         assert re.search(rf"^\s+{c['id']}\s+{re.escape(c['name'])}\s+{c['count']['test']}$", printed, re.M), printed
 
 
+def test_tokenizer_report_with_a_limit_prints_the_counts_it_scores(trained, npz_data, capsys):
+    """`ctfgen tokenizer report --limit N` states the classes of the N images it scores."""
+    from ctfgen.apps.cli import main
+
+    out, _ = trained
+    assert main(["tokenizer", "report", str(out), "--split", "test", "--limit", "5",
+                 "--data", "npz", "--data-path", npz_data.path, "--resolution", "16"]) == 0
+    printed = capsys.readouterr().out
+    assert "scoring the first 5 of the 24 images of split 'test' (--limit)" in printed
+    assert "images per split: test 5" in printed
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 def test_encode_sharded_under_torchrun_matches_one_process(trained, npz_data, tmp_path):
     import os

@@ -139,22 +139,31 @@ def _import(args) -> int:
     return 0
 
 
+def _print_classes(ds, limit: int, doing: str = "scoring") -> None:
+    """The class counts of the images a command uses: with --limit, the split's first N."""
+    from ...data import class_counts, dataset_class_table, describe_classes
+
+    if limit and limit < len(ds):
+        print(f"{doing} the first {limit} of the {len(ds)} images of split {ds.split!r} (--limit)")
+    print(describe_classes(dataset_class_table(ds, counts={ds.split: class_counts(ds, limit).tolist()})))
+
+
 def _report(args) -> int:
-    from ...data import class_counts, dataset_class_table, describe_classes, load_dataset
+    from ...data import load_dataset
     from ...tokenizer import load_tokenizer
     from ...tokenizer.report import reconstruction_report
 
     device = setup_device(args)
     tok = load_tokenizer(args.tokenizer, device)
     ds = load_dataset(data_config(args, default_resolution=tok.config.resolution, default_channels=tok.config.channels), args.split)
-    print(describe_classes(dataset_class_table(ds)))
+    _print_classes(ds, args.limit)
     print(json.dumps(reconstruction_report(tok, ds, limit=args.limit, device=device), indent=2))
     return 0
 
 
 def _encode(args) -> int:
     from ...codes import encode_dataset
-    from ...data import class_counts, dataset_class_table, describe_classes, load_dataset
+    from ...data import load_dataset
     from ...dist import init_distributed  # torchrun support shared with training and sampling
     from ...tokenizer.artifact import TokenizerArtifact
 
@@ -164,10 +173,8 @@ def _encode(args) -> int:
     tok = TokenizerArtifact.load(args.tokenizer, device)
     cfg = tok.module.config
     ds = load_dataset(data_config(args, default_resolution=cfg.resolution, default_channels=cfg.channels), args.split)
-    if info.is_main:  # the images that will be encoded: with --limit, the split's first N
-        if args.limit and args.limit < len(ds):
-            print(f"encoding the first {args.limit} of the {len(ds)} images of split {ds.split!r} (--limit)")
-        print(describe_classes(dataset_class_table(ds, counts={ds.split: class_counts(ds, args.limit).tolist()})))
+    if info.is_main:
+        _print_classes(ds, args.limit, doing="encoding")
     store = encode_dataset(tok, ds, args.out, views=args.views, crop_range=args.crop_range,
                            batch_size=args.batch_size, limit=args.limit, device=device, overwrite=args.overwrite)
     if store is not None:

@@ -207,16 +207,22 @@ def test_eval_nll_takes_any_stage2_folder_with_ar(old, tmp_path, capsys, registe
     assert table["stage2"] == "class-table" and table["source"]["aux"]["folder"] == str(tmp_path / "table")
 
 
-def test_stage2_guidance_is_refused_by_a_class_stage2_without_it(old, tmp_path, registered):
-    """A stage 2 that sees the class but has no guidance of its own refuses the setting; one that
-    does not see the class samples the same with any scale."""
+def test_stage2_guidance_is_refused_by_a_class_stage2_without_it(old, tmp_path, registered, monkeypatch):
+    """A stage 2 that sees the class but has no guidance of its own refuses the setting, before stage 1
+    spends any time; one that does not see the class samples the same with any scale."""
     from ctfgen.errors import CtfgenError
     from ctfgen.sample import load_pipeline, make_pipeline
 
     make_pipeline(tmp_path / "table", tokenizer=old / "tokenizer", ar=old / "stage1", aux=class_table(old))
     pipe = load_pipeline(tmp_path / "table")
-    with pytest.raises(CtfgenError, match="stage2_guidance_scale 2: stage 2 'class-table'.*sees the class"):
-        pipe.generate([0, 1], seed=0, stage2_guidance_scale=2.0)
+
+    def stage1_must_not_run(*args, **kwargs):
+        raise AssertionError("stage 1 sampled before the stage-2 setting was refused")
+
+    with monkeypatch.context() as m:
+        m.setattr("ctfgen.sample.pipeline.generate_tokens", stage1_must_not_run)
+        with pytest.raises(CtfgenError, match="stage2_guidance_scale 2: stage 2 'class-table'.*sees the class"):
+            pipe.generate([0, 1], seed=0, stage2_guidance_scale=2.0)
     make_pipeline(tmp_path / "pos", tokenizer=old / "tokenizer", ar=old / "stage1", aux=position_table(old))
     pos = load_pipeline(tmp_path / "pos")
     plain, guided = (pos.generate([0, 1], seed=0, stage2_guidance_scale=g) for g in (1.0, 2.0))

@@ -89,11 +89,17 @@ class Stage2(MemberTables):
         that does not see the class (`sees_class` False: guidance would change nothing) and raises
         CtfgenError for one that does; such a stage 2 implements guidance by overriding this method
         (as models/aux.py: AuxTransformer does)."""
-        if guidance_scale != 1.0 and self.sees_class:
+        self.check_guidance(guidance_scale)
+        return self.stage2_log_probs(coarse_BL, class_B)
+
+    def check_guidance(self, guidance_scale: float) -> None:
+        """Refuse a stage-2 guidance scale this stage 2 cannot apply (CtfgenError; see `stage2_logits`).
+        The pipeline asks before stage 1 runs, so a refused setting costs no sampling."""
+        own = type(self).stage2_logits is not Stage2.stage2_logits
+        if guidance_scale != 1.0 and self.sees_class and not own:
             raise CtfgenError(f"stage2_guidance_scale {guidance_scale:g}: stage 2 '{self.stage2_name}' "
                               f"({type(self).__name__}) sees the class but implements no guidance "
                               "(no stage2_logits of its own); use stage2_guidance_scale 1")
-        return self.stage2_log_probs(coarse_BL, class_B)
 
     def stage2_codes(self, coarse_N: torch.Tensor, col_N: torch.Tensor) -> torch.Tensor:
         """(N,) the codes of the drawn columns of `stage2_logits` (default: cluster members)."""

@@ -367,6 +367,7 @@ class CTFPipeline(Pipeline):
     def sample_tokens(self, labels_B, seeds, s, progress=False, timings=None):
         ar = self.models["ar"]
         L = self.seq_len
+        self.models[STAGE2_ROLE].check_guidance(s.stage2_guidance_scale)
         u_BN = sample_uniforms(seeds, 2 * L)  # stage 1 uses the first L, stage 2 the rest
         with timed("stage1", timings, self.device):
             coarse_BL = generate_tokens(ar, labels_B, u_BN[:, :L], s, step_fn=self._decode_step(ar), progress=progress)

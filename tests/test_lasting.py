@@ -71,6 +71,8 @@ def test_lasting_study_end_to_end_resume_and_results_dir(tmp_path, tiny_data):
     assert "(96 sequences, 1.1 epochs of 84 images)" in text
     assert "V32-g4-tiny-n6-b16" in text and "pipeline-seed noise" in text and "Every planned unit has results" in text
     assert (page.parent / "curves-V32-g4-tiny-n6-b16.png").is_file()
+    match = u["baseline_matches"]["ctf"]["step"]  # the step where the baseline matches CTF, with its epoch
+    assert ("never" if match is None else f"{match} ({match * 16 / 84:.1f} ep)") in text.split("baseline matches")[1]
 
     # a rerun makes nothing: every unit is in the results directory
     logs.clear()

@@ -95,13 +95,21 @@ def recipe_section(recipe: str, us: list[dict]) -> tuple[list[str], dict]:
         cells = [verdict(p[k], *words, noise) if p[k]["n"] else "–" for k, words in (
             ("test", LOWER), ("end_gap", LOWER), ("compute_gap", LOWER), ("L_inf", LOWER),
             ("fid_best", ("CTF better", "baseline better")))]
-        t.append([f"{NAMES[m]} − baseline", *cells, ", ".join("never" if s is None else str(s) for s in steps),
+        t.append([f"{NAMES[m]} − baseline", *cells, ", ".join(_step_epoch(u0, s) for s in steps),
                   ", ".join("never" if f is None else f"{f:.3g}" for f in flops)])
         summary["paired"][m]["baseline_matches"] = {"step": steps, "flops": flops}
     L += [markdown_table(t), "", "Equal steps: the validation curves at their last point; equal FLOPs: both curves "
           "at the training FLOPs where the cheaper method's run ends (the other interpolated in log FLOPs).", "",
           f"![curves]({_slug(recipe)}.png)", ""]
     return L, summary
+
+
+def _step_epoch(u: dict, step: int | None) -> str:
+    """"never", or the step with its epoch of the unit's training images ("500 (0.8 ep)")."""
+    if step is None:
+        return "never"
+    n = u.get("train_images")
+    return f"{step} ({step * u['batch'] / n:.1f} ep)" if n else str(step)
 
 
 def _epochs(u: dict) -> str:

@@ -209,6 +209,7 @@ def plot_curves(us: list[dict], path: Path) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("validation bits per token")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())  # a decade's minor labels overlap
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(us[0]["recipe"], fontsize=9)

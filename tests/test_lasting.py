@@ -179,3 +179,22 @@ def test_grid_picks_the_tokenizer_levels(tiny_data):
     from ctfgen.tokenizer import vq_preset
 
     assert vq_preset("fmnist", **LastingConfig(data=DataConfig(), grids="16").check().tokenizer_levels(16)).grid == 16
+
+
+def test_processes_sharing_a_folder_may_name_its_own_classifier(tmp_path, tiny_data):
+    """A folder that trained its classifier ('' in its settings) accepts `--classifier OUT/classifier`
+    (the same classifier: the documented way to start more processes on it) and runs without it after;
+    another classifier is refused by name."""
+    from ctfgen.experiments.workspace import Workspace
+
+    out = tmp_path / "study"
+
+    def begin(classifier):
+        return Workspace(tiny_cfg(tiny_data, classifier=classifier), out, name="lasting", seed=0,
+                         progress=False, log=lambda m: None).begin()
+
+    begin("")
+    begin(str(out / "classifier"))
+    begin("")
+    with pytest.raises(CtfgenError, match=r"other lasting settings \(classifier: '' there, '.*elsewhere' now\)"):
+        begin(str(tmp_path / "elsewhere"))

@@ -97,13 +97,23 @@ class Workspace(SampleScores):
         self.out.mkdir(parents=True, exist_ok=True)
         saved = self.out / f"{self.name}_config.json"
         if saved.is_file():  # reuse is only sound with the settings that made the folder
-            diff = changed_settings(self.cfg, json.loads(saved.read_text()), ignore=extendable)
+            diff = [d for d in changed_settings(self.cfg, json.loads(saved.read_text()), ignore=extendable)
+                    if not self._same_classifier(*d)]
             if diff:
                 k, there, now = diff[0]
                 raise CtfgenError(f"{self.out} was made with other {self.name} settings ({k}: {there!r} there, "
                                   f"{now!r} now); use another --out, or delete the folder to start over")
         atomic_write_json(saved, to_dict(self.cfg))
         return time.time()
+
+    def _same_classifier(self, field: str, there, now) -> bool:
+        """`--classifier OUT/classifier` names the classifier this folder trained for itself ('' in its
+        settings): the same one, so processes sharing the folder may be given it (and runs without it
+        follow runs with it)."""
+        def folder(v):
+            return (Path(v) if v else self.out / "classifier").resolve()
+
+        return field == "classifier" and isinstance(there, str) and isinstance(now, str) and folder(there) == folder(now)
 
     def end(self, t0: float) -> None:
         """timings.json with its two totals (a rerun that reuses steps is quick: the sum over steps

@@ -271,6 +271,10 @@ def test_prior_flags_that_would_be_ignored_are_refused(old, tmp_path, capsys):
     assert not (tmp_path / "p").exists()
     refused(*score, "--baseline", old / "stage1", "--stage2", "uniform", "--coarse-map", old / "coarse",
             match="--stage2 uniform with --coarse-map is CTF's stage 2")
+    # the more basic fault first: a baseline has no stage 2, whatever the prior would need
+    refused(*score, "--baseline", old / "stage1", "--stage2", "frequency", match="--stage2 frequency is CTF's stage 2")
+    refused(*score, "--ar", old / "stage1", "--stage2", "frequency", "--coarse-map", old / "coarse",
+            match="--stage2 frequency needs --train-codes DIR")
     refused(*score, "--ar", old / "stage1", "--aux", old / "stage2", "--stage2", "uniform", "--coarse-map",
             old / "coarse", match="--coarse-map: --stage2 uniform takes the clusters of the stage 2 of --aux")
 

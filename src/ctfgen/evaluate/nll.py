@@ -187,9 +187,9 @@ def load_nll_models(store, device: str | torch.device = "cpu", *, pipeline=None,
         raise CtfgenError("give exactly one of --pipeline, --ar (CTF) or --baseline")
     if aux and not ar:
         raise CtfgenError("--aux (a stage-2 folder) goes with --ar (its stage 1)")
-    check_prior_flags(stage2, coarse_map=coarse_map, train_codes=train_codes)
     if baseline and stage2 != "model":
         _no_stage2(stage2, coarse_map)
+    check_prior_flags(stage2, coarse_map=coarse_map, train_codes=train_codes)
     if coarse_map and (pipeline or aux):
         raise CtfgenError(f"--coarse-map: --stage2 {stage2} takes the clusters of the stage 2 of "
                           f"{'--pipeline' if pipeline else '--aux'}; give one of them")
@@ -268,9 +268,7 @@ def _prior_stage2(rule: str, models: dict, cmap, train_codes, store, source: dic
     elif cmap is None:
         raise CtfgenError(f"--stage2 {rule} needs the coarse map: --coarse-map DIR (or --aux DIR)")
     train = None
-    if rule == "frequency":
-        if not train_codes:
-            raise CtfgenError("--stage2 frequency needs --train-codes DIR (the training code store)")
+    if rule == "frequency":  # check_prior_flags has made sure train_codes is given
         from ..codes import CodeStore
 
         train = CodeStore.open(train_codes)

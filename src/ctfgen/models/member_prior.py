@@ -129,8 +129,10 @@ class MemberPriorArtifact(Stage2Artifact):
 
 def check_prior_flags(stage2: str, *, coarse_map=None, train_codes=None) -> None:
     """Refuse the inputs of a parameter-free stage 2 that the chosen `stage2` ("model" or a rule)
-    would not read: --coarse-map only feeds a prior, --train-codes only "frequency" (CtfgenError
-    naming the flag)."""
+    would not read: --coarse-map only feeds a prior, --train-codes only "frequency"; and "frequency"
+    without the --train-codes it counts (CtfgenError naming the flag)."""
+    if stage2 == "frequency" and not train_codes:
+        raise CtfgenError("--stage2 frequency needs --train-codes DIR (the training code store)")
     if coarse_map and stage2 == "model":
         raise CtfgenError("--coarse-map is read only by --stage2 uniform/frequency; the trained stage 2 "
                           "(--stage2 model) has its own clusters")

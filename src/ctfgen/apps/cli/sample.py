@@ -106,8 +106,6 @@ def _prior_stage2(args):
         raise CtfgenError(f"--stage2 {args.stage2} replaces --aux: give one of them")
     if not args.coarse_map:
         raise CtfgenError(f"--stage2 {args.stage2} needs --coarse-map DIR (the map stage 1 was trained with)")
-    if args.stage2 == "frequency" and not args.train_codes:
-        raise CtfgenError("--stage2 frequency needs --train-codes DIR (the training code store)")
     cmap = CoarseMap.load(args.coarse_map)
     # before the prior is made from it: a map of another tokenizer is the map's fault, not "the aux model's"
     check_made_from(f"coarse map {args.coarse_map} (--coarse-map) / tokenizer {args.tokenizer}",

@@ -208,11 +208,8 @@ def _evaluate_and_save(trainer: Trainer, task: TokenizerTask, test_ds, classes, 
     model.eval()
     report = reconstruction_report(model, test_ds, limit=cfg.eval_limit, device=task.device, progress=progress)
     if not math.isfinite(report.get("psnr_db", float("nan"))):
-        last = trainer.checkpoints.last_saved
-        kept = (f"{out} keeps the checkpoint of step {last}, which a rerun resumes from, but the same settings "
-                "diverge again: use a lower --lr" if last else f"nothing was written to {out}; use a lower --lr")
         raise TrainingDiverged(f"the trained tokenizer reconstructs the test split with PSNR {report.get('psnr_db')}: "
-                               f"not saved as a tokenizer. {kept}")
+                               f"not saved as a tokenizer. {trainer.kept_state()}")
     report.update(split="test", train_steps=steps_done, train_seconds=round(train_seconds, 1),
                   train_images_seen=steps_done * cfg.batch_size)
     grid = reconstruction_grid(model, test_ds, device=task.device)

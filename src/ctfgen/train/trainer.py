@@ -284,11 +284,15 @@ class Trainer:
             what = f"at step {at}: loss {loss:.4g}, gradient norm {norm:.4g}{also} (not finite)"
         else:
             what = f"by step {done}: the weights hold NaN or infinite values"
+        raise TrainingDiverged(f"{self.task.what} diverged {what}; stopped without saving. {self.kept_state()}")
+
+    def kept_state(self) -> str:
+        """What a diverged run leaves behind, and what to change (the task's advice)."""
         last = self.checkpoints.last_saved
-        kept = (f"{self.out} keeps the last good checkpoint (step {last}), which a rerun resumes from"
-                if last else f"no checkpoint was written to {self.out}")
-        raise TrainingDiverged(f"{self.task.what} diverged {what}; stopped without saving. {kept}, but the same "
-                               f"settings diverge again: {self.task.advice}")
+        if not last:
+            return f"No checkpoint was written to {self.out}; {self.task.advice}"
+        return (f"{self.out} keeps the last good checkpoint (step {last}), which a rerun resumes from, but the "
+                f"same settings diverge again: {self.task.advice}")
 
     def save(self, done: int) -> None:
         """Check the weights, then checkpoint step `done` (every rank takes part; rank 0 writes)."""

@@ -198,3 +198,37 @@ def test_processes_sharing_a_folder_may_name_its_own_classifier(tmp_path, tiny_d
     begin("")
     with pytest.raises(CtfgenError, match=r"other lasting settings \(classifier: '' there, '.*elsewhere' now\)"):
         begin(str(tmp_path / "elsewhere"))
+
+
+def test_cpu_plan_script_runs_the_units_in_order(tmp_path):
+    """scripts/lasting_cpu.sh with a stand-in command: V = 16384 seeds 0 and 1 (the second once the
+    first has a classifier), then 2 and 1 again, then each V = 4096 axis for seeds 0 and 1 and seed 1
+    again (its samples use seed 0's picks), then the report."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out, calls = tmp_path / "study", tmp_path / "calls.txt"
+    fake = tmp_path / "fake-ctfgen"
+    fake.write_text(f"#!/usr/bin/env bash\necho \"$*\" >> {calls}\nmkdir -p {out}/classifier\n"
+                    f"touch {out}/classifier/manifest.json\n")
+    fake.chmod(0o755)
+    done = subprocess.run(["bash", str(root / "scripts" / "lasting_cpu.sh"), str(out)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "CTFGEN": str(fake)})
+    assert done.returncode == 0 and "ran to its end" in done.stdout, done.stdout + done.stderr
+
+    def unit(line):
+        words = line.split()
+        return words[words.index("--only-seeds") + 1], " ".join(words[words.index("--no-progress") + 3:])
+
+    lines = calls.read_text().splitlines()
+    runs = [unit(line) for line in lines if "--only-seeds" in line]
+    v16, small, grid16 = ("--vocabs 16384 --pipeline-seeds 3", "--vocabs 4096 --presets tiny,small --steps 300 "
+                          "--pipeline-seeds 2", "--vocabs 4096 --grids 16 --steps 300 --pipeline-seeds 2")
+    assert sorted(runs[:2]) == [("0", v16), ("1", v16)] and sorted(runs[2:4]) == [("1", v16), ("2", v16)]
+    for i, axes in ((4, "--vocabs 4096 --pipeline-seeds 2"), (7, small), (10, grid16)):
+        assert sorted(runs[i:i + 2]) == [("0", axes), ("1", axes)] and runs[i + 2] == ("1", axes)
+    assert len(runs) == 13 and all("--out " + str(out) in line for line in lines[:-1])
+    assert lines[-1] == "bench lasting --report --vocabs 4096,16384 --pipeline-seeds 3"
+    assert sorted(p.name for p in (tmp_path / "study-logs").iterdir())[0].startswith("vocabs_16384")

@@ -201,9 +201,9 @@ def test_processes_sharing_a_folder_may_name_its_own_classifier(tmp_path, tiny_d
 
 
 def test_cpu_plan_script_runs_the_units_in_order(tmp_path):
-    """scripts/lasting_cpu.sh with a stand-in command: V = 16384 seeds 0 and 1 (the second once the
-    first has a classifier), then 2 and 1 again, then each V = 4096 axis for seeds 0 and 1 and seed 1
-    again (its samples use seed 0's picks), then the report."""
+    """scripts/lasting_cpu.sh with a stand-in command: V = 16384 seed 0 first (it trains the classifier
+    the others use), then the queue two at a time in the plan's order, then the seeds past the first
+    again (their samples use seed 0's picks), then the report."""
     import os
     import subprocess
     from pathlib import Path
@@ -224,11 +224,14 @@ def test_cpu_plan_script_runs_the_units_in_order(tmp_path):
 
     lines = calls.read_text().splitlines()
     runs = [unit(line) for line in lines if "--only-seeds" in line]
-    v16, small, grid16 = ("--vocabs 16384 --pipeline-seeds 3", "--vocabs 4096 --presets tiny,small --steps 300 "
-                          "--pipeline-seeds 2", "--vocabs 4096 --grids 16 --steps 300 --pipeline-seeds 2")
-    assert sorted(runs[:2]) == [("0", v16), ("1", v16)] and sorted(runs[2:4]) == [("1", v16), ("2", v16)]
-    for i, axes in ((4, "--vocabs 4096 --pipeline-seeds 2"), (7, small), (10, grid16)):
-        assert sorted(runs[i:i + 2]) == [("0", axes), ("1", axes)] and runs[i + 2] == ("1", axes)
-    assert len(runs) == 13 and all("--out " + str(out) in line for line in lines[:-1])
+    v16, v4 = "--vocabs 16384 --pipeline-seeds 3", "--vocabs 4096 --pipeline-seeds 2"
+    size = "--vocabs 4096 --presets tiny,small --steps 300 --pipeline-seeds 2"
+    length = "--vocabs 4096 --grids 16 --steps 300 --pipeline-seeds 2"
+    queue = [("0", v16), ("1", v16), ("2", v16), ("0", v4), ("1", v4), ("0", size), ("1", size), ("0", length),
+             ("1", length)]
+    assert runs[0] == ("0", v16) and sorted(runs[:9]) == sorted(queue)
+    assert all(abs(queue.index(r) - i) <= 1 for i, r in enumerate(runs[:9]))  # two at a time: neighbours may swap
+    assert runs[9:] == [("1", v16), ("2", v16), ("1", v4), ("1", size), ("1", length)]
+    assert all("--out " + str(out) in line for line in lines[:-1])
     assert lines[-1] == "bench lasting --report --vocabs 4096,16384 --pipeline-seeds 3"
-    assert sorted(p.name for p in (tmp_path / "study-logs").iterdir())[0].startswith("vocabs_16384")
+    assert (tmp_path / "study-logs" / "vocabs_16384_pipelineseeds_3-seed0.log").is_file()

@@ -35,9 +35,17 @@ class QualitySpeedPoint:
     images_per_s: float = 0.0
 
     @property
+    def sizes(self) -> str:
+        """"V 4096, tiny, 8x8" (and ", 3000 steps" where the study varies them): the plot's annotation."""
+        return _sizes(self.vocab, self.width, self.grid, self.steps)
+
+    @property
     def label(self) -> str:
-        trained = f", {self.steps} steps" if self.steps else ""
-        return f"{self.method}, V {self.vocab}, {self.width}, {self.grid}x{self.grid}{trained}"
+        return f"{self.method}, {self.sizes}"
+
+
+def _sizes(vocab: int, width: str, grid: int, steps: int | None) -> str:
+    return f"V {vocab}, {width}, {grid}x{grid}" + (f", {steps} steps" if steps else "")
 
 
 def _field(obj, key: str, where: str):
@@ -112,8 +120,7 @@ def quality_speed_points(quality_file: str | Path, speed_files: list[str | Path]
             point = points.setdefault(key, QualitySpeedPoint(method, vocab, width, grid, sampler, unit.get("steps")))
             point.fid.append(float(fid))
             point.images_per_s = speed[(vocab, width, grid, sampler)]
-    lines = [f"{m}, V {v}, {w}, {g}x{g}{f', {n} steps' if n else ''}: {why}"
-             for (m, v, w, g, n), why in left_out.items()]
+    lines = [f"{m}, {_sizes(v, w, g, n)}: {why}" for (m, v, w, g, n), why in left_out.items()]
     return list(points.values()), lines
 
 
@@ -145,7 +152,7 @@ def plot_quality_vs_speed(points: list[QualitySpeedPoint], path: str | Path, *, 
         ax.errorbar(p.images_per_s, statistics.fmean(p.fid), yerr=std, fmt=marker, capsize=3,
                     color=f"C{list(markers).index(p.method)}",
                     label=p.method if p.method not in ax.get_legend_handles_labels()[1] else None)
-        ax.annotate(p.label.split(", ", 1)[1], (p.images_per_s, statistics.fmean(p.fid)),
+        ax.annotate(p.sizes, (p.images_per_s, statistics.fmean(p.fid)),
                     textcoords="offset points", xytext=(4, 4), fontsize=7)
     speeds = [p.images_per_s for p in points]
     if max(speeds) >= 10 * min(speeds):  # widths far apart; a narrow range reads better on a linear axis

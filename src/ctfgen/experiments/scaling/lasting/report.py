@@ -104,17 +104,23 @@ def recipe_section(recipe: str, us: list[dict]) -> tuple[list[str], dict]:
     return L, summary
 
 
+def _epoch(u: dict, step: int) -> float | None:
+    """Epochs of the unit's training images after `step` steps (None: the unit does not record them)."""
+    n = u.get("train_images")
+    return step * u["batch"] / n if n else None
+
+
 def _step_epoch(u: dict, step: int | None) -> str:
-    """"never", or the step with its epoch of the unit's training images ("500 (0.8 ep)")."""
+    """"never", or the step with its epoch ("500 (0.8 ep)")."""
     if step is None:
         return "never"
-    n = u.get("train_images")
-    return f"{step} ({step * u['batch'] / n:.1f} ep)" if n else str(step)
+    e = _epoch(u, step)
+    return str(step) if e is None else f"{step} ({e:.1f} ep)"
 
 
 def _epochs(u: dict) -> str:
-    n = u.get("train_images")
-    return f", {u['steps'] * u['batch'] / n:.1f} epochs of {n:,} images" if n else ""
+    e = _epoch(u, u["steps"])
+    return "" if e is None else f", {e:.1f} epochs of {u['train_images']:,} images"
 
 
 def trend_section(title: str, summaries: dict, axis: str, label: str) -> list[str]:

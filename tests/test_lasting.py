@@ -113,6 +113,14 @@ def test_lasting_study_end_to_end_resume_and_results_dir(tmp_path, tiny_data):
     assert "| V=32, grid=4, steps=6, batch=16 | tiny |" in size and "| small |" in size
     assert "No two recipes" in text.split("## The gap against sequence length")[1]
     assert (other / "report" / "gap-trends.png").is_file()
+    # recipes that differ in the codebook (not along either axis) draw no trend plot
+    for f in other.glob("*small*.json"):
+        unit = json.loads(f.read_text())
+        unit.update(preset="tiny", V=64, recipe=unit["recipe"].replace("small", "tiny").replace("V32", "V64"))
+        f.write_text(json.dumps(unit))
+    text = write_report(other).read_text()
+    assert "No two recipes" in text.split("## The gap against model size")[1].split("##")[0]
+    assert not (other / "report" / "gap-trends.png").exists() and "gap-trends.png" not in text
 
     with pytest.raises(CtfgenError, match="only_seeds"):
         study().run(only_seeds=[5])

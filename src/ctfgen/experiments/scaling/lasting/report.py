@@ -123,19 +123,27 @@ def _epochs(u: dict) -> str:
     return "" if e is None else f", {e:.1f} epochs of {u['train_images']:,} images"
 
 
-def trend_section(title: str, summaries: dict, axis: str, label: str) -> list[str]:
-    """The paired test-bits gap of CTF against the baseline along one axis (preset or tokens), the other
-    settings held."""
+def trend_groups(summaries: dict, axis: str) -> dict[tuple, list[dict]]:
+    """Recipes that differ along `axis` ("preset" or "tokens") alone, by the settings held fixed
+    (a grid is part of the tokens); only groups of two or more, each sorted along the axis."""
     groups = defaultdict(list)
     for s in summaries.values():
         rest = tuple((k, s[k]) for k in ("V", "grid", "preset", "steps", "batch") if k != axis and not
                      (axis == "tokens" and k == "grid"))
         groups[rest].append(s)
+    return {rest: sorted(ss, key=lambda s: _axis_value(s, axis)) for rest, ss in sorted(groups.items())
+            if len(ss) > 1}
+
+
+def _axis_value(s: dict, axis: str) -> int:
+    return s["params"].get("baseline", 0) if axis == "preset" else s["tokens"]
+
+
+def trend_section(title: str, groups: dict, axis: str, label: str) -> list[str]:
+    """The paired test-bits gap of CTF against the baseline along one axis, from `trend_groups`."""
     t = [["held fixed", label, "baseline parameters", "seeds", "CTF − baseline test bits/token (paired)"]]
-    for rest, ss in sorted(groups.items()):
-        if len(ss) < 2:
-            continue
-        for s in sorted(ss, key=lambda s: s["params"].get("baseline", 0) if axis == "preset" else s[axis]):
+    for rest, ss in groups.items():
+        for s in ss:
             p = s["paired"].get("ctf", {}).get("test")
             t.append([", ".join(f"{k}={v}" for k, v in rest), str(s[axis]), f"{s['params'].get('baseline', 0):,}",
                       str(len(s["seeds"])), verdict(p, "CTF lower", "baseline lower", "pipeline-seed noise")
@@ -175,10 +183,12 @@ def write_report(results_dir: str | Path, cfg=None, planned: list | None = None)
         lines, summaries[recipe] = recipe_section(recipe, us)
         L += lines
         plot_curves(us, rep / f"{_slug(recipe)}.png")
-    L += trend_section("The gap against model size", summaries, "preset", "preset")
-    L += trend_section("The gap against sequence length", summaries, "tokens", "tokens")
-    if len(summaries) > 1:
-        plot_trends(summaries, rep / "gap-trends.png")
+    trends = {axis: trend_groups(summaries, axis) for axis in ("preset", "tokens")}
+    L += trend_section("The gap against model size", trends["preset"], "preset", "preset")
+    L += trend_section("The gap against sequence length", trends["tokens"], "tokens", "tokens")
+    (rep / "gap-trends.png").unlink(missing_ok=True)  # a stale plot would outlive its table
+    if any(trends.values()):
+        plot_trends(trends, rep / "gap-trends.png")
         L += ["![gap against model size and sequence length](gap-trends.png)", ""]
     missing = [u.key for u in planned or [] if not (results_dir / f"{u.key}.json").is_file()]
     L += ["## What did not run", ""]
@@ -222,22 +232,25 @@ def plot_curves(us: list[dict], path: Path) -> None:
     save_figure(fig, path)
 
 
-def plot_trends(summaries: dict, path: Path) -> None:
-    """The paired test-bits gap (CTF − baseline) against baseline parameters and against tokens."""
+def plot_trends(trends: dict, path: Path) -> None:
+    """The paired test-bits gap (CTF − baseline) against baseline parameters and against tokens, one
+    line per group of recipes that differ along that axis alone (`trend_groups`)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.4))
-    for ax, x, label in ((axes[0], "params", "baseline parameters"), (axes[1], "tokens", "tokens per image")):
-        for s in summaries.values():
-            p = s["paired"].get("ctf", {}).get("test")
-            if not p or not p["n"]:
+    for ax, axis, label in ((axes[0], "preset", "baseline parameters"), (axes[1], "tokens", "tokens per image")):
+        for rest, ss in trends[axis].items():
+            pts = [(_axis_value(s, axis), s["paired"]["ctf"]["test"]) for s in ss
+                   if s["paired"].get("ctf", {}).get("test", {}).get("n")]
+            if not pts:
                 continue
-            xv = s["params"].get("baseline", 0) if x == "params" else s["tokens"]
-            err = 0 if p.get("ci95") is None else (p["ci95"][1] - p["ci95"][0]) / 2
-            ax.errorbar([xv], [p["mean"]], yerr=[err], fmt="o", capsize=3, label=f"V{s['V']} {s['preset']} g{s['grid']}")
+            err = [0 if p.get("ci95") is None else (p["ci95"][1] - p["ci95"][0]) / 2 for _, p in pts]
+            ax.errorbar([x for x, _ in pts], [p["mean"] for _, p in pts], yerr=err, fmt="o-", capsize=3,
+                        label=", ".join(f"{k}={v}" for k, v in rest))
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("CTF − baseline test bits/token")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
     save_figure(fig, path)

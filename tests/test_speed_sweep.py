@@ -10,7 +10,8 @@ import pytest
 from ctfgen.apps.cli import main as cli_main
 from ctfgen.benchmarks.speed_sweep import speed_sweep, stage2_layers
 from ctfgen.errors import CtfgenError
-from ctfgen.experiments.quality.speed_plot import plot_quality_vs_speed, points_table, quality_speed_points
+from ctfgen.experiments.quality.speed_plot import (plot_quality_vs_speed, points_table, quality_speed_points,
+                                                   speed_load_warnings)
 
 # tiny width (4 layers), 2x2 tokens, a small codebook: the whole sweep in a few seconds
 SMALL = ["--widths", "tiny", "--grids", "2", "--vocab", "64", "--k", "8", "--num-classes", "3",
@@ -129,6 +130,21 @@ def test_quality_speed_reads_a_lasting_results_folder(tmp_path):
         quality_speed_points(tmp_path / "empty", [_speed(tmp_path)])
 
 
+def test_quality_speed_warns_when_the_sweeps_ran_under_other_loads(tmp_path, capsys):
+    quality = _study(tmp_path, {(64, 0): {"ctf": 20.0, "baseline": 25.0}})
+    speeds = []
+    for name, load in (("quiet", 0.3), ("loaded", 9.7)):
+        data = json.loads(_speed(tmp_path).read_text())
+        data["rows"][0]["loadavg_1min"] = [load, load]
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+        speeds.append(str(tmp_path / f"{name}.json"))
+    assert not speed_load_warnings(speeds[:1])
+    assert cli_main(["bench", "quality-speed", "--quality", str(quality), "--speed", *speeds, "--grid", "2",
+                     "--out", str(tmp_path / "p.png")]) == 0
+    err = capsys.readouterr().err
+    assert "1-min load average 0.3 in" in err and "9.7 in" in err and "not on one scale" in err
+
+
 def test_quality_speed_errors_name_the_field(tmp_path):
     quality = _study(tmp_path, {(64, 0): {"ctf": 20.0}})
     with pytest.raises(CtfgenError, match=r"units\[0\]: no 'grid'"):
@@ -138,5 +154,11 @@ def test_quality_speed_errors_name_the_field(tmp_path):
     with pytest.raises(CtfgenError, match=r"bad.json: rows\[0\].samplers\[0\]: missing field 'name'"):
         quality_speed_points(quality, [bad], default_grid=2)
     points, _ = quality_speed_points(quality, [_speed(tmp_path)], default_grid=8)  # no sweep at 8x8
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"info": {"vocab": 64, "threads": 2}, "rows": []}))
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps({"info": {"vocab": 64, "threads": 1}, "rows": []}))
+    with pytest.raises(CtfgenError, match=r"other.json: info.threads is 2, .*one.json has 1; .*not comparable"):
+        quality_speed_points(quality, [one, other], default_grid=2)
     with pytest.raises(CtfgenError, match="nothing to plot"):
         plot_quality_vs_speed(points, tmp_path / "none.png")

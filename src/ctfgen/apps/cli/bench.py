@@ -10,6 +10,7 @@ are made from it); this module adds the flags that are not settings, runs them a
 from __future__ import annotations
 
 import inspect
+import sys
 
 from ._bench_edit import add_edit
 from .demo import add_experiment, experiment_setup
@@ -184,13 +185,16 @@ def _add_quality_speed(group) -> None:
 
 
 def _run_quality_speed(args) -> int:
-    from ...experiments.quality.speed_plot import plot_quality_vs_speed, points_table, quality_speed_points
+    from ...experiments.quality.speed_plot import (plot_quality_vs_speed, points_table, quality_speed_points,
+                                                   speed_load_warnings)
 
     cfg = check_fields(config_from_args(QualitySpeedConfig, args))
     points, left_out = quality_speed_points(args.quality, args.speed, default_grid=cfg.grid)
     print(points_table(points))
     for line in left_out:
         print(f"left out: {line}")
+    for line in speed_load_warnings(args.speed):
+        print(f"warning: {line}", file=sys.stderr)
     print(f"plot: {plot_quality_vs_speed(points, args.out)}")
     return 0
 

@@ -54,11 +54,25 @@ def _field(obj, key: str, where: str):
     return obj[key]
 
 
+# images/s of two sweeps share one axis only if they timed the same work on the same device
+SAME_IN_EVERY_SWEEP = ("device", "threads", "dtype", "batch_size", "guidance_scale")
+LOAD_SPREAD = 1.0  # 1-min load averages further apart than one busy core: timed under other conditions
+
+
 def speed_table_of(speed_files: list[str | Path]) -> dict[tuple[int, str, int, str], float]:
-    """images/s per (V, width, grid, sampler name) from sweep JSONs (a later file wins a repeat)."""
-    out = {}
+    """images/s per (V, width, grid, sampler name) from sweep JSONs (a later file wins a repeat).
+    Raises CtfgenError naming the files and the field when two sweeps differ in a setting of
+    SAME_IN_EVERY_SWEEP (their images/s would not be comparable)."""
+    out, first = {}, None
     for path in speed_files:
         data = read_json(path, what="speed sweep JSON")
+        info = data.get("info", {}) if isinstance(data, dict) else {}
+        if first is None:
+            first = (path, info)
+        for key in SAME_IN_EVERY_SWEEP:
+            if key in info and key in first[1] and info[key] != first[1][key]:
+                raise CtfgenError(f"{path}: info.{key} is {info[key]!r}, {first[0]} has {first[1][key]!r}; "
+                                  "images/s of sweeps with other settings are not comparable: time them alike")
         vocab = _field(_field(data, "info", str(path)), "vocab", f"{path}: info")
         for i, row in enumerate(_field(data, "rows", str(path))):
             where = f"{path}: rows[{i}]"
@@ -67,6 +81,22 @@ def speed_table_of(speed_files: list[str | Path]) -> dict[tuple[int, str, int, s
                 out[(vocab, width, grid, _field(s, "name", f"{where}.samplers[{j}]"))] = float(
                     _field(s, "images_per_s", f"{where}.samplers[{j}]"))
     return out
+
+
+def speed_load_warnings(speed_files: list[str | Path]) -> list[str]:
+    """A line when the sweeps were timed under 1-min load averages more than LOAD_SPREAD apart (rows'
+    `loadavg_1min` at start); absolute images/s from a loaded machine are lower, the ratios less so."""
+    loads = {}
+    for path in speed_files:
+        rows = read_json(path, what="speed sweep JSON").get("rows", [])
+        starts = [r["loadavg_1min"][0] for r in rows if isinstance(r, dict) and r.get("loadavg_1min")]
+        if starts:
+            loads[str(path)] = max(starts)
+    if len(loads) > 1 and max(loads.values()) - min(loads.values()) > LOAD_SPREAD:
+        return ["the sweeps ran under other loads (1-min load average " + ", ".join(
+            f"{v:.1f} in {k}" for k, v in loads.items()) + "): their images/s are not on one scale; "
+            "time them in one quiet run"]
+    return []
 
 
 def study_units(quality: str | Path) -> tuple[list[tuple[str, dict]], dict]:

@@ -125,6 +125,10 @@ def test_quality_speed_reads_a_lasting_results_folder(tmp_path):
     assert sorted((p.steps, p.fid) for p in points) == [(300, [20.0, 22.0]), (3000, [15.0])]
     assert "ctf-uniform, V 64, tiny, 2x2, 3000 steps: no speed figure" in " ".join(left_out)
     assert "| steps |" in points_table(points) and "| 3000 |" in points_table(points)
+    points, _ = quality_speed_points(folder, [_speed(tmp_path)], steps=3000)  # one budget only
+    assert [(p.steps, p.fid) for p in points] == [(3000, [15.0])]
+    with pytest.raises(CtfgenError, match="no unit trained for 1000 steps"):
+        quality_speed_points(folder, [_speed(tmp_path)], steps=1000)
     (tmp_path / "empty").mkdir()
     with pytest.raises(CtfgenError, match="empty: no unit JSON"):
         quality_speed_points(tmp_path / "empty", [_speed(tmp_path)])

@@ -60,6 +60,8 @@ class QualitySpeedConfig:
 
     grid: int | None = option(None, "tokens per side of study units that record none (the 8x8 study of "
                                     "docs/results: 8)", min=1)
+    steps: int | None = option(None, "keep only the units trained for this many steps (a `bench lasting` "
+                                     "results folder holds several budgets; default: all)", min=1)
 
 
 @dataclass

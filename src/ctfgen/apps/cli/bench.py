@@ -189,7 +189,7 @@ def _run_quality_speed(args) -> int:
                                                    speed_load_warnings)
 
     cfg = check_fields(config_from_args(QualitySpeedConfig, args))
-    points, left_out = quality_speed_points(args.quality, args.speed, default_grid=cfg.grid)
+    points, left_out = quality_speed_points(args.quality, args.speed, default_grid=cfg.grid, steps=cfg.steps)
     print(points_table(points))
     for line in left_out:
         print(f"left out: {line}")

@@ -115,12 +115,17 @@ def study_units(quality: str | Path) -> tuple[list[tuple[str, dict]], dict]:
 
 
 def quality_speed_points(quality_file: str | Path, speed_files: list[str | Path], *,
-                         default_grid: int | None = None) -> tuple[list[QualitySpeedPoint], list[str]]:
+                         default_grid: int | None = None,
+                         steps: int | None = None) -> tuple[list[QualitySpeedPoint], list[str]]:
     """The points that have both figures (FID of every seed, images/s), and a line per (method, V,
     width, grid, steps) left out and why. `quality_file`: a results JSON or a `bench lasting` results
-    folder, whose units keep their training steps apart. Errors (CtfgenError) name the file and field
-    that is missing."""
+    folder, whose units keep their training steps apart; `steps`: only units of that many training
+    steps. Errors (CtfgenError) name the file and field that is missing."""
     units, config = study_units(quality_file)
+    if steps is not None:
+        units = [(where, u) for where, u in units if u.get("steps", config.get("steps")) == steps]
+        if not units:
+            raise CtfgenError(f"{quality_file}: no unit trained for {steps} steps")
     speed = speed_table_of(speed_files)
     points: dict[tuple, QualitySpeedPoint] = {}
     left_out: dict[tuple, str] = {}

@@ -88,8 +88,15 @@ def joined_group() -> DistInfo:
     return DistInfo()
 
 
-def shutdown(info: DistInfo) -> None:
+def shutdown(info: DistInfo, *, finished: bool = True) -> None:
+    """Leave the process group. `finished`: every rank got here without an error, so they first wait
+    for each other: a gloo rank that tears the group down while another still has work in flight can
+    abort the process at exit ("terminate called without an active exception", SIGABRT; seen in the
+    suite's two-process CPU runs under load). After an error no barrier: the other ranks may never
+    reach it."""
     if dist.is_available() and dist.is_initialized():
+        if finished and info.world_size > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

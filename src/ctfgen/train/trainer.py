@@ -72,7 +72,7 @@ def train(
         return Trainer(task, run, info, Path(out_dir)).fit(on_step)
     finally:
         if owns_group:
-            shutdown(info)
+            shutdown(info, finished=sys.exc_info()[0] is None)
 
 
 class Trainer:

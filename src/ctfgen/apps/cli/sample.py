@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ...errors import CtfgenError
 from ._util import add_config_flags, add_device_args, add_group, class_list, given_flags, positive_int, seed_int
@@ -221,5 +222,5 @@ def _run_sample(args) -> int:
                 views = coarse_views(pipe, samples, batch_size=args.batch_size)
                 print(f"coarse grid: {save_coarse_grid(args.coarse_grid, views, samples.labels, scale=args.grid_scale)}")
     finally:
-        shutdown(info)
+        shutdown(info, finished=sys.exc_info()[0] is None)
     return 0

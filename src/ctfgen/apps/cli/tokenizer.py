@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 
 from ...data import VIEW_MODES
@@ -164,19 +165,24 @@ def _report(args) -> int:
 def _encode(args) -> int:
     from ...codes import encode_dataset
     from ...data import load_dataset
-    from ...dist import init_distributed  # torchrun support shared with training and sampling
+    from ...dist import init_distributed, shutdown  # torchrun support shared with training and sampling
     from ...tokenizer.artifact import TokenizerArtifact
 
     setup_device(args)  # thread count
     info = init_distributed(args.device)
-    device = info.device
-    tok = TokenizerArtifact.load(args.tokenizer, device)
-    cfg = tok.module.config
-    ds = load_dataset(data_config(args, default_resolution=cfg.resolution, default_channels=cfg.channels), args.split)
-    if info.is_main:
-        _print_classes(ds, args.limit, doing="encoding")
-    store = encode_dataset(tok, ds, args.out, views=args.views, crop_range=args.crop_range,
-                           batch_size=args.batch_size, limit=args.limit, device=device, overwrite=args.overwrite)
-    if store is not None:
-        print(f"wrote {args.out}: codes {store.codes.shape} uint16, {store.num_classes} classes, fingerprint {store.fingerprint}")
+    try:
+        device = info.device
+        tok = TokenizerArtifact.load(args.tokenizer, device)
+        cfg = tok.module.config
+        ds = load_dataset(data_config(args, default_resolution=cfg.resolution, default_channels=cfg.channels),
+                          args.split)
+        if info.is_main:
+            _print_classes(ds, args.limit, doing="encoding")
+        store = encode_dataset(tok, ds, args.out, views=args.views, crop_range=args.crop_range,
+                               batch_size=args.batch_size, limit=args.limit, device=device, overwrite=args.overwrite)
+        if store is not None:
+            print(f"wrote {args.out}: codes {store.codes.shape} uint16, {store.num_classes} classes, "
+                  f"fingerprint {store.fingerprint}")
+    finally:
+        shutdown(info, finished=sys.exc_info()[0] is None)
     return 0

@@ -100,6 +100,20 @@ def shutdown(info: DistInfo, *, finished: bool = True) -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def leaving_group(info: DistInfo, *, owns: bool = True):
+    """`with leaving_group(info):` runs the block, then leaves the process group (when `owns`): with
+    the ranks' barrier when the block finished, without it when it raised (see `shutdown`)."""
+    try:
+        yield info
+    except BaseException:
+        if owns:
+            shutdown(info, finished=False)
+        raise
+    if owns:
+        shutdown(info)
+
+
 def barrier(info: DistInfo) -> None:
     if info.world_size > 1:
         dist.barrier()

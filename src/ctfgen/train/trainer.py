@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from ..dist import DistInfo, all_reduce_mean, all_reduce_sum, init_distributed, no_sync, shutdown
+from ..dist import DistInfo, all_reduce_mean, all_reduce_sum, init_distributed, leaving_group, no_sync
 from ..errors import CtfgenError, TrainingDiverged
 from ..memory import lifetime_peak_rss_bytes
 from ..progress import progress_bar
@@ -66,13 +66,10 @@ def train(
     run = run or RunOptions()
     owns_group = not torch.distributed.is_initialized()
     info = init_distributed(run.device)
-    try:
+    with leaving_group(info, owns=owns_group):
         task = ModelTask(cfg, run, info, codes_dir=Path(codes_dir), coarse_map_dir=coarse_map_dir,
                          build_model=build_model)
         return Trainer(task, run, info, Path(out_dir)).fit(on_step)
-    finally:
-        if owns_group:
-            shutdown(info, finished=sys.exc_info()[0] is None)
 
 
 class Trainer:

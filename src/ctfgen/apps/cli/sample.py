@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ...errors import CtfgenError
 from ._util import add_config_flags, add_device_args, add_group, class_list, given_flags, positive_int, seed_int
@@ -174,7 +173,7 @@ def _run_card(args) -> int:
 def _run_sample(args) -> int:
     import torch
 
-    from ...dist import init_distributed, shutdown
+    from ...dist import init_distributed, leaving_group
     from ...sample import BaselinePipeline, CTFPipeline, SamplingConfig, load_pipeline
     from ...sample.outputs import save_folder, save_grid, save_npz
 
@@ -183,7 +182,7 @@ def _run_sample(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     info = init_distributed(args.device)
-    try:
+    with leaving_group(info):
         dtype = torch.bfloat16 if args.dtype == "bf16" else None
         common = dict(device=info.device, ema=False if args.no_ema else None, dtype=dtype, compile=args.compile)
         if args.pipeline:
@@ -221,6 +220,4 @@ def _run_sample(args) -> int:
 
                 views = coarse_views(pipe, samples, batch_size=args.batch_size)
                 print(f"coarse grid: {save_coarse_grid(args.coarse_grid, views, samples.labels, scale=args.grid_scale)}")
-    finally:
-        shutdown(info, finished=sys.exc_info()[0] is None)
     return 0

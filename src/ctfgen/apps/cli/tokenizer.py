@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import replace
 
 from ...data import VIEW_MODES
@@ -165,12 +164,12 @@ def _report(args) -> int:
 def _encode(args) -> int:
     from ...codes import encode_dataset
     from ...data import load_dataset
-    from ...dist import init_distributed, shutdown  # torchrun support shared with training and sampling
+    from ...dist import init_distributed, leaving_group  # torchrun support shared with training and sampling
     from ...tokenizer.artifact import TokenizerArtifact
 
     setup_device(args)  # thread count
     info = init_distributed(args.device)
-    try:
+    with leaving_group(info):
         device = info.device
         tok = TokenizerArtifact.load(args.tokenizer, device)
         cfg = tok.module.config
@@ -183,6 +182,4 @@ def _encode(args) -> int:
         if store is not None:
             print(f"wrote {args.out}: codes {store.codes.shape} uint16, {store.num_classes} classes, "
                   f"fingerprint {store.fingerprint}")
-    finally:
-        shutdown(info, finished=sys.exc_info()[0] is None)
     return 0

@@ -66,14 +66,13 @@ def speed_table_of(speed_files: list[str | Path]) -> dict[tuple[int, str, int, s
     out, first = {}, None
     for path in speed_files:
         data = read_json(path, what="speed sweep JSON")
-        info = data.get("info", {}) if isinstance(data, dict) else {}
-        if first is None:
-            first = (path, info)
+        info = _field(data, "info", str(path))
+        vocab = _field(info, "vocab", f"{path}: info")
+        first = first or (path, info)
         for key in SAME_IN_EVERY_SWEEP:
             if key in info and key in first[1] and info[key] != first[1][key]:
                 raise CtfgenError(f"{path}: info.{key} is {info[key]!r}, {first[0]} has {first[1][key]!r}; "
                                   "images/s of sweeps with other settings are not comparable: time them alike")
-        vocab = _field(_field(data, "info", str(path)), "vocab", f"{path}: info")
         for i, row in enumerate(_field(data, "rows", str(path))):
             where = f"{path}: rows[{i}]"
             width, grid = _field(row, "width", where), _field(row, "grid", where)

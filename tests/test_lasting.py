@@ -113,6 +113,19 @@ def test_lasting_study_end_to_end_resume_and_results_dir(tmp_path, tiny_data):
     assert "| V=32, grid=4, steps=6, batch=16 | tiny |" in size and "| small |" in size
     assert "No two recipes" in text.split("## The gap against sequence length")[1]
     assert (other / "report" / "gap-trends.png").is_file()
+    # two recipes that differ in sequence length alone: the gap per token, and per image (times the tokens)
+    lengths = tmp_path / "two-lengths"
+    lengths.mkdir()
+    for f in files:
+        unit = json.loads((results / f).read_text())
+        (lengths / f).write_text(json.dumps(unit))
+        unit.update(grid=8, tokens=64, recipe=unit["recipe"].replace("-g4-", "-g8-"))
+        (lengths / f.replace("-g4-", "-g8-")).write_text(json.dumps(unit))
+    seq = write_report(lengths).read_text().split("## The gap against sequence length")[1].split("##")[0]
+    gap = json.loads((lengths / "report" / "summary.json").read_text())["recipes"][unit["recipe"]]["paired"]
+    gap = gap["ctf"]["test"]["mean"]
+    assert "| V=32, preset=tiny, steps=6, batch=16 | 64 |" in seq and "| 16 |" in seq
+    assert f"{gap * 64:+.3f} (95% CI" in seq and f"{gap * 16:+.3f} (95% CI" in seq and f"{gap:+.3f} (95% CI" in seq
     # recipes that differ in the codebook (not along either axis) draw no trend plot
     for f in other.glob("*small*.json"):
         unit = json.loads(f.read_text())

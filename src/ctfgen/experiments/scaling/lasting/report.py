@@ -139,15 +139,31 @@ def _axis_value(s: dict, axis: str) -> int:
     return s["params"].get("baseline", 0) if axis == "preset" else s["tokens"]
 
 
+def per_image(p: dict, tokens: int) -> dict:
+    """A paired bits-per-token gap as bits per image: every figure times the tokens per image (exact:
+    the token count is the same for every seed of a recipe)."""
+    out = dict(p)
+    for k in ("mean", "std"):
+        if out.get(k) is not None:
+            out[k] = out[k] * tokens
+    if out.get("ci95"):
+        out["ci95"] = [x * tokens for x in out["ci95"]]
+    return out
+
+
 def trend_section(title: str, groups: dict, axis: str, label: str) -> list[str]:
-    """The paired test-bits gap of CTF against the baseline along one axis, from `trend_groups`."""
-    t = [["held fixed", label, "baseline parameters", "seeds", "CTF − baseline test bits/token (paired)"]]
+    """The paired test-bits gap of CTF against the baseline along one axis, from `trend_groups`. Along
+    the sequence length the gap is also given per image: a token of a 16x16 grid codes a quarter of the
+    pixels of one of an 8x8 grid, so per-token figures of different grids measure different things."""
+    head = ["held fixed", label, "baseline parameters", "seeds", "CTF − baseline test bits/token (paired)"]
+    t = [head + (["CTF − baseline test bits/image (paired)"] if axis == "tokens" else [])]
     for rest, ss in groups.items():
         for s in ss:
             p = s["paired"].get("ctf", {}).get("test")
+            cells = [p, per_image(p, s["tokens"]) if p else None] if axis == "tokens" else [p]
             t.append([", ".join(f"{k}={v}" for k, v in rest), str(s[axis]), f"{s['params'].get('baseline', 0):,}",
-                      str(len(s["seeds"])), verdict(p, "CTF lower", "baseline lower", "pipeline-seed noise")
-                      if p and p["n"] else "–"])
+                      str(len(s["seeds"])), *(verdict(c, "CTF lower", "baseline lower", "pipeline-seed noise")
+                                              if c and c["n"] else "–" for c in cells)])
     if len(t) == 1:
         return [f"## {title}", "", f"No two recipes that differ in {label} alone have results yet.", ""]
     return [f"## {title}", "", markdown_table(t), ""]

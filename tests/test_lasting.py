@@ -87,6 +87,18 @@ def test_lasting_study_end_to_end_resume_and_results_dir(tmp_path, tiny_data):
     ran = gpu_section(fresh, "cpu", tiny_cfg(tiny_data))
     assert ran["units_done"] == [f[:-5] for f in files] and ran["units_planned"] == 2
     assert not (fresh / "study" / "V32-g4").exists()
+    # a fresh machine with seed 0's results alone makes seed 1, sampled at the picks in seed 0's JSON
+    # (its new study folder has no picks.json, and seed 0 is not rerun for them)
+    half = tmp_path / "half"
+    (half / "results").mkdir(parents=True)
+    shutil.copy(results / files[0], half / "results")
+    LastingStudy(tiny_cfg(tiny_data), half / "study", results_dir=half / "results", progress=False,
+                 log=lambda m: None).run(only_seeds=[1])
+    again = json.loads((half / "results" / files[1]).read_text())
+    assert again["complete"] and not (half / "study" / "picks.json").exists()
+    assert not (half / "study" / "V32-g4" / "seed0").exists()
+    for m in ("ctf", "ctf-uniform", "baseline"):
+        assert again["samples"][m]["best_settings"] == seed1["samples"][m]["best_settings"]
     (results / files[0]).unlink()
     logs.clear()
     study().run(only_seeds=[0])

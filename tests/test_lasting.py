@@ -137,6 +137,7 @@ def test_lasting_study_end_to_end_resume_and_results_dir(tmp_path, tiny_data):
     gap = json.loads((lengths / "report" / "summary.json").read_text())["recipes"][unit["recipe"]]["paired"]
     gap = gap["ctf"]["test"]["mean"]
     assert "| V=32, preset=tiny, steps=6, batch=16 | 64 |" in seq and "| 16 |" in seq
+    assert (lengths / "report" / "gap-trends.png").is_file()
     assert f"{gap * 64:+.3f} (95% CI" in seq and f"{gap * 16:+.3f} (95% CI" in seq and f"{gap:+.3f} (95% CI" in seq
     # recipes that differ in the codebook (not along either axis) draw no trend plot
     for f in other.glob("*small*.json"):

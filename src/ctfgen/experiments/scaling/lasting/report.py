@@ -249,14 +249,16 @@ def plot_curves(us: list[dict], path: Path) -> None:
 
 
 def plot_trends(trends: dict, path: Path) -> None:
-    """The paired test-bits gap (CTF − baseline) against baseline parameters and against tokens, one
-    line per group of recipes that differ along that axis alone (`trend_groups`)."""
+    """The paired test-bits gap (CTF − baseline) against baseline parameters (bits per token) and
+    against tokens (bits per image, see `trend_section`), one line per group of recipes that differ
+    along that axis alone (`trend_groups`)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.4))
-    for ax, axis, label in ((axes[0], "preset", "baseline parameters"), (axes[1], "tokens", "tokens per image")):
+    for ax, axis, label, unit in ((axes[0], "preset", "baseline parameters", "token"),
+                                  (axes[1], "tokens", "tokens per image", "image")):
         for rest, ss in trends[axis].items():
-            pts = [(_axis_value(s, axis), s["paired"]["ctf"]["test"]) for s in ss
-                   if s["paired"].get("ctf", {}).get("test", {}).get("n")]
+            pts = [(_axis_value(s, axis), per_image(s["paired"]["ctf"]["test"], s["tokens"]) if unit == "image"
+                    else s["paired"]["ctf"]["test"]) for s in ss if s["paired"].get("ctf", {}).get("test", {}).get("n")]
             if not pts:
                 continue
             err = [0 if p.get("ci95") is None else (p["ci95"][1] - p["ci95"][0]) / 2 for _, p in pts]
@@ -265,7 +267,7 @@ def plot_trends(trends: dict, path: Path) -> None:
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel(label)
-        ax.set_ylabel("CTF − baseline test bits/token")
+        ax.set_ylabel(f"CTF − baseline test bits/{unit}")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
